@@ -1,0 +1,620 @@
+#include "fsd/p9/session.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+namespace fsd::p9 {
+
+Vfs* ExportSet::find(std::string_view aname) const {
+  if (aname.empty() && exports_.size() == 1) return exports_.front().get();
+  for (const auto& e : exports_)
+    if (e->config().tag == aname) return e.get();
+  // Clients such as diod's tools name the export by its host path.
+  while (aname.size() > 1 && aname.back() == '/') aname.remove_suffix(1);
+  for (const auto& e : exports_) {
+    std::string_view p = e->config().path;
+    while (p.size() > 1 && p.back() == '/') p.remove_suffix(1);
+    if (p == aname) return e.get();
+  }
+  return nullptr;
+}
+
+struct Session::Fid {
+  Vfs* vfs = nullptr;
+  NodeRef node;
+  uid_t uid = 0;
+  OpenFile file;  // valid after Tlopen / Tlcreate
+  enum class Xattr { kNone, kRead, kWrite } xattr = Xattr::kNone;
+  std::vector<std::byte> xattr_data;
+  std::string xattr_name;
+  uint64_t xattr_size = 0;
+  int xattr_flags = 0;
+};
+
+struct Session::Request {
+  uint16_t tag = 0;
+  const TMessage* msg = nullptr;
+  Buffer reply;
+  Event done;
+};
+
+Session::Session(const ExportSet& exports, Ring& ring, ReplySink& sink, SessionConfig config)
+    : exports_(exports), ring_(ring), sink_(sink), config_(config) {
+  config_.max_msize = std::clamp(config_.max_msize, SessionConfig::kMinMsize, SessionConfig::kMaxMsize);
+}
+
+Session::~Session() = default;
+
+template <class M>
+void Session::set_reply(Request& rq, const M& m) {
+  if (rq.reply.capacity() == 0) rq.reply = sink_.buffer(BufferPool::kSmall);
+  auto n = encode(rq.reply.room(), rq.tag, m);
+  if (!n) {  // cannot happen for bounded replies; answer something valid
+    n = encode(rq.reply.room(), rq.tag, Rlerror{.ecode = EIO});
+  }
+  rq.reply.set_size(*n);
+}
+
+Task<void> Session::handle(Buffer frame) {
+  auto hdr = decode_header(frame.bytes());
+  if (!hdr || hdr->size != frame.size()) {
+    sink_.protocol_error("bad frame header");
+    sink_.recycle(std::move(frame));
+    co_return;
+  }
+  Request rq;
+  rq.tag = hdr->tag;
+  if (!in_flight_.emplace(rq.tag, &rq).second) {
+    sink_.protocol_error("tag already in use by a request in flight");
+    sink_.recycle(std::move(frame));
+    co_return;
+  }
+  Result<void> res;
+  auto msg = decode_t(frame.bytes());
+  if (msg) {
+    rq.msg = &msg->msg;
+    res = co_await dispatch(rq);
+  } else if (msg.error() == EOPNOTSUPP) {
+    res = Error{EOPNOTSUPP};  // well framed, unknown type: answer it, keep serving
+  } else {
+    const char* name = type_name(hdr->type);
+    sink_.protocol_error(std::string("malformed ") + (name ? name : "message"));
+    in_flight_.erase(rq.tag);
+    sink_.recycle(std::move(frame));
+    rq.done.set();
+    co_return;
+  }
+  if (!res) set_reply(rq, Rlerror{.ecode = static_cast<uint32_t>(res.error())});
+  sink_.reply(std::move(rq.reply));
+  in_flight_.erase(rq.tag);
+  sink_.recycle(std::move(frame));
+  rq.done.set();  // releases any Tflush waiting for this tag
+}
+
+Task<Result<void>> Session::dispatch(Request& rq) {
+  return std::visit([&](const auto& m) { return op(rq, m); }, *rq.msg);
+}
+
+Result<Session::FidPtr> Session::fid(uint32_t id) const {
+  auto it = fids_.find(id);
+  if (it == fids_.end()) return Error{EBADF};
+  return it->second;
+}
+
+Result<void> Session::check_new_fid(uint32_t id, uint32_t except) const {
+  if (id == kNoFid) return Error{EBADF};
+  if (id != except && fids_.contains(id)) return Error{EBADF};
+  return {};
+}
+
+Qid Session::qid_of(Vfs& vfs, const Node& n, const struct statx& st) const {
+  Qid q;
+  q.type = n.is_dir() ? kQtDir : n.is_symlink() ? kQtSymlink : kQtFile;
+  q.path = vfs.unique_ino(n.dev, n.ino);
+  // Directories and symlinks keep version 0: a changing version makes Linux
+  // (cache=loose) instantiate a new inode, which is only right for content.
+  q.version = (n.is_dir() || n.is_symlink()) ? 0 : Vfs::version_of(st);
+  return q;
+}
+
+// ---- session set-up
+
+Task<Result<void>> Session::op(Request& rq, const Tversion& m) {
+  if (m.msize < SessionConfig::kMinMsize) co_return Error{EINVAL};
+  // A new version aborts everything: drop all fids.
+  fids_.clear();
+  msize_ = std::min(m.msize, config_.max_msize);
+  std::string_view v = m.version.starts_with(kVersion9P2000L) ? kVersion9P2000L : "unknown";
+  set_reply(rq, Rversion{.msize = msize_, .version = v});
+  co_return Result<void>{};
+}
+
+// fsd does no 9p authentication. ENOENT is how diod says "not required",
+// and what its client library (and Linux, which never sends Tauth) accept.
+Task<Result<void>> Session::op(Request&, const Tauth&) { co_return Error{ENOENT}; }
+
+Task<Result<void>> Session::op(Request& rq, const Tattach& m) {
+  if (auto r = check_new_fid(m.fid); !r) co_return Error{r.error()};
+  Vfs* vfs = exports_.find(m.aname);
+  if (vfs == nullptr) co_return Error{ENOENT};
+  auto st = co_await vfs->getattr(ring_, *vfs->root());
+  if (!st) co_return Error{st.error()};
+  auto f = std::make_shared<Fid>();
+  f->vfs = vfs;
+  f->node = vfs->root();
+  f->uid = m.n_uname == kNoFid ? ::geteuid() : m.n_uname;
+  fids_[m.fid] = f;
+  set_reply(rq, Rattach{.qid = qid_of(*vfs, *f->node, *st)});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tflush& m) {
+  auto it = in_flight_.find(m.oldtag);
+  if (it != in_flight_.end() && it->second != &rq) co_await it->second->done.wait();
+  set_reply(rq, Rflush{});
+  co_return Result<void>{};
+}
+
+// ---- walking and attributes
+
+Task<Result<void>> Session::op(Request& rq, const Twalk& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  if (auto r = check_new_fid(m.newfid, m.fid); !r) co_return Error{r.error()};
+  FidPtr from = *f;
+  if (from->xattr != Fid::Xattr::kNone) co_return Error{EINVAL};
+  Rwalk out{};
+  NodeRef cur = from->node;
+  for (uint16_t i = 0; i < m.wnames.count; i++) {
+    auto e = co_await from->vfs->lookup(ring_, cur, m.wnames[i]);
+    if (!e) {
+      if (i == 0) co_return Error{e.error()};
+      break;  // partial walk: the qids so far, newfid untouched
+    }
+    out.wqids.qids[i] = qid_of(*from->vfs, *e->node, e->st);
+    out.wqids.count = static_cast<uint16_t>(i + 1);
+    cur = std::move(e->node);
+  }
+  if (out.wqids.count == m.wnames.count) {
+    auto nf = std::make_shared<Fid>();
+    nf->vfs = from->vfs;
+    nf->node = std::move(cur);
+    nf->uid = from->uid;
+    fids_[m.newfid] = std::move(nf);
+  }
+  set_reply(rq, out);
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tgetattr& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  auto st = co_await fp->vfs->getattr(ring_, *fp->node);
+  if (!st) co_return Error{st.error()};
+  Rgetattr r{};
+  r.valid = kGetattrBasic | ((st->stx_mask & STATX_BTIME) ? kGetattrBtime : 0);
+  r.qid = qid_of(*fp->vfs, *fp->node, *st);
+  r.mode = st->stx_mode;
+  r.uid = st->stx_uid;
+  r.gid = st->stx_gid;
+  r.nlink = st->stx_nlink;
+  r.rdev = makedev(st->stx_rdev_major, st->stx_rdev_minor);
+  r.size = st->stx_size;
+  r.blksize = st->stx_blksize;
+  r.blocks = st->stx_blocks;
+  r.atime_sec = static_cast<uint64_t>(st->stx_atime.tv_sec);
+  r.atime_nsec = st->stx_atime.tv_nsec;
+  r.mtime_sec = static_cast<uint64_t>(st->stx_mtime.tv_sec);
+  r.mtime_nsec = st->stx_mtime.tv_nsec;
+  r.ctime_sec = static_cast<uint64_t>(st->stx_ctime.tv_sec);
+  r.ctime_nsec = st->stx_ctime.tv_nsec;
+  r.btime_sec = static_cast<uint64_t>(st->stx_btime.tv_sec);
+  r.btime_nsec = st->stx_btime.tv_nsec;
+  set_reply(rq, r);
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tsetattr& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  SetAttr a;
+  a.mode = m.valid & kSetattrMode;
+  a.mode_value = m.mode;
+  a.uid = m.valid & kSetattrUid;
+  a.uid_value = m.uid;
+  a.gid = m.valid & kSetattrGid;
+  a.gid_value = m.gid;
+  a.size = m.valid & kSetattrSize;
+  a.size_value = m.size;
+  if (m.valid & kSetattrAtime) {
+    a.atime = (m.valid & kSetattrAtimeSet) ? SetAttr::Time::kSet : SetAttr::Time::kNow;
+    a.atime_value = {static_cast<time_t>(m.atime_sec), static_cast<long>(m.atime_nsec)};
+  }
+  if (m.valid & kSetattrMtime) {
+    a.mtime = (m.valid & kSetattrMtimeSet) ? SetAttr::Time::kSet : SetAttr::Time::kNow;
+    a.mtime_value = {static_cast<time_t>(m.mtime_sec), static_cast<long>(m.mtime_nsec)};
+  }
+  a.ctime = m.valid & kSetattrCtime;
+  if (auto r = fp->vfs->setattr(*fp->node, a, fp->file.valid() ? &fp->file : nullptr); !r)
+    co_return Error{r.error()};
+  set_reply(rq, Rsetattr{});
+  co_return Result<void>{};
+}
+
+// ---- opening, reading, writing
+
+Task<Result<void>> Session::op(Request& rq, const Tlopen& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
+  auto st = co_await fp->vfs->getattr(ring_, *fp->node);
+  if (!st) co_return Error{st.error()};
+  auto file = co_await fp->vfs->open(ring_, *fp->node, static_cast<int>(m.flags));
+  if (!file) co_return Error{file.error()};
+  fp->file = std::move(*file);
+  set_reply(rq, Rlopen{.qid = qid_of(*fp->vfs, *fp->node, *st), .iounit = 0});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tlcreate& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
+  auto c = co_await fp->vfs->create(ring_, fp->node, m.name, static_cast<int>(m.flags), m.mode,
+                                    Creds{fp->uid, m.gid});
+  if (!c) co_return Error{c.error()};
+  fp->node = c->entry.node;
+  fp->file = std::move(c->file);
+  set_reply(rq, Rlcreate{.qid = qid_of(*fp->vfs, *fp->node, c->entry.st), .iounit = 0});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tread& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  uint32_t count = std::min<uint32_t>(m.count, msize_ - kIoHeaderSize);
+  rq.reply = sink_.buffer(kRreadHeaderSize + count);
+  std::byte* data = rq.reply.data() + kRreadHeaderSize;
+  if (fp->xattr == Fid::Xattr::kRead) {
+    uint64_t size = fp->xattr_data.size();
+    uint32_t n = m.offset >= size ? 0 : static_cast<uint32_t>(std::min<uint64_t>(count, size - m.offset));
+    if (n) std::memcpy(data, fp->xattr_data.data() + m.offset, n);
+    count = n;
+  } else {
+    if (!fp->file.valid() || !fp->file.readable()) co_return Error{EBADF};
+    if (m.offset > static_cast<uint64_t>(INT64_MAX)) co_return Error{EINVAL};
+    int r = co_await ring_.read(fp->file.get(), data, count, m.offset);
+    if (r < 0) co_return Error{-r};
+    count = static_cast<uint32_t>(r);
+  }
+  put_rread_header(rq.reply.room(), rq.tag, count);
+  rq.reply.set_size(kRreadHeaderSize + count);
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Twrite& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  auto data = m.data.bytes;
+  if (fp->xattr == Fid::Xattr::kWrite) {
+    if (m.offset != fp->xattr_data.size() || m.offset + data.size() > fp->xattr_size) co_return Error{EINVAL};
+    fp->xattr_data.insert(fp->xattr_data.end(), data.begin(), data.end());
+    set_reply(rq, Rwrite{.count = static_cast<uint32_t>(data.size())});
+    co_return Result<void>{};
+  }
+  if (!fp->file.valid() || !fp->file.writable()) co_return Error{EBADF};
+  if (m.offset > static_cast<uint64_t>(INT64_MAX)) co_return Error{EINVAL};
+  int r = co_await ring_.write(fp->file.get(), data.data(), static_cast<unsigned>(data.size()), m.offset);
+  if (r < 0) co_return Error{-r};
+  set_reply(rq, Rwrite{.count = static_cast<uint32_t>(r)});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  if (!fp->file.valid() || !fp->node->is_dir()) co_return Error{EBADF};
+  if (m.offset > static_cast<uint64_t>(INT64_MAX)) co_return Error{EINVAL};
+  uint32_t count = std::min<uint32_t>(m.count, msize_ - kIoHeaderSize);
+  rq.reply = sink_.buffer(kRreadHeaderSize + count);
+  DirentWriter w(rq.reply.room().subspan(kRreadHeaderSize, count));
+  int fd = fp->file.get();
+  if (::lseek(fd, static_cast<off_t>(m.offset), SEEK_SET) < 0) co_return errno_error();
+  // getdents64 output is at least as large as the 9p entries it becomes
+  // minus 8 bytes each, so reading `count` bytes of it is enough to fill.
+  alignas(8) std::byte raw[32768];
+  size_t want = std::min<size_t>(sizeof raw, std::max<size_t>(count, 512));
+  bool full = false;
+  while (!full) {
+    long n = ::syscall(SYS_getdents64, fd, raw, want);
+    if (n < 0) co_return errno_error();
+    if (n == 0) break;
+    for (long pos = 0; pos < n;) {
+      auto* d = reinterpret_cast<struct dirent64*>(raw + pos);
+      pos += d->d_reclen;
+      Dirent e;
+      e.qid.type = d->d_type == DT_DIR ? kQtDir : d->d_type == DT_LNK ? kQtSymlink : kQtFile;
+      e.qid.path = fp->vfs->unique_ino(fp->node->dev, d->d_ino);
+      e.offset = static_cast<uint64_t>(d->d_off);
+      e.type = d->d_type;
+      e.name = d->d_name;
+      if (!w.add(e)) {
+        full = true;
+        break;
+      }
+    }
+  }
+  put_rread_header(rq.reply.room(), rq.tag, static_cast<uint32_t>(w.size()));
+  rq.reply.data()[4] = static_cast<std::byte>(Type::Rreaddir);
+  rq.reply.set_size(kRreadHeaderSize + w.size());
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tclunk& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  fids_.erase(m.fid);
+  if (fp->xattr == Fid::Xattr::kWrite) {
+    Result<void> r;
+    if (fp->xattr_size == 0 && fp->xattr_data.empty() && fp->xattr_flags == XATTR_REPLACE) {
+      r = fp->vfs->removexattr(*fp->node, fp->xattr_name);
+    } else if (fp->xattr_data.size() != fp->xattr_size) {
+      r = Error{EINVAL};
+    } else {
+      r = fp->vfs->setxattr(*fp->node, fp->xattr_name, fp->xattr_data, fp->xattr_flags);
+    }
+    if (!r) co_return Error{r.error()};
+  }
+  set_reply(rq, Rclunk{});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tremove& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  fids_.erase(m.fid);  // clunked even if the removal fails
+  auto r = co_await fp->vfs->remove(ring_, *fp->node);
+  if (!r) co_return Error{r.error()};
+  set_reply(rq, Rremove{});
+  co_return Result<void>{};
+}
+
+// ---- namespace changes
+
+Task<Result<void>> Session::op(Request& rq, const Tmkdir& m) {
+  auto f = fid(m.dfid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  auto e = co_await fp->vfs->mkdir(ring_, fp->node, m.name, m.mode, Creds{fp->uid, m.gid});
+  if (!e) co_return Error{e.error()};
+  set_reply(rq, Rmkdir{.qid = qid_of(*fp->vfs, *e->node, e->st)});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
+  auto f = fid(m.dfid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  auto e = co_await fp->vfs->symlink(ring_, fp->node, m.name, m.symtgt, Creds{fp->uid, m.gid});
+  if (!e) co_return Error{e.error()};
+  set_reply(rq, Rsymlink{.qid = qid_of(*fp->vfs, *e->node, e->st)});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tmknod& m) {
+  auto f = fid(m.dfid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  auto e = co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, makedev(m.major, m.minor),
+                                   Creds{fp->uid, m.gid});
+  if (!e) co_return Error{e.error()};
+  set_reply(rq, Rmknod{.qid = qid_of(*fp->vfs, *e->node, e->st)});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Trename& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  auto d = fid(m.dfid);
+  if (!d) co_return Error{d.error()};
+  FidPtr fp = *f, dp = *d;
+  if (fp->vfs != dp->vfs) co_return Error{EXDEV};
+  auto r = co_await fp->vfs->rename_node(ring_, *fp->node, dp->node, m.name);
+  if (!r) co_return Error{r.error()};
+  set_reply(rq, Rrename{});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Trenameat& m) {
+  auto o = fid(m.olddirfid);
+  if (!o) co_return Error{o.error()};
+  auto n = fid(m.newdirfid);
+  if (!n) co_return Error{n.error()};
+  FidPtr op = *o, np = *n;
+  if (op->vfs != np->vfs) co_return Error{EXDEV};
+  auto r = co_await op->vfs->rename(ring_, op->node, m.oldname, np->node, m.newname, 0);
+  if (!r) co_return Error{r.error()};
+  set_reply(rq, Rrenameat{});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tunlinkat& m) {
+  auto f = fid(m.dirfid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  auto r = co_await fp->vfs->unlink(ring_, fp->node, m.name, (m.flags & kAtRemoveDir) ? AT_REMOVEDIR : 0);
+  if (!r) co_return Error{r.error()};
+  set_reply(rq, Runlinkat{});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tlink& m) {
+  auto d = fid(m.dfid);
+  if (!d) co_return Error{d.error()};
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr dp = *d, fp = *f;
+  if (fp->vfs != dp->vfs) co_return Error{EXDEV};
+  auto r = co_await fp->vfs->link(ring_, *fp->node, dp->node, m.name);
+  if (!r) co_return Error{r.error()};
+  set_reply(rq, Rlink{});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Treadlink& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  auto target = (*f)->vfs->readlink(*(*f)->node);
+  if (!target) co_return Error{target.error()};
+  set_reply(rq, Rreadlink{.target = *target});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tstatfs& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  auto s = (*f)->vfs->statfs(*(*f)->node);
+  if (!s) co_return Error{s.error()};
+  uint64_t fsid;
+  std::memcpy(&fsid, &s->f_fsid, sizeof fsid);
+  set_reply(rq, Rstatfs{.type = static_cast<uint32_t>(s->f_type),
+                        .bsize = static_cast<uint32_t>(s->f_bsize),
+                        .blocks = s->f_blocks, .bfree = s->f_bfree, .bavail = s->f_bavail,
+                        .files = s->f_files, .ffree = s->f_ffree, .fsid = fsid,
+                        .namelen = static_cast<uint32_t>(s->f_namelen)});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tfsync& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  if (!fp->file.valid()) co_return Error{EBADF};
+  int r = co_await ring_.fsync(fp->file.get(), m.datasync != 0);
+  if (r < 0) co_return Error{-r};
+  set_reply(rq, Rfsync{});
+  co_return Result<void>{};
+}
+
+// ---- xattrs
+
+Task<Result<void>> Session::op(Request& rq, const Txattrwalk& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  if (auto r = check_new_fid(m.newfid, m.fid); !r) co_return Error{r.error()};
+  FidPtr fp = *f;
+  std::string name(m.name);
+  auto fetch = [&](std::span<std::byte> out) {
+    return name.empty() ? fp->vfs->listxattr(*fp->node, out) : fp->vfs->getxattr(*fp->node, name, out);
+  };
+  auto nf = std::make_shared<Fid>();
+  for (int attempt = 0;; attempt++) {  // the value may grow between the two calls
+    auto size = fetch({});
+    if (!size) co_return Error{size.error()};
+    nf->xattr_data.resize(*size);
+    auto got = fetch(nf->xattr_data);
+    if (got) {
+      nf->xattr_data.resize(*got);
+      break;
+    }
+    if (got.error() != ERANGE || attempt == 3) co_return Error{got.error()};
+  }
+  nf->vfs = fp->vfs;
+  nf->node = fp->node;
+  nf->uid = fp->uid;
+  nf->xattr = Fid::Xattr::kRead;
+  uint64_t size = nf->xattr_data.size();
+  fids_[m.newfid] = std::move(nf);
+  set_reply(rq, Rxattrwalk{.size = size});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Txattrcreate& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  if (fp->vfs->read_only()) co_return Error{EROFS};
+  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
+  if (m.attr_size > XATTR_SIZE_MAX) co_return Error{E2BIG};
+  if (m.name.empty() || m.name.size() > XATTR_NAME_MAX) co_return Error{EINVAL};
+  if (m.flags & ~static_cast<uint32_t>(XATTR_CREATE | XATTR_REPLACE)) co_return Error{EINVAL};
+  fp->xattr = Fid::Xattr::kWrite;
+  fp->xattr_name = std::string(m.name);
+  fp->xattr_size = m.attr_size;
+  fp->xattr_flags = static_cast<int>(m.flags);
+  fp->xattr_data.reserve(m.attr_size);
+  set_reply(rq, Rxattrcreate{});
+  co_return Result<void>{};
+}
+
+// ---- locks (open file description locks: one per opened fid)
+
+namespace {
+short to_flock_type(uint8_t t) {
+  return t == kLockTypeRdlck ? F_RDLCK : t == kLockTypeWrlck ? F_WRLCK : F_UNLCK;
+}
+}  // namespace
+
+Task<Result<void>> Session::op(Request& rq, const Tlock& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  if (!fp->file.valid()) co_return Error{EBADF};
+  if (m.type > kLockTypeUnlck || m.start > static_cast<uint64_t>(INT64_MAX) ||
+      m.length > static_cast<uint64_t>(INT64_MAX))
+    co_return Error{EINVAL};
+  struct flock fl{};
+  fl.l_type = to_flock_type(m.type);
+  fl.l_whence = SEEK_SET;
+  fl.l_start = static_cast<off_t>(m.start);
+  fl.l_len = static_cast<off_t>(m.length);
+  uint8_t status = kLockSuccess;
+  // Never block a worker: the Linux client retries while we answer BLOCKED.
+  if (::fcntl(fp->file.get(), F_OFD_SETLK, &fl) < 0)
+    status = (errno == EAGAIN || errno == EACCES) ? kLockBlocked : kLockError;
+  set_reply(rq, Rlock{.status = status});
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Session::op(Request& rq, const Tgetlock& m) {
+  auto f = fid(m.fid);
+  if (!f) co_return Error{f.error()};
+  FidPtr fp = *f;
+  if (!fp->file.valid()) co_return Error{EBADF};
+  if (m.type > kLockTypeUnlck || m.start > static_cast<uint64_t>(INT64_MAX) ||
+      m.length > static_cast<uint64_t>(INT64_MAX))
+    co_return Error{EINVAL};
+  struct flock fl{};
+  fl.l_type = to_flock_type(m.type);
+  fl.l_whence = SEEK_SET;
+  fl.l_start = static_cast<off_t>(m.start);
+  fl.l_len = static_cast<off_t>(m.length);
+  if (::fcntl(fp->file.get(), F_OFD_GETLK, &fl) < 0) co_return errno_error();
+  Rgetlock r{};
+  r.type = fl.l_type == F_RDLCK ? kLockTypeRdlck : fl.l_type == F_WRLCK ? kLockTypeWrlck : kLockTypeUnlck;
+  r.start = static_cast<uint64_t>(fl.l_start);
+  r.length = static_cast<uint64_t>(fl.l_len);
+  r.proc_id = fl.l_type == F_UNLCK ? m.proc_id : static_cast<uint32_t>(fl.l_pid);
+  r.client_id = m.client_id;
+  set_reply(rq, r);
+  co_return Result<void>{};
+}
+
+}  // namespace fsd::p9

@@ -1,0 +1,385 @@
+#include "fsd/transport/socket_server.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <stdexcept>
+#include <thread>
+#include <unordered_set>
+
+namespace fsd {
+
+// ---- addresses
+
+std::string ListenAddress::to_string() const {
+  if (kind == Kind::kUnix) return "unix:" + path;
+  bool v6 = host.find(':') != std::string::npos;
+  return "tcp:" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+ListenAddress parse_listen(std::string_view spec) {
+  auto fail = [&](const std::string& why) {
+    throw std::invalid_argument("--listen '" + std::string(spec) + "': " + why);
+  };
+  ListenAddress a;
+  if (spec.starts_with("unix:")) {
+    a.kind = ListenAddress::Kind::kUnix;
+    a.path = std::string(spec.substr(5));
+    if (a.path.empty()) fail("empty socket path");
+    if (a.path.size() >= sizeof(sockaddr_un::sun_path)) fail("socket path too long");
+    return a;
+  }
+  if (!spec.starts_with("tcp:")) fail("expected unix:PATH or tcp:[HOST:]PORT");
+  a.kind = ListenAddress::Kind::kTcp;
+  std::string_view rest = spec.substr(4);
+  std::string_view port;
+  if (rest.starts_with("[")) {
+    auto close = rest.find("]:");
+    if (close == std::string_view::npos) fail("expected [ADDRESS]:PORT");
+    a.host = std::string(rest.substr(1, close - 1));
+    port = rest.substr(close + 2);
+  } else if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
+    a.host = std::string(rest.substr(0, colon));
+    port = rest.substr(colon + 1);
+  } else {
+    a.host = "127.0.0.1";
+    port = rest;
+  }
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos)
+    fail("bad port '" + std::string(port) + "'");
+  unsigned long p = std::stoul(std::string(port));
+  if (p > 65535) fail("port out of range");
+  a.port = static_cast<uint16_t>(p);
+  in6_addr tmp6;
+  in_addr tmp4;
+  if (inet_pton(AF_INET, a.host.c_str(), &tmp4) != 1 && inet_pton(AF_INET6, a.host.c_str(), &tmp6) != 1)
+    fail("'" + a.host + "' is not a numeric IPv4 or IPv6 address");
+  return a;
+}
+
+namespace {
+
+Fd bind_unix(const std::string& path) {
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+  // A socket file left by a dead server is replaced; a live one is not.
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0)
+      throw std::runtime_error("unix:" + path + ": another server is listening there");
+    ::unlink(path.c_str());
+  }
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0)
+    throw std::runtime_error("unix:" + path + ": " + std::strerror(errno));
+  if (::listen(fd.get(), 128) < 0) throw std::runtime_error("listen: " + std::string(std::strerror(errno)));
+  return fd;
+}
+
+Fd bind_tcp(ListenAddress& a) {
+  sockaddr_storage ss{};
+  socklen_t len;
+  int family;
+  if (a.host.find(':') != std::string::npos) {
+    auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    s6->sin6_family = family = AF_INET6;
+    s6->sin6_port = htons(a.port);
+    inet_pton(AF_INET6, a.host.c_str(), &s6->sin6_addr);
+    len = sizeof *s6;
+  } else {
+    auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+    s4->sin_family = family = AF_INET;
+    s4->sin_port = htons(a.port);
+    inet_pton(AF_INET, a.host.c_str(), &s4->sin_addr);
+    len = sizeof *s4;
+  }
+  Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) < 0)
+    throw std::runtime_error(a.to_string() + ": " + std::strerror(errno));
+  if (::listen(fd.get(), 128) < 0) throw std::runtime_error("listen: " + std::string(std::strerror(errno)));
+  if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0)
+    a.port = ntohs(family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                      : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return fd;
+}
+
+uint32_t le32(const std::byte* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;  // x86 and other little-endian hosts
+}
+
+}  // namespace
+
+// ---- Connection
+
+class SocketServer::Connection : public p9::ReplySink, public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(Worker& w, Fd fd, uint64_t id);
+  ~Connection() override;
+
+  Task<void> run();
+  void close();
+
+  // ReplySink
+  Buffer buffer(size_t capacity) override { return pool_.get(capacity); }
+  void reply(Buffer frame) override;
+  void recycle(Buffer frame) override { pool_.put(std::move(frame)); }
+  void protocol_error(std::string_view why) override;
+
+ private:
+  Task<void> request(Buffer frame);
+  Task<void> sender();
+
+  Worker& worker_;
+  Fd fd_;
+  uint64_t id_;
+  BufferPool pool_;
+  p9::Session session_;
+  std::deque<Buffer> sendq_;
+  bool sending_ = false;
+  bool closed_ = false;
+};
+
+// ---- Worker
+
+class SocketServer::Worker {
+ public:
+  Worker(SocketServer& server, unsigned index) : server(server), index(index) {
+    ring.set_metadata_via_ring(server.metadata_via_ring_);
+    wake_fd.reset(::eventfd(0, EFD_CLOEXEC));
+    if (!wake_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+  }
+
+  void start() { thread = std::thread([this] { loop(); }); }
+  void request_stop() {
+    uint64_t one = 1;
+    (void)!::write(wake_fd.get(), &one, sizeof one);
+  }
+  void join() {
+    if (thread.joinable()) thread.join();
+  }
+
+  SocketServer& server;
+  unsigned index;
+  Ring ring{512};
+  Fd wake_fd;
+  std::thread thread;
+  std::unordered_set<Connection*> connections;
+  unsigned accepts_running = 0;
+  bool stopping = false;
+  uint64_t next_id = 0;
+  std::atomic<uint64_t> accepted{0}, dropped{0};
+
+ private:
+  Task<void> accept_loop(int listen_fd) {
+    accepts_running++;
+    while (!stopping) {
+      int fd = co_await ring.accept(listen_fd);
+      if (fd < 0) {
+        if (fd == -EINTR || fd == -ECONNABORTED || fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS) {
+          if (fd != -EINTR && fd != -ECONNABORTED) spdlog::warn("accept: {}", std::strerror(-fd));
+          continue;
+        }
+        break;  // the listener was shut down
+      }
+      if (stopping) {
+        ::close(fd);
+        break;
+      }
+      int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on unix
+      accepted++;
+      auto c = std::make_shared<Connection>(*this, Fd(fd), (uint64_t{index} << 48) | next_id++);
+      spawn(c->run());
+    }
+    accepts_running--;
+  }
+
+  Task<void> wait_stop() {
+    uint64_t v;
+    co_await ring.read(wake_fd.get(), &v, sizeof v, 0);
+    stopping = true;
+    for (Connection* c : connections) c->close();
+  }
+
+  void loop() {
+    for (const Fd& l : server.listeners_) spawn(accept_loop(l.get()));
+    spawn(wait_stop());
+    while (!stopping || accepts_running > 0 || !connections.empty()) ring.run_once();
+  }
+};
+
+SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id)
+    : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.exports_, w.ring, *this, w.server.config_) {
+  worker_.connections.insert(this);
+  spdlog::debug("connection {:x}: open", id_);
+}
+
+SocketServer::Connection::~Connection() {
+  worker_.connections.erase(this);
+  spdlog::debug("connection {:x}: closed", id_);
+}
+
+void SocketServer::Connection::close() {
+  if (closed_) return;
+  closed_ = true;
+  ::shutdown(fd_.get(), SHUT_RDWR);  // ends the pending recv
+}
+
+void SocketServer::Connection::protocol_error(std::string_view why) {
+  if (!closed_) {
+    spdlog::warn("connection {:x}: {}; dropping it", id_, why);
+    worker_.dropped++;
+  }
+  close();
+}
+
+Task<void> SocketServer::Connection::request(Buffer frame) {
+  auto self = shared_from_this();
+  co_await session_.handle(std::move(frame));
+}
+
+Task<void> SocketServer::Connection::run() {
+  auto self = shared_from_this();
+  Buffer rx(64 * 1024);
+  size_t have = 0;
+  while (!closed_) {
+    int n = co_await worker_.ring.recv(fd_.get(), rx.data() + have, static_cast<unsigned>(rx.capacity() - have));
+    if (n <= 0) {
+      if (n < 0 && n != -ECONNRESET && !closed_) spdlog::debug("connection {:x}: recv: {}", id_, std::strerror(-n));
+      break;
+    }
+    have += static_cast<size_t>(n);
+    size_t off = 0;
+    while (!closed_ && have - off >= 4) {
+      uint32_t size = le32(rx.data() + off);
+      uint32_t max = session_.max_frame();
+      if (size < p9::kHeaderSize || size > max) {
+        protocol_error(size < p9::kHeaderSize ? "frame shorter than a header"
+                                              : "frame of " + std::to_string(size) + " bytes exceeds msize " +
+                                                    std::to_string(max));
+        break;
+      }
+      if (have - off < size) break;
+      Buffer frame;
+      if (off == 0 && size == have && size > BufferPool::kSmall) {
+        // The buffer holds exactly one large frame (a big Twrite): hand it
+        // over instead of copying it, and receive into a fresh one.
+        frame = std::move(rx);
+        rx = pool_.get(64 * 1024);
+      } else {
+        frame = pool_.get(size);
+        std::memcpy(frame.data(), rx.data() + off, size);
+      }
+      frame.set_size(size);
+      off += size;
+      spawn(request(std::move(frame)));
+    }
+    if (off > 0) {
+      std::memmove(rx.data(), rx.data() + off, have - off);
+      have -= off;
+    }
+    // Make room for the whole of a partly received large frame.
+    if (have >= 4) {
+      uint32_t size = le32(rx.data());
+      if (size > rx.capacity() && size <= session_.max_frame()) {
+        Buffer bigger(size);
+        std::memcpy(bigger.data(), rx.data(), have);
+        rx = std::move(bigger);
+      }
+    }
+  }
+  close();
+}
+
+void SocketServer::Connection::reply(Buffer frame) {
+  if (closed_) {
+    pool_.put(std::move(frame));
+    return;
+  }
+  if (pool_.large() != session_.max_frame()) pool_.set_large(session_.max_frame());
+  sendq_.push_back(std::move(frame));
+  if (!sending_) {
+    sending_ = true;
+    spawn(sender());
+  }
+}
+
+Task<void> SocketServer::Connection::sender() {
+  auto self = shared_from_this();
+  while (!sendq_.empty() && !closed_) {
+    Buffer b = std::move(sendq_.front());
+    sendq_.pop_front();
+    size_t off = 0;
+    while (off < b.size()) {
+      int n = co_await worker_.ring.send(fd_.get(), b.data() + off, static_cast<unsigned>(b.size() - off));
+      if (n <= 0) {
+        close();
+        break;
+      }
+      off += static_cast<size_t>(n);
+    }
+    pool_.put(std::move(b));
+  }
+  sendq_.clear();
+  sending_ = false;
+}
+
+// ---- SocketServer
+
+SocketServer::SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
+                           bool metadata_via_ring)
+    : exports_(exports), config_(config), threads_(threads ? threads : 1), metadata_via_ring_(metadata_via_ring) {}
+
+SocketServer::~SocketServer() { stop(); }
+
+void SocketServer::listen(const ListenAddress& addr) {
+  ListenAddress a = addr;
+  listeners_.push_back(a.kind == ListenAddress::Kind::kUnix ? bind_unix(a.path) : bind_tcp(a));
+  bound_.push_back(a);
+}
+
+void SocketServer::start() {
+  for (unsigned i = 0; i < threads_; i++) workers_.push_back(std::make_unique<Worker>(*this, i));
+  for (auto& w : workers_) w->start();
+}
+
+void SocketServer::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  for (auto& l : listeners_) ::shutdown(l.get(), SHUT_RDWR);  // completes pending accepts
+  for (auto& w : workers_) w->request_stop();
+  for (auto& w : workers_) w->join();
+  listeners_.clear();
+  for (const auto& a : bound_)
+    if (a.kind == ListenAddress::Kind::kUnix) ::unlink(a.path.c_str());
+}
+
+SocketServerStats SocketServer::stats() const {
+  SocketServerStats s;
+  for (const auto& w : workers_) {
+    s.connections_accepted += w->accepted;
+    s.connections_dropped += w->dropped;
+  }
+  return s;
+}
+
+}  // namespace fsd

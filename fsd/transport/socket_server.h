@@ -1,0 +1,68 @@
+// SocketServer: serves 9P2000.L on unix-socket and TCP listeners.
+//
+// N worker threads, each with its own Ring, all accept on every listener;
+// a connection stays on the worker that accepted it. Bytes in, frames out:
+// this layer knows only the 9P size prefix, and hands each complete frame to
+// the connection's p9::Session.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fsd/p9/session.h"
+#include "fsd/util/fd.h"
+
+namespace fsd {
+
+struct ListenAddress {
+  enum class Kind { kUnix, kTcp } kind = Kind::kUnix;
+  std::string path;  // unix
+  std::string host;  // tcp, numeric
+  uint16_t port = 0;
+  std::string to_string() const;
+};
+
+// "unix:PATH", "tcp:PORT" (loopback), "tcp:HOST:PORT" or "tcp:[V6]:PORT".
+// Throws std::invalid_argument with a one-line message.
+ListenAddress parse_listen(std::string_view spec);
+
+struct SocketServerStats {
+  uint64_t connections_accepted = 0;
+  uint64_t connections_dropped = 0;  // protocol errors
+};
+
+class SocketServer {
+ public:
+  SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
+               bool metadata_via_ring = true);
+  ~SocketServer();
+
+  // Binds and listens (throws std::runtime_error on failure). A port of 0
+  // picks a free one; bound() tells which.
+  void listen(const ListenAddress& addr);
+  const std::vector<ListenAddress>& bound() const { return bound_; }
+
+  // Starts the workers. Returns at once.
+  void start();
+  // Stops accepting, closes every connection once its in-flight requests are
+  // done, joins the workers, removes unix socket files. Idempotent.
+  void stop();
+
+  SocketServerStats stats() const;
+
+ private:
+  class Worker;
+  class Connection;
+
+  const p9::ExportSet& exports_;
+  p9::SessionConfig config_;
+  unsigned threads_;
+  bool metadata_via_ring_;
+  std::vector<Fd> listeners_;
+  std::vector<ListenAddress> bound_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  bool stopped_ = false;
+};
+
+}  // namespace fsd

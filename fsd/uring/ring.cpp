@@ -1,0 +1,216 @@
+#include "fsd/uring/ring.h"
+
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fsd {
+
+// ---- coroutine frame recycling
+
+namespace {
+constexpr std::size_t kFrameClass = 64;
+constexpr std::size_t kFrameClasses = 64;  // frames up to 4 KiB are recycled
+constexpr std::size_t kFramesKeptPerClass = 1024;
+
+struct FramePool {
+  std::array<std::vector<void*>, kFrameClasses> free;
+  ~FramePool() {
+    for (auto& v : free)
+      for (void* p : v) ::operator delete(p);
+  }
+};
+thread_local FramePool t_frames;
+}  // namespace
+
+void* frame_alloc(std::size_t size) {
+  std::size_t cls = (size + kFrameClass - 1) / kFrameClass;
+  if (cls < kFrameClasses) {
+    auto& v = t_frames.free[cls];
+    if (!v.empty()) {
+      void* p = v.back();
+      v.pop_back();
+      return p;
+    }
+    return ::operator new(cls * kFrameClass);
+  }
+  return ::operator new(size);
+}
+
+void frame_free(void* p, std::size_t size) noexcept {
+  std::size_t cls = (size + kFrameClass - 1) / kFrameClass;
+  if (cls < kFrameClasses && t_frames.free[cls].size() < kFramesKeptPerClass) {
+    try {
+      t_frames.free[cls].push_back(p);
+      return;
+    } catch (...) {
+    }
+  }
+  ::operator delete(p);
+}
+
+// ---- Op
+
+void Op::await_suspend(std::coroutine_handle<> h) noexcept {
+  waiter_ = h;
+  ring_->submit(this);
+}
+
+void Op::complete(int res) {
+  // Regular files and sockets should not report EAGAIN to a blocking-mode
+  // submitter, but some drivers do; resubmit a few times before giving up.
+  if (res == -EAGAIN && eagain_retries_ < 8) {
+    eagain_retries_++;
+    ring_->submit(this);
+    return;
+  }
+  res_ = res;
+  waiter_.resume();
+}
+
+// ---- Ring
+
+Ring::Ring(unsigned entries) {
+  io_uring_params p{};
+  p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+  int r = io_uring_queue_init_params(entries, &ring_, &p);
+  if (r == -EINVAL) {  // older kernels lack the flags
+    p = {};
+    r = io_uring_queue_init_params(entries, &ring_, &p);
+  }
+  if (r < 0) throw std::runtime_error(std::string("io_uring_queue_init: ") + std::strerror(-r));
+  if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+    for (int op = 0; op < 256 && op <= probe->last_op; op++)
+      supported_[op] = io_uring_opcode_supported(probe, op);
+    io_uring_free_probe(probe);
+  }
+}
+
+Ring::~Ring() { io_uring_queue_exit(&ring_); }
+
+void Ring::submit(Op* op) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) std::abort();  // the SQ is empty right after submit
+  }
+  *sqe = op->sqe_;
+  io_uring_sqe_set_data(sqe, op);
+  submitted_++;
+}
+
+void Ring::run_once(bool wait) {
+  int r = io_uring_submit_and_wait(&ring_, wait ? 1 : 0);
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+    throw std::runtime_error(std::string("io_uring_submit_and_wait: ") + std::strerror(-r));
+  }
+  // Copy completions out and retire them before resuming anyone: resumed
+  // coroutines submit new work, and that must not race with CQ iteration.
+  constexpr unsigned kBatch = 64;
+  io_uring_cqe* cqes[kBatch];
+  struct Done {
+    Op* op;
+    int res;
+  };
+  Done done[kBatch];
+  for (;;) {
+    unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, kBatch);
+    if (n == 0) break;
+    unsigned k = 0;
+    for (unsigned i = 0; i < n; i++) {
+      auto* op = static_cast<Op*>(io_uring_cqe_get_data(cqes[i]));
+      if (op != nullptr) done[k++] = {op, cqes[i]->res};
+    }
+    io_uring_cq_advance(&ring_, n);
+    completed_ += n;
+    for (unsigned i = 0; i < k; i++) done[i].op->complete(done[i].res);
+    if (n < kBatch) break;
+  }
+}
+
+namespace {
+inline int sys(long r) { return r < 0 ? -errno : static_cast<int>(r); }
+}  // namespace
+
+// Every method prepares an SQE on the stack (liburing's prep helpers fill
+// every field they use) and hands it to an Op, which copies it into the ring
+// when awaited.
+#define FSD_PREP(prep_call)  \
+  io_uring_sqe sqe{};        \
+  prep_call;                 \
+  return Op(this, sqe)
+
+Op Ring::read(int fd, void* buf, unsigned len, uint64_t off) {
+  FSD_PREP(io_uring_prep_read(&sqe, fd, buf, len, off));
+}
+Op Ring::write(int fd, const void* buf, unsigned len, uint64_t off) {
+  FSD_PREP(io_uring_prep_write(&sqe, fd, buf, len, off));
+}
+Op Ring::readv(int fd, const iovec* iov, unsigned n, uint64_t off) {
+  FSD_PREP(io_uring_prep_readv(&sqe, fd, iov, n, off));
+}
+Op Ring::writev(int fd, const iovec* iov, unsigned n, uint64_t off) {
+  FSD_PREP(io_uring_prep_writev(&sqe, fd, iov, n, off));
+}
+Op Ring::fsync(int fd, bool datasync) {
+  FSD_PREP(io_uring_prep_fsync(&sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0));
+}
+Op Ring::recv(int fd, void* buf, unsigned len) {
+  FSD_PREP(io_uring_prep_recv(&sqe, fd, buf, len, 0));
+}
+Op Ring::send(int fd, const void* buf, unsigned len) {
+  FSD_PREP(io_uring_prep_send(&sqe, fd, buf, len, MSG_NOSIGNAL));
+}
+Op Ring::accept(int fd) {
+  FSD_PREP(io_uring_prep_accept(&sqe, fd, nullptr, nullptr, SOCK_CLOEXEC));
+}
+
+Op Ring::openat2(int dirfd, const char* path, const open_how& how) {
+  if (!use_ring_for(IORING_OP_OPENAT2)) {
+    open_how h = how;
+    return Op(sys(syscall(SYS_openat2, dirfd, path, &h, sizeof h)));
+  }
+  // The kernel copies `how` at submission; the caller keeps it alive anyway.
+  FSD_PREP(io_uring_prep_openat2(&sqe, dirfd, path, const_cast<open_how*>(&how)));
+}
+Op Ring::statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* out) {
+  if (!use_ring_for(IORING_OP_STATX)) return Op(sys(::statx(dirfd, path, flags, mask, out)));
+  FSD_PREP(io_uring_prep_statx(&sqe, dirfd, path, flags, mask, out));
+}
+Op Ring::mkdirat(int dirfd, const char* path, mode_t mode) {
+  if (!use_ring_for(IORING_OP_MKDIRAT)) return Op(sys(::mkdirat(dirfd, path, mode)));
+  FSD_PREP(io_uring_prep_mkdirat(&sqe, dirfd, path, mode));
+}
+Op Ring::unlinkat(int dirfd, const char* path, int flags) {
+  if (!use_ring_for(IORING_OP_UNLINKAT)) return Op(sys(::unlinkat(dirfd, path, flags)));
+  FSD_PREP(io_uring_prep_unlinkat(&sqe, dirfd, path, flags));
+}
+Op Ring::renameat(int olddir, const char* oldpath, int newdir, const char* newpath,
+                  unsigned flags) {
+  if (!use_ring_for(IORING_OP_RENAMEAT))
+    return Op(sys(::renameat2(olddir, oldpath, newdir, newpath, flags)));
+  FSD_PREP(io_uring_prep_renameat(&sqe, olddir, oldpath, newdir, newpath, flags));
+}
+Op Ring::linkat(int olddir, const char* oldpath, int newdir, const char* newpath, int flags) {
+  if (!use_ring_for(IORING_OP_LINKAT))
+    return Op(sys(::linkat(olddir, oldpath, newdir, newpath, flags)));
+  FSD_PREP(io_uring_prep_linkat(&sqe, olddir, oldpath, newdir, newpath, flags));
+}
+Op Ring::symlinkat(const char* target, int newdir, const char* linkpath) {
+  if (!use_ring_for(IORING_OP_SYMLINKAT)) return Op(sys(::symlinkat(target, newdir, linkpath)));
+  FSD_PREP(io_uring_prep_symlinkat(&sqe, target, newdir, linkpath));
+}
+
+#undef FSD_PREP
+
+}  // namespace fsd

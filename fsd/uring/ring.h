@@ -1,0 +1,134 @@
+// Ring: one io_uring and the event loop of one thread.
+//
+// Every operation is an awaitable returning the syscall's result: >= 0 on
+// success, -errno on failure (the cqe->res convention). Submissions made
+// while coroutines run are batched and go to the kernel together at the next
+// run_once(). An operation the running kernel's io_uring lacks (probed at
+// start) is performed synchronously instead, with the same result convention.
+//
+// Thread-safety: a Ring and everything awaiting on it belong to one thread.
+#pragma once
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+
+#include <bitset>
+#include <coroutine>
+#include <cstdint>
+#include <optional>
+
+#include "fsd/uring/task.h"
+
+namespace fsd {
+
+class Ring;
+
+// One submitted (or synchronously completed) operation. Lives in the awaiting
+// coroutine's frame, so its address is stable while it is in flight; that
+// address is the SQE's user_data.
+class [[nodiscard]] Op {
+ public:
+  Op(Ring* ring, const io_uring_sqe& sqe) : ring_(ring), sqe_(sqe) {}
+  // An already finished operation (synchronous fallback).
+  explicit Op(int res) : res_(res), ready_(true) {}
+
+  bool await_ready() const noexcept { return ready_; }
+  void await_suspend(std::coroutine_handle<> h) noexcept;
+  int await_resume() const noexcept { return res_; }
+
+ private:
+  friend class Ring;
+  void complete(int res);
+
+  Ring* ring_ = nullptr;
+  io_uring_sqe sqe_{};
+  int res_ = 0;
+  bool ready_ = false;
+  uint8_t eagain_retries_ = 0;
+  std::coroutine_handle<> waiter_;
+};
+
+class Ring {
+ public:
+  explicit Ring(unsigned entries = 256);
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  bool supports(uint8_t opcode) const { return supported_[opcode]; }
+  // Turns off use of io_uring for metadata operations (they run as plain
+  // syscalls); data I/O always uses the ring.
+  void set_metadata_via_ring(bool on) { meta_via_ring_ = on; }
+
+  // Submits pending SQEs, then handles completions. With `wait`, blocks until
+  // at least one completion arrives.
+  void run_once(bool wait = true);
+
+  // Drives `t` to completion on this thread's loop and returns its value.
+  template <class T>
+  T run(Task<T> t);
+
+  // ---- data I/O
+  Op read(int fd, void* buf, unsigned len, uint64_t off);
+  Op write(int fd, const void* buf, unsigned len, uint64_t off);
+  Op readv(int fd, const iovec* iov, unsigned n, uint64_t off);
+  Op writev(int fd, const iovec* iov, unsigned n, uint64_t off);
+  Op fsync(int fd, bool datasync);
+  // ---- sockets and eventfds
+  Op recv(int fd, void* buf, unsigned len);
+  Op send(int fd, const void* buf, unsigned len);
+  Op accept(int fd);
+  // ---- metadata (paths must stay valid until the Op completes)
+  Op openat2(int dirfd, const char* path, const open_how& how);
+  Op statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* out);
+  Op mkdirat(int dirfd, const char* path, mode_t mode);
+  Op unlinkat(int dirfd, const char* path, int flags);
+  Op renameat(int olddir, const char* oldpath, int newdir, const char* newpath, unsigned flags);
+  Op linkat(int olddir, const char* oldpath, int newdir, const char* newpath, int flags);
+  Op symlinkat(const char* target, int newdir, const char* linkpath);
+
+  // Counters, for benchmarks and tests.
+  uint64_t submitted() const { return submitted_; }
+  uint64_t completed() const { return completed_; }
+
+ private:
+  friend class Op;
+  void submit(Op* op);
+  bool use_ring_for(uint8_t opcode) const { return supported_[opcode] && meta_via_ring_; }
+
+  io_uring ring_{};
+  std::bitset<256> supported_;
+  bool meta_via_ring_ = true;
+  uint64_t submitted_ = 0;
+  uint64_t completed_ = 0;
+};
+
+namespace detail {
+template <class T>
+Task<void> store_result(Task<T> t, std::optional<T>* out) {
+  out->emplace(co_await std::move(t));
+}
+inline Task<void> store_done(Task<void> t, bool* done) {
+  co_await std::move(t);
+  *done = true;
+}
+}  // namespace detail
+
+template <class T>
+T Ring::run(Task<T> t) {
+  if constexpr (std::is_void_v<T>) {
+    bool done = false;
+    spawn(detail::store_done(std::move(t), &done));
+    while (!done) run_once();
+  } else {
+    std::optional<T> out;
+    spawn(detail::store_result(std::move(t), &out));
+    while (!out) run_once();
+    return std::move(*out);
+  }
+}
+
+}  // namespace fsd

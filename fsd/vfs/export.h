@@ -1,0 +1,28 @@
+// Export: one host directory served to clients under a tag.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fsd {
+
+// How much clients may cache. 9p clients choose their own cache mode; FUSE
+// clients are told through entry/attr timeouts and open flags.
+enum class CachePolicy { kNever, kAuto, kAlways };
+
+std::string_view to_string(CachePolicy c);
+
+struct ExportConfig {
+  std::string tag;   // 9p aname / virtio-fs tag
+  std::string path;  // host directory (absolute after parse)
+  bool read_only = false;
+  CachePolicy cache = CachePolicy::kAuto;
+};
+
+// Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always]". Read-only exports
+// default to cache=always. Throws std::invalid_argument with a one-line
+// message naming the problem. Does not touch the filesystem.
+ExportConfig parse_export(std::string_view spec);
+
+}  // namespace fsd

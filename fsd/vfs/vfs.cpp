@@ -1,0 +1,672 @@
+#include "fsd/vfs/vfs.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <array>
+#include <climits>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace fsd {
+namespace {
+
+constexpr int kAllowedOpenFlags = O_ACCMODE | O_APPEND | O_TRUNC | O_NONBLOCK | O_DIRECTORY |
+                                  O_SYNC | O_DSYNC | O_LARGEFILE | O_NOATIME;
+constexpr unsigned kResolveChild = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+constexpr unsigned kStatxMask = STATX_BASIC_STATS | STATX_BTIME;
+
+// A NUL-terminated copy of a validated name, without allocating.
+class CName {
+ public:
+  explicit CName(std::string_view s) {
+    std::memcpy(buf_.data(), s.data(), s.size());
+    buf_[s.size()] = '\0';
+  }
+  const char* c_str() const { return buf_.data(); }
+
+ private:
+  std::array<char, NAME_MAX + 1> buf_;
+};
+
+uint64_t dev_of(const struct statx& st) { return makedev(st.stx_dev_major, st.stx_dev_minor); }
+
+
+struct HandleBuf {
+  file_handle fh;
+  unsigned char space[MAX_HANDLE_SZ];
+};
+
+}  // namespace
+
+// ---- NodeRef, PathFd, OpenFile
+
+NodeRef::NodeRef(Node* n) : n_(n) {
+  if (n_) n_->refs_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void NodeRef::reset() {
+  if (Node* n = std::exchange(n_, nullptr)) n->vfs.release(n);
+}
+
+bool Node::is_root() const { return vfs.root().get() == this; }
+
+PathFd& PathFd::operator=(PathFd&& o) noexcept {
+  if (this != &o) {
+    if (node_) node_->vfs.unpin(node_);
+    node_ = std::exchange(o.node_, nullptr);
+    fd_ = std::exchange(o.fd_, -1);
+  }
+  return *this;
+}
+
+PathFd::~PathFd() {
+  if (node_) node_->vfs.unpin(node_);
+}
+
+std::string PathFd::proc_path() const { return "/proc/self/fd/" + std::to_string(fd_); }
+
+OpenFile& OpenFile::operator=(OpenFile&& o) noexcept {
+  if (this != &o) {
+    if (vfs_ && fd_.valid()) vfs_->release_open_file();
+    vfs_ = std::exchange(o.vfs_, nullptr);
+    fd_ = std::move(o.fd_);
+    flags_ = o.flags_;
+  }
+  return *this;
+}
+
+OpenFile::~OpenFile() {
+  if (vfs_ && fd_.valid()) vfs_->release_open_file();
+}
+
+// ---- Vfs: set-up
+
+Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), options_(options) {
+  auto fail = [&](const std::string& why) {
+    throw std::runtime_error("export '" + config_.tag + "': " + why);
+  };
+  int fd = ::open(config_.path.c_str(), O_PATH | O_CLOEXEC);
+  if (fd < 0) fail("cannot open '" + config_.path + "': " + std::strerror(errno));
+  root_fd_.reset(fd);
+  struct statx st{};
+  if (::statx(fd, "", AT_EMPTY_PATH, kStatxMask, &st) < 0)
+    fail("cannot stat '" + config_.path + "': " + std::strerror(errno));
+  if (!S_ISDIR(st.stx_mode)) fail("'" + config_.path + "' is not a directory");
+  root_dev_ = dev_of(st);
+  am_root_ = ::geteuid() == 0;
+
+  auto* root = new Node(*this, root_dev_, st.stx_ino, S_IFDIR);
+  HandleBuf hb{};
+  hb.fh.handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = -1;
+  if (options_.use_handles && ::name_to_handle_at(fd, "", &hb.fh, &mount_id, AT_EMPTY_PATH) == 0) {
+    Fd probe(::open_by_handle_at(fd, &hb.fh, O_PATH | O_CLOEXEC));
+    handles_ok_ = probe.valid();
+    if (handles_ok_) mount_fds_.emplace(mount_id, Fd(::dup(fd)));
+  }
+  root->path_fd_ = fd;  // owned by root_fd_, never evicted
+  root->pins_ = 1;
+  table_.insert(*root);
+  root_ = NodeRef(root);
+}
+
+Vfs::~Vfs() { root_.reset(); }
+
+VfsStats Vfs::stats() const {
+  VfsStats s;
+  {
+    std::lock_guard g(table_mu_);
+    s.nodes = table_.size();
+  }
+  std::lock_guard g(fd_mu_);
+  s.path_fds = path_fds_;
+  s.open_files = open_files_.load();
+  s.reopen_by_handle = reopen_by_handle_;
+  s.reopen_by_name = reopen_by_name_;
+  return s;
+}
+
+bool Vfs::valid_name(std::string_view name) {
+  return !name.empty() && name.size() <= NAME_MAX && name != "." && name != ".." &&
+         name.find('/') == std::string_view::npos && name.find('\0') == std::string_view::npos;
+}
+
+uint64_t Vfs::unique_ino(uint64_t dev, uint64_t ino) {
+  if (dev == root_dev_) return ino;
+  std::lock_guard g(dev_mu_);
+  auto [it, _] = dev_index_.emplace(dev, dev_index_.size() + 1);
+  return (it->second << 48) ^ ino;
+}
+
+uint32_t Vfs::version_of(const struct statx& st) {
+  uint64_t v = static_cast<uint64_t>(st.stx_mtime.tv_sec) * 1000000000ull + st.stx_mtime.tv_nsec;
+  v ^= st.stx_size * 0x9E3779B97F4A7C15ull;
+  return static_cast<uint32_t>(v ^ (v >> 32));
+}
+
+// ---- node lifetime and the fd cache
+
+void Vfs::release(Node* n) {
+  NodeRef parent;  // dropped after the lock: it may release further nodes
+  {
+    std::lock_guard g(table_mu_);
+    if (n->refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (n->NodeSetHook::is_linked()) table_.erase(table_.iterator_to(*n));
+    parent = std::move(n->parent_);
+  }
+  {
+    std::lock_guard g(fd_mu_);
+    if (n->path_fd_ >= 0 && n->path_fd_ != root_fd_.get()) {
+      ::close(n->path_fd_);
+      path_fds_--;
+    }
+    n->NodeLruHook::unlink();
+  }
+  delete n;
+}
+
+void Vfs::unpin(Node* n) {
+  std::lock_guard g(fd_mu_);
+  n->pins_--;
+  if (path_fds_ > options_.path_fd_cache) evict_locked();
+}
+
+void Vfs::evict_locked() {
+  auto it = lru_.end();
+  while (path_fds_ > options_.path_fd_cache && it != lru_.begin()) {
+    --it;
+    Node& victim = *it;
+    if (victim.pins_ != 0) continue;
+    it = lru_.erase(it);
+    ::close(victim.path_fd_);
+    victim.path_fd_ = -1;
+    path_fds_--;
+  }
+}
+
+Result<PathFd> Vfs::path_fd(Node& n) {
+  {
+    std::lock_guard g(fd_mu_);
+    if (n.path_fd_ >= 0) {
+      n.pins_++;
+      if (n.NodeLruHook::is_linked()) {
+        n.NodeLruHook::unlink();
+        lru_.push_front(n);
+      }
+      return PathFd(&n, n.path_fd_);
+    }
+  }
+  auto fd = reopen(n);
+  if (!fd) return Error{fd.error()};
+  std::lock_guard g(fd_mu_);
+  if (n.path_fd_ < 0) {  // else another thread re-opened it first; ours closes
+    n.path_fd_ = fd->release();
+    lru_.push_front(n);
+    path_fds_++;
+  }
+  n.pins_++;
+  int out = n.path_fd_;
+  evict_locked();
+  return PathFd(&n, out);
+}
+
+Result<Fd> Vfs::reopen(Node& n) {
+  if (n.handle_ && handles_ok_) {
+    int mount_fd = -1;
+    {
+      std::lock_guard g(fd_mu_);
+      if (auto it = mount_fds_.find(n.mount_id_); it != mount_fds_.end()) mount_fd = it->second.get();
+      reopen_by_handle_++;
+    }
+    if (mount_fd >= 0) {
+      int fd = ::open_by_handle_at(mount_fd, reinterpret_cast<file_handle*>(n.handle_.get()),
+                                   O_PATH | O_CLOEXEC);
+      if (fd >= 0) return Fd(fd);
+      if (errno == ESTALE) return Error{ESTALE};
+    }
+  }
+  NodeRef parent;
+  std::string name;
+  {
+    std::lock_guard g(table_mu_);
+    parent = n.parent_;
+    name = n.name_;
+  }
+  if (!parent) return Error{ESTALE};
+  auto pfd = path_fd(*parent);
+  if (!pfd) return Error{pfd.error()};
+  {
+    std::lock_guard g(fd_mu_);
+    reopen_by_name_++;
+  }
+  int fd = ::openat(pfd->get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return Error{errno == ENOENT ? ESTALE : errno};
+  Fd owned(fd);
+  struct statx st{};
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_INO, &st) < 0) return errno_error();
+  if (dev_of(st) != n.dev || st.stx_ino != n.ino) return Error{ESTALE};
+  return owned;
+}
+
+NodeRef Vfs::intern(Fd fd, const struct statx& st, const NodeRef& parent, std::string_view name) {
+  Node::Key key{dev_of(st), st.stx_ino};
+  NodeRef node;
+  NodeRef old_parent;
+  {
+    std::lock_guard g(table_mu_);
+    if (auto it = table_.find(key); it != table_.end()) {
+      node = NodeRef(&*it);
+      if (!node->is_root() && parent) {
+        old_parent = std::exchange(node->parent_, parent);
+        node->name_ = std::string(name);
+      }
+    }
+  }
+  if (!node) {
+    auto fresh = std::make_unique<Node>(*this, key.dev, key.ino, st.stx_mode & S_IFMT);
+    fresh->parent_ = parent;
+    fresh->name_ = std::string(name);
+    int mount_id = -1;
+    HandleBuf hb{};
+    hb.fh.handle_bytes = MAX_HANDLE_SZ;
+    if (handles_ok_ && ::name_to_handle_at(fd.get(), "", &hb.fh, &mount_id, AT_EMPTY_PATH) == 0) {
+      size_t size = sizeof(file_handle) + hb.fh.handle_bytes;
+      fresh->handle_ = std::make_unique<unsigned char[]>(size);
+      std::memcpy(fresh->handle_.get(), &hb, size);
+      fresh->mount_id_ = mount_id;
+      std::lock_guard g(fd_mu_);
+      if (!mount_fds_.contains(mount_id)) mount_fds_.emplace(mount_id, Fd(::dup(fd.get())));
+    }
+    std::lock_guard g(table_mu_);
+    if (auto it = table_.find(key); it != table_.end()) {
+      node = NodeRef(&*it);  // lost a race with another thread; use theirs
+    } else {
+      table_.insert(*fresh);
+      node = NodeRef(fresh.release());
+    }
+  }
+  std::lock_guard g(fd_mu_);
+  if (node->path_fd_ < 0) {
+    node->path_fd_ = fd.release();
+    lru_.push_front(*node);
+    path_fds_++;
+    evict_locked();
+  }
+  return node;
+}
+
+Result<void> Vfs::reserve_open_file() {
+  if (open_files_.fetch_add(1, std::memory_order_relaxed) >= options_.open_files) {
+    open_files_.fetch_sub(1, std::memory_order_relaxed);
+    return Error{EMFILE};
+  }
+  return {};
+}
+
+void Vfs::chown_new(int dirfd, const std::string& name, Creds creds) {
+  if (am_root_ && (creds.uid != 0 || creds.gid != 0))
+    (void)::fchownat(dirfd, name.c_str(), creds.uid, creds.gid, AT_SYMLINK_NOFOLLOW);
+}
+
+// ---- operations
+
+Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std::string_view name) {
+  CName cname(name);
+  struct statx st{};
+  // Known node? Then a stat is enough and nothing is opened.
+  int r = co_await ring.statx(dirfd, cname.c_str(), AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, kStatxMask, &st);
+  if (r < 0) co_return Error{-r};
+  {
+    NodeRef found, old_parent;
+    {
+      std::lock_guard g(table_mu_);
+      if (auto it = table_.find(Node::Key{dev_of(st), st.stx_ino}); it != table_.end()) {
+        found = NodeRef(&*it);
+        if (!found->is_root()) {
+          old_parent = std::exchange(found->parent_, dir);
+          found->name_ = std::string(name);
+        }
+      }
+    }
+    if (found) co_return Entry{std::move(found), st};
+  }
+  open_how how{};
+  how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+  how.resolve = kResolveChild;
+  r = co_await ring.openat2(dirfd, cname.c_str(), how);
+  if (r < 0) co_return Error{-r};
+  Fd fd(r);
+  // Stat what was opened: the name may have changed since the first stat.
+  r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
+  if (r < 0) co_return Error{-r};
+  NodeRef node = intern(std::move(fd), st, dir, name);
+  co_return Entry{std::move(node), st};
+}
+
+Task<Result<Entry>> Vfs::lookup(Ring& ring, NodeRef dir, std::string_view name) {
+  if (name == "." || name == "..") {
+    NodeRef target;
+    if (name == ".." && !dir->is_root()) {
+      std::lock_guard g(table_mu_);  // copy only: dropping a ref here would re-lock
+      target = NodeRef(dir->parent_.get());
+    } else {
+      target = dir;
+    }
+    if (!target) co_return Error{ESTALE};
+    auto st = co_await getattr(ring, *target);
+    if (!st) co_return Error{st.error()};
+    co_return Entry{std::move(target), *st};
+  }
+  if (!valid_name(name)) co_return Error{name.size() > NAME_MAX ? ENAMETOOLONG : EINVAL};
+  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  auto pfd = path_fd(*dir);
+  if (!pfd) co_return Error{pfd.error()};
+  co_return co_await entry_at(ring, dir, pfd->get(), name);
+}
+
+Task<Result<struct statx>> Vfs::getattr(Ring& ring, Node& n) {
+  auto pfd = path_fd(n);
+  if (!pfd) co_return Error{pfd.error()};
+  struct statx st{};
+  int r = co_await ring.statx(pfd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, kStatxMask, &st);
+  if (r < 0) co_return Error{-r};
+  co_return st;
+}
+
+Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
+  if (n.is_symlink()) co_return Error{ELOOP};
+  bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+  if (read_only() && writes) co_return Error{EROFS};
+  if (n.is_dir() && writes) co_return Error{EISDIR};
+  flags = (flags & kAllowedOpenFlags) | O_CLOEXEC;
+  if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
+  auto pfd = path_fd(n);
+  if (!pfd) {
+    release_open_file();
+    co_return Error{pfd.error()};
+  }
+  // Re-opening through /proc/self/fd reaches exactly this inode, whatever
+  // has happened to its name since.
+  std::string path = pfd->proc_path();
+  open_how how{};
+  how.flags = static_cast<uint64_t>(flags);
+  int r = co_await ring.openat2(AT_FDCWD, path.c_str(), how);
+  if (r < 0 && (flags & O_NOATIME) && r == -EPERM) {
+    how.flags &= ~static_cast<uint64_t>(O_NOATIME);
+    r = co_await ring.openat2(AT_FDCWD, path.c_str(), how);
+  }
+  if (r < 0) {
+    release_open_file();
+    co_return Error{-r};
+  }
+  co_return OpenFile(this, Fd(r), flags);
+}
+
+Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
+                                       mode_t mode, Creds creds) {
+  if (read_only()) co_return Error{EROFS};
+  if (!valid_name(name)) co_return Error{EINVAL};
+  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  auto pfd = path_fd(*dir);
+  if (!pfd) co_return Error{pfd.error()};
+  if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
+  OpenFile file;
+  CName cname(name);
+  open_how how{};
+  int oflags = (flags & kAllowedOpenFlags & ~O_DIRECTORY) | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
+               (flags & O_EXCL);
+  how.flags = static_cast<uint64_t>(oflags);
+  how.mode = mode & 07777;
+  how.resolve = kResolveChild;
+  int r = co_await ring.openat2(pfd->get(), cname.c_str(), how);
+  if (r < 0) {
+    release_open_file();
+    co_return Error{-r};
+  }
+  file = OpenFile(this, Fd(r), oflags);
+  chown_new(pfd->get(), std::string(name), creds);
+  struct statx st{};
+  r = co_await ring.statx(file.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
+  if (r < 0) co_return Error{-r};
+  int dupfd = ::fcntl(file.get(), F_DUPFD_CLOEXEC, 0);
+  if (dupfd < 0) co_return errno_error();
+  NodeRef node = intern(Fd(dupfd), st, dir, name);
+  co_return Created{Entry{std::move(node), st}, std::move(file)};
+}
+
+Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode, Creds creds) {
+  if (read_only()) co_return Error{EROFS};
+  if (!valid_name(name)) co_return Error{EINVAL};
+  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  auto pfd = path_fd(*dir);
+  if (!pfd) co_return Error{pfd.error()};
+  CName cname(name);
+  int r = co_await ring.mkdirat(pfd->get(), cname.c_str(), mode & 07777);
+  if (r < 0) co_return Error{-r};
+  chown_new(pfd->get(), std::string(name), creds);
+  co_return co_await entry_at(ring, dir, pfd->get(), name);
+}
+
+Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
+                                 std::string_view target, Creds creds) {
+  if (read_only()) co_return Error{EROFS};
+  if (!valid_name(name)) co_return Error{EINVAL};
+  if (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos)
+    co_return Error{EINVAL};
+  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  auto pfd = path_fd(*dir);
+  if (!pfd) co_return Error{pfd.error()};
+  CName cname(name);
+  std::string ctarget(target);
+  int r = co_await ring.symlinkat(ctarget.c_str(), pfd->get(), cname.c_str());
+  if (r < 0) co_return Error{-r};
+  chown_new(pfd->get(), std::string(name), creds);
+  co_return co_await entry_at(ring, dir, pfd->get(), name);
+}
+
+Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
+                               dev_t rdev, Creds creds) {
+  if (read_only()) co_return Error{EROFS};
+  if (!valid_name(name)) co_return Error{EINVAL};
+  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  mode_t type = mode & S_IFMT;
+  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) co_return Error{EPERM};
+  auto pfd = path_fd(*dir);
+  if (!pfd) co_return Error{pfd.error()};
+  CName cname(name);
+  if (::mknodat(pfd->get(), cname.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
+  chown_new(pfd->get(), std::string(name), creds);
+  co_return co_await entry_at(ring, dir, pfd->get(), name);
+}
+
+Task<Result<void>> Vfs::link(Ring& ring, Node& target, NodeRef dir, std::string_view name) {
+  if (read_only()) co_return Error{EROFS};
+  if (!valid_name(name)) co_return Error{EINVAL};
+  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  if (target.is_dir()) co_return Error{EPERM};
+  auto tfd = path_fd(target);
+  if (!tfd) co_return Error{tfd.error()};
+  auto dfd = path_fd(*dir);
+  if (!dfd) co_return Error{dfd.error()};
+  CName cname(name);
+  int r;
+  if (am_root_) {
+    r = co_await ring.linkat(tfd->get(), "", dfd->get(), cname.c_str(), AT_EMPTY_PATH);
+  } else {
+    std::string path = tfd->proc_path();
+    r = co_await ring.linkat(AT_FDCWD, path.c_str(), dfd->get(), cname.c_str(), AT_SYMLINK_FOLLOW);
+  }
+  co_return from_res(r);
+}
+
+Task<Result<void>> Vfs::unlink(Ring& ring, NodeRef dir, std::string_view name, int flags) {
+  if (read_only()) co_return Error{EROFS};
+  if (!valid_name(name)) co_return Error{EINVAL};
+  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  auto pfd = path_fd(*dir);
+  if (!pfd) co_return Error{pfd.error()};
+  CName cname(name);
+  co_return from_res(co_await ring.unlinkat(pfd->get(), cname.c_str(), flags & AT_REMOVEDIR));
+}
+
+Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldname, NodeRef newdir,
+                               std::string_view newname, unsigned flags) {
+  if (read_only()) co_return Error{EROFS};
+  if (!valid_name(oldname) || !valid_name(newname)) co_return Error{EINVAL};
+  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) co_return Error{EINVAL};
+  if (!olddir->is_dir() || !newdir->is_dir()) co_return Error{ENOTDIR};
+  auto ofd = path_fd(*olddir);
+  if (!ofd) co_return Error{ofd.error()};
+  auto nfd = path_fd(*newdir);
+  if (!nfd) co_return Error{nfd.error()};
+  CName cold(oldname), cnew(newname);
+  int r = co_await ring.renameat(ofd->get(), cold.c_str(), nfd->get(), cnew.c_str(), flags);
+  if (r < 0) co_return Error{-r};
+  // Keep the moved node's remembered location current, for re-resolution.
+  struct statx st{};
+  if (::statx(nfd->get(), cnew.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) == 0) {
+    NodeRef old_parent;
+    std::lock_guard g(table_mu_);
+    if (auto it = table_.find(Node::Key{dev_of(st), st.stx_ino}); it != table_.end() && !it->is_root()) {
+      old_parent = std::exchange(it->parent_, newdir);
+      it->name_ = std::string(newname);
+    }
+  }
+  co_return Result<void>{};
+}
+
+Task<Result<void>> Vfs::remove(Ring& ring, Node& n) {
+  if (read_only()) co_return Error{EROFS};
+  if (n.is_root()) co_return Error{EBUSY};
+  NodeRef parent;
+  std::string name;
+  {
+    std::lock_guard g(table_mu_);
+    parent = n.parent_;
+    name = n.name_;
+  }
+  if (!parent) co_return Error{ESTALE};
+  auto pfd = path_fd(*parent);
+  if (!pfd) co_return Error{pfd.error()};
+  struct statx st{};
+  if (::statx(pfd->get(), name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) < 0) co_return errno_error();
+  if (dev_of(st) != n.dev || st.stx_ino != n.ino) co_return Error{ESTALE};
+  co_return from_res(co_await ring.unlinkat(pfd->get(), name.c_str(), n.is_dir() ? AT_REMOVEDIR : 0));
+}
+
+Task<Result<void>> Vfs::rename_node(Ring& ring, Node& n, NodeRef newdir, std::string_view newname) {
+  if (read_only()) co_return Error{EROFS};
+  if (n.is_root()) co_return Error{EBUSY};
+  NodeRef parent;
+  std::string name;
+  {
+    std::lock_guard g(table_mu_);
+    parent = n.parent_;
+    name = n.name_;
+  }
+  if (!parent) co_return Error{ESTALE};
+  co_return co_await rename(ring, parent, name, std::move(newdir), newname, 0);
+}
+
+Result<std::string> Vfs::readlink(Node& n) {
+  if (!n.is_symlink()) return Error{EINVAL};
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  std::string buf(PATH_MAX, '\0');
+  ssize_t len = ::readlinkat(pfd->get(), "", buf.data(), buf.size());
+  if (len < 0) return errno_error();
+  buf.resize(static_cast<size_t>(len));
+  return buf;
+}
+
+Result<struct statfs> Vfs::statfs(Node& n) {
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  struct statfs s{};
+  if (::fstatfs(pfd->get(), &s) < 0) return errno_error();
+  return s;
+}
+
+Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
+  if (read_only()) return Error{EROFS};
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  std::string path = pfd->proc_path();
+  if (a.mode) {
+    if (n.is_symlink()) return Error{EOPNOTSUPP};
+    if (::fchmodat(AT_FDCWD, path.c_str(), a.mode_value & 07777, 0) < 0) return errno_error();
+  }
+  if (a.uid || a.gid) {
+    if (::fchownat(pfd->get(), "", a.uid ? a.uid_value : static_cast<uid_t>(-1),
+                   a.gid ? a.gid_value : static_cast<gid_t>(-1), AT_EMPTY_PATH) < 0)
+      return errno_error();
+  }
+  if (a.size) {
+    if (a.size_value > static_cast<uint64_t>(INT64_MAX)) return Error{EFBIG};
+    int r = (file && file->writable()) ? ::ftruncate(file->get(), static_cast<off_t>(a.size_value))
+                                       : ::truncate(path.c_str(), static_cast<off_t>(a.size_value));
+    if (r < 0) return errno_error();
+  }
+  if (a.atime != SetAttr::Time::kOmit || a.mtime != SetAttr::Time::kOmit) {
+    auto conv = [](SetAttr::Time t, timespec v) {
+      if (t == SetAttr::Time::kOmit) return timespec{0, UTIME_OMIT};
+      if (t == SetAttr::Time::kNow) return timespec{0, UTIME_NOW};
+      return v;
+    };
+    timespec ts[2] = {conv(a.atime, a.atime_value), conv(a.mtime, a.mtime_value)};
+    if (::utimensat(AT_FDCWD, path.c_str(), ts, 0) < 0) return errno_error();
+  } else if (a.ctime && !a.mode && !a.uid && !a.gid && !a.size) {
+    // Only "update ctime" was asked: a no-op chown does exactly that.
+    if (::fchownat(pfd->get(), "", static_cast<uid_t>(-1), static_cast<gid_t>(-1), AT_EMPTY_PATH) < 0)
+      return errno_error();
+  }
+  return {};
+}
+
+Result<size_t> Vfs::getxattr(Node& n, const std::string& name, std::span<std::byte> out) {
+  if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{ERANGE};
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  std::string path = pfd->proc_path();
+  ssize_t r = ::getxattr(path.c_str(), name.c_str(), out.data(), out.size());
+  if (r < 0) return errno_error();
+  return static_cast<size_t>(r);
+}
+
+Result<size_t> Vfs::listxattr(Node& n, std::span<std::byte> out) {
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  std::string path = pfd->proc_path();
+  ssize_t r = ::listxattr(path.c_str(), reinterpret_cast<char*>(out.data()), out.size());
+  if (r < 0) return errno_error();
+  return static_cast<size_t>(r);
+}
+
+Result<void> Vfs::setxattr(Node& n, const std::string& name, std::span<const std::byte> value, int flags) {
+  if (read_only()) return Error{EROFS};
+  if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{ERANGE};
+  if (value.size() > XATTR_SIZE_MAX) return Error{E2BIG};
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  std::string path = pfd->proc_path();
+  if (::setxattr(path.c_str(), name.c_str(), value.data(), value.size(), flags) < 0) return errno_error();
+  return {};
+}
+
+Result<void> Vfs::removexattr(Node& n, const std::string& name) {
+  if (read_only()) return Error{EROFS};
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  std::string path = pfd->proc_path();
+  if (::removexattr(path.c_str(), name.c_str()) < 0) return errno_error();
+  return {};
+}
+
+}  // namespace fsd
