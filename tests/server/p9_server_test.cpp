@@ -1,0 +1,494 @@
+// The 9P2000.L server over a real unix socket, in process, on a temp tree:
+// results are compared with what the host says about the same files.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "fsd/p9/client.h"
+#include "fsd/transport/socket_server.h"
+#include "tests/support/test_support.h"
+
+namespace fsd::p9 {
+namespace {
+
+using fsd::testing::random_bytes;
+using fsd::testing::read_file;
+using fsd::testing::TempDir;
+using fsd::testing::write_file;
+namespace fs = std::filesystem;
+
+class P9Server : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ro_ = tmp_.path() / "ro";
+    rw_ = tmp_.path() / "rw";
+    big_ = random_bytes(3 * 1024 * 1024 + 123, 1);
+    write_file(ro_ / "hello.txt", "hello, world\n");
+    write_file(ro_ / "big.bin", big_);
+    write_file(ro_ / "empty", "");
+    write_file(ro_ / "dir/nested.txt", "nested\n");
+    fs::create_symlink("/etc", ro_ / "to-etc");
+    fs::create_symlink("/etc/passwd", ro_ / "to-passwd");
+    fs::create_symlink("hello.txt", ro_ / "rel-link");
+    fs::create_directories(rw_);
+    write_file(rw_ / "existing.txt", "old\n");
+
+    ExportConfig ro{.tag = "ro", .path = ro_.string(), .read_only = true, .cache = CachePolicy::kAlways};
+    ExportConfig rw{.tag = "rw", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever};
+    exports_.add(std::make_unique<Vfs>(ro, VfsOptions{}));
+    exports_.add(std::make_unique<Vfs>(rw, VfsOptions{}));
+    server_ = std::make_unique<SocketServer>(exports_, SessionConfig{.max_msize = 1 << 20}, 2);
+    sock_ = (tmp_.path() / "9p.sock").string();
+    server_->listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock_});
+    server_->start();
+  }
+  void TearDown() override { server_->stop(); }
+
+  Client connect(uint32_t msize = 1 << 20) {
+    auto c = Client::connect_unix(sock_);
+    EXPECT_TRUE(c.ok()) << c.error();
+    auto m = c->version(msize);
+    EXPECT_TRUE(m.ok());
+    return std::move(*c);
+  }
+  // A connected client with fid 1 attached to `aname`.
+  Client attached(std::string_view aname) {
+    Client c = connect();
+    auto q = c.attach(kRoot, aname);
+    EXPECT_TRUE(q.ok()) << q.error();
+    return c;
+  }
+  static constexpr uint32_t kRoot = 1000;
+
+  TempDir tmp_;
+  fs::path ro_, rw_;
+  std::string big_;
+  ExportSet exports_;
+  std::unique_ptr<SocketServer> server_;
+  std::string sock_;
+};
+
+TEST_F(P9Server, NegotiatesVersionAndMsize) {
+  auto c = Client::connect_unix(sock_);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(*c->version(16u << 20), 1u << 20);  // capped at the server's max
+  EXPECT_EQ(*c->version(65536), 65536u);        // smaller requests are honoured
+  EXPECT_EQ(c->version(8192, "9P2000.u").error(), EPROTONOSUPPORT);  // answered "unknown"
+  EXPECT_EQ(c->version(100).error(), EINVAL);
+}
+
+TEST_F(P9Server, AttachSelectsExportByTagOrPath) {
+  Client c = connect();
+  EXPECT_TRUE(c.attach(1, "ro").ok());
+  EXPECT_TRUE(c.attach(2, rw_.string()).ok());
+  EXPECT_TRUE(c.attach(3, rw_.string() + "/").ok());
+  EXPECT_EQ(c.attach(4, "nope").error(), ENOENT);
+  EXPECT_EQ(c.attach(1, "ro").error(), EBADF);  // fid in use
+  auto auth = c.call<Rauth>(Tauth{.afid = 9, .uname = "", .aname = "ro", .n_uname = 0});
+  EXPECT_EQ(auth.error(), ENOENT);  // "no authentication required"
+}
+
+TEST_F(P9Server, GetattrMatchesHostStat) {
+  Client c = attached("ro");
+  for (const char* name : {"hello.txt", "big.bin", "empty", "dir", "rel-link"}) {
+    SCOPED_TRACE(name);
+    uint32_t fid = c.new_fid();
+    ASSERT_TRUE(c.walk(kRoot, fid, name).ok());
+    auto a = c.getattr(fid);
+    ASSERT_TRUE(a.ok());
+    struct stat st{};
+    ASSERT_EQ(::lstat((ro_ / name).c_str(), &st), 0);
+    EXPECT_EQ(a->mode, st.st_mode);
+    EXPECT_EQ(a->size, static_cast<uint64_t>(st.st_size));
+    EXPECT_EQ(a->nlink, st.st_nlink);
+    EXPECT_EQ(a->uid, st.st_uid);
+    EXPECT_EQ(a->mtime_sec, static_cast<uint64_t>(st.st_mtim.tv_sec));
+    EXPECT_EQ(a->mtime_nsec, static_cast<uint64_t>(st.st_mtim.tv_nsec));
+    EXPECT_EQ(a->qid.path, st.st_ino);  // same device: qid.path is the inode
+    EXPECT_EQ(a->qid.type, S_ISDIR(st.st_mode) ? kQtDir : S_ISLNK(st.st_mode) ? kQtSymlink : kQtFile);
+    EXPECT_TRUE(c.clunk(fid).ok());
+  }
+}
+
+TEST_F(P9Server, ReadsMatchHostBytes) {
+  for (uint32_t msize : {8192u, 65536u, 1u << 20}) {
+    SCOPED_TRACE(msize);
+    Client c = connect(msize);
+    ASSERT_TRUE(c.attach(kRoot, "ro").ok());
+    for (const char* name : {"hello.txt", "big.bin", "empty", "dir/nested.txt"}) {
+      uint32_t fid = c.new_fid();
+      ASSERT_TRUE(c.walk(kRoot, fid, name).ok());
+      ASSERT_TRUE(c.lopen(fid, O_RDONLY).ok());
+      auto data = c.read_all(fid);
+      ASSERT_TRUE(data.ok());
+      EXPECT_TRUE(*data == read_file(ro_ / name)) << name;
+      EXPECT_TRUE(c.clunk(fid).ok());
+    }
+  }
+}
+
+TEST_F(P9Server, ReadCountIsClampedToMsize) {
+  Client c = connect(8192);
+  ASSERT_TRUE(c.attach(kRoot, "ro").ok());
+  ASSERT_TRUE(c.walk(kRoot, 2, "big.bin").ok());
+  ASSERT_TRUE(c.lopen(2, O_RDONLY).ok());
+  auto r = c.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 1u << 30});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->data.bytes.size(), 8192u - kIoHeaderSize);
+}
+
+TEST_F(P9Server, ReaddirListsWhatTheHostHas) {
+  Client c = connect(8192);  // small msize: several Treaddir rounds
+  ASSERT_TRUE(c.attach(kRoot, "ro").ok());
+  for (int i = 0; i < 300; i++) write_file(ro_ / "many" / ("file-with-a-longish-name-" + std::to_string(i)), "x");
+  ASSERT_TRUE(c.walk(kRoot, 2, "many").ok());
+  ASSERT_TRUE(c.lopen(2, O_RDONLY | O_DIRECTORY).ok());
+  auto entries = c.readdir_all(2);
+  ASSERT_TRUE(entries.ok());
+  std::set<std::string> got, want{".", ".."};
+  for (auto& e : *entries) got.insert(e.name);
+  for (auto& e : fs::directory_iterator(ro_ / "many")) want.insert(e.path().filename().string());
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(entries->size(), want.size());  // no duplicates across rounds
+}
+
+TEST_F(P9Server, QidsAreStableAndVersionTracksContent) {
+  Client c = attached("rw");
+  ASSERT_TRUE(c.walk(kRoot, 2, "existing.txt").ok());
+  auto q1 = c.getattr(2);
+  ASSERT_TRUE(c.walk(kRoot, 3, "existing.txt").ok());
+  auto q2 = c.getattr(3);
+  ASSERT_TRUE(q1.ok() && q2.ok());
+  EXPECT_EQ(q1->qid.path, q2->qid.path);
+  EXPECT_EQ(q1->qid.version, q2->qid.version);
+  write_file(rw_ / "existing.txt", "new content, longer\n");
+  auto q3 = c.getattr(2);
+  ASSERT_TRUE(q3.ok());
+  EXPECT_EQ(q3->qid.path, q1->qid.path);
+  EXPECT_NE(q3->qid.version, q1->qid.version);
+}
+
+TEST_F(P9Server, CreateWriteReadRenameUnlinkOnReadWriteExport) {
+  Client c = attached("rw");
+  // create + write
+  ASSERT_TRUE(c.walk(kRoot, 2, "").ok());
+  ASSERT_TRUE(c.lcreate(2, "new.txt", O_RDWR | O_CREAT, 0640).ok());
+  std::string payload = random_bytes(200000, 7);
+  uint64_t off = 0;
+  while (off < payload.size()) {
+    auto n = c.write(2, off, std::string_view(payload).substr(off, 60000));
+    ASSERT_TRUE(n.ok());
+    off += *n;
+  }
+  ASSERT_TRUE(c.call<Rfsync>(Tfsync{.fid = 2, .datasync = 0}).ok());
+  EXPECT_TRUE(read_file(rw_ / "new.txt") == payload);
+  EXPECT_EQ(fs::status(rw_ / "new.txt").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  ASSERT_TRUE(c.clunk(2).ok());
+  // read back through a new fid
+  ASSERT_TRUE(c.walk(kRoot, 3, "new.txt").ok());
+  ASSERT_TRUE(c.lopen(3, O_RDONLY).ok());
+  auto back = c.read_all(3);
+  ASSERT_TRUE(back.ok());
+  EXPECT_TRUE(*back == payload);
+  // rename (renameat), then Trename of the open fid's node
+  ASSERT_TRUE(c.call<Rrenameat>(Trenameat{.olddirfid = kRoot, .oldname = "new.txt", .newdirfid = kRoot, .newname = "renamed.txt"}).ok());
+  EXPECT_FALSE(fs::exists(rw_ / "new.txt"));
+  EXPECT_TRUE(read_file(rw_ / "renamed.txt") == payload);
+  ASSERT_TRUE(c.call<Rmkdir>(Tmkdir{.dfid = kRoot, .name = "sub", .mode = 0755, .gid = 0}).ok());
+  ASSERT_TRUE(c.walk(kRoot, 4, "sub").ok());
+  ASSERT_TRUE(c.call<Rrename>(Trename{.fid = 3, .dfid = 4, .name = "moved.txt"}).ok());
+  EXPECT_TRUE(fs::exists(rw_ / "sub/moved.txt"));
+  // the fid still reads after its file moved
+  auto again = c.call<Rread>(Tread{.fid = 3, .offset = 0, .count = 5});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->data.bytes.size(), 5u);
+  // link, symlink, readlink
+  ASSERT_TRUE(c.call<Rlink>(Tlink{.dfid = kRoot, .fid = 3, .name = "hard"}).ok());
+  EXPECT_EQ(fs::hard_link_count(rw_ / "hard"), 2u);
+  ASSERT_TRUE(c.call<Rsymlink>(Tsymlink{.dfid = kRoot, .name = "sym", .symtgt = "sub/moved.txt", .gid = 0}).ok());
+  EXPECT_EQ(fs::read_symlink(rw_ / "sym"), "sub/moved.txt");
+  ASSERT_TRUE(c.walk(kRoot, 5, "sym").ok());
+  auto target = c.call<Rreadlink>(Treadlink{.fid = 5});
+  ASSERT_TRUE(target.ok());
+  EXPECT_EQ(target->target, "sub/moved.txt");
+  // setattr: chmod and truncate
+  ASSERT_TRUE(c.call<Rsetattr>(Tsetattr{.fid = 3, .valid = kSetattrMode | kSetattrSize, .mode = 0600, .uid = 0,
+                                        .gid = 0, .size = 10, .atime_sec = 0, .atime_nsec = 0,
+                                        .mtime_sec = 0, .mtime_nsec = 0}).ok());
+  EXPECT_EQ(fs::file_size(rw_ / "sub/moved.txt"), 10u);
+  EXPECT_EQ(fs::status(rw_ / "sub/moved.txt").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  // unlink file, then directory
+  ASSERT_TRUE(c.clunk(3).ok());
+  ASSERT_TRUE(c.call<Runlinkat>(Tunlinkat{.dirfid = 4, .name = "moved.txt", .flags = 0}).ok());
+  EXPECT_FALSE(fs::exists(rw_ / "sub/moved.txt"));
+  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "sub", .flags = 0}).error(), EISDIR);
+  ASSERT_TRUE(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "sub", .flags = kAtRemoveDir}).ok());
+  EXPECT_FALSE(fs::exists(rw_ / "sub"));
+  // Tremove
+  ASSERT_TRUE(c.walk(kRoot, 6, "hard").ok());
+  ASSERT_TRUE(c.call<Rremove>(Tremove{.fid = 6}).ok());
+  EXPECT_FALSE(fs::exists(rw_ / "hard"));
+  EXPECT_EQ(c.clunk(6).error(), EBADF);  // remove clunked it
+}
+
+TEST_F(P9Server, ReadOnlyExportRefusesEveryMutation) {
+  Client c = attached("ro");
+  auto before = read_file(ro_ / "hello.txt");
+  ASSERT_TRUE(c.walk(kRoot, 2, "hello.txt").ok());
+  ASSERT_TRUE(c.walk(kRoot, 3, "").ok());
+  ASSERT_TRUE(c.walk(kRoot, 4, "dir").ok());
+  EXPECT_EQ(c.lcreate(3, "x", O_RDWR | O_CREAT, 0644).error(), EROFS);
+  EXPECT_EQ(c.lopen(2, O_WRONLY).error(), EROFS);
+  EXPECT_EQ(c.lopen(2, O_RDWR).error(), EROFS);
+  EXPECT_EQ(c.lopen(2, O_RDONLY | O_TRUNC).error(), EROFS);
+  EXPECT_EQ(c.call<Rmkdir>(Tmkdir{.dfid = kRoot, .name = "d", .mode = 0755, .gid = 0}).error(), EROFS);
+  EXPECT_EQ(c.call<Rsymlink>(Tsymlink{.dfid = kRoot, .name = "s", .symtgt = "x", .gid = 0}).error(), EROFS);
+  EXPECT_EQ(c.call<Rmknod>(Tmknod{.dfid = kRoot, .name = "f", .mode = S_IFIFO | 0644, .major = 0, .minor = 0, .gid = 0}).error(), EROFS);
+  EXPECT_EQ(c.call<Rrename>(Trename{.fid = 2, .dfid = 4, .name = "moved"}).error(), EROFS);
+  EXPECT_EQ(c.call<Rrenameat>(Trenameat{.olddirfid = kRoot, .oldname = "hello.txt", .newdirfid = kRoot, .newname = "x"}).error(), EROFS);
+  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "hello.txt", .flags = 0}).error(), EROFS);
+  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "dir", .flags = kAtRemoveDir}).error(), EROFS);
+  EXPECT_EQ(c.call<Rlink>(Tlink{.dfid = kRoot, .fid = 2, .name = "hard"}).error(), EROFS);
+  EXPECT_EQ(c.call<Rsetattr>(Tsetattr{.fid = 2, .valid = kSetattrMode, .mode = 0777, .uid = 0, .gid = 0, .size = 0,
+                                      .atime_sec = 0, .atime_nsec = 0, .mtime_sec = 0, .mtime_nsec = 0}).error(), EROFS);
+  EXPECT_EQ(c.call<Rsetattr>(Tsetattr{.fid = 2, .valid = kSetattrSize, .mode = 0, .uid = 0, .gid = 0, .size = 0,
+                                      .atime_sec = 0, .atime_nsec = 0, .mtime_sec = 0, .mtime_nsec = 0}).error(), EROFS);
+  EXPECT_EQ(c.call<Rxattrcreate>(Txattrcreate{.fid = 2, .name = "user.x", .attr_size = 1, .flags = 0}).error(), EROFS);
+  ASSERT_TRUE(c.walk(kRoot, 5, "empty").ok());
+  EXPECT_EQ(c.call<Rremove>(Tremove{.fid = 5}).error(), EROFS);
+  // and nothing changed on the host
+  EXPECT_EQ(read_file(ro_ / "hello.txt"), before);
+  EXPECT_TRUE(fs::exists(ro_ / "empty"));
+  EXPECT_FALSE(fs::exists(ro_ / "x"));
+  EXPECT_FALSE(fs::exists(ro_ / "d"));
+  // reading still works
+  ASSERT_TRUE(c.lopen(2, O_RDONLY).ok());
+  EXPECT_EQ(*c.read_all(2), before);
+}
+
+TEST_F(P9Server, XattrsReadListAndWrite) {
+  if (::setxattr((rw_ / "existing.txt").c_str(), "user.fsd", "v1", 2, 0) != 0)
+    GTEST_SKIP() << "user xattrs unsupported on the test filesystem";
+  Client c = attached("rw");
+  ASSERT_TRUE(c.walk(kRoot, 2, "existing.txt").ok());
+  auto size = c.call<Rxattrwalk>(Txattrwalk{.fid = 2, .newfid = 3, .name = "user.fsd"});
+  ASSERT_TRUE(size.ok());
+  EXPECT_EQ(size->size, 2u);
+  auto value = c.read_all(3);
+  EXPECT_EQ(*value, "v1");
+  auto list = c.call<Rxattrwalk>(Txattrwalk{.fid = 2, .newfid = 4, .name = ""});
+  ASSERT_TRUE(list.ok());
+  EXPECT_NE(c.read_all(4)->find("user.fsd"), std::string::npos);
+  EXPECT_EQ(c.call<Rxattrwalk>(Txattrwalk{.fid = 2, .newfid = 5, .name = "user.none"}).error(), ENODATA);
+  // write one through xattrcreate + write + clunk
+  ASSERT_TRUE(c.walk(kRoot, 6, "existing.txt").ok());
+  ASSERT_TRUE(c.call<Rxattrcreate>(Txattrcreate{.fid = 6, .name = "user.new", .attr_size = 5, .flags = 0}).ok());
+  ASSERT_TRUE(c.write(6, 0, "hello").ok());
+  ASSERT_TRUE(c.clunk(6).ok());
+  char buf[16];
+  EXPECT_EQ(::getxattr((rw_ / "existing.txt").c_str(), "user.new", buf, sizeof buf), 5);
+  EXPECT_EQ(std::string(buf, 5), "hello");
+}
+
+TEST_F(P9Server, LocksConflictBetweenFids) {
+  Client c = attached("rw");
+  ASSERT_TRUE(c.walk(kRoot, 2, "existing.txt").ok());
+  ASSERT_TRUE(c.walk(kRoot, 3, "existing.txt").ok());
+  ASSERT_TRUE(c.lopen(2, O_RDWR).ok());
+  ASSERT_TRUE(c.lopen(3, O_RDWR).ok());
+  auto lock = [&](uint32_t fid, uint8_t type) {
+    return c.call<Rlock>(Tlock{.fid = fid, .type = type, .flags = 0, .start = 0, .length = 0, .proc_id = fid, .client_id = "t"})->status;
+  };
+  EXPECT_EQ(lock(2, kLockTypeWrlck), kLockSuccess);
+  EXPECT_EQ(lock(3, kLockTypeWrlck), kLockBlocked);
+  auto gl = c.call<Rgetlock>(Tgetlock{.fid = 3, .type = kLockTypeWrlck, .start = 0, .length = 0, .proc_id = 3, .client_id = "t"});
+  ASSERT_TRUE(gl.ok());
+  EXPECT_EQ(gl->type, kLockTypeWrlck);
+  EXPECT_EQ(lock(2, kLockTypeUnlck), kLockSuccess);
+  EXPECT_EQ(lock(3, kLockTypeWrlck), kLockSuccess);
+}
+
+// ---- hostile input: each case gets a clear result, and the server keeps
+// serving other connections.
+
+class P9Hostile : public P9Server {
+ protected:
+  void ExpectServerStillServes() {
+    Client c = attached("ro");
+    ASSERT_TRUE(c.walk(kRoot, 2, "hello.txt").ok());
+    ASSERT_TRUE(c.lopen(2, O_RDONLY).ok());
+    EXPECT_EQ(*c.read_all(2), "hello, world\n");
+  }
+  static std::vector<std::byte> frame(std::initializer_list<int> bytes) {
+    std::vector<std::byte> v;
+    for (int b : bytes) v.push_back(static_cast<std::byte>(b));
+    return v;
+  }
+};
+
+TEST_F(P9Hostile, FrameLargerThanMsizeDropsOnlyThatConnection) {
+  Client bystander = attached("ro");
+  Client c = connect(8192);
+  // A header announcing 1 MiB on a connection that negotiated 8 KiB.
+  auto f = frame({0x00, 0x00, 0x10, 0x00, 118, 1, 0});
+  ASSERT_TRUE(c.send_raw(f).ok());
+  EXPECT_EQ(c.receive_raw().error(), ECONNRESET);  // the server hung up
+  ASSERT_TRUE(bystander.walk(kRoot, 2, "hello.txt").ok());
+  ExpectServerStillServes();
+}
+
+TEST_F(P9Hostile, TruncatedFramesAreRejected) {
+  {
+    // Tclunk whose size covers only half the fid: malformed, connection dropped.
+    Client c = connect();
+    ASSERT_TRUE(c.send_raw(frame({9, 0, 0, 0, 120, 1, 0, 1, 0})).ok());
+    EXPECT_EQ(c.receive_raw().error(), ECONNRESET);
+  }
+  {
+    // Size shorter than a header.
+    Client c = connect();
+    ASSERT_TRUE(c.send_raw(frame({3, 0, 0, 0, 120, 1, 0})).ok());
+    EXPECT_EQ(c.receive_raw().error(), ECONNRESET);
+  }
+  {
+    // A frame cut off by the client closing mid-way: nothing to answer.
+    Client c = connect();
+    ASSERT_TRUE(c.send_raw(frame({64, 0, 0, 0, 110, 1, 0, 1, 0})).ok());
+  }
+  {
+    // A string whose length runs past the frame.
+    Client c = connect();
+    ASSERT_TRUE(c.send_raw(frame({15, 0, 0, 0, 110, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0})).ok());
+    EXPECT_EQ(c.receive_raw().error(), ECONNRESET);
+  }
+  ExpectServerStillServes();
+}
+
+TEST_F(P9Hostile, UnknownTypeGetsAnErrorAndTheConnectionLives) {
+  Client c = attached("ro");
+  // 9P2000.u Tstat (124) is not part of 9P2000.L.
+  ASSERT_TRUE(c.send_raw(frame({11, 0, 0, 0, 124, 0x34, 0x12, 1, 0, 0, 0})).ok());
+  auto r = c.receive();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->tag, 0x1234);
+  ASSERT_TRUE(std::holds_alternative<Rlerror>(r->msg));
+  EXPECT_EQ(std::get<Rlerror>(r->msg).ecode, static_cast<uint32_t>(EOPNOTSUPP));
+  EXPECT_TRUE(c.walk(kRoot, 2, "hello.txt").ok());
+}
+
+TEST_F(P9Hostile, BadFidsAreEbadf) {
+  Client c = attached("ro");
+  EXPECT_EQ(c.getattr(4242).error(), EBADF);
+  EXPECT_EQ(c.walk(4242, 5, "hello.txt").error(), EBADF);
+  EXPECT_EQ(c.clunk(4242).error(), EBADF);
+  EXPECT_EQ(c.call<Rread>(Tread{.fid = 4242, .offset = 0, .count = 10}).error(), EBADF);
+  EXPECT_EQ(c.walk(kRoot, kNoFid, "hello.txt").error(), EBADF);
+  ASSERT_TRUE(c.walk(kRoot, 2, "hello.txt").ok());
+  EXPECT_EQ(c.walk(kRoot, 2, "dir").error(), EBADF);  // newfid in use
+  EXPECT_EQ(c.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 10}).error(), EBADF);  // not opened
+  ExpectServerStillServes();
+}
+
+TEST_F(P9Hostile, DotDotPastTheRootStaysAtTheRoot) {
+  Client c = attached("ro");
+  auto root = c.getattr(kRoot);
+  ASSERT_TRUE(root.ok());
+  auto up = c.walk(kRoot, 2, "../../..");
+  ASSERT_TRUE(up.ok());
+  EXPECT_EQ(up->path, root->qid.path);
+  auto via_dir = c.walk(kRoot, 3, "dir/../../dir/../..");
+  ASSERT_TRUE(via_dir.ok());
+  EXPECT_EQ(via_dir->path, root->qid.path);
+  // and the files seen from there are the export's
+  ASSERT_TRUE(c.walk(2, 4, "hello.txt").ok());
+  // names that are not one component are refused
+  EXPECT_EQ(c.call<Rwalk>(Twalk{.fid = kRoot, .newfid = 5, .wnames = {1, {"dir/nested.txt"}}}).error(), EINVAL);
+  EXPECT_EQ(c.call<Rwalk>(Twalk{.fid = kRoot, .newfid = 5, .wnames = {1, {""}}}).error(), EINVAL);
+}
+
+TEST_F(P9Hostile, SymlinksOutOfTheExportAreNeverFollowed) {
+  Client c = attached("ro");
+  // Walking through a symlink to a directory outside does not enter it.
+  // A partial walk: only the link's qid comes back, and newfid is not made.
+  auto through = c.call<Rwalk>(Twalk{.fid = kRoot, .newfid = 2, .wnames = {2, {"to-etc", "passwd"}}});
+  ASSERT_TRUE(through.ok());
+  EXPECT_EQ(through->wqids.count, 1);
+  EXPECT_EQ(through->wqids.qids[0].type, kQtSymlink);
+  EXPECT_EQ(c.getattr(2).error(), EBADF);
+  ASSERT_TRUE(c.walk(kRoot, 2, "to-etc").ok());
+  EXPECT_EQ(c.walk(2, 7, "passwd").error(), ENOTDIR);
+  // The symlink itself can be walked to and read as a link, not opened.
+  ASSERT_TRUE(c.walk(kRoot, 3, "to-passwd").ok());
+  auto a = c.getattr(3);
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(S_ISLNK(a->mode));
+  EXPECT_EQ(c.lopen(3, O_RDONLY).error(), ELOOP);
+  EXPECT_EQ(c.call<Rreadlink>(Treadlink{.fid = 3})->target, "/etc/passwd");
+  // Even a link inside the export is not followed by the server.
+  ASSERT_TRUE(c.walk(kRoot, 4, "rel-link").ok());
+  EXPECT_EQ(c.lopen(4, O_RDONLY).error(), ELOOP);
+}
+
+TEST_F(P9Server, FlushAnswersAfterTheFlushedRequest) {
+  Client c = attached("ro");
+  ASSERT_TRUE(c.walk(kRoot, 2, "big.bin").ok());
+  ASSERT_TRUE(c.lopen(2, O_RDONLY).ok());
+  // Pipeline a large read and a flush of it, then a flush of a tag not in flight.
+  ASSERT_TRUE(c.send(10, Tread{.fid = 2, .offset = 0, .count = 1 << 19}).ok());
+  ASSERT_TRUE(c.send(11, Tflush{.oldtag = 10}).ok());
+  ASSERT_TRUE(c.send(12, Tflush{.oldtag = 999}).ok());
+  std::vector<uint16_t> order;
+  bool read_seen = false;
+  for (int i = 0; i < 3; i++) {
+    auto r = c.receive();
+    ASSERT_TRUE(r.ok());
+    order.push_back(r->tag);
+    if (r->tag == 10) {
+      read_seen = true;
+      EXPECT_TRUE(std::holds_alternative<Rread>(r->msg));
+    }
+    if (r->tag == 11) {
+      EXPECT_TRUE(std::holds_alternative<Rflush>(r->msg));
+      EXPECT_TRUE(read_seen) << "Rflush arrived before the flushed request's reply";
+    }
+  }
+  EXPECT_EQ(std::set<uint16_t>(order.begin(), order.end()), (std::set<uint16_t>{10, 11, 12}));
+}
+
+TEST_F(P9Server, ManyConcurrentConnections) {
+  constexpr int kClients = 8;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClients; t++) {
+    threads.emplace_back([&, t] {
+      auto c = Client::connect_unix(sock_);
+      if (!c || !c->version(1 << 20) || !c->attach(1, "ro")) {
+        failures++;
+        return;
+      }
+      for (int i = 0; i < 50; i++) {
+        uint32_t fid = 10 + static_cast<uint32_t>(i);
+        if (!c->walk(1, fid, i % 2 ? "big.bin" : "dir/nested.txt") || !c->lopen(fid, O_RDONLY)) {
+          failures++;
+          return;
+        }
+        auto d = c->read_all(fid);
+        if (!d || *d != read_file(ro_ / (i % 2 ? "big.bin" : "dir/nested.txt"))) failures++;
+        if (!c->clunk(fid)) failures++;
+      }
+      (void)t;
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+}  // namespace
+}  // namespace fsd::p9

@@ -1,0 +1,183 @@
+// Helpers shared by the tests: temporary trees and fsd child processes.
+#pragma once
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fsd::testing {
+
+namespace fs = std::filesystem;
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/fsd-test-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+inline void write_file(const fs::path& p, const std::string& content) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << content;
+}
+
+inline std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline std::string random_bytes(size_t n, unsigned seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// The fsd binary next to the test binaries (set by CMake).
+inline std::string fsd_binary() {
+#ifdef FSD_BINARY
+  return FSD_BINARY;
+#else
+  return "fsd";
+#endif
+}
+
+// Runs fsd as a child. The child gets SIGKILL if the test process dies (so a
+// timed-out test leaves nothing behind); the destructor sends SIGTERM, then
+// SIGKILL after a grace period, and reaps it.
+class FsdProcess {
+ public:
+  struct Options {
+    std::vector<std::string> args;
+    std::optional<rlim_t> nofile;  // RLIMIT_NOFILE (soft and hard) for the child
+  };
+
+  explicit FsdProcess(Options o) : log_(dir_.path() / "fsd.log") {
+    std::vector<std::string> argv{fsd_binary()};
+    argv.insert(argv.end(), o.args.begin(), o.args.end());
+    pid_t parent = ::getpid();
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      if (o.nofile) {
+        rlimit rl{*o.nofile, *o.nofile};
+        if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
+      }
+      std::FILE* f = std::freopen(log_.c_str(), "w", stderr);
+      (void)f;
+      std::vector<char*> cargv;
+      for (auto& a : argv) cargv.push_back(a.data());
+      cargv.push_back(nullptr);
+      ::execv(cargv[0], cargv.data());
+      ::_exit(127);
+    }
+  }
+  ~FsdProcess() { stop(); }
+  FsdProcess(const FsdProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  std::string log() const { return read_file(log_); }
+
+  // Waits until the log says fsd listens on `prefix...`, and returns the
+  // rest of that address (e.g. the port of "tcp:127.0.0.1:"). Throws if fsd
+  // exits or nothing shows within the timeout.
+  std::string wait_listening(const std::string& prefix, std::chrono::seconds timeout = std::chrono::seconds(10)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::regex re("listening on " + std::regex_replace(prefix, std::regex(R"([.[\]])"), R"(\$&)") + R"((\S+))");
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::smatch m;
+      std::string text = log();
+      if (std::regex_search(text, m, re)) return m[1];
+      int status;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("fsd exited before listening:\n" + text);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    throw std::runtime_error("fsd did not start listening:\n" + log());
+  }
+
+  // Sends SIGTERM and waits; returns the exit status (or -1 if killed).
+  int stop(std::chrono::seconds grace = std::chrono::seconds(10)) {
+    if (pid_ <= 0) return exit_status_;
+    ::kill(pid_, SIGTERM);
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    pid_ = -1;
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return exit_status_;
+  }
+
+  // Number of open fds of the child (from /proc).
+  size_t open_fds() const {
+    size_t n = 0;
+    for ([[maybe_unused]] auto& e : fs::directory_iterator("/proc/" + std::to_string(pid_) + "/fd")) n++;
+    return n;
+  }
+
+ private:
+  TempDir dir_;
+  fs::path log_;
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+};
+
+// Runs a command through the shell; returns its stdout and sets *status.
+inline std::string run_command(const std::string& cmd, int* status) {
+  std::string out;
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) {
+    *status = -1;
+    return out;
+  }
+  char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int st = ::pclose(p);
+  *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+
+}  // namespace fsd::testing
