@@ -567,8 +567,16 @@ Task<Result<void>> Session::op(Request& rq, const Txattrcreate& m) {
 // ---- locks (open file description locks: one per opened fid)
 
 namespace {
-short to_flock_type(uint8_t t) {
-  return t == kLockTypeRdlck ? F_RDLCK : t == kLockTypeWrlck ? F_WRLCK : F_UNLCK;
+Result<struct flock> to_flock(uint8_t type, uint64_t start, uint64_t length) {
+  if (type > kLockTypeUnlck || start > static_cast<uint64_t>(INT64_MAX) ||
+      length > static_cast<uint64_t>(INT64_MAX))
+    return Error{EINVAL};
+  struct flock fl{};
+  fl.l_type = type == kLockTypeRdlck ? F_RDLCK : type == kLockTypeWrlck ? F_WRLCK : F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = static_cast<off_t>(start);
+  fl.l_len = static_cast<off_t>(length);
+  return fl;
 }
 }  // namespace
 
@@ -577,14 +585,9 @@ Task<Result<void>> Session::op(Request& rq, const Tlock& m) {
   if (!f) co_return Error{f.error()};
   FidPtr fp = *f;
   if (!fp->file.valid()) co_return Error{EBADF};
-  if (m.type > kLockTypeUnlck || m.start > static_cast<uint64_t>(INT64_MAX) ||
-      m.length > static_cast<uint64_t>(INT64_MAX))
-    co_return Error{EINVAL};
-  struct flock fl{};
-  fl.l_type = to_flock_type(m.type);
-  fl.l_whence = SEEK_SET;
-  fl.l_start = static_cast<off_t>(m.start);
-  fl.l_len = static_cast<off_t>(m.length);
+  auto req = to_flock(m.type, m.start, m.length);
+  if (!req) co_return Error{req.error()};
+  struct flock fl = *req;
   uint8_t status = kLockSuccess;
   // Never block a worker: the Linux client retries while we answer BLOCKED.
   if (::fcntl(fp->file.get(), F_OFD_SETLK, &fl) < 0)
@@ -598,14 +601,9 @@ Task<Result<void>> Session::op(Request& rq, const Tgetlock& m) {
   if (!f) co_return Error{f.error()};
   FidPtr fp = *f;
   if (!fp->file.valid()) co_return Error{EBADF};
-  if (m.type > kLockTypeUnlck || m.start > static_cast<uint64_t>(INT64_MAX) ||
-      m.length > static_cast<uint64_t>(INT64_MAX))
-    co_return Error{EINVAL};
-  struct flock fl{};
-  fl.l_type = to_flock_type(m.type);
-  fl.l_whence = SEEK_SET;
-  fl.l_start = static_cast<off_t>(m.start);
-  fl.l_len = static_cast<off_t>(m.length);
+  auto req = to_flock(m.type, m.start, m.length);
+  if (!req) co_return Error{req.error()};
+  struct flock fl = *req;
   if (::fcntl(fp->file.get(), F_OFD_GETLK, &fl) < 0) co_return errno_error();
   Rgetlock r{};
   r.type = fl.l_type == F_RDLCK ? kLockTypeRdlck : fl.l_type == F_WRLCK ? kLockTypeWrlck : kLockTypeUnlck;

@@ -217,6 +217,11 @@ Result<PathFd> Vfs::path_fd(Node& n) {
   return PathFd(&n, out);
 }
 
+std::pair<NodeRef, std::string> Vfs::location(Node& n) {
+  std::lock_guard g(table_mu_);
+  return {NodeRef(n.parent_.get()), n.name_};
+}
+
 Result<Fd> Vfs::reopen(Node& n) {
   if (n.handle_ && handles_ok_) {
     int mount_fd = -1;
@@ -232,13 +237,7 @@ Result<Fd> Vfs::reopen(Node& n) {
       if (errno == ESTALE) return Error{ESTALE};
     }
   }
-  NodeRef parent;
-  std::string name;
-  {
-    std::lock_guard g(table_mu_);
-    parent = n.parent_;
-    name = n.name_;
-  }
+  auto [parent, name] = location(n);
   if (!parent) return Error{ESTALE};
   auto pfd = path_fd(*parent);
   if (!pfd) return Error{pfd.error()};
@@ -545,13 +544,7 @@ Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldn
 Task<Result<void>> Vfs::remove(Ring& ring, Node& n) {
   if (read_only()) co_return Error{EROFS};
   if (n.is_root()) co_return Error{EBUSY};
-  NodeRef parent;
-  std::string name;
-  {
-    std::lock_guard g(table_mu_);
-    parent = n.parent_;
-    name = n.name_;
-  }
+  auto [parent, name] = location(n);
   if (!parent) co_return Error{ESTALE};
   auto pfd = path_fd(*parent);
   if (!pfd) co_return Error{pfd.error()};
@@ -564,13 +557,7 @@ Task<Result<void>> Vfs::remove(Ring& ring, Node& n) {
 Task<Result<void>> Vfs::rename_node(Ring& ring, Node& n, NodeRef newdir, std::string_view newname) {
   if (read_only()) co_return Error{EROFS};
   if (n.is_root()) co_return Error{EBUSY};
-  NodeRef parent;
-  std::string name;
-  {
-    std::lock_guard g(table_mu_);
-    parent = n.parent_;
-    name = n.name_;
-  }
+  auto [parent, name] = location(n);
   if (!parent) co_return Error{ESTALE};
   co_return co_await rename(ring, parent, name, std::move(newdir), newname, 0);
 }

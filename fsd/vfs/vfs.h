@@ -186,6 +186,8 @@ class Vfs {
   // `st`); the fd becomes the node's cached fd if it has none.
   NodeRef intern(Fd fd, const struct statx& st, const NodeRef& parent, std::string_view name);
   Result<Fd> reopen(Node& n);
+  // Where the node was last seen: (parent, name); no parent for the root.
+  std::pair<NodeRef, std::string> location(Node& n);
   Task<Result<Entry>> entry_at(Ring& ring, const NodeRef& dir, int dirfd, std::string_view name);
   void release(Node* n);  // the last reference went away
   void unpin(Node* n);
