@@ -324,6 +324,36 @@ Task<Result<void>> Session::op(Request& rq, const Twrite& m) {
   co_return Result<void>{};
 }
 
+// Packs entries from `offset` into `w` until it is full or the directory
+// ends. Not a coroutine: getdents64 is synchronous, and its buffer is per
+// thread rather than in a coroutine frame (frames do not honour alignas, and
+// 32 KiB frames would not be recycled).
+namespace {
+Result<void> fill_readdir(Vfs& vfs, const Node& dir, int fd, uint64_t offset, uint32_t count, DirentWriter& w) {
+  if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) return errno_error();
+  // getdents64 records are no smaller than the 9p entries they become minus
+  // 8 bytes each, so reading about `count` bytes of them fills the reply.
+  alignas(struct dirent64) static thread_local std::byte raw[32768];
+  size_t want = std::min<size_t>(sizeof raw, std::max<size_t>(count, 512));
+  for (;;) {
+    long n = ::syscall(SYS_getdents64, fd, raw, want);
+    if (n < 0) return errno_error();
+    if (n == 0) return {};
+    for (long pos = 0; pos < n;) {
+      auto* d = reinterpret_cast<struct dirent64*>(raw + pos);
+      pos += d->d_reclen;
+      Dirent e;
+      e.qid.type = d->d_type == DT_DIR ? kQtDir : d->d_type == DT_LNK ? kQtSymlink : kQtFile;
+      e.qid.path = vfs.unique_ino(dir.dev, d->d_ino);
+      e.offset = static_cast<uint64_t>(d->d_off);
+      e.type = d->d_type;
+      e.name = d->d_name;
+      if (!w.add(e)) return {};
+    }
+  }
+}
+}  // namespace
+
 Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
   auto f = fid(m.fid);
   if (!f) co_return Error{f.error()};
@@ -333,32 +363,8 @@ Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
   uint32_t count = std::min<uint32_t>(m.count, msize_ - kIoHeaderSize);
   rq.reply = sink_.buffer(kRreadHeaderSize + count);
   DirentWriter w(rq.reply.room().subspan(kRreadHeaderSize, count));
-  int fd = fp->file.get();
-  if (::lseek(fd, static_cast<off_t>(m.offset), SEEK_SET) < 0) co_return errno_error();
-  // getdents64 output is at least as large as the 9p entries it becomes
-  // minus 8 bytes each, so reading `count` bytes of it is enough to fill.
-  alignas(8) std::byte raw[32768];
-  size_t want = std::min<size_t>(sizeof raw, std::max<size_t>(count, 512));
-  bool full = false;
-  while (!full) {
-    long n = ::syscall(SYS_getdents64, fd, raw, want);
-    if (n < 0) co_return errno_error();
-    if (n == 0) break;
-    for (long pos = 0; pos < n;) {
-      auto* d = reinterpret_cast<struct dirent64*>(raw + pos);
-      pos += d->d_reclen;
-      Dirent e;
-      e.qid.type = d->d_type == DT_DIR ? kQtDir : d->d_type == DT_LNK ? kQtSymlink : kQtFile;
-      e.qid.path = fp->vfs->unique_ino(fp->node->dev, d->d_ino);
-      e.offset = static_cast<uint64_t>(d->d_off);
-      e.type = d->d_type;
-      e.name = d->d_name;
-      if (!w.add(e)) {
-        full = true;
-        break;
-      }
-    }
-  }
+  if (auto r = fill_readdir(*fp->vfs, *fp->node, fp->file.get(), m.offset, count, w); !r)
+    co_return Error{r.error()};
   put_rread_header(rq.reply.room(), rq.tag, static_cast<uint32_t>(w.size()));
   rq.reply.data()[4] = static_cast<std::byte>(Type::Rreaddir);
   rq.reply.set_size(kRreadHeaderSize + w.size());
