@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "fsd/p9/session.h"
+#include "fsd/transport/fuse_dev.h"
 #include "fsd/transport/socket_server.h"
 #include "fsd/vfs/vfs.h"
 
@@ -23,6 +24,7 @@ namespace {
 struct Options {
   std::vector<std::string> exports;
   std::vector<std::string> listens;
+  std::vector<std::string> fuse_mounts;
   uint32_t msize_max = 1 << 20;
   unsigned threads = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
   unsigned fd_budget = 768;
@@ -61,6 +63,18 @@ int run(const Options& o) {
         throw std::invalid_argument("--export: tag '" + configs[i].tag + "' is given twice");
   std::vector<fsd::ListenAddress> listens;
   for (const auto& l : o.listens) listens.push_back(fsd::parse_listen(l));
+  if (listens.empty() && o.fuse_mounts.empty())
+    throw std::invalid_argument("nothing to serve on: give --listen or --fuse-mount");
+  std::vector<std::pair<std::string, std::string>> mounts;  // tag, mount point
+  for (const auto& m : o.fuse_mounts) {
+    auto eq = m.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == m.size())
+      throw std::invalid_argument("--fuse-mount '" + m + "': expected TAG=MOUNTPOINT");
+    std::string tag = m.substr(0, eq);
+    if (std::none_of(configs.begin(), configs.end(), [&](const auto& c) { return c.tag == tag; }))
+      throw std::invalid_argument("--fuse-mount '" + m + "': no export has tag '" + tag + "'");
+    mounts.emplace_back(tag, m.substr(eq + 1));
+  }
 
   // One budget for all exports: a quarter for cached O_PATH fds, the rest
   // for files clients hold open.
@@ -90,12 +104,19 @@ int run(const Options& o) {
   sc.max_msize = o.msize_max;
   fsd::SocketServer server(exports, sc, o.threads, o.metadata_io == "uring");
   for (const auto& l : listens) server.listen(l);
+  std::vector<std::unique_ptr<fsd::FuseMount>> fuse;
+  for (const auto& [tag, where] : mounts) {
+    fuse.push_back(std::make_unique<fsd::FuseMount>(*exports.find(tag), where, o.threads));
+    fuse.back()->start();
+    spdlog::info("mounted '{}' on {} (FUSE)", tag, where);
+  }
   server.start();
   for (const auto& a : server.bound()) spdlog::info("listening on {} (9P2000.L, msize up to {})", a.to_string(), o.msize_max);
 
   int sig = 0;
   sigwait(&sigs, &sig);
   spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  for (auto& f : fuse) f->stop();
   server.stop();
   return 0;
 }
@@ -108,7 +129,7 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(logger);
 
   Options o;
-  CLI::App app{"fsd: a file server for virtual machines (9P2000.L over unix and TCP sockets)"};
+  CLI::App app{"fsd: a file server for virtual machines (9P2000.L over unix and TCP sockets, FUSE on the host)"};
   app.set_version_flag("--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always] (repeatable). "
@@ -117,8 +138,10 @@ int main(int argc, char** argv) {
       ->type_name("SPEC");
   app.add_option("--listen", o.listens,
                  "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), or tcp:HOST:PORT (repeatable)")
-      ->required()
       ->type_name("ADDR");
+  app.add_option("--fuse-mount", o.fuse_mounts,
+                 "Mount export TAG on the host at MOUNTPOINT through /dev/fuse (repeatable)")
+      ->type_name("TAG=MOUNTPOINT");
   app.add_option("--msize-max", o.msize_max, "Largest msize to agree to, in bytes")
       ->check(CLI::Range(4096u, 16u << 20))
       ->capture_default_str();

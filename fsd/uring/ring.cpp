@@ -19,7 +19,7 @@ namespace fsd {
 
 namespace {
 constexpr std::size_t kFrameClass = 64;
-constexpr std::size_t kFrameClasses = 64;  // frames up to 4 KiB are recycled
+constexpr std::size_t kFrameClasses = 160;  // frames up to 10 KiB are recycled
 constexpr std::size_t kFramesKeptPerClass = 1024;
 
 struct FramePool {
@@ -173,6 +173,10 @@ Op Ring::send(int fd, const void* buf, unsigned len) {
 }
 Op Ring::accept(int fd) {
   FSD_PREP(io_uring_prep_accept(&sqe, fd, nullptr, nullptr, SOCK_CLOEXEC));
+}
+
+Op Ring::cancel_fd(int fd) {
+  FSD_PREP(io_uring_prep_cancel_fd(&sqe, fd, IORING_ASYNC_CANCEL_ALL));
 }
 
 Op Ring::openat2(int dirfd, const char* path, const open_how& how) {

@@ -81,6 +81,8 @@ class Ring {
   Op recv(int fd, void* buf, unsigned len);
   Op send(int fd, const void* buf, unsigned len);
   Op accept(int fd);
+  // Cancels every operation in flight on `fd` (they complete with -ECANCELED).
+  Op cancel_fd(int fd);
   // ---- metadata (paths must stay valid until the Op completes)
   Op openat2(int dirfd, const char* path, const open_how& how);
   Op statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* out);

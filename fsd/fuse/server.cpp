@@ -1,0 +1,591 @@
+#include "fsd/fuse/server.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <vector>
+
+#include "protocol/fuse/reply.h"
+
+namespace fsd::fuse {
+namespace {
+
+constexpr uint64_t kAlwaysTimeout = 24 * 3600;  // seconds: store contents do not change
+constexpr uint64_t kAutoTimeout = 1;
+constexpr size_t kMaxReaddirBuffer = 1 << 20;
+constexpr size_t kMaxIovecs = 272;  // a 1 MiB read into 4 KiB guest pages, plus slack
+
+Creds creds_of(const fuse_in_header& h) { return Creds{h.uid, h.gid}; }
+
+}  // namespace
+
+// One request being handled: the dispatch target for every argument type.
+class Server::Context {
+ public:
+  Context(Server& s, Ring& ring, const fuse_in_header& h, ScatterWriter& w, const Io& io)
+      : s(s), vfs(s.vfs_), ring(ring), h(h), w(w), io(io) {}
+
+  Server& s;
+  Vfs& vfs;
+  Ring& ring;
+  const fuse_in_header& h;
+  ScatterWriter& w;
+  const Io& io;
+
+  template <class T>
+  Result<void> reply(const T& v) {
+    if (!w.write(v)) return Error{ERANGE};
+    return {};
+  }
+  Result<void> reply_entry(const Entry& e) { return reply(s.entry_of(e.node, e.st)); }
+  Task<Result<void>> reply_entry_of(Result<Entry> e) {
+    if (!e) co_return Error{e.error()};
+    co_return reply_entry(*e);
+  }
+  Result<NodeRef> node() { return s.node(h.nodeid); }
+  bool read_only() const { return vfs.read_only(); }
+
+  uint32_t open_flags(bool dir) const {
+    switch (vfs.config().cache) {
+      case CachePolicy::kNever: return dir ? 0 : FOPEN_DIRECT_IO;
+      case CachePolicy::kAuto: return 0;
+      case CachePolicy::kAlways: return dir ? (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR) : FOPEN_KEEP_CACHE;
+    }
+    return 0;
+  }
+
+  // ---- session
+
+  Task<Result<void>> op(const Init& a) {
+    if (a.in.major < 7) co_return Error{EPROTO};
+    fuse_init_out out{};
+    out.major = FUSE_KERNEL_VERSION;
+    out.minor = std::min<uint32_t>(a.in.minor, kMinor);
+    s.minor_ = out.minor;
+    if (a.in.major > 7) {  // the client will retry with our major
+      out.minor = kMinor;
+      co_return reply(out);
+    }
+    uint64_t want = a.in.flags | (a.in.flags & FUSE_INIT_EXT ? uint64_t{a.in.flags2} << 32 : 0);
+    uint64_t offer = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_PARALLEL_DIROPS | FUSE_DO_READDIRPLUS |
+                     FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT |
+                     FUSE_INIT_EXT;
+    if (vfs.config().cache == CachePolicy::kAlways) offer |= FUSE_CACHE_SYMLINKS;
+    if (vfs.config().cache == CachePolicy::kAuto) offer |= FUSE_AUTO_INVAL_DATA;
+    uint64_t flags = want & offer;
+    out.flags = static_cast<uint32_t>(flags);
+    out.flags2 = static_cast<uint32_t>(flags >> 32);
+    out.max_readahead = a.in.max_readahead;
+    out.max_background = 64;
+    out.congestion_threshold = 48;
+    out.max_write = s.options_.max_write;
+    out.time_gran = 1;
+    out.max_pages = static_cast<uint16_t>(std::min<uint32_t>(s.options_.max_write / 4096, 256));
+    s.initialized_ = true;
+    if (out.minor < 23) {
+      if (!w.write(&out, FUSE_COMPAT_22_INIT_OUT_SIZE)) co_return Error{ERANGE};
+      co_return Result<void>{};
+    }
+    co_return reply(out);
+  }
+  Task<Result<void>> op(const Destroy&) { co_return Result<void>{}; }
+  Task<Result<void>> op(const Unknown&) { co_return Error{ENOSYS}; }
+  Task<Result<void>> op(const Interrupt&) { co_return Result<void>{}; }  // no reply; see handle()
+
+  // ---- names
+
+  Task<Result<void>> op(const Lookup& a) {
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    auto e = co_await vfs.lookup(ring, *dir, a.name);
+    if (!e && e.error() == ENOENT && vfs.config().cache == CachePolicy::kAlways) {
+      // A negative entry the client may cache: the store does not change.
+      fuse_entry_out neg{};
+      neg.entry_valid = kAlwaysTimeout;
+      co_return reply(neg);
+    }
+    co_return co_await reply_entry_of(std::move(e));
+  }
+  Task<Result<void>> op(const Forget& a) {
+    s.forget(h.nodeid, a.in.nlookup);
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const BatchForget& a) {
+    for (uint32_t i = 0; i < a.count; i++) {
+      fuse_forget_one f;
+      std::memcpy(&f, a.entries.data() + i * sizeof f, sizeof f);
+      s.forget(f.nodeid, f.nlookup);
+    }
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Getattr&) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    auto st = co_await vfs.getattr(ring, **n);
+    if (!st) co_return Error{st.error()};
+    fuse_attr_out out{};
+    out.attr_valid = s.attr_timeout_;
+    out.attr = s.attr_of(**n, *st);
+    co_return reply(out);
+  }
+  Task<Result<void>> op(const Setattr& a) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    const fuse_setattr_in& in = a.in;
+    SetAttr sa;
+    sa.mode = in.valid & FATTR_MODE;
+    sa.mode_value = in.mode;
+    sa.uid = in.valid & FATTR_UID;
+    sa.uid_value = in.uid;
+    sa.gid = in.valid & FATTR_GID;
+    sa.gid_value = in.gid;
+    sa.size = in.valid & FATTR_SIZE;
+    sa.size_value = in.size;
+    if (in.valid & FATTR_ATIME) {
+      sa.atime = (in.valid & FATTR_ATIME_NOW) ? SetAttr::Time::kNow : SetAttr::Time::kSet;
+      sa.atime_value = {static_cast<time_t>(in.atime), static_cast<long>(in.atimensec)};
+    }
+    if (in.valid & FATTR_MTIME) {
+      sa.mtime = (in.valid & FATTR_MTIME_NOW) ? SetAttr::Time::kNow : SetAttr::Time::kSet;
+      sa.mtime_value = {static_cast<time_t>(in.mtime), static_cast<long>(in.mtimensec)};
+    }
+    sa.ctime = in.valid & FATTR_CTIME;
+    std::shared_ptr<Handle> hd = (in.valid & FATTR_FH) ? s.handle_of(in.fh) : nullptr;
+    if (auto r = vfs.setattr(**n, sa, hd && !hd->dir ? &hd->file : nullptr); !r) co_return Error{r.error()};
+    co_return co_await op(Getattr{});
+  }
+  Task<Result<void>> op(const Readlink&) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    auto t = vfs.readlink(**n);
+    if (!t) co_return Error{t.error()};
+    if (!w.write(t->data(), t->size())) co_return Error{ERANGE};
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Symlink& a) {
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    co_return co_await reply_entry_of(co_await vfs.symlink(ring, *dir, a.name, a.target, creds_of(h)));
+  }
+  Task<Result<void>> op(const Mknod& a) {
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    co_return co_await reply_entry_of(co_await vfs.mknod(ring, *dir, a.name, a.in.mode, a.in.rdev, creds_of(h)));
+  }
+  Task<Result<void>> op(const Mkdir& a) {
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    co_return co_await reply_entry_of(co_await vfs.mkdir(ring, *dir, a.name, a.in.mode, creds_of(h)));
+  }
+  Task<Result<void>> op(const Unlink& a) {
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    co_return co_await vfs.unlink(ring, *dir, a.name, 0);
+  }
+  Task<Result<void>> op(const Rmdir& a) {
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    co_return co_await vfs.unlink(ring, *dir, a.name, AT_REMOVEDIR);
+  }
+  Task<Result<void>> rename(uint64_t newdir, std::string_view oldname, std::string_view newname, unsigned flags) {
+    auto from = node();
+    if (!from) co_return Error{from.error()};
+    auto to = s.node(newdir);
+    if (!to) co_return Error{to.error()};
+    co_return co_await vfs.rename(ring, *from, oldname, *to, newname, flags);
+  }
+  Task<Result<void>> op(const Rename& a) { return rename(a.in.newdir, a.oldname, a.newname, 0); }
+  Task<Result<void>> op(const Rename2& a) { return rename(a.in.newdir, a.oldname, a.newname, a.in.flags); }
+  Task<Result<void>> op(const Link& a) {
+    auto target = s.node(a.in.oldnodeid);
+    if (!target) co_return Error{target.error()};
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    if (auto r = co_await vfs.link(ring, **target, *dir, a.newname); !r) co_return Error{r.error()};
+    co_return co_await reply_entry_of(co_await vfs.lookup(ring, *dir, a.newname));
+  }
+
+  // ---- files
+
+  Task<Result<void>> open(uint32_t flags, bool dir) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    if (dir && !(*n)->is_dir()) co_return Error{ENOTDIR};
+    auto f = co_await vfs.open(ring, **n, dir ? (O_RDONLY | O_DIRECTORY) : static_cast<int>(flags));
+    if (!f) co_return Error{f.error()};
+    auto hd = std::make_shared<Handle>();
+    hd->file = std::move(*f);
+    hd->dir = dir;
+    fuse_open_out out{};
+    out.fh = s.add_handle(std::move(hd));
+    out.open_flags = open_flags(dir);
+    co_return reply(out);
+  }
+  Task<Result<void>> op(const Open& a) { return open(a.in.flags, false); }
+  Task<Result<void>> op(const Opendir&) { return open(0, true); }
+  Task<Result<void>> op(const Create& a) {
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    auto c = co_await vfs.create(ring, *dir, a.name, static_cast<int>(a.in.flags), a.in.mode, creds_of(h));
+    if (!c) co_return Error{c.error()};
+    auto hd = std::make_shared<Handle>();
+    hd->file = std::move(c->file);
+    fuse_open_out open_out{};
+    open_out.open_flags = open_flags(false);
+    fuse_entry_out entry = s.entry_of(c->entry.node, c->entry.st);
+    open_out.fh = s.add_handle(std::move(hd));
+    if (auto r = reply(entry); !r) co_return r;
+    co_return reply(open_out);
+  }
+  Task<Result<void>> op(const Read& a) {
+    auto hd = s.handle_of(a.in.fh);
+    if (!hd || hd->dir || !hd->file.readable()) co_return Error{EBADF};
+    size_t n = std::min<size_t>(a.in.size, w.room());
+    std::array<iovec, kMaxIovecs> iov;
+    size_t cnt = w.next_iovecs(n, iov);
+    if (cnt == 0) co_return Result<void>{};
+    // Straight into the reply buffers (guest memory for virtiofs).
+    int r = co_await ring.readv(hd->file.get(), iov.data(), static_cast<unsigned>(cnt), a.in.offset);
+    if (r < 0) co_return Error{-r};
+    w.skip(static_cast<size_t>(r));
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Write& a) {
+    auto hd = s.handle_of(a.in.fh);
+    if (!hd || hd->dir || !hd->file.writable()) co_return Error{EBADF};
+    if (a.in.size > s.options_.max_write) co_return Error{EINVAL};
+    int r;
+    if (a.data.size() == a.in.size) {
+      r = co_await ring.write(hd->file.get(), a.data.data(), a.in.size, a.in.offset);
+    } else {
+      // Part of the payload (or none) is in the request buffer; the rest is
+      // in the transport's buffers (guest memory).
+      std::array<iovec, kMaxIovecs> iov;
+      size_t cnt = 0;
+      if (!a.data.empty()) iov[cnt++] = iovec{const_cast<std::byte*>(a.data.data()), a.data.size()};
+      for (const auto& v : io.in_payload) {
+        if (cnt == iov.size()) co_return Error{EINVAL};
+        iov[cnt++] = v;
+      }
+      r = co_await ring.writev(hd->file.get(), iov.data(), static_cast<unsigned>(cnt), a.in.offset);
+    }
+    if (r < 0) co_return Error{-r};
+    fuse_write_out out{};
+    out.size = static_cast<uint32_t>(r);
+    co_return reply(out);
+  }
+  Task<Result<void>> op(const Release& a) {
+    s.take_handle(a.in.fh);
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Releasedir& a) {
+    s.take_handle(a.in.fh);
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Flush&) { co_return Result<void>{}; }
+  Task<Result<void>> fsync(uint64_t fh, uint32_t flags) {
+    auto hd = s.handle_of(fh);
+    if (!hd) co_return Error{EBADF};
+    co_return from_res(co_await ring.fsync(hd->file.get(), flags & 1));
+  }
+  Task<Result<void>> op(const Fsync& a) { return fsync(a.in.fh, a.in.fsync_flags); }
+  Task<Result<void>> op(const Fsyncdir& a) { return fsync(a.in.fh, a.in.fsync_flags); }
+  Task<Result<void>> op(const Fallocate& a) {
+    auto hd = s.handle_of(a.in.fh);
+    if (!hd || hd->dir) co_return Error{EBADF};
+    if (read_only()) co_return Error{EROFS};
+    if (::fallocate(hd->file.get(), static_cast<int>(a.in.mode), static_cast<off_t>(a.in.offset),
+                    static_cast<off_t>(a.in.length)) < 0)
+      co_return errno_error();
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Lseek& a) {
+    auto hd = s.handle_of(a.in.fh);
+    if (!hd) co_return Error{EBADF};
+    off_t r = ::lseek(hd->file.get(), static_cast<off_t>(a.in.offset), static_cast<int>(a.in.whence));
+    if (r < 0) co_return errno_error();
+    fuse_lseek_out out{};
+    out.offset = static_cast<uint64_t>(r);
+    co_return reply(out);
+  }
+  Task<Result<void>> op(const CopyFileRange& a) {
+    auto in = s.handle_of(a.in.fh_in);
+    auto out_h = s.handle_of(a.in.fh_out);
+    if (!in || !out_h || in->dir || out_h->dir) co_return Error{EBADF};
+    if (read_only()) co_return Error{EROFS};
+    loff_t off_in = static_cast<loff_t>(a.in.off_in), off_out = static_cast<loff_t>(a.in.off_out);
+    ssize_t r = ::copy_file_range(in->file.get(), &off_in, out_h->file.get(), &off_out, a.in.len, 0);
+    if (r < 0) co_return errno_error();
+    fuse_write_out out{};
+    out.size = static_cast<uint32_t>(r);
+    co_return reply(out);
+  }
+
+  // ---- directories
+
+  Task<Result<void>> readdir(const fuse_read_in& in, bool plus) {
+    auto hd = s.handle_of(in.fh);
+    if (!hd || !hd->dir) co_return Error{EBADF};
+    auto dir = node();
+    if (!dir) co_return Error{dir.error()};
+    size_t size = std::min<size_t>({in.size, w.room(), kMaxReaddirBuffer});
+    std::vector<std::byte> packed(size);
+    DirentPacker p(packed);
+    int fd = hd->file.get();
+    if (::lseek(fd, static_cast<off_t>(in.offset), SEEK_SET) < 0) co_return errno_error();
+    std::vector<std::byte> raw(std::max<size_t>(size, 4096));
+    bool full = false;
+    while (!full) {
+      long n = ::syscall(SYS_getdents64, fd, raw.data(), raw.size());
+      if (n < 0) co_return errno_error();
+      if (n == 0) break;
+      long pos = 0;
+      for (; pos < n;) {
+        dirent64 d;
+        std::memcpy(&d, raw.data() + pos, std::min<size_t>(sizeof d, static_cast<size_t>(n - pos)));
+        std::string_view name(reinterpret_cast<const char*>(raw.data()) + pos + offsetof(dirent64, d_name));
+        name = name.substr(0, std::min(name.size(), static_cast<size_t>(d.d_reclen - offsetof(dirent64, d_name))));
+        pos += d.d_reclen;
+        uint64_t ino = vfs.unique_ino((*dir)->dev, d.d_ino);
+        if (!plus) {
+          if (!p.add(ino, static_cast<uint64_t>(d.d_off), d.d_type, name)) {
+            full = true;
+            break;
+          }
+          continue;
+        }
+        if (!p.fits_plus(name)) {
+          full = true;
+          break;
+        }
+        fuse_entry_out entry{};
+        if (name == "." || name == "..") {
+          entry.attr.ino = ino;  // no lookup counted: the kernel ignores these
+        } else {
+          auto e = co_await vfs.lookup(ring, *dir, name);
+          if (e) {
+            entry = s.entry_of(e->node, e->st);
+          } else {
+            entry.attr.ino = ino;  // vanished meanwhile: a plain entry
+          }
+        }
+        p.add_plus(entry, static_cast<uint64_t>(d.d_off), d.d_type, name);
+      }
+      if (full) break;
+    }
+    if (!w.write(packed.data(), p.size())) co_return Error{ERANGE};
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Readdir& a) { return readdir(a.in, false); }
+  Task<Result<void>> op(const Readdirplus& a) { return readdir(a.in, true); }
+
+  // ---- xattrs and the rest
+
+  // GETXATTR / LISTXATTR: size 0 asks for the size only; otherwise the value,
+  // or ERANGE if it does not fit in `want`.
+  template <class Fetch>
+  Result<void> xattr_reply(uint32_t want, Fetch fetch) {
+    if (want == 0) {
+      auto size = fetch(std::span<std::byte>{});
+      if (!size) return Error{size.error()};
+      fuse_getxattr_out out{};
+      out.size = static_cast<uint32_t>(*size);
+      return reply(out);
+    }
+    std::vector<std::byte> buf(std::min<size_t>(want, w.room()));
+    auto got = fetch(std::span<std::byte>(buf));
+    if (!got) return Error{got.error()};
+    if (!w.write(buf.data(), *got)) return Error{ERANGE};
+    return {};
+  }
+  Task<Result<void>> op(const Getxattr& a) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    std::string name(a.name);
+    co_return xattr_reply(a.in.size, [&](std::span<std::byte> b) { return vfs.getxattr(**n, name, b); });
+  }
+  Task<Result<void>> op(const Listxattr& a) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    co_return xattr_reply(a.in.size, [&](std::span<std::byte> b) { return vfs.listxattr(**n, b); });
+  }
+  Task<Result<void>> op(const Setxattr& a) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    co_return vfs.setxattr(**n, std::string(a.name), a.value, static_cast<int>(a.in.flags));
+  }
+  Task<Result<void>> op(const Removexattr& a) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    co_return vfs.removexattr(**n, std::string(a.name));
+  }
+  Task<Result<void>> op(const Statfs&) {
+    auto st = vfs.statfs(*vfs.root());
+    if (!st) co_return Error{st.error()};
+    fuse_statfs_out out{};
+    out.st.blocks = st->f_blocks;
+    out.st.bfree = st->f_bfree;
+    out.st.bavail = st->f_bavail;
+    out.st.files = st->f_files;
+    out.st.ffree = st->f_ffree;
+    out.st.bsize = static_cast<uint32_t>(st->f_bsize);
+    out.st.namelen = static_cast<uint32_t>(st->f_namelen);
+    out.st.frsize = static_cast<uint32_t>(st->f_frsize);
+    co_return reply(out);
+  }
+  Task<Result<void>> op(const Access& a) {
+    auto n = node();
+    if (!n) co_return Error{n.error()};
+    if ((a.in.mask & W_OK) && read_only()) co_return Error{EROFS};
+    auto pfd = vfs.path_fd(**n);
+    if (!pfd) co_return Error{pfd.error()};
+    std::string path = pfd->proc_path();
+    if (::faccessat(AT_FDCWD, path.c_str(), static_cast<int>(a.in.mask), AT_EACCESS) < 0) co_return errno_error();
+    co_return Result<void>{};
+  }
+  Task<Result<void>> op(const Syncfs&) {
+    if (::syncfs(vfs.root()->is_dir() ? vfs.path_fd(*vfs.root())->get() : -1) < 0) co_return errno_error();
+    co_return Result<void>{};
+  }
+};
+
+Server::Server(Vfs& vfs, ServerOptions options) : vfs_(vfs), options_(options) {
+  switch (vfs.config().cache) {
+    case CachePolicy::kNever: entry_timeout_ = attr_timeout_ = 0; break;
+    case CachePolicy::kAuto: entry_timeout_ = attr_timeout_ = kAutoTimeout; break;
+    case CachePolicy::kAlways: entry_timeout_ = attr_timeout_ = kAlwaysTimeout; break;
+  }
+}
+
+Server::~Server() = default;
+
+size_t Server::node_count() const {
+  std::lock_guard g(mu_);
+  return inodes_.size();
+}
+size_t Server::handle_count() const {
+  std::lock_guard g(mu_);
+  return handles_.size();
+}
+
+uint64_t Server::remember(const NodeRef& node) {
+  if (node->is_root()) return FUSE_ROOT_ID;
+  std::lock_guard g(mu_);
+  if (auto it = ids_.find(node.get()); it != ids_.end()) {
+    inodes_[it->second].nlookup++;
+    return it->second;
+  }
+  uint64_t id = next_id_++;
+  inodes_.emplace(id, Inode{node, 1});
+  ids_.emplace(node.get(), id);
+  return id;
+}
+
+void Server::forget(uint64_t nodeid, uint64_t n) {
+  NodeRef dropped;  // released after the lock
+  std::lock_guard g(mu_);
+  auto it = inodes_.find(nodeid);
+  if (it == inodes_.end()) return;
+  it->second.nlookup -= std::min(n, it->second.nlookup);
+  if (it->second.nlookup == 0) {
+    dropped = std::move(it->second.node);
+    ids_.erase(dropped.get());
+    inodes_.erase(it);
+  }
+}
+
+Result<NodeRef> Server::node(uint64_t nodeid) {
+  if (nodeid == FUSE_ROOT_ID) return vfs_.root();
+  std::lock_guard g(mu_);
+  auto it = inodes_.find(nodeid);
+  if (it == inodes_.end()) return Error{ESTALE};
+  return it->second.node;
+}
+
+uint64_t Server::add_handle(std::shared_ptr<Handle> h) {
+  std::lock_guard g(mu_);
+  uint64_t fh = next_fh_++;
+  handles_.emplace(fh, std::move(h));
+  return fh;
+}
+
+std::shared_ptr<Server::Handle> Server::handle_of(uint64_t fh) {
+  std::lock_guard g(mu_);
+  auto it = handles_.find(fh);
+  return it == handles_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<Server::Handle> Server::take_handle(uint64_t fh) {
+  std::lock_guard g(mu_);
+  auto it = handles_.find(fh);
+  if (it == handles_.end()) return nullptr;
+  auto h = std::move(it->second);
+  handles_.erase(it);
+  return h;
+}
+
+fuse_attr Server::attr_of(const Node& n, const struct statx& st) {
+  fuse_attr a{};
+  a.ino = vfs_.unique_ino(n.dev, n.ino);
+  a.size = st.stx_size;
+  a.blocks = st.stx_blocks;
+  a.atime = static_cast<uint64_t>(st.stx_atime.tv_sec);
+  a.atimensec = st.stx_atime.tv_nsec;
+  a.mtime = static_cast<uint64_t>(st.stx_mtime.tv_sec);
+  a.mtimensec = st.stx_mtime.tv_nsec;
+  a.ctime = static_cast<uint64_t>(st.stx_ctime.tv_sec);
+  a.ctimensec = st.stx_ctime.tv_nsec;
+  a.mode = st.stx_mode;
+  a.nlink = st.stx_nlink;
+  a.uid = st.stx_uid;
+  a.gid = st.stx_gid;
+  a.rdev = static_cast<uint32_t>(makedev(st.stx_rdev_major, st.stx_rdev_minor));
+  a.blksize = st.stx_blksize;
+  return a;
+}
+
+fuse_entry_out Server::entry_of(const NodeRef& n, const struct statx& st) {
+  fuse_entry_out e{};
+  e.nodeid = remember(n);
+  e.entry_valid = entry_timeout_;
+  e.attr_valid = attr_timeout_;
+  e.attr = attr_of(*n, st);
+  return e;
+}
+
+Task<Result<size_t>> Server::handle(Ring& ring, Io io) {
+  auto req = decode(io.in, io.total_len);
+  if (!req) co_return Error{EBADMSG};
+  const fuse_in_header& h = req->header;
+  bool no_reply = std::holds_alternative<Forget>(req->args) || std::holds_alternative<BatchForget>(req->args) ||
+                  std::holds_alternative<Interrupt>(req->args);
+  ScatterWriter w(io.out);
+  if (!no_reply && !w.write(fuse_out_header{})) co_return Error{EBADMSG};  // no room even for a header
+  Context ctx(*this, ring, h, w, io);
+  Result<void> r;
+  if (!initialized_ && !std::holds_alternative<Init>(req->args)) {
+    r = Error{EIO};
+  } else {
+    r = co_await std::visit([&](const auto& a) { return ctx.op(a); }, req->args);
+  }
+  if (no_reply) co_return size_t{0};
+  if (!r) {
+    w = ScatterWriter(io.out);
+    w.write(fuse_out_header{});
+  }
+  fuse_out_header out{};
+  out.len = static_cast<uint32_t>(w.written());
+  out.error = r ? 0 : -r.error();
+  out.unique = h.unique;
+  w.write_at(0, &out, sizeof out);
+  co_return w.written();
+}
+
+}  // namespace fsd::fuse

@@ -1,0 +1,86 @@
+// fuse::Server: serves one export to a FUSE client (the host kernel through
+// /dev/fuse, or a guest's virtiofs driver through virtqueues) on the shared
+// Vfs backend.
+//
+// Protocol state lives here: node ids and their lookup counts (LOOKUP adds,
+// FORGET removes), open file and directory handles, and the cache policy's
+// timeouts and open flags. Transports hand in the request bytes and a list
+// of buffers for the reply; file data is read straight into those buffers.
+//
+// Thread-safety: handle() may run on several threads at once (one Ring each).
+#pragma once
+
+#include <sys/uio.h>
+
+#include <memory>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+
+#include "fsd/uring/ring.h"
+#include "fsd/vfs/vfs.h"
+#include "protocol/fuse/request.h"
+
+namespace fsd::fuse {
+
+struct ServerOptions {
+  uint32_t max_write = 1 << 20;  // bytes per WRITE (FUSE_MAX_PAGES negotiates it)
+  bool virtiofs = false;         // DESTROY and INIT differ slightly on /dev/fuse
+};
+
+struct Io {
+  Bytes in;                          // the request's first bytes (all, except maybe WRITE's payload)
+  size_t total_len = 0;              // the request's full length
+  std::span<const iovec> in_payload; // WRITE payload not in `in` (virtiofs)
+  std::span<const iovec> out;        // where the reply goes
+};
+
+class Server {
+ public:
+  Server(Vfs& vfs, ServerOptions options);
+  ~Server();
+
+  // Handles one request. Returns the reply length written to io.out (0 for
+  // requests that get no reply: FORGET, BATCH_FORGET, INTERRUPT), or EBADMSG
+  // for a malformed request (the transport drops it, or the channel).
+  Task<Result<size_t>> handle(Ring& ring, Io io);
+
+  bool initialized() const { return initialized_; }
+  size_t node_count() const;
+  size_t handle_count() const;
+
+ private:
+  struct Handle {
+    OpenFile file;
+    bool dir = false;
+  };
+  struct Inode {
+    NodeRef node;
+    uint64_t nlookup = 0;
+  };
+  class Context;
+
+  uint64_t remember(const NodeRef& node);  // +1 lookup; returns the node id
+  void forget(uint64_t nodeid, uint64_t n);
+  Result<NodeRef> node(uint64_t nodeid);
+  uint64_t add_handle(std::shared_ptr<Handle> h);
+  std::shared_ptr<Handle> handle_of(uint64_t fh);
+  std::shared_ptr<Handle> take_handle(uint64_t fh);
+  fuse_attr attr_of(const Node& n, const struct statx& st);
+  fuse_entry_out entry_of(const NodeRef& n, const struct statx& st);
+
+  Vfs& vfs_;
+  ServerOptions options_;
+  uint64_t entry_timeout_ = 0, attr_timeout_ = 0;
+  bool initialized_ = false;
+  uint32_t minor_ = 0;
+
+  mutable std::mutex mu_;  // guards the maps below; taken alone
+  std::unordered_map<uint64_t, Inode> inodes_;
+  std::unordered_map<const Node*, uint64_t> ids_;
+  uint64_t next_id_ = FUSE_ROOT_ID + 1;
+  std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_;
+  uint64_t next_fh_ = 1;
+};
+
+}  // namespace fsd::fuse
