@@ -46,7 +46,7 @@ class TempDir {
 };
 
 inline void write_file(const fs::path& p, const std::string& content) {
-  fs::create_directories(p.parent_path());
+  if (p.has_parent_path()) fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary) << content;
 }
 
@@ -129,6 +129,22 @@ class FsdProcess {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     throw std::runtime_error("fsd did not start listening:\n" + log());
+  }
+
+  // Waits until fsd's log contains `needle` (throws if fsd exits first).
+  void wait_for_log(const std::string& needle, std::chrono::seconds timeout = std::chrono::seconds(10)) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::string text = log();
+      if (text.find(needle) != std::string::npos) return;
+      int status;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("fsd exited early:\n" + text);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    throw std::runtime_error("fsd never logged '" + needle + "':\n" + log());
   }
 
   // Sends SIGTERM and waits; returns the exit status (or -1 if killed).

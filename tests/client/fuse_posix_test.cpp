@@ -1,0 +1,305 @@
+// A POSIX behaviour suite run twice: on a host FUSE mount of an fsd export
+// (the kernel's FUSE driver talking to fsd's fuse::Server) and on a plain
+// host directory. Each run records what every call returned; the two
+// transcripts must be identical. Repeated for each cache policy.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "tests/support/test_support.h"
+
+namespace fsd::testing {
+namespace {
+
+constexpr long kFuseSuperMagic = 0x65735546;
+
+// Records "step: outcome" lines. Outcomes name errno values symbolically so
+// a mismatch reads clearly.
+class Transcript {
+ public:
+  void rec(const std::string& step, const std::string& outcome) { lines.push_back(step + ": " + outcome); }
+  void rc(const std::string& step, long r) { rec(step, r < 0 ? err() : "ok"); }
+  static std::string err() { return std::string("error ") + strerrorname_np(errno); }
+  std::vector<std::string> lines;
+};
+
+std::string describe_stat(const char* path, bool follow = false) {
+  struct stat st{};
+  if ((follow ? ::stat(path, &st) : ::lstat(path, &st)) < 0) return Transcript::err();
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "mode=%o nlink=%lu uid=%u gid=%u size=%lld", st.st_mode,
+                static_cast<unsigned long>(st.st_nlink), st.st_uid, st.st_gid, static_cast<long long>(st.st_size));
+  return buf;
+}
+
+std::string content(const char* path) {
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Transcript::err();
+  std::string out;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  std::string shown;
+  for (char c : out.substr(0, 64)) shown += (c >= 32 && c < 127) ? c : '.';
+  return "len=" + std::to_string(out.size()) + " hash=" + std::to_string(std::hash<std::string>{}(out)) + " '" + shown + "'";
+}
+
+std::string listing(const char* path) {
+  DIR* d = ::opendir(path);
+  if (!d) return Transcript::err();
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) names.push_back(e->d_name);
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  std::string out;
+  for (auto& n : names) out += n + " ";
+  return out;
+}
+
+// The suite, run with the working directory at the tree under test.
+std::vector<std::string> run_suite(const std::string& root) {
+  Transcript t;
+  if (::chdir(root.c_str()) != 0) return {"chdir failed"};
+
+  // create, write, read
+  int fd = ::open("f", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0640);
+  t.rc("create f", fd);
+  t.rec("write f", std::to_string(::write(fd, "hello world", 11)));
+  ::close(fd);
+  t.rec("stat f", describe_stat("f"));
+  t.rc("create f again with O_EXCL", ::open("f", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0640));
+  t.rc("open missing", ::open("missing", O_RDONLY | O_CLOEXEC));
+  t.rec("read f", content("f"));
+  fd = ::open("f", O_RDWR | O_CLOEXEC);
+  char buf[64] = {};
+  ssize_t got = ::pread(fd, buf, 5, 6);
+  t.rec("pread f@6", std::to_string(got) + " " + std::string(buf, 5));
+  t.rec("pwrite past end", std::to_string(::pwrite(fd, "X", 1, 20)));
+  ::close(fd);
+  t.rec("hole reads as zeros", content("f"));
+  fd = ::open("f", O_WRONLY | O_APPEND | O_CLOEXEC);
+  t.rec("append", std::to_string(::write(fd, "!", 1)));
+  ::close(fd);
+  t.rec("after append", content("f"));
+  // truncate
+  t.rc("truncate f 5", ::truncate("f", 5));
+  t.rec("after truncate", content("f"));
+  fd = ::open("f", O_RDWR | O_CLOEXEC);
+  t.rc("ftruncate extend", ::ftruncate(fd, 8));
+  t.rec("lseek end", std::to_string(::lseek(fd, 0, SEEK_END)));
+  t.rc("fsync", ::fsync(fd));
+  t.rc("fdatasync", ::fdatasync(fd));
+  t.rc("fallocate", ::posix_fallocate(fd, 0, 4096) == 0 ? 0 : -1);
+  ::close(fd);
+  t.rec("after extend", content("f"));
+  fd = ::open("f", O_WRONLY | O_TRUNC | O_CLOEXEC);
+  ::close(fd);
+  t.rec("after O_TRUNC", describe_stat("f"));
+  // a larger file
+  std::string big = random_bytes(3 * 1024 * 1024 + 5, 9);
+  fd = ::open("big", O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+  size_t off = 0;
+  while (off < big.size()) {
+    ssize_t n = ::write(fd, big.data() + off, std::min<size_t>(big.size() - off, 1 << 20));
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  t.rec("big", content("big"));
+
+  // directories
+  t.rc("mkdir d", ::mkdir("d", 0750));
+  t.rec("stat d", describe_stat("d"));
+  t.rc("mkdir d again", ::mkdir("d", 0750));
+  write_file("d/inner", "inner");
+  t.rc("rmdir non-empty", ::rmdir("d"));
+  t.rc("rmdir a file", ::rmdir("f"));
+  t.rc("unlink a dir", ::unlink("d"));
+  t.rc("open dir for writing", ::open("d", O_WRONLY | O_CLOEXEC));
+  t.rc("create with long name", ::open(std::string(256, 'n').c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+  t.rc("create in missing dir", ::open("nodir/x", O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+
+  // rename
+  write_file("r1", "one");
+  write_file("r2", "two");
+  t.rc("rename r1 -> d/g", ::rename("r1", "d/g"));
+  t.rec("old name gone", describe_stat("r1"));
+  t.rec("new name", content("d/g"));
+  t.rc("rename over existing", ::rename("r2", "d/g"));
+  t.rec("replaced", content("d/g"));
+  ::mkdir("e", 0755);
+  t.rc("rename dir over file", ::rename("e", "d/g"));
+  t.rc("rename file over dir", ::rename("d/g", "e"));
+  write_file("x1", "x-one");
+  write_file("x2", "x-two");
+  t.rc("renameat2 noreplace", ::renameat2(AT_FDCWD, "x1", AT_FDCWD, "x2", RENAME_NOREPLACE));
+  t.rc("renameat2 exchange", ::renameat2(AT_FDCWD, "x1", AT_FDCWD, "x2", RENAME_EXCHANGE));
+  t.rec("x1 after exchange", content("x1"));
+  t.rc("rename missing", ::rename("missing", "m2"));
+
+  // links
+  t.rc("link d/g -> h", ::link("d/g", "h"));
+  t.rec("nlink after link", describe_stat("h"));
+  t.rc("link to a dir", ::link("d", "dlink"));
+  t.rc("link over existing", ::link("d/g", "x1"));
+  t.rc("unlink h", ::unlink("h"));
+  t.rec("nlink after unlink", describe_stat("d/g"));
+  t.rc("symlink dangling", ::symlink("target-text", "s"));
+  char lbuf[256];
+  ssize_t ln = ::readlink("s", lbuf, sizeof lbuf);
+  t.rec("readlink s", ln < 0 ? Transcript::err() : std::string(lbuf, static_cast<size_t>(ln)));
+  t.rec("lstat s", describe_stat("s"));
+  t.rec("stat s (dangling)", describe_stat("s", true));
+  t.rc("symlink to file", ::symlink("d/g", "s2"));
+  t.rec("stat through s2", describe_stat("s2", true));
+  t.rec("read through s2", content("s2"));
+  t.rc("readlink a file", ::readlink("x1", lbuf, sizeof lbuf));
+  t.rc("symlink over existing", ::symlink("x", "x1"));
+  t.rc("mkfifo", ::mkfifo("fifo", 0644));
+  t.rec("stat fifo", describe_stat("fifo"));
+
+  // attributes
+  t.rc("chmod 0600", ::chmod("x1", 0600));
+  t.rec("mode", describe_stat("x1"));
+  t.rc("chmod dir 0700", ::chmod("e", 0700));
+  t.rec("dir mode", describe_stat("e"));
+  t.rc("chown", ::chown("x1", 1234, 5678));
+  t.rec("owner", describe_stat("x1"));
+  t.rc("lchown symlink", ::lchown("s", 4321, 8765));
+  t.rec("symlink owner", describe_stat("s"));
+  timespec ts[2] = {{1000000000, 123456789}, {2000000000, 987654321}};
+  t.rc("utimensat", ::utimensat(AT_FDCWD, "x1", ts, 0));
+  struct stat st{};
+  ::stat("x1", &st);
+  t.rec("times", std::to_string(st.st_atim.tv_sec) + "." + std::to_string(st.st_atim.tv_nsec) + " " +
+                     std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec));
+  timespec omit[2] = {{0, UTIME_OMIT}, {1500000000, 5}};
+  t.rc("utimensat omit atime", ::utimensat(AT_FDCWD, "x1", omit, 0));
+  ::stat("x1", &st);
+  t.rec("times after omit", std::to_string(st.st_atim.tv_sec) + " " + std::to_string(st.st_mtim.tv_sec) + "." +
+                                std::to_string(st.st_mtim.tv_nsec));
+  t.rc("chmod missing", ::chmod("missing", 0644));
+
+  // xattrs (user namespace)
+  t.rc("setxattr", ::setxattr("x1", "user.k", "v", 1, 0));
+  char xbuf[16] = {};
+  ssize_t xn = ::getxattr("x1", "user.k", xbuf, sizeof xbuf);
+  t.rec("getxattr", xn < 0 ? Transcript::err() : std::string(xbuf, static_cast<size_t>(xn)));
+  t.rc("getxattr missing", ::getxattr("x1", "user.none", xbuf, sizeof xbuf));
+  t.rc("setxattr create existing", ::setxattr("x1", "user.k", "w", 1, XATTR_CREATE));
+  t.rc("removexattr", ::removexattr("x1", "user.k"));
+  t.rc("getxattr removed", ::getxattr("x1", "user.k", xbuf, sizeof xbuf));
+
+  // unlinked but open
+  write_file("doomed", "still readable");
+  fd = ::open("doomed", O_RDONLY | O_CLOEXEC);
+  t.rc("unlink open file", ::unlink("doomed"));
+  std::memset(buf, 0, sizeof buf);
+  got = ::read(fd, buf, sizeof buf - 1);
+  t.rec("read after unlink", std::to_string(got) + " " + buf);
+  ::close(fd);
+
+  // final listing
+  t.rec("listing /", listing("."));
+  t.rec("listing d", listing("d"));
+  t.rc("rmdir e", ::rmdir("e"));
+  t.rc("unlink fifo", ::unlink("fifo"));
+  t.rec("final listing", listing("."));
+  (void)!::chdir("/");
+  return t.lines;
+}
+
+class FusePosix : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::access("/dev/fuse", R_OK | W_OK), 0) << "/dev/fuse is needed for this test";
+    std::filesystem::create_directories(tmp_.path() / "export");
+    std::filesystem::create_directories(tmp_.path() / "mnt");
+    std::filesystem::create_directories(tmp_.path() / "plain");
+    fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
+        .args = {"--export", "x=" + (tmp_.path() / "export").string() + ",cache=" + GetParam(), "--fuse-mount",
+                 "x=" + (tmp_.path() / "mnt").string()}});
+    fsd_->wait_for_log("mounted 'x'");
+    struct statfs sf{};
+    ASSERT_EQ(::statfs((tmp_.path() / "mnt").c_str(), &sf), 0);
+    ASSERT_EQ(sf.f_type, kFuseSuperMagic);
+  }
+  void TearDown() override {
+    if (fsd_) {
+      EXPECT_EQ(fsd_->stop(), 0) << fsd_->log();
+    }
+    ::umount2((tmp_.path() / "mnt").c_str(), MNT_DETACH);  // only if fsd could not
+  }
+
+  TempDir tmp_;
+  std::unique_ptr<FsdProcess> fsd_;
+};
+
+TEST_P(FusePosix, BehavesLikeAPlainDirectory) {
+  auto plain = run_suite((tmp_.path() / "plain").string());
+  auto fuse = run_suite((tmp_.path() / "mnt").string());
+  if (std::getenv("FSD_DUMP_TRANSCRIPT"))
+    for (auto& l : fuse) std::printf("%s\n", l.c_str());
+  ASSERT_EQ(plain.size(), fuse.size());
+  for (size_t i = 0; i < plain.size(); i++) EXPECT_EQ(fuse[i], plain[i]) << "step " << i;
+  // And what the mount shows is what the export holds.
+  EXPECT_EQ(listing((tmp_.path() / "export").c_str()), listing((tmp_.path() / "plain").c_str()));
+  EXPECT_EQ(content((tmp_.path() / "export/big").c_str()), content((tmp_.path() / "plain/big").c_str()));
+}
+
+INSTANTIATE_TEST_SUITE_P(CachePolicies, FusePosix, ::testing::Values("never", "auto", "always"));
+
+TEST(FuseReadOnly, EveryMutationIsErofs) {
+  TempDir tmp;
+  write_file(tmp.path() / "export/file", "content");
+  std::filesystem::create_directories(tmp.path() / "export/dir");
+  std::filesystem::create_directories(tmp.path() / "mnt");
+  FsdProcess fsd({.args = {"--export", "x=" + (tmp.path() / "export").string() + ",ro", "--fuse-mount",
+                           "x=" + (tmp.path() / "mnt").string()}});
+  fsd.wait_for_log("mounted 'x'");
+  ASSERT_EQ(::chdir((tmp.path() / "mnt").c_str()), 0);
+  auto erofs = [](long r) { return r < 0 && errno == EROFS; };
+  EXPECT_TRUE(erofs(::open("new", O_CREAT | O_WRONLY | O_CLOEXEC, 0644)));
+  EXPECT_TRUE(erofs(::open("file", O_WRONLY | O_CLOEXEC)));
+  EXPECT_TRUE(erofs(::open("file", O_RDONLY | O_TRUNC | O_CLOEXEC)));
+  EXPECT_TRUE(erofs(::truncate("file", 1)));
+  EXPECT_TRUE(erofs(::mkdir("newdir", 0755)));
+  EXPECT_TRUE(erofs(::rmdir("dir")));
+  EXPECT_TRUE(erofs(::unlink("file")));
+  EXPECT_TRUE(erofs(::rename("file", "renamed")));
+  EXPECT_TRUE(erofs(::link("file", "hard")));
+  EXPECT_TRUE(erofs(::symlink("file", "sym")));
+  EXPECT_TRUE(erofs(::mkfifo("fifo", 0644)));
+  EXPECT_TRUE(erofs(::chmod("file", 0600)));
+  EXPECT_TRUE(erofs(::chown("file", 1, 1)));
+  EXPECT_TRUE(erofs(::utimensat(AT_FDCWD, "file", nullptr, 0)));
+  EXPECT_TRUE(erofs(::setxattr("file", "user.k", "v", 1, 0)));
+  EXPECT_TRUE(erofs(::removexattr("file", "user.k")));
+  EXPECT_EQ(content("file"), "len=7 hash=" + std::to_string(std::hash<std::string>{}("content")) + " 'content'");
+  (void)!::chdir("/");
+  EXPECT_EQ(read_file(tmp.path() / "export/file"), "content");
+  EXPECT_EQ(fsd.stop(), 0);
+  ::umount2((tmp.path() / "mnt").c_str(), MNT_DETACH);
+}
+
+}  // namespace
+}  // namespace fsd::testing
+
+// Run in a private mount namespace when possible: if this process is killed,
+// the FUSE mounts it made go away with the namespace.
+int main(int argc, char** argv) {
+  if (::unshare(CLONE_NEWNS) == 0) ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
