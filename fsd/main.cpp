@@ -13,6 +13,7 @@
 #include "fsd/p9/session.h"
 #include "fsd/transport/fuse_dev.h"
 #include "fsd/transport/socket_server.h"
+#include "fsd/transport/vhost_user_backend.h"
 #include "fsd/vfs/vfs.h"
 
 #ifndef FSD_VERSION
@@ -25,12 +26,21 @@ struct Options {
   std::vector<std::string> exports;
   std::vector<std::string> listens;
   std::vector<std::string> fuse_mounts;
+  std::vector<std::string> virtiofs_sockets;
+  std::string on_disconnect;  // "", "wait" or "exit"
   uint32_t msize_max = 1 << 20;
   unsigned threads = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
   unsigned fd_budget = 768;
   std::string metadata_io = "uring";
   std::string log_level = "info";
+  // virtiofsd-compatible form
+  std::string socket_path, shared_dir, cache, compat_opts;
+  int listen_fd = -1;
+  bool readonly = false;
+  bool print_capabilities = false;
 };
+
+constexpr const char* kCompatTag = "virtiofs";
 
 // Fits the fd budget under RLIMIT_NOFILE (raising the soft limit to the hard
 // one first), keeping room for sockets, rings and the like.
@@ -51,9 +61,45 @@ unsigned fit_fd_budget(unsigned wanted) {
   return wanted;
 }
 
-int run(const Options& o) {
-  auto level = spdlog::level::from_str(o.log_level);
-  spdlog::set_level(level);
+// Splits "TAG=VALUE" for --fuse-mount and --virtiofs-socket.
+std::pair<std::string, std::string> tag_value(const std::string& flag, const std::string& s, const std::vector<fsd::ExportConfig>& configs) {
+  auto eq = s.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == s.size())
+    throw std::invalid_argument(flag + " '" + s + "': expected TAG=" + (flag == "--fuse-mount" ? "MOUNTPOINT" : "PATH"));
+  std::string tag = s.substr(0, eq);
+  if (std::none_of(configs.begin(), configs.end(), [&](const auto& c) { return c.tag == tag; }))
+    throw std::invalid_argument(flag + " '" + s + "': no --export has tag '" + tag + "'");
+  return {tag, s.substr(eq + 1)};
+}
+
+// The virtiofsd-style flags become one export and one virtio-fs socket.
+void apply_compat(Options& o) {
+  bool compat = !o.socket_path.empty() || o.listen_fd >= 0 || !o.shared_dir.empty() || !o.compat_opts.empty();
+  if (!compat) return;
+  std::string source = o.shared_dir, cache = o.cache;
+  std::string_view rest = o.compat_opts;
+  while (!rest.empty()) {  // -o source=DIR,cache=auto,...: take what we know, ignore the rest
+    auto comma = rest.find(',');
+    std::string_view opt = rest.substr(0, comma);
+    if (opt.starts_with("source=")) source = std::string(opt.substr(7));
+    else if (opt.starts_with("cache=")) cache = std::string(opt.substr(6));
+    else if (!opt.empty()) spdlog::warn("-o {}: not supported by fsd; ignored", opt);
+    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+  }
+  if (source.empty()) throw std::invalid_argument("--shared-dir (or -o source=DIR) is required with --socket-path/--fd");
+  if (o.socket_path.empty() && o.listen_fd < 0) throw std::invalid_argument("--socket-path or --fd is required with --shared-dir");
+  if (cache == "none") cache = "never";
+  if (cache == "metadata") cache = "auto";
+  std::string spec = std::string(kCompatTag) + "=" + source + (o.readonly ? ",ro" : "") + (cache.empty() ? "" : ",cache=" + cache);
+  o.exports.push_back(spec);
+  if (!o.socket_path.empty()) o.virtiofs_sockets.push_back(std::string(kCompatTag) + "=" + o.socket_path);
+  if (o.on_disconnect.empty()) o.on_disconnect = "exit";  // what virtiofsd does
+}
+
+int run(Options& o) {
+  spdlog::set_level(spdlog::level::from_str(o.log_level));
+  apply_compat(o);
+  if (o.exports.empty()) throw std::invalid_argument("nothing to export: give --export TAG=PATH (or --shared-dir)");
 
   std::vector<fsd::ExportConfig> configs;
   for (const auto& e : o.exports) configs.push_back(fsd::parse_export(e));
@@ -63,18 +109,11 @@ int run(const Options& o) {
         throw std::invalid_argument("--export: tag '" + configs[i].tag + "' is given twice");
   std::vector<fsd::ListenAddress> listens;
   for (const auto& l : o.listens) listens.push_back(fsd::parse_listen(l));
-  if (listens.empty() && o.fuse_mounts.empty())
-    throw std::invalid_argument("nothing to serve on: give --listen or --fuse-mount");
-  std::vector<std::pair<std::string, std::string>> mounts;  // tag, mount point
-  for (const auto& m : o.fuse_mounts) {
-    auto eq = m.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == m.size())
-      throw std::invalid_argument("--fuse-mount '" + m + "': expected TAG=MOUNTPOINT");
-    std::string tag = m.substr(0, eq);
-    if (std::none_of(configs.begin(), configs.end(), [&](const auto& c) { return c.tag == tag; }))
-      throw std::invalid_argument("--fuse-mount '" + m + "': no export has tag '" + tag + "'");
-    mounts.emplace_back(tag, m.substr(eq + 1));
-  }
+  std::vector<std::pair<std::string, std::string>> mounts, sockets;
+  for (const auto& m : o.fuse_mounts) mounts.push_back(tag_value("--fuse-mount", m, configs));
+  for (const auto& s : o.virtiofs_sockets) sockets.push_back(tag_value("--virtiofs-socket", s, configs));
+  if (listens.empty() && mounts.empty() && sockets.empty() && o.listen_fd < 0)
+    throw std::invalid_argument("nothing to serve on: give --listen, --virtiofs-socket or --fuse-mount");
 
   // One budget for all exports: a quarter for cached O_PATH fds, the rest
   // for files clients hold open.
@@ -93,10 +132,12 @@ int run(const Options& o) {
   }
 
   // Signals are taken synchronously by this thread; workers never see them.
+  // SIGUSR1 is how a finished virtio-fs device tells main to exit.
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
@@ -104,6 +145,20 @@ int run(const Options& o) {
   sc.max_msize = o.msize_max;
   fsd::SocketServer server(exports, sc, o.threads, o.metadata_io == "uring");
   for (const auto& l : listens) server.listen(l);
+
+  fsd::VhostUserOptions vopt{.request_queues = 1, .exit_on_disconnect = o.on_disconnect == "exit"};
+  std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices;
+  for (const auto& [tag, path] : sockets)
+    devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(tag), path, vopt));
+  if (o.listen_fd >= 0)
+    devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(kCompatTag), fsd::Fd(o.listen_fd), vopt));
+  for (auto& d : devices) {
+    d->on_finished([] { ::kill(::getpid(), SIGUSR1); });
+    d->start();
+    spdlog::info("virtio-fs '{}': listening on {} (vhost-user)", d->socket_path().empty() ? kCompatTag : d->socket_path(),
+                 d->socket_path().empty() ? "--fd" : d->socket_path());
+  }
+
   std::vector<std::unique_ptr<fsd::FuseMount>> fuse;
   for (const auto& [tag, where] : mounts) {
     fuse.push_back(std::make_unique<fsd::FuseMount>(*exports.find(tag), where, o.threads));
@@ -113,10 +168,20 @@ int run(const Options& o) {
   server.start();
   for (const auto& a : server.bound()) spdlog::info("listening on {} (9P2000.L, msize up to {})", a.to_string(), o.msize_max);
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
-  spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  for (;;) {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    if (sig == SIGUSR1) {
+      bool all = !devices.empty() && std::all_of(devices.begin(), devices.end(), [](auto& d) { return d->finished(); });
+      if (!all || !listens.empty() || !mounts.empty()) continue;
+      spdlog::info("every virtio-fs front-end has gone: exiting");
+      break;
+    }
+    spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    break;
+  }
   for (auto& f : fuse) f->stop();
+  for (auto& d : devices) d->stop();
   server.stop();
   return 0;
 }
@@ -129,27 +194,32 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(logger);
 
   Options o;
-  CLI::App app{"fsd: a file server for virtual machines (9P2000.L over unix and TCP sockets, FUSE on the host)"};
+  CLI::App app{"fsd: a file server for virtual machines.\n"
+               "Serves host directories as 9P2000.L (unix/TCP sockets), virtio-fs (vhost-user, for QEMU's\n"
+               "vhost-user-fs-pci) and FUSE mounts on the host, all from one backend."};
   app.set_version_flag("--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always] (repeatable). "
-                 "Clients attach with aname TAG (or PATH).")
-      ->required()
+                 "9p clients attach with aname TAG (or PATH). Read-only exports default to cache=always.")
       ->type_name("SPEC");
-  app.add_option("--listen", o.listens,
-                 "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), or tcp:HOST:PORT (repeatable)")
+  app.add_option("--listen", o.listens, "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), or tcp:HOST:PORT (repeatable)")
       ->type_name("ADDR");
-  app.add_option("--fuse-mount", o.fuse_mounts,
-                 "Mount export TAG on the host at MOUNTPOINT through /dev/fuse (repeatable)")
+  app.add_option("--virtiofs-socket", o.virtiofs_sockets,
+                 "Serve export TAG as a virtio-fs device on the vhost-user socket PATH (repeatable)")
+      ->type_name("TAG=PATH");
+  app.add_option("--fuse-mount", o.fuse_mounts, "Mount export TAG on the host at MOUNTPOINT through /dev/fuse (repeatable)")
       ->type_name("TAG=MOUNTPOINT");
-  app.add_option("--msize-max", o.msize_max, "Largest msize to agree to, in bytes")
+  app.add_option("--on-disconnect", o.on_disconnect,
+                 "When a virtio-fs front-end disconnects: wait for the next one, or exit "
+                 "(default: wait; exit in the virtiofsd-compatible form)")
+      ->check(CLI::IsMember({"wait", "exit"}));
+  app.add_option("--msize-max", o.msize_max, "Largest 9p msize to agree to, in bytes")
       ->check(CLI::Range(4096u, 16u << 20))
       ->capture_default_str();
-  app.add_option("--threads", o.threads, "Worker threads (one io_uring each)")
+  app.add_option("--threads", o.threads, "Worker threads for sockets and FUSE (one io_uring each)")
       ->check(CLI::Range(1u, 256u))
       ->capture_default_str();
-  app.add_option("--fd-budget", o.fd_budget,
-                 "Most file descriptors fsd keeps for exported files, however many clients walk")
+  app.add_option("--fd-budget", o.fd_budget, "Most file descriptors fsd keeps for exported files, however many clients walk")
       ->check(CLI::Range(64u, 1u << 20))
       ->capture_default_str();
   app.add_option("--metadata-io", o.metadata_io, "Run metadata syscalls through io_uring or directly")
@@ -158,6 +228,22 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
+
+  auto* compat = app.add_option_group("virtiofsd-compatible", "The command line of virtiofsd, for drop-in use");
+  compat->add_option("--socket-path", o.socket_path, "vhost-user socket to listen on");
+  compat->add_option("--fd", o.listen_fd, "An already listening vhost-user socket (as libvirt passes it)");
+  compat->add_option("--shared-dir", o.shared_dir, "Directory to share");
+  compat->add_option("--cache", o.cache, "never (or none), auto, metadata (as auto), always")
+      ->check(CLI::IsMember({"never", "none", "auto", "metadata", "always"}));
+  compat->add_option("-o", o.compat_opts, "Options: source=DIR, cache=POLICY (others are ignored)");
+  compat->add_flag("--readonly", o.readonly, "Share read-only");
+  compat->add_option("--thread-pool-size", o.threads, "Worker threads")->check(CLI::Range(1u, 256u));
+  compat->add_flag("--print-capabilities", o.print_capabilities, "Print the vhost-user back-end capabilities (JSON) and exit");
+  for (const char* ignored : {"--sandbox", "--seccomp", "--inode-file-handles", "--xattrmap"})
+    compat->add_option(ignored, "Accepted for compatibility; ignored")->expected(0, 1);
+  for (const char* ignored : {"--syslog", "--no-announce-submounts", "--announce-submounts", "--xattr", "--posix-acl",
+                              "--allow-direct-io", "--killpriv-v2", "--security-label", "--preserve-noatime"})
+    compat->add_flag(ignored)->description("Accepted for compatibility; ignored");
 
   try {
     app.parse(argc, argv);
@@ -169,8 +255,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fsd: %s (see fsd --help)\n", e.what());
     return 2;
   }
+  if (o.print_capabilities) {
+    // What libvirt reads from a vhost-user back-end (docs/interop/vhost-user.json).
+    std::printf("{\n  \"type\": \"fs\"\n}\n");
+    return 0;
+  }
   try {
     return run(o);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "fsd: %s (see fsd --help)\n", e.what());
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fsd: %s\n", e.what());
     return 1;

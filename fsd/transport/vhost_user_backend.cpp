@@ -1,0 +1,715 @@
+#include "fsd/transport/vhost_user_backend.h"
+
+#include <linux/fuse.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <stdexcept>
+
+#include "fsd/fuse/server.h"
+#include "fsd/uring/ring.h"
+#include "protocol/vhost_user/message.h"
+#include "protocol/virtio/virtqueue.h"
+
+namespace fsd {
+namespace vu = vhost_user;
+
+namespace {
+
+constexpr uint64_t kFeatures = vu::kFVersion1 | vu::kFRingIndirectDesc | vu::kFRingEventIdx | vu::kFProtocolFeatures;
+constexpr uint64_t kProtocolFeatures = vu::kPfMq | vu::kPfReplyAck | vu::kPfConfigureMemSlots;
+constexpr uint64_t kMaxMemSlots = 32;
+// The largest request a guest may send: a 1 MiB WRITE plus headers.
+constexpr size_t kMaxRequest = (1 << 20) + 4096;
+constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
+
+// One mmap of a region's fd; unmapped on destruction.
+class Mapping {
+ public:
+  Mapping(void* base, size_t len) : base_(base), len_(len) {}
+  Mapping(Mapping&& o) noexcept : base_(std::exchange(o.base_, nullptr)), len_(o.len_) {}
+  Mapping(const Mapping&) = delete;
+  ~Mapping() {
+    if (base_) ::munmap(base_, len_);
+  }
+  std::byte* base() const { return static_cast<std::byte*>(base_); }
+
+ private:
+  void* base_;
+  size_t len_;
+};
+
+// Guest memory as mapped at one moment. Requests hold a shared_ptr to it,
+// so a replaced table stays mapped until the last request using it is done.
+struct MemoryMap {
+  std::vector<Mapping> mappings;
+  std::vector<vu::MemRegion> regions;
+  virtio::GuestMemory mem;
+};
+
+Result<std::shared_ptr<MemoryMap>> map_regions(const std::vector<vu::MemRegion>& regions, std::vector<Fd>& fds) {
+  auto m = std::make_shared<MemoryMap>();
+  std::vector<virtio::Region> vr;
+  for (size_t i = 0; i < regions.size(); i++) {
+    const auto& r = regions[i];
+    if (r.memory_size == 0 || r.mmap_offset > UINT64_MAX - r.memory_size) return Error{EINVAL};
+    size_t len = r.memory_size + r.mmap_offset;
+    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fds[i].get(), 0);
+    if (p == MAP_FAILED) return errno_error();
+    m->mappings.emplace_back(p, len);
+    vr.push_back(virtio::Region{r.guest_phys_addr, r.memory_size, r.userspace_addr,
+                                static_cast<std::byte*>(p) + r.mmap_offset});
+  }
+  m->regions = regions;
+  m->mem = virtio::GuestMemory(std::move(vr));
+  return m;
+}
+
+}  // namespace
+
+// The device state: control-side configuration and the data-plane worker.
+class VhostUserBackend::Device {
+ public:
+  Device(Vfs& vfs, VhostUserOptions o) : vfs_(vfs), options_(o), queues_(1 + o.request_queues) {
+    cmd_fd_.reset(::eventfd(0, EFD_CLOEXEC));
+    if (!cmd_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+    new_server();
+    worker_ = std::thread([this] { worker_main(); });
+  }
+  ~Device() {
+    reset();
+    post([this] { return cmd_exit(); });
+    worker_.join();
+  }
+
+  // Handles one message from the front-end; false drops the connection.
+  bool handle(int conn, const vu::Message& m, std::vector<Fd>& fds);
+  // Back to the state before any front-end: queues stopped, memory unmapped.
+  void reset();
+
+  std::atomic<uint64_t> requests{0}, bad_chains{0}, bad_requests{0};
+
+ private:
+  struct Queue {
+    // Control-thread view (changed only while the queue is stopped).
+    uint32_t num = 0;
+    vu::VringAddr addr{};
+    bool addr_set = false;
+    uint16_t base = 0;
+    Fd kick, call;
+    bool enabled = false;
+    bool started = false;
+    // Worker-thread state.
+    virtio::SplitQueue split;
+    int kick_fd = -1;
+    int call_fd = -1;
+    bool running = false;
+    bool loop_alive = false;
+    unsigned inflight = 0;
+    Event* drained = nullptr;
+  };
+
+  // ---- control thread
+  bool reply(int conn, vu::Request r, const vu::Payload& p);
+  void maybe_start(unsigned i);
+  void stop_queue(unsigned i);
+
+  // ---- worker thread
+  void post(std::function<Task<void>()> fn);
+  void worker_main();
+  Task<void> command_loop();
+  Task<void> cmd_exit() {
+    exit_ = true;
+    co_return;
+  }
+  Task<void> cmd_start(unsigned i, virtio::SplitQueue split, int kick_fd, int call_fd);
+  Task<void> cmd_stop(unsigned i, uint16_t* last_avail);
+  Task<void> cmd_set_call(unsigned i, int fd) {
+    queues_[i].call_fd = fd;
+    co_return;
+  }
+  Task<void> cmd_set_memory(std::shared_ptr<MemoryMap> m) {
+    memory_ = std::move(m);
+    co_return;
+  }
+  Task<void> cmd_get_memory(std::shared_ptr<MemoryMap>* out) {
+    *out = memory_;
+    co_return;
+  }
+  Task<void> cmd_new_server() {
+    new_server();
+    co_return;
+  }
+  void new_server() {
+    server_ = std::make_shared<fuse::Server>(vfs_, fuse::ServerOptions{.max_write = 1 << 20, .virtiofs = true});
+  }
+  Task<void> queue_loop(unsigned i);
+  Task<void> process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem, std::shared_ptr<fuse::Server> server);
+  void finish_one(Queue& q, uint16_t head, uint32_t len);
+
+  Vfs& vfs_;
+  VhostUserOptions options_;
+  std::vector<Queue> queues_;
+  uint64_t features_ = 0;
+  uint64_t protocol_features_ = 0;
+  std::vector<vu::MemRegion> regions_;  // control's copy, to rebuild on ADD/REM
+  std::vector<Fd> region_fds_;          // dup'ed fds of regions_, for remapping
+
+  // worker
+  Ring ring_{256};
+  std::thread worker_;
+  Fd cmd_fd_;
+  std::mutex cmd_mu_;
+  struct Command {
+    std::function<Task<void>()> fn;
+    std::promise<void>* done;
+  };
+  std::deque<Command> cmds_;
+  bool exit_ = false;
+  std::shared_ptr<MemoryMap> memory_;
+  std::shared_ptr<fuse::Server> server_;
+};
+
+// ---- worker thread
+
+void VhostUserBackend::Device::post(std::function<Task<void>()> fn) {
+  std::promise<void> done;
+  auto fut = done.get_future();
+  {
+    std::lock_guard g(cmd_mu_);
+    cmds_.push_back({std::move(fn), &done});
+  }
+  uint64_t one = 1;
+  (void)!::write(cmd_fd_.get(), &one, sizeof one);
+  fut.wait();
+}
+
+void VhostUserBackend::Device::worker_main() {
+  spawn(command_loop());
+  while (!exit_) ring_.run_once();
+}
+
+Task<void> VhostUserBackend::Device::command_loop() {
+  while (!exit_) {
+    uint64_t v;
+    co_await ring_.read(cmd_fd_.get(), &v, sizeof v, 0);
+    for (;;) {
+      Command c;
+      {
+        std::lock_guard g(cmd_mu_);
+        if (cmds_.empty()) break;
+        c = std::move(cmds_.front());
+        cmds_.pop_front();
+      }
+      co_await c.fn();
+      c.done->set_value();
+    }
+  }
+}
+
+Task<void> VhostUserBackend::Device::cmd_start(unsigned i, virtio::SplitQueue split, int kick_fd, int call_fd) {
+  Queue& q = queues_[i];
+  q.split = split;
+  q.kick_fd = kick_fd;
+  q.call_fd = call_fd;
+  q.running = true;
+  spawn(queue_loop(i));
+  co_return;
+}
+
+Task<void> VhostUserBackend::Device::cmd_stop(unsigned i, uint16_t* last_avail) {
+  Queue& q = queues_[i];
+  if (q.running) {
+    q.running = false;
+    co_await ring_.cancel_fd(q.kick_fd);  // ends the loop's wait for a kick
+    Event drained;
+    if (q.loop_alive || q.inflight > 0) {
+      q.drained = &drained;
+      co_await drained.wait();
+      q.drained = nullptr;
+    }
+  }
+  *last_avail = q.split.last_avail();
+  q.kick_fd = q.call_fd = -1;
+}
+
+Task<void> VhostUserBackend::Device::queue_loop(unsigned i) {
+  Queue& q = queues_[i];
+  q.loop_alive = true;
+  while (q.running) {
+    bool more = false;
+    for (;;) {
+      auto head = q.split.pop();
+      if (!head) {
+        spdlog::error("virtio-fs queue {}: the guest published a corrupt available ring; stopping the queue", i);
+        bad_chains++;
+        q.running = false;
+        break;
+      }
+      if (!head->has_value()) break;
+      spawn(process(i, **head, memory_, server_));
+    }
+    if (!q.running) break;
+    q.split.arm_kick();
+    // Entries published between the last pop and arming would be missed.
+    auto again = q.split.pop();
+    if (again && again->has_value()) {
+      spawn(process(i, **again, memory_, server_));
+      more = true;
+    }
+    if (more) continue;
+    uint64_t v;
+    int r = co_await ring_.read(q.kick_fd, &v, sizeof v, 0);
+    if (r < 0 && r != -EINTR) break;
+  }
+  q.loop_alive = false;
+  if (q.inflight == 0 && q.drained) q.drained->set();
+}
+
+void VhostUserBackend::Device::finish_one(Queue& q, uint16_t head, uint32_t len) {
+  q.split.push(head, len);
+  if (q.call_fd >= 0 && q.split.should_notify()) {
+    uint64_t one = 1;
+    (void)!::write(q.call_fd, &one, sizeof one);
+  }
+}
+
+Task<void> VhostUserBackend::Device::process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem,
+                                             std::shared_ptr<fuse::Server> server) {
+  Queue& q = queues_[i];
+  q.inflight++;
+  requests++;
+  virtio::Chain chain;
+  uint32_t written = 0;
+  if (!mem) {
+    bad_chains++;
+  } else if (auto w = virtio::walk_chain(mem->mem, q.split.desc(), q.split.size(), head, chain); !w) {
+    bad_chains++;
+    spdlog::warn("virtio-fs queue {}: malformed descriptor chain at head {}", i, head);
+  } else if (chain.readable_bytes < sizeof(fuse_in_header) || chain.readable_bytes > kMaxRequest) {
+    bad_requests++;
+  } else {
+    // Copy the request's headers; leave a WRITE's payload in guest memory.
+    fuse_in_header h;
+    virtio::gather(chain.readable, {reinterpret_cast<std::byte*>(&h), sizeof h});
+    size_t head_len = chain.readable_bytes;
+    std::vector<iovec> payload;
+    if (h.opcode == FUSE_WRITE && chain.readable_bytes > kWriteHead) {
+      head_len = kWriteHead;
+      size_t skip = kWriteHead;
+      for (const auto& v : chain.readable) {
+        if (skip >= v.iov_len) {
+          skip -= v.iov_len;
+          continue;
+        }
+        payload.push_back(iovec{static_cast<std::byte*>(v.iov_base) + skip, v.iov_len - skip});
+        skip = 0;
+      }
+    }
+    std::vector<std::byte> in(head_len);
+    virtio::gather(chain.readable, in);
+    fuse::Io io{.in = in, .total_len = chain.readable_bytes, .in_payload = payload, .out = chain.writable};
+    auto len = co_await server->handle(ring_, io);
+    if (len) {
+      written = static_cast<uint32_t>(*len);
+    } else {
+      bad_requests++;
+    }
+  }
+  if (q.running || q.drained) finish_one(q, head, written);
+  q.inflight--;
+  if (q.inflight == 0 && !q.loop_alive && q.drained) q.drained->set();
+}
+
+// ---- control thread
+
+bool VhostUserBackend::Device::reply(int conn, vu::Request r, const vu::Payload& p) {
+  std::byte buf[512];
+  auto n = vu::encode_reply(buf, r, p);
+  if (!n) return false;
+  return ::send(conn, buf, *n, MSG_NOSIGNAL) == static_cast<ssize_t>(*n);
+}
+
+void VhostUserBackend::Device::maybe_start(unsigned i) {
+  Queue& q = queues_[i];
+  bool need_enable = features_ & vu::kFProtocolFeatures;
+  if (q.started || !q.kick || !q.addr_set || q.num == 0 || (need_enable && !q.enabled)) return;
+  std::shared_ptr<MemoryMap> mem;
+  post([this, &mem] { return cmd_get_memory(&mem); });
+  if (!mem) {
+    spdlog::error("virtio-fs queue {}: started before the memory table", i);
+    return;
+  }
+  uint16_t num = static_cast<uint16_t>(q.num);
+  auto* desc = reinterpret_cast<virtio::Desc*>(mem->mem.translate_uva(q.addr.desc_user_addr, 16u * num));
+  auto* avail = mem->mem.translate_uva(q.addr.avail_user_addr, virtio::SplitQueue::avail_size(num));
+  auto* used = mem->mem.translate_uva(q.addr.used_user_addr, virtio::SplitQueue::used_size(num));
+  if (!desc || !avail || !used) {
+    spdlog::error("virtio-fs queue {}: ring addresses are outside guest memory", i);
+    return;
+  }
+  virtio::SplitQueue split({desc, avail, used}, num, features_ & vu::kFRingEventIdx, q.base);
+  int kick = q.kick.get(), call = q.call.get();
+  post([=, this] { return cmd_start(i, split, kick, call); });
+  q.started = true;
+}
+
+void VhostUserBackend::Device::stop_queue(unsigned i) {
+  Queue& q = queues_[i];
+  if (!q.started) return;
+  uint16_t last = 0;
+  post([this, i, &last] { return cmd_stop(i, &last); });
+  q.base = last;
+  q.started = false;
+}
+
+void VhostUserBackend::Device::reset() {
+  for (unsigned i = 0; i < queues_.size(); i++) stop_queue(i);
+  for (auto& q : queues_) {
+    q.kick.reset();
+    q.call.reset();
+    q = Queue{};
+  }
+  post([this] { return cmd_set_memory(nullptr); });
+  post([this] { return cmd_new_server(); });
+  regions_.clear();
+  region_fds_.clear();
+  features_ = protocol_features_ = 0;
+}
+
+bool VhostUserBackend::Device::handle(int conn, const vu::Message& m, std::vector<Fd>& fds) {
+  using R = vu::Request;
+  bool ok = true;          // for REPLY_ACK
+  bool replied = false;    // the request has a reply of its own
+  auto queue_index = [&](uint32_t index) -> Queue* {
+    if (index >= queues_.size()) {
+      spdlog::warn("vhost-user {}: queue index {} out of range", vu::request_name(static_cast<uint32_t>(m.request)), index);
+      return nullptr;
+    }
+    return &queues_[index];
+  };
+  auto remap = [&]() -> bool {
+    std::vector<Fd> dup;
+    for (auto& f : region_fds_) dup.emplace_back(::fcntl(f.get(), F_DUPFD_CLOEXEC, 0));
+    auto map = map_regions(regions_, dup);
+    if (!map) {
+      spdlog::error("vhost-user: cannot map guest memory: {}", std::strerror(map.error()));
+      return false;
+    }
+    post([this, mp = *map]() { return cmd_set_memory(mp); });
+    return true;
+  };
+
+  switch (m.request) {
+    case R::GetFeatures:
+      replied = reply(conn, m.request, uint64_t{kFeatures});
+      break;
+    case R::SetFeatures: {
+      uint64_t f = std::get<uint64_t>(m.payload);
+      if (f & ~kFeatures) ok = false;
+      features_ = f & kFeatures;
+      break;
+    }
+    case R::GetProtocolFeatures:
+      replied = reply(conn, m.request, uint64_t{kProtocolFeatures});
+      break;
+    case R::SetProtocolFeatures:
+      protocol_features_ = std::get<uint64_t>(m.payload) & kProtocolFeatures;
+      break;
+    case R::GetQueueNum:
+      replied = reply(conn, m.request, uint64_t{queues_.size()});
+      break;
+    case R::GetMaxMemSlots:
+      replied = reply(conn, m.request, uint64_t{kMaxMemSlots});
+      break;
+    case R::SetOwner:
+      break;
+    case R::ResetOwner: case R::ResetDevice:
+      reset();
+      break;
+    case R::SetMemTable: {
+      const auto& t = std::get<vu::MemTable>(m.payload);
+      regions_.assign(t.regions.begin(), t.regions.begin() + t.nregions);
+      region_fds_ = std::move(fds);
+      ok = remap();
+      break;
+    }
+    case R::AddMemReg: {
+      if (regions_.size() >= kMaxMemSlots) {
+        ok = false;
+        break;
+      }
+      regions_.push_back(std::get<vu::MemRegion>(m.payload));
+      region_fds_.push_back(std::move(fds[0]));
+      ok = remap();
+      break;
+    }
+    case R::RemMemReg: {
+      const auto& r = std::get<vu::MemRegion>(m.payload);
+      ok = false;
+      for (size_t i = 0; i < regions_.size(); i++) {
+        if (regions_[i].guest_phys_addr == r.guest_phys_addr && regions_[i].memory_size == r.memory_size) {
+          regions_.erase(regions_.begin() + static_cast<ptrdiff_t>(i));
+          region_fds_.erase(region_fds_.begin() + static_cast<ptrdiff_t>(i));
+          ok = regions_.empty() ? (post([this] { return cmd_set_memory(nullptr); }), true) : remap();
+          break;
+        }
+      }
+      break;
+    }
+    case R::SetVringNum: {
+      auto s = std::get<vu::VringState>(m.payload);
+      Queue* q = queue_index(s.index);
+      ok = q && !q->started && virtio::SplitQueue::valid_size(s.num);
+      if (ok) q->num = s.num;
+      break;
+    }
+    case R::SetVringAddr: {
+      auto a = std::get<vu::VringAddr>(m.payload);
+      Queue* q = queue_index(a.index);
+      ok = q && !q->started;
+      if (ok) {
+        q->addr = a;
+        q->addr_set = true;
+      }
+      break;
+    }
+    case R::SetVringBase: {
+      auto s = std::get<vu::VringState>(m.payload);
+      Queue* q = queue_index(s.index);
+      ok = q && !q->started && s.num <= UINT16_MAX;
+      if (ok) q->base = static_cast<uint16_t>(s.num);
+      break;
+    }
+    case R::GetVringBase: {
+      auto s = std::get<vu::VringState>(m.payload);
+      Queue* q = queue_index(s.index);
+      if (!q) return false;
+      stop_queue(s.index);  // GET_VRING_BASE stops the ring
+      q->kick.reset();
+      q->enabled = false;
+      replied = reply(conn, m.request, vu::VringState{s.index, q->base});
+      break;
+    }
+    case R::SetVringKick: {
+      auto f = std::get<vu::VringFile>(m.payload);
+      Queue* q = queue_index(f.index);
+      if (!q) {
+        ok = false;
+        break;
+      }
+      if (!f.has_fd) {
+        spdlog::error("vhost-user: polling mode (no kick fd) is not supported");
+        ok = false;
+        break;
+      }
+      stop_queue(f.index);
+      q->kick = std::move(fds[0]);
+      if (!(features_ & vu::kFProtocolFeatures)) q->enabled = true;
+      maybe_start(f.index);
+      break;
+    }
+    case R::SetVringCall: {
+      auto f = std::get<vu::VringFile>(m.payload);
+      Queue* q = queue_index(f.index);
+      if (!q) {
+        ok = false;
+        break;
+      }
+      Fd fresh = f.has_fd ? std::move(fds[0]) : Fd();
+      int fd = fresh.get();
+      if (q->started) post([this, i = f.index, fd] { return cmd_set_call(i, fd); });
+      q->call = std::move(fresh);  // the old fd closes only after the worker dropped it
+      break;
+    }
+    case R::SetVringErr:
+      break;  // fds (if any) close here; errors are logged instead
+    case R::SetVringEnable: {
+      auto s = std::get<vu::VringState>(m.payload);
+      Queue* q = queue_index(s.index);
+      if (!q) {
+        ok = false;
+        break;
+      }
+      q->enabled = s.num != 0;
+      if (q->enabled) {
+        maybe_start(s.index);
+      } else {
+        stop_queue(s.index);
+      }
+      break;
+    }
+    case R::SetStatus:
+      break;
+    case R::GetStatus:
+      replied = reply(conn, m.request, uint64_t{0});
+      break;
+    default:
+      spdlog::warn("vhost-user: unsupported request {} ({})", static_cast<uint32_t>(m.request),
+                   vu::request_name(static_cast<uint32_t>(m.request)) ?: "unknown");
+      ok = false;
+      break;
+  }
+  if (!replied && m.need_reply() && (protocol_features_ & vu::kPfReplyAck)) {
+    if (!reply(conn, m.request, uint64_t{ok ? 0u : 1u})) return false;
+  }
+  return true;
+}
+
+// ---- VhostUserBackend
+
+VhostUserBackend::VhostUserBackend(Vfs& vfs, std::string socket_path, VhostUserOptions options)
+    : vfs_(vfs), socket_path_(std::move(socket_path)), options_(options) {
+  auto fail = [&](const std::string& why) { throw std::runtime_error("virtio-fs socket " + socket_path_ + ": " + why); };
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (socket_path_.size() >= sizeof sa.sun_path) fail("path too long");
+  std::memcpy(sa.sun_path, socket_path_.c_str(), socket_path_.size() + 1);
+  auto slash = socket_path_.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : socket_path_.substr(0, slash == 0 ? 1 : slash);
+  struct stat st{};
+  if (::stat(dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) fail("directory '" + dir + "' does not exist");
+  if (::lstat(socket_path_.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) fail("exists and is not a socket");
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) fail("another server is listening there");
+    ::unlink(socket_path_.c_str());
+  }
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) fail(std::strerror(errno));
+  if (::listen(fd.get(), 1) < 0) fail(std::strerror(errno));
+  listen_fd_ = std::move(fd);
+}
+
+VhostUserBackend::VhostUserBackend(Vfs& vfs, Fd listening, VhostUserOptions options)
+    : vfs_(vfs), options_(options), listen_fd_(std::move(listening)) {}
+
+VhostUserBackend::~VhostUserBackend() { stop(); }
+
+void VhostUserBackend::start() {
+  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
+  device_ = std::make_unique<Device>(vfs_, options_);
+  control_ = std::thread([this] { control_loop(); });
+}
+
+void VhostUserBackend::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  if (stop_fd_) {
+    uint64_t one = 1;
+    (void)!::write(stop_fd_.get(), &one, sizeof one);
+  }
+  if (control_.joinable()) control_.join();
+  device_.reset();
+  if (!socket_path_.empty()) ::unlink(socket_path_.c_str());
+}
+
+VhostUserStats VhostUserBackend::stats() const {
+  VhostUserStats s;
+  if (device_) {
+    s.requests = device_->requests;
+    s.bad_chains = device_->bad_chains;
+    s.bad_requests = device_->bad_requests;
+  }
+  return s;
+}
+
+namespace {
+// Waits until `fd` is readable or stop_fd fires; false on stop.
+bool wait_readable(int fd, int stop_fd) {
+  pollfd p[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+  for (;;) {
+    int r = ::poll(p, 2, -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 || (p[1].revents & POLLIN)) return false;
+    return true;
+  }
+}
+
+// Receives one message and its fds. 0 on orderly close, -1 on error.
+int recv_message(int conn, std::vector<std::byte>& buf, std::vector<Fd>& fds) {
+  fds.clear();
+  buf.resize(vu::kHeaderSize);
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
+  iovec iov{buf.data(), vu::kHeaderSize};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  ssize_t n = ::recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+  if (n == 0) return 0;
+  if (n < 0) return -1;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; i++) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.emplace_back(fd);
+      }
+    }
+  }
+  if (n != static_cast<ssize_t>(vu::kHeaderSize) || (mh.msg_flags & MSG_CTRUNC)) return -1;
+  auto h = vu::decode_header(buf);
+  if (!h) return -1;
+  buf.resize(vu::kHeaderSize + h->size);
+  size_t got = 0;
+  while (got < h->size) {
+    ssize_t r = ::recv(conn, buf.data() + vu::kHeaderSize + got, h->size - got, MSG_WAITALL);
+    if (r <= 0) return -1;
+    got += static_cast<size_t>(r);
+  }
+  return 1;
+}
+}  // namespace
+
+void VhostUserBackend::control_loop() {
+  std::vector<std::byte> buf;
+  std::vector<Fd> fds;
+  while (!finished_) {
+    if (!wait_readable(listen_fd_.get(), stop_fd_.get())) return;
+    Fd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn) continue;
+    spdlog::info("virtio-fs '{}': front-end connected", vfs_.config().tag);
+    for (;;) {
+      if (!wait_readable(conn.get(), stop_fd_.get())) {
+        device_->reset();
+        return;
+      }
+      int r = recv_message(conn.get(), buf, fds);
+      if (r <= 0) {
+        if (r < 0) spdlog::warn("virtio-fs '{}': malformed message from the front-end; disconnecting", vfs_.config().tag);
+        break;
+      }
+      auto m = vu::decode(buf, fds.size());
+      if (!m) {
+        spdlog::warn("virtio-fs '{}': malformed {} message; disconnecting", vfs_.config().tag,
+                     vu::request_name(vu::decode_header(buf)->request) ?: "unknown");
+        break;
+      }
+      spdlog::trace("vhost-user: {}", vu::request_name(static_cast<uint32_t>(m->request)) ?: "?");
+      if (!device_->handle(conn.get(), *m, fds)) break;
+    }
+    device_->reset();
+    spdlog::info("virtio-fs '{}': front-end disconnected{}", vfs_.config().tag,
+                 options_.exit_on_disconnect ? "; exiting" : "; waiting for the next one");
+    if (options_.exit_on_disconnect) {
+      finished_ = true;
+      if (on_finished_) on_finished_();
+    }
+  }
+}
+
+}  // namespace fsd
