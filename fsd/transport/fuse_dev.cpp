@@ -65,12 +65,14 @@ class FuseMount::Worker {
     co_await ring_.read(wake_.get(), &v, sizeof v, 0);
     stopping_ = true;
     co_await ring_.cancel_fd(m_.fd_);
+    stop_done_ = true;
   }
 
   void loop() {
     for (unsigned i = 0; i < kReadersPerThread; i++) spawn(reader());
     spawn(wait_stop());
-    while (running_ > 0 || !stopping_) ring_.run_once();
+    // Run until the readers and this worker's stop coroutine have finished.
+    while (running_ > 0 || !stop_done_) ring_.run_once();
   }
 
   FuseMount& m_;
@@ -79,6 +81,7 @@ class FuseMount::Worker {
   std::thread thread_;
   unsigned running_ = 0;
   bool stopping_ = false;
+  bool stop_done_ = false;
 };
 
 FuseMount::FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads)
@@ -99,6 +102,7 @@ FuseMount::FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads)
   // No ops: libfuse only mounts; fsd reads and answers the requests itself.
   fuse_lowlevel_ops ops{};
   session_ = fuse_session_new(&args, &ops, sizeof ops, nullptr);
+  fuse_opt_free_args(&args);
   if (!session_) fail("cannot create a FUSE session");
   if (fuse_session_mount(session_, mountpoint_.c_str()) != 0) {
     fuse_session_destroy(session_);

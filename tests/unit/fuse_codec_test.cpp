@@ -79,7 +79,8 @@ TEST(FuseDecode, FixedArgumentsAndTwoNames) {
   EXPECT_EQ(a.in.newdir, 9u);
   EXPECT_EQ(a.oldname, "old");
   EXPECT_EQ(a.newname, "new");
-  auto s = decode(Req(FUSE_SYMLINK, 1).str("link").str("../target").bytes());
+  auto sb = Req(FUSE_SYMLINK, 1).str("link").str("../target").bytes();  // decoded views point into it
+  auto s = decode(sb);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(std::get<Symlink>(s->args).target, "../target");
 }

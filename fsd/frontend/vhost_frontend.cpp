@@ -1,0 +1,254 @@
+#include "fsd/frontend/vhost_frontend.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace fsd::frontend {
+namespace vu = vhost_user;
+
+Result<std::unique_ptr<VhostFrontend>> VhostFrontend::connect(const std::string& path, Options o) {
+  Fd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!sock) return errno_error();
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path) return Error{ENAMETOOLONG};
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) return errno_error();
+  Fd memfd(::memfd_create("fsd-frontend-guest", MFD_CLOEXEC));
+  if (!memfd) return errno_error();
+  if (::ftruncate(memfd.get(), static_cast<off_t>(o.memory)) < 0) return errno_error();
+  void* p = ::mmap(nullptr, o.memory, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
+  if (p == MAP_FAILED) return errno_error();
+  auto f = std::unique_ptr<VhostFrontend>(new VhostFrontend(std::move(sock), std::move(memfd), static_cast<std::byte*>(p), o));
+  f->next_desc_.assign(o.queues, 0);
+  f->avail_idx_.assign(o.queues, 0);
+  f->last_used_.assign(o.queues, 0);
+  return f;
+}
+
+VhostFrontend::~VhostFrontend() { ::munmap(mem_, o_.memory); }
+
+Result<vu::Message> VhostFrontend::send(vu::Request r, const vu::Payload& p, std::vector<int> fds, bool need_reply,
+                                        bool expect_reply) {
+  if (!sock_) return Error{ENOTCONN};
+  std::byte buf[512];
+  auto n = vu::encode_request(buf, r, p, need_reply);
+  if (!n) return Error{n.error()};
+  iovec iov{buf, *n};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
+  if (!fds.empty()) {
+    mh.msg_control = control;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  if (::sendmsg(sock_.get(), &mh, MSG_NOSIGNAL) != static_cast<ssize_t>(*n)) return errno_error();
+  if (!need_reply && !expect_reply) return vu::Message{r, 0, vu::None{}};
+  std::byte in[vu::kHeaderSize + 512];
+  ssize_t got = ::recv(sock_.get(), in, vu::kHeaderSize, MSG_WAITALL);
+  if (got != static_cast<ssize_t>(vu::kHeaderSize)) return Error{ECONNRESET};
+  auto h = vu::decode_header({in, vu::kHeaderSize});
+  if (!h || h->size > 512) return Error{EBADMSG};
+  if (h->size && ::recv(sock_.get(), in + vu::kHeaderSize, h->size, MSG_WAITALL) != static_cast<ssize_t>(h->size))
+    return Error{ECONNRESET};
+  if (h->request != static_cast<uint32_t>(r) || !(h->flags & vu::kFlagReply)) return Error{EPROTO};
+  // Replies reuse the request's payload shapes, except that acks are u64.
+  vu::Message m{r, h->flags, vu::None{}};
+  if (h->size == 8) {
+    uint64_t v;
+    std::memcpy(&v, in + vu::kHeaderSize, 8);
+    if (r == vu::Request::GetVringBase) {
+      vu::VringState s;
+      std::memcpy(&s, &v, 8);
+      m.payload = s;
+    } else {
+      m.payload = v;
+    }
+  }
+  return m;
+}
+
+Result<void> VhostFrontend::negotiate() {
+  using R = vu::Request;
+  auto f = send(R::GetFeatures, vu::None{}, {}, false, true);
+  if (!f) return Error{f.error()};
+  features_ = std::get<uint64_t>(f->payload) & o_.features;
+  if (features_ & vu::kFProtocolFeatures) {
+    auto pf = send(R::GetProtocolFeatures, vu::None{}, {}, false, true);
+    if (!pf) return Error{pf.error()};
+    protocol_features_ = std::get<uint64_t>(pf->payload) & (vu::kPfMq | vu::kPfReplyAck);
+    if (auto r = send(R::SetProtocolFeatures, uint64_t{protocol_features_}); !r) return Error{r.error()};
+  }
+  bool ack = protocol_features_ & vu::kPfReplyAck;
+  auto checked = [&](R r, const vu::Payload& p, std::vector<int> fds = {}) -> Result<void> {
+    auto m = send(r, p, std::move(fds), ack, false);
+    if (!m) return Error{m.error()};
+    if (ack && std::get<uint64_t>(m->payload) != 0) return Error{EPROTO};
+    return {};
+  };
+  if (auto r = send(R::SetOwner, vu::None{}); !r) return Error{r.error()};
+  if (auto r = checked(R::SetFeatures, uint64_t{features_}); !r) return r;
+  vu::MemTable t{};
+  t.nregions = 1;
+  t.regions[0] = vu::MemRegion{o_.gpa_base, o_.memory, reinterpret_cast<uint64_t>(mem_), 0};
+  if (auto r = checked(R::SetMemTable, t, {memfd_.get()}); !r) return r;
+  for (unsigned q = 0; q < o_.queues; q++) {
+    kick_.emplace_back(::eventfd(0, EFD_CLOEXEC));
+    call_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    uint64_t uva = reinterpret_cast<uint64_t>(mem_);
+    if (auto r = checked(R::SetVringNum, vu::VringState{q, o_.queue_size}); !r) return r;
+    if (auto r = checked(R::SetVringAddr, vu::VringAddr{q, 0, uva + ring_offset(q), uva + used_offset(q), uva + avail_offset(q), 0}); !r)
+      return r;
+    if (auto r = checked(R::SetVringBase, vu::VringState{q, 0}); !r) return r;
+    if (auto r = checked(R::SetVringKick, vu::VringFile{q, true}, {kick_[q].get()}); !r) return r;
+    if (auto r = checked(R::SetVringCall, vu::VringFile{q, true}, {call_[q].get()}); !r) return r;
+    if (features_ & vu::kFProtocolFeatures)
+      if (auto r = checked(R::SetVringEnable, vu::VringState{q, 1}); !r) return r;
+  }
+  return {};
+}
+
+uint64_t VhostFrontend::alloc(size_t n) {
+  n = (n + 63) & ~size_t{63};
+  if (data_next_ + n > o_.memory) data_next_ = kDataStart;
+  uint64_t g = o_.gpa_base + data_next_;
+  data_next_ += n;
+  return g;
+}
+
+uint16_t VhostFrontend::add_chain(unsigned q, std::span<const Buf> bufs) {
+  uint16_t num = o_.queue_size;
+  uint16_t head = next_desc_[q];
+  for (size_t i = 0; i < bufs.size(); i++) {
+    uint16_t idx = static_cast<uint16_t>((head + i) % num);
+    bool last = i + 1 == bufs.size();
+    desc(q)[idx] = virtio::Desc{bufs[i].gpa, bufs[i].len,
+                                static_cast<uint16_t>((bufs[i].writable ? virtio::kDescWrite : 0) | (last ? 0 : virtio::kDescNext)),
+                                static_cast<uint16_t>((idx + 1) % num)};
+  }
+  next_desc_[q] = static_cast<uint16_t>((head + bufs.size()) % num);
+  return head;
+}
+
+uint16_t VhostFrontend::add_indirect(unsigned q, std::span<const Buf> bufs) {
+  uint64_t table_gpa = alloc(bufs.size() * sizeof(virtio::Desc));
+  auto* table = reinterpret_cast<virtio::Desc*>(host(table_gpa));
+  for (size_t i = 0; i < bufs.size(); i++) {
+    bool last = i + 1 == bufs.size();
+    table[i] = virtio::Desc{bufs[i].gpa, bufs[i].len,
+                            static_cast<uint16_t>((bufs[i].writable ? virtio::kDescWrite : 0) | (last ? 0 : virtio::kDescNext)),
+                            static_cast<uint16_t>(i + 1)};
+  }
+  Buf one{table_gpa, static_cast<uint32_t>(bufs.size() * sizeof(virtio::Desc)), false};
+  uint16_t head = add_chain(q, std::span(&one, 1));
+  desc(q)[head].flags = virtio::kDescIndirect;
+  return head;
+}
+
+void VhostFrontend::publish(unsigned q, uint16_t head) {
+  std::byte* avail = mem_ + avail_offset(q);
+  uint16_t idx = avail_idx_[q];
+  std::memcpy(avail + 4 + 2 * (idx % o_.queue_size), &head, 2);
+  avail_idx_[q] = ++idx;
+  __atomic_store_n(reinterpret_cast<uint16_t*>(avail + 2), idx, __ATOMIC_RELEASE);
+}
+
+void VhostFrontend::set_avail_idx(unsigned q, uint16_t idx) {
+  avail_idx_[q] = idx;
+  __atomic_store_n(reinterpret_cast<uint16_t*>(mem_ + avail_offset(q) + 2), idx, __ATOMIC_RELEASE);
+}
+
+void VhostFrontend::kick(unsigned q) {
+  uint64_t one = 1;
+  (void)!::write(kick_[q].get(), &one, sizeof one);
+}
+
+Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms) {
+  std::byte* used = mem_ + used_offset(q);
+  for (;;) {
+    uint16_t idx = __atomic_load_n(reinterpret_cast<uint16_t*>(used + 2), __ATOMIC_ACQUIRE);
+    if (idx != last_used_[q]) {
+      Used u;
+      std::memcpy(&u, used + 4 + 8 * (last_used_[q] % o_.queue_size), sizeof u);
+      last_used_[q]++;
+      return u;
+    }
+    // As a driver does with EVENT_IDX: ask to be interrupted for the next
+    // used entry (used_event = the index we wait for), then look again.
+    __atomic_store_n(reinterpret_cast<uint16_t*>(mem_ + avail_offset(q) + 4 + 2 * o_.queue_size), last_used_[q],
+                     __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(reinterpret_cast<uint16_t*>(used + 2), __ATOMIC_ACQUIRE) != last_used_[q]) continue;
+    pollfd p{call_[q].get(), POLLIN, 0};
+    int r = ::poll(&p, 1, timeout_ms);
+    if (r == 0) return Error{ETIMEDOUT};
+    if (r < 0 && errno != EINTR) return errno_error();
+    uint64_t v;
+    (void)!::read(call_[q].get(), &v, sizeof v);
+  }
+}
+
+Result<VhostFrontend::FuseReply> VhostFrontend::fuse(unsigned q, uint32_t opcode, uint64_t nodeid,
+                                                     std::span<const std::byte> args, size_t reply_size,
+                                                     std::span<const std::byte> payload, size_t reply_pages,
+                                                     bool indirect) {
+  fuse_in_header h{};
+  h.len = static_cast<uint32_t>(sizeof h + args.size() + payload.size());
+  h.opcode = opcode;
+  h.unique = unique();
+  h.nodeid = nodeid;
+  uint64_t in_gpa = alloc(sizeof h + args.size());
+  std::memcpy(host(in_gpa), &h, sizeof h);
+  if (!args.empty()) std::memcpy(host(in_gpa) + sizeof h, args.data(), args.size());
+  std::vector<Buf> bufs{{in_gpa, static_cast<uint32_t>(sizeof h + args.size()), false}};
+  if (!payload.empty()) {
+    uint64_t p = alloc(payload.size());
+    std::memcpy(host(p), payload.data(), payload.size());
+    bufs.push_back({p, static_cast<uint32_t>(payload.size()), false});
+  }
+  uint64_t out_gpa = alloc(reply_size);
+  std::memset(host(out_gpa), 0xAA, reply_size);
+  size_t piece = reply_pages ? reply_pages : reply_size;
+  for (size_t off = 0; off < reply_size; off += piece)
+    bufs.push_back({out_gpa + off, static_cast<uint32_t>(std::min(piece, reply_size - off)), true});
+  uint16_t head = indirect ? add_indirect(q, bufs) : add_chain(q, bufs);
+  publish(q, head);
+  kick(q);
+  auto u = wait_used(q);
+  if (!u) return Error{u.error()};
+  if (u->id != head) return Error{EPROTO};
+  FuseReply r;
+  r.used_len = u->len;
+  if (u->len == 0) return r;  // no reply (FORGET) or a refused chain
+  if (u->len < sizeof(fuse_out_header)) return Error{EBADMSG};
+  fuse_out_header oh;
+  std::memcpy(&oh, host(out_gpa), sizeof oh);
+  if (oh.len != u->len || oh.unique != h.unique) return Error{EPROTO};
+  r.error = oh.error;
+  r.body.assign(host(out_gpa) + sizeof oh, host(out_gpa) + u->len);
+  return r;
+}
+
+Result<VhostFrontend::FuseReply> VhostFrontend::fuse_init() {
+  fuse_init_in in{};
+  in.major = FUSE_KERNEL_VERSION;
+  in.minor = FUSE_KERNEL_MINOR_VERSION;
+  in.max_readahead = 128 * 1024;
+  in.flags = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS | FUSE_CACHE_SYMLINKS |
+             FUSE_BIG_WRITES | FUSE_INIT_EXT;
+  return fuse(1, FUSE_INIT, 0, std::as_bytes(std::span(&in, 1)), 4096);
+}
+
+}  // namespace fsd::frontend

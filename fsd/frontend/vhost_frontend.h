@@ -1,0 +1,111 @@
+// VhostFrontend: a small vhost-user front-end (the role QEMU plays) for
+// tests and benchmarks. It creates guest memory (a memfd), connects to a
+// back-end's socket, negotiates, sets up split virtqueues, and places
+// requests in them as a guest driver would: FUSE requests for virtio-fs.
+// It can also write arbitrary descriptors and messages, for hostile tests.
+//
+// Single-threaded; one request in flight per queue in the simple helpers.
+#pragma once
+
+#include <linux/fuse.h>
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "fsd/util/fd.h"
+#include "protocol/result.h"
+#include "protocol/vhost_user/message.h"
+#include "protocol/virtio/virtqueue.h"
+
+namespace fsd::frontend {
+
+class VhostFrontend {
+ public:
+  struct Options {
+    size_t memory = 64 << 20;
+    uint16_t queue_size = 256;
+    unsigned queues = 2;                    // virtio-fs: hiprio + 1 request queue
+    uint64_t gpa_base = 0x40000000;         // guest-physical address of the memory
+    uint64_t features = vhost_user::kFVersion1 | vhost_user::kFRingIndirectDesc |
+                        vhost_user::kFRingEventIdx | vhost_user::kFProtocolFeatures;
+  };
+
+  static Result<std::unique_ptr<VhostFrontend>> connect(const std::string& socket_path, Options o);
+  static Result<std::unique_ptr<VhostFrontend>> connect(const std::string& socket_path) {
+    return connect(socket_path, Options{});
+  }
+  ~VhostFrontend();
+
+  // The whole start-up sequence QEMU performs, up to enabled rings.
+  Result<void> negotiate();
+  // Sends one message (with fds); with need_reply or expect_reply, returns the reply.
+  Result<vhost_user::Message> send(vhost_user::Request r, const vhost_user::Payload& p, std::vector<int> fds = {},
+                                   bool need_reply = false, bool expect_reply = false);
+  void disconnect() { sock_.reset(); }
+  bool connected() const { return sock_.valid(); }
+  uint64_t acked_features() const { return features_; }
+
+  // ---- guest memory
+  std::byte* host(uint64_t gpa) { return mem_ + (gpa - o_.gpa_base); }
+  uint64_t gpa(const void* p) const { return o_.gpa_base + static_cast<uint64_t>(static_cast<const std::byte*>(p) - mem_); }
+  // A buffer in the data area (reused round-robin).
+  uint64_t alloc(size_t n);
+
+  // ---- rings
+  virtio::Desc* desc(unsigned q) { return reinterpret_cast<virtio::Desc*>(mem_ + ring_offset(q)); }
+  uint16_t queue_size() const { return o_.queue_size; }
+  struct Buf {
+    uint64_t gpa;
+    uint32_t len;
+    bool writable;
+  };
+  // Writes a chain of direct descriptors starting at a fresh index; returns its head.
+  uint16_t add_chain(unsigned q, std::span<const Buf> bufs);
+  // Writes an indirect table in guest memory and one descriptor pointing to it.
+  uint16_t add_indirect(unsigned q, std::span<const Buf> bufs);
+  void publish(unsigned q, uint16_t head);
+  // Sets the avail index directly (hostile tests).
+  void set_avail_idx(unsigned q, uint16_t idx);
+  void kick(unsigned q);
+  struct Used {
+    uint32_t id, len;
+  };
+  // Waits for the back-end to return a chain (via the call eventfd).
+  Result<Used> wait_used(unsigned q, int timeout_ms = 10000);
+
+  // ---- FUSE over the request queue
+  struct FuseReply {
+    int error = 0;                 // -errno from fuse_out_header
+    std::vector<std::byte> body;   // what follows the header
+    uint32_t used_len = 0;
+  };
+  // Sends one FUSE request: header + args (+ payload in its own
+  // descriptors), with `reply_size` bytes of writable buffers split into
+  // `reply_pages`-byte descriptors (0: one descriptor). `indirect` puts the
+  // chain in an indirect table.
+  Result<FuseReply> fuse(unsigned q, uint32_t opcode, uint64_t nodeid, std::span<const std::byte> args,
+                         size_t reply_size, std::span<const std::byte> payload = {}, size_t reply_pages = 0,
+                         bool indirect = false);
+  Result<FuseReply> fuse_init();
+  uint64_t unique() { return ++unique_; }
+
+ private:
+  VhostFrontend(Fd sock, Fd memfd, std::byte* mem, Options o) : sock_(std::move(sock)), memfd_(std::move(memfd)), mem_(mem), o_(o) {}
+  size_t ring_offset(unsigned q) const { return q * 0x20000; }
+  size_t avail_offset(unsigned q) const { return ring_offset(q) + 0x8000; }
+  size_t used_offset(unsigned q) const { return ring_offset(q) + 0x10000; }
+  static constexpr size_t kDataStart = 2 << 20;
+
+  Fd sock_, memfd_;
+  std::byte* mem_;
+  Options o_;
+  std::vector<Fd> kick_, call_;
+  std::vector<uint16_t> next_desc_, avail_idx_, last_used_;
+  size_t data_next_ = kDataStart;
+  uint64_t features_ = 0, protocol_features_ = 0;
+  uint64_t unique_ = 0;
+};
+
+}  // namespace fsd::frontend

@@ -1,0 +1,358 @@
+// fsd's virtio-fs device driven through vhost-user by the project's own
+// front-end, as QEMU and a guest driver would: FUSE over virtqueues with
+// data moving in guest memory, and the hostile cases a guest or a broken
+// front-end can produce. fsd must stay alive and serving throughout.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <set>
+
+#include "fsd/frontend/vhost_frontend.h"
+#include "tests/support/test_support.h"
+
+namespace fsd::testing {
+namespace {
+
+using frontend::VhostFrontend;
+namespace vu = vhost_user;
+
+template <class T>
+std::vector<std::byte> args(const T& v, std::string_view name = {}, std::string_view name2 = {}) {
+  std::vector<std::byte> out(sizeof v);
+  std::memcpy(out.data(), &v, sizeof v);
+  for (auto n : {name, name2}) {
+    if (n.data() == nullptr) continue;
+    for (char c : n) out.push_back(static_cast<std::byte>(c));
+    out.push_back(std::byte{0});
+  }
+  return out;
+}
+std::vector<std::byte> name_arg(std::string_view name) {
+  std::vector<std::byte> out;
+  for (char c : name) out.push_back(static_cast<std::byte>(c));
+  out.push_back(std::byte{0});
+  return out;
+}
+template <class T>
+T as(const std::vector<std::byte>& body) {
+  T v{};
+  std::memcpy(&v, body.data(), std::min(sizeof v, body.size()));
+  return v;
+}
+
+class Virtiofs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    big_ = random_bytes(3 * 1024 * 1024 + 333, 5);
+    write_file(tmp_.path() / "ro/big.bin", big_);
+    write_file(tmp_.path() / "ro/small.txt", "small file\n");
+    write_file(tmp_.path() / "ro/dir/inner.txt", "inner\n");
+    std::filesystem::create_directories(tmp_.path() / "rw");
+    ro_sock_ = (tmp_.path() / "ro.sock").string();
+    rw_sock_ = (tmp_.path() / "rw.sock").string();
+    fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
+        .args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--export",
+                 "rw=" + (tmp_.path() / "rw").string() + ",cache=never", "--virtiofs-socket", "ro=" + ro_sock_,
+                 "--virtiofs-socket", "rw=" + rw_sock_}});
+    fsd_->wait_for_log("listening on " + rw_sock_);
+  }
+  void TearDown() override {
+    if (fsd_) {
+      EXPECT_EQ(fsd_->stop(), 0) << fsd_->log();
+    }
+  }
+
+  std::unique_ptr<VhostFrontend> start(const std::string& sock) {
+    auto f = VhostFrontend::connect(sock);
+    EXPECT_TRUE(f.ok()) << std::strerror(f.error());
+    if (!f) return nullptr;
+    auto n = (*f)->negotiate();
+    EXPECT_TRUE(n.ok()) << std::strerror(n.error()) << fsd_->log();
+    auto init = (*f)->fuse_init();
+    EXPECT_TRUE(init.ok() && init->error == 0);
+    return std::move(*f);
+  }
+  uint64_t lookup(VhostFrontend& f, uint64_t parent, std::string_view name, int* err = nullptr) {
+    auto r = f.fuse(1, FUSE_LOOKUP, parent, name_arg(name), 4096);
+    EXPECT_TRUE(r.ok());
+    if (err) *err = r->error;
+    return r->error ? 0 : as<fuse_entry_out>(r->body).nodeid;
+  }
+  // A request that still gets an answer shows the device is alive.
+  void ExpectStillServes(VhostFrontend& f) {
+    int err = -1;
+    EXPECT_NE(lookup(f, FUSE_ROOT_ID, "small.txt", &err), 0u);
+    EXPECT_EQ(err, 0);
+  }
+
+  TempDir tmp_;
+  std::string big_, ro_sock_, rw_sock_;
+  std::unique_ptr<FsdProcess> fsd_;
+};
+
+TEST_F(Virtiofs, InitNegotiatesLargeRequests) {
+  auto f = VhostFrontend::connect(ro_sock_);
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE((*f)->negotiate().ok());
+  EXPECT_TRUE((*f)->acked_features() & vu::kFRingEventIdx);
+  auto init = (*f)->fuse_init();
+  ASSERT_TRUE(init.ok());
+  ASSERT_EQ(init->error, 0);
+  auto out = as<fuse_init_out>(init->body);
+  EXPECT_EQ(out.major, 7u);
+  EXPECT_GE(out.max_write, 1u << 20);
+  EXPECT_EQ(out.max_pages, 256);
+  EXPECT_TRUE(out.flags & FUSE_DO_READDIRPLUS);
+  EXPECT_TRUE(out.flags & FUSE_CACHE_SYMLINKS);  // ro export: cache=always
+}
+
+TEST_F(Virtiofs, ReadsStraightIntoGuestBuffers) {
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  uint64_t node = lookup(*f, FUSE_ROOT_ID, "big.bin");
+  ASSERT_NE(node, 0u);
+  auto attr = f->fuse(1, FUSE_GETATTR, node, args(fuse_getattr_in{}), 4096);
+  ASSERT_TRUE(attr.ok());
+  EXPECT_EQ(as<fuse_attr_out>(attr->body).attr.size, big_.size());
+  fuse_open_in oi{};
+  oi.flags = O_RDONLY;
+  auto open = f->fuse(1, FUSE_OPEN, node, args(oi), 4096);
+  ASSERT_TRUE(open.ok() && open->error == 0);
+  auto oo = as<fuse_open_out>(open->body);
+  EXPECT_TRUE(oo.open_flags & FOPEN_KEEP_CACHE);
+  // 1 MiB reads into 4 KiB guest pages: 256 descriptors, in an indirect table.
+  std::string got;
+  for (uint64_t off = 0; off < big_.size(); off += 1 << 20) {
+    fuse_read_in ri{};
+    ri.fh = oo.fh;
+    ri.offset = off;
+    ri.size = 1 << 20;
+    auto r = f->fuse(1, FUSE_READ, node, args(ri), sizeof(fuse_out_header) + (1 << 20), {}, 4096, true);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->error, 0);
+    got.append(reinterpret_cast<const char*>(r->body.data()), r->body.size());
+  }
+  EXPECT_TRUE(got == big_);
+  // A direct chain of 64 KiB in 16 pieces at an odd offset.
+  fuse_read_in ri{};
+  ri.fh = oo.fh;
+  ri.offset = 12345;
+  ri.size = 65536;
+  auto r = f->fuse(1, FUSE_READ, node, args(ri), sizeof(fuse_out_header) + 65536, {}, 4096);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->body.size(), 65536u);
+  EXPECT_EQ(std::memcmp(r->body.data(), big_.data() + 12345, 65536), 0);
+  fuse_release_in rel{};
+  rel.fh = oo.fh;
+  EXPECT_EQ(f->fuse(1, FUSE_RELEASE, node, args(rel), 4096)->error, 0);
+  // FORGET goes on the hiprio queue and gets no reply.
+  fuse_forget_in fg{1};
+  auto forget = f->fuse(0, FUSE_FORGET, node, args(fg), 4096);
+  ASSERT_TRUE(forget.ok());
+  EXPECT_EQ(forget->used_len, 0u);
+}
+
+TEST_F(Virtiofs, ReaddirplusAndReadOnlyRefusals) {
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  fuse_open_in oi{};
+  auto od = f->fuse(1, FUSE_OPENDIR, FUSE_ROOT_ID, args(oi), 4096);
+  ASSERT_TRUE(od.ok() && od->error == 0);
+  fuse_read_in ri{};
+  ri.fh = as<fuse_open_out>(od->body).fh;
+  ri.size = 8192;
+  auto rd = f->fuse(1, FUSE_READDIRPLUS, FUSE_ROOT_ID, args(ri), 8192 + 16);
+  ASSERT_TRUE(rd.ok() && rd->error == 0);
+  std::set<std::string> names;
+  for (size_t pos = 0; pos + FUSE_NAME_OFFSET_DIRENTPLUS <= rd->body.size();) {
+    fuse_direntplus d;
+    std::memcpy(&d, rd->body.data() + pos, sizeof d);
+    names.emplace(reinterpret_cast<const char*>(rd->body.data() + pos + FUSE_NAME_OFFSET_DIRENTPLUS), d.dirent.namelen);
+    pos += FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET_DIRENTPLUS + d.dirent.namelen);
+  }
+  EXPECT_EQ(names, (std::set<std::string>{".", "..", "big.bin", "small.txt", "dir"}));
+  fuse_mkdir_in mk{0755, 0};
+  EXPECT_EQ(f->fuse(1, FUSE_MKDIR, FUSE_ROOT_ID, args(mk, "new"), 4096)->error, -EROFS);
+  fuse_create_in cr{};
+  cr.flags = O_WRONLY | O_CREAT;
+  cr.mode = 0644;
+  EXPECT_EQ(f->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, args(cr, "new"), 4096)->error, -EROFS);
+  uint64_t small = lookup(*f, FUSE_ROOT_ID, "small.txt");
+  fuse_open_in ow{};
+  ow.flags = O_WRONLY;
+  EXPECT_EQ(f->fuse(1, FUSE_OPEN, small, args(ow), 4096)->error, -EROFS);
+  EXPECT_EQ(f->fuse(1, FUSE_UNLINK, FUSE_ROOT_ID, name_arg("small.txt"), 4096)->error, -EROFS);
+  EXPECT_TRUE(std::filesystem::exists(tmp_.path() / "ro/small.txt"));
+}
+
+TEST_F(Virtiofs, WritesComeStraightFromGuestBuffers) {
+  auto f = start(rw_sock_);
+  ASSERT_TRUE(f);
+  fuse_create_in cr{};
+  cr.flags = O_RDWR | O_CREAT;
+  cr.mode = 0644;
+  auto c = f->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, args(cr, "written.bin"), 4096);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c->error, 0);
+  fuse_entry_out e;
+  fuse_open_out o;
+  std::memcpy(&e, c->body.data(), sizeof e);
+  std::memcpy(&o, c->body.data() + sizeof e, sizeof o);
+  EXPECT_TRUE(o.open_flags & FOPEN_DIRECT_IO);  // cache=never
+  std::string data = random_bytes(300 * 1024, 8);
+  fuse_write_in wi{};
+  wi.fh = o.fh;
+  wi.size = static_cast<uint32_t>(data.size());
+  auto w = f->fuse(1, FUSE_WRITE, e.nodeid, args(wi), 4096, std::as_bytes(std::span(data)));
+  ASSERT_TRUE(w.ok());
+  ASSERT_EQ(w->error, 0);
+  EXPECT_EQ(as<fuse_write_out>(w->body).size, data.size());
+  EXPECT_TRUE(read_file(tmp_.path() / "rw/written.bin") == data);
+  EXPECT_EQ(f->fuse(1, FUSE_UNLINK, FUSE_ROOT_ID, name_arg("written.bin"), 4096)->error, 0);
+  EXPECT_FALSE(std::filesystem::exists(tmp_.path() / "rw/written.bin"));
+}
+
+// ---- hostile guests and front-ends
+
+TEST_F(Virtiofs, RefusesChainsOutsideGuestMemoryOrLooping) {
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  using B = VhostFrontend::Buf;
+  // a buffer far outside guest memory
+  B outside[] = {{0x10, 64, false}, {0x4000'0000'0000, 4096, true}};
+  uint16_t h = f->add_chain(1, outside);
+  f->publish(1, h);
+  f->kick(1);
+  auto u = f->wait_used(1);
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->len, 0u);
+  ExpectStillServes(*f);
+  // a chain that loops
+  uint64_t buf = f->alloc(64);
+  B two[] = {{buf, 64, false}, {buf, 64, false}};
+  h = f->add_chain(1, two);
+  f->desc(1)[(h + 1) % f->queue_size()].flags = virtio::kDescNext;
+  f->desc(1)[(h + 1) % f->queue_size()].next = h;
+  f->publish(1, h);
+  f->kick(1);
+  u = f->wait_used(1);
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->len, 0u);
+  ExpectStillServes(*f);
+  // a next index beyond the queue
+  h = f->add_chain(1, two);
+  f->desc(1)[h].next = 60000;
+  f->publish(1, h);
+  f->kick(1);
+  ASSERT_TRUE(f->wait_used(1).ok());
+  ExpectStillServes(*f);
+}
+
+TEST_F(Virtiofs, TruncatedFuseRequestsGetNoReply) {
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  using B = VhostFrontend::Buf;
+  uint64_t in = f->alloc(64), out = f->alloc(4096);
+  fuse_in_header h{};
+  h.len = 200;  // claims more than the buffer holds
+  h.opcode = FUSE_LOOKUP;
+  std::memcpy(f->host(in), &h, sizeof h);
+  for (uint32_t len : {10u, 40u}) {
+    B chain[] = {{in, len, false}, {out, 4096, true}};
+    uint16_t head = f->add_chain(1, chain);
+    f->publish(1, head);
+    f->kick(1);
+    auto u = f->wait_used(1);
+    ASSERT_TRUE(u.ok());
+    EXPECT_EQ(u->len, 0u) << "readable length " << len;
+  }
+  // a reply buffer too small for even the reply header
+  auto args_ = name_arg("small.txt");
+  fuse_in_header ok{};
+  ok.len = static_cast<uint32_t>(sizeof ok + args_.size());
+  ok.opcode = FUSE_LOOKUP;
+  ok.nodeid = FUSE_ROOT_ID;
+  std::memcpy(f->host(in), &ok, sizeof ok);
+  std::memcpy(f->host(in) + sizeof ok, args_.data(), args_.size());
+  B tiny[] = {{in, ok.len, false}, {out, 8, true}};
+  uint16_t head = f->add_chain(1, tiny);
+  f->publish(1, head);
+  f->kick(1);
+  auto u = f->wait_used(1);
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->len, 0u);
+  ExpectStillServes(*f);
+}
+
+TEST_F(Virtiofs, CorruptAvailRingStopsOnlyThatQueue) {
+  {
+    auto f = start(ro_sock_);
+    ASSERT_TRUE(f);
+    f->set_avail_idx(1, 1000);  // more entries than the ring holds
+    f->kick(1);
+    EXPECT_EQ(f->wait_used(1, 500).error(), ETIMEDOUT);
+  }
+  // The other device is unaffected, and a new front-end gets a fresh device.
+  auto rw = start(rw_sock_);
+  ASSERT_TRUE(rw);
+  int err = -1;
+  lookup(*rw, FUSE_ROOT_ID, "nothing-here", &err);
+  EXPECT_EQ(err, -ENOENT);
+  auto again = start(ro_sock_);
+  ASSERT_TRUE(again);
+  ExpectStillServes(*again);
+}
+
+TEST_F(Virtiofs, MalformedFrontEndMessagesDisconnect) {
+  auto f = VhostFrontend::connect(ro_sock_);
+  ASSERT_TRUE(f.ok());
+  // SET_MEM_TABLE with one region but no fd.
+  vu::MemTable t{};
+  t.nregions = 1;
+  t.regions[0] = vu::MemRegion{0, 4096, 0x1000, 0};
+  (void)(*f)->send(vu::Request::SetMemTable, t);
+  auto r = (*f)->send(vu::Request::GetFeatures, vu::None{}, {}, false, true);
+  EXPECT_FALSE(r.ok());  // fsd hung up
+  // A queue index out of range is refused through REPLY_ACK, not fatal.
+  auto g = start(ro_sock_);
+  ASSERT_TRUE(g);
+  auto bad = g->send(vu::Request::SetVringNum, vu::VringState{7, 256}, {}, true);
+  ASSERT_TRUE(bad.ok());
+  EXPECT_NE(std::get<uint64_t>(bad->payload), 0u);
+  ExpectStillServes(*g);
+}
+
+TEST_F(Virtiofs, FrontEndVanishingMidRequest) {
+  for (int round = 0; round < 3; round++) {
+    auto f = start(ro_sock_);
+    ASSERT_TRUE(f);
+    uint64_t node = lookup(*f, FUSE_ROOT_ID, "big.bin");
+    fuse_open_in oi{};
+    auto open = f->fuse(1, FUSE_OPEN, node, args(oi), 4096);
+    ASSERT_TRUE(open.ok());
+    // Queue a 1 MiB read and hang up without waiting for it.
+    fuse_read_in ri{};
+    ri.fh = as<fuse_open_out>(open->body).fh;
+    ri.size = 1 << 20;
+    fuse_in_header h{};
+    h.len = sizeof h + sizeof ri;
+    h.opcode = FUSE_READ;
+    h.nodeid = node;
+    uint64_t in = f->alloc(sizeof h + sizeof ri), out = f->alloc((1 << 20) + 16);
+    std::memcpy(f->host(in), &h, sizeof h);
+    std::memcpy(f->host(in) + sizeof h, &ri, sizeof ri);
+    VhostFrontend::Buf chain[] = {{in, static_cast<uint32_t>(sizeof h + sizeof ri), false}, {out, (1 << 20) + 16, true}};
+    uint16_t head = f->add_chain(1, chain);
+    f->publish(1, head);
+    f->kick(1);
+    f->disconnect();
+  }
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  ExpectStillServes(*f);
+}
+
+}  // namespace
+}  // namespace fsd::testing
