@@ -1,6 +1,7 @@
 // Helpers shared by the tests: temporary trees and fsd child processes.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -195,5 +196,75 @@ inline std::string run_command(const std::string& cmd, int* status) {
   *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return out;
 }
+
+}  // namespace fsd::testing
+
+namespace fsd::testing {
+
+// The guest kernel directory that scripts/setup unpacked (vmlinuz and
+// lib/modules/VERSION), or "" if there is none.
+inline std::string guest_kernel_dir() {
+  if (const char* d = std::getenv("FSD_GUEST_KERNEL_DIR"); d && *d) return d;
+  std::string cache;
+  if (const char* c = std::getenv("FSD_CACHE"); c && *c) cache = c;
+  else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) cache = std::string(x) + "/fsd";
+  else if (const char* h = std::getenv("HOME"); h && *h) cache = std::string(h) + "/.cache/fsd";
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(cache + "/kernel", ec))
+    if (fs::exists(e.path() / "vmlinuz")) return e.path().string();
+  return "";
+}
+
+// Runs a program as a child whose stdout and stderr go to a file, killed
+// with SIGKILL if the test process dies; the destructor kills and reaps it.
+class ChildProcess {
+ public:
+  ChildProcess(std::vector<std::string> argv, const fs::path& log) {
+    pid_t parent = ::getpid();
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      std::FILE* f = std::freopen(log.c_str(), "w", stdout);
+      (void)f;
+      ::dup2(1, 2);
+      int devnull = ::open("/dev/null", O_RDONLY);
+      ::dup2(devnull, 0);
+      std::vector<char*> cargv;
+      for (auto& a : argv) cargv.push_back(a.data());
+      cargv.push_back(nullptr);
+      ::execvp(cargv[0], cargv.data());
+      ::_exit(127);
+    }
+  }
+  ~ChildProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  ChildProcess(const ChildProcess&) = delete;
+  // Waits up to `timeout`; returns the exit status, or nullopt on timeout
+  // (the child is then killed).
+  std::optional<int> wait(std::chrono::seconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, nullptr, 0);
+        pid_ = -1;
+        return std::nullopt;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
 
 }  // namespace fsd::testing

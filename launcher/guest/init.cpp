@@ -1,0 +1,164 @@
+// fsd-guest-init: PID 1 of vmlaunch's guests (a static binary).
+//
+// Reads its plan from /init.json in the initramfs, then:
+//   1. mounts /proc, /sys, /dev (devtmpfs), /run and /tmp;
+//   2. loads the kernel modules listed, in order;
+//   3. performs the mounts listed (making their targets), in order;
+//   4. runs the command with the environment given, on the console, and
+//      waits for it while reaping orphans;
+//   5. reports the exit status as a console line "fsd-guest-init: exit N"
+//      and, if asked, in a file; syncs; powers off.
+// Without a command it runs the shell interactively. Any failure before the
+// command is reported on the console, and the status is 255.
+#include <fcntl.h>
+#include <linux/reboot.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+[[noreturn]] void power_off(int status) {
+  std::printf("fsd-guest-init: exit %d\n", status);
+  std::fflush(stdout);
+  ::sync();
+  ::reboot(RB_POWER_OFF);
+  for (;;) ::pause();
+}
+
+void say(const std::string& what) {
+  std::fprintf(stderr, "fsd-guest-init: %s\n", what.c_str());
+  std::fflush(stderr);
+}
+
+bool mkdirs(const std::string& path) {
+  for (size_t pos = 1; pos <= path.size(); pos++) {
+    if (pos == path.size() || path[pos] == '/') {
+      std::string part = path.substr(0, pos);
+      if (::mkdir(part.c_str(), 0755) < 0 && errno != EEXIST) return false;
+    }
+  }
+  return true;
+}
+
+unsigned long mount_flags(const nlohmann::json& flags) {
+  unsigned long f = 0;
+  for (const auto& s : flags) {
+    std::string v = s.get<std::string>();
+    if (v == "ro") f |= MS_RDONLY;
+    else if (v == "nosuid") f |= MS_NOSUID;
+    else if (v == "nodev") f |= MS_NODEV;
+    else if (v == "noexec") f |= MS_NOEXEC;
+    else if (v == "relatime") f |= MS_RELATIME;
+  }
+  return f;
+}
+
+}  // namespace
+
+int run();
+
+int main() {
+  // PID 1 must never die: a crash here is a kernel panic. Report and power off.
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    say(std::string("failed: ") + e.what());
+  } catch (...) {
+    say("failed");
+  }
+  power_off(255);
+}
+
+int run() {
+  // The kernel gives PID 1 the console on fds 0-2 (from /dev/console).
+  ::setvbuf(stdout, nullptr, _IOLBF, 0);
+  ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+  ::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+  ::mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+  ::mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+  ::mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+
+  nlohmann::json plan;
+  try {
+    std::ifstream in("/init.json");
+    plan = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    say(std::string("cannot read /init.json: ") + e.what());
+    power_off(255);
+  }
+
+  for (const auto& m : plan.value("modules", nlohmann::json::array())) {
+    std::string path = m.get<std::string>();
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || (::syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)) {
+      say("cannot load module " + path + ": " + std::strerror(errno));
+      power_off(255);
+    }
+    ::close(fd);
+  }
+
+  for (const auto& m : plan.value("mounts", nlohmann::json::array())) {
+    std::string target = m.at("target"), fstype = m.at("fstype");
+    std::string source = m.value("source", fstype), options = m.value("options", "");
+    if (!mkdirs(target)) {
+      say("cannot create " + target + ": " + std::strerror(errno));
+      power_off(255);
+    }
+    if (::mount(source.c_str(), target.c_str(), fstype.c_str(), mount_flags(m.value("flags", nlohmann::json::array())),
+                options.empty() ? nullptr : options.c_str()) != 0) {
+      say("cannot mount " + fstype + " " + source + " on " + target + " (" + options + "): " + std::strerror(errno));
+      power_off(255);
+    }
+  }
+
+  std::vector<std::string> argv = plan.value("command", std::vector<std::string>{});
+  bool interactive = argv.empty();
+  if (interactive) argv = {plan.value("shell", std::string("/bin/sh"))};
+  std::vector<std::string> env;
+  nlohmann::json env_plan = plan.value("env", nlohmann::json::object());  // named: items() must not outlive it
+  for (const auto& [k, v] : env_plan.items()) env.push_back(k + "=" + v.get<std::string>());
+  std::string workdir = plan.value("workdir", std::string("/"));
+
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::setsid();
+    ::ioctl(0, TIOCSCTTY, 1);  // a controlling terminal, for job control in the shell
+    if (::chdir(workdir.c_str()) != 0) ::chdir("/");
+    std::vector<char*> cargv, cenv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    for (auto& e : env) cenv.push_back(e.data());
+    cenv.push_back(nullptr);
+    ::execve(cargv[0], cargv.data(), cenv.data());
+    std::fprintf(stderr, "fsd-guest-init: cannot run %s: %s\n", cargv[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  int status = 255;
+  for (;;) {  // PID 1 reaps every orphan; stop when the command itself is done
+    int st;
+    pid_t p = ::wait(&st);
+    if (p < 0 && errno == ECHILD) break;
+    if (p == child) {
+      status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      break;
+    }
+  }
+  if (plan.contains("status_file")) {
+    std::ofstream(plan["status_file"].get<std::string>()) << status << "\n";
+  }
+  power_off(status);
+}

@@ -1,0 +1,188 @@
+// A real guest: Debian's kernel under QEMU (TCG) mounts fsd's exports with
+// its virtiofs driver through vhost-user-fs-pci. One boot runs every check;
+// the guest prints "CHECK name OK|FAIL ..." lines on its serial console.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "launcher/initramfs.h"
+#include "launcher/modules.h"
+#include "tests/support/test_support.h"
+
+namespace fsd::testing {
+namespace {
+
+constexpr int kManyFiles = 50000;
+
+std::string md5_hex(const std::string& data) {
+  int status;
+  TempDir t;
+  write_file(t.path() / "f", data);
+  std::string out = run_command("md5sum " + (t.path() / "f").string(), &status);
+  return out.substr(0, 32);
+}
+
+// The guest's script: busybox sh, one CHECK line per assertion.
+std::string guest_script(const std::string& big_md5) {
+  return R"SH(#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+check() { n=$1; shift; if "$@" >/tmp/out 2>&1; then echo "CHECK $n OK"; else echo "CHECK $n FAIL $(head -c 300 /tmp/out | tr '\n' ' ')"; fi; }
+erofs() { n=$1; shift; if "$@" >/tmp/out 2>&1; then echo "CHECK $n FAIL it succeeded";
+  elif grep -q 'Read-only file system' /tmp/out; then echo "CHECK $n OK"; else echo "CHECK $n FAIL $(head -c 300 /tmp/out | tr '\n' ' ')"; fi; }
+
+check ro-list test "$(ls /mnt/ro | tr '\n' ' ')" = "big.bin dir hello.txt link "
+check ro-read test "$(cat /mnt/ro/hello.txt)" = "hello from the host"
+check ro-nested test "$(cat /mnt/ro/dir/nested.txt)" = "nested"
+check ro-big-md5 test "$(md5sum /mnt/ro/big.bin | cut -d' ' -f1)" = ")SH" + big_md5 + R"SH("
+check ro-symlink test "$(readlink /mnt/ro/link)" = "hello.txt"
+check ro-through-symlink test "$(cat /mnt/ro/link)" = "hello from the host"
+erofs ro-create touch /mnt/ro/new
+erofs ro-mkdir mkdir /mnt/ro/newdir
+erofs ro-unlink rm /mnt/ro/hello.txt
+erofs ro-rmdir rmdir /mnt/ro/dir
+erofs ro-rename mv /mnt/ro/hello.txt /mnt/ro/moved.txt
+erofs ro-new-symlink ln -s x /mnt/ro/newlink
+erofs ro-link ln /mnt/ro/hello.txt /mnt/ro/hard
+erofs ro-chmod chmod 600 /mnt/ro/hello.txt
+erofs ro-append sh -c 'echo more >> /mnt/ro/hello.txt'
+erofs ro-truncate truncate -s 0 /mnt/ro/hello.txt
+erofs ro-touch-times touch -d '2001-01-01 00:00' /mnt/ro/hello.txt
+
+check rw-create sh -c 'echo "written by the guest" > /mnt/rw/guest.txt'
+check rw-copy-big dd if=/mnt/ro/big.bin of=/mnt/rw/copy.bin bs=1M
+check rw-mkdir mkdir /mnt/rw/gdir
+check rw-rename mv /mnt/rw/guest.txt /mnt/rw/gdir/renamed.txt
+check rw-readback test "$(cat /mnt/rw/gdir/renamed.txt)" = "written by the guest"
+check rw-delete sh -c 'echo doomed > /mnt/rw/doomed.txt && rm /mnt/rw/doomed.txt && ! test -e /mnt/rw/doomed.txt'
+check rw-symlink ln -s gdir/renamed.txt /mnt/rw/link
+check rw-chmod chmod 640 /mnt/rw/gdir/renamed.txt
+check rw-host-file test "$(cat /mnt/rw/from-host.txt)" = "from the host"
+
+check many-find test "$(find /mnt/many -type f | wc -l)" = ")SH" + std::to_string(kManyFiles) + R"SH("
+check many-tar sh -c 'tar cf - -C /mnt/many . | wc -c > /tmp/size && test "$(cat /tmp/size)" -gt 1000000'
+sync
+echo "CHECKS DONE"
+)SH";
+}
+
+TEST(VirtiofsGuest, LinuxMountsFsdExports) {
+  std::string kdir = guest_kernel_dir();
+  ASSERT_FALSE(kdir.empty()) << "no guest kernel: run scripts/setup";
+  std::string version;
+  for (auto& e : std::filesystem::directory_iterator(kdir + "/lib/modules")) version = e.path().filename();
+  ASSERT_EQ(::access("/usr/bin/qemu-system-x86_64", X_OK), 0) << "qemu-system-x86 is missing: run scripts/setup";
+  ASSERT_EQ(::access("/bin/busybox", X_OK), 0) << "busybox-static is missing: run scripts/setup";
+
+  TempDir tmp;
+  auto ro = tmp.path() / "ro", rw = tmp.path() / "rw", many = tmp.path() / "many";
+  std::string big = random_bytes(5 * 1024 * 1024 + 7, 3);
+  write_file(ro / "hello.txt", "hello from the host\n");
+  write_file(ro / "big.bin", big);
+  write_file(ro / "dir/nested.txt", "nested\n");
+  std::filesystem::create_symlink("hello.txt", ro / "link");
+  write_file(rw / "from-host.txt", "from the host\n");
+  for (int d = 0; d < kManyFiles / 1000; d++) {
+    auto dir = many / ("d" + std::to_string(d));
+    std::filesystem::create_directories(dir);
+    for (int f = 0; f < 1000; f++) {
+      int fd = ::open((dir / ("file-" + std::to_string(f))).c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(::write(fd, "0123456789abcdef0123456789abcdef", 32), 32);
+      ::close(fd);
+    }
+  }
+
+  // The initramfs: busybox, the project's init, the modules and the plan.
+  auto modules = launcher::resolve_modules(kdir + "/lib/modules/" + version, {"virtio_pci", "virtiofs"});
+  std::string initrd = (tmp.path() / "initrd.gz").string();
+  {
+    launcher::Initramfs ar(initrd);
+    for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules"}) ar.add_dir(d);
+    ar.add_char_device("dev/console", 5, 1);
+    ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
+    ar.add_symlink("bin/sh", "busybox");
+    ar.add_host_file("init", FSD_GUEST_INIT, 0755);
+    nlohmann::json plan;
+    plan["modules"] = nlohmann::json::array();
+    for (auto& m : modules) {
+      std::string name = "/lib/modules/" + std::filesystem::path(m).filename().string();
+      ar.add_host_file(name.substr(1), m, 0644);
+      plan["modules"].push_back(name);
+    }
+    plan["mounts"] = nlohmann::json::array();
+    for (const char* tag : {"ro", "rw", "many"}) {
+      nlohmann::json m = nlohmann::json::object();
+      m["fstype"] = "virtiofs";
+      m["source"] = tag;
+      m["target"] = std::string("/mnt/") + tag;
+      plan["mounts"].push_back(m);
+    }
+    plan["command"] = {"/bin/sh", "/test.sh"};
+    plan["env"] = nlohmann::json::object({{"PATH", "/bin"}});
+    ar.add_file("init.json", plan.dump(), 0644);
+    ar.add_file("test.sh", guest_script(md5_hex(big)), 0755);
+    ar.close();
+  }
+
+  // fsd, with an fd limit far below the number of files the guest walks.
+  std::map<std::string, std::string> sock;
+  std::vector<std::string> args;
+  for (auto [tag, dir, opts] : {std::tuple{"ro", ro, ",ro"}, {"rw", rw, ",cache=never"}, {"many", many, ",ro"}}) {
+    sock[tag] = (tmp.path() / (std::string(tag) + ".sock")).string();
+    args.insert(args.end(), {"--export", std::string(tag) + "=" + dir.string() + opts, "--virtiofs-socket",
+                             std::string(tag) + "=" + sock[tag]});
+  }
+  FsdProcess fsd({.args = args, .nofile = 1024});
+  fsd.wait_for_log("listening on " + sock["many"]);
+
+  std::vector<std::string> qemu{"qemu-system-x86_64", "-accel", "tcg", "-smp", "2", "-m", "512",
+                                "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
+                                "-kernel", kdir + "/vmlinuz", "-initrd", initrd,
+                                "-append", "console=ttyS0 panic=-1 quiet loglevel=4",
+                                "-nographic", "-nodefaults", "-no-reboot", "-serial", "stdio"};
+  int n = 0;
+  for (const char* tag : {"ro", "rw", "many"}) {
+    std::string id = "fs" + std::to_string(n++);
+    qemu.insert(qemu.end(), {"-chardev", "socket,id=" + id + ",path=" + sock[tag], "-device",
+                             "vhost-user-fs-pci,chardev=" + id + ",tag=" + tag});
+  }
+  auto console = tmp.path() / "console.log";
+  auto started = std::chrono::steady_clock::now();
+  ChildProcess vm(qemu, console);
+  auto status = vm.wait(std::chrono::seconds(600));
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::string out = read_file(console);
+  ASSERT_TRUE(status.has_value()) << "the guest did not power off in time:\n" << out << fsd.log();
+  std::printf("guest booted, checked and powered off in %.1f s\n", secs);
+
+  // Every check the script made, by name.
+  std::regex line(R"(CHECK (\S+) (OK|FAIL)(.*))");
+  int checks = 0;
+  for (std::sregex_iterator it(out.begin(), out.end(), line), end; it != end; ++it) {
+    checks++;
+    EXPECT_EQ((*it)[2], "OK") << (*it)[1] << ":" << (*it)[3];
+  }
+  EXPECT_EQ(checks, 28) << out;
+  EXPECT_NE(out.find("CHECKS DONE"), std::string::npos) << out;
+  EXPECT_NE(out.find("fsd-guest-init: exit 0"), std::string::npos) << out;
+
+  // What the guest did, seen from the host.
+  EXPECT_EQ(read_file(rw / "gdir/renamed.txt"), "written by the guest\n");
+  EXPECT_TRUE(read_file(rw / "copy.bin") == big);
+  EXPECT_FALSE(std::filesystem::exists(rw / "guest.txt"));
+  EXPECT_FALSE(std::filesystem::exists(rw / "doomed.txt"));
+  EXPECT_EQ(std::filesystem::read_symlink(rw / "link"), "gdir/renamed.txt");
+  EXPECT_EQ(std::filesystem::status(rw / "gdir/renamed.txt").permissions() & std::filesystem::perms::all,
+            std::filesystem::perms::owner_read | std::filesystem::perms::owner_write | std::filesystem::perms::group_read);
+  EXPECT_EQ(read_file(ro / "hello.txt"), "hello from the host\n");
+  EXPECT_FALSE(std::filesystem::exists(ro / "new"));
+  EXPECT_LT(fsd.open_fds(), 1024u);
+  EXPECT_EQ(fsd.stop(), 0) << fsd.log();
+}
+
+}  // namespace
+}  // namespace fsd::testing
