@@ -27,6 +27,7 @@ struct Options {
   std::vector<std::string> listens;
   std::vector<std::string> fuse_mounts;
   std::vector<std::string> virtiofs_sockets;
+  std::vector<std::string> virtio9p_sockets;
   std::string on_disconnect;  // "", "wait" or "exit"
   uint32_t msize_max = 1 << 20;
   unsigned threads = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
@@ -109,11 +110,12 @@ int run(Options& o) {
         throw std::invalid_argument("--export: tag '" + configs[i].tag + "' is given twice");
   std::vector<fsd::ListenAddress> listens;
   for (const auto& l : o.listens) listens.push_back(fsd::parse_listen(l));
-  std::vector<std::pair<std::string, std::string>> mounts, sockets;
+  std::vector<std::pair<std::string, std::string>> mounts, sockets, sockets9p;
   for (const auto& m : o.fuse_mounts) mounts.push_back(tag_value("--fuse-mount", m, configs));
   for (const auto& s : o.virtiofs_sockets) sockets.push_back(tag_value("--virtiofs-socket", s, configs));
-  if (listens.empty() && mounts.empty() && sockets.empty() && o.listen_fd < 0)
-    throw std::invalid_argument("nothing to serve on: give --listen, --virtiofs-socket or --fuse-mount");
+  for (const auto& s : o.virtio9p_sockets) sockets9p.push_back(tag_value("--virtio9p-socket", s, configs));
+  if (listens.empty() && mounts.empty() && sockets.empty() && sockets9p.empty() && o.listen_fd < 0)
+    throw std::invalid_argument("nothing to serve on: give --listen, --virtiofs-socket, --virtio9p-socket or --fuse-mount");
 
   // One budget for all exports: a quarter for cached O_PATH fds, the rest
   // for files clients hold open.
@@ -150,12 +152,16 @@ int run(Options& o) {
   std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices;
   for (const auto& [tag, path] : sockets)
     devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(tag), path, vopt));
+  auto opt9p = vopt;
+  opt9p.device = fsd::VhostUserOptions::Device::k9p;
+  for (const auto& [tag, path] : sockets9p)
+    devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(tag), path, opt9p));
   if (o.listen_fd >= 0)
     devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(kCompatTag), fsd::Fd(o.listen_fd), vopt));
   for (auto& d : devices) {
     d->on_finished([] { ::kill(::getpid(), SIGUSR1); });
     d->start();
-    spdlog::info("virtio-fs '{}': listening on {} (vhost-user)", d->socket_path().empty() ? kCompatTag : d->socket_path(),
+    spdlog::info("virtio device '{}': listening on {} (vhost-user)", d->socket_path().empty() ? kCompatTag : d->socket_path(),
                  d->socket_path().empty() ? "--fd" : d->socket_path());
   }
 
@@ -206,6 +212,9 @@ int main(int argc, char** argv) {
       ->type_name("ADDR");
   app.add_option("--virtiofs-socket", o.virtiofs_sockets,
                  "Serve export TAG as a virtio-fs device on the vhost-user socket PATH (repeatable)")
+      ->type_name("TAG=PATH");
+  app.add_option("--virtio9p-socket", o.virtio9p_sockets,
+                 "Serve export TAG as a virtio-9p device (mount tag TAG) on the vhost-user socket PATH (repeatable)")
       ->type_name("TAG=PATH");
   app.add_option("--fuse-mount", o.fuse_mounts, "Mount export TAG on the host at MOUNTPOINT through /dev/fuse (repeatable)")
       ->type_name("TAG=MOUNTPOINT");

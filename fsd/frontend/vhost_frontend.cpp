@@ -66,7 +66,11 @@ Result<vu::Message> VhostFrontend::send(vu::Request r, const vu::Payload& p, std
   if (h->request != static_cast<uint32_t>(r) || !(h->flags & vu::kFlagReply)) return Error{EPROTO};
   // Replies reuse the request's payload shapes, except that acks are u64.
   vu::Message m{r, h->flags, vu::None{}};
-  if (h->size == 8) {
+  if (r == vu::Request::GetConfig) {
+    auto c = vu::decode(std::span<const std::byte>(in, vu::kHeaderSize + h->size), 0);
+    if (!c) return Error{c.error()};
+    m.payload = c->payload;
+  } else if (h->size == 8) {
     uint64_t v;
     std::memcpy(&v, in + vu::kHeaderSize, 8);
     if (r == vu::Request::GetVringBase) {

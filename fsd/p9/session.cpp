@@ -14,15 +14,15 @@
 namespace fsd::p9 {
 
 Vfs* ExportSet::find(std::string_view aname) const {
-  if (aname.empty() && exports_.size() == 1) return exports_.front().get();
-  for (const auto& e : exports_)
-    if (e->config().tag == aname) return e.get();
+  if (aname.empty() && exports_.size() == 1) return exports_.front();
+  for (Vfs* e : exports_)
+    if (e->config().tag == aname) return e;
   // Clients such as diod's tools name the export by its host path.
   while (aname.size() > 1 && aname.back() == '/') aname.remove_suffix(1);
-  for (const auto& e : exports_) {
+  for (Vfs* e : exports_) {
     std::string_view p = e->config().path;
     while (p.size() > 1 && p.back() == '/') p.remove_suffix(1);
-    if (p == aname) return e.get();
+    if (p == aname) return e;
   }
   return nullptr;
 }

@@ -28,13 +28,19 @@ namespace fsd::p9 {
 // The exports a server offers; attach picks one by aname.
 class ExportSet {
  public:
-  void add(std::unique_ptr<Vfs> vfs) { exports_.push_back(std::move(vfs)); }
+  void add(std::unique_ptr<Vfs> vfs) {
+    exports_.push_back(vfs.get());
+    owned_.push_back(std::move(vfs));
+  }
+  // An export owned elsewhere (it must outlive this set).
+  void add_borrowed(Vfs* vfs) { exports_.push_back(vfs); }
   // By tag, by host path, or the only export for an empty aname.
   Vfs* find(std::string_view aname) const;
-  const std::vector<std::unique_ptr<Vfs>>& all() const { return exports_; }
+  const std::vector<Vfs*>& all() const { return exports_; }
 
  private:
-  std::vector<std::unique_ptr<Vfs>> exports_;
+  std::vector<Vfs*> exports_;
+  std::vector<std::unique_ptr<Vfs>> owned_;
 };
 
 struct SessionConfig {

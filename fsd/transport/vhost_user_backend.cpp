@@ -18,6 +18,7 @@
 #include <stdexcept>
 
 #include "fsd/fuse/server.h"
+#include "fsd/p9/session.h"
 #include "fsd/uring/ring.h"
 #include "protocol/vhost_user/message.h"
 #include "protocol/virtio/virtqueue.h"
@@ -29,6 +30,9 @@ namespace {
 
 constexpr uint64_t kFeatures = vu::kFVersion1 | vu::kFRingIndirectDesc | vu::kFRingEventIdx | vu::kFProtocolFeatures;
 constexpr uint64_t kProtocolFeatures = vu::kPfMq | vu::kPfReplyAck | vu::kPfConfigureMemSlots;
+// virtio-9p: the device has a mount tag in its config space.
+constexpr uint64_t k9pMountTag = 1ull << 0;
+constexpr uint32_t k9pMaxMsize = 512 * 1024;  // Linux's virtio transport stays below this
 constexpr uint64_t kMaxMemSlots = 32;
 // The largest request a guest may send: a 1 MiB WRITE plus headers.
 constexpr size_t kMaxRequest = (1 << 20) + 4096;
@@ -78,10 +82,74 @@ Result<std::shared_ptr<MemoryMap>> map_regions(const std::vector<vu::MemRegion>&
 
 }  // namespace
 
+// virtio-9p: one 9p Session per front-end connection. Each chain carries one
+// T-message; the Session's replies come back through the sink, and each is
+// copied into the writable buffers of the chain whose tag it carries.
+class P9Channel : public p9::ReplySink {
+ public:
+  P9Channel(Vfs& vfs, Ring& ring) : session_(exports(vfs), ring, *this, p9::SessionConfig{.max_msize = k9pMaxMsize}) {}
+
+  // Handles the chain's T-message; returns the bytes written as its reply.
+  Task<uint32_t> handle(const virtio::Chain& chain) {
+    if (chain.readable_bytes < p9::kHeaderSize || chain.readable_bytes > session_.max_frame()) co_return 0;
+    Buffer frame = pool_.get(chain.readable_bytes);
+    frame.set_size(virtio::gather(chain.readable, frame.room().first(chain.readable_bytes)));
+    uint16_t tag;
+    std::memcpy(&tag, frame.data() + 5, 2);
+    Pending p{&chain.writable, 0};
+    if (!pending_.emplace(tag, &p).second) co_return 0;  // a tag already in flight
+    co_await session_.handle(std::move(frame));
+    pending_.erase(tag);
+    co_return p.written;
+  }
+
+  Buffer buffer(size_t capacity) override { return pool_.get(capacity); }
+  void recycle(Buffer b) override { pool_.put(std::move(b)); }
+  void protocol_error(std::string_view why) override { spdlog::warn("virtio-9p: {}", why); }
+  void reply(Buffer frame) override {
+    uint16_t tag;
+    std::memcpy(&tag, frame.data() + 5, 2);
+    if (auto it = pending_.find(tag); it != pending_.end()) {
+      size_t room = 0;
+      for (const auto& v : *it->second->out) room += v.iov_len;
+      if (frame.size() <= room) {  // a reply that does not fit is not sent at all
+        size_t off = 0;
+        for (const auto& v : *it->second->out) {
+          size_t n = std::min(v.iov_len, frame.size() - off);
+          std::memcpy(v.iov_base, frame.data() + off, n);
+          off += n;
+          if (off == frame.size()) break;
+        }
+        it->second->written = static_cast<uint32_t>(frame.size());
+      }
+    }
+    pool_.put(std::move(frame));
+  }
+
+ private:
+  struct Pending {
+    const std::vector<iovec>* out;
+    uint32_t written;
+  };
+  static const p9::ExportSet& exports(Vfs& vfs) {
+    thread_local std::unordered_map<Vfs*, std::unique_ptr<p9::ExportSet>> sets;
+    auto& set = sets[&vfs];
+    if (!set) {
+      set = std::make_unique<p9::ExportSet>();
+      set->add_borrowed(&vfs);
+    }
+    return *set;
+  }
+  BufferPool pool_{k9pMaxMsize};
+  p9::Session session_;
+  std::unordered_map<uint16_t, Pending*> pending_;
+};
+
 // The device state: control-side configuration and the data-plane worker.
 class VhostUserBackend::Device {
  public:
-  Device(Vfs& vfs, VhostUserOptions o) : vfs_(vfs), options_(o), queues_(1 + o.request_queues) {
+  Device(Vfs& vfs, VhostUserOptions o)
+      : vfs_(vfs), options_(o), queues_(o.device == VhostUserOptions::Device::k9p ? 1 : 1 + o.request_queues) {
     cmd_fd_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!cmd_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
     new_server();
@@ -153,6 +221,20 @@ class VhostUserBackend::Device {
   }
   void new_server() {
     server_ = std::make_shared<fuse::Server>(vfs_, fuse::ServerOptions{.max_write = 1 << 20, .virtiofs = true});
+    p9_.reset();  // a new front-end starts a new 9p session
+    if (options_.device == VhostUserOptions::Device::k9p) p9_ = std::make_shared<P9Channel>(vfs_, ring_);
+  }
+  bool is_9p() const { return options_.device == VhostUserOptions::Device::k9p; }
+  uint64_t device_features() const { return kFeatures | (is_9p() ? k9pMountTag : 0); }
+  uint64_t protocol_features() const { return kProtocolFeatures | (is_9p() ? vu::kPfConfig : 0); }
+  // virtio-9p config space: tag_len[2] tag[tag_len].
+  std::vector<std::byte> config_space() const {
+    const std::string& tag = vfs_.config().tag;
+    std::vector<std::byte> c(2 + tag.size());
+    uint16_t len = static_cast<uint16_t>(tag.size());
+    std::memcpy(c.data(), &len, 2);
+    std::memcpy(c.data() + 2, tag.data(), tag.size());
+    return c;
   }
   Task<void> queue_loop(unsigned i);
   Task<void> process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem, std::shared_ptr<fuse::Server> server);
@@ -179,6 +261,7 @@ class VhostUserBackend::Device {
   bool exit_ = false;
   std::shared_ptr<MemoryMap> memory_;
   std::shared_ptr<fuse::Server> server_;
+  std::shared_ptr<P9Channel> p9_;
 };
 
 // ---- worker thread
@@ -297,6 +380,10 @@ Task<void> VhostUserBackend::Device::process(unsigned i, uint16_t head, std::sha
   } else if (auto w = virtio::walk_chain(mem->mem, q.split.desc(), q.split.size(), head, chain); !w) {
     bad_chains++;
     spdlog::warn("virtio-fs queue {}: malformed descriptor chain at head {}", i, head);
+  } else if (is_9p()) {
+    auto p9 = p9_;  // keeps the session alive across a reset
+    written = p9 ? co_await p9->handle(chain) : 0;
+    if (written == 0) bad_requests++;
   } else if (chain.readable_bytes < sizeof(fuse_in_header) || chain.readable_bytes > kMaxRequest) {
     bad_requests++;
   } else {
@@ -413,20 +500,29 @@ bool VhostUserBackend::Device::handle(int conn, const vu::Message& m, std::vecto
 
   switch (m.request) {
     case R::GetFeatures:
-      replied = reply(conn, m.request, uint64_t{kFeatures});
+      replied = reply(conn, m.request, uint64_t{device_features()});
       break;
     case R::SetFeatures: {
       uint64_t f = std::get<uint64_t>(m.payload);
-      if (f & ~kFeatures) ok = false;
-      features_ = f & kFeatures;
+      if (f & ~device_features()) ok = false;
+      features_ = f & device_features();
       break;
     }
     case R::GetProtocolFeatures:
-      replied = reply(conn, m.request, uint64_t{kProtocolFeatures});
+      replied = reply(conn, m.request, uint64_t{protocol_features()});
       break;
     case R::SetProtocolFeatures:
-      protocol_features_ = std::get<uint64_t>(m.payload) & kProtocolFeatures;
+      protocol_features_ = std::get<uint64_t>(m.payload) & protocol_features();
       break;
+    case R::GetConfig: {
+      auto c = std::get<vu::Config>(m.payload);
+      auto space = config_space();
+      // Bytes outside the config space read as zero; only the 9p device has one.
+      for (uint32_t i = 0; i < c.size; i++)
+        c.payload[i] = is_9p() && c.offset + i < space.size() ? space[c.offset + i] : std::byte{0};
+      replied = reply(conn, m.request, c);
+      break;
+    }
     case R::GetQueueNum:
       replied = reply(conn, m.request, uint64_t{queues_.size()});
       break;

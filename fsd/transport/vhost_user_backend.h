@@ -1,5 +1,5 @@
-// VhostUserBackend: a virtio-fs device served over vhost-user to a
-// front-end such as QEMU's vhost-user-fs-pci, on one unix socket.
+// VhostUserBackend: a virtio-fs (or virtio-9p) device served over vhost-user
+// to a front-end such as QEMU's vhost-user-fs-pci, on one unix socket.
 //
 // Threads: a control thread speaks the vhost-user protocol (features,
 // memory table, vring set-up) and a data-plane worker with its own Ring
@@ -25,7 +25,10 @@
 namespace fsd {
 
 struct VhostUserOptions {
-  unsigned request_queues = 1;   // plus the hiprio queue
+  // virtio-fs (id 26: FUSE, hiprio + request queues) or virtio-9p (id 9: 9P
+  // frames on one queue; the export's tag is the mount tag).
+  enum class Device { kFs, k9p } device = Device::kFs;
+  unsigned request_queues = 1;   // virtio-fs: plus the hiprio queue
   bool exit_on_disconnect = false;
 };
 
