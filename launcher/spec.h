@@ -1,0 +1,110 @@
+// Spec: what vmlaunch starts, read from a JSON file (documented field by
+// field in the README; an example is in examples/).
+//
+// parse_spec() checks everything it can before anything starts: unknown
+// fields, wrong types, a missing kernel, share sources that do not exist,
+// duplicate tags, tags longer than the transport allows. Each problem is a
+// SpecError whose message names the file and the field:
+//     spec.json: shares[1].tag: "data" is used by shares[0] too
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace fsd::launcher {
+
+struct SpecError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class Accel { kAuto, kKvm, kTcg };
+enum class Proto { kVirtiofs, k9p, k9pQemu };
+enum class Cache { kNever, kAuto, kAlways };
+enum class Console { kSerial, kQuiet };
+enum class Network { kNone, kUser };
+
+struct StoreSpec {
+  std::string path;                      // host store; --store overrides
+  std::string mount_point = "/nix/store";
+  bool writable_tmpfs = true;            // "writable": "tmpfs" | "none"
+  Cache cache = Cache::kAlways;
+};
+
+struct ShareSpec {
+  std::string tag;
+  std::string source;  // host directory
+  std::string target;  // guest mount point
+  bool read_only = false;
+  Proto proto = Proto::kVirtiofs;
+  Cache cache = Cache::kAuto;
+  uint32_t msize = 512 * 1024;  // 9p only
+};
+
+struct Endpoint {
+  std::string address;
+  uint16_t port = 0;
+};
+
+struct ForwardPort {
+  bool from_host = true;  // "from": "host" | "guest"
+  std::string proto = "tcp";
+  Endpoint host, guest;
+};
+
+struct DiskSpec {
+  std::string file;
+  uint64_t size_mib = 0;  // 0: the file must exist; else a qcow2 is created when missing
+  bool read_only = false;
+  bool snapshot = false;
+};
+
+struct Spec {
+  std::string name = "vm";
+  uint64_t memory_mib = 1024;
+  unsigned cpus = 1;
+  Accel accel = Accel::kAuto;
+  std::string kernel, initrd, modules, cmdline;
+  StoreSpec store;
+  std::vector<ShareSpec> shares;  // includes xchg and shared
+  std::optional<std::string> command_shell;  // "command": "string for sh -c"
+  std::vector<std::string> command_argv;     // "command": ["argv", ...]
+  std::map<std::string, std::string> env;
+  unsigned timeout_s = 0;  // 0: none
+  Console console = Console::kSerial;
+  Network network = Network::kNone;
+  std::vector<ForwardPort> forward_ports;
+  std::string qemu_binary = "qemu-system-x86_64";
+  std::vector<std::string> qemu_extra_args;
+  std::vector<DiskSpec> disks;
+  std::vector<uint64_t> empty_disks_mib;
+  bool graphics = false;
+  bool nix_db = false;
+
+  bool has_command() const { return command_shell.has_value() || !command_argv.empty(); }
+};
+
+// Longest tags the transports accept (virtio-fs config space: 36 bytes).
+inline constexpr size_t kMaxVirtiofsTag = 36;
+inline constexpr size_t kMaxNinePTag = 31;
+
+struct SpecContext {
+  std::string file = "spec.json";  // named in errors
+  std::string store_override;      // --store
+  std::string shared_dir;          // $SHARED_DIR (default: xchg's directory)
+  std::string xchg_dir;            // the fresh xchg directory
+};
+
+// Parses and validates; fills defaults. Throws SpecError.
+Spec parse_spec(const nlohmann::json& j, const SpecContext& ctx);
+// Reads the file first (a missing file or bad JSON is a SpecError too).
+Spec load_spec(const std::string& path, const SpecContext& ctx);
+// The effective spec, defaults included, as JSON (--print-spec).
+nlohmann::json to_json(const Spec& s);
+
+}  // namespace fsd::launcher

@@ -1,0 +1,190 @@
+// vmlaunch's spec: defaults, and one exact message per kind of mistake.
+#include <gtest/gtest.h>
+
+#include "launcher/spec.h"
+#include "tests/support/test_support.h"
+
+namespace fsd::launcher {
+namespace {
+
+using nlohmann::json;
+using fsd::testing::TempDir;
+using fsd::testing::write_file;
+
+class SpecTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    write_file(tmp_.path() / "vmlinuz", "not really a kernel");
+    std::filesystem::create_directories(tmp_.path() / "store");
+    std::filesystem::create_directories(tmp_.path() / "data");
+    std::filesystem::create_directories(tmp_.path() / "xchg");
+    ctx_.file = "spec.json";
+    ctx_.xchg_dir = (tmp_.path() / "xchg").string();
+  }
+  json base() const {
+    return json{{"kernel", (tmp_.path() / "vmlinuz").string()}, {"store", {{"path", (tmp_.path() / "store").string()}}}};
+  }
+  std::string error_of(const json& j) {
+    try {
+      parse_spec(j, ctx_);
+    } catch (const SpecError& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+  std::string tmp(const std::string& rel) const { return (tmp_.path() / rel).string(); }
+
+  TempDir tmp_;
+  SpecContext ctx_;
+};
+
+TEST_F(SpecTest, DefaultsIncludeXchgAndShared) {
+  Spec s = parse_spec(base(), ctx_);
+  EXPECT_EQ(s.memory_mib, 1024u);
+  EXPECT_EQ(s.cpus, 1u);
+  EXPECT_EQ(s.accel, Accel::kAuto);
+  EXPECT_EQ(s.store.mount_point, "/nix/store");
+  EXPECT_TRUE(s.store.writable_tmpfs);
+  EXPECT_EQ(s.store.cache, Cache::kAlways);
+  ASSERT_EQ(s.shares.size(), 2u);
+  EXPECT_EQ(s.shares[0].tag, "xchg");
+  EXPECT_EQ(s.shares[0].target, "/tmp/xchg");
+  EXPECT_EQ(s.shares[0].source, tmp("xchg"));
+  EXPECT_EQ(s.shares[1].tag, "shared");
+  EXPECT_EQ(s.shares[1].source, tmp("xchg"));  // no $SHARED_DIR: xchg
+  EXPECT_FALSE(s.has_command());
+  ctx_.shared_dir = tmp("data");
+  EXPECT_EQ(parse_spec(base(), ctx_).shares[1].source, tmp("data"));
+}
+
+TEST_F(SpecTest, ReadsEveryField) {
+  json j = base();
+  j["name"] = "builder";
+  j["memory"] = 2048;
+  j["cpus"] = 2;
+  j["accel"] = "tcg";
+  j["cmdline"] = "quiet";
+  j["store"]["mountPoint"] = "/gnu/store";
+  j["store"]["writable"] = "none";
+  j["shares"] = json::array({{{"tag", "data"}, {"source", tmp("data")}, {"target", "/data"}, {"readOnly", true}, {"proto", "9p"}, {"msize", 1048576}}});
+  j["command"] = json::array({"/bin/sh", "-c", "exit 3"});
+  j["env"] = {{"FOO", "bar"}};
+  j["timeout"] = 600;
+  j["console"] = "quiet";
+  j["network"] = "user";
+  j["forwardPorts"] = json::array({{{"from", "host"}, {"proto", "tcp"}, {"host", {{"address", "127.0.0.1"}, {"port", 2222}}}, {"guest", {{"port", 22}}}}});
+  j["qemu"] = {{"binary", "qemu-system-x86_64"}, {"extraArgs", {"-snapshot"}}};
+  j["disks"] = json::array({{{"file", tmp("disk.qcow2")}, {"size", 64}}});
+  j["emptyDisks"] = {16};
+  j["graphics"] = false;
+  j["nixDb"] = true;
+  Spec s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.accel, Accel::kTcg);
+  EXPECT_FALSE(s.store.writable_tmpfs);
+  EXPECT_EQ(s.shares.size(), 3u);
+  EXPECT_EQ(s.shares[0].proto, Proto::k9p);
+  EXPECT_EQ(s.shares[0].cache, Cache::kAlways);  // read-only default
+  EXPECT_EQ(s.command_argv.size(), 3u);
+  EXPECT_EQ(s.forward_ports[0].guest.port, 22);
+  EXPECT_EQ(s.disks[0].size_mib, 64u);
+  // and --print-spec's JSON parses back to the same spec
+  Spec again = parse_spec(to_json(s), ctx_);
+  EXPECT_EQ(to_json(again), to_json(s));
+}
+
+TEST_F(SpecTest, StoreOverrideFromTheCommandLine) {
+  ctx_.store_override = tmp("data");
+  EXPECT_EQ(parse_spec(base(), ctx_).store.path, tmp("data"));
+  ctx_.store_override = tmp("nope");
+  EXPECT_EQ(error_of(base()), "spec.json: store (--store): \"" + tmp("nope") + "\" is not a directory");
+}
+
+TEST_F(SpecTest, UnknownFields) {
+  json j = base();
+  j["memroy"] = 512;
+  EXPECT_EQ(error_of(j),
+            "spec.json: memroy: unknown field (known here: accel, cmdline, command, console, cpus, disks, emptyDisks, env, "
+            "forwardPorts, graphics, initrd, kernel, memory, modules, name, network, nixDb, qemu, shares, store, timeout)");
+  j = base();
+  j["shares"] = json::array({{{"tag", "d"}, {"sorce", tmp("data")}, {"target", "/d"}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].sorce: unknown field (known here: cache, msize, proto, readOnly, source, tag, target)");
+}
+
+TEST_F(SpecTest, WrongTypes) {
+  json j = base();
+  j["memory"] = "lots";
+  EXPECT_EQ(error_of(j), "spec.json: memory: expected a whole number, got the string \"lots\"");
+  j = base();
+  j["cpus"] = 0;
+  EXPECT_EQ(error_of(j), "spec.json: cpus: 0 is out of range (1 to 256)");
+  j = base();
+  j["accel"] = "hvf";
+  EXPECT_EQ(error_of(j), "spec.json: accel: \"hvf\" is not one of: auto, kvm, tcg");
+  j = base();
+  j["command"] = 42;
+  EXPECT_EQ(error_of(j), "spec.json: command: expected a string or a list of strings, got the number 42");
+  j = base();
+  j["env"] = {{"X", 1}};
+  EXPECT_EQ(error_of(j), "spec.json: env.X: expected a string, got the number 1");
+  j = base();
+  j["shares"] = json::array({json::array({"tag", "x"})});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0]: expected an object, got a list");
+  j["shares"] = {{"tag", "x"}};
+  EXPECT_EQ(error_of(j), "spec.json: shares: expected a list, got an object");
+  j = base();
+  j["shares"] = json::array({{{"tag", "d"}, {"source", tmp("data")}, {"target", "/d"}, {"readOnly", "yes"}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].readOnly: expected true or false, got the string \"yes\"");
+}
+
+TEST_F(SpecTest, MissingKernel) {
+  json j = base();
+  j.erase("kernel");
+  EXPECT_EQ(error_of(j), "spec.json: kernel: is required (scripts/setup fetches a default guest kernel)");
+  j["kernel"] = "/boot/no-such-kernel";
+  EXPECT_EQ(error_of(j), "spec.json: kernel: \"/boot/no-such-kernel\" does not exist");
+}
+
+TEST_F(SpecTest, ShareSourceMustExist) {
+  json j = base();
+  j["shares"] = json::array({{{"tag", "d"}, {"source", "/no/such/dir"}, {"target", "/d"}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].source: \"/no/such/dir\" is not an existing directory");
+}
+
+TEST_F(SpecTest, DuplicateTags) {
+  json j = base();
+  j["shares"] = json::array({{{"tag", "d"}, {"source", tmp("data")}, {"target", "/d"}},
+                             {{"tag", "d"}, {"source", tmp("data")}, {"target", "/e"}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[1].tag: \"d\" is used by shares[0] too");
+  j["shares"] = json::array({{{"tag", "store"}, {"source", tmp("data")}, {"target", "/d"}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].tag: \"store\" is used by the store too");
+}
+
+TEST_F(SpecTest, TagTooLong) {
+  json j = base();
+  std::string tag(37, 't');
+  j["shares"] = json::array({{{"tag", tag}, {"source", tmp("data")}, {"target", "/d"}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].tag: \"" + tag + "\" is 37 bytes; virtio-fs allows at most 36");
+  j["shares"][0]["tag"] = std::string(36, 't');
+  EXPECT_EQ(error_of(j), "(no error)");
+}
+
+TEST_F(SpecTest, FileErrors) {
+  EXPECT_THROW(load_spec(tmp("missing.json"), ctx_), SpecError);
+  write_file(tmp_.path() / "bad.json", "{ \"memory\": ");
+  try {
+    load_spec(tmp("bad.json"), ctx_);
+    FAIL();
+  } catch (const SpecError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(tmp("bad.json") + ": not valid JSON", 0), 0u) << e.what();
+  }
+  write_file(tmp_.path() / "named.json", "{\"kernel\": 5}");
+  try {
+    load_spec(tmp("named.json"), ctx_);
+    FAIL();
+  } catch (const SpecError& e) {
+    EXPECT_EQ(std::string(e.what()), tmp("named.json") + ": kernel: expected a string, got the number 5");
+  }
+}
+
+}  // namespace
+}  // namespace fsd::launcher
