@@ -37,6 +37,7 @@ struct Options {
   // virtiofsd-compatible form
   std::string socket_path, shared_dir, cache, compat_opts;
   int listen_fd = -1;
+  int ready_fd = -1;
   bool readonly = false;
   bool print_capabilities = false;
 };
@@ -174,6 +175,10 @@ int run(Options& o) {
   server.start();
   for (const auto& a : server.bound()) spdlog::info("listening on {} (9P2000.L, msize up to {})", a.to_string(), o.msize_max);
 
+  if (o.ready_fd >= 0) {  // tells a supervisor (vmlaunch) that every socket accepts now
+    (void)!::write(o.ready_fd, "ready\n", 6);
+    ::close(o.ready_fd);
+  }
   for (;;) {
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -234,6 +239,7 @@ int main(int argc, char** argv) {
   app.add_option("--metadata-io", o.metadata_io, "Run metadata syscalls through io_uring or directly")
       ->check(CLI::IsMember({"uring", "sync"}))
       ->capture_default_str();
+  app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();

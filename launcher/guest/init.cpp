@@ -92,6 +92,7 @@ int run() {
   ::mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
   ::mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 
+  std::printf("fsd-guest-init: started\n");  // vmlaunch shows the console from here in quiet mode
   nlohmann::json plan;
   try {
     std::ifstream in("/init.json");
@@ -112,6 +113,13 @@ int run() {
   }
 
   for (const auto& m : plan.value("mounts", nlohmann::json::array())) {
+    if (m.contains("mkdir")) {  // a directory to make between mounts (e.g. overlay upper/work)
+      if (!mkdirs(m["mkdir"].get<std::string>())) {
+        say("cannot create " + m["mkdir"].get<std::string>() + ": " + std::strerror(errno));
+        power_off(255);
+      }
+      continue;
+    }
     std::string target = m.at("target"), fstype = m.at("fstype");
     std::string source = m.value("source", fstype), options = m.value("options", "");
     if (!mkdirs(target)) {

@@ -1,0 +1,41 @@
+// Plan: what vmlaunch will run for a spec: the fsd and QEMU command lines,
+// the guest init's plan (/init.json) and a readable mount plan. Pure: it
+// only decides; vmlaunch carries it out (and --dry-run prints it).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "launcher/spec.h"
+
+namespace fsd::launcher {
+
+struct PlanInputs {
+  std::string fsd_binary;
+  std::string run_dir;      // where fsd's sockets go
+  std::string initrd;       // the initramfs vmlaunch built
+  std::string module_dir;   // lib/modules/VERSION of the guest kernel
+  Accel accel = Accel::kTcg;  // resolved (not kAuto)
+  std::string extra_kernel_params;          // $QEMU_KERNEL_PARAMS
+  std::vector<std::string> extra_qemu_args; // $QEMU_OPTS, split
+  std::string status_file = "/tmp/xchg/.vmlaunch-status";
+};
+
+struct Plan {
+  std::vector<std::string> fsd_argv;    // ready-fd is added by the runner
+  std::vector<std::string> qemu_argv;
+  nlohmann::json guest;                 // the init's plan
+  std::vector<std::string> modules;     // module names the guest loads
+  std::vector<std::string> mount_plan;  // "virtiofs store -> /nix/.ro-store (ro)" ...
+};
+
+// Throws SpecError for what this vmlaunch cannot do yet.
+Plan make_plan(const Spec& spec, const PlanInputs& in);
+
+// The directory of kernel modules that belongs to `kernel`, by the layout
+// scripts/setup uses (KERNEL_DIR/lib/modules/VERSION), or "".
+std::string default_module_dir(const std::string& kernel);
+
+}  // namespace fsd::launcher
