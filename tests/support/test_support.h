@@ -15,6 +15,7 @@
 #include <optional>
 #include <random>
 #include <regex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -245,6 +246,7 @@ class ChildProcess {
     }
   }
   ChildProcess(const ChildProcess&) = delete;
+  pid_t pid() const { return pid_; }
   // Waits up to `timeout`; returns the exit status, or nullopt on timeout
   // (the child is then killed).
   std::optional<int> wait(std::chrono::seconds timeout) {
