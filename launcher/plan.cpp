@@ -34,8 +34,6 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
   };
   for (size_t i = 0; i < s.shares.size(); i++)
     if (s.shares[i].proto == Proto::k9p) unsupported("shares[" + std::to_string(i) + "].proto", "\"9p\" (fsd's 9p over TCP)");
-  if (!s.disks.empty()) unsupported("disks", "attaching disks");
-  if (!s.empty_disks_mib.empty()) unsupported("emptyDisks", "empty disks");
   if (s.network == Network::kUser) unsupported("network", "user networking");
   if (s.nix_db) unsupported("nixDb", "sharing the Nix database");
   if (s.graphics) unsupported("graphics", "a graphical console");
@@ -60,6 +58,7 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
   for (const auto& sh : s.shares) nine_p |= sh.proto == Proto::k9pQemu;
   if (nine_p) p.modules.insert(p.modules.end(), {"9pnet_virtio", "9p"});
   if (s.store.writable_tmpfs) p.modules.push_back("overlay");
+  if (!in.disks.empty()) p.modules.push_back("virtio_blk");
 
   nlohmann::json mounts = nlohmann::json::array();
   const std::string& mp = s.store.mount_point;
@@ -123,6 +122,9 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
     if (sh.proto == Proto::k9pQemu)
       p.qemu_argv.insert(p.qemu_argv.end(), {"-virtfs", "local,path=" + sh.source + ",security_model=none,mount_tag=" + sh.tag +
                                                             (sh.read_only ? ",readonly=on" : "")});
+  for (const auto& d : in.disks)  // /dev/vda, /dev/vdb, ... in this order
+    p.qemu_argv.insert(p.qemu_argv.end(), {"-drive", "file=" + d.file + ",if=virtio,format=" + d.format +
+                                                         (d.read_only ? ",readonly=on" : "") + (d.snapshot ? ",snapshot=on" : "")});
   p.qemu_argv.insert(p.qemu_argv.end(), s.qemu_extra_args.begin(), s.qemu_extra_args.end());
   p.qemu_argv.insert(p.qemu_argv.end(), in.extra_qemu_args.begin(), in.extra_qemu_args.end());
   return p;

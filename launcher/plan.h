@@ -21,6 +21,15 @@ struct PlanInputs {
   std::string extra_kernel_params;          // $QEMU_KERNEL_PARAMS
   std::vector<std::string> extra_qemu_args; // $QEMU_OPTS, split
   std::string status_file = "/tmp/xchg/.vmlaunch-status";
+  // Disk images as the runner prepared them: spec.disks in order, then one
+  // per spec.emptyDisks entry (created in the temporary directory).
+  struct Disk {
+    std::string file;
+    std::string format;  // "qcow2" or "raw"
+    bool read_only = false;
+    bool snapshot = false;
+  };
+  std::vector<Disk> disks;
 };
 
 struct Plan {

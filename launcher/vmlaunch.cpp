@@ -286,6 +286,31 @@ int run(Options& o) {
   in.extra_kernel_params = std::getenv("QEMU_KERNEL_PARAMS") ? std::getenv("QEMU_KERNEL_PARAMS") : "";
   in.extra_qemu_args = split_words(std::getenv("QEMU_OPTS"));
   for (auto& w : split_words(std::getenv("QEMU_NET_OPTS"))) in.extra_qemu_args.push_back(w);
+  // Disks: create what is missing (qcow2), and the throw-away empty ones.
+  auto qemu_img = [&](const std::string& file, uint64_t mib) {
+    if (o.dry_run) return;
+    std::string log = work + "/qemu-img.log";
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    Child c = spawn({"qemu-img", "create", "-q", "-f", "qcow2", file, std::to_string(mib) + "M"}, -1, fd, fd);
+    ::close(fd);
+    reap(c, true);
+    if (c.status != 0) die(kExitQemuFailed, "qemu-img could not create " + file + ":\n" + read_text(log));
+  };
+  auto format_of = [](const std::string& file) {
+    char magic[4] = {};
+    std::ifstream(file, std::ios::binary).read(magic, 4);
+    return std::string(magic, 4) == std::string("QFI\xfb", 4) ? "qcow2" : "raw";
+  };
+  for (const auto& d : spec.disks) {
+    if (!fs::exists(d.file)) qemu_img(d.file, d.size_mib);
+    in.disks.push_back({d.file, fs::exists(d.file) ? format_of(d.file) : "qcow2", d.read_only, d.snapshot});
+  }
+  for (size_t i = 0; i < spec.empty_disks_mib.size(); i++) {
+    std::string file = work + "/empty-" + std::to_string(i) + ".qcow2";
+    qemu_img(file, spec.empty_disks_mib[i]);
+    in.disks.push_back({file, "qcow2", false, false});
+  }
+
   Plan plan;
   try {
     plan = make_plan(spec, in);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "tests/support/test_support.h"
@@ -117,6 +118,26 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
   st = run({spec("true"), "--", "/bin/sh", "-c", "no-such-program"}, &out);
   EXPECT_EQ(st, 127) << out;
   expect_clean();
+}
+
+TEST_F(Vmlaunch, DisksAndEmptyDisks) {
+  auto disk = tmp_.path() / "disk.qcow2";
+  nlohmann::json j = nlohmann::json::parse(read_file(spec("cat /sys/block/vda/size /sys/block/vdb/size; "
+                                                          "echo written > /tmp/w && dd if=/tmp/w of=/dev/vda bs=512 count=1 2>/dev/null && sync")));
+  nlohmann::json d = nlohmann::json::object();
+  d["file"] = disk.string();
+  d["size"] = 64;
+  j["disks"] = nlohmann::json::array({d});
+  j["emptyDisks"] = nlohmann::json::array({32});
+  write_file(tmp_.path() / "disks.json", j.dump());
+  std::string out;
+  int st = run({(tmp_.path() / "disks.json").string()}, &out);
+  EXPECT_EQ(st, 0) << out;
+  // 64 MiB and 32 MiB, in 512-byte sectors (the serial console ends lines with \r\n)
+  EXPECT_NE(out.find("131072\r\n65536"), std::string::npos) << out;
+  ASSERT_TRUE(std::filesystem::exists(disk));  // created as qcow2, and kept
+  EXPECT_EQ(read_file(disk).substr(0, 4), std::string("QFI\xfb", 4));
+  expect_clean();  // the empty disk went with the temporary directory
 }
 
 TEST_F(Vmlaunch, EveryWayARunEnds) {
