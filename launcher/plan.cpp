@@ -34,7 +34,6 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
   };
   for (size_t i = 0; i < s.shares.size(); i++)
     if (s.shares[i].proto == Proto::k9p) unsupported("shares[" + std::to_string(i) + "].proto", "\"9p\" (fsd's 9p over TCP)");
-  if (s.network == Network::kUser) unsupported("network", "user networking");
   if (s.nix_db) unsupported("nixDb", "sharing the Nix database");
   if (s.graphics) unsupported("graphics", "a graphical console");
 
@@ -59,6 +58,7 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
   if (nine_p) p.modules.insert(p.modules.end(), {"9pnet_virtio", "9p"});
   if (s.store.writable_tmpfs) p.modules.push_back("overlay");
   if (!in.disks.empty()) p.modules.push_back("virtio_blk");
+  if (s.network == Network::kUser) p.modules.push_back("virtio_net");
 
   nlohmann::json mounts = nlohmann::json::array();
   const std::string& mp = s.store.mount_point;
@@ -99,6 +99,19 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
   for (const auto& [k, v] : s.env) env[k] = v;
   p.guest["env"] = env;
   p.guest["workdir"] = "/tmp/xchg";
+  if (s.network == Network::kUser) {
+    // QEMU's user network: the guest is 10.0.2.15, the gateway 10.0.2.2, DNS 10.0.2.3.
+    nlohmann::json files = nlohmann::json::object();
+    files["/etc/resolv.conf"] = "nameserver 10.0.2.3\n";
+    p.guest["files"] = files;
+    nlohmann::json setup = nlohmann::json::array();
+    for (std::vector<std::string> step : {std::vector<std::string>{"/bin/ip", "link", "set", "lo", "up"},
+                                          {"/bin/ip", "link", "set", "eth0", "up"},
+                                          {"/bin/ip", "addr", "add", "10.0.2.15/24", "dev", "eth0"},
+                                          {"/bin/ip", "route", "add", "default", "via", "10.0.2.2"}})
+      setup.push_back(step);
+    p.guest["setup"] = setup;
+  }
   if (s.has_command()) p.guest["status_file"] = in.status_file;
 
   // QEMU: shared memory for vhost-user, direct kernel boot, the console on serial.
@@ -122,6 +135,21 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
     if (sh.proto == Proto::k9pQemu)
       p.qemu_argv.insert(p.qemu_argv.end(), {"-virtfs", "local,path=" + sh.source + ",security_model=none,mount_tag=" + sh.tag +
                                                             (sh.read_only ? ",readonly=on" : "")});
+  if (s.network == Network::kUser) {
+    std::string netdev = "user,id=n0";
+    for (const auto& f : s.forward_ports) {
+      if (f.from_host) {
+        netdev += ",hostfwd=" + f.proto + ":" + f.host.address + ":" + std::to_string(f.host.port) + "-" + f.guest.address + ":" +
+                  std::to_string(f.guest.port);
+      } else {
+        // guest -> host: connections to guest.address:port in the guest reach host.address:port
+        netdev += ",guestfwd=" + f.proto + ":" + (f.guest.address.empty() ? "10.0.2.100" : f.guest.address) + ":" +
+                  std::to_string(f.guest.port) + "-tcp:" + (f.host.address.empty() ? "127.0.0.1" : f.host.address) + ":" +
+                  std::to_string(f.host.port);
+      }
+    }
+    p.qemu_argv.insert(p.qemu_argv.end(), {"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"});
+  }
   for (const auto& d : in.disks)  // /dev/vda, /dev/vdb, ... in this order
     p.qemu_argv.insert(p.qemu_argv.end(), {"-drive", "file=" + d.file + ",if=virtio,format=" + d.format +
                                                          (d.read_only ? ",readonly=on" : "") + (d.snapshot ? ",snapshot=on" : "")});

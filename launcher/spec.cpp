@@ -216,6 +216,7 @@ Spec parse_spec(const json& j, const SpecContext& ctx) {
       f.host = endpoint(o, "host", ctx);
       f.guest = endpoint(o, "guest", ctx);
       o.done();
+      if (!f.from_host && f.proto != "tcp") o.fail("proto", "QEMU forwards only tcp from the guest to the host");
       s.forward_ports.push_back(f);
     }
     if (!s.forward_ports.empty() && s.network != Network::kUser) top.fail("forwardPorts", "needs \"network\": \"user\"");

@@ -159,10 +159,19 @@ std::string read_text(const std::string& path, size_t max = 4096) {
   return s.size() > max ? s.substr(s.size() - max) : s;
 }
 
+// busybox applets linked in the guest's /bin.
+constexpr const char* kApplets[] = {
+    "sh", "ls", "cat", "echo", "mkdir", "rm", "cp", "mv", "touch", "sync", "sleep", "true", "false", "test", "[",
+    "env", "id", "uname", "grep", "wc", "find", "tar", "md5sum", "sha256sum", "dd", "head", "tail", "mount", "umount",
+    "df", "du", "stat", "ln", "chmod", "readlink", "poweroff", "date", "seq", "sort", "tr", "cut", "xargs", "vi",
+    "less", "ip", "nc", "wget", "ping", "hostname"};
+
 // The cached part of the initramfs: init, busybox and modules. Keyed by
-// what goes in (paths, sizes, times), so it is rebuilt only when they change.
+// what goes in (paths, sizes, times, the applet list), so it is rebuilt
+// only when they change.
 std::string base_initramfs(const std::vector<std::string>& modules, const std::string& init_binary) {
-  std::string key;
+  std::string key = "layout 1;";
+  for (const char* a : kApplets) key += std::string(a) + ",";
   auto add = [&](const std::string& p) {
     struct stat st{};
     ::stat(p.c_str(), &st);
@@ -183,11 +192,7 @@ std::string base_initramfs(const std::vector<std::string>& modules, const std::s
     for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules", "nix", "root"}) ar.add_dir(d);
     ar.add_char_device("dev/console", 5, 1);
     ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
-    for (const char* applet : {"sh", "ls", "cat", "echo", "mkdir", "rm", "cp", "mv", "touch", "sync", "sleep", "true",
-                               "false", "test", "[", "env", "id", "uname", "grep", "wc", "find", "tar", "md5sum",
-                               "sha256sum", "dd", "head", "tail", "mount", "umount", "df", "du", "stat", "ln", "chmod",
-                               "readlink", "poweroff", "date", "seq", "sort", "tr", "cut", "xargs", "vi", "less"})
-      ar.add_symlink(std::string("bin/") + applet, "busybox");
+    for (const char* applet : kApplets) ar.add_symlink(std::string("bin/") + applet, "busybox");
     ar.add_host_file("init", init_binary, 0755);
     for (auto& m : modules) ar.add_host_file("lib/modules/" + fs::path(m).filename().string(), m, 0644);
     ar.close();

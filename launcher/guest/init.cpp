@@ -133,6 +133,31 @@ int run() {
     }
   }
 
+  // Files to write (e.g. /etc/resolv.conf), then set-up commands (e.g.
+  // bringing up the network), each of which must succeed.
+  nlohmann::json files = plan.value("files", nlohmann::json::object());  // named: items() must not outlive it
+  for (const auto& [path, content] : files.items()) {
+    mkdirs(path.substr(0, path.rfind('/')));
+    std::ofstream(path) << content.get<std::string>();
+  }
+  for (const auto& step : plan.value("setup", nlohmann::json::array())) {
+    std::vector<std::string> a = step.get<std::vector<std::string>>();
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      std::vector<char*> ca;
+      for (auto& x : a) ca.push_back(x.data());
+      ca.push_back(nullptr);
+      ::execv(ca[0], ca.data());
+      ::_exit(127);
+    }
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      say("set-up step failed: " + step.dump());
+      power_off(255);
+    }
+  }
+
   std::vector<std::string> argv = plan.value("command", std::vector<std::string>{});
   bool interactive = argv.empty();
   if (interactive) argv = {plan.value("shell", std::string("/bin/sh"))};

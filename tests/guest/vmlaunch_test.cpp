@@ -4,7 +4,11 @@
 // way a run can end (timeout, fsd killed, QEMU killed, Ctrl-C) with its
 // documented status, no processes left and no temporary directory left.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <nlohmann/json.hpp>
 #include <set>
@@ -138,6 +142,29 @@ TEST_F(Vmlaunch, DisksAndEmptyDisks) {
   ASSERT_TRUE(std::filesystem::exists(disk));  // created as qcow2, and kept
   EXPECT_EQ(read_file(disk).substr(0, 4), std::string("QFI\xfb", 4));
   expect_clean();  // the empty disk went with the temporary directory
+}
+
+TEST_F(Vmlaunch, UserNetworkBringsUpTheGuestInterface) {
+  nlohmann::json j = nlohmann::json::parse(read_file(spec("ip addr show eth0; ip route")));
+  j["network"] = "user";
+  nlohmann::json f = nlohmann::json::object();
+  f["from"] = "host";
+  f["proto"] = "tcp";
+  f["host"] = {{"address", "127.0.0.1"}, {"port", 2222}};
+  f["guest"] = {{"address", ""}, {"port", 22}};
+  j["forwardPorts"] = nlohmann::json::array({f});
+  write_file(tmp_.path() / "net.json", j.dump());
+  std::string out;
+  // The QEMU side of the forwards, as planned.
+  int st = run({"--dry-run", (tmp_.path() / "net.json").string()}, &out);
+  EXPECT_EQ(st, 0);
+  EXPECT_NE(out.find("-netdev user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=n0"), std::string::npos) << out;
+  // The guest side: eth0 up with QEMU's user-network address and route.
+  st = run({(tmp_.path() / "net.json").string()}, &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("inet 10.0.2.15/24"), std::string::npos) << out;
+  EXPECT_NE(out.find("default via 10.0.2.2 dev eth0"), std::string::npos) << out;
+  expect_clean();
 }
 
 TEST_F(Vmlaunch, EveryWayARunEnds) {
