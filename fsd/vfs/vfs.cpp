@@ -316,6 +316,13 @@ void Vfs::chown_new(int dirfd, const std::string& name, Creds creds) {
 
 // ---- operations
 
+Result<PathFd> Vfs::dir_for_change(Node& dir, std::string_view name) {
+  if (read_only()) return Error{EROFS};
+  if (!valid_name(name)) return Error{EINVAL};
+  if (!dir.is_dir()) return Error{ENOTDIR};
+  return path_fd(dir);
+}
+
 Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std::string_view name) {
   CName cname(name);
   struct statx st{};
@@ -410,10 +417,7 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
                                        mode_t mode, Creds creds) {
-  if (read_only()) co_return Error{EROFS};
-  if (!valid_name(name)) co_return Error{EINVAL};
-  if (!dir->is_dir()) co_return Error{ENOTDIR};
-  auto pfd = path_fd(*dir);
+  auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
   OpenFile file;
@@ -441,10 +445,7 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
 }
 
 Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode, Creds creds) {
-  if (read_only()) co_return Error{EROFS};
-  if (!valid_name(name)) co_return Error{EINVAL};
-  if (!dir->is_dir()) co_return Error{ENOTDIR};
-  auto pfd = path_fd(*dir);
+  auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   CName cname(name);
   int r = co_await ring.mkdirat(pfd->get(), cname.c_str(), mode & 07777);
@@ -455,12 +456,9 @@ Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, m
 
 Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
                                  std::string_view target, Creds creds) {
-  if (read_only()) co_return Error{EROFS};
-  if (!valid_name(name)) co_return Error{EINVAL};
-  if (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos)
+  if (!read_only() && (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos))
     co_return Error{EINVAL};
-  if (!dir->is_dir()) co_return Error{ENOTDIR};
-  auto pfd = path_fd(*dir);
+  auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   CName cname(name);
   std::string ctarget(target);
@@ -472,12 +470,9 @@ Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
 
 Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
                                dev_t rdev, Creds creds) {
-  if (read_only()) co_return Error{EROFS};
-  if (!valid_name(name)) co_return Error{EINVAL};
-  if (!dir->is_dir()) co_return Error{ENOTDIR};
   mode_t type = mode & S_IFMT;
-  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) co_return Error{EPERM};
-  auto pfd = path_fd(*dir);
+  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK && !read_only()) co_return Error{EPERM};
+  auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   CName cname(name);
   if (::mknodat(pfd->get(), cname.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
@@ -506,10 +501,7 @@ Task<Result<void>> Vfs::link(Ring& ring, Node& target, NodeRef dir, std::string_
 }
 
 Task<Result<void>> Vfs::unlink(Ring& ring, NodeRef dir, std::string_view name, int flags) {
-  if (read_only()) co_return Error{EROFS};
-  if (!valid_name(name)) co_return Error{EINVAL};
-  if (!dir->is_dir()) co_return Error{ENOTDIR};
-  auto pfd = path_fd(*dir);
+  auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   CName cname(name);
   co_return from_res(co_await ring.unlinkat(pfd->get(), cname.c_str(), flags & AT_REMOVEDIR));

@@ -188,6 +188,9 @@ class Vfs {
   Result<Fd> reopen(Node& n);
   // Where the node was last seen: (parent, name); no parent for the root.
   std::pair<NodeRef, std::string> location(Node& n);
+  // For a change to `name` in `dir`: EROFS on a read-only export, EINVAL for
+  // a bad name, ENOTDIR; else the directory's pinned fd.
+  Result<PathFd> dir_for_change(Node& dir, std::string_view name);
   Task<Result<Entry>> entry_at(Ring& ring, const NodeRef& dir, int dirfd, std::string_view name);
   void release(Node* n);  // the last reference went away
   void unpin(Node* n);

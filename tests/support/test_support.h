@@ -75,6 +75,36 @@ inline std::string fsd_binary() {
 #endif
 }
 
+// Starts `argv` (looked up in PATH) with stdin from /dev/null and stdout and
+// stderr to `log`. The child gets SIGKILL if the test process dies, so a
+// timed-out test leaves nothing behind. Optionally limits its fds.
+inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log,
+                          std::optional<rlim_t> nofile = std::nullopt) {
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    if (nofile) {
+      rlimit rl{*nofile, *nofile};
+      if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
+    }
+    int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int in = ::open("/dev/null", O_RDONLY);
+    if (out < 0 || in < 0) ::_exit(125);
+    ::dup2(in, 0);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    std::vector<char*> cargv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    ::execvp(cargv[0], cargv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
 // Runs fsd as a child. The child gets SIGKILL if the test process dies (so a
 // timed-out test leaves nothing behind); the destructor sends SIGTERM, then
 // SIGKILL after a grace period, and reaps it.
@@ -88,24 +118,7 @@ class FsdProcess {
   explicit FsdProcess(Options o) : log_(dir_.path() / "fsd.log") {
     std::vector<std::string> argv{fsd_binary()};
     argv.insert(argv.end(), o.args.begin(), o.args.end());
-    pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      if (o.nofile) {
-        rlimit rl{*o.nofile, *o.nofile};
-        if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
-      }
-      std::FILE* f = std::freopen(log_.c_str(), "w", stderr);
-      (void)f;
-      std::vector<char*> cargv;
-      for (auto& a : argv) cargv.push_back(a.data());
-      cargv.push_back(nullptr);
-      ::execv(cargv[0], cargv.data());
-      ::_exit(127);
-    }
+    pid_ = spawn_logged(argv, log_, o.nofile);
   }
   ~FsdProcess() { stop(); }
   FsdProcess(const FsdProcess&) = delete;
@@ -220,25 +233,7 @@ inline std::string guest_kernel_dir() {
 // with SIGKILL if the test process dies; the destructor kills and reaps it.
 class ChildProcess {
  public:
-  ChildProcess(std::vector<std::string> argv, const fs::path& log) {
-    pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      std::FILE* f = std::freopen(log.c_str(), "w", stdout);
-      (void)f;
-      ::dup2(1, 2);
-      int devnull = ::open("/dev/null", O_RDONLY);
-      ::dup2(devnull, 0);
-      std::vector<char*> cargv;
-      for (auto& a : argv) cargv.push_back(a.data());
-      cargv.push_back(nullptr);
-      ::execvp(cargv[0], cargv.data());
-      ::_exit(127);
-    }
-  }
+  ChildProcess(std::vector<std::string> argv, const fs::path& log) : pid_(spawn_logged(argv, log)) {}
   ~ChildProcess() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
