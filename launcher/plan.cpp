@@ -18,6 +18,13 @@ nlohmann::json mount(const std::string& fstype, const std::string& source, const
   return m;
 }
 
+// QEMU option values separate fields with commas; a comma inside a value is doubled.
+std::string qemu_escape(const std::string& v) {
+  std::string out;
+  for (char c : v) out += c == ',' ? std::string(",,") : std::string(1, c);
+  return out;
+}
+
 }  // namespace
 
 std::string default_module_dir(const std::string& kernel) {
@@ -29,38 +36,49 @@ std::string default_module_dir(const std::string& kernel) {
 }
 
 Plan make_plan(const Spec& s, const PlanInputs& in) {
-  auto unsupported = [](const std::string& field, const std::string& what) {
-    throw SpecError(field + ": " + what + " is not supported by this vmlaunch yet");
-  };
-  for (size_t i = 0; i < s.shares.size(); i++)
-    if (s.shares[i].proto == Proto::k9p) unsupported("shares[" + std::to_string(i) + "].proto", "\"9p\" (fsd's 9p over TCP)");
-  if (s.nix_db) unsupported("nixDb", "sharing the Nix database");
-  if (s.graphics) unsupported("graphics", "a graphical console");
-
   Plan p;
-  // fsd: the store and every virtiofs share, each on its own socket.
+  // fsd: the store and every virtiofs share, each on its own socket; 9p
+  // shares are exports attached by tag on one 9p socket.
   p.fsd_argv = {in.fsd_binary, "--log-level", "warn"};
   auto fsd_export = [&](const std::string& tag, const std::string& path, bool ro, Cache cache) {
-    std::string sock = in.run_dir + "/" + tag + ".sock";
-    p.fsd_argv.insert(p.fsd_argv.end(), {"--export", tag + "=" + path + (ro ? ",ro" : "") + ",cache=" + cache_name(cache),
-                                         "--virtiofs-socket", tag + "=" + sock});
-    return sock;
+    p.fsd_argv.insert(p.fsd_argv.end(), {"--export", tag + "=" + path + (ro ? ",ro" : "") + ",cache=" + cache_name(cache)});
   };
   std::vector<std::pair<std::string, std::string>> devices;  // tag, socket
-  devices.emplace_back("store", fsd_export("store", s.store.path, true, s.store.cache));
-  for (const auto& sh : s.shares)
-    if (sh.proto == Proto::kVirtiofs) devices.emplace_back(sh.tag, fsd_export(sh.tag, sh.source, sh.read_only, sh.cache));
+  auto virtiofs = [&](const std::string& tag, const std::string& path, bool ro, Cache cache) {
+    std::string sock = in.run_dir + "/" + tag + ".sock";
+    fsd_export(tag, path, ro, cache);
+    p.fsd_argv.insert(p.fsd_argv.end(), {"--virtiofs-socket", tag + "=" + sock});
+    devices.emplace_back(tag, sock);
+  };
+  virtiofs("store", s.store.path, true, s.store.cache);
+  if (!s.nix_db.empty()) virtiofs("nix-db", s.nix_db, true, Cache::kAuto);
+  bool fsd_9p = false, qemu_9p = false;
+  for (const auto& sh : s.shares) {
+    if (sh.proto == Proto::kVirtiofs) virtiofs(sh.tag, sh.source, sh.read_only, sh.cache);
+    if (sh.proto == Proto::k9p) fsd_export(sh.tag, sh.source, sh.read_only, sh.cache), fsd_9p = true;
+    if (sh.proto == Proto::k9pQemu) qemu_9p = true;
+  }
+  // fsd's 9p reaches the guest as TCP through QEMU's user network: each
+  // share's port at kNinePAddress is forwarded (guestfwd) into fsd's unix
+  // socket. A guestfwd to a character device is one stream, opened when
+  // QEMU starts, which suits 9p (one connection per mount) and costs no
+  // process per connection; see the README.
+  const std::string nine_p_socket = in.run_dir + "/9p.sock";
+  if (fsd_9p) p.fsd_argv.insert(p.fsd_argv.end(), {"--listen", "unix:" + nine_p_socket});
+  bool net = s.network == Network::kUser || fsd_9p;
 
   // The guest: modules, then mounts in order, then the command.
   p.modules = {"virtio_pci", "virtiofs"};
-  bool nine_p = false;
-  for (const auto& sh : s.shares) nine_p |= sh.proto == Proto::k9pQemu;
-  if (nine_p) p.modules.insert(p.modules.end(), {"9pnet_virtio", "9p"});
-  if (s.store.writable_tmpfs) p.modules.push_back("overlay");
+  if (qemu_9p) p.modules.insert(p.modules.end(), {"9pnet_virtio", "9p"});
+  if (fsd_9p) p.modules.insert(p.modules.end(), {"9pnet_fd", "9p"});
+  if (s.store.writable_tmpfs || !s.nix_db.empty()) p.modules.push_back("overlay");
   if (!in.disks.empty()) p.modules.push_back("virtio_blk");
-  if (s.network == Network::kUser) p.modules.push_back("virtio_net");
+  if (net) p.modules.push_back("virtio_net");
+  // The power button (QMP system_powerdown): ACPI's button driver, read through evdev.
+  p.modules.insert(p.modules.end(), {"button", "evdev"});
 
   nlohmann::json mounts = nlohmann::json::array();
+  std::vector<std::string> nine_p_forwards;  // guestfwd= for fsd's 9p shares
   const std::string& mp = s.store.mount_point;
   if (s.store.writable_tmpfs) {
     std::string ro_store = std::filesystem::path(mp).parent_path().string() + "/.ro-store";
@@ -85,12 +103,33 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
       p.mount_plan.push_back("virtiofs " + sh.tag + " (" + sh.source + ") -> " + sh.target + (sh.read_only ? " (read-only" : " (read-write") +
                              ", cache " + cache_name(sh.cache) + ")");
     } else {
-      std::string cache = sh.cache == Cache::kNever ? "none" : "loose";
-      mounts.push_back(mount("9p", sh.tag, sh.target,
-                             "trans=virtio,version=9p2000.L,msize=" + std::to_string(sh.msize) + ",cache=" + cache, sh.read_only));
-      p.mount_plan.push_back("9p (QEMU's server) " + sh.tag + " (" + sh.source + ") -> " + sh.target + ", msize " +
-                             std::to_string(sh.msize) + ", cache=" + cache);
+      std::string cache = sh.cache == Cache::kNever ? "none" : sh.cache == Cache::kAuto ? "mmap" : "loose";
+      std::string opts = "version=9p2000.L,msize=" + std::to_string(sh.msize) + ",cache=" + cache;
+      if (sh.proto == Proto::k9pQemu) {
+        mounts.push_back(mount("9p", sh.tag, sh.target, "trans=virtio," + opts, sh.read_only));
+        p.mount_plan.push_back("9p (QEMU's server) " + sh.tag + " (" + sh.source + ") -> " + sh.target + ", msize " +
+                               std::to_string(sh.msize) + ", cache=" + cache);
+      } else {
+        unsigned port = kNinePPort + static_cast<unsigned>(nine_p_forwards.size());
+        nine_p_forwards.push_back("guestfwd=tcp:" + std::string(kNinePAddress) + ":" + std::to_string(port) + "-unix:" +
+                                  qemu_escape(nine_p_socket));
+        mounts.push_back(mount("9p", kNinePAddress, sh.target,
+                               "trans=tcp,port=" + std::to_string(port) + ",aname=" + sh.tag + "," + opts, sh.read_only));
+        p.mount_plan.push_back("9p (fsd, TCP " + std::string(kNinePAddress) + ":" + std::to_string(port) + ") " + sh.tag + " (" +
+                               sh.source + ") -> " + sh.target + ", msize " + std::to_string(sh.msize) + ", cache=" + cache);
+      }
     }
+  }
+  if (!s.nix_db.empty()) {
+    // Nix's database, read-only from the host with a tmpfs overlay (as vm-exec does).
+    mounts.push_back(mount("virtiofs", "nix-db", "/nix/.ro-db", "", true));
+    mounts.push_back(mount("tmpfs", "tmpfs", "/nix/.rw-db", "mode=0755", false));
+    mounts.push_back({{"mkdir", "/nix/.rw-db/upper"}});
+    mounts.push_back({{"mkdir", "/nix/.rw-db/work"}});
+    mounts.push_back(mount("overlay", "overlay", "/nix/var/nix/db",
+                           "lowerdir=/nix/.ro-db,upperdir=/nix/.rw-db/upper,workdir=/nix/.rw-db/work", false));
+    p.mount_plan.push_back("virtiofs nix-db (" + s.nix_db + ") -> /nix/.ro-db (read-only)");
+    p.mount_plan.push_back("overlay /nix/.ro-db + tmpfs -> /nix/var/nix/db (writable, changes thrown away)");
   }
   p.guest["mounts"] = mounts;
   if (s.command_shell) p.guest["command"] = {"/bin/sh", "-c", *s.command_shell};
@@ -99,7 +138,7 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
   for (const auto& [k, v] : s.env) env[k] = v;
   p.guest["env"] = env;
   p.guest["workdir"] = "/tmp/xchg";
-  if (s.network == Network::kUser) {
+  if (net) {
     // QEMU's user network: the guest is 10.0.2.15, the gateway 10.0.2.2, DNS 10.0.2.3.
     nlohmann::json files = nlohmann::json::object();
     files["/etc/resolv.conf"] = "nameserver 10.0.2.3\n";
@@ -112,7 +151,7 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
       setup.push_back(step);
     p.guest["setup"] = setup;
   }
-  if (s.has_command()) p.guest["status_file"] = in.status_file;
+  p.guest["status_file"] = in.status_file;  // the command's, or the interactive shell's
 
   // QEMU: shared memory for vhost-user, direct kernel boot, the console on serial.
   std::string mem = std::to_string(s.memory_mib) + "M";
@@ -120,11 +159,17 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
                  "-smp", std::to_string(s.cpus), "-m", mem,
                  "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on", "-numa", "node,memdev=mem",
                  "-kernel", s.kernel, "-initrd", in.initrd};
-  std::string append = "console=ttyS0 panic=-1";
+  std::string append = s.graphics ? "console=tty0 console=ttyS0 panic=-1" : "console=ttyS0 panic=-1";
   if (s.console == Console::kQuiet) append += " quiet loglevel=1";
   if (!s.cmdline.empty()) append += " " + s.cmdline;
   if (!in.extra_kernel_params.empty()) append += " " + in.extra_kernel_params;
-  p.qemu_argv.insert(p.qemu_argv.end(), {"-append", append, "-nographic", "-nodefaults", "-no-reboot", "-serial", "stdio"});
+  p.qemu_argv.insert(p.qemu_argv.end(), {"-append", append, "-nodefaults", "-no-reboot", "-serial", "stdio"});
+  // graphics: a VGA display beside the serial console (which stays the
+  // kernel's /dev/console, so vmlaunch still reads the guest's status).
+  if (s.graphics) p.qemu_argv.insert(p.qemu_argv.end(), {"-device", "VGA"});
+  else p.qemu_argv.insert(p.qemu_argv.end(), {"-display", "none"});
+  // The monitor, for a graceful power-off on SIGTERM.
+  if (!in.qmp_socket.empty()) p.qemu_argv.insert(p.qemu_argv.end(), {"-qmp", "unix:" + in.qmp_socket + ",server=on,wait=off"});
   int n = 0;
   for (const auto& [tag, sock] : devices) {
     std::string id = "fs" + std::to_string(n++);
@@ -135,19 +180,23 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
     if (sh.proto == Proto::k9pQemu)
       p.qemu_argv.insert(p.qemu_argv.end(), {"-virtfs", "local,path=" + sh.source + ",security_model=none,mount_tag=" + sh.tag +
                                                             (sh.read_only ? ",readonly=on" : "")});
-  if (s.network == Network::kUser) {
-    std::string netdev = "user,id=n0";
+  if (net) {
+    // Without "network": "user" the network only carries fsd's 9p: restrict=on cuts the guest off from the outside.
+    std::string netdev = s.network == Network::kUser ? "user,id=n0" : "user,id=n0,restrict=on";
     for (const auto& f : s.forward_ports) {
       if (f.from_host) {
         netdev += ",hostfwd=" + f.proto + ":" + f.host.address + ":" + std::to_string(f.host.port) + "-" + f.guest.address + ":" +
                   std::to_string(f.guest.port);
       } else {
-        // guest -> host: connections to guest.address:port in the guest reach host.address:port
+        // guest -> host: each connection to guest.address:port in the guest
+        // runs a relay (vmlaunch itself) connected to host.address:port.
+        std::string relay = in.relay_binary + " --relay-to " + (f.host.address.empty() ? "127.0.0.1" : f.host.address) + ":" +
+                            std::to_string(f.host.port);
         netdev += ",guestfwd=" + f.proto + ":" + (f.guest.address.empty() ? "10.0.2.100" : f.guest.address) + ":" +
-                  std::to_string(f.guest.port) + "-tcp:" + (f.host.address.empty() ? "127.0.0.1" : f.host.address) + ":" +
-                  std::to_string(f.host.port);
+                  std::to_string(f.guest.port) + "-cmd:" + qemu_escape(relay);
       }
     }
+    for (const auto& fwd : nine_p_forwards) netdev += "," + fwd;
     p.qemu_argv.insert(p.qemu_argv.end(), {"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0"});
   }
   for (const auto& d : in.disks)  // /dev/vda, /dev/vdb, ... in this order

@@ -21,6 +21,8 @@ struct PlanInputs {
   std::string extra_kernel_params;          // $QEMU_KERNEL_PARAMS
   std::vector<std::string> extra_qemu_args; // $QEMU_OPTS, split
   std::string status_file = "/tmp/xchg/.vmlaunch-status";
+  std::string qmp_socket;    // QEMU's monitor socket ("": none)
+  std::string relay_binary = "vmlaunch";  // runs guest->host port forwards (--relay-to)
   // Disk images as the runner prepared them: spec.disks in order, then one
   // per spec.emptyDisks entry (created in the temporary directory).
   struct Disk {
@@ -40,7 +42,11 @@ struct Plan {
   std::vector<std::string> mount_plan;  // "virtiofs store -> /nix/.ro-store (ro)" ...
 };
 
-// Throws SpecError for what this vmlaunch cannot do yet.
+// Where fsd's 9p shares appear in the guest: kNinePAddress, one TCP port
+// per share from kNinePPort.
+inline constexpr const char* kNinePAddress = "10.0.2.100";
+inline constexpr unsigned kNinePPort = 564;
+
 Plan make_plan(const Spec& spec, const PlanInputs& in);
 
 // The directory of kernel modules that belongs to `kernel`, by the layout

@@ -150,7 +150,7 @@ Spec parse_spec(const json& j, const SpecContext& ctx) {
   if (s.store.path.empty()) top.fail("store", "no store: give store.path or --store");
   if (!is_dir(s.store.path)) top.fail(ctx.store_override.empty() ? "store.path" : "store (--store)", "\"" + s.store.path + "\" is not a directory");
 
-  std::map<std::string, size_t> tags{{"store", SIZE_MAX}};
+  std::map<std::string, size_t> tags{{"store", SIZE_MAX}, {"nix-db", SIZE_MAX - 1}};  // vmlaunch's own tags
   if (const json* sh = top.find("shares")) {
     if (!sh->is_array()) top.fail("shares", "expected a list, got " + type_of(*sh));
     for (size_t i = 0; i < sh->size(); i++) {
@@ -172,7 +172,7 @@ Spec parse_spec(const json& j, const SpecContext& ctx) {
         o.fail("tag", "\"" + share.tag + "\" is " + std::to_string(share.tag.size()) + " bytes; " +
                           (share.proto == Proto::kVirtiofs ? "virtio-fs" : "9p") + " allows at most " + std::to_string(max));
       if (auto [it, fresh] = tags.emplace(share.tag, i); !fresh)
-        o.fail("tag", "\"" + share.tag + "\" is used by " + (it->second == SIZE_MAX ? std::string("the store") : "shares[" + std::to_string(it->second) + "]") + " too");
+        o.fail("tag", "\"" + share.tag + "\" is used by " + (it->second == SIZE_MAX ? std::string("the store") : it->second == SIZE_MAX - 1 ? std::string("the Nix database (nixDb)") : "shares[" + std::to_string(it->second) + "]") + " too");
       if (share.source.empty()) o.fail("source", "is required");
       if (!is_dir(share.source)) o.fail("source", "\"" + share.source + "\" is not an existing directory");
       if (share.target.empty() || share.target[0] != '/') o.fail("target", "must be an absolute path in the guest");
@@ -252,7 +252,17 @@ Spec parse_spec(const json& j, const SpecContext& ctx) {
     }
   }
   s.graphics = top.boolean("graphics").value_or(false);
-  s.nix_db = top.boolean("nixDb").value_or(false);
+  // nixDb: true shares /nix/var/nix/db when the host has one; a string names the database directory.
+  if (const json* v = top.find("nixDb")) {
+    if (v->is_boolean()) {
+      if (v->get<bool>() && is_dir(kNixDb)) s.nix_db = kNixDb;
+    } else if (v->is_string()) {
+      s.nix_db = v->get<std::string>();
+      if (!is_dir(s.nix_db)) top.fail("nixDb", "\"" + s.nix_db + "\" is not a directory");
+    } else {
+      top.fail("nixDb", "expected true, false or a directory, got " + type_of(*v));
+    }
+  }
   top.done();
   return s;
 }
@@ -309,7 +319,8 @@ nlohmann::json to_json(const Spec& s) {
     j["disks"].push_back({{"file", d.file}, {"size", d.size_mib}, {"readOnly", d.read_only}, {"snapshot", d.snapshot}});
   j["emptyDisks"] = s.empty_disks_mib;
   j["graphics"] = s.graphics;
-  j["nixDb"] = s.nix_db;
+  if (s.nix_db.empty()) j["nixDb"] = false;
+  else j["nixDb"] = s.nix_db;
   return j;
 }
 

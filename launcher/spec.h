@@ -84,10 +84,12 @@ struct Spec {
   std::vector<DiskSpec> disks;
   std::vector<uint64_t> empty_disks_mib;
   bool graphics = false;
-  bool nix_db = false;
+  std::string nix_db;  // the host's Nix database to share ("": none)
 
   bool has_command() const { return command_shell.has_value() || !command_argv.empty(); }
 };
+
+inline constexpr const char* kNixDb = "/nix/var/nix/db";
 
 // Longest tags the transports accept (virtio-fs config space: 36 bytes).
 inline constexpr size_t kMaxVirtiofsTag = 36;

@@ -4,7 +4,10 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <netdb.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -13,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -35,6 +39,8 @@ constexpr int kExitTimeout = 124;     // the spec's timeout passed
 constexpr int kExitFsdFailed = 125;   // fsd failed to start or died
 constexpr int kExitQemuFailed = 126;  // QEMU failed, or the guest stopped without a status
 constexpr int kExitNoCommandStatus = 0;
+// How long a guest asked to power off (SIGTERM) gets before it is killed.
+constexpr auto kPowerdownGrace = std::chrono::seconds(20);
 
 // Ends vmlaunch with `code` after unwinding, so every temp dir and child is cleaned up.
 struct Exit {
@@ -167,15 +173,17 @@ constexpr const char* kApplets[] = {
     "less", "ip", "nc", "wget", "ping", "hostname"};
 
 // The cached part of the initramfs: init, busybox and modules. Keyed by
-// what goes in (paths, sizes, times, the applet list), so it is rebuilt
-// only when they change.
+// the content of what goes in (and the applet list), so it is rebuilt
+// exactly when one of them changes.
 std::string base_initramfs(const std::vector<std::string>& modules, const std::string& init_binary) {
   std::string key = "layout 1;";
   for (const char* a : kApplets) key += std::string(a) + ",";
   auto add = [&](const std::string& p) {
-    struct stat st{};
-    ::stat(p.c_str(), &st);
-    key += p + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ";";
+    std::ifstream in(p, std::ios::binary);
+    std::string content((std::istreambuf_iterator<char>(in)), {});
+    char h[24];
+    std::snprintf(h, sizeof h, "%016zx", std::hash<std::string>{}(content));
+    key += fs::path(p).filename().string() + ":" + std::to_string(content.size()) + ":" + h + ";";
   };
   add(init_binary);
   add("/bin/busybox");
@@ -206,8 +214,93 @@ void append_file(std::ofstream& out, const std::string& path) {
   out << in.rdbuf();
 }
 
+// Connects to HOST:PORT over TCP; -1 with errno set on failure.
+int connect_tcp(const std::string& host_port) {
+  auto colon = host_port.rfind(':');
+  if (colon == std::string::npos) return errno = EINVAL, -1;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host_port.substr(0, colon).c_str(), host_port.substr(colon + 1).c_str(), &hints, &res) != 0)
+    return errno = EHOSTUNREACH, -1;
+  int fd = -1;
+  for (addrinfo* a = res; a && fd < 0; a = a->ai_next) {
+    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd >= 0 && ::connect(fd, a->ai_addr, a->ai_addrlen) != 0) ::close(fd), fd = -1;
+  }
+  ::freeaddrinfo(res);
+  return fd;
+}
+
+// `vmlaunch --relay-to HOST:PORT`: what QEMU runs for each guest->host
+// forwarded connection (guestfwd=...-cmd:). Copies stdin to HOST:PORT and
+// HOST:PORT to stdout, passing each side's end on (half-close), until both
+// directions are done.
+int relay(const std::string& to) {
+  int sock = connect_tcp(to);
+  if (sock < 0) {
+    std::fprintf(stderr, "vmlaunch --relay-to %s: %s\n", to.c_str(), std::strerror(errno));
+    return 1;
+  }
+  bool up = true, down = true;  // guest->host, host->guest still open
+  char buf[65536];
+  while (up || down) {
+    pollfd p[2] = {{up ? 0 : -1, POLLIN, 0}, {down ? sock : -1, POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0 && errno != EINTR) return 1;
+    auto pump = [&](int from, int to_fd, bool& open, auto on_eof) {
+      ssize_t n = ::read(from, buf, sizeof buf);
+      if (n <= 0) {
+        open = false;
+        on_eof();
+        return;
+      }
+      for (ssize_t off = 0; off < n;) {
+        ssize_t w = ::write(to_fd, buf + off, static_cast<size_t>(n - off));
+        if (w <= 0) {
+          up = down = false;
+          return;
+        }
+        off += w;
+      }
+    };
+    if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) pump(0, sock, up, [&] { ::shutdown(sock, SHUT_WR); });
+    if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) pump(sock, 1, down, [&] { ::shutdown(1, SHUT_WR), ::close(1); });
+  }
+  return 0;
+}
+
+// Asks QEMU to power the guest off, through its monitor (QMP): the guest
+// sees an ACPI power-button press. False if the monitor did not take it.
+bool qmp_powerdown(const std::string& socket_path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (fd < 0 || socket_path.size() >= sizeof a.sun_path) return false;
+  std::memcpy(a.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  timeval tv{2, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string got;
+  // Reads until a line holding `want` (QMP is one JSON object per line; events may come between).
+  auto expect = [&](const char* want) {
+    char b[1024];
+    for (;;) {
+      for (size_t nl; (nl = got.find('\n')) != std::string::npos; got.erase(0, nl + 1))
+        if (got.compare(0, nl, want) == 0 || got.substr(0, nl).find(want) != std::string::npos) return got.erase(0, nl + 1), true;
+      ssize_t n = ::read(fd, b, sizeof b);
+      if (n <= 0) return false;
+      got.append(b, static_cast<size_t>(n));
+    }
+  };
+  auto send = [&](const std::string& cmd) { return ::write(fd, cmd.data(), cmd.size()) == static_cast<ssize_t>(cmd.size()); };
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && expect("\"QMP\"") &&
+            send("{\"execute\":\"qmp_capabilities\"}\n") && expect("\"return\"") &&
+            send("{\"execute\":\"system_powerdown\"}\n") && expect("\"return\"");
+  ::close(fd);
+  return ok;
+}
+
 struct Options {
-  std::string spec_path, store, accel, fsd_binary;
+  std::string spec_path, store, accel, fsd_binary, relay_to;
   bool dry_run = false, print_spec = false, keep = false;
   int timeout = -1;
   std::vector<std::string> command;
@@ -282,6 +375,8 @@ int run(Options& o) {
   PlanInputs in;
   in.fsd_binary = o.fsd_binary.empty() ? (fs::exists(self_dir() + "/../fsd/fsd") ? self_dir() + "/../fsd/fsd" : "fsd") : o.fsd_binary;
   in.run_dir = run_dir;
+  in.qmp_socket = run_dir + "/qmp.sock";
+  in.relay_binary = fs::read_symlink("/proc/self/exe").string();
   in.initrd = work + "/initrd.img";
   in.module_dir = spec.modules.empty() ? default_module_dir(spec.kernel) : spec.modules;
   // auto: KVM when it can be opened, else TCG; a KVM guest that stays
@@ -400,7 +495,7 @@ int run(Options& o) {
 
   auto started = std::chrono::steady_clock::now();
   auto deadline = spec.timeout_s ? started + std::chrono::seconds(spec.timeout_s) : std::chrono::steady_clock::time_point::max();
-  bool seen_output = false, panicked = false, relaying = false;
+  bool seen_output = false, panicked = false, relaying = false, powering_down = false;
   std::string tail, quiet_line;
   int outcome = -1;
   std::string why;
@@ -440,12 +535,28 @@ int run(Options& o) {
     if (p[0].revents & POLLIN) {
       signalfd_siginfo si;
       (void)!::read(sfd, &si, sizeof si);
-      why = std::string(strsignal(static_cast<int>(si.ssi_signo))) + ": stopping the VM";
-      outcome = 128 + static_cast<int>(si.ssi_signo);
+      int sig = static_cast<int>(si.ssi_signo);
+      // SIGTERM: ask the guest to power off, and give it a grace period;
+      // a second signal, or any other, stops it now.
+      if (sig == SIGTERM && !powering_down && qmp_powerdown(in.qmp_socket)) {
+        std::fprintf(stderr, "vmlaunch: %s: asking the guest to power off (%lld s before it is stopped)\n", strsignal(sig),
+                     static_cast<long long>(kPowerdownGrace.count()));
+        powering_down = true;
+        deadline = std::min(deadline, std::chrono::steady_clock::now() + kPowerdownGrace);
+        continue;
+      }
+      why = std::string(strsignal(sig)) + ": stopping the VM";
+      outcome = 128 + sig;
       break;
     }
     reap(qemu, false);
-    if (qemu.reaped()) break;
+    if (qemu.reaped()) {
+      if (powering_down) {
+        why = "the guest powered off as asked (SIGTERM)";
+        outcome = 128 + SIGTERM;
+      }
+      break;
+    }
     reap(fsd, false);
     if (fsd.reaped()) {
       why = "fsd exited unexpectedly (status " + std::to_string(fsd.status) + "); stopping the VM\n" + read_text(fsd_log);
@@ -453,6 +564,11 @@ int run(Options& o) {
       break;
     }
     now = std::chrono::steady_clock::now();
+    if (now >= deadline && powering_down) {
+      why = "the guest did not power off within " + std::to_string(kPowerdownGrace.count()) + " s of SIGTERM; stopped it";
+      outcome = 128 + SIGTERM;
+      break;
+    }
     if (now >= deadline) {
       why = "timeout after " + std::to_string(spec.timeout_s) + " s; stopping the VM";
       outcome = kExitTimeout;
@@ -520,6 +636,8 @@ int main(int argc, char** argv) {
   app.add_option("--fsd", o.fsd_binary, "The fsd binary to use");
   app.add_flag("--dry-run", o.dry_run, "Print the fsd and QEMU command lines and the guest's mount plan; start nothing");
   app.add_flag("--print-spec", o.print_spec, "Print the effective spec, defaults included");
+  app.add_option("--relay-to", o.relay_to, "(internal) relay stdin/stdout to HOST:PORT, for guest->host port forwards")
+      ->group("");
   app.add_flag("--keep", o.keep, "Keep the temporary directory (xchg, logs, initramfs)");
   // Everything after the first "--" is the guest command, taken verbatim.
   std::vector<std::string> args;
@@ -538,6 +656,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vmlaunch: %s (see vmlaunch --help)\n", e.what());
     return kExitUsage;
   }
+  if (!o.relay_to.empty()) return relay(o.relay_to);
   try {
     return run(o);
   } catch (const Exit& e) {

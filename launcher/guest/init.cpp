@@ -3,10 +3,13 @@
 // Reads its plan from /init.json in the initramfs, then:
 //   1. mounts /proc, /sys, /dev (devtmpfs), /run and /tmp;
 //   2. loads the kernel modules listed, in order;
-//   3. performs the mounts listed (making their targets), in order;
-//   4. runs the command with the environment given, on the console, and
-//      waits for it while reaping orphans;
-//   5. reports the exit status as a console line "fsd-guest-init: exit N"
+//   3. writes the files listed and runs the set-up steps (the network,
+//      which fsd's 9p shares need before they mount);
+//   4. performs the mounts listed (making their targets), in order;
+//   5. runs the command with the environment given, on the console, and
+//      waits for it while reaping orphans. The ACPI power button (QMP
+//      system_powerdown) stops the command: SIGTERM, then SIGKILL;
+//   6. reports the exit status as a console line "fsd-guest-init: exit N"
 //      and, if asked, in a file; syncs; powers off.
 // Without a command it runs the shell interactively. Any failure before the
 // command is reported on the console, and the status is 255.
@@ -16,7 +19,12 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <dirent.h>
+#include <linux/input.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,6 +75,34 @@ unsigned long mount_flags(const nlohmann::json& flags) {
   return f;
 }
 
+// The event devices of the ACPI power button(s), opened non-blocking.
+std::vector<int> open_power_buttons() {
+  std::vector<int> fds;
+  DIR* d = ::opendir("/sys/class/input");
+  if (!d) return fds;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (!name.starts_with("event")) continue;
+    std::ifstream in("/sys/class/input/" + name + "/device/name");
+    std::string label;
+    std::getline(in, label);
+    if (label != "Power Button") continue;
+    int fd = ::open(("/dev/input/" + name).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) fds.push_back(fd);
+  }
+  ::closedir(d);
+  return fds;
+}
+
+bool power_pressed(int fd) {
+  input_event ev[16];
+  bool pressed = false;
+  for (ssize_t n; (n = ::read(fd, ev, sizeof ev)) > 0;)
+    for (size_t i = 0; i < static_cast<size_t>(n) / sizeof ev[0]; i++)
+      pressed |= ev[i].type == EV_KEY && ev[i].code == KEY_POWER && ev[i].value == 1;
+  return pressed;
+}
+
 }  // namespace
 
 int run();
@@ -112,27 +148,6 @@ int run() {
     ::close(fd);
   }
 
-  for (const auto& m : plan.value("mounts", nlohmann::json::array())) {
-    if (m.contains("mkdir")) {  // a directory to make between mounts (e.g. overlay upper/work)
-      if (!mkdirs(m["mkdir"].get<std::string>())) {
-        say("cannot create " + m["mkdir"].get<std::string>() + ": " + std::strerror(errno));
-        power_off(255);
-      }
-      continue;
-    }
-    std::string target = m.at("target"), fstype = m.at("fstype");
-    std::string source = m.value("source", fstype), options = m.value("options", "");
-    if (!mkdirs(target)) {
-      say("cannot create " + target + ": " + std::strerror(errno));
-      power_off(255);
-    }
-    if (::mount(source.c_str(), target.c_str(), fstype.c_str(), mount_flags(m.value("flags", nlohmann::json::array())),
-                options.empty() ? nullptr : options.c_str()) != 0) {
-      say("cannot mount " + fstype + " " + source + " on " + target + " (" + options + "): " + std::strerror(errno));
-      power_off(255);
-    }
-  }
-
   // Files to write (e.g. /etc/resolv.conf), then set-up commands (e.g.
   // bringing up the network), each of which must succeed.
   nlohmann::json files = plan.value("files", nlohmann::json::object());  // named: items() must not outlive it
@@ -158,6 +173,27 @@ int run() {
     }
   }
 
+  for (const auto& m : plan.value("mounts", nlohmann::json::array())) {
+    if (m.contains("mkdir")) {  // a directory to make between mounts (e.g. overlay upper/work)
+      if (!mkdirs(m["mkdir"].get<std::string>())) {
+        say("cannot create " + m["mkdir"].get<std::string>() + ": " + std::strerror(errno));
+        power_off(255);
+      }
+      continue;
+    }
+    std::string target = m.at("target"), fstype = m.at("fstype");
+    std::string source = m.value("source", fstype), options = m.value("options", "");
+    if (!mkdirs(target)) {
+      say("cannot create " + target + ": " + std::strerror(errno));
+      power_off(255);
+    }
+    if (::mount(source.c_str(), target.c_str(), fstype.c_str(), mount_flags(m.value("flags", nlohmann::json::array())),
+                options.empty() ? nullptr : options.c_str()) != 0) {
+      say("cannot mount " + fstype + " " + source + " on " + target + " (" + options + "): " + std::strerror(errno));
+      power_off(255);
+    }
+  }
+
   std::vector<std::string> argv = plan.value("command", std::vector<std::string>{});
   bool interactive = argv.empty();
   if (interactive) argv = {plan.value("shell", std::string("/bin/sh"))};
@@ -166,8 +202,16 @@ int run() {
   for (const auto& [k, v] : env_plan.items()) env.push_back(k + "=" + v.get<std::string>());
   std::string workdir = plan.value("workdir", std::string("/"));
 
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+  int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  std::vector<int> buttons = open_power_buttons();
+
   pid_t child = ::fork();
   if (child == 0) {
+    ::sigprocmask(SIG_UNBLOCK, &chld, nullptr);
     ::setsid();
     ::ioctl(0, TIOCSCTTY, 1);  // a controlling terminal, for job control in the shell
     if (::chdir(workdir.c_str()) != 0) ::chdir("/");
@@ -180,14 +224,39 @@ int run() {
     std::fprintf(stderr, "fsd-guest-init: cannot run %s: %s\n", cargv[0], std::strerror(errno));
     ::_exit(127);
   }
+  // PID 1 reaps every orphan; it stops when the command itself is done.
   int status = 255;
-  for (;;) {  // PID 1 reaps every orphan; stop when the command itself is done
-    int st;
-    pid_t p = ::wait(&st);
-    if (p < 0 && errno == ECHILD) break;
-    if (p == child) {
-      status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-      break;
+  bool done = false, stopping = false;
+  int kill_in_ms = -1;
+  while (!done) {
+    std::vector<pollfd> p{{sfd, POLLIN, 0}};
+    for (int b : buttons) p.push_back({b, POLLIN, 0});
+    int n = ::poll(p.data(), p.size(), stopping ? 100 : -1);
+    for (size_t i = 1; n > 0 && i < p.size(); i++) {
+      if ((p[i].revents & POLLIN) && power_pressed(p[i].fd) && !stopping) {
+        say("power button: stopping the command");
+        ::kill(-child, SIGTERM);
+        stopping = true;
+        kill_in_ms = 5000;
+      }
+    }
+    if (stopping && n == 0 && (kill_in_ms -= 100) == 3000) ::kill(-child, SIGHUP);  // an interactive shell ignores SIGTERM
+    if (stopping && n == 0 && kill_in_ms <= 0) {
+      ::kill(-child, SIGKILL);
+      ::kill(child, SIGKILL);
+    }
+    signalfd_siginfo si;
+    while (::read(sfd, &si, sizeof si) > 0) {}
+    for (int st; !done;) {
+      pid_t pid = ::waitpid(-1, &st, WNOHANG);
+      if (pid <= 0) {
+        if (pid < 0 && errno == ECHILD) done = true;
+        break;
+      }
+      if (pid == child) {
+        status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        done = true;
+      }
     }
   }
   if (plan.contains("status_file")) {

@@ -1,8 +1,10 @@
 // vmlaunch end to end, under TCG, in as few boots as the checks allow:
 // exit statuses, xchg and shared seen from the host, the store read-only
-// underneath but writable through the overlay, a 9p-qemu share; and every
-// way a run can end (timeout, fsd killed, QEMU killed, Ctrl-C) with its
-// documented status, no processes left and no temporary directory left.
+// underneath but writable through the overlay, a 9p-qemu share, a 9p share
+// served by fsd, the Nix database overlay; port forwards both ways; the
+// interactive shell; and every way a run can end (timeout, fsd killed, QEMU
+// killed, Ctrl-C, SIGTERM's graceful power-off) with its documented status,
+// no processes left and no temporary directory left.
 #include <gtest/gtest.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -11,6 +13,10 @@
 #include <sys/socket.h>
 
 #include <nlohmann/json.hpp>
+#include <atomic>
+#include <fcntl.h>
+#include <functional>
+#include <thread>
 #include <set>
 
 #include "tests/support/test_support.h"
@@ -46,6 +52,8 @@ class Vmlaunch : public ::testing::Test {
     std::filesystem::create_directories(tmp_.path() / "shared");
     write_file(tmp_.path() / "store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-thing/data.txt", "store content\n");
     write_file(tmp_.path() / "ninep/hello.txt", "served by QEMU's 9p\n");
+    write_file(tmp_.path() / "fsd9p/hello.txt", "served by fsd's 9p\n");
+    write_file(tmp_.path() / "nixdb/db.sqlite", "host database\n");
     ::setenv("TMPDIR", (tmp_.path() / "tmp").c_str(), 1);
     ::setenv("SHARED_DIR", (tmp_.path() / "shared").c_str(), 1);
   }
@@ -53,7 +61,7 @@ class Vmlaunch : public ::testing::Test {
     ::unsetenv("TMPDIR");
     ::unsetenv("SHARED_DIR");
   }
-  std::string spec(const std::string& command, int timeout = 0) {
+  std::string spec(const std::string& command, int timeout = 0, const std::function<void(nlohmann::json&)>& edit = {}) {
     nlohmann::json j{{"kernel", guest_kernel_dir() + "/vmlinuz"},
                      {"memory", 512},
                      {"accel", "tcg"},
@@ -68,6 +76,7 @@ class Vmlaunch : public ::testing::Test {
     share["proto"] = "9p-qemu";
     share["readOnly"] = true;
     j["shares"] = nlohmann::json::array({share});
+    if (edit) edit(j);
     std::string path = (tmp_.path() / ("spec" + std::to_string(n_++) + ".json")).string();
     write_file(path, j.dump());
     return path;
@@ -99,14 +108,31 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
       "if touch /nix/.ro-store/nope 2>/tmp/err; then echo RO-STORE-WRITABLE; else grep -q 'Read-only' /tmp/err && echo ro-store-refuses; fi; "
       "mkdir /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-new && echo made > /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-new/f && "
       "ls /nix/store | wc -l | sed 's/^/store-entries-/'; "
-      "cat /data/hello.txt; exit 3";
-  int st = run({spec(script)}, &out);
+      "cat /data/hello.txt; cat /fsd9p/hello.txt; echo guest-9p-write > /fsd9p/w.txt; "
+      "grep -q ' /fsd9p 9p .*trans=tcp' /proc/mounts && echo fsd-9p-over-tcp; "
+      "cat /nix/var/nix/db/db.sqlite; echo guest-change >> /nix/var/nix/db/db.sqlite && echo db-writable; exit 3";
+  int st = run({spec(script, 0, [&](nlohmann::json& j) {
+                 nlohmann::json share = nlohmann::json::object();
+                 share["tag"] = "fsd9p";
+                 share["source"] = (tmp_.path() / "fsd9p").string();
+                 share["target"] = "/fsd9p";
+                 share["proto"] = "9p";
+                 j["shares"].push_back(share);
+                 j["nixDb"] = (tmp_.path() / "nixdb").string();
+               })},
+               &out);
   EXPECT_EQ(st, 3) << out;
   EXPECT_NE(out.find("guest-says-hello"), std::string::npos) << out;
   EXPECT_NE(out.find("store content"), std::string::npos) << out;
   EXPECT_NE(out.find("ro-store-refuses"), std::string::npos) << out;
   EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;  // the new path, in the overlay
   EXPECT_NE(out.find("served by QEMU's 9p"), std::string::npos) << out;
+  EXPECT_NE(out.find("served by fsd's 9p"), std::string::npos) << out;
+  EXPECT_NE(out.find("fsd-9p-over-tcp"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "fsd9p/w.txt"), "guest-9p-write\n");
+  EXPECT_NE(out.find("host database"), std::string::npos) << out;
+  EXPECT_NE(out.find("db-writable"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "nixdb/db.sqlite"), "host database\n");  // the guest's change stayed in its overlay
   EXPECT_EQ(read_file(tmp_.path() / "shared/s.txt"), "to-shared\n");
   // the host store is unchanged
   EXPECT_FALSE(std::filesystem::exists(tmp_.path() / "store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-new"));
@@ -144,26 +170,114 @@ TEST_F(Vmlaunch, DisksAndEmptyDisks) {
   expect_clean();  // the empty disk went with the temporary directory
 }
 
-TEST_F(Vmlaunch, UserNetworkBringsUpTheGuestInterface) {
-  nlohmann::json j = nlohmann::json::parse(read_file(spec("ip addr show eth0; ip route")));
+// A loopback TCP listener on a free port.
+int listen_loopback(uint16_t* port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 4) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    throw std::runtime_error("cannot listen on loopback");
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
+  // guest -> host: a host listener the guest reaches at 10.0.2.100:80.
+  uint16_t to_host = 0, from_host = 0;
+  int listener = listen_loopback(&to_host);
+  ::close(listen_loopback(&from_host));  // a free port for the host -> guest forward
+  std::atomic<bool> guest_is_up = false;
+  std::thread host_side([&] {
+    pollfd p{listener, POLLIN, 0};
+    if (::poll(&p, 1, 120000) == 1) {
+      int c = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+      (void)!::write(c, "hello-from-host\n", 16);
+      ::close(c);
+    }
+    guest_is_up = true;
+  });
+  nlohmann::json j = nlohmann::json::parse(read_file(spec(
+      "ip addr show eth0; ip route; nc 10.0.2.100 80 </dev/null | sed 's/^/guest-got-/'; "
+      "echo hello-from-guest | nc -l -p 8000 && echo guest-served")));
   j["network"] = "user";
-  nlohmann::json f = nlohmann::json::object();
-  f["from"] = "host";
-  f["proto"] = "tcp";
-  f["host"] = {{"address", "127.0.0.1"}, {"port", 2222}};
-  f["guest"] = {{"address", ""}, {"port", 22}};
-  j["forwardPorts"] = nlohmann::json::array({f});
+  auto forward = [](const char* from, uint16_t host_port, const char* guest_address, uint16_t guest_port) {
+    nlohmann::json f = nlohmann::json::object();
+    f["from"] = from;
+    f["proto"] = "tcp";
+    f["host"] = {{"address", "127.0.0.1"}, {"port", host_port}};
+    f["guest"] = {{"address", guest_address}, {"port", guest_port}};
+    return f;
+  };
+  j["forwardPorts"] = nlohmann::json::array({forward("host", from_host, "", 8000), forward("guest", to_host, "10.0.2.100", 80)});
   write_file(tmp_.path() / "net.json", j.dump());
   std::string out;
   // The QEMU side of the forwards, as planned.
   int st = run({"--dry-run", (tmp_.path() / "net.json").string()}, &out);
   EXPECT_EQ(st, 0);
-  EXPECT_NE(out.find("-netdev user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=n0"), std::string::npos) << out;
-  // The guest side: eth0 up with QEMU's user-network address and route.
+  EXPECT_NE(out.find("user,id=n0,hostfwd=tcp:127.0.0.1:" + std::to_string(from_host) + "-:8000,guestfwd=tcp:10.0.2.100:80-cmd:"),
+            std::string::npos) << out;
+  EXPECT_NE(out.find("--relay-to 127.0.0.1:" + std::to_string(to_host)), std::string::npos) << out;
+
+  // The run: host -> guest connects until the guest listens (QEMU accepts
+  // on the host side at once, and closes when the guest refuses). It starts
+  // once the guest's network is up: before that, QEMU's SYNs to the guest
+  // are lost and retried with back-off, for many seconds.
+  std::string from_guest;
+  std::atomic<bool> running = true;
+  std::thread client([&] {
+    while (running && !guest_is_up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    while (running && from_guest.empty()) {
+      int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(from_host);
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+        char b[64];
+        ssize_t n = ::read(c, b, sizeof b);
+        if (n > 0) from_guest.assign(b, static_cast<size_t>(n));
+      }
+      ::close(c);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
   st = run({(tmp_.path() / "net.json").string()}, &out);
+  running = false;
+  client.join();
+  host_side.join();
+  ::close(listener);
   EXPECT_EQ(st, 0) << out;
   EXPECT_NE(out.find("inet 10.0.2.15/24"), std::string::npos) << out;
   EXPECT_NE(out.find("default via 10.0.2.2 dev eth0"), std::string::npos) << out;
+  EXPECT_NE(out.find("guest-got-hello-from-host"), std::string::npos) << out;
+  EXPECT_NE(out.find("guest-served"), std::string::npos) << out;
+  EXPECT_EQ(from_guest, "hello-from-guest\n");
+  expect_clean();
+}
+
+TEST_F(Vmlaunch, WithoutACommandTheConsoleIsAShell) {
+  nlohmann::json j = nlohmann::json::parse(read_file(spec("true")));
+  j.erase("command");
+  write_file(tmp_.path() / "shell.json", j.dump());
+  int in[2];
+  ASSERT_EQ(::pipe2(in, O_CLOEXEC), 0);
+  auto log = tmp_.path() / "shell.log";
+  ChildProcess p({VMLAUNCH_BINARY, (tmp_.path() / "shell.json").string()}, log, in[0]);
+  ::close(in[0]);
+  // Type only once the shell prompts: the serial line drops what comes before.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (read_file(log).find("/tmp/xchg # ") == std::string::npos && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::string typed = "echo typed-$((6*7)); exit 4\n";
+  EXPECT_EQ(::write(in[1], typed.data(), typed.size()), static_cast<ssize_t>(typed.size()));
+  auto st = p.wait(std::chrono::seconds(60));
+  ::close(in[1]);
+  std::string out = read_file(log);
+  EXPECT_EQ(st, 4) << out;  // the shell's status
+  EXPECT_NE(out.find("typed-42"), std::string::npos) << out;
   expect_clean();
 }
 
@@ -176,7 +290,7 @@ TEST_F(Vmlaunch, EveryWayARunEnds) {
   expect_clean();
 
   // fsd killed, QEMU killed, SIGINT: start a long run and end it from outside.
-  for (std::string how : {"fsd", "qemu", "sigint"}) {
+  for (std::string how : {"fsd", "qemu", "sigint", "sigterm"}) {
     SCOPED_TRACE(how);
     auto log = tmp_.path() / ("kill-" + how + ".log");
     std::vector<std::string> argv{VMLAUNCH_BINARY, spec("echo up; sleep 600")};
@@ -198,9 +312,14 @@ TEST_F(Vmlaunch, EveryWayARunEnds) {
     if (how == "fsd") ::kill(fsd, SIGKILL), expect = 125;
     if (how == "qemu") ::kill(qemu, SIGKILL), expect = 126;
     if (how == "sigint") ::kill(vm, SIGINT), expect = 128 + SIGINT;
+    if (how == "sigterm") ::kill(vm, SIGTERM), expect = 128 + SIGTERM;
     auto status = p.wait(std::chrono::seconds(60));
     ASSERT_TRUE(status.has_value());
     EXPECT_EQ(*status, expect) << read_file(log);
+    if (how == "sigterm") {  // through QMP and the guest's power button, not a kill
+      EXPECT_NE(read_file(log).find("fsd-guest-init: power button: stopping the command"), std::string::npos) << read_file(log);
+      EXPECT_NE(read_file(log).find("the guest powered off as asked"), std::string::npos) << read_file(log);
+    }
     // no process outlives it
     EXPECT_NE(::kill(fsd, 0), 0);
     EXPECT_NE(::kill(qemu, 0), 0);

@@ -75,11 +75,12 @@ inline std::string fsd_binary() {
 #endif
 }
 
-// Starts `argv` (looked up in PATH) with stdin from /dev/null and stdout and
-// stderr to `log`. The child gets SIGKILL if the test process dies, so a
-// timed-out test leaves nothing behind. Optionally limits its fds.
+// Starts `argv` (looked up in PATH) with stdin from /dev/null (or
+// `stdin_fd`) and stdout and stderr to `log`. The child gets SIGKILL if the
+// test process dies, so a timed-out test leaves nothing behind. Optionally
+// limits its fds.
 inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log,
-                          std::optional<rlim_t> nofile = std::nullopt) {
+                          std::optional<rlim_t> nofile = std::nullopt, int stdin_fd = -1) {
   pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
@@ -91,7 +92,7 @@ inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log,
       if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
     }
     int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int in = ::open("/dev/null", O_RDONLY);
+    int in = stdin_fd >= 0 ? stdin_fd : ::open("/dev/null", O_RDONLY);
     if (out < 0 || in < 0) ::_exit(125);
     ::dup2(in, 0);
     ::dup2(out, 1);
@@ -233,7 +234,8 @@ inline std::string guest_kernel_dir() {
 // with SIGKILL if the test process dies; the destructor kills and reaps it.
 class ChildProcess {
  public:
-  ChildProcess(std::vector<std::string> argv, const fs::path& log) : pid_(spawn_logged(argv, log)) {}
+  ChildProcess(std::vector<std::string> argv, const fs::path& log, int stdin_fd = -1)
+      : pid_(spawn_logged(argv, log, std::nullopt, stdin_fd)) {}
   ~ChildProcess() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);

@@ -159,6 +159,20 @@ TEST_F(SpecTest, DuplicateTags) {
   EXPECT_EQ(error_of(j), "spec.json: shares[0].tag: \"store\" is used by the store too");
 }
 
+TEST_F(SpecTest, NixDb) {
+  json j = base();
+  j["nixDb"] = tmp("data");
+  EXPECT_EQ(parse_spec(j, ctx_).nix_db, tmp("data"));
+  j["nixDb"] = tmp("nope");
+  EXPECT_EQ(error_of(j), "spec.json: nixDb: \"" + tmp("nope") + "\" is not a directory");
+  j["nixDb"] = 1;
+  EXPECT_EQ(error_of(j), "spec.json: nixDb: expected true, false or a directory, got the number 1");
+  j["nixDb"] = false;
+  EXPECT_EQ(parse_spec(j, ctx_).nix_db, "");
+  j["shares"] = json::array({{{"tag", "nix-db"}, {"source", tmp("data")}, {"target", "/d"}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].tag: \"nix-db\" is used by the Nix database (nixDb) too");
+}
+
 TEST_F(SpecTest, TagTooLong) {
   json j = base();
   std::string tag(37, 't');

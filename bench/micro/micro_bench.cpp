@@ -1,0 +1,205 @@
+// Micro benchmarks of the hot paths with no I/O of their own: the 9P and
+// FUSE codecs, the virtqueue descriptor-chain walk, and the vfs node table
+// (a warm lookup: one statx plus the table).
+//
+//   build/bench/micro/fsd_micro_bench [--benchmark_filter=REGEX]
+#include <benchmark/benchmark.h>
+#include <linux/fuse.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "fsd/uring/ring.h"
+#include "fsd/vfs/vfs.h"
+#include "protocol/fuse/request.h"
+#include "protocol/p9/codec.h"
+#include "protocol/virtio/virtqueue.h"
+
+namespace {
+
+using namespace fsd;
+
+// ---- 9P
+
+p9::Twalk three_names() {
+  p9::Twalk t{};
+  t.fid = 1;
+  t.newfid = 2;
+  t.wnames.count = 3;
+  t.wnames.names[0] = "nix";
+  t.wnames.names[1] = "store";
+  t.wnames.names[2] = "0123456789abcdef0123456789abcdef-hello-2.12.1";
+  return t;
+}
+
+void BM_P9EncodeTwalk(benchmark::State& state) {
+  std::vector<std::byte> buf(8192);
+  auto t = three_names();
+  for (auto _ : state) benchmark::DoNotOptimize(p9::encode(buf, 7, t));
+}
+BENCHMARK(BM_P9EncodeTwalk);
+
+void BM_P9DecodeTwalk(benchmark::State& state) {
+  std::vector<std::byte> buf(8192);
+  size_t n = *p9::encode(buf, 7, three_names());
+  for (auto _ : state) benchmark::DoNotOptimize(p9::decode_t({buf.data(), n}));
+}
+BENCHMARK(BM_P9DecodeTwalk);
+
+void BM_P9EncodeRgetattr(benchmark::State& state) {
+  std::vector<std::byte> buf(8192);
+  p9::Rgetattr r{};
+  r.valid = 0x7ff;
+  r.size = 123456;
+  for (auto _ : state) benchmark::DoNotOptimize(p9::encode(buf, 7, r));
+}
+BENCHMARK(BM_P9EncodeRgetattr);
+
+void BM_P9DecodeRgetattr(benchmark::State& state) {
+  std::vector<std::byte> buf(8192);
+  p9::Rgetattr r{};
+  size_t n = *p9::encode(buf, 7, r);
+  for (auto _ : state) benchmark::DoNotOptimize(p9::decode_r({buf.data(), n}));
+}
+BENCHMARK(BM_P9DecodeRgetattr);
+
+// A 1 MiB Tread's reply: only the header is written; the data goes in place.
+void BM_P9RreadHeader(benchmark::State& state) {
+  std::vector<std::byte> buf(64);
+  for (auto _ : state) {
+    p9::put_rread_header(buf, 7, 1 << 20);
+    benchmark::ClobberMemory();
+  }
+}
+BENCHMARK(BM_P9RreadHeader);
+
+// ---- FUSE
+
+std::vector<std::byte> fuse_request(uint32_t opcode, const void* body, size_t body_len, size_t extra = 0) {
+  std::vector<std::byte> out(sizeof(fuse_in_header) + body_len + extra);
+  fuse_in_header h{};
+  h.len = static_cast<uint32_t>(out.size());
+  h.opcode = opcode;
+  h.unique = 42;
+  h.nodeid = 1;
+  std::memcpy(out.data(), &h, sizeof h);
+  std::memcpy(out.data() + sizeof h, body, body_len);
+  return out;
+}
+
+void BM_FuseDecodeLookup(benchmark::State& state) {
+  const char name[] = "0123456789abcdef0123456789abcdef-hello-2.12.1";
+  auto req = fuse_request(FUSE_LOOKUP, name, sizeof name);
+  for (auto _ : state) benchmark::DoNotOptimize(fuse::decode(req));
+}
+BENCHMARK(BM_FuseDecodeLookup);
+
+void BM_FuseDecodeRead(benchmark::State& state) {
+  fuse_read_in in{};
+  in.fh = 3;
+  in.size = 1 << 20;
+  auto req = fuse_request(FUSE_READ, &in, sizeof in);
+  for (auto _ : state) benchmark::DoNotOptimize(fuse::decode(req));
+}
+BENCHMARK(BM_FuseDecodeRead);
+
+// WRITE whose 4 KiB payload arrives in its own buffers (virtio-fs): the
+// decoder sees only the header and fuse_write_in.
+void BM_FuseDecodeWriteHeader(benchmark::State& state) {
+  fuse_write_in in{};
+  in.fh = 3;
+  in.size = 4096;
+  auto req = fuse_request(FUSE_WRITE, &in, sizeof in);
+  size_t total = req.size() + 4096;
+  reinterpret_cast<fuse_in_header*>(req.data())->len = static_cast<uint32_t>(total);
+  for (auto _ : state) benchmark::DoNotOptimize(fuse::decode(req, total));
+}
+BENCHMARK(BM_FuseDecodeWriteHeader);
+
+// ---- virtqueue descriptor chains
+
+struct Ram {
+  static constexpr uint64_t kGpa = 0x100000, kSize = 8 << 20;
+  std::vector<std::byte> bytes = std::vector<std::byte>(kSize);
+  virtio::GuestMemory mem{{virtio::Region{kGpa, kSize, 0x7000'0000'0000, nullptr}}};
+  Ram() { mem = virtio::GuestMemory({virtio::Region{kGpa, kSize, 0x7000'0000'0000, bytes.data()}}); }
+  virtio::Desc* table(uint64_t off) { return reinterpret_cast<virtio::Desc*>(bytes.data() + off); }
+};
+
+// A FUSE READ as Linux sends it: header in, header out, then N data pages.
+void BM_WalkChainDirect(benchmark::State& state) {
+  Ram ram;
+  uint16_t pages = static_cast<uint16_t>(state.range(0));
+  virtio::Desc* d = ram.table(0);
+  d[0] = {Ram::kGpa + 0x10000, 80, virtio::kDescNext, 1};
+  d[1] = {Ram::kGpa + 0x11000, 16, virtio::kDescNext | virtio::kDescWrite, 2};
+  for (uint16_t i = 0; i < pages; i++)
+    d[2 + i] = {Ram::kGpa + 0x20000 + i * 4096ull, 4096, static_cast<uint16_t>(virtio::kDescWrite | (i + 1 < pages ? virtio::kDescNext : 0)),
+                static_cast<uint16_t>(3 + i)};
+  virtio::Chain chain;
+  for (auto _ : state) {
+    chain.clear();
+    benchmark::DoNotOptimize(virtio::walk_chain(ram.mem, d, 1024, 0, chain));
+  }
+  state.SetItemsProcessed(state.iterations() * (pages + 2));
+}
+BENCHMARK(BM_WalkChainDirect)->Arg(1)->Arg(32)->Arg(256);
+
+void BM_WalkChainIndirect(benchmark::State& state) {
+  Ram ram;
+  uint16_t pages = static_cast<uint16_t>(state.range(0));
+  virtio::Desc* ring = ram.table(0);
+  virtio::Desc* t = ram.table(0x8000);
+  t[0] = {Ram::kGpa + 0x10000, 80, virtio::kDescNext, 1};
+  t[1] = {Ram::kGpa + 0x11000, 16, virtio::kDescNext | virtio::kDescWrite, 2};
+  for (uint16_t i = 0; i < pages; i++)
+    t[2 + i] = {Ram::kGpa + 0x20000 + i * 4096ull, 4096, static_cast<uint16_t>(virtio::kDescWrite | (i + 1 < pages ? virtio::kDescNext : 0)),
+                static_cast<uint16_t>(3 + i)};
+  ring[0] = {Ram::kGpa + 0x8000, static_cast<uint32_t>((pages + 2) * sizeof(virtio::Desc)), virtio::kDescIndirect, 0};
+  virtio::Chain chain;
+  for (auto _ : state) {
+    chain.clear();
+    benchmark::DoNotOptimize(virtio::walk_chain(ram.mem, ring, 256, 0, chain));
+  }
+  state.SetItemsProcessed(state.iterations() * (pages + 2));
+}
+BENCHMARK(BM_WalkChainIndirect)->Arg(32)->Arg(256);
+
+// ---- the vfs node table
+
+// A warm lookup of a known child in a directory of N files: one statx
+// (openat2 only for unseen nodes) and a table search among N nodes.
+void BM_VfsLookupWarm(benchmark::State& state) {
+  size_t n = static_cast<size_t>(state.range(0));
+  auto dir = std::filesystem::temp_directory_path() / ("fsd-micro-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  for (size_t i = 0; i < n; i++) std::ofstream(dir / ("f" + std::to_string(i)));
+  {
+    Ring ring;
+    ExportConfig cfg;
+    cfg.tag = "bench";
+    cfg.path = dir.string();
+    cfg.read_only = true;
+    Vfs vfs(cfg, VfsOptions{});
+    std::vector<Entry> keep;  // every node known, as after a walk
+    for (size_t i = 0; i < n; i++) keep.push_back(*ring.run(vfs.lookup(ring, vfs.root(), "f" + std::to_string(i))));
+    size_t i = 0;
+    std::vector<std::string> names;
+    for (size_t k = 0; k < n; k++) names.push_back("f" + std::to_string(k));
+    for (auto _ : state) {
+      auto e = ring.run(vfs.lookup(ring, vfs.root(), names[i]));
+      benchmark::DoNotOptimize(e);
+      i = (i + 7919) % n;
+    }
+    state.counters["nodes"] = static_cast<double>(vfs.stats().nodes);
+  }
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_VfsLookupWarm)->Arg(1000)->Arg(20000)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

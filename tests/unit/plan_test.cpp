@@ -1,0 +1,98 @@
+// vmlaunch's plan: what a spec turns into on the fsd and QEMU command lines
+// and in the guest's plan. (The guest tests run these plans for real.)
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "launcher/plan.h"
+#include "tests/support/test_support.h"
+
+namespace fsd::launcher {
+namespace {
+
+using nlohmann::json;
+
+class PlanTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fsd::testing::write_file(tmp_.path() / "vmlinuz", "not really a kernel");
+    for (const char* d : {"store", "data", "xchg", "db"}) std::filesystem::create_directories(tmp_.path() / d);
+    ctx_.xchg_dir = tmp("xchg");
+    in_.fsd_binary = "fsd";
+    in_.run_dir = "/run/vm";
+    in_.initrd = "/run/initrd";
+    in_.qmp_socket = "/run/vm/qmp.sock";
+    in_.relay_binary = "/bin/vmlaunch";
+  }
+  Plan plan(const json& extra) {
+    json j{{"kernel", tmp("vmlinuz")}, {"store", {{"path", tmp("store")}}}};
+    for (const auto& [k, v] : extra.items()) j[k] = v;
+    return make_plan(parse_spec(j, ctx_), in_);
+  }
+  static std::string joined(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& w : v) s += w + " ";
+    return s;
+  }
+  static bool has(const std::vector<std::string>& v, const std::string& w) { return std::find(v.begin(), v.end(), w) != v.end(); }
+  std::string tmp(const std::string& rel) const { return (tmp_.path() / rel).string(); }
+
+  fsd::testing::TempDir tmp_;
+  SpecContext ctx_;
+  PlanInputs in_;
+};
+
+TEST_F(PlanTest, FsdNinePSharesGoThroughGuestfwdToFsdsSocket) {
+  json share{{"tag", "data"}, {"source", tmp("data")}, {"target", "/data"}, {"proto", "9p"}, {"msize", 1048576}, {"cache", "always"}};
+  Plan p = plan({{"shares", json::array({share})}});
+  std::string fsd = joined(p.fsd_argv), qemu = joined(p.qemu_argv);
+  EXPECT_NE(fsd.find("--export data=" + tmp("data") + ",cache=always"), std::string::npos) << fsd;
+  EXPECT_NE(fsd.find("--listen unix:/run/vm/9p.sock"), std::string::npos) << fsd;
+  EXPECT_EQ(fsd.find("--virtiofs-socket data="), std::string::npos) << fsd;
+  // No "network": only 9p on a restricted user network.
+  EXPECT_NE(qemu.find("-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:564-unix:/run/vm/9p.sock -device virtio-net-pci,netdev=n0"),
+            std::string::npos) << qemu;
+  std::string mounts = p.guest["mounts"].dump();
+  EXPECT_NE(mounts.find(R"("options":"trans=tcp,port=564,aname=data,version=9p2000.L,msize=1048576,cache=loose")"), std::string::npos)
+      << mounts;
+  EXPECT_NE(mounts.find(R"("source":"10.0.2.100")"), std::string::npos) << mounts;
+  EXPECT_TRUE(has(p.modules, "9pnet_fd") && has(p.modules, "virtio_net")) << joined(p.modules);
+  // eth0 is configured before anything mounts (the init runs set-up first).
+  EXPECT_NE(p.guest["setup"].dump().find("10.0.2.15/24"), std::string::npos);
+}
+
+TEST_F(PlanTest, GuestToHostForwardsRunARelayPerConnection) {
+  json f{{"from", "guest"}, {"host", {{"address", "127.0.0.1"}, {"port", 8080}}}, {"guest", {{"address", "10.0.2.100"}, {"port", 80}}}};
+  Plan p = plan({{"network", "user"}, {"forwardPorts", json::array({f})}});
+  EXPECT_TRUE(has(p.qemu_argv, "user,id=n0,guestfwd=tcp:10.0.2.100:80-cmd:/bin/vmlaunch --relay-to 127.0.0.1:8080"))
+      << joined(p.qemu_argv);
+}
+
+TEST_F(PlanTest, GraphicsAddsADisplayAndKeepsTheSerialConsole) {
+  std::string text = joined(plan(json::object()).qemu_argv);
+  EXPECT_NE(text.find("-display none"), std::string::npos);
+  EXPECT_EQ(text.find("-device VGA"), std::string::npos);
+  text = joined(plan({{"graphics", true}}).qemu_argv);
+  EXPECT_NE(text.find("-device VGA"), std::string::npos) << text;
+  EXPECT_EQ(text.find("-display none"), std::string::npos) << text;
+  EXPECT_NE(text.find("console=tty0 console=ttyS0"), std::string::npos) << text;  // the last is /dev/console
+}
+
+TEST_F(PlanTest, NixDbIsAReadOnlyShareUnderATmpfsOverlay) {
+  Plan p = plan({{"nixDb", tmp("db")}});
+  EXPECT_NE(joined(p.fsd_argv).find("--export nix-db=" + tmp("db") + ",ro"), std::string::npos);
+  std::string mounts = p.guest["mounts"].dump();
+  EXPECT_NE(mounts.find(R"("target":"/nix/.ro-db")"), std::string::npos) << mounts;
+  EXPECT_NE(mounts.find(R"("options":"lowerdir=/nix/.ro-db,upperdir=/nix/.rw-db/upper,workdir=/nix/.rw-db/work")"), std::string::npos)
+      << mounts;
+  EXPECT_NE(mounts.find(R"("target":"/nix/var/nix/db")"), std::string::npos) << mounts;
+}
+
+TEST_F(PlanTest, MonitorAndPowerButtonForGracefulStop) {
+  Plan p = plan(json::object());
+  EXPECT_TRUE(has(p.qemu_argv, "unix:/run/vm/qmp.sock,server=on,wait=off"));
+  EXPECT_TRUE(has(p.modules, "button") && has(p.modules, "evdev"));
+}
+
+}  // namespace
+}  // namespace fsd::launcher
