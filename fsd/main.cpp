@@ -32,7 +32,11 @@ struct Options {
   uint32_t msize_max = 1 << 20;
   unsigned threads = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
   unsigned fd_budget = 768;
-  std::string metadata_io = "uring";
+  // Metadata calls (statx, openat2, mkdirat, ...) on warm dentries take
+  // microseconds; through io_uring they are punted to io-wq threads, and the
+  // extra wake-ups halved one connection's walk+getattr+clunk rate in
+  // bench/run (2,813 vs 5,335 ops/s). Data I/O goes through io_uring either way.
+  std::string metadata_io = "sync";
   std::string log_level = "info";
   // virtiofsd-compatible form
   std::string socket_path, shared_dir, cache, compat_opts;
@@ -236,7 +240,7 @@ int main(int argc, char** argv) {
   app.add_option("--fd-budget", o.fd_budget, "Most file descriptors fsd keeps for exported files, however many clients walk")
       ->check(CLI::Range(64u, 1u << 20))
       ->capture_default_str();
-  app.add_option("--metadata-io", o.metadata_io, "Run metadata syscalls through io_uring or directly")
+  app.add_option("--metadata-io", o.metadata_io, "Metadata syscalls (9p sockets) directly on the worker thread, or through io_uring; file data always goes through io_uring")
       ->check(CLI::IsMember({"uring", "sync"}))
       ->capture_default_str();
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");

@@ -1,0 +1,331 @@
+// The 9p host harness: drives a 9P2000.L server on a unix socket with the
+// project's client (fsd::p9::Client), no VM in between, and prints one CSV
+// row per measurement. bench/run starts the servers (fsd, diod) on the same
+// trees and calls this once per server; `limit` measures what the host
+// itself can do in the same run.
+//
+//   fsd_p9_bench serve --label fsd --socket S --ro-aname A --rw-aname B [--quick]
+//   fsd_p9_bench limit --file F [--quick]
+//
+// The read-only export must hold `big` (a large file) and `dir10k/` (10,000
+// entries f0..f9999); the read-write export must be writable.
+//
+// Row: layer,server,workload,msize,conns,median,min,max,unit,reps
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fsd/p9/client.h"
+
+namespace {
+
+using namespace fsd;
+using Clock = std::chrono::steady_clock;
+
+[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
+
+template <class T>
+T check(Result<T> r, const char* what) {
+  if (!r) fail(std::string(what) + ": " + std::strerror(r.error()));
+  if constexpr (!std::is_void_v<T>) return std::move(*r);
+}
+void check(Result<void> r, const char* what) {
+  if (!r) fail(std::string(what) + ": " + std::strerror(r.error()));
+}
+
+struct Target {
+  std::string label, socket, ro, rw;
+};
+
+// One connection: versioned, attached to the export as fid 0.
+struct Conn {
+  p9::Client c;
+  uint32_t root = 0;
+  Conn(const Target& t, uint32_t msize, const std::string& aname) : c(check(p9::Client::connect_unix(t.socket), "connect")) {
+    check(c.version(msize), "version");
+    root = c.new_fid();
+    check(c.attach(root, aname), "attach");
+  }
+  uint32_t open(const std::string& path, uint32_t flags) {
+    uint32_t fid = c.new_fid();
+    check(c.walk(root, fid, path), "walk");
+    check(c.lopen(fid, flags), "lopen");
+    return fid;
+  }
+};
+
+struct Stats {
+  double median = 0, min = 0, max = 0;
+};
+Stats summarize(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return {v[v.size() / 2], v.front(), v.back()};
+}
+
+void row(const std::string& layer, const std::string& server, const std::string& workload, uint32_t msize, unsigned conns,
+         const Stats& s, const char* unit, unsigned reps) {
+  std::printf("%s,%s,%s,%u,%u,%.1f,%.1f,%.1f,%s,%u\n", layer.c_str(), server.c_str(), workload.c_str(), msize, conns, s.median,
+              s.min, s.max, unit, reps);
+  std::fflush(stdout);
+}
+
+// Runs `work(connection index)` on `conns` threads at once, each with its
+// own connection made before the clock starts; returns the wall seconds and
+// the sum of what the workers return (bytes or operations).
+double run_parallel(unsigned conns, const std::function<std::unique_ptr<Conn>(unsigned)>& connect,
+                    const std::function<double(Conn&, unsigned)>& work, double* total) {
+  std::vector<std::unique_ptr<Conn>> cs;
+  for (unsigned i = 0; i < conns; i++) cs.push_back(connect(i));
+  std::barrier start(static_cast<std::ptrdiff_t>(conns) + 1);
+  std::vector<double> done(conns);
+  std::vector<std::string> errors(conns);
+  std::vector<std::thread> ts;
+  for (unsigned i = 0; i < conns; i++)
+    ts.emplace_back([&, i] {
+      start.arrive_and_wait();
+      try {
+        done[i] = work(*cs[i], i);
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  start.arrive_and_wait();
+  auto t0 = Clock::now();
+  for (auto& t : ts) t.join();
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  for (auto& e : errors)
+    if (!e.empty()) fail(e);
+  *total = 0;
+  for (double d : done) *total += d;
+  return secs;
+}
+
+constexpr uint32_t kIoHeader = 24;  // Rread: size[4] type[1] tag[2] count[4], plus slack as Linux reserves
+
+void serve(const Target& t, bool quick) {
+  const unsigned reps = 3;
+  const double run_s = quick ? 0.5 : 2.0;
+  std::vector<uint32_t> msizes = quick ? std::vector<uint32_t>{8192, 131072, 1048576}
+                                       : std::vector<uint32_t>{8192, 65536, 131072, 524288, 1048576, 4194304};
+  std::vector<unsigned> conn_counts{1, 8};
+  auto connect_ro = [&](uint32_t msize) { return [&t, msize](unsigned) { return std::make_unique<Conn>(t, msize, t.ro); }; };
+
+  // The size of `big`, and what each server agrees to for msize.
+  uint64_t big_size;
+  {
+    Conn c(t, 1 << 20, t.ro);
+    uint32_t fid = c.c.new_fid();
+    check(c.c.walk(c.root, fid, "big"), "walk big");
+    big_size = check(c.c.getattr(fid), "getattr big").size;
+  }
+
+  // Sequential read of `big`, whole, by each connection.
+  for (uint32_t msize : msizes) {
+    for (unsigned conns : conn_counts) {
+      std::vector<double> mibs;
+      uint32_t agreed = 0;
+      for (unsigned r = 0; r < reps; r++) {
+        double bytes;
+        double s = run_parallel(conns, connect_ro(msize), [&](Conn& c, unsigned) {
+          agreed = c.c.msize();
+          uint32_t fid = c.open("big", O_RDONLY);
+          uint32_t count = c.c.msize() - kIoHeader;
+          uint64_t off = 0;
+          for (;;) {
+            auto rr = check(c.c.call<p9::Rread>(p9::Tread{.fid = fid, .offset = off, .count = count}), "read");
+            if (rr.data.bytes.empty()) break;
+            off += rr.data.bytes.size();
+          }
+          check(c.c.clunk(fid), "clunk");
+          return static_cast<double>(off);
+        }, &bytes);
+        mibs.push_back(bytes / s / (1 << 20));
+      }
+      // The row names the msize asked for; a server that agrees to less says so in the workload.
+      std::string w = agreed == msize ? "seqread" : "seqread(msize " + std::to_string(agreed) + ")";
+      row("host-9p", t.label, w, msize, conns, summarize(mibs), "MiB/s", reps);
+    }
+  }
+
+  // 4 KiB random reads of `big`, for a fixed time.
+  for (unsigned conns : conn_counts) {
+    std::vector<double> ops;
+    for (unsigned r = 0; r < reps; r++) {
+      double n;
+      double s = run_parallel(conns, connect_ro(131072), [&](Conn& c, unsigned i) {
+        uint32_t fid = c.open("big", O_RDONLY);
+        std::mt19937_64 rng(i * 7919 + r);
+        uint64_t blocks = big_size / 4096, done = 0;
+        auto until = Clock::now() + std::chrono::duration<double>(run_s);
+        while (Clock::now() < until) {
+          for (int k = 0; k < 64; k++, done++)
+            check(c.c.call<p9::Rread>(p9::Tread{.fid = fid, .offset = (rng() % blocks) * 4096, .count = 4096}), "read");
+        }
+        check(c.c.clunk(fid), "clunk");
+        return static_cast<double>(done);
+      }, &n);
+      ops.push_back(n / s);
+    }
+    row("host-9p", t.label, "randread4k", 131072, conns, summarize(ops), "ops/s", reps);
+  }
+
+  // Metadata: walk + getattr + clunk of dir10k/fN, cycling through N.
+  for (unsigned conns : conn_counts) {
+    std::vector<double> ops;
+    for (unsigned r = 0; r < reps; r++) {
+      double n;
+      double s = run_parallel(conns, connect_ro(131072), [&](Conn& c, unsigned i) {
+        uint64_t done = 0;
+        uint32_t k = i * 1250;
+        auto until = Clock::now() + std::chrono::duration<double>(run_s);
+        uint32_t fid = c.c.new_fid();
+        while (Clock::now() < until) {
+          for (int b = 0; b < 32; b++, done++, k = (k + 1) % 10000) {
+            check(c.c.walk(c.root, fid, "dir10k/f" + std::to_string(k)), "walk");
+            check(c.c.getattr(fid), "getattr");
+            check(c.c.clunk(fid), "clunk");
+          }
+        }
+        return static_cast<double>(done);
+      }, &n);
+      ops.push_back(n / s);
+    }
+    row("host-9p", t.label, "walk+getattr+clunk", 131072, conns, summarize(ops), "ops/s", reps);
+  }
+
+  // readdir of the 10,000-entry directory, whole, repeatedly.
+  for (unsigned conns : conn_counts) {
+    std::vector<double> ents;
+    for (unsigned r = 0; r < reps; r++) {
+      double n;
+      double s = run_parallel(conns, connect_ro(131072), [&](Conn& c, unsigned) {
+        uint64_t entries = 0;
+        auto until = Clock::now() + std::chrono::duration<double>(run_s);
+        do {
+          uint32_t fid = c.open("dir10k", O_RDONLY | O_DIRECTORY);
+          entries += check(c.c.readdir_all(fid), "readdir").size();
+          check(c.c.clunk(fid), "clunk");
+        } while (Clock::now() < until);
+        return static_cast<double>(entries);
+      }, &n);
+      ents.push_back(n / s);
+    }
+    row("host-9p", t.label, "readdir10k", 131072, conns, summarize(ents), "entries/s", reps);
+  }
+
+  // create + unlink of small files on the read-write export.
+  std::atomic<bool> unlink_by_remove = false;
+  for (unsigned conns : conn_counts) {
+    std::vector<double> ops;
+    for (unsigned r = 0; r < reps; r++) {
+      double n;
+      double s = run_parallel(conns, [&](unsigned) { return std::make_unique<Conn>(t, 131072, t.rw); }, [&](Conn& c, unsigned i) {
+        uint64_t done = 0;
+        auto until = Clock::now() + std::chrono::duration<double>(run_s);
+        uint32_t fid = c.c.new_fid();
+        while (Clock::now() < until) {
+          for (int b = 0; b < 16; b++, done++) {
+            std::string name = "c" + std::to_string(i) + "-" + std::to_string(done);
+            check(c.c.walk(c.root, fid, ""), "walk");
+            check(c.c.lcreate(fid, name, O_WRONLY | O_CREAT, 0644), "lcreate");
+            check(c.c.clunk(fid), "clunk");
+            // Tunlinkat, or walk + Tremove where the server lacks it (diod), as Linux does.
+            if (!unlink_by_remove) {
+              auto u = c.c.call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = c.root, .name = name, .flags = 0});
+              if (u) continue;
+              if (u.error() != EOPNOTSUPP) fail(std::string("unlinkat: ") + std::strerror(u.error()));
+              unlink_by_remove = true;
+            }
+            check(c.c.walk(c.root, fid, name), "walk");
+            check(c.c.call<p9::Rremove>(p9::Tremove{.fid = fid}), "remove");
+          }
+        }
+        return static_cast<double>(done);
+      }, &n);
+      ops.push_back(n / s);
+    }
+    row("host-9p", t.label, "create+unlink", 131072, conns, summarize(ops), "ops/s", reps);
+  }
+}
+
+// What the host can do without any server: pread of the same file from the
+// page cache into one buffer, in the chunk sizes the rows use, and memcpy.
+void limit(const std::string& file, bool quick) {
+  const unsigned reps = 3;
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("cannot open " + file);
+  struct stat st{};
+  ::fstat(fd, &st);
+  std::vector<char> buf(4 << 20);
+  auto pread_all = [&](size_t chunk) {
+    uint64_t off = 0;
+    for (ssize_t n; (n = ::pread(fd, buf.data(), chunk, static_cast<off_t>(off))) > 0;) off += static_cast<uint64_t>(n);
+    return off;
+  };
+  pread_all(1 << 20);  // warm the page cache
+  std::vector<uint32_t> chunks = quick ? std::vector<uint32_t>{8192, 131072, 1048576}
+                                       : std::vector<uint32_t>{8192, 65536, 131072, 524288, 1048576, 4194304};
+  for (uint32_t chunk : chunks) {
+    std::vector<double> mibs;
+    for (unsigned r = 0; r < reps; r++) {
+      auto t0 = Clock::now();
+      uint64_t n = pread_all(chunk);
+      mibs.push_back(static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count() / (1 << 20));
+    }
+    row("limit", "host", "pread", chunk, 1, summarize(mibs), "MiB/s", reps);
+  }
+  std::vector<char> src(64 << 20, 1), dst(64 << 20);
+  std::memcpy(dst.data(), src.data(), dst.size());
+  std::vector<double> mibs;
+  for (unsigned r = 0; r < reps; r++) {
+    auto t0 = Clock::now();
+    for (int k = 0; k < 8; k++) std::memcpy(dst.data(), src.data(), dst.size());
+    mibs.push_back(8.0 * static_cast<double>(dst.size()) / std::chrono::duration<double>(Clock::now() - t0).count() / (1 << 20));
+  }
+  row("limit", "host", "memcpy", 64 << 20, 1, summarize(mibs), "MiB/s", reps);
+  ::close(fd);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fsd_p9_bench: the 9p host harness (see bench/run)"};
+  Target t;
+  std::string file;
+  bool quick = false, header = false;
+  auto* s = app.add_subcommand("serve", "Measure a 9P2000.L server on a unix socket");
+  s->add_option("--label", t.label, "The server's name in the rows")->required();
+  s->add_option("--socket", t.socket, "Its unix socket")->required();
+  s->add_option("--ro-aname", t.ro, "aname of the read-only export (with big and dir10k/)")->required();
+  s->add_option("--rw-aname", t.rw, "aname of the read-write export")->required();
+  auto* l = app.add_subcommand("limit", "Measure pread from page cache and memcpy");
+  l->add_option("--file", file, "The file the servers read")->required();
+  app.add_flag("--quick", quick, "A minute-scale subset");
+  app.add_flag("--header", header, "Print the CSV header first");
+  app.require_subcommand(1);
+  s->fallthrough();
+  l->fallthrough();
+  CLI11_PARSE(app, argc, argv);
+  if (header) std::printf("layer,server,workload,msize,conns,median,min,max,unit,reps\n");
+  try {
+    if (*s) serve(t, quick);
+    if (*l) limit(file, quick);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fsd_p9_bench: %s: %s\n", t.label.empty() ? "limit" : t.label.c_str(), e.what());
+    return 1;
+  }
+}
