@@ -179,8 +179,9 @@ std::string base_initramfs(const std::vector<std::string>& modules, const std::s
   std::string key = "layout 1;";
   for (const char* a : kApplets) key += std::string(a) + ",";
   auto add = [&](const std::string& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::string content((std::istreambuf_iterator<char>(in)), {});
+    std::ifstream in(p, std::ios::binary | std::ios::ate);
+    std::string content(static_cast<size_t>(std::max<std::streamoff>(0, in.tellg())), '\0');
+    in.seekg(0).read(content.data(), static_cast<std::streamsize>(content.size()));
     char h[24];
     std::snprintf(h, sizeof h, "%016zx", std::hash<std::string>{}(content));
     key += fs::path(p).filename().string() + ":" + std::to_string(content.size()) + ":" + h + ";";
