@@ -114,6 +114,28 @@ double run_parallel(unsigned conns, const std::function<std::unique_ptr<Conn>(un
   return secs;
 }
 
+// Runs body(i) in batches until `secs` have passed; returns how many ran.
+template <class F>
+uint64_t repeat_for(double secs, int batch, F body) {
+  uint64_t done = 0;
+  auto until = Clock::now() + std::chrono::duration<double>(secs);
+  while (Clock::now() < until)
+    for (int b = 0; b < batch; b++, done++) body(done);
+  return done;
+}
+
+// `reps` runs of run_parallel; each gives a rate (what the workers return, per second).
+Stats rates(unsigned reps, unsigned conns, const std::function<std::unique_ptr<Conn>(unsigned)>& connect,
+            const std::function<double(Conn&, unsigned, unsigned)>& work) {
+  std::vector<double> v;
+  for (unsigned r = 0; r < reps; r++) {
+    double total;
+    double s = run_parallel(conns, connect, [&](Conn& c, unsigned i) { return work(c, i, r); }, &total);
+    v.push_back(total / s);
+  }
+  return summarize(v);
+}
+
 constexpr uint32_t kIoHeader = 24;  // Rread: size[4] type[1] tag[2] count[4], plus slack as Linux reserves
 
 void serve(const Target& t, bool quick) {
@@ -163,102 +185,69 @@ void serve(const Target& t, bool quick) {
 
   // 4 KiB random reads of `big`, for a fixed time.
   for (unsigned conns : conn_counts) {
-    std::vector<double> ops;
-    for (unsigned r = 0; r < reps; r++) {
-      double n;
-      double s = run_parallel(conns, connect_ro(131072), [&](Conn& c, unsigned i) {
-        uint32_t fid = c.open("big", O_RDONLY);
-        std::mt19937_64 rng(i * 7919 + r);
-        uint64_t blocks = big_size / 4096, done = 0;
-        auto until = Clock::now() + std::chrono::duration<double>(run_s);
-        while (Clock::now() < until) {
-          for (int k = 0; k < 64; k++, done++)
-            check(c.c.call<p9::Rread>(p9::Tread{.fid = fid, .offset = (rng() % blocks) * 4096, .count = 4096}), "read");
-        }
-        check(c.c.clunk(fid), "clunk");
-        return static_cast<double>(done);
-      }, &n);
-      ops.push_back(n / s);
-    }
-    row("host-9p", t.label, "randread4k", 131072, conns, summarize(ops), "ops/s", reps);
+    Stats st = rates(reps, conns, connect_ro(131072), [&](Conn& c, unsigned i, unsigned r) {
+      uint32_t fid = c.open("big", O_RDONLY);
+      std::mt19937_64 rng(i * 7919 + r);
+      uint64_t blocks = big_size / 4096;
+      uint64_t done = repeat_for(run_s, 64, [&](uint64_t) {
+        check(c.c.call<p9::Rread>(p9::Tread{.fid = fid, .offset = (rng() % blocks) * 4096, .count = 4096}), "read");
+      });
+      check(c.c.clunk(fid), "clunk");
+      return static_cast<double>(done);
+    });
+    row("host-9p", t.label, "randread4k", 131072, conns, st, "ops/s", reps);
   }
 
   // Metadata: walk + getattr + clunk of dir10k/fN, cycling through N.
   for (unsigned conns : conn_counts) {
-    std::vector<double> ops;
-    for (unsigned r = 0; r < reps; r++) {
-      double n;
-      double s = run_parallel(conns, connect_ro(131072), [&](Conn& c, unsigned i) {
-        uint64_t done = 0;
-        uint32_t k = i * 1250;
-        auto until = Clock::now() + std::chrono::duration<double>(run_s);
-        uint32_t fid = c.c.new_fid();
-        while (Clock::now() < until) {
-          for (int b = 0; b < 32; b++, done++, k = (k + 1) % 10000) {
-            check(c.c.walk(c.root, fid, "dir10k/f" + std::to_string(k)), "walk");
-            check(c.c.getattr(fid), "getattr");
-            check(c.c.clunk(fid), "clunk");
-          }
-        }
-        return static_cast<double>(done);
-      }, &n);
-      ops.push_back(n / s);
-    }
-    row("host-9p", t.label, "walk+getattr+clunk", 131072, conns, summarize(ops), "ops/s", reps);
+    Stats st = rates(reps, conns, connect_ro(131072), [&](Conn& c, unsigned i, unsigned) {
+      uint32_t fid = c.c.new_fid();
+      return static_cast<double>(repeat_for(run_s, 32, [&](uint64_t n) {
+        check(c.c.walk(c.root, fid, "dir10k/f" + std::to_string((i * 1250 + n) % 10000)), "walk");
+        check(c.c.getattr(fid), "getattr");
+        check(c.c.clunk(fid), "clunk");
+      }));
+    });
+    row("host-9p", t.label, "walk+getattr+clunk", 131072, conns, st, "ops/s", reps);
   }
 
   // readdir of the 10,000-entry directory, whole, repeatedly.
   for (unsigned conns : conn_counts) {
-    std::vector<double> ents;
-    for (unsigned r = 0; r < reps; r++) {
-      double n;
-      double s = run_parallel(conns, connect_ro(131072), [&](Conn& c, unsigned) {
-        uint64_t entries = 0;
-        auto until = Clock::now() + std::chrono::duration<double>(run_s);
-        do {
-          uint32_t fid = c.open("dir10k", O_RDONLY | O_DIRECTORY);
-          entries += check(c.c.readdir_all(fid), "readdir").size();
-          check(c.c.clunk(fid), "clunk");
-        } while (Clock::now() < until);
-        return static_cast<double>(entries);
-      }, &n);
-      ents.push_back(n / s);
-    }
-    row("host-9p", t.label, "readdir10k", 131072, conns, summarize(ents), "entries/s", reps);
+    Stats st = rates(reps, conns, connect_ro(131072), [&](Conn& c, unsigned, unsigned) {
+      uint64_t entries = 0;
+      repeat_for(run_s, 1, [&](uint64_t) {
+        uint32_t fid = c.open("dir10k", O_RDONLY | O_DIRECTORY);
+        entries += check(c.c.readdir_all(fid), "readdir").size();
+        check(c.c.clunk(fid), "clunk");
+      });
+      return static_cast<double>(entries);
+    });
+    row("host-9p", t.label, "readdir10k", 131072, conns, st, "entries/s", reps);
   }
 
   // create + unlink of small files on the read-write export.
   std::atomic<bool> unlink_by_remove = false;
+  auto connect_rw = [&](unsigned) { return std::make_unique<Conn>(t, 131072, t.rw); };
   for (unsigned conns : conn_counts) {
-    std::vector<double> ops;
-    for (unsigned r = 0; r < reps; r++) {
-      double n;
-      double s = run_parallel(conns, [&](unsigned) { return std::make_unique<Conn>(t, 131072, t.rw); }, [&](Conn& c, unsigned i) {
-        uint64_t done = 0;
-        auto until = Clock::now() + std::chrono::duration<double>(run_s);
-        uint32_t fid = c.c.new_fid();
-        while (Clock::now() < until) {
-          for (int b = 0; b < 16; b++, done++) {
-            std::string name = "c" + std::to_string(i) + "-" + std::to_string(done);
-            check(c.c.walk(c.root, fid, ""), "walk");
-            check(c.c.lcreate(fid, name, O_WRONLY | O_CREAT, 0644), "lcreate");
-            check(c.c.clunk(fid), "clunk");
-            // Tunlinkat, or walk + Tremove where the server lacks it (diod), as Linux does.
-            if (!unlink_by_remove) {
-              auto u = c.c.call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = c.root, .name = name, .flags = 0});
-              if (u) continue;
-              if (u.error() != EOPNOTSUPP) fail(std::string("unlinkat: ") + std::strerror(u.error()));
-              unlink_by_remove = true;
-            }
-            check(c.c.walk(c.root, fid, name), "walk");
-            check(c.c.call<p9::Rremove>(p9::Tremove{.fid = fid}), "remove");
-          }
+    Stats st = rates(reps, conns, connect_rw, [&](Conn& c, unsigned i, unsigned r) {
+      uint32_t fid = c.c.new_fid();
+      return static_cast<double>(repeat_for(run_s, 16, [&](uint64_t n) {
+        std::string name = "c" + std::to_string(i) + "-" + std::to_string(r) + "-" + std::to_string(n);
+        check(c.c.walk(c.root, fid, ""), "walk");
+        check(c.c.lcreate(fid, name, O_WRONLY | O_CREAT, 0644), "lcreate");
+        check(c.c.clunk(fid), "clunk");
+        // Tunlinkat, or walk + Tremove where the server lacks it (diod), as Linux does.
+        if (!unlink_by_remove) {
+          auto u = c.c.call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = c.root, .name = name, .flags = 0});
+          if (u) return;
+          if (u.error() != EOPNOTSUPP) fail(std::string("unlinkat: ") + std::strerror(u.error()));
+          unlink_by_remove = true;
         }
-        return static_cast<double>(done);
-      }, &n);
-      ops.push_back(n / s);
-    }
-    row("host-9p", t.label, "create+unlink", 131072, conns, summarize(ops), "ops/s", reps);
+        check(c.c.walk(c.root, fid, name), "walk");
+        check(c.c.call<p9::Rremove>(p9::Tremove{.fid = fid}), "remove");
+      }));
+    });
+    row("host-9p", t.label, "create+unlink", 131072, conns, st, "ops/s", reps);
   }
 }
 

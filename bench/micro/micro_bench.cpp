@@ -129,16 +129,20 @@ struct Ram {
   virtio::Desc* table(uint64_t off) { return reinterpret_cast<virtio::Desc*>(bytes.data() + off); }
 };
 
-// A FUSE READ as Linux sends it: header in, header out, then N data pages.
-void BM_WalkChainDirect(benchmark::State& state) {
-  Ram ram;
-  uint16_t pages = static_cast<uint16_t>(state.range(0));
-  virtio::Desc* d = ram.table(0);
+// A FUSE READ as Linux sends it, from d[0]: header in, header out, then N data pages.
+void fill_read_chain(virtio::Desc* d, uint16_t pages) {
   d[0] = {Ram::kGpa + 0x10000, 80, virtio::kDescNext, 1};
   d[1] = {Ram::kGpa + 0x11000, 16, virtio::kDescNext | virtio::kDescWrite, 2};
   for (uint16_t i = 0; i < pages; i++)
     d[2 + i] = {Ram::kGpa + 0x20000 + i * 4096ull, 4096, static_cast<uint16_t>(virtio::kDescWrite | (i + 1 < pages ? virtio::kDescNext : 0)),
                 static_cast<uint16_t>(3 + i)};
+}
+
+void BM_WalkChainDirect(benchmark::State& state) {
+  Ram ram;
+  uint16_t pages = static_cast<uint16_t>(state.range(0));
+  virtio::Desc* d = ram.table(0);
+  fill_read_chain(d, pages);
   virtio::Chain chain;
   for (auto _ : state) {
     chain.clear();
@@ -152,12 +156,7 @@ void BM_WalkChainIndirect(benchmark::State& state) {
   Ram ram;
   uint16_t pages = static_cast<uint16_t>(state.range(0));
   virtio::Desc* ring = ram.table(0);
-  virtio::Desc* t = ram.table(0x8000);
-  t[0] = {Ram::kGpa + 0x10000, 80, virtio::kDescNext, 1};
-  t[1] = {Ram::kGpa + 0x11000, 16, virtio::kDescNext | virtio::kDescWrite, 2};
-  for (uint16_t i = 0; i < pages; i++)
-    t[2 + i] = {Ram::kGpa + 0x20000 + i * 4096ull, 4096, static_cast<uint16_t>(virtio::kDescWrite | (i + 1 < pages ? virtio::kDescNext : 0)),
-                static_cast<uint16_t>(3 + i)};
+  fill_read_chain(ram.table(0x8000), pages);
   ring[0] = {Ram::kGpa + 0x8000, static_cast<uint32_t>((pages + 2) * sizeof(virtio::Desc)), virtio::kDescIndirect, 0};
   virtio::Chain chain;
   for (auto _ : state) {
