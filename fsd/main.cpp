@@ -153,7 +153,9 @@ int run(Options& o) {
   fsd::SocketServer server(exports, sc, o.threads, o.metadata_io == "uring");
   for (const auto& l : listens) server.listen(l);
 
-  fsd::VhostUserOptions vopt{.request_queues = 1, .exit_on_disconnect = o.on_disconnect == "exit"};
+  fsd::VhostUserOptions vopt{.request_queues = 1,
+                             .exit_on_disconnect = o.on_disconnect == "exit",
+                             .metadata_via_ring = o.metadata_io == "uring"};
   std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices;
   for (const auto& [tag, path] : sockets)
     devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(tag), path, vopt));

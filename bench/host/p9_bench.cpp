@@ -29,23 +29,13 @@
 #include <thread>
 #include <vector>
 
+#include "bench/host/harness.h"
 #include "fsd/p9/client.h"
 
 namespace {
 
 using namespace fsd;
-using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
-
-template <class T>
-T check(Result<T> r, const char* what) {
-  if (!r) fail(std::string(what) + ": " + std::strerror(r.error()));
-  if constexpr (!std::is_void_v<T>) return std::move(*r);
-}
-void check(Result<void> r, const char* what) {
-  if (!r) fail(std::string(what) + ": " + std::strerror(r.error()));
-}
+using namespace fsd::bench;
 
 struct Target {
   std::string label, socket, ro, rw;
@@ -67,21 +57,6 @@ struct Conn {
     return fid;
   }
 };
-
-struct Stats {
-  double median = 0, min = 0, max = 0;
-};
-Stats summarize(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return {v[v.size() / 2], v.front(), v.back()};
-}
-
-void row(const std::string& layer, const std::string& server, const std::string& workload, uint32_t msize, unsigned conns,
-         const Stats& s, const char* unit, unsigned reps) {
-  std::printf("%s,%s,%s,%u,%u,%.1f,%.1f,%.1f,%s,%u\n", layer.c_str(), server.c_str(), workload.c_str(), msize, conns, s.median,
-              s.min, s.max, unit, reps);
-  std::fflush(stdout);
-}
 
 // Runs `work(connection index)` on `conns` threads at once, each with its
 // own connection made before the clock starts; returns the wall seconds and
@@ -106,22 +81,12 @@ double run_parallel(unsigned conns, const std::function<std::unique_ptr<Conn>(un
   start.arrive_and_wait();
   auto t0 = Clock::now();
   for (auto& t : ts) t.join();
-  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  double secs = seconds_since(t0);
   for (auto& e : errors)
     if (!e.empty()) fail(e);
   *total = 0;
   for (double d : done) *total += d;
   return secs;
-}
-
-// Runs body(i) in batches until `secs` have passed; returns how many ran.
-template <class F>
-uint64_t repeat_for(double secs, int batch, F body) {
-  uint64_t done = 0;
-  auto until = Clock::now() + std::chrono::duration<double>(secs);
-  while (Clock::now() < until)
-    for (int b = 0; b < batch; b++, done++) body(done);
-  return done;
 }
 
 // `reps` runs of run_parallel; each gives a rate (what the workers return, per second).
@@ -273,7 +238,7 @@ void limit(const std::string& file, bool quick) {
     for (unsigned r = 0; r < reps; r++) {
       auto t0 = Clock::now();
       uint64_t n = pread_all(chunk);
-      mibs.push_back(static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count() / (1 << 20));
+      mibs.push_back(static_cast<double>(n) / seconds_since(t0) / (1 << 20));
     }
     row("limit", "host", "pread", chunk, 1, summarize(mibs), "MiB/s", reps);
   }
@@ -283,7 +248,7 @@ void limit(const std::string& file, bool quick) {
   for (unsigned r = 0; r < reps; r++) {
     auto t0 = Clock::now();
     for (int k = 0; k < 8; k++) std::memcpy(dst.data(), src.data(), dst.size());
-    mibs.push_back(8.0 * static_cast<double>(dst.size()) / std::chrono::duration<double>(Clock::now() - t0).count() / (1 << 20));
+    mibs.push_back(8.0 * static_cast<double>(dst.size()) / seconds_since(t0) / (1 << 20));
   }
   row("limit", "host", "memcpy", 64 << 20, 1, summarize(mibs), "MiB/s", reps);
   ::close(fd);
@@ -309,7 +274,7 @@ int main(int argc, char** argv) {
   s->fallthrough();
   l->fallthrough();
   CLI11_PARSE(app, argc, argv);
-  if (header) std::printf("layer,server,workload,msize,conns,median,min,max,unit,reps\n");
+  if (header) print_header();
   try {
     if (*s) serve(t, quick);
     if (*l) limit(file, quick);

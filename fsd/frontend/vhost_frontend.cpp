@@ -29,6 +29,7 @@ Result<std::unique_ptr<VhostFrontend>> VhostFrontend::connect(const std::string&
   f->next_desc_.assign(o.queues, 0);
   f->avail_idx_.assign(o.queues, 0);
   f->last_used_.assign(o.queues, 0);
+  f->kicked_idx_.assign(o.queues, 0);
   return f;
 }
 
@@ -179,6 +180,17 @@ void VhostFrontend::kick(unsigned q) {
   (void)!::write(kick_[q].get(), &one, sizeof one);
 }
 
+void VhostFrontend::kick_if_needed(unsigned q) {
+  uint16_t old_idx = kicked_idx_[q], new_idx = avail_idx_[q];
+  kicked_idx_[q] = new_idx;
+  if (!(features_ & vhost_user::kFRingEventIdx)) return kick(q);
+  // The back-end's avail_event sits after the used ring; read it after the
+  // avail index is published.
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  uint16_t event = __atomic_load_n(reinterpret_cast<uint16_t*>(mem_ + used_offset(q) + 4 + 8 * o_.queue_size), __ATOMIC_ACQUIRE);
+  if (static_cast<uint16_t>(new_idx - event - 1) < static_cast<uint16_t>(new_idx - old_idx)) kick(q);
+}
+
 Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms) {
   std::byte* used = mem_ + used_offset(q);
   for (;;) {
@@ -204,10 +216,9 @@ Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms)
   }
 }
 
-Result<VhostFrontend::FuseReply> VhostFrontend::fuse(unsigned q, uint32_t opcode, uint64_t nodeid,
-                                                     std::span<const std::byte> args, size_t reply_size,
-                                                     std::span<const std::byte> payload, size_t reply_pages,
-                                                     bool indirect) {
+VhostFrontend::Pending VhostFrontend::submit_fuse(unsigned q, uint32_t opcode, uint64_t nodeid,
+                                                  std::span<const std::byte> args, size_t reply_size,
+                                                  std::span<const std::byte> payload, size_t reply_pages, bool indirect) {
   fuse_in_header h{};
   h.len = static_cast<uint32_t>(sizeof h + args.size() + payload.size());
   h.opcode = opcode;
@@ -216,32 +227,48 @@ Result<VhostFrontend::FuseReply> VhostFrontend::fuse(unsigned q, uint32_t opcode
   uint64_t in_gpa = alloc(sizeof h + args.size());
   std::memcpy(host(in_gpa), &h, sizeof h);
   if (!args.empty()) std::memcpy(host(in_gpa) + sizeof h, args.data(), args.size());
-  std::vector<Buf> bufs{{in_gpa, static_cast<uint32_t>(sizeof h + args.size()), false}};
+  auto& bufs = chain_;  // reused: no allocation per request
+  bufs.clear();
+  bufs.push_back({in_gpa, static_cast<uint32_t>(sizeof h + args.size()), false});
   if (!payload.empty()) {
     uint64_t p = alloc(payload.size());
     std::memcpy(host(p), payload.data(), payload.size());
     bufs.push_back({p, static_cast<uint32_t>(payload.size()), false});
   }
   uint64_t out_gpa = alloc(reply_size);
-  std::memset(host(out_gpa), 0xAA, reply_size);
+  if (o_.poison_replies) std::memset(host(out_gpa), 0xAA, reply_size);
   size_t piece = reply_pages ? reply_pages : reply_size;
   for (size_t off = 0; off < reply_size; off += piece)
     bufs.push_back({out_gpa + off, static_cast<uint32_t>(std::min(piece, reply_size - off)), true});
   uint16_t head = indirect ? add_indirect(q, bufs) : add_chain(q, bufs);
   publish(q, head);
-  kick(q);
+  kick_if_needed(q);
+  return {head, h.unique, out_gpa};
+}
+
+Result<VhostFrontend::ReplyView> VhostFrontend::reply_of(const Pending& p, const Used& u) {
+  if (u.id != p.head) return Error{EPROTO};
+  if (u.len == 0) return ReplyView{};  // no reply (FORGET) or a refused chain
+  if (u.len < sizeof(fuse_out_header)) return Error{EBADMSG};
+  fuse_out_header oh;
+  std::memcpy(&oh, host(p.out_gpa), sizeof oh);
+  if (oh.len != u.len || oh.unique != p.unique) return Error{EPROTO};
+  return ReplyView{oh.error, {host(p.out_gpa) + sizeof oh, u.len - sizeof oh}};
+}
+
+Result<VhostFrontend::FuseReply> VhostFrontend::fuse(unsigned q, uint32_t opcode, uint64_t nodeid,
+                                                     std::span<const std::byte> args, size_t reply_size,
+                                                     std::span<const std::byte> payload, size_t reply_pages,
+                                                     bool indirect) {
+  Pending p = submit_fuse(q, opcode, nodeid, args, reply_size, payload, reply_pages, indirect);
   auto u = wait_used(q);
   if (!u) return Error{u.error()};
-  if (u->id != head) return Error{EPROTO};
+  auto v = reply_of(p, *u);
+  if (!v) return Error{v.error()};
   FuseReply r;
   r.used_len = u->len;
-  if (u->len == 0) return r;  // no reply (FORGET) or a refused chain
-  if (u->len < sizeof(fuse_out_header)) return Error{EBADMSG};
-  fuse_out_header oh;
-  std::memcpy(&oh, host(out_gpa), sizeof oh);
-  if (oh.len != u->len || oh.unique != h.unique) return Error{EPROTO};
-  r.error = oh.error;
-  r.body.assign(host(out_gpa) + sizeof oh, host(out_gpa) + u->len);
+  r.error = v->error;
+  r.body.assign(v->body.begin(), v->body.end());
   return r;
 }
 

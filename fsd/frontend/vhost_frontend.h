@@ -4,7 +4,9 @@
 // requests in them as a guest driver would: FUSE requests for virtio-fs.
 // It can also write arbitrary descriptors and messages, for hostile tests.
 //
-// Single-threaded; one request in flight per queue in the simple helpers.
+// Single-threaded. fuse() has one request in flight; submit_fuse() and
+// reply_of() let a caller keep many in flight on one queue, as a guest with
+// several busy threads does (the benchmarks use that).
 #pragma once
 
 #include <linux/fuse.h>
@@ -30,6 +32,7 @@ class VhostFrontend {
     uint64_t gpa_base = 0x40000000;         // guest-physical address of the memory
     uint64_t features = vhost_user::kFVersion1 | vhost_user::kFRingIndirectDesc |
                         vhost_user::kFRingEventIdx | vhost_user::kFProtocolFeatures;
+    bool poison_replies = true;             // fill reply buffers with 0xAA first (tests); off for benchmarks
   };
 
   static Result<std::unique_ptr<VhostFrontend>> connect(const std::string& socket_path, Options o);
@@ -69,6 +72,9 @@ class VhostFrontend {
   // Sets the avail index directly (hostile tests).
   void set_avail_idx(unsigned q, uint16_t idx);
   void kick(unsigned q);
+  // Kicks only when the back-end asked to be told (EVENT_IDX's avail_event),
+  // as a guest driver does; without EVENT_IDX, always.
+  void kick_if_needed(unsigned q);
   struct Used {
     uint32_t id, len;
   };
@@ -89,6 +95,22 @@ class VhostFrontend {
                          size_t reply_size, std::span<const std::byte> payload = {}, size_t reply_pages = 0,
                          bool indirect = false);
   Result<FuseReply> fuse_init();
+
+  // The same request, published and kicked without waiting. The reply is
+  // read with reply_of() once wait_used() returns this head; its body is a
+  // view into guest memory, valid until the data area wraps around.
+  struct Pending {
+    uint16_t head;
+    uint64_t unique;
+    uint64_t out_gpa;
+  };
+  struct ReplyView {
+    int error = 0;
+    std::span<const std::byte> body;
+  };
+  Pending submit_fuse(unsigned q, uint32_t opcode, uint64_t nodeid, std::span<const std::byte> args, size_t reply_size,
+                      std::span<const std::byte> payload = {}, size_t reply_pages = 0, bool indirect = false);
+  Result<ReplyView> reply_of(const Pending& p, const Used& u);
   uint64_t unique() { return ++unique_; }
 
  private:
@@ -102,7 +124,8 @@ class VhostFrontend {
   std::byte* mem_;
   Options o_;
   std::vector<Fd> kick_, call_;
-  std::vector<uint16_t> next_desc_, avail_idx_, last_used_;
+  std::vector<Buf> chain_;
+  std::vector<uint16_t> next_desc_, avail_idx_, last_used_, kicked_idx_;
   size_t data_next_ = kDataStart;
   uint64_t features_ = 0, protocol_features_ = 0;
   uint64_t unique_ = 0;

@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -152,6 +153,7 @@ class VhostUserBackend::Device {
       : vfs_(vfs), options_(o), queues_(o.device == VhostUserOptions::Device::k9p ? 1 : 1 + o.request_queues) {
     cmd_fd_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!cmd_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+    ring_.set_metadata_via_ring(o.metadata_via_ring);
     new_server();
     worker_ = std::thread([this] { worker_main(); });
   }
@@ -186,6 +188,11 @@ class VhostUserBackend::Device {
     bool loop_alive = false;
     unsigned inflight = 0;
     Event* drained = nullptr;
+    // While the loop polls: the event the worker sets once a request shows
+    // up (poll_found) or the poll time runs out.
+    Event* poll_wait = nullptr;
+    std::chrono::steady_clock::time_point poll_until;
+    bool poll_found = false;
   };
 
   // ---- control thread
@@ -196,6 +203,7 @@ class VhostUserBackend::Device {
   // ---- worker thread
   void post(std::function<Task<void>()> fn);
   void worker_main();
+  void poll_queues();
   Task<void> command_loop();
   Task<void> cmd_exit() {
     exit_ = true;
@@ -259,6 +267,7 @@ class VhostUserBackend::Device {
   };
   std::deque<Command> cmds_;
   bool exit_ = false;
+  unsigned polling_ = 0;  // queues waiting in poll_queues()
   std::shared_ptr<MemoryMap> memory_;
   std::shared_ptr<fuse::Server> server_;
   std::shared_ptr<P9Channel> p9_;
@@ -280,7 +289,23 @@ void VhostUserBackend::Device::post(std::function<Task<void>()> fn) {
 
 void VhostUserBackend::Device::worker_main() {
   spawn(command_loop());
-  while (!exit_) ring_.run_once();
+  while (!exit_) {
+    ring_.run_once(polling_ == 0);
+    if (polling_) poll_queues();
+  }
+}
+
+// Ends the poll of each queue that has a request now, has been stopped, or
+// has polled long enough.
+void VhostUserBackend::Device::poll_queues() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto& q : queues_) {
+    if (!q.poll_wait) continue;
+    q.poll_found = q.split.has_avail();
+    if (!q.poll_found && q.running && now < q.poll_until) continue;
+    polling_--;
+    std::exchange(q.poll_wait, nullptr)->set();
+  }
 }
 
 Task<void> VhostUserBackend::Device::command_loop() {
@@ -344,6 +369,17 @@ Task<void> VhostUserBackend::Device::queue_loop(unsigned i) {
       spawn(process(i, **head, memory_, server_));
     }
     if (!q.running) break;
+    if (options_.poll_us) {
+      // The guest's next request usually follows within microseconds; look
+      // for it (while the ring runs this batch) before asking for a kick.
+      Event polled;
+      q.poll_wait = &polled;
+      q.poll_until = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.poll_us);
+      polling_++;
+      co_await polled.wait();
+      if (q.poll_found) continue;
+      if (!q.running) break;
+    }
     q.split.arm_kick();
     // Entries published between the last pop and arming would be missed.
     auto again = q.split.pop();

@@ -30,6 +30,13 @@ struct VhostUserOptions {
   enum class Device { kFs, k9p } device = Device::kFs;
   unsigned request_queues = 1;   // virtio-fs: plus the hiprio queue
   bool exit_on_disconnect = false;
+  // Metadata syscalls through io_uring (punted to its workers), or directly
+  // on the data-plane thread; file data always goes through io_uring.
+  bool metadata_via_ring = false;
+  // How long an idle queue keeps looking for the guest's next request before
+  // it asks for a kick and sleeps (0: never poll). A request found by
+  // polling costs neither side an eventfd wake-up.
+  unsigned poll_us = 50;
 };
 
 struct VhostUserStats {

@@ -101,6 +101,8 @@ class SplitQueue {
   // The next available chain head; nullopt if none; EBADMSG if the driver
   // published more than `num` new entries or a head out of range.
   Result<std::optional<uint16_t>> pop();
+  // Whether the driver has published entries not popped yet (a cheap peek for polling).
+  bool has_avail() const { return load_avail_idx() != last_avail_; }
   // Returns a chain to the driver with `len` bytes written.
   void push(uint16_t head, uint32_t len);
   // Whether the driver wants an interrupt for what was pushed since the last call.

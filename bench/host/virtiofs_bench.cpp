@@ -1,0 +1,424 @@
+// The virtio-fs host harness: drives a vhost-user virtio-fs back-end (fsd,
+// or the C virtiofsd) with the project's front-end, fsd::frontend::
+// VhostFrontend, in the role QEMU and the guest's driver play. No VM: FUSE
+// requests go into split virtqueues in a memfd "guest memory", and the
+// back-end writes its replies there.
+//
+//   fsd_virtiofs_bench --label fsd:auto --ro-socket A --rw-socket B [--quick] [--header]
+//
+// The read-only share must hold `big` and `dir10k/` (f0..f9999); the
+// read-write share must be writable. Each back-end serves one front-end, so
+// bench/run starts a fresh pair of servers for every label.
+//
+// Concurrency is what a guest with N busy threads produces: N requests in
+// flight on the one request queue (the "conns" column). Reads use 4 KiB
+// pages in indirect descriptors, and directories are read a page at a time,
+// as Linux's virtio-fs driver does.
+#include <fcntl.h>
+#include <linux/fuse.h>
+
+#include <CLI/CLI.hpp>
+#include <array>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/host/harness.h"
+#include "fsd/frontend/vhost_frontend.h"
+
+namespace {
+
+using namespace fsd;
+using namespace fsd::bench;
+using frontend::VhostFrontend;
+
+constexpr unsigned kHiprio = 0, kRequests = 1;
+constexpr size_t kPage = 4096;
+
+// A FUSE request's argument bytes, built without allocating.
+struct Req {
+  uint32_t opcode = 0;
+  uint64_t nodeid = 0;
+  std::array<std::byte, 256> args{};
+  size_t len = 0;
+  size_t reply = kPage;  // bytes of reply buffer, in 4 KiB pages
+
+  template <class T>
+  Req& add(const T& v) {
+    std::memcpy(args.data() + len, &v, sizeof v);
+    len += sizeof v;
+    return *this;
+  }
+  Req& name(const std::string& n) {
+    std::memcpy(args.data() + len, n.c_str(), n.size() + 1);
+    len += n.size() + 1;
+    return *this;
+  }
+  std::span<const std::byte> bytes() const { return {args.data(), len}; }
+};
+
+template <class T>
+T as(std::span<const std::byte> body, size_t at = 0) {
+  if (body.size() < at + sizeof(T)) fail("short reply");
+  T v;
+  std::memcpy(&v, body.data() + at, sizeof v);
+  return v;
+}
+
+// One vhost-user connection, negotiated and past FUSE_INIT.
+class Fs {
+ public:
+  explicit Fs(const std::string& socket) {
+    VhostFrontend::Options o;
+    o.memory = 256 << 20;
+    o.poison_replies = false;
+    f_ = check(VhostFrontend::connect(socket, o), ("connect " + socket).c_str());
+    check(f_->negotiate(), "negotiate");
+    auto init = check(f_->fuse_init(), "FUSE_INIT");
+    if (init.error) fail("FUSE_INIT: " + std::string(std::strerror(-init.error)));
+    auto out = as<fuse_init_out>(init.body);
+    readdirplus_ = out.flags & FUSE_DO_READDIRPLUS;
+    max_read_ = (out.flags & FUSE_MAX_PAGES) && out.max_pages ? out.max_pages * kPage : 32 * kPage;
+    owner_.assign(f_->queue_size(), kFree);
+    pending_.resize(f_->queue_size());
+  }
+
+  bool readdirplus() const { return readdirplus_; }
+  size_t max_read() const { return max_read_; }
+
+  // One request, waited for (set-up outside the timed parts).
+  std::vector<std::byte> call(const Req& r) {
+    auto rep = check(f_->fuse(kRequests, r.opcode, r.nodeid, r.bytes(), sizeof(fuse_out_header) + r.reply, {}, kPage, true),
+                     "request");
+    if (rep.error) fail("opcode " + std::to_string(r.opcode) + ": " + std::strerror(-rep.error));
+    return rep.body;
+  }
+  fuse_entry_out lookup(uint64_t parent, const std::string& name) {
+    Req r{.opcode = FUSE_LOOKUP, .nodeid = parent};
+    return as<fuse_entry_out>(call(r.name(name)));
+  }
+  uint64_t open(uint64_t node, uint32_t opcode, uint32_t flags) {
+    fuse_open_in in{};
+    in.flags = flags;
+    Req r{.opcode = opcode, .nodeid = node};
+    return as<fuse_open_out>(call(r.add(in))).fh;
+  }
+  void release(uint64_t node, uint64_t fh, uint32_t opcode) {
+    fuse_release_in in{};
+    in.fh = fh;
+    Req r{.opcode = opcode, .nodeid = node};
+    call(r.add(in));
+  }
+
+  // `streams` workers, each with one request in flight, until every worker
+  // stops (next returns false) or `secs` pass. next(stream, reply, req)
+  // sees its previous reply (empty the first time) and fills its next
+  // request. Returns the wall seconds.
+  using Next = std::function<bool(unsigned, std::span<const std::byte>, Req&)>;
+  double pump(unsigned streams, double secs, const Next& next) {
+    auto t0 = Clock::now();
+    auto until = secs == std::numeric_limits<double>::infinity() ? Clock::time_point::max()
+                                                                 : t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(secs));
+    unsigned in_flight = 0;
+    Req r;
+    for (unsigned s = 0; s < streams; s++)
+      if (r = Req{}; next(s, {}, r)) submit(s, r), in_flight++;
+    uint64_t polls = 0;
+    while (in_flight) {
+      auto u = check(f_->wait_used(kRequests), "wait for a reply");
+      if (u.id >= owner_.size() || owner_[u.id] == kFree) fail("the back-end returned a chain not in flight");
+      unsigned s = owner_[u.id];
+      owner_[u.id] = kFree;
+      in_flight--;
+      auto v = check(f_->reply_of(pending_[u.id], u), "reply");
+      if (v.error) fail("request of stream " + std::to_string(s) + ": " + std::strerror(-v.error));
+      bool go_on = (++polls % 16 != 0) || Clock::now() < until;
+      if (go_on && (r = Req{}, next(s, v.body, r))) submit(s, r), in_flight++;
+      drain_hiprio(false);
+    }
+    drain_hiprio(true);
+    return seconds_since(t0);
+  }
+
+  // FORGET goes on the high-priority queue and has no reply, as Linux sends it.
+  void forget(uint64_t node, uint64_t nlookup) {
+    fuse_forget_in in{nlookup};
+    f_->submit_fuse(kHiprio, FUSE_FORGET, node, std::as_bytes(std::span(&in, 1)), 0);
+    forgets_++;
+    if (forgets_ >= f_->queue_size() / 2) drain_hiprio(true);
+  }
+
+ private:
+  static constexpr unsigned kFree = ~0u;
+
+  void submit(unsigned stream, const Req& r) {
+    auto p = f_->submit_fuse(kRequests, r.opcode, r.nodeid, r.bytes(), sizeof(fuse_out_header) + r.reply, {}, kPage, true);
+    if (owner_[p.head] != kFree) fail("the request ring wrapped over a request still in flight");
+    owner_[p.head] = stream;
+    pending_[p.head] = p;
+  }
+  void drain_hiprio(bool all) {
+    while (forgets_) {
+      auto u = f_->wait_used(kHiprio, all ? 10000 : 0);
+      if (!u && u.error() == ETIMEDOUT && !all) return;
+      check(std::move(u), "FORGET");
+      forgets_--;
+    }
+  }
+
+  std::unique_ptr<VhostFrontend> f_;
+  bool readdirplus_ = false;
+  size_t max_read_ = 0;
+  std::vector<unsigned> owner_;  // descriptor head -> stream, for requests in flight
+  std::vector<VhostFrontend::Pending> pending_;
+  unsigned forgets_ = 0;
+};
+
+// How many directory entries a READDIR(PLUS) reply holds, and the offset of the last.
+std::pair<size_t, uint64_t> count_dirents(std::span<const std::byte> body, bool plus) {
+  size_t n = 0, pos = 0;
+  uint64_t off = 0;
+  size_t head = plus ? FUSE_NAME_OFFSET_DIRENTPLUS : FUSE_NAME_OFFSET;
+  while (pos + head <= body.size()) {
+    auto d = as<fuse_dirent>(body, pos + (plus ? sizeof(fuse_entry_out) : 0));
+    off = d.off;
+    n++;
+    pos += FUSE_DIRENT_ALIGN(head + d.namelen);
+  }
+  return {n, off};
+}
+
+struct Target {
+  std::string label, ro, rw;
+  std::string only;  // run only the workloads whose names contain this
+  std::vector<unsigned> depths{1, 8};
+};
+
+void run(const Target& t, bool quick) {
+  const unsigned reps = 3;
+  const double run_s = quick ? 0.5 : 2.0;
+  const double whole = std::numeric_limits<double>::infinity();
+  const std::vector<unsigned>& depths = t.depths;
+  Fs ro(t.ro), rw(t.rw);
+  auto big = ro.lookup(FUSE_ROOT_ID, "big");
+  auto dir = ro.lookup(FUSE_ROOT_ID, "dir10k");
+  auto want = [&](const char* w) { return std::string(w).find(t.only) != std::string::npos; };
+  auto emit = [&](const char* w, uint32_t size, unsigned depth, const std::vector<double>& v, const char* unit) {
+    row("host-virtiofs", t.label, w, size, depth, summarize(v), unit, reps);
+  };
+
+  // Sequential read of `big`, whole, by each stream, in requests of `size`.
+  std::vector<uint32_t> sizes{131072, 1048576};
+  for (uint32_t size : sizes) {
+    if (size > ro.max_read() || !want("seqread")) continue;
+    for (unsigned depth : depths) {
+      std::vector<double> mibs;
+      for (unsigned r = 0; r < reps; r++) {
+        std::vector<uint64_t> fh(depth), off(depth, 0);
+        std::vector<bool> started(depth, false);
+        for (auto& h : fh) h = ro.open(big.nodeid, FUSE_OPEN, O_RDONLY);
+        uint64_t bytes = 0;
+        double s = ro.pump(depth, whole, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
+          if (started[i]) {
+            if (prev.empty()) return false;  // end of file
+            bytes += prev.size();
+            off[i] += prev.size();
+          }
+          started[i] = true;
+          fuse_read_in in{};
+          in.fh = fh[i];
+          in.offset = off[i];
+          in.size = size;
+          q = Req{.opcode = FUSE_READ, .nodeid = big.nodeid};
+          q.add(in);
+          q.reply = size;
+          return true;
+        });
+        for (auto h : fh) ro.release(big.nodeid, h, FUSE_RELEASE);
+        if (bytes != depth * big.attr.size) fail("seqread read " + std::to_string(bytes) + " bytes");
+        mibs.push_back(static_cast<double>(bytes) / s / (1 << 20));
+      }
+      emit("seqread", size, depth, mibs, "MiB/s");
+    }
+  }
+
+  // 4 KiB reads at random offsets of `big`.
+  for (unsigned depth : depths) {
+    if (!want("randread4k")) break;
+    std::vector<double> ops;
+    for (unsigned r = 0; r < reps; r++) {
+      uint64_t fh = ro.open(big.nodeid, FUSE_OPEN, O_RDONLY), done = 0;
+      std::mt19937_64 rng(r);
+      uint64_t blocks = big.attr.size / kPage;
+      double s = ro.pump(depth, run_s, [&](unsigned, std::span<const std::byte> prev, Req& q) {
+        if (!prev.empty()) done++;
+        fuse_read_in in{};
+        in.fh = fh;
+        in.offset = (rng() % blocks) * kPage;
+        in.size = kPage;
+        q = Req{.opcode = FUSE_READ, .nodeid = big.nodeid};
+        q.add(in);
+        return true;
+      });
+      ro.release(big.nodeid, fh, FUSE_RELEASE);
+      ops.push_back(static_cast<double>(done) / s);
+    }
+    emit("randread4k", kPage, depth, ops, "ops/s");
+  }
+
+  // Metadata: LOOKUP + GETATTR of dir10k/fN, what `stat` costs a guest
+  // whose entries have timed out (cache=never).
+  for (unsigned depth : depths) {
+    if (!want("lookup+getattr")) break;
+    std::vector<double> ops;
+    for (unsigned r = 0; r < reps; r++) {
+      std::vector<uint64_t> n(depth);
+      std::vector<uint8_t> phase(depth, 0);
+      uint64_t done = 0;
+      std::vector<std::pair<uint64_t, uint64_t>> looked;  // forgotten after the clock stops
+      double s = ro.pump(depth, run_s, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
+        if (phase[i] == 1) {  // a LOOKUP came back: GETATTR its node
+          auto e = as<fuse_entry_out>(prev);
+          looked.emplace_back(e.nodeid, 1);
+          q = Req{.opcode = FUSE_GETATTR, .nodeid = e.nodeid};
+          q.add(fuse_getattr_in{});
+          phase[i] = 2;
+          return true;
+        }
+        if (phase[i] == 2) done++;
+        q = Req{.opcode = FUSE_LOOKUP, .nodeid = dir.nodeid};
+        q.name("f" + std::to_string((i * 1250 + n[i]++) % 10000));
+        phase[i] = 1;
+        return true;
+      });
+      ops.push_back(static_cast<double>(done) / s);
+      for (auto [node, count] : looked) ro.forget(node, count);
+    }
+    emit("lookup+getattr", 0, depth, ops, "ops/s");
+  }
+
+  // readdir of the 10,000-entry directory, whole, a page per request.
+  uint32_t rd_op = ro.readdirplus() ? FUSE_READDIRPLUS : FUSE_READDIR;
+  for (unsigned depth : depths) {
+    if (!want("readdir")) break;
+    std::vector<double> rate;
+    for (unsigned r = 0; r < reps; r++) {
+      std::vector<uint64_t> fh(depth), off(depth, 0);
+      std::vector<bool> open(depth, false);
+      uint64_t entries = 0;
+      double s = ro.pump(depth, run_s, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
+        if (!open[i] && !prev.empty()) {  // an OPENDIR came back
+          fh[i] = as<fuse_open_out>(prev).fh;
+          open[i] = true;
+          off[i] = 0;
+        } else if (open[i]) {
+          auto [n, last] = count_dirents(prev, rd_op == FUSE_READDIRPLUS);
+          entries += n;
+          off[i] = last;
+          if (n == 0) {  // the end: close it, and open again next time
+            fuse_release_in in{};
+            in.fh = fh[i];
+            q = Req{.opcode = FUSE_RELEASEDIR, .nodeid = dir.nodeid};
+            q.add(in);
+            open[i] = false;
+            return true;
+          }
+        }
+        if (!open[i]) {
+          q = Req{.opcode = FUSE_OPENDIR, .nodeid = dir.nodeid};
+          q.add(fuse_open_in{});
+          return true;
+        }
+        fuse_read_in in{};
+        in.fh = fh[i];
+        in.offset = off[i];
+        in.size = kPage;
+        q = Req{.opcode = rd_op, .nodeid = dir.nodeid};
+        q.add(in);
+        return true;
+      });
+      for (unsigned i = 0; i < depth; i++)
+        if (open[i]) ro.release(dir.nodeid, fh[i], FUSE_RELEASEDIR);
+      rate.push_back(static_cast<double>(entries) / s);
+    }
+    emit(rd_op == FUSE_READDIRPLUS ? "readdir10k(plus)" : "readdir10k", kPage, depth, rate, "entries/s");
+  }
+
+  // create + release + unlink (+ the FORGET a guest sends once the inode
+  // goes) of small files on the read-write share.
+  for (unsigned depth : depths) {
+    if (!want("create+unlink")) break;
+    std::vector<double> ops;
+    for (unsigned r = 0; r < reps; r++) {
+      std::vector<uint64_t> n(depth, 0), node(depth);
+      std::vector<uint8_t> phase(depth, 0);
+      uint64_t done = 0;
+      auto name = [&](unsigned i) { return "c" + std::to_string(i) + "-" + std::to_string(r) + "-" + std::to_string(n[i]); };
+      double s = rw.pump(depth, run_s, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
+        switch (phase[i]) {
+          case 1: {  // created: release it
+            auto e = as<fuse_entry_out>(prev);
+            fuse_release_in in{};
+            in.fh = as<fuse_open_out>(prev, sizeof e).fh;
+            node[i] = e.nodeid;
+            q = Req{.opcode = FUSE_RELEASE, .nodeid = e.nodeid};
+            q.add(in);
+            phase[i] = 2;
+            return true;
+          }
+          case 2:  // released: unlink it
+            q = Req{.opcode = FUSE_UNLINK, .nodeid = FUSE_ROOT_ID};
+            q.name(name(i));
+            phase[i] = 3;
+            return true;
+          case 3:  // unlinked: forget it
+            rw.forget(node[i], 1);
+            done++;
+            n[i]++;
+            break;
+        }
+        fuse_create_in in{};
+        in.flags = O_WRONLY | O_CREAT | O_EXCL;
+        in.mode = 0644;
+        q = Req{.opcode = FUSE_CREATE, .nodeid = FUSE_ROOT_ID};
+        q.add(in).name(name(i));
+        phase[i] = 1;
+        return true;
+      });
+      ops.push_back(static_cast<double>(done) / s);
+      // Streams stopped by the clock may leave a file behind: remove it.
+      for (unsigned i = 0; i < depth; i++)
+        if (phase[i] == 1 || phase[i] == 2) {
+          Req u{.opcode = FUSE_UNLINK, .nodeid = FUSE_ROOT_ID};
+          rw.call(u.name(name(i)));
+        }
+    }
+    emit("create+unlink", 0, depth, ops, "ops/s");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fsd_virtiofs_bench: the virtio-fs host harness (see bench/run)"};
+  Target t;
+  bool quick = false, header = false;
+  app.add_option("--label", t.label, "The server's name in the rows (e.g. fsd:auto)")->required();
+  app.add_option("--ro-socket", t.ro, "vhost-user socket of the read-only share (with big and dir10k/)")->required();
+  app.add_option("--rw-socket", t.rw, "vhost-user socket of the read-write share")->required();
+  app.add_option("--only", t.only, "Run only the workloads whose names contain this (for profiling)");
+  app.add_option("--depths", t.depths, "Requests kept in flight (default: 1 and 8)")->check(CLI::Range(1u, 64u));
+  app.add_flag("--quick", quick, "A minute-scale subset");
+  app.add_flag("--header", header, "Print the CSV header first");
+  CLI11_PARSE(app, argc, argv);
+  if (header) print_header();
+  try {
+    run(t, quick);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fsd_virtiofs_bench: %s: %s\n", t.label.c_str(), e.what());
+    return 1;
+  }
+}
