@@ -31,12 +31,13 @@ struct Options {
   std::string on_disconnect;  // "", "wait" or "exit"
   uint32_t msize_max = 1 << 20;
   unsigned threads = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
-  unsigned fd_budget = 768;
+  unsigned fd_budget = 0;  // 0: from RLIMIT_NOFILE
+  unsigned poll_us = 50;
   // Metadata calls (statx, openat2, mkdirat, ...) on warm dentries take
   // microseconds; through io_uring they are punted to io-wq threads, and the
   // extra wake-ups halved one connection's walk+getattr+clunk rate in
   // bench/run (2,813 vs 5,335 ops/s). Data I/O goes through io_uring either way.
-  std::string metadata_io = "sync";
+  std::string metadata_io = "auto";
   std::string log_level = "info";
   // virtiofsd-compatible form
   std::string socket_path, shared_dir, cache, compat_opts;
@@ -48,17 +49,23 @@ struct Options {
 
 constexpr const char* kCompatTag = "virtiofs";
 
-// Fits the fd budget under RLIMIT_NOFILE (raising the soft limit to the hard
-// one first), keeping room for sockets, rings and the like.
+// Raises the soft fd limit to the hard one, then fits the budget in it:
+// `wanted`, or with 0, three quarters of the limit (at most 65536). Linux's
+// 9p client with cache=loose keeps a file open for every inode it caches, so
+// a small budget would turn into EMFILE in the guest.
 unsigned fit_fd_budget(unsigned wanted) {
   rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return wanted;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return wanted ? wanted : 768;
   if (rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
     ::getrlimit(RLIMIT_NOFILE, &rl);
   }
   constexpr rlim_t kReserve = 128;
+  if (wanted == 0) {
+    rlim_t quarter3 = rl.rlim_cur == RLIM_INFINITY ? 65536 : rl.rlim_cur / 4 * 3;
+    return static_cast<unsigned>(std::clamp<rlim_t>(quarter3, 64, 65536));
+  }
   if (rl.rlim_cur != RLIM_INFINITY && wanted + kReserve > rl.rlim_cur) {
     unsigned fitted = rl.rlim_cur > kReserve + 32 ? static_cast<unsigned>(rl.rlim_cur - kReserve) : 32;
     spdlog::warn("--fd-budget {} does not fit RLIMIT_NOFILE {}; using {}", wanted, rl.rlim_cur, fitted);
@@ -129,6 +136,7 @@ int run(Options& o) {
   fsd::VfsOptions vopts;
   vopts.path_fd_cache = std::max(per_export / 4, 8u);
   vopts.open_files = per_export - vopts.path_fd_cache;
+  spdlog::debug("fd budget {}: per export {} open files and {} cached paths", budget, vopts.open_files, vopts.path_fd_cache);
 
   fsd::p9::ExportSet exports;
   for (auto& c : configs) {
@@ -150,12 +158,16 @@ int run(Options& o) {
 
   fsd::p9::SessionConfig sc;
   sc.max_msize = o.msize_max;
-  fsd::SocketServer server(exports, sc, o.threads, o.metadata_io == "uring");
+  auto metadata_io = o.metadata_io == "uring"  ? fsd::Ring::MetadataIo::kRing
+                     : o.metadata_io == "sync" ? fsd::Ring::MetadataIo::kInline
+                                               : fsd::Ring::MetadataIo::kAdaptive;
+  fsd::SocketServer server(exports, sc, o.threads, metadata_io);
   for (const auto& l : listens) server.listen(l);
 
   fsd::VhostUserOptions vopt{.request_queues = 1,
                              .exit_on_disconnect = o.on_disconnect == "exit",
-                             .metadata_via_ring = o.metadata_io == "uring"};
+                             .metadata_io = metadata_io,
+                             .poll_us = o.poll_us};
   std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices;
   for (const auto& [tag, path] : sockets)
     devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(tag), path, vopt));
@@ -239,11 +251,20 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "Worker threads for sockets and FUSE (one io_uring each)")
       ->check(CLI::Range(1u, 256u))
       ->capture_default_str();
-  app.add_option("--fd-budget", o.fd_budget, "Most file descriptors fsd keeps for exported files, however many clients walk")
-      ->check(CLI::Range(64u, 1u << 20))
+  app.add_option("--fd-budget", o.fd_budget,
+                 "Most file descriptors fsd keeps for exported files, however many clients walk "
+                 "(default: 3/4 of RLIMIT_NOFILE, at most 65536)")
+      ->check(CLI::Range(64u, 1u << 20));
+  app.add_option("--metadata-io", o.metadata_io,
+                 "Where metadata syscalls run: uring (io_uring's workers), sync (the worker thread), or auto "
+                 "(lookups on the worker thread; creates, unlinks and renames through io_uring while other "
+                 "requests are in flight). File data always goes through io_uring")
+      ->check(CLI::IsMember({"uring", "sync", "auto"}))
       ->capture_default_str();
-  app.add_option("--metadata-io", o.metadata_io, "Metadata syscalls (9p sockets) directly on the worker thread, or through io_uring; file data always goes through io_uring")
-      ->check(CLI::IsMember({"uring", "sync"}))
+  app.add_option("--poll-us", o.poll_us,
+                 "How long an idle virtio queue looks for the guest's next request before it sleeps until "
+                 "kicked (0: never poll; polling trades CPU for latency)")
+      ->check(CLI::Range(0u, 10000u))
       ->capture_default_str();
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")

@@ -163,7 +163,7 @@ class SocketServer::Connection : public p9::ReplySink, public std::enable_shared
 class SocketServer::Worker {
  public:
   Worker(SocketServer& server, unsigned index) : server(server), index(index) {
-    ring.set_metadata_via_ring(server.metadata_via_ring_);
+    ring.set_metadata_io(server.metadata_io_);
     wake_fd.reset(::eventfd(0, EFD_CLOEXEC));
     if (!wake_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
   }
@@ -254,6 +254,7 @@ void SocketServer::Connection::protocol_error(std::string_view why) {
 
 Task<void> SocketServer::Connection::request(Buffer frame) {
   auto self = shared_from_this();
+  Ring::Active active(worker_.ring);
   co_await session_.handle(std::move(frame));
 }
 
@@ -346,8 +347,8 @@ Task<void> SocketServer::Connection::sender() {
 // ---- SocketServer
 
 SocketServer::SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
-                           bool metadata_via_ring)
-    : exports_(exports), config_(config), threads_(threads ? threads : 1), metadata_via_ring_(metadata_via_ring) {}
+                           Ring::MetadataIo metadata_io)
+    : exports_(exports), config_(config), threads_(threads ? threads : 1), metadata_io_(metadata_io) {}
 
 SocketServer::~SocketServer() { stop(); }
 

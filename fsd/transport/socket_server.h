@@ -35,7 +35,7 @@ struct SocketServerStats {
 class SocketServer {
  public:
   SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
-               bool metadata_via_ring = true);
+               Ring::MetadataIo metadata_io = Ring::MetadataIo::kRing);
   ~SocketServer();
 
   // Binds and listens (throws std::runtime_error on failure). A port of 0
@@ -58,7 +58,7 @@ class SocketServer {
   const p9::ExportSet& exports_;
   p9::SessionConfig config_;
   unsigned threads_;
-  bool metadata_via_ring_;
+  Ring::MetadataIo metadata_io_;
   std::vector<Fd> listeners_;
   std::vector<ListenAddress> bound_;
   std::vector<std::unique_ptr<Worker>> workers_;

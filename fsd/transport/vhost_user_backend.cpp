@@ -153,7 +153,7 @@ class VhostUserBackend::Device {
       : vfs_(vfs), options_(o), queues_(o.device == VhostUserOptions::Device::k9p ? 1 : 1 + o.request_queues) {
     cmd_fd_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!cmd_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-    ring_.set_metadata_via_ring(o.metadata_via_ring);
+    ring_.set_metadata_io(o.metadata_io);
     new_server();
     worker_ = std::thread([this] { worker_main(); });
   }
@@ -407,6 +407,7 @@ void VhostUserBackend::Device::finish_one(Queue& q, uint16_t head, uint32_t len)
 Task<void> VhostUserBackend::Device::process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem,
                                              std::shared_ptr<fuse::Server> server) {
   Queue& q = queues_[i];
+  Ring::Active active(ring_);
   q.inflight++;
   requests++;
   virtio::Chain chain;

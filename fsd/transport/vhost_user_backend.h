@@ -19,6 +19,7 @@
 #include <string>
 #include <thread>
 
+#include "fsd/uring/ring.h"
 #include "fsd/util/fd.h"
 #include "fsd/vfs/vfs.h"
 
@@ -30,9 +31,8 @@ struct VhostUserOptions {
   enum class Device { kFs, k9p } device = Device::kFs;
   unsigned request_queues = 1;   // virtio-fs: plus the hiprio queue
   bool exit_on_disconnect = false;
-  // Metadata syscalls through io_uring (punted to its workers), or directly
-  // on the data-plane thread; file data always goes through io_uring.
-  bool metadata_via_ring = false;
+  // Where metadata syscalls run (see Ring::MetadataIo).
+  Ring::MetadataIo metadata_io = Ring::MetadataIo::kAdaptive;
   // How long an idle queue keeps looking for the guest's next request before
   // it asks for a kick and sleeps (0: never poll). A request found by
   // polling costs neither side an eventfd wake-up.

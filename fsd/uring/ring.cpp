@@ -180,7 +180,7 @@ Op Ring::cancel_fd(int fd) {
 }
 
 Op Ring::openat2(int dirfd, const char* path, const open_how& how) {
-  if (!use_ring_for(IORING_OP_OPENAT2)) {
+  if (!use_ring_for(IORING_OP_OPENAT2, how.flags & O_CREAT)) {
     open_how h = how;
     return Op(sys(syscall(SYS_openat2, dirfd, path, &h, sizeof h)));
   }
@@ -188,30 +188,30 @@ Op Ring::openat2(int dirfd, const char* path, const open_how& how) {
   FSD_PREP(io_uring_prep_openat2(&sqe, dirfd, path, const_cast<open_how*>(&how)));
 }
 Op Ring::statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* out) {
-  if (!use_ring_for(IORING_OP_STATX)) return Op(sys(::statx(dirfd, path, flags, mask, out)));
+  if (!use_ring_for(IORING_OP_STATX, false)) return Op(sys(::statx(dirfd, path, flags, mask, out)));
   FSD_PREP(io_uring_prep_statx(&sqe, dirfd, path, flags, mask, out));
 }
 Op Ring::mkdirat(int dirfd, const char* path, mode_t mode) {
-  if (!use_ring_for(IORING_OP_MKDIRAT)) return Op(sys(::mkdirat(dirfd, path, mode)));
+  if (!use_ring_for(IORING_OP_MKDIRAT, true)) return Op(sys(::mkdirat(dirfd, path, mode)));
   FSD_PREP(io_uring_prep_mkdirat(&sqe, dirfd, path, mode));
 }
 Op Ring::unlinkat(int dirfd, const char* path, int flags) {
-  if (!use_ring_for(IORING_OP_UNLINKAT)) return Op(sys(::unlinkat(dirfd, path, flags)));
+  if (!use_ring_for(IORING_OP_UNLINKAT, true)) return Op(sys(::unlinkat(dirfd, path, flags)));
   FSD_PREP(io_uring_prep_unlinkat(&sqe, dirfd, path, flags));
 }
 Op Ring::renameat(int olddir, const char* oldpath, int newdir, const char* newpath,
                   unsigned flags) {
-  if (!use_ring_for(IORING_OP_RENAMEAT))
+  if (!use_ring_for(IORING_OP_RENAMEAT, true))
     return Op(sys(::renameat2(olddir, oldpath, newdir, newpath, flags)));
   FSD_PREP(io_uring_prep_renameat(&sqe, olddir, oldpath, newdir, newpath, flags));
 }
 Op Ring::linkat(int olddir, const char* oldpath, int newdir, const char* newpath, int flags) {
-  if (!use_ring_for(IORING_OP_LINKAT))
+  if (!use_ring_for(IORING_OP_LINKAT, true))
     return Op(sys(::linkat(olddir, oldpath, newdir, newpath, flags)));
   FSD_PREP(io_uring_prep_linkat(&sqe, olddir, oldpath, newdir, newpath, flags));
 }
 Op Ring::symlinkat(const char* target, int newdir, const char* linkpath) {
-  if (!use_ring_for(IORING_OP_SYMLINKAT)) return Op(sys(::symlinkat(target, newdir, linkpath)));
+  if (!use_ring_for(IORING_OP_SYMLINKAT, true)) return Op(sys(::symlinkat(target, newdir, linkpath)));
   FSD_PREP(io_uring_prep_symlinkat(&sqe, target, newdir, linkpath));
 }
 

@@ -59,9 +59,27 @@ class Ring {
   Ring& operator=(const Ring&) = delete;
 
   bool supports(uint8_t opcode) const { return supported_[opcode]; }
-  // Turns off use of io_uring for metadata operations (they run as plain
-  // syscalls); data I/O always uses the ring.
-  void set_metadata_via_ring(bool on) { meta_via_ring_ = on; }
+  // Where metadata syscalls run; data I/O always uses the ring.
+  //   kRing:     through io_uring, which punts them to its worker threads:
+  //              they overlap, but each costs those threads a wake-up.
+  //   kInline:   as plain syscalls on the calling thread.
+  //   kAdaptive: lookups (statx, open) inline; changes (create, mkdir,
+  //              unlink, rename, link, symlink), which can take long and
+  //              block, through the ring when other requests are in
+  //              flight here, so they overlap; inline when alone.
+  enum class MetadataIo { kRing, kInline, kAdaptive };
+  void set_metadata_io(MetadataIo m) { meta_io_ = m; }
+  // Counts a request in flight on this ring for kAdaptive (transports hold
+  // one per request they serve).
+  class Active {
+   public:
+    explicit Active(Ring& r) : r_(r) { r_.active_++; }
+    ~Active() { r_.active_--; }
+    Active(const Active&) = delete;
+
+   private:
+    Ring& r_;
+  };
 
   // Submits pending SQEs, then handles completions. With `wait`, blocks until
   // at least one completion arrives.
@@ -99,11 +117,20 @@ class Ring {
  private:
   friend class Op;
   void submit(Op* op);
-  bool use_ring_for(uint8_t opcode) const { return supported_[opcode] && meta_via_ring_; }
+  bool use_ring_for(uint8_t opcode, bool change) const {
+    if (!supported_[opcode]) return false;
+    switch (meta_io_) {
+      case MetadataIo::kRing: return true;
+      case MetadataIo::kInline: return false;
+      case MetadataIo::kAdaptive: return change && active_ > 1;
+    }
+    return false;
+  }
 
   io_uring ring_{};
   std::bitset<256> supported_;
-  bool meta_via_ring_ = true;
+  MetadataIo meta_io_ = MetadataIo::kRing;
+  unsigned active_ = 0;
   uint64_t submitted_ = 0;
   uint64_t completed_ = 0;
 };

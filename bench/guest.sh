@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The guest layer of the benchmark suite: real workloads in a guest booted
+# by vmlaunch, one boot per sharing configuration, each workload 3 times.
+#
+#   bench/guest.sh [--quick] OUT.csv
+#
+# The share under test holds `big` (a large file) and `tree/` (a copy of
+# /usr/include, ~20k real files); the guest mounts it read-write at /mnt/b.
+# Workloads (wall seconds in the guest; "cold" drops the guest's caches
+# first, "warm" runs again straight after, so the cache mode shows):
+#   seqread       dd of `big` with 1 MiB reads (cold)
+#   find          find tree | wc -l (cold, then warm)
+#   tar           tar cf - tree | wc -c (cold, then warm)
+#   create1000    1,000 small files written, then sync
+#   true          vmlaunch -- true with this share mounted, end to end (host wall time)
+# Configurations: fsd's virtio-fs (cache never/auto/always); fsd's 9p
+# (msize x cache none/mmap/loose); QEMU's built-in 9p (msize 8K/128K/512K x
+# none/loose); the C virtiofsd (QEMU's, attached with extraArgs).
+# ACCEL=tcg|kvm|auto picks the accelerator (default tcg: nested KVM is not
+# everywhere); ONLY=REGEX runs only the configurations whose labels match;
+# FSD=PATH is the fsd binary vmlaunch starts. Rows: layer,server,workload,msize,conns,median,min,max,unit,reps
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+quick=""
+[[ "${1:-}" == --quick ]] && { quick=1; shift; }
+csv="${1:?usage: bench/guest.sh [--quick] OUT.csv}"
+accel="${ACCEL:-tcg}"
+vmlaunch=build/launcher/vmlaunch
+virtiofsd=/usr/lib/qemu/virtiofsd
+cache="${FSD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fsd}"
+kdir="$(ls -d "$cache"/kernel/*/ 2>/dev/null | head -1)"; kdir="${kdir%/}"
+store="$cache/demo-store"
+[[ -x "$vmlaunch" && -n "$kdir" && -f "$kdir/vmlinuz" && -d "$store" ]] \
+  || { echo "bench/guest.sh: run scripts/setup and build vmlaunch first (bench/run does)" >&2; exit 1; }
+modules="$(ls -d "$kdir"/lib/modules/* | head -1)"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/fsd-guest-bench-XXXXXX")"
+vfs_pid=""
+cleanup() {
+  if [[ -n "$vfs_pid" ]]; then kill "$vfs_pid" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The share: `big` and a tree of real files.
+share="$work/share"
+mkdir -p "$share"
+big_mib=$([[ -n "$quick" ]] && echo 32 || echo 256)
+head -c $((big_mib << 20)) /dev/urandom > "$share/big"
+if [[ -n "$quick" ]]; then cp -r /usr/include/linux "$share/tree"; else cp -r /usr/include "$share/tree"; fi
+files=$(find "$share/tree" -type f | wc -l)
+echo "guest: share with a ${big_mib} MiB file and $files files in tree/ ($(du -sh "$share/tree" | cut -f1)); accel $accel"
+
+# The guest side: each workload 3 times, one line per run: "@@ workload seconds".
+read -r -d '' guest_script <<'GUEST' || true
+set -e
+t() { awk '{print $1}' /proc/uptime; }
+run() {  # NAME COLD(1|0) COMMAND...
+  name=$1; cold=$2; shift 2
+  for rep in 1 2 3; do
+    sync; [ "$cold" = 1 ] && echo 3 > /proc/sys/vm/drop_caches
+    a=$(t); "$@" > /dev/null; b=$(t)
+    echo "@@ $name $(awk "BEGIN {print $b - $a}")"
+  done
+}
+cd /mnt/b
+run seqread 1 dd if=big of=/dev/null bs=1M
+run find 1 sh -c 'find tree | wc -l'
+run find-warm 0 sh -c 'find tree | wc -l'
+run tar 1 sh -c 'tar cf - tree | wc -c'
+run tar-warm 0 sh -c 'tar cf - tree | wc -c'
+mk() { mkdir -p w; i=0; while [ $i -lt 1000 ]; do echo small > w/f$i; i=$((i + 1)); done; sync; rm -rf w; }
+run create1000 0 mk
+GUEST
+
+# spec SHARE_JSON EXTRA_ARGS_JSON MOUNT_COMMAND SCRIPT -> a spec file path
+spec() {
+  local f="$work/spec.json"
+  python3 - "$@" "$kdir/vmlinuz" "$modules" > "$f" <<'PY'
+import json, sys
+share, extra, mount, script, kernel, modules = sys.argv[1:7]
+spec = {"memory": 1024, "cpus": 2, "timeout": 1800, "kernel": kernel, "modules": modules, "shares": json.loads(share),
+        "qemu": {"extraArgs": json.loads(extra)},
+        "command": (mount + "\n" if mount else "") + script}
+print(json.dumps(spec))
+PY
+  echo "$f"
+}
+
+median3() { sort -g | awk '{a[NR]=$1} END {printf "%.3f,%.3f,%.3f", a[2], a[1], a[3]}'; }
+
+# Run before every boot (the C virtiofsd needs a fresh process per front-end).
+pre_boot=:
+
+# One configuration: LABEL MSIZE SHARE_JSON EXTRA_ARGS_JSON MOUNT_COMMAND
+run_config() {
+  local label="$1" msize="$2" shares="$3" extra="$4" mount="$5"
+  [[ "$label" =~ ${ONLY:-.} ]] || return 0
+  echo "== guest: $label"
+  local log="$work/run.log"
+  $pre_boot
+  if ! "$vmlaunch" --accel "$accel" --store "$store" ${FSD:+--fsd "$FSD"} "$(spec "$shares" "$extra" "$mount" "$guest_script")" > "$log" 2>&1; then
+    echo "bench/guest.sh: $label failed; its rows are missing. The end of its log:" >&2
+    tail -20 "$log" >&2
+    return 0
+  fi
+  for w in $(tr -d '\r' < "$log" | awk '$1 == "@@" {print $2}' | awk '!seen[$0]++'); do
+    local stats
+    stats="$(tr -d '\r' < "$log" | awk -v w="$w" '$1 == "@@" && $2 == w {print $3}' | median3)"
+    echo "guest,$label,$w,$msize,1,$stats,s,3" | tee -a "$csv"
+  done
+  # `true` end to end: the host's wall time for a whole run with this share mounted.
+  local times=() t0 t1
+  for _ in 1 2 3; do
+    $pre_boot
+    t0=$(date +%s%N)
+    "$vmlaunch" --accel "$accel" --store "$store" ${FSD:+--fsd "$FSD"} "$(spec "$shares" "$extra" "$mount" true)" > "$log" 2>&1 \
+      || { echo "bench/guest.sh: $label: the run of true failed" >&2; tail -5 "$log" >&2; return 0; }
+    t1=$(date +%s%N)
+    times+=("$(awk "BEGIN {print ($t1 - $t0) / 1e9}")")
+  done
+  echo "guest,$label,true,$msize,1,$(printf '%s\n' "${times[@]}" | median3),s,3" | tee -a "$csv"
+}
+
+start_virtiofsd() {  # uses $vmode
+  if [[ -n "$vfs_pid" ]]; then kill "$vfs_pid" 2>/dev/null || true; wait "$vfs_pid" 2>/dev/null || true; fi
+  rm -f "$work/vfsd.sock"
+  "$virtiofsd" --socket-path="$work/vfsd.sock" -o source="$share" -o cache="$vmode" -o sandbox=chroot \
+    2>> "$work/virtiofsd.log" &
+  vfs_pid=$!
+  for _ in $(seq 50); do [[ -S "$work/vfsd.sock" ]] && return; sleep 0.1; done
+  echo "bench/guest.sh: virtiofsd did not start" >&2
+}
+
+share_json() {  # PROTO CACHE [MSIZE]
+  python3 -c 'import json, sys
+s = {"tag": "bench", "source": sys.argv[1], "target": "/mnt/b", "proto": sys.argv[2], "cache": sys.argv[3]}
+if len(sys.argv) > 4: s["msize"] = int(sys.argv[4])
+print(json.dumps([s]))' "$share" "$@"
+}
+
+# Spec caches map to 9p's cache= as never->none, auto->mmap, always->loose.
+declare -A p9cache=([none]=never [mmap]=auto [loose]=always)
+
+if [[ -n "$quick" ]]; then
+  vf_modes=(auto); vfsd_modes=(auto); fsd9p=("524288 loose"); qemu9p=("524288 loose")
+else
+  vf_modes=(never auto always); vfsd_modes=(never auto always)
+  fsd9p=("131072 none" "131072 loose" "524288 none" "524288 mmap" "524288 loose")
+  qemu9p=("8192 none" "8192 loose" "131072 none" "131072 loose" "524288 none" "524288 loose")
+fi
+
+for m in "${vf_modes[@]}"; do
+  run_config "fsd-virtiofs:$m" 0 "$(share_json virtiofs "$m")" '[]' ""
+done
+for m in "${vfsd_modes[@]}"; do
+  vmode=$([[ $m == never ]] && echo none || echo "$m")
+  extra="$(python3 -c 'import json, sys; print(json.dumps(["-chardev", "socket,id=vfsd,path=" + sys.argv[1],
+    "-device", "vhost-user-fs-pci,chardev=vfsd,tag=bench"]))' "$work/vfsd.sock")"
+  pre_boot=start_virtiofsd
+  run_config "virtiofsd:$m" 0 '[]' "$extra" "mkdir -p /mnt/b && mount -t virtiofs bench /mnt/b"
+  pre_boot=:
+  kill "$vfs_pid" 2>/dev/null || true; wait "$vfs_pid" 2>/dev/null || true; vfs_pid=""
+done
+for c in "${fsd9p[@]}"; do
+  read -r ms cache <<< "$c"
+  run_config "fsd-9p:$cache" "$ms" "$(share_json 9p "${p9cache[$cache]}" "$ms")" '[]' ""
+done
+for c in "${qemu9p[@]}"; do
+  read -r ms cache <<< "$c"
+  run_config "qemu-9p:$cache" "$ms" "$(share_json 9p-qemu "${p9cache[$cache]}" "$ms")" '[]' ""
+done
