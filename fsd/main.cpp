@@ -161,7 +161,7 @@ int run(Options& o) {
   auto metadata_io = o.metadata_io == "uring"  ? fsd::Ring::MetadataIo::kRing
                      : o.metadata_io == "sync" ? fsd::Ring::MetadataIo::kInline
                                                : fsd::Ring::MetadataIo::kAdaptive;
-  fsd::SocketServer server(exports, sc, o.threads, metadata_io);
+  fsd::SocketServer server(exports, sc, o.threads, metadata_io, o.poll_us);
   for (const auto& l : listens) server.listen(l);
 
   fsd::VhostUserOptions vopt{.request_queues = 1,
@@ -262,8 +262,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"uring", "sync", "auto"}))
       ->capture_default_str();
   app.add_option("--poll-us", o.poll_us,
-                 "How long an idle virtio queue looks for the guest's next request before it sleeps until "
-                 "kicked (0: never poll; polling trades CPU for latency)")
+                 "How long an idle virtio queue or 9p connection looks for the client's next request before it "
+                 "sleeps until woken (0: never poll; polling trades CPU for latency)")
       ->check(CLI::Range(0u, 10000u))
       ->capture_default_str();
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");

@@ -11,7 +11,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <poll.h>
+
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <stdexcept>
@@ -188,6 +191,16 @@ class SocketServer::Worker {
   uint64_t next_id = 0;
   std::atomic<uint64_t> accepted{0}, dropped{0};
 
+  // A connection looking for its next request without a ring wait (see
+  // Connection::run); the worker's loop ends the wait.
+  struct PollWait {
+    int fd;
+    std::chrono::steady_clock::time_point until;
+    Event done;
+    bool readable = false;
+  };
+  std::vector<PollWait*> polling;
+
  private:
   Task<void> accept_loop(int listen_fd) {
     accepts_running++;
@@ -223,7 +236,32 @@ class SocketServer::Worker {
   void loop() {
     for (const Fd& l : server.listeners_) spawn(accept_loop(l.get()));
     spawn(wait_stop());
-    while (!stopping || accepts_running > 0 || !connections.empty()) ring.run_once();
+    while (!stopping || accepts_running > 0 || !connections.empty()) {
+      ring.run_once(polling.empty());
+      if (!polling.empty()) poll_connections();
+    }
+  }
+
+  // One non-blocking poll() over every polling connection: wakes those that
+  // became readable (or hung up) and those whose time ran out.
+  void poll_connections() {
+    std::vector<pollfd> fds;
+    for (auto* w : polling) fds.push_back({w->fd, POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), 0) < 0) fds.assign(fds.size(), pollfd{-1, 0, POLLERR});
+    auto now = std::chrono::steady_clock::now();
+    std::vector<PollWait*> wake;
+    size_t keep = 0;
+    for (size_t i = 0; i < polling.size(); i++) {
+      PollWait* w = polling[i];
+      w->readable = fds[i].revents != 0;
+      if (w->readable || stopping || now >= w->until) {
+        wake.push_back(w);
+      } else {
+        polling[keep++] = w;
+      }
+    }
+    polling.resize(keep);
+    for (auto* w : wake) w->done.set();
   }
 };
 
@@ -262,8 +300,23 @@ Task<void> SocketServer::Connection::run() {
   auto self = shared_from_this();
   Buffer rx(64 * 1024);
   size_t have = 0;
+  bool busy = false;  // a request came in just now: the next one likely follows
   while (!closed_) {
-    int n = co_await worker_.ring.recv(fd_.get(), rx.data() + have, static_cast<unsigned>(rx.capacity() - have));
+    int n = -EAGAIN;
+    if (busy && worker_.server.poll_us_) {
+      // Look for the next request for a while before waiting on the ring:
+      // it saves this thread a wake-up per request on a busy connection.
+      Worker::PollWait w{fd_.get(), std::chrono::steady_clock::now() + std::chrono::microseconds(worker_.server.poll_us_)};
+      worker_.polling.push_back(&w);
+      co_await w.done.wait();
+      if (w.readable && !closed_) {
+        ssize_t got = ::recv(fd_.get(), rx.data() + have, rx.capacity() - have, MSG_DONTWAIT);
+        n = got >= 0 ? static_cast<int>(got) : -errno;
+      }
+    }
+    if (n == -EAGAIN || n == -EWOULDBLOCK)
+      n = co_await worker_.ring.recv(fd_.get(), rx.data() + have, static_cast<unsigned>(rx.capacity() - have));
+    busy = n > 0;
     if (n <= 0) {
       if (n < 0 && n != -ECONNRESET && !closed_) spdlog::debug("connection {:x}: recv: {}", id_, std::strerror(-n));
       break;
@@ -347,8 +400,8 @@ Task<void> SocketServer::Connection::sender() {
 // ---- SocketServer
 
 SocketServer::SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
-                           Ring::MetadataIo metadata_io)
-    : exports_(exports), config_(config), threads_(threads ? threads : 1), metadata_io_(metadata_io) {}
+                           Ring::MetadataIo metadata_io, unsigned poll_us)
+    : exports_(exports), config_(config), threads_(threads ? threads : 1), poll_us_(poll_us), metadata_io_(metadata_io) {}
 
 SocketServer::~SocketServer() { stop(); }
 

@@ -34,8 +34,10 @@ struct SocketServerStats {
 
 class SocketServer {
  public:
+  // poll_us: how long a connection that just had a request keeps looking for
+  // the next one before it waits on io_uring (0: never poll).
   SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
-               Ring::MetadataIo metadata_io = Ring::MetadataIo::kRing);
+               Ring::MetadataIo metadata_io = Ring::MetadataIo::kRing, unsigned poll_us = 0);
   ~SocketServer();
 
   // Binds and listens (throws std::runtime_error on failure). A port of 0
@@ -58,6 +60,7 @@ class SocketServer {
   const p9::ExportSet& exports_;
   p9::SessionConfig config_;
   unsigned threads_;
+  unsigned poll_us_;
   Ring::MetadataIo metadata_io_;
   std::vector<Fd> listeners_;
   std::vector<ListenAddress> bound_;
