@@ -8,7 +8,7 @@
 # /usr/include, ~20k real files); the guest mounts it read-write at /mnt/b.
 # Workloads (wall seconds in the guest; "cold" drops the guest's caches
 # first, "warm" runs again straight after, so the cache mode shows):
-#   seqread       dd of `big` with 1 MiB reads (cold)
+#   seqread       dd of `big` with 1 MiB reads (cold; MiB/s)
 #   find          find tree | wc -l (cold, then warm)
 #   tar           tar cf - tree | wc -c (cold, then warm)
 #   create1000    1,000 small files written, then sync
@@ -17,7 +17,8 @@
 # (msize x cache none/mmap/loose); QEMU's built-in 9p (msize 8K/128K/512K x
 # none/loose); the C virtiofsd (QEMU's, attached with extraArgs).
 # ACCEL=tcg|kvm|auto picks the accelerator (default tcg: nested KVM is not
-# everywhere); ONLY=REGEX runs only the configurations whose labels match;
+# everywhere); TREE="DIR..." copies those directories into tree/ instead of
+# /usr/include (/usr/include/linux with --quick); ONLY=REGEX runs only the configurations whose labels match;
 # FSD=PATH is the fsd binary vmlaunch starts. Rows: layer,server,workload,msize,conns,median,min,max,unit,reps
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,9 +50,13 @@ share="$work/share"
 mkdir -p "$share"
 big_mib=$([[ -n "$quick" ]] && echo 32 || echo 256)
 head -c $((big_mib << 20)) /dev/urandom > "$share/big"
-if [[ -n "$quick" ]]; then cp -r /usr/include/linux "$share/tree"; else cp -r /usr/include "$share/tree"; fi
+# TREE="DIR..." picks the directories copied into tree/ instead.
+tree_dirs="${TREE:-$([[ -n "$quick" ]] && echo /usr/include/linux || echo /usr/include)}"
+mkdir -p "$share/tree"
+for d in $tree_dirs; do cp -r "$d" "$share/tree/"; done
 files=$(find "$share/tree" -type f | wc -l)
-echo "guest: share with a ${big_mib} MiB file and $files files in tree/ ($(du -sh "$share/tree" | cut -f1)); accel $accel"
+echo "guest: share with a ${big_mib} MiB file and $files files in tree/ ($(du -sh --apparent-size "$share/tree" | cut -f1)); accel $accel" \
+  | tee "${csv%.csv}.txt"
 
 # The guest side: each workload 3 times, one line per run: "@@ workload seconds".
 read -r -d '' guest_script <<'GUEST' || true
@@ -107,9 +112,12 @@ run_config() {
     return 0
   fi
   for w in $(tr -d '\r' < "$log" | awk '$1 == "@@" {print $2}' | awk '!seen[$0]++'); do
-    local stats
-    stats="$(tr -d '\r' < "$log" | awk -v w="$w" '$1 == "@@" && $2 == w {print $3}' | median3)"
-    echo "guest,$label,$w,$msize,1,$stats,s,3" | tee -a "$csv"
+    local stats unit=s
+    # seqread in MiB/s; the rest in seconds.
+    [[ $w == seqread ]] && unit=MiB/s
+    stats="$(tr -d '\r' < "$log" | awk -v w="$w" -v mib="$big_mib" -v u="$unit" \
+      '$1 == "@@" && $2 == w {print (u == "s" ? $3 : mib / ($3 > 0.005 ? $3 : 0.005))}' | median3)"
+    echo "guest,$label,$w,$msize,1,$stats,$unit,3" | tee -a "$csv"
   done
   # `true` end to end: the host's wall time for a whole run with this share mounted.
   local times=() t0 t1

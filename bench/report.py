@@ -5,7 +5,10 @@
 
 host-9p: each workload, fsd against diod (the baseline) with the ratio, and
 every throughput row as a fraction of the host's pread limit at the same
-request size.
+request size (limit.csv).
+host-virtiofs: the same against the C virtiofsd, per cache mode.
+guest: one row per sharing configuration, one column per workload, and the
+speed-ups of fsd's virtio-fs over the C virtiofsd and QEMU's 9p.
 """
 import csv
 import os
@@ -30,10 +33,37 @@ def cell(r):
     return f"{fmt(r['median'], r['unit'])} ({fmt(r['min'], r['unit'])}–{fmt(r['max'], r['unit'])})"
 
 
+def load_limit(out):
+    """pread MiB/s by request size, and memcpy MiB/s, from limit.csv."""
+    path = os.path.join(out, "limit.csv")
+    rows = read_rows(path) if os.path.exists(path) else []
+    limit = {int(r["msize"]): float(r["median"]) for r in rows if r["workload"] == "pread"}
+    memcpy = next((float(r["median"]) for r in rows if r["workload"] == "memcpy"), None)
+    return limit, memcpy
+
+
+def limit_note(limit, memcpy):
+    if not limit:
+        return []
+    return ["pread limit (same file from page cache, one thread, MiB/s): " +
+            ", ".join(f"{k // 1024}K {v:,.0f}" for k, v in sorted(limit.items())) +
+            (f"; memcpy {memcpy:,.0f} MiB/s." if memcpy else ".")]
+
+
+def ratio_histogram(out, png, title, dat, columns):
+    """A clustered histogram of ratios: dat has a label then one column per series."""
+    plots = ", ".join(f"'{dat}' using {i + 2}{':xtic(1)' if i == 0 else ''} title '{t}'" for i, t in enumerate(columns))
+    gnuplot(out, png, f"""
+set title '{title}'
+set style data histograms; set style histogram clustered gap 1; set style fill solid 0.7; set boxwidth 0.9
+set ylabel 'ratio (>1: fsd faster)'; set yrange [0:*]; set grid ytics; set xtics rotate by -30; set key left top
+plot {plots}, 1 with lines lw 2 dt 2 title 'parity'
+""")
+
+
 def host_9p(out):
     rows = read_rows(os.path.join(out, "host-9p.csv"))
-    limit = {int(r["msize"]): float(r["median"]) for r in rows if r["layer"] == "limit" and r["workload"] == "pread"}
-    memcpy = next((float(r["median"]) for r in rows if r["workload"] == "memcpy"), None)
+    limit, memcpy = load_limit(out)
     by = defaultdict(dict)  # (workload base, msize, conns) -> server -> row
     order = []
     for r in rows:
@@ -61,10 +91,7 @@ def host_9p(out):
             dcell += " *"
         lines.append(f"| {base} ({unit}) | {msize // 1024}K | {conns} | {cell(f) if f else '–'} | {dcell} | {ratio} | {frac} |")
     notes = ["", "Median (min–max) of 3 runs. * diod agreed to a smaller msize than asked (64 KiB)."]
-    if limit:
-        notes.append("pread limit (same file from page cache, one thread, MiB/s): " +
-                     ", ".join(f"{k // 1024}K {v:,.0f}" for k, v in sorted(limit.items())) +
-                     (f"; memcpy {memcpy:,.0f} MiB/s." if memcpy else "."))
+    notes += limit_note(limit, memcpy)
     md = "\n".join(lines + notes) + "\n"
     with open(os.path.join(out, "host-9p.md"), "w") as f:
         f.write(md)
@@ -97,14 +124,151 @@ plot {plots}
         for key in order:
             v = by[key]
             if "fsd" in v and "diod" in v and float(v["diod"]["median"]) > 0 and (key[0] != "seqread" or key[1] == 1048576):
-                label = f"{key[0]} c{key[2]}"
-                f.write(f'"{label}" {float(v["fsd"]["median"]) / float(v["diod"]["median"]):.3f}\n')
-    gnuplot(out, "host-9p-ratios.png", f"""
-set title 'fsd / diod (host harness; seqread at msize 1 MiB)'
-set style data histograms; set style fill solid 0.7; set boxwidth 0.8
-set ylabel 'ratio (>1: fsd faster)'; set yrange [0:*]; set grid ytics; set xtics rotate by -30
-plot '{rat}' using 2:xtic(1) notitle, 1 with lines lw 2 dt 2 title 'parity'
+                f.write(f'"{key[0]} c{key[2]}" {float(v["fsd"]["median"]) / float(v["diod"]["median"]):.3f}\n')
+    ratio_histogram(out, "host-9p-ratios.png", "fsd / diod (host harness; seqread at msize 1 MiB)", rat, ["fsd / diod"])
+
+
+MODES = ("never", "auto", "always")
+
+
+def host_virtiofs(out):
+    rows = read_rows(os.path.join(out, "host-virtiofs.csv"))
+    limit, memcpy = load_limit(out)
+    by = defaultdict(dict)  # (workload base, size, depth) -> "server:mode" -> row
+    order = []
+    for r in rows:
+        key = (r["workload"].split("(")[0], int(r["msize"]), int(r["conns"]))
+        if key not in by:
+            order.append(key)
+        by[key][r["server"]] = r
+    lines = [
+        "| workload | request | in flight | cache | fsd | virtiofsd | fsd/virtiofsd | fsd / pread limit |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    ratios = []  # (label, {mode: ratio})
+    for key in order:
+        base, size, depth = key
+        per_mode = {}
+        for mode in MODES:
+            f, v = by[key].get(f"fsd:{mode}"), by[key].get(f"virtiofsd:{mode}")
+            if not f and not v:
+                continue
+            unit = (f or v)["unit"]
+            ratio = "–"
+            if f and v and float(v["median"]) > 0:
+                per_mode[mode] = float(f["median"]) / float(v["median"])
+                ratio = f"{per_mode[mode]:.2f}×"
+            frac = f"{float(f['median']) / limit[size]:.0%}" if f and unit == "MiB/s" and size in limit else "–"
+            name = base + (" (READDIRPLUS)" if f and "(plus)" in f["workload"] else "")
+            vcell = (cell(v) + (" †" if "(plus)" not in v["workload"] and base.startswith("readdir") else "")) if v else "–"
+            lines.append(f"| {name} ({unit}) | {f'{size // 1024}K' if size else '–'} | {depth} | {mode} | "
+                         f"{cell(f) if f else '–'} | {vcell} | {ratio} | {frac} |")
+        ratios.append((f"{base}{' ' + str(size // 1024) + 'K' if base == 'seqread' else ''} d{depth}", per_mode))
+    notes = ["", "Median (min–max) of 3 runs. \"in flight\": requests kept in the queue at once, as a guest with that "
+             "many busy threads makes. † virtiofsd turns READDIRPLUS off with cache=none and serves plain READDIR."]
+    notes += limit_note(limit, memcpy)
+    md = "\n".join(lines + notes) + "\n"
+    with open(os.path.join(out, "host-virtiofs.md"), "w") as f:
+        f.write(md)
+    print(md)
+    rat = os.path.join(out, "host-virtiofs-ratios.dat")
+    with open(rat, "w") as f:
+        for label, per_mode in ratios:
+            f.write(f'"{label}" ' + " ".join(f"{per_mode.get(m, 0):.3f}" for m in MODES) + "\n")
+    ratio_histogram(out, "host-virtiofs-ratios.png", "fsd / virtiofsd (host harness, vhost-user), per cache mode", rat,
+                    [f"cache={m}" for m in MODES])
+
+
+GUEST_WORKLOADS = ("seqread", "find", "find-warm", "tar", "tar-warm", "create1000", "true")
+
+
+def guest(out):
+    rows = read_rows(os.path.join(out, "guest.csv"))
+    by = defaultdict(dict)  # (config, msize) -> workload -> row
+    for r in rows:
+        by[(r["server"], int(r["msize"]))][r["workload"]] = r
+    configs = list(by)
+    workloads = [w for w in GUEST_WORKLOADS if any(w in v for v in by.values())]
+    units = {w: next(v[w]["unit"] for v in by.values() if w in v) for w in workloads}
+    lines = ["| configuration | msize | " + " | ".join(f"{w} ({units[w]})" for w in workloads) + " |",
+             "|---|---:|" + "---:|" * len(workloads)]
+    for c in configs:
+        cells = []
+        for w in workloads:
+            r = by[c].get(w)
+            cells.append(f"{float(r['median']):,.2f} ({float(r['min']):,.2f}–{float(r['max']):,.2f})" if r else "–")
+        lines.append(f"| {c[0]} | {f'{c[1] // 1024}K' if c[1] else '–'} | " + " | ".join(cells) + " |")
+
+    def speedup(a, b, w):
+        """How many times faster config a is than b at w (>1: a faster)."""
+        ra, rb = by.get(a, {}).get(w), by.get(b, {}).get(w)
+        if not ra or not rb or float(ra["median"]) <= 0 or float(rb["median"]) <= 0:
+            return None
+        x = float(ra["median"]) / float(rb["median"])
+        return x if ra["unit"] == "MiB/s" else 1 / x
+
+    fsd = next((c for c in configs if c[0] == "fsd-virtiofs:auto"), None)
+    pairs = [(c, b) for c in configs if c[0].startswith("fsd-virtiofs:")
+             for b in configs if b[0] == "virtiofsd:" + c[0].split(":")[1]]
+    q9 = next((c for c in configs if c[0] == "qemu-9p:loose" and c[1] == 524288), None)
+    if fsd and q9:
+        pairs.append((fsd, q9))
+    about = os.path.join(out, "guest.txt")
+    setup = open(about).read().strip().removeprefix("guest: ") if os.path.exists(about) else ""
+    notes = ["", (f"Setup: {setup}. " if setup else "") + "Median (min–max) of 3 runs, in the guest (wall seconds; seqread in MiB/s). \"-warm\" runs straight "
+             "after the cold runs, without dropping the guest's caches. true: the host's wall time for a whole vmlaunch run."]
+    ratio_rows = []
+    if pairs:
+        notes += ["", "| speed-up (>1: the first is faster) | " + " | ".join(workloads) + " |",
+                  "|---|" + "---:|" * len(workloads)]
+        for a, b in pairs:
+            xs = [speedup(a, b, w) for w in workloads]
+            name = f"{a[0]} vs {b[0]}{f' {b[1] // 1024}K' if b[1] else ''}"
+            notes.append(f"| {name} | " + " | ".join(f"{x:.2f}×" if x else "–" for x in xs) + " |")
+            ratio_rows.append((name, xs))
+    md = "\n".join(lines + notes) + "\n"
+    with open(os.path.join(out, "guest.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+    # Cache-mode comparison per workload: the virtio-fs configurations, time per workload (log scale).
+    vf = [c for c in configs if c[0].startswith(("fsd-virtiofs:", "virtiofsd:"))]
+    timed = [w for w in workloads if units[w] == "s"]
+    if vf and timed:
+        dat = os.path.join(out, "guest-cache-modes.dat")
+        with open(dat, "w") as f:
+            for w in timed:
+                f.write(f'"{w}" ' + " ".join(by[c][w]["median"] if w in by[c] else "0" for c in vf) + "\n")
+        plots = ", ".join(f"'{dat}' using {i + 2}{':xtic(1)' if i == 0 else ''} title '{c[0]}'" for i, c in enumerate(vf))
+        gnuplot(out, "guest-cache-modes.png", f"""
+set title 'virtio-fs in the guest: fsd and the C virtiofsd per cache mode (lower is better)'
+set style data histograms; set style histogram clustered gap 1; set style fill solid 0.7; set boxwidth 0.9
+set ylabel 'seconds (log)'; set logscale y; set grid ytics; set key left top
+plot {plots}
 """)
+    # Sequential read vs msize for the 9p configurations.
+    nine = sorted({c[0] for c in configs if "9p" in c[0]})
+    if nine:
+        dat = os.path.join(out, "guest-9p-seqread.dat")
+        titles = []
+        with open(dat, "w") as f:
+            for name in nine:
+                pts = sorted((c[1], float(by[c]["seqread"]["median"])) for c in configs if c[0] == name and "seqread" in by[c])
+                if pts:
+                    f.write(f"# {name}\n" + "".join(f"{m} {v}\n" for m, v in pts) + "\n\n")
+                    titles.append(name)
+        plots = ", ".join(f"'{dat}' index {i} with linespoints lw 2 title '{t}'" for i, t in enumerate(titles))
+        gnuplot(out, "guest-9p-seqread.png", f"""
+set title '9p in the guest: sequential read vs msize'
+set xlabel 'msize'; set ylabel 'MiB/s'; set logscale x 2; set format x '%.0b %BB'; set key left top; set grid
+plot {plots}
+""")
+    if ratio_rows:
+        rat = os.path.join(out, "guest-ratios.dat")
+        with open(rat, "w") as f:
+            for i, w in enumerate(workloads):
+                f.write(f'"{w}" ' + " ".join(f"{xs[i] or 0:.3f}" for _, xs in ratio_rows) + "\n")
+        ratio_histogram(out, "guest-ratios.png", "fsd virtio-fs speed-up in the guest", rat, [n for n, _ in ratio_rows])
 
 
 def gnuplot(out, png, script):
@@ -144,6 +308,10 @@ def main():
         micro(out, sys.argv[2])
     if os.path.exists(os.path.join(out, "host-9p.csv")):
         host_9p(out)
+    if os.path.exists(os.path.join(out, "host-virtiofs.csv")):
+        host_virtiofs(out)
+    if os.path.exists(os.path.join(out, "guest.csv")):
+        guest(out)
 
 
 if __name__ == "__main__":

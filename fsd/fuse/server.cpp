@@ -74,9 +74,11 @@ class Server::Context {
       co_return reply(out);
     }
     uint64_t want = a.in.flags | (a.in.flags & FUSE_INIT_EXT ? uint64_t{a.in.flags2} << 32 : 0);
-    uint64_t offer = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_PARALLEL_DIROPS | FUSE_DO_READDIRPLUS |
-                     FUSE_READDIRPLUS_AUTO | FUSE_MAX_PAGES | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT |
-                     FUSE_INIT_EXT;
+    uint64_t offer = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES |
+                     FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_INIT_EXT;
+    // READDIRPLUS looks up every entry so the client can cache it; with
+    // zero timeouts it cannot, and plain READDIR is several times cheaper.
+    if (vfs.config().cache != CachePolicy::kNever) offer |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
     if (vfs.config().cache == CachePolicy::kAlways) offer |= FUSE_CACHE_SYMLINKS;
     if (vfs.config().cache == CachePolicy::kAuto) offer |= FUSE_AUTO_INVAL_DATA;
     uint64_t flags = want & offer;
