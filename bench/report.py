@@ -61,19 +61,28 @@ plot {plots}, 1 with lines lw 2 dt 2 title 'parity'
 """)
 
 
-def host_9p(out):
-    rows = read_rows(os.path.join(out, "host-9p.csv"))
-    limit, memcpy = load_limit(out)
-    by = defaultdict(dict)  # (workload base, msize, conns) -> server -> row
-    order = []
+def write_md(out, name, lines):
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(out, name), "w") as f:
+        f.write(md)
+    print(md)
+
+
+def group(rows):
+    """(workload without its "(...)" note, msize, conns) -> server -> row; and the keys in order."""
+    by, order = defaultdict(dict), []
     for r in rows:
-        if r["layer"] != "host-9p":
-            continue
-        base = r["workload"].split("(")[0]
-        key = (base, int(r["msize"]), int(r["conns"]))
+        key = (r["workload"].split("(")[0], int(r["msize"]), int(r["conns"]))
         if key not in by:
             order.append(key)
         by[key][r["server"]] = r
+    return by, order
+
+
+def host_9p(out):
+    rows = read_rows(os.path.join(out, "host-9p.csv"))
+    limit, memcpy = load_limit(out)
+    by, order = group(r for r in rows if r["layer"] == "host-9p")
     lines = [
         "| workload | msize | conns | fsd | diod | fsd/diod | fsd / pread limit |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -92,10 +101,7 @@ def host_9p(out):
         lines.append(f"| {base} ({unit}) | {msize // 1024}K | {conns} | {cell(f) if f else '–'} | {dcell} | {ratio} | {frac} |")
     notes = ["", "Median (min–max) of 3 runs. * diod agreed to a smaller msize than asked (64 KiB)."]
     notes += limit_note(limit, memcpy)
-    md = "\n".join(lines + notes) + "\n"
-    with open(os.path.join(out, "host-9p.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_md(out, "host-9p.md", lines + notes)
 
     # Plot: sequential read vs msize, per server and connection count, with the limit.
     dat = os.path.join(out, "host-9p-seqread.dat")
@@ -134,13 +140,7 @@ MODES = ("never", "auto", "always")
 def host_virtiofs(out):
     rows = read_rows(os.path.join(out, "host-virtiofs.csv"))
     limit, memcpy = load_limit(out)
-    by = defaultdict(dict)  # (workload base, size, depth) -> "server:mode" -> row
-    order = []
-    for r in rows:
-        key = (r["workload"].split("(")[0], int(r["msize"]), int(r["conns"]))
-        if key not in by:
-            order.append(key)
-        by[key][r["server"]] = r
+    by, order = group(rows)
     lines = [
         "| workload | request | in flight | cache | fsd | virtiofsd | fsd/virtiofsd | fsd / pread limit |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
@@ -167,10 +167,7 @@ def host_virtiofs(out):
     notes = ["", "Median (min–max) of 3 runs. \"in flight\": requests kept in the queue at once, as a guest with that "
              "many busy threads makes. † virtiofsd turns READDIRPLUS off with cache=none and serves plain READDIR."]
     notes += limit_note(limit, memcpy)
-    md = "\n".join(lines + notes) + "\n"
-    with open(os.path.join(out, "host-virtiofs.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_md(out, "host-virtiofs.md", lines + notes)
     rat = os.path.join(out, "host-virtiofs-ratios.dat")
     with open(rat, "w") as f:
         for label, per_mode in ratios:
@@ -226,10 +223,7 @@ def guest(out):
             name = f"{a[0]} vs {b[0]}{f' {b[1] // 1024}K' if b[1] else ''}"
             notes.append(f"| {name} | " + " | ".join(f"{x:.2f}×" if x else "–" for x in xs) + " |")
             ratio_rows.append((name, xs))
-    md = "\n".join(lines + notes) + "\n"
-    with open(os.path.join(out, "guest.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_md(out, "guest.md", lines + notes)
 
     # Cache-mode comparison per workload: the virtio-fs configurations, time per workload (log scale).
     vf = [c for c in configs if c[0].startswith(("fsd-virtiofs:", "virtiofsd:"))]
@@ -296,10 +290,7 @@ def micro(out, json_path):
             f.write(f"{name},{med['cpu_time'] * scale:.1f},{sd.get('cpu_time', 0) * scale:.1f},{ips}\n")
             lines.append(f"| {name} | {med['cpu_time'] * scale:,.1f} ns | {sd.get('cpu_time', 0) * scale:,.1f} ns | "
                          f"{(f'{ips / 1e6:,.0f} M' if ips else '–')} |")
-    md = "\n".join(lines) + "\n\nCPU time per iteration, median of 3 repetitions.\n"
-    with open(os.path.join(out, "micro.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_md(out, "micro.md", lines + ["", "CPU time per iteration, median of 3 repetitions."])
 
 
 def main():

@@ -191,6 +191,18 @@ std::pair<size_t, uint64_t> count_dirents(std::span<const std::byte> body, bool 
   return {n, off};
 }
 
+// READ or READDIR(PLUS) of `size` bytes at `off` of open handle `fh`.
+Req read_req(uint32_t opcode, uint64_t node, uint64_t fh, uint64_t off, uint32_t size) {
+  fuse_read_in in{};
+  in.fh = fh;
+  in.offset = off;
+  in.size = size;
+  Req q{.opcode = opcode, .nodeid = node};
+  q.add(in);
+  q.reply = std::max<size_t>(size, kPage);
+  return q;
+}
+
 struct Target {
   std::string label, ro, rw;
   std::string only;  // run only the workloads whose names contain this
@@ -228,13 +240,7 @@ void run(const Target& t, bool quick) {
             off[i] += prev.size();
           }
           started[i] = true;
-          fuse_read_in in{};
-          in.fh = fh[i];
-          in.offset = off[i];
-          in.size = size;
-          q = Req{.opcode = FUSE_READ, .nodeid = big.nodeid};
-          q.add(in);
-          q.reply = size;
+          q = read_req(FUSE_READ, big.nodeid, fh[i], off[i], size);
           return true;
         });
         for (auto h : fh) ro.release(big.nodeid, h, FUSE_RELEASE);
@@ -255,12 +261,7 @@ void run(const Target& t, bool quick) {
       uint64_t blocks = big.attr.size / kPage;
       double s = ro.pump(depth, run_s, [&](unsigned, std::span<const std::byte> prev, Req& q) {
         if (!prev.empty()) done++;
-        fuse_read_in in{};
-        in.fh = fh;
-        in.offset = (rng() % blocks) * kPage;
-        in.size = kPage;
-        q = Req{.opcode = FUSE_READ, .nodeid = big.nodeid};
-        q.add(in);
+        q = read_req(FUSE_READ, big.nodeid, fh, (rng() % blocks) * kPage, kPage);
         return true;
       });
       ro.release(big.nodeid, fh, FUSE_RELEASE);
@@ -332,12 +333,7 @@ void run(const Target& t, bool quick) {
           q.add(fuse_open_in{});
           return true;
         }
-        fuse_read_in in{};
-        in.fh = fh[i];
-        in.offset = off[i];
-        in.size = kPage;
-        q = Req{.opcode = rd_op, .nodeid = dir.nodeid};
-        q.add(in);
+        q = read_req(rd_op, dir.nodeid, fh[i], off[i], kPage);
         return true;
       });
       for (unsigned i = 0; i < depth; i++)
