@@ -13,6 +13,12 @@
 
 namespace fsd::p9 {
 
+// In an op: looks up a fid, or ends the op with its error (EBADF).
+#define FSD_FID_OR_RETURN(var, id)                   \
+  auto var##_or = fid(id);                           \
+  if (!var##_or) co_return Error{var##_or.error()}; \
+  FidPtr var = *var##_or
+
 Vfs* ExportSet::find(std::string_view aname) const {
   if (aname.empty() && exports_.size() == 1) return exports_.front();
   for (Vfs* e : exports_)
@@ -195,9 +201,7 @@ Task<Result<void>> Session::op(Request& rq, const Twalk& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tgetattr& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   auto st = co_await fp->vfs->getattr(ring_, *fp->node);
   if (!st) co_return Error{st.error()};
   Rgetattr r{};
@@ -224,9 +228,7 @@ Task<Result<void>> Session::op(Request& rq, const Tgetattr& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tsetattr& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   SetAttr a;
   a.mode = m.valid & kSetattrMode;
   a.mode_value = m.mode;
@@ -254,9 +256,7 @@ Task<Result<void>> Session::op(Request& rq, const Tsetattr& m) {
 // ---- opening, reading, writing
 
 Task<Result<void>> Session::op(Request& rq, const Tlopen& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
   auto st = co_await fp->vfs->getattr(ring_, *fp->node);
   if (!st) co_return Error{st.error()};
@@ -268,9 +268,7 @@ Task<Result<void>> Session::op(Request& rq, const Tlopen& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tlcreate& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
   auto c = co_await fp->vfs->create(ring_, fp->node, m.name, static_cast<int>(m.flags), m.mode,
                                     Creds{fp->uid, m.gid});
@@ -282,9 +280,7 @@ Task<Result<void>> Session::op(Request& rq, const Tlcreate& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tread& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   uint32_t count = std::min<uint32_t>(m.count, msize_ - kIoHeaderSize);
   rq.reply = sink_.buffer(kRreadHeaderSize + count);
   std::byte* data = rq.reply.data() + kRreadHeaderSize;
@@ -306,9 +302,7 @@ Task<Result<void>> Session::op(Request& rq, const Tread& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Twrite& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   auto data = m.data.bytes;
   if (fp->xattr == Fid::Xattr::kWrite) {
     if (m.offset != fp->xattr_data.size() || m.offset + data.size() > fp->xattr_size) co_return Error{EINVAL};
@@ -355,9 +349,7 @@ Result<void> fill_readdir(Vfs& vfs, const Node& dir, int fd, uint64_t offset, ui
 }  // namespace
 
 Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   if (!fp->file.valid() || !fp->node->is_dir()) co_return Error{EBADF};
   if (m.offset > static_cast<uint64_t>(INT64_MAX)) co_return Error{EINVAL};
   uint32_t count = std::min<uint32_t>(m.count, msize_ - kIoHeaderSize);
@@ -372,9 +364,7 @@ Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tclunk& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   fids_.erase(m.fid);
   if (fp->xattr == Fid::Xattr::kWrite) {
     Result<void> r;
@@ -392,9 +382,7 @@ Task<Result<void>> Session::op(Request& rq, const Tclunk& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tremove& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   fids_.erase(m.fid);  // clunked even if the removal fails
   auto r = co_await fp->vfs->remove(ring_, *fp->node);
   if (!r) co_return Error{r.error()};
@@ -405,9 +393,7 @@ Task<Result<void>> Session::op(Request& rq, const Tremove& m) {
 // ---- namespace changes
 
 Task<Result<void>> Session::op(Request& rq, const Tmkdir& m) {
-  auto f = fid(m.dfid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.dfid);
   auto e = co_await fp->vfs->mkdir(ring_, fp->node, m.name, m.mode, Creds{fp->uid, m.gid});
   if (!e) co_return Error{e.error()};
   set_reply(rq, Rmkdir{.qid = qid_of(*fp->vfs, *e->node, e->st)});
@@ -415,9 +401,7 @@ Task<Result<void>> Session::op(Request& rq, const Tmkdir& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
-  auto f = fid(m.dfid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.dfid);
   auto e = co_await fp->vfs->symlink(ring_, fp->node, m.name, m.symtgt, Creds{fp->uid, m.gid});
   if (!e) co_return Error{e.error()};
   set_reply(rq, Rsymlink{.qid = qid_of(*fp->vfs, *e->node, e->st)});
@@ -425,9 +409,7 @@ Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tmknod& m) {
-  auto f = fid(m.dfid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.dfid);
   auto e = co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, makedev(m.major, m.minor),
                                    Creds{fp->uid, m.gid});
   if (!e) co_return Error{e.error()};
@@ -462,9 +444,7 @@ Task<Result<void>> Session::op(Request& rq, const Trenameat& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tunlinkat& m) {
-  auto f = fid(m.dirfid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.dirfid);
   auto r = co_await fp->vfs->unlink(ring_, fp->node, m.name, (m.flags & kAtRemoveDir) ? AT_REMOVEDIR : 0);
   if (!r) co_return Error{r.error()};
   set_reply(rq, Runlinkat{});
@@ -509,9 +489,7 @@ Task<Result<void>> Session::op(Request& rq, const Tstatfs& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tfsync& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   if (!fp->file.valid()) co_return Error{EBADF};
   int r = co_await ring_.fsync(fp->file.get(), m.datasync != 0);
   if (r < 0) co_return Error{-r};
@@ -553,9 +531,7 @@ Task<Result<void>> Session::op(Request& rq, const Txattrwalk& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Txattrcreate& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   if (fp->vfs->read_only()) co_return Error{EROFS};
   if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
   if (m.attr_size > XATTR_SIZE_MAX) co_return Error{E2BIG};
@@ -587,9 +563,7 @@ Result<struct flock> to_flock(uint8_t type, uint64_t start, uint64_t length) {
 }  // namespace
 
 Task<Result<void>> Session::op(Request& rq, const Tlock& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   if (!fp->file.valid()) co_return Error{EBADF};
   auto req = to_flock(m.type, m.start, m.length);
   if (!req) co_return Error{req.error()};
@@ -603,9 +577,7 @@ Task<Result<void>> Session::op(Request& rq, const Tlock& m) {
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tgetlock& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr fp = *f;
+  FSD_FID_OR_RETURN(fp, m.fid);
   if (!fp->file.valid()) co_return Error{EBADF};
   auto req = to_flock(m.type, m.start, m.length);
   if (!req) co_return Error{req.error()};
