@@ -18,7 +18,8 @@
 # none/loose); the C virtiofsd (QEMU's, attached with extraArgs).
 # ACCEL=tcg|kvm|auto picks the accelerator (default tcg: nested KVM is not
 # everywhere); TREE="DIR..." copies those directories into tree/ instead of
-# /usr/include (/usr/include/linux with --quick); ONLY=REGEX runs only the configurations whose labels match;
+# /usr/include (/usr/include/linux with --quick); ONLY=REGEX runs only the configurations whose LABEL@MSIZE matches (e.g.
+# 'fsd-9p:loose@524288');
 # FSD=PATH is the fsd binary vmlaunch starts. Rows: layer,server,workload,msize,conns,median,min,max,unit,reps
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -102,7 +103,7 @@ pre_boot=:
 # One configuration: LABEL MSIZE SHARE_JSON EXTRA_ARGS_JSON MOUNT_COMMAND
 run_config() {
   local label="$1" msize="$2" shares="$3" extra="$4" mount="$5"
-  [[ "$label" =~ ${ONLY:-.} ]] || return 0
+  [[ "$label@$msize" =~ ${ONLY:-.} ]] || return 0
   echo "== guest: $label"
   local log="$work/run.log"
   $pre_boot
