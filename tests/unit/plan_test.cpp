@@ -94,5 +94,14 @@ TEST_F(PlanTest, MonitorAndPowerButtonForGracefulStop) {
   EXPECT_TRUE(has(p.modules, "button") && has(p.modules, "evdev"));
 }
 
+// Under TCG QEMU's threads relay every notification, so fsd must not spin
+// on the CPU they need; with KVM it polls (its default).
+TEST_F(PlanTest, FsdPollsOnlyWhenTheGuestRunsOnKvm) {
+  in_.accel = Accel::kTcg;
+  EXPECT_NE(joined(plan(json::object()).fsd_argv).find("--poll-us 0"), std::string::npos);
+  in_.accel = Accel::kKvm;
+  EXPECT_EQ(joined(plan(json::object()).fsd_argv).find("--poll-us"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace fsd::launcher
