@@ -160,12 +160,14 @@ def host_virtiofs(out):
                 ratio = f"{per_mode[mode]:.2f}×"
             frac = f"{float(f['median']) / limit[size]:.0%}" if f and unit == "MiB/s" and size in limit else "–"
             name = base + (" (READDIRPLUS)" if f and "(plus)" in f["workload"] else "")
-            vcell = (cell(v) + (" †" if "(plus)" not in v["workload"] and base.startswith("readdir") else "")) if v else "–"
+            differs = f and v and ("(plus)" in f["workload"]) != ("(plus)" in v["workload"])
+            vcell = (cell(v) + (" †" if differs else "")) if v else "–"
             lines.append(f"| {name} ({unit}) | {f'{size // 1024}K' if size else '–'} | {depth} | {mode} | "
                          f"{cell(f) if f else '–'} | {vcell} | {ratio} | {frac} |")
         ratios.append((f"{base}{' ' + str(size // 1024) + 'K' if base == 'seqread' else ''} d{depth}", per_mode))
     notes = ["", "Median (min–max) of 3 runs. \"in flight\": requests kept in the queue at once, as a guest with that "
-             "many busy threads makes. † virtiofsd turns READDIRPLUS off with cache=none and serves plain READDIR."]
+             "many busy threads makes. Both servers serve plain READDIR with cache=never and READDIRPLUS otherwise; "
+             "† marks a row where they differ."]
     notes += limit_note(limit, memcpy)
     write_md(out, "host-virtiofs.md", lines + notes)
     rat = os.path.join(out, "host-virtiofs-ratios.dat")
@@ -211,7 +213,7 @@ def guest(out):
     if fsd and q9:
         pairs.append((fsd, q9))
     about = os.path.join(out, "guest.txt")
-    setup = open(about).read().strip().removeprefix("guest: ") if os.path.exists(about) else ""
+    setup = "; ".join(l.removeprefix("guest: ") for l in open(about).read().split("\n") if l) if os.path.exists(about) else ""
     notes = ["", (f"Setup: {setup}. " if setup else "") + "Median (min–max) of 3 runs, in the guest (wall seconds; seqread in MiB/s). \"-warm\" runs straight "
              "after the cold runs, without dropping the guest's caches. true: the host's wall time for a whole vmlaunch run."]
     ratio_rows = []

@@ -186,7 +186,7 @@ int run(Options& o) {
 
   std::vector<std::unique_ptr<fsd::FuseMount>> fuse;
   for (const auto& [tag, where] : mounts) {
-    fuse.push_back(std::make_unique<fsd::FuseMount>(*exports.find(tag), where, o.threads));
+    fuse.push_back(std::make_unique<fsd::FuseMount>(*exports.find(tag), where, o.threads, metadata_io));
     fuse.back()->start();
     spdlog::info("mounted '{}' on {} (FUSE)", tag, where);
   }

@@ -23,6 +23,7 @@ constexpr size_t kBufferSize = kMaxWrite + 4096;
 class FuseMount::Worker {
  public:
   Worker(FuseMount& m) : m_(m) {
+    ring_.set_metadata_io(m.metadata_io_);
     wake_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!wake_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
   }
@@ -47,6 +48,7 @@ class FuseMount::Worker {
       iovec iov{out.data(), out.capacity()};
       fuse::Io io{.in = {in.data(), static_cast<size_t>(n)}, .total_len = static_cast<size_t>(n),
                   .in_payload = {}, .out = {&iov, 1}};
+      Ring::Active active(ring_);
       auto len = co_await m_.server_->handle(ring_, io);
       if (!len) {
         spdlog::warn("fuse {}: malformed request dropped", m_.mountpoint_);
@@ -84,8 +86,8 @@ class FuseMount::Worker {
   bool stop_done_ = false;
 };
 
-FuseMount::FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads)
-    : vfs_(vfs), mountpoint_(std::move(mountpoint)), threads_(threads ? threads : 1) {
+FuseMount::FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads, Ring::MetadataIo metadata_io)
+    : vfs_(vfs), mountpoint_(std::move(mountpoint)), threads_(threads ? threads : 1), metadata_io_(metadata_io) {
   auto fail = [&](const std::string& why) {
     throw std::runtime_error("--fuse-mount " + vfs_.config().tag + "=" + mountpoint_ + ": " + why);
   };

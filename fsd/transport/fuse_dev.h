@@ -16,7 +16,8 @@ namespace fsd {
 class FuseMount {
  public:
   // Mounts (throws std::runtime_error with a one-line message on failure).
-  FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads);
+  FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads,
+            Ring::MetadataIo metadata_io = Ring::MetadataIo::kAdaptive);
   ~FuseMount();
   FuseMount(const FuseMount&) = delete;
 
@@ -31,6 +32,7 @@ class FuseMount {
   Vfs& vfs_;
   std::string mountpoint_;
   unsigned threads_;
+  Ring::MetadataIo metadata_io_;
   fuse_session* session_ = nullptr;
   int fd_ = -1;  // owned by the libfuse session
   std::unique_ptr<fuse::Server> server_;
