@@ -18,14 +18,24 @@
 # none/loose); the C virtiofsd (QEMU's, attached with extraArgs).
 # ACCEL=tcg|kvm|auto picks the accelerator (default tcg: nested KVM is not
 # everywhere); TREE="DIR..." copies those directories into tree/ instead of
-# /usr/include (/usr/include/linux with --quick); ONLY=REGEX runs only the configurations whose LABEL@MSIZE matches (e.g.
-# 'fsd-9p:loose@524288');
-# FSD=PATH is the fsd binary vmlaunch starts. Rows: layer,server,workload,msize,conns,median,min,max,unit,reps
+# /usr/include (/usr/include/linux with --quick); ONLY=REGEX runs only the
+# configurations whose LABEL@MSIZE matches (e.g. 'fsd-9p:loose@524288');
+# FSD=PATH is the fsd binary vmlaunch starts.
+# Rows (appended to OUT.csv): layer,server,workload,msize,conns,median,min,max,unit,reps
 set -euo pipefail
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+quick="" csv=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "bench/guest.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    *) [[ -z "$csv" ]] || { echo "bench/guest.sh: one OUT.csv only (see --help)" >&2; exit 2; }; csv="$1"; shift ;;
+  esac
+done
+[[ -n "$csv" ]] || { echo "usage: bench/guest.sh [--quick] OUT.csv (see --help)" >&2; exit 2; }
+csv="$(realpath -m "$csv")"  # before the cd below
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-quick=""
-[[ "${1:-}" == --quick ]] && { quick=1; shift; }
-csv="${1:?usage: bench/guest.sh [--quick] OUT.csv}"
 accel="${ACCEL:-tcg}"
 vmlaunch=build/launcher/vmlaunch
 virtiofsd=/usr/lib/qemu/virtiofsd

@@ -18,6 +18,18 @@ nlohmann::json mount(const std::string& fstype, const std::string& source, const
   return m;
 }
 
+// A read-only virtio-fs tag at `lower`, with a tmpfs at `rw` holding the
+// upper and work directories, overlaid at `target`: writable, and the
+// writes thrown away with the guest.
+void overlay_mounts(nlohmann::json& mounts, const std::string& tag, const std::string& lower, const std::string& rw,
+                    const std::string& target) {
+  mounts.push_back(mount("virtiofs", tag, lower, "", true));
+  mounts.push_back(mount("tmpfs", "tmpfs", rw, "mode=0755", false));
+  mounts.push_back({{"mkdir", rw + "/upper"}});
+  mounts.push_back({{"mkdir", rw + "/work"}});
+  mounts.push_back(mount("overlay", "overlay", target, "lowerdir=" + lower + ",upperdir=" + rw + "/upper,workdir=" + rw + "/work", false));
+}
+
 // QEMU option values separate fields with commas; a comma inside a value is doubled.
 std::string qemu_escape(const std::string& v) {
   std::string out;
@@ -88,12 +100,7 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
     std::string ro_store = std::filesystem::path(mp).parent_path().string() + "/.ro-store";
     std::string rw_store = std::filesystem::path(mp).parent_path().string() + "/.rw-store";
     if (ro_store.starts_with("//")) ro_store = ro_store.substr(1), rw_store = rw_store.substr(1);
-    mounts.push_back(mount("virtiofs", "store", ro_store, "", true));
-    mounts.push_back(mount("tmpfs", "tmpfs", rw_store, "mode=0755", false));
-    mounts.push_back({{"mkdir", rw_store + "/upper"}});
-    mounts.push_back({{"mkdir", rw_store + "/work"}});
-    mounts.push_back(mount("overlay", "overlay", mp,
-                           "lowerdir=" + ro_store + ",upperdir=" + rw_store + "/upper,workdir=" + rw_store + "/work", false));
+    overlay_mounts(mounts, "store", ro_store, rw_store, mp);
     p.mount_plan.push_back("virtiofs store -> " + ro_store + " (read-only, cache " + cache_name(s.store.cache) + ")");
     p.mount_plan.push_back("tmpfs -> " + rw_store);
     p.mount_plan.push_back("overlay " + ro_store + " + " + rw_store + "/upper -> " + mp + " (writable)");
@@ -126,12 +133,7 @@ Plan make_plan(const Spec& s, const PlanInputs& in) {
   }
   if (!s.nix_db.empty()) {
     // Nix's database, read-only from the host with a tmpfs overlay (as vm-exec does).
-    mounts.push_back(mount("virtiofs", "nix-db", "/nix/.ro-db", "", true));
-    mounts.push_back(mount("tmpfs", "tmpfs", "/nix/.rw-db", "mode=0755", false));
-    mounts.push_back({{"mkdir", "/nix/.rw-db/upper"}});
-    mounts.push_back({{"mkdir", "/nix/.rw-db/work"}});
-    mounts.push_back(mount("overlay", "overlay", "/nix/var/nix/db",
-                           "lowerdir=/nix/.ro-db,upperdir=/nix/.rw-db/upper,workdir=/nix/.rw-db/work", false));
+    overlay_mounts(mounts, "nix-db", "/nix/.ro-db", "/nix/.rw-db", "/nix/var/nix/db");
     p.mount_plan.push_back("virtiofs nix-db (" + s.nix_db + ") -> /nix/.ro-db (read-only)");
     p.mount_plan.push_back("overlay /nix/.ro-db + tmpfs -> /nix/var/nix/db (writable, changes thrown away)");
   }

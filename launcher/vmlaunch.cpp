@@ -76,7 +76,7 @@ std::vector<std::string> split_words(const char* s) {
   return out;
 }
 
-void stop_child(pid_t pid, int pidfd, int& status);
+void stop_child(pid_t pid, int& status);
 
 // A child process that dies with vmlaunch (PDEATHSIG); stopped and reaped
 // by its destructor if its owner has not done so.
@@ -97,7 +97,7 @@ struct Child {
   }
   ~Child() { release(); }
   void release() {
-    if (pid > 0 && status < 0) stop_child(pid, pidfd, status);
+    if (pid > 0 && status < 0) stop_child(pid, status);
     if (pidfd >= 0) ::close(pidfd);
     pid = pidfd = -1;
   }
@@ -137,7 +137,7 @@ void reap(Child& c, bool block) {
     c.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-void stop_child(pid_t pid, int, int& status) {
+void stop_child(pid_t pid, int& status) {
   ::kill(pid, SIGKILL);
   int st;
   if (::waitpid(pid, &st, 0) == pid) status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
@@ -485,14 +485,19 @@ int run(Options& o) {
   // without one, the terminal is the guest's.
   bool interactive = !spec.has_command();
   int console[2] = {-1, -1};
-  if (!interactive && ::pipe2(console, O_CLOEXEC) != 0) die(1, "pipe failed");
   std::string qemu_log = work + "/qemu.log";
-  int qemu_err = ::open(qemu_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  Child qemu = spawn(plan.qemu_argv, interactive ? -1 : devnull, interactive ? -1 : console[1], qemu_err);
-  ::close(qemu_err);
-  ::close(devnull);
-  if (!interactive) ::close(console[1]);
+  auto start_qemu = [&] {
+    if (console[0] >= 0) ::close(console[0]);
+    if (!interactive && ::pipe2(console, O_CLOEXEC) != 0) die(1, "pipe failed");
+    int err = ::open(qemu_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    Child c = spawn(plan.qemu_argv, interactive ? -1 : devnull, interactive ? -1 : console[1], err);
+    ::close(err);
+    ::close(devnull);
+    if (!interactive) ::close(console[1]);
+    return c;
+  };
+  Child qemu = start_qemu();
 
   auto started = std::chrono::steady_clock::now();
   auto deadline = spec.timeout_s ? started + std::chrono::seconds(spec.timeout_s) : std::chrono::steady_clock::time_point::max();
@@ -519,10 +524,12 @@ int run(Options& o) {
           quiet_line += chunk;
           for (size_t nl; (nl = quiet_line.find('\n')) != std::string::npos; quiet_line.erase(0, nl + 1)) {
             std::string_view line(quiet_line.data(), nl + 1);
-            if (line.find("fsd-guest-init: started") != std::string_view::npos) { relaying = true; continue; }
-            if (line.find("fsd-guest-init: exit") != std::string_view::npos) relaying = false;
-            if (relaying || line.find("fsd-guest-init:") != std::string_view::npos || line.find("Kernel panic") != std::string_view::npos)
-              if (line.find("fsd-guest-init: exit") == std::string_view::npos) (void)!::write(1, line.data(), line.size());
+            auto has = [&](const char* s) { return line.find(s) != std::string_view::npos; };
+            if (has("fsd-guest-init: started") || has("fsd-guest-init: exit")) {
+              relaying = has("fsd-guest-init: started");
+              continue;
+            }
+            if (relaying || has("fsd-guest-init:") || has("Kernel panic")) (void)!::write(1, line.data(), line.size());
           }
         }
         tail.append(b, static_cast<size_t>(n));
@@ -582,14 +589,7 @@ int run(Options& o) {
         stop(qemu, std::chrono::seconds(5));
         in.accel = Accel::kTcg;
         plan = make_plan(spec, in);
-        if (console[0] >= 0) ::close(console[0]);
-        if (::pipe2(console, O_CLOEXEC) != 0) die(1, "pipe failed");
-        int err = ::open(qemu_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        int null_in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-        qemu = spawn(plan.qemu_argv, null_in, console[1], err);
-        ::close(err);
-        ::close(null_in);
-        ::close(console[1]);
+        qemu = start_qemu();
         started = std::chrono::steady_clock::now();
         continue;
       }

@@ -200,6 +200,8 @@ class SocketServer::Worker {
     bool readable = false;
   };
   std::vector<PollWait*> polling;
+  std::vector<pollfd> poll_fds;     // poll_connections()' scratch
+  std::vector<PollWait*> poll_wake;
 
  private:
   Task<void> accept_loop(int listen_fd) {
@@ -244,12 +246,15 @@ class SocketServer::Worker {
 
   // One non-blocking poll() over every polling connection: wakes those that
   // became readable (or hung up) and those whose time ran out.
+  // It runs in a spin, so its vectors are reused rather than allocated.
   void poll_connections() {
-    std::vector<pollfd> fds;
+    auto& fds = poll_fds;
+    auto& wake = poll_wake;
+    fds.clear();
+    wake.clear();
     for (auto* w : polling) fds.push_back({w->fd, POLLIN, 0});
     if (::poll(fds.data(), fds.size(), 0) < 0) fds.assign(fds.size(), pollfd{-1, 0, POLLERR});
     auto now = std::chrono::steady_clock::now();
-    std::vector<PollWait*> wake;
     size_t keep = 0;
     for (size_t i = 0; i < polling.size(); i++) {
       PollWait* w = polling[i];

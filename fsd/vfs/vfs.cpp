@@ -456,10 +456,9 @@ Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, m
 
 Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
                                  std::string_view target, Creds creds) {
-  if (!read_only() && (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos))
-    co_return Error{EINVAL};
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
+  if (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos) co_return Error{EINVAL};
   CName cname(name);
   std::string ctarget(target);
   int r = co_await ring.symlinkat(ctarget.c_str(), pfd->get(), cname.c_str());
@@ -470,10 +469,10 @@ Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
 
 Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
                                dev_t rdev, Creds creds) {
-  mode_t type = mode & S_IFMT;
-  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK && !read_only()) co_return Error{EPERM};
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
+  mode_t type = mode & S_IFMT;
+  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) co_return Error{EPERM};
   CName cname(name);
   if (::mknodat(pfd->get(), cname.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
   chown_new(pfd->get(), std::string(name), creds);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -226,8 +227,12 @@ int run() {
   }
   // PID 1 reaps every orphan; it stops when the command itself is done.
   int status = 255;
+  // After the power button: SIGTERM now, SIGHUP at 2 s (an interactive
+  // shell ignores SIGTERM), SIGKILL at 5 s.
+  using Clock = std::chrono::steady_clock;
+  constexpr auto kNever = Clock::time_point::max();
+  auto hup_at = kNever, kill_at = kNever;
   bool done = false, stopping = false;
-  int kill_in_ms = -1;
   while (!done) {
     std::vector<pollfd> p{{sfd, POLLIN, 0}};
     for (int b : buttons) p.push_back({b, POLLIN, 0});
@@ -237,13 +242,19 @@ int run() {
         say("power button: stopping the command");
         ::kill(-child, SIGTERM);
         stopping = true;
-        kill_in_ms = 5000;
+        hup_at = Clock::now() + std::chrono::seconds(2);
+        kill_at = Clock::now() + std::chrono::seconds(5);
       }
     }
-    if (stopping && n == 0 && (kill_in_ms -= 100) == 3000) ::kill(-child, SIGHUP);  // an interactive shell ignores SIGTERM
-    if (stopping && n == 0 && kill_in_ms <= 0) {
+    auto now = Clock::now();
+    if (now >= hup_at) {
+      ::kill(-child, SIGHUP);
+      hup_at = kNever;
+    }
+    if (now >= kill_at) {
       ::kill(-child, SIGKILL);
       ::kill(child, SIGKILL);
+      kill_at = kNever;
     }
     signalfd_siginfo si;
     while (::read(sfd, &si, sizeof si) > 0) {}
