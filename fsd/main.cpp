@@ -10,7 +10,10 @@
 #include <cstdio>
 #include <thread>
 
+#include "fsd/core/export_set.h"
+#include "fsd/fuse/server.h"
 #include "fsd/p9/session.h"
+#include "fsd/p9/virtio_channel.h"
 #include "fsd/transport/fuse_dev.h"
 #include "fsd/transport/socket_server.h"
 #include "fsd/transport/vhost_user_backend.h"
@@ -138,7 +141,7 @@ int run(Options& o) {
   vopts.open_files = per_export - vopts.path_fd_cache;
   spdlog::debug("fd budget {}: per export {} open files and {} cached paths", budget, vopts.open_files, vopts.path_fd_cache);
 
-  fsd::p9::ExportSet exports;
+  fsd::ExportSet exports;
   for (auto& c : configs) {
     auto vfs = std::make_unique<fsd::Vfs>(c, vopts);
     spdlog::info("export '{}': {} ({}, cache={}, {})", c.tag, c.path, c.read_only ? "ro" : "rw",
@@ -161,22 +164,33 @@ int run(Options& o) {
   auto metadata_io = o.metadata_io == "uring"  ? fsd::Ring::MetadataIo::kRing
                      : o.metadata_io == "sync" ? fsd::Ring::MetadataIo::kInline
                                                : fsd::Ring::MetadataIo::kAdaptive;
-  fsd::SocketServer server(exports, sc, o.threads, metadata_io, o.poll_us);
+  fsd::SocketServer server(fsd::p9::session_factory(exports, sc), o.threads, metadata_io, o.poll_us);
   for (const auto& l : listens) server.listen(l);
 
-  fsd::VhostUserOptions vopt{.request_queues = 1,
-                             .exit_on_disconnect = o.on_disconnect == "exit",
-                             .metadata_io = metadata_io,
-                             .poll_us = o.poll_us};
+  // Each virtio-9p device serves one export, under its own mount tag.
+  std::vector<std::unique_ptr<fsd::ExportSet>> single_exports;
   std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices;
-  for (const auto& [tag, path] : sockets)
-    devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(tag), path, vopt));
-  auto opt9p = vopt;
-  opt9p.device = fsd::VhostUserOptions::Device::k9p;
-  for (const auto& [tag, path] : sockets9p)
-    devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(tag), path, opt9p));
-  if (o.listen_fd >= 0)
-    devices.push_back(std::make_unique<fsd::VhostUserBackend>(*exports.find(kCompatTag), fsd::Fd(o.listen_fd), vopt));
+  auto add_device = [&](const std::string& tag, fsd::Fd listening, const std::string& path, bool p9) {
+    fsd::Vfs& vfs = *exports.find(tag);
+    fsd::VhostUserOptions vopt{.exit_on_disconnect = o.on_disconnect == "exit", .metadata_io = metadata_io, .poll_us = o.poll_us};
+    fsd::MessageServerFactory servers;
+    if (p9) {
+      single_exports.push_back(std::make_unique<fsd::ExportSet>());
+      single_exports.back()->add_borrowed(&vfs);
+      servers = fsd::p9::virtio_channel_factory(*single_exports.back(),
+                                                fsd::p9::SessionConfig{.max_msize = fsd::p9::kVirtio9pMaxMsize});
+      vopt.device = {.name = "virtio-9p '" + tag + "'", .queues = 1, .features = fsd::p9::kVirtio9pMountTag,
+                     .config = fsd::p9::virtio9p_config(tag)};
+    } else {
+      servers = fsd::fuse::server_factory(vfs, {.max_write = 1 << 20, .virtiofs = true}, false);
+      vopt.device = {.name = "virtio-fs '" + tag + "'", .queues = 2};  // hiprio + one request queue
+    }
+    devices.push_back(listening ? std::make_unique<fsd::VhostUserBackend>(std::move(listening), servers, vopt)
+                                : std::make_unique<fsd::VhostUserBackend>(path, servers, vopt));
+  };
+  for (const auto& [tag, path] : sockets) add_device(tag, fsd::Fd(), path, false);
+  for (const auto& [tag, path] : sockets9p) add_device(tag, fsd::Fd(), path, true);
+  if (o.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o.listen_fd), "", false);
   for (auto& d : devices) {
     d->on_finished([] { ::kill(::getpid(), SIGUSR1); });
     d->start();
@@ -186,7 +200,8 @@ int run(Options& o) {
 
   std::vector<std::unique_ptr<fsd::FuseMount>> fuse;
   for (const auto& [tag, where] : mounts) {
-    fuse.push_back(std::make_unique<fsd::FuseMount>(*exports.find(tag), where, o.threads, metadata_io));
+    auto servers = fsd::fuse::server_factory(*exports.find(tag), {.max_write = fsd::FuseMount::kMaxWrite, .virtiofs = false}, true);
+    fuse.push_back(std::make_unique<fsd::FuseMount>(tag, where, servers, o.threads, metadata_io));
     fuse.back()->start();
     spdlog::info("mounted '{}' on {} (FUSE)", tag, where);
   }

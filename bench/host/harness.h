@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "protocol/result.h"
+#include "fsd/core/result.h"
 
 namespace fsd::bench {
 
@@ -24,11 +24,11 @@ using Clock = std::chrono::steady_clock;
 
 template <class T>
 T check(Result<T> r, const char* what) {
-  if (!r) fail(std::string(what) + ": " + std::strerror(r.error()));
+  if (!r) fail(std::string(what) + ": " + std::strerror(-r.error()));
   if constexpr (!std::is_void_v<T>) return std::move(*r);
 }
 inline void check(Result<void> r, const char* what) {
-  if (!r) fail(std::string(what) + ": " + std::strerror(r.error()));
+  if (!r) fail(std::string(what) + ": " + std::strerror(-r.error()));
 }
 
 struct Stats {

@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "bench/host/harness.h"
-#include "fsd/p9/client.h"
+#include "fsd/client/p9_client.h"
 
 namespace {
 
@@ -205,7 +205,7 @@ void serve(const Target& t, bool quick) {
         if (!unlink_by_remove) {
           auto u = c.c.call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = c.root, .name = name, .flags = 0});
           if (u) return;
-          if (u.error() != EOPNOTSUPP) fail(std::string("unlinkat: ") + std::strerror(u.error()));
+          if (u.error() != -EOPNOTSUPP) fail(std::string("unlinkat: ") + std::strerror(-u.error()));
           unlink_by_remove = true;
         }
         check(c.c.walk(c.root, fid, name), "walk");

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "bench/host/harness.h"
-#include "fsd/frontend/vhost_frontend.h"
+#include "fsd/client/vhost_frontend.h"
 
 namespace {
 
@@ -163,7 +163,7 @@ class Fs {
   void drain_hiprio(bool all) {
     while (forgets_) {
       auto u = f_->wait_used(kHiprio, all ? 10000 : 0);
-      if (!u && u.error() == ETIMEDOUT && !all) return;
+      if (!u && u.error() == -ETIMEDOUT && !all) return;
       check(std::move(u), "FORGET");
       forgets_--;
     }

@@ -1,9 +1,7 @@
 #include "fsd/fuse/server.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -12,6 +10,7 @@
 #include <climits>
 #include <vector>
 
+#include "fsd/core/iovec.h"
 #include "protocol/fuse/reply.h"
 
 namespace fsd::fuse {
@@ -21,6 +20,8 @@ constexpr uint64_t kAlwaysTimeout = 24 * 3600;  // seconds: store contents do no
 constexpr uint64_t kAutoTimeout = 1;
 constexpr size_t kMaxReaddirBuffer = 1 << 20;
 constexpr size_t kMaxIovecs = 272;  // a 1 MiB read into 4 KiB guest pages, plus slack
+constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
+constexpr size_t kMaxRequestHead = 4096;  // a request's bytes besides a WRITE's data
 
 Creds creds_of(const fuse_in_header& h) { return Creds{h.uid, h.gid}; }
 
@@ -29,19 +30,19 @@ Creds creds_of(const fuse_in_header& h) { return Creds{h.uid, h.gid}; }
 // One request being handled: the dispatch target for every argument type.
 class Server::Context {
  public:
-  Context(Server& s, Ring& ring, const fuse_in_header& h, ScatterWriter& w, const Io& io)
-      : s(s), vfs(s.vfs_), ring(ring), h(h), w(w), io(io) {}
+  Context(Server& s, Ring& ring, const fuse_in_header& h, ScatterWriter& w, std::span<const iovec> payload)
+      : s(s), vfs(s.vfs_), ring(ring), h(h), w(w), payload(payload) {}
 
   Server& s;
   Vfs& vfs;
   Ring& ring;
   const fuse_in_header& h;
   ScatterWriter& w;
-  const Io& io;
+  std::span<const iovec> payload;  // a WRITE's data not among the request's bytes
 
   template <class T>
   Result<void> reply(const T& v) {
-    if (!w.write(v)) return Error{ERANGE};
+    if (!w.write(v)) return Error{-ERANGE};
     return {};
   }
   Result<void> reply_entry(const Entry& e) { return reply(s.entry_of(e.node, e.st)); }
@@ -64,7 +65,7 @@ class Server::Context {
   // ---- session
 
   Task<Result<void>> op(const Init& a) {
-    if (a.in.major < 7) co_return Error{EPROTO};
+    if (a.in.major < 7) co_return Error{-EPROTO};
     fuse_init_out out{};
     out.major = FUSE_KERNEL_VERSION;
     out.minor = std::min<uint32_t>(a.in.minor, kMinor);
@@ -92,13 +93,13 @@ class Server::Context {
     out.max_pages = static_cast<uint16_t>(std::min<uint32_t>(s.options_.max_write / 4096, 256));
     s.initialized_ = true;
     if (out.minor < 23) {
-      if (!w.write(&out, FUSE_COMPAT_22_INIT_OUT_SIZE)) co_return Error{ERANGE};
+      if (!w.write(&out, FUSE_COMPAT_22_INIT_OUT_SIZE)) co_return Error{-ERANGE};
       co_return Result<void>{};
     }
     co_return reply(out);
   }
   Task<Result<void>> op(const Destroy&) { co_return Result<void>{}; }
-  Task<Result<void>> op(const Unknown&) { co_return Error{ENOSYS}; }
+  Task<Result<void>> op(const Unknown&) { co_return Error{-ENOSYS}; }
   Task<Result<void>> op(const Interrupt&) { co_return Result<void>{}; }  // no reply; see handle()
 
   // ---- names
@@ -107,7 +108,7 @@ class Server::Context {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
     auto e = co_await vfs.lookup(ring, *dir, a.name);
-    if (!e && e.error() == ENOENT && vfs.config().cache == CachePolicy::kAlways) {
+    if (!e && e.error() == -ENOENT && vfs.config().cache == CachePolicy::kAlways) {
       // A negative entry the client may cache: the store does not change.
       fuse_entry_out neg{};
       neg.entry_valid = kAlwaysTimeout;
@@ -168,7 +169,7 @@ class Server::Context {
     if (!n) co_return Error{n.error()};
     auto t = vfs.readlink(**n);
     if (!t) co_return Error{t.error()};
-    if (!w.write(t->data(), t->size())) co_return Error{ERANGE};
+    if (!w.write(t->data(), t->size())) co_return Error{-ERANGE};
     co_return Result<void>{};
   }
   Task<Result<void>> op(const Symlink& a) {
@@ -219,7 +220,7 @@ class Server::Context {
   Task<Result<void>> open(uint32_t flags, bool dir) {
     auto n = node();
     if (!n) co_return Error{n.error()};
-    if (dir && !(*n)->is_dir()) co_return Error{ENOTDIR};
+    if (dir && !(*n)->is_dir()) co_return Error{-ENOTDIR};
     auto f = co_await vfs.open(ring, **n, dir ? (O_RDONLY | O_DIRECTORY) : static_cast<int>(flags));
     if (!f) co_return Error{f.error()};
     auto hd = std::make_shared<Handle>();
@@ -248,39 +249,33 @@ class Server::Context {
   }
   Task<Result<void>> op(const Read& a) {
     auto hd = s.handle_of(a.in.fh);
-    if (!hd || hd->dir || !hd->file.readable()) co_return Error{EBADF};
+    if (!hd || hd->dir) co_return Error{-EBADF};
     size_t n = std::min<size_t>(a.in.size, w.room());
     std::array<iovec, kMaxIovecs> iov;
     size_t cnt = w.next_iovecs(n, iov);
-    if (cnt == 0) co_return Result<void>{};
     // Straight into the reply buffers (guest memory for virtiofs).
-    int r = co_await ring.readv(hd->file.get(), iov.data(), static_cast<unsigned>(cnt), a.in.offset);
-    if (r < 0) co_return Error{-r};
-    w.skip(static_cast<size_t>(r));
+    auto r = co_await vfs.read(ring, hd->file, {iov.data(), cnt}, a.in.offset);
+    if (!r) co_return Error{r.error()};
+    w.skip(*r);
     co_return Result<void>{};
   }
   Task<Result<void>> op(const Write& a) {
     auto hd = s.handle_of(a.in.fh);
-    if (!hd || hd->dir || !hd->file.writable()) co_return Error{EBADF};
-    if (a.in.size > s.options_.max_write) co_return Error{EINVAL};
-    int r;
-    if (a.data.size() == a.in.size) {
-      r = co_await ring.write(hd->file.get(), a.data.data(), a.in.size, a.in.offset);
-    } else {
-      // Part of the payload (or none) is in the request buffer; the rest is
-      // in the transport's buffers (guest memory).
-      std::array<iovec, kMaxIovecs> iov;
-      size_t cnt = 0;
-      if (!a.data.empty()) iov[cnt++] = iovec{const_cast<std::byte*>(a.data.data()), a.data.size()};
-      for (const auto& v : io.in_payload) {
-        if (cnt == iov.size()) co_return Error{EINVAL};
-        iov[cnt++] = v;
-      }
-      r = co_await ring.writev(hd->file.get(), iov.data(), static_cast<unsigned>(cnt), a.in.offset);
+    if (!hd || hd->dir) co_return Error{-EBADF};
+    if (a.in.size > s.options_.max_write) co_return Error{-EINVAL};
+    // Part of the payload (or none) is in the request's bytes; the rest is
+    // still in the transport's buffers (guest memory).
+    std::array<iovec, kMaxIovecs> iov;
+    size_t cnt = 0;
+    if (!a.data.empty()) iov[cnt++] = iovec{const_cast<std::byte*>(a.data.data()), a.data.size()};
+    for (const auto& v : payload) {
+      if (cnt == iov.size()) co_return Error{-EINVAL};
+      iov[cnt++] = v;
     }
-    if (r < 0) co_return Error{-r};
+    auto r = co_await vfs.write(ring, hd->file, {iov.data(), cnt}, a.in.offset);
+    if (!r) co_return Error{r.error()};
     fuse_write_out out{};
-    out.size = static_cast<uint32_t>(r);
+    out.size = static_cast<uint32_t>(*r);
     co_return reply(out);
   }
   Task<Result<void>> op(const Release& a) {
@@ -294,39 +289,33 @@ class Server::Context {
   Task<Result<void>> op(const Flush&) { co_return Result<void>{}; }
   Task<Result<void>> fsync(uint64_t fh, uint32_t flags) {
     auto hd = s.handle_of(fh);
-    if (!hd) co_return Error{EBADF};
-    co_return from_res(co_await ring.fsync(hd->file.get(), flags & 1));
+    if (!hd) co_return Error{-EBADF};
+    co_return co_await vfs.fsync(ring, hd->file, flags & 1);
   }
   Task<Result<void>> op(const Fsync& a) { return fsync(a.in.fh, a.in.fsync_flags); }
   Task<Result<void>> op(const Fsyncdir& a) { return fsync(a.in.fh, a.in.fsync_flags); }
   Task<Result<void>> op(const Fallocate& a) {
     auto hd = s.handle_of(a.in.fh);
-    if (!hd || hd->dir) co_return Error{EBADF};
-    if (read_only()) co_return Error{EROFS};
-    if (::fallocate(hd->file.get(), static_cast<int>(a.in.mode), static_cast<off_t>(a.in.offset),
-                    static_cast<off_t>(a.in.length)) < 0)
-      co_return errno_error();
-    co_return Result<void>{};
+    if (!hd || hd->dir) co_return Error{-EBADF};
+    co_return vfs.fallocate(hd->file, static_cast<int>(a.in.mode), a.in.offset, a.in.length);
   }
   Task<Result<void>> op(const Lseek& a) {
     auto hd = s.handle_of(a.in.fh);
-    if (!hd) co_return Error{EBADF};
-    off_t r = ::lseek(hd->file.get(), static_cast<off_t>(a.in.offset), static_cast<int>(a.in.whence));
-    if (r < 0) co_return errno_error();
+    if (!hd) co_return Error{-EBADF};
+    auto r = vfs.lseek(hd->file, a.in.offset, static_cast<int>(a.in.whence));
+    if (!r) co_return Error{r.error()};
     fuse_lseek_out out{};
-    out.offset = static_cast<uint64_t>(r);
+    out.offset = *r;
     co_return reply(out);
   }
   Task<Result<void>> op(const CopyFileRange& a) {
     auto in = s.handle_of(a.in.fh_in);
     auto out_h = s.handle_of(a.in.fh_out);
-    if (!in || !out_h || in->dir || out_h->dir) co_return Error{EBADF};
-    if (read_only()) co_return Error{EROFS};
-    loff_t off_in = static_cast<loff_t>(a.in.off_in), off_out = static_cast<loff_t>(a.in.off_out);
-    ssize_t r = ::copy_file_range(in->file.get(), &off_in, out_h->file.get(), &off_out, a.in.len, 0);
-    if (r < 0) co_return errno_error();
+    if (!in || !out_h || in->dir || out_h->dir) co_return Error{-EBADF};
+    auto r = vfs.copy_file_range(in->file, a.in.off_in, out_h->file, a.in.off_out, a.in.len);
+    if (!r) co_return Error{r.error()};
     fuse_write_out out{};
-    out.size = static_cast<uint32_t>(r);
+    out.size = static_cast<uint32_t>(*r);
     co_return reply(out);
   }
 
@@ -334,56 +323,48 @@ class Server::Context {
 
   Task<Result<void>> readdir(const fuse_read_in& in, bool plus) {
     auto hd = s.handle_of(in.fh);
-    if (!hd || !hd->dir) co_return Error{EBADF};
+    if (!hd || !hd->dir) co_return Error{-EBADF};
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
     size_t size = std::min<size_t>({in.size, w.room(), kMaxReaddirBuffer});
     std::vector<std::byte> packed(size);
     DirentPacker p(packed);
-    int fd = hd->file.get();
-    if (::lseek(fd, static_cast<off_t>(in.offset), SEEK_SET) < 0) co_return errno_error();
-    std::vector<std::byte> raw(std::max<size_t>(size, 4096));
-    bool full = false;
-    while (!full) {
-      long n = ::syscall(SYS_getdents64, fd, raw.data(), raw.size());
-      if (n < 0) co_return errno_error();
-      if (n == 0) break;
-      long pos = 0;
-      for (; pos < n;) {
-        dirent64 d;
-        std::memcpy(&d, raw.data() + pos, std::min<size_t>(sizeof d, static_cast<size_t>(n - pos)));
-        std::string_view name(reinterpret_cast<const char*>(raw.data()) + pos + offsetof(dirent64, d_name));
-        name = name.substr(0, std::min(name.size(), static_cast<size_t>(d.d_reclen - offsetof(dirent64, d_name))));
-        pos += d.d_reclen;
-        uint64_t ino = vfs.unique_ino((*dir)->dev, d.d_ino);
-        if (!plus) {
-          if (!p.add(ino, static_cast<uint64_t>(d.d_off), d.d_type, name)) {
-            full = true;
-            break;
-          }
-          continue;
-        }
-        if (!p.fits_plus(name)) {
-          full = true;
-          break;
-        }
-        fuse_entry_out entry{};
-        if (name == "." || name == "..") {
-          entry.attr.ino = ino;  // no lookup counted: the kernel ignores these
-        } else {
-          auto e = co_await vfs.lookup(ring, *dir, name);
-          if (e) {
-            entry = s.entry_of(e->node, e->st);
-          } else {
-            entry.attr.ino = ino;  // vanished meanwhile: a plain entry
-          }
-        }
-        p.add_plus(entry, static_cast<uint64_t>(d.d_off), d.d_type, name);
-      }
-      if (full) break;
+    if (!plus) {
+      auto r = vfs.read_dir(hd->file, in.offset, size,
+                            [&](const DirEntry& d) { return p.add(d.ino, d.next, d.type, d.name); });
+      if (!r) co_return Error{r.error()};
+    } else {
+      // Take the entries that fit first, then look each up (which may wait
+      // on the ring, so it cannot happen inside the listing's callback).
+      struct Pending {
+        uint64_t ino, next;
+        uint8_t type;
+        std::string name;
+      };
+      std::vector<Pending> entries;
+      size_t used = 0;
+      auto r = vfs.read_dir(hd->file, in.offset, size, [&](const DirEntry& d) {
+        used += DirentPacker::direntplus_size(d.name);
+        if (used > size) return false;
+        entries.push_back({d.ino, d.next, d.type, std::string(d.name)});
+        return true;
+      });
+      if (!r) co_return Error{r.error()};
+      for (const auto& e : entries) p.add_plus(co_await plus_entry(*dir, e.ino, e.name), e.next, e.type, e.name);
     }
-    if (!w.write(packed.data(), p.size())) co_return Error{ERANGE};
+    if (!w.write(packed.data(), p.size())) co_return Error{-ERANGE};
     co_return Result<void>{};
+  }
+  // READDIRPLUS's entry for one name: looked up (counted, like LOOKUP), or
+  // only its inode number for "." and "..", which the kernel ignores, and for
+  // a name that vanished meanwhile.
+  Task<fuse_entry_out> plus_entry(const NodeRef& dir, uint64_t ino, std::string_view name) {
+    fuse_entry_out entry{};
+    entry.attr.ino = ino;
+    if (name == "." || name == "..") co_return entry;
+    auto e = co_await vfs.lookup(ring, dir, name);
+    if (e) entry = s.entry_of(e->node, e->st);
+    co_return entry;
   }
   Task<Result<void>> op(const Readdir& a) { return readdir(a.in, false); }
   Task<Result<void>> op(const Readdirplus& a) { return readdir(a.in, true); }
@@ -404,7 +385,7 @@ class Server::Context {
     std::vector<std::byte> buf(std::min<size_t>(want, w.room()));
     auto got = fetch(std::span<std::byte>(buf));
     if (!got) return Error{got.error()};
-    if (!w.write(buf.data(), *got)) return Error{ERANGE};
+    if (!w.write(buf.data(), *got)) return Error{-ERANGE};
     return {};
   }
   Task<Result<void>> op(const Getxattr& a) {
@@ -445,17 +426,9 @@ class Server::Context {
   Task<Result<void>> op(const Access& a) {
     auto n = node();
     if (!n) co_return Error{n.error()};
-    if ((a.in.mask & W_OK) && read_only()) co_return Error{EROFS};
-    auto pfd = vfs.path_fd(**n);
-    if (!pfd) co_return Error{pfd.error()};
-    std::string path = pfd->proc_path();
-    if (::faccessat(AT_FDCWD, path.c_str(), static_cast<int>(a.in.mask), AT_EACCESS) < 0) co_return errno_error();
-    co_return Result<void>{};
+    co_return vfs.access(**n, static_cast<int>(a.in.mask));
   }
-  Task<Result<void>> op(const Syncfs&) {
-    if (::syncfs(vfs.root()->is_dir() ? vfs.path_fd(*vfs.root())->get() : -1) < 0) co_return errno_error();
-    co_return Result<void>{};
-  }
+  Task<Result<void>> op(const Syncfs&) { co_return vfs.syncfs(); }
 };
 
 Server::Server(Vfs& vfs, ServerOptions options) : vfs_(vfs), options_(options) {
@@ -467,6 +440,14 @@ Server::Server(Vfs& vfs, ServerOptions options) : vfs_(vfs), options_(options) {
 }
 
 Server::~Server() = default;
+
+MessageServerFactory server_factory(Vfs& vfs, ServerOptions options, bool shared) {
+  if (shared) {
+    auto server = std::make_shared<Server>(vfs, options);
+    return [server](Ring&) -> std::shared_ptr<MessageServer> { return server; };
+  }
+  return [&vfs, options](Ring&) -> std::shared_ptr<MessageServer> { return std::make_shared<Server>(vfs, options); };
+}
 
 size_t Server::node_count() const {
   std::lock_guard g(mu_);
@@ -507,7 +488,7 @@ Result<NodeRef> Server::node(uint64_t nodeid) {
   if (nodeid == FUSE_ROOT_ID) return vfs_.root();
   std::lock_guard g(mu_);
   auto it = inodes_.find(nodeid);
-  if (it == inodes_.end()) return Error{ESTALE};
+  if (it == inodes_.end()) return Error{-ESTALE};
   return it->second.node;
 }
 
@@ -562,31 +543,53 @@ fuse_entry_out Server::entry_of(const NodeRef& n, const struct statx& st) {
   return e;
 }
 
-Task<Result<size_t>> Server::handle(Ring& ring, Io io) {
-  auto req = decode(io.in, io.total_len);
-  if (!req) co_return Error{EBADMSG};
+Task<Result<size_t>> Server::handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) {
+  size_t total = total_len(in);
+  if (total < sizeof(fuse_in_header) || total > options_.max_write + kMaxRequestHead) co_return Error{-EBADMSG};
+  // The request's bytes in one piece: in place when the transport has them
+  // in one buffer (/dev/fuse), else gathered, except a WRITE's payload, which
+  // stays where it is (guest memory) and is written to the file from there.
+  std::vector<std::byte> gathered;
+  std::vector<iovec> payload;
+  Bytes bytes;
+  if (in.size() == 1) {
+    bytes = {static_cast<const std::byte*>(in[0].iov_base), total};
+  } else {
+    fuse_in_header h;
+    gather(in, {reinterpret_cast<std::byte*>(&h), sizeof h});
+    size_t head = total;
+    if (h.opcode == FUSE_WRITE && total > kWriteHead) {
+      head = kWriteHead;
+      tail_of(in, kWriteHead, payload);
+    }
+    gathered.resize(head);
+    gather(in, gathered);
+    bytes = gathered;
+  }
+  auto req = decode(bytes, total);
+  if (!req) co_return Error{-EBADMSG};
   const fuse_in_header& h = req->header;
   bool no_reply = std::holds_alternative<Forget>(req->args) || std::holds_alternative<BatchForget>(req->args) ||
                   std::holds_alternative<Interrupt>(req->args);
-  ScatterWriter w(io.out);
-  if (!no_reply && !w.write(fuse_out_header{})) co_return Error{EBADMSG};  // no room even for a header
-  Context ctx(*this, ring, h, w, io);
+  ScatterWriter w(out);
+  if (!no_reply && !w.write(fuse_out_header{})) co_return Error{-EBADMSG};  // no room even for a header
+  Context ctx(*this, ring, h, w, payload);
   Result<void> r;
   if (!initialized_ && !std::holds_alternative<Init>(req->args)) {
-    r = Error{EIO};
+    r = Error{-EIO};
   } else {
     r = co_await std::visit([&](const auto& a) { return ctx.op(a); }, req->args);
   }
   if (no_reply) co_return size_t{0};
   if (!r) {
-    w = ScatterWriter(io.out);
+    w = ScatterWriter(out);
     w.write(fuse_out_header{});
   }
-  fuse_out_header out{};
-  out.len = static_cast<uint32_t>(w.written());
-  out.error = r ? 0 : -r.error();
-  out.unique = h.unique;
-  w.write_at(0, &out, sizeof out);
+  fuse_out_header oh{};
+  oh.len = static_cast<uint32_t>(w.written());
+  oh.error = r.error();
+  oh.unique = h.unique;
+  w.write_at(0, &oh, sizeof oh);
   co_return w.written();
 }
 

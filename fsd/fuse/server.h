@@ -17,6 +17,7 @@
 #include <span>
 #include <unordered_map>
 
+#include "fsd/core/server.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/vfs.h"
 #include "protocol/fuse/request.h"
@@ -28,22 +29,16 @@ struct ServerOptions {
   bool virtiofs = false;         // DESTROY and INIT differ slightly on /dev/fuse
 };
 
-struct Io {
-  Bytes in;                          // the request's first bytes (all, except maybe WRITE's payload)
-  size_t total_len = 0;              // the request's full length
-  std::span<const iovec> in_payload; // WRITE payload not in `in` (virtiofs)
-  std::span<const iovec> out;        // where the reply goes
-};
-
-class Server {
+class Server : public MessageServer {
  public:
   Server(Vfs& vfs, ServerOptions options);
-  ~Server();
+  ~Server() override;
 
-  // Handles one request. Returns the reply length written to io.out (0 for
-  // requests that get no reply: FORGET, BATCH_FORGET, INTERRUPT), or EBADMSG
-  // for a malformed request (the transport drops it, or the channel).
-  Task<Result<size_t>> handle(Ring& ring, Io io);
+  // Handles the request in `in` (a WRITE's data may be anywhere in it and is
+  // written to the file from where it lies). Returns the reply length written
+  // to `out` (0 for requests that get no reply: FORGET, BATCH_FORGET,
+  // INTERRUPT), or -EBADMSG for a malformed request.
+  Task<Result<size_t>> handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) override;
 
   bool initialized() const { return initialized_; }
   size_t node_count() const;
@@ -82,5 +77,10 @@ class Server {
   std::unordered_map<uint64_t, std::shared_ptr<Handle>> handles_;
   uint64_t next_fh_ = 1;
 };
+
+// Servers for a transport: with `shared`, every client (a FUSE mount's
+// threads) gets the same server; otherwise each client (a vhost-user
+// front-end connection) a fresh one, with no state left from the last.
+MessageServerFactory server_factory(Vfs& vfs, ServerOptions options, bool shared);
 
 }  // namespace fsd::fuse

@@ -2,9 +2,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/syscall.h>
+#include <linux/xattr.h>
 #include <sys/sysmacros.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,20 +17,6 @@ namespace fsd::p9 {
   auto var##_or = fid(id);                           \
   if (!var##_or) co_return Error{var##_or.error()}; \
   FidPtr var = *var##_or
-
-Vfs* ExportSet::find(std::string_view aname) const {
-  if (aname.empty() && exports_.size() == 1) return exports_.front();
-  for (Vfs* e : exports_)
-    if (e->config().tag == aname) return e;
-  // Clients such as diod's tools name the export by its host path.
-  while (aname.size() > 1 && aname.back() == '/') aname.remove_suffix(1);
-  for (Vfs* e : exports_) {
-    std::string_view p = e->config().path;
-    while (p.size() > 1 && p.back() == '/') p.remove_suffix(1);
-    if (p == aname) return e;
-  }
-  return nullptr;
-}
 
 struct Session::Fid {
   Vfs* vfs = nullptr;
@@ -58,6 +43,12 @@ Session::Session(const ExportSet& exports, Ring& ring, ReplySink& sink, SessionC
 }
 
 Session::~Session() = default;
+
+StreamSessionFactory session_factory(const ExportSet& exports, SessionConfig config) {
+  return [&exports, config](Ring& ring, ReplySink& sink) -> std::unique_ptr<StreamSession> {
+    return std::make_unique<Session>(exports, ring, sink, config);
+  };
+}
 
 template <class M>
 void Session::set_reply(Request& rq, const M& m) {
@@ -88,8 +79,8 @@ Task<void> Session::handle(Buffer frame) {
   if (msg) {
     rq.msg = &msg->msg;
     res = co_await dispatch(rq);
-  } else if (msg.error() == EOPNOTSUPP) {
-    res = Error{EOPNOTSUPP};  // well framed, unknown type: answer it, keep serving
+  } else if (msg.error() == -EOPNOTSUPP) {
+    res = Error{-EOPNOTSUPP};  // well framed, unknown type: answer it, keep serving
   } else {
     const char* name = type_name(hdr->type);
     sink_.protocol_error(std::string("malformed ") + (name ? name : "message"));
@@ -98,7 +89,7 @@ Task<void> Session::handle(Buffer frame) {
     rq.done.set();
     co_return;
   }
-  if (!res) set_reply(rq, Rlerror{.ecode = static_cast<uint32_t>(res.error())});
+  if (!res) set_reply(rq, Rlerror{.ecode = static_cast<uint32_t>(-res.error())});
   sink_.reply(std::move(rq.reply));
   in_flight_.erase(rq.tag);
   sink_.recycle(std::move(frame));
@@ -111,13 +102,13 @@ Task<Result<void>> Session::dispatch(Request& rq) {
 
 Result<Session::FidPtr> Session::fid(uint32_t id) const {
   auto it = fids_.find(id);
-  if (it == fids_.end()) return Error{EBADF};
+  if (it == fids_.end()) return Error{-EBADF};
   return it->second;
 }
 
 Result<void> Session::check_new_fid(uint32_t id, uint32_t except) const {
-  if (id == kNoFid) return Error{EBADF};
-  if (id != except && fids_.contains(id)) return Error{EBADF};
+  if (id == kNoFid) return Error{-EBADF};
+  if (id != except && fids_.contains(id)) return Error{-EBADF};
   return {};
 }
 
@@ -134,7 +125,7 @@ Qid Session::qid_of(Vfs& vfs, const Node& n, const struct statx& st) const {
 // ---- session set-up
 
 Task<Result<void>> Session::op(Request& rq, const Tversion& m) {
-  if (m.msize < SessionConfig::kMinMsize) co_return Error{EINVAL};
+  if (m.msize < SessionConfig::kMinMsize) co_return Error{-EINVAL};
   // A new version aborts everything: drop all fids.
   fids_.clear();
   msize_ = std::min(m.msize, config_.max_msize);
@@ -145,12 +136,12 @@ Task<Result<void>> Session::op(Request& rq, const Tversion& m) {
 
 // fsd does no 9p authentication. ENOENT is how diod says "not required",
 // and what its client library (and Linux, which never sends Tauth) accept.
-Task<Result<void>> Session::op(Request&, const Tauth&) { co_return Error{ENOENT}; }
+Task<Result<void>> Session::op(Request&, const Tauth&) { co_return Error{-ENOENT}; }
 
 Task<Result<void>> Session::op(Request& rq, const Tattach& m) {
   if (auto r = check_new_fid(m.fid); !r) co_return Error{r.error()};
   Vfs* vfs = exports_.find(m.aname);
-  if (vfs == nullptr) co_return Error{ENOENT};
+  if (vfs == nullptr) co_return Error{-ENOENT};
   auto st = co_await vfs->getattr(ring_, *vfs->root());
   if (!st) co_return Error{st.error()};
   auto f = std::make_shared<Fid>();
@@ -176,7 +167,7 @@ Task<Result<void>> Session::op(Request& rq, const Twalk& m) {
   if (!f) co_return Error{f.error()};
   if (auto r = check_new_fid(m.newfid, m.fid); !r) co_return Error{r.error()};
   FidPtr from = *f;
-  if (from->xattr != Fid::Xattr::kNone) co_return Error{EINVAL};
+  if (from->xattr != Fid::Xattr::kNone) co_return Error{-EINVAL};
   Rwalk out{};
   NodeRef cur = from->node;
   for (uint16_t i = 0; i < m.wnames.count; i++) {
@@ -257,7 +248,7 @@ Task<Result<void>> Session::op(Request& rq, const Tsetattr& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tlopen& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
+  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{-EBADF};
   auto st = co_await fp->vfs->getattr(ring_, *fp->node);
   if (!st) co_return Error{st.error()};
   auto file = co_await fp->vfs->open(ring_, *fp->node, static_cast<int>(m.flags));
@@ -269,7 +260,7 @@ Task<Result<void>> Session::op(Request& rq, const Tlopen& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tlcreate& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
+  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{-EBADF};
   auto c = co_await fp->vfs->create(ring_, fp->node, m.name, static_cast<int>(m.flags), m.mode,
                                     Creds{fp->uid, m.gid});
   if (!c) co_return Error{c.error()};
@@ -290,11 +281,10 @@ Task<Result<void>> Session::op(Request& rq, const Tread& m) {
     if (n) std::memcpy(data, fp->xattr_data.data() + m.offset, n);
     count = n;
   } else {
-    if (!fp->file.valid() || !fp->file.readable()) co_return Error{EBADF};
-    if (m.offset > static_cast<uint64_t>(INT64_MAX)) co_return Error{EINVAL};
-    int r = co_await ring_.read(fp->file.get(), data, count, m.offset);
-    if (r < 0) co_return Error{-r};
-    count = static_cast<uint32_t>(r);
+    iovec to{data, count};
+    auto n = co_await fp->vfs->read(ring_, fp->file, {&to, 1}, m.offset);
+    if (!n) co_return Error{n.error()};
+    count = static_cast<uint32_t>(*n);
   }
   put_rread_header(rq.reply.room(), rq.tag, count);
   rq.reply.set_size(kRreadHeaderSize + count);
@@ -305,58 +295,36 @@ Task<Result<void>> Session::op(Request& rq, const Twrite& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
   auto data = m.data.bytes;
   if (fp->xattr == Fid::Xattr::kWrite) {
-    if (m.offset != fp->xattr_data.size() || m.offset + data.size() > fp->xattr_size) co_return Error{EINVAL};
+    if (m.offset != fp->xattr_data.size() || m.offset + data.size() > fp->xattr_size) co_return Error{-EINVAL};
     fp->xattr_data.insert(fp->xattr_data.end(), data.begin(), data.end());
     set_reply(rq, Rwrite{.count = static_cast<uint32_t>(data.size())});
     co_return Result<void>{};
   }
-  if (!fp->file.valid() || !fp->file.writable()) co_return Error{EBADF};
-  if (m.offset > static_cast<uint64_t>(INT64_MAX)) co_return Error{EINVAL};
-  int r = co_await ring_.write(fp->file.get(), data.data(), static_cast<unsigned>(data.size()), m.offset);
-  if (r < 0) co_return Error{-r};
-  set_reply(rq, Rwrite{.count = static_cast<uint32_t>(r)});
+  iovec from{const_cast<std::byte*>(data.data()), data.size()};
+  auto n = co_await fp->vfs->write(ring_, fp->file, {&from, 1}, m.offset);
+  if (!n) co_return Error{n.error()};
+  set_reply(rq, Rwrite{.count = static_cast<uint32_t>(*n)});
   co_return Result<void>{};
 }
 
-// Packs entries from `offset` into `w` until it is full or the directory
-// ends. Not a coroutine: getdents64 is synchronous, and its buffer is per
-// thread rather than in a coroutine frame (frames do not honour alignas, and
-// 32 KiB frames would not be recycled).
-namespace {
-Result<void> fill_readdir(Vfs& vfs, const Node& dir, int fd, uint64_t offset, uint32_t count, DirentWriter& w) {
-  if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) return errno_error();
-  // getdents64 records are no smaller than the 9p entries they become minus
-  // 8 bytes each, so reading about `count` bytes of them fills the reply.
-  alignas(struct dirent64) static thread_local std::byte raw[32768];
-  size_t want = std::min<size_t>(sizeof raw, std::max<size_t>(count, 512));
-  for (;;) {
-    long n = ::syscall(SYS_getdents64, fd, raw, want);
-    if (n < 0) return errno_error();
-    if (n == 0) return {};
-    for (long pos = 0; pos < n;) {
-      auto* d = reinterpret_cast<struct dirent64*>(raw + pos);
-      pos += d->d_reclen;
-      Dirent e;
-      e.qid.type = d->d_type == DT_DIR ? kQtDir : d->d_type == DT_LNK ? kQtSymlink : kQtFile;
-      e.qid.path = vfs.unique_ino(dir.dev, d->d_ino);
-      e.offset = static_cast<uint64_t>(d->d_off);
-      e.type = d->d_type;
-      e.name = d->d_name;
-      if (!w.add(e)) return {};
-    }
-  }
-}
-}  // namespace
-
 Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (!fp->file.valid() || !fp->node->is_dir()) co_return Error{EBADF};
-  if (m.offset > static_cast<uint64_t>(INT64_MAX)) co_return Error{EINVAL};
+  if (!fp->file.valid() || !fp->node->is_dir()) co_return Error{-EBADF};
   uint32_t count = std::min<uint32_t>(m.count, msize_ - kIoHeaderSize);
   rq.reply = sink_.buffer(kRreadHeaderSize + count);
   DirentWriter w(rq.reply.room().subspan(kRreadHeaderSize, count));
-  if (auto r = fill_readdir(*fp->vfs, *fp->node, fp->file.get(), m.offset, count, w); !r)
-    co_return Error{r.error()};
+  // Host records are no smaller than the 9P entries they become minus 8
+  // bytes each, so reading about `count` bytes of them fills the reply.
+  auto r = fp->vfs->read_dir(fp->file, m.offset, count, [&](const DirEntry& d) {
+    Dirent e;
+    e.qid.type = d.type == DT_DIR ? kQtDir : d.type == DT_LNK ? kQtSymlink : kQtFile;
+    e.qid.path = d.ino;
+    e.offset = d.next;
+    e.type = d.type;
+    e.name = d.name;
+    return w.add(e);
+  });
+  if (!r) co_return Error{r.error()};
   put_rread_header(rq.reply.room(), rq.tag, static_cast<uint32_t>(w.size()));
   rq.reply.data()[4] = static_cast<std::byte>(Type::Rreaddir);
   rq.reply.set_size(kRreadHeaderSize + w.size());
@@ -371,7 +339,7 @@ Task<Result<void>> Session::op(Request& rq, const Tclunk& m) {
     if (fp->xattr_size == 0 && fp->xattr_data.empty() && fp->xattr_flags == XATTR_REPLACE) {
       r = fp->vfs->removexattr(*fp->node, fp->xattr_name);
     } else if (fp->xattr_data.size() != fp->xattr_size) {
-      r = Error{EINVAL};
+      r = Error{-EINVAL};
     } else {
       r = fp->vfs->setxattr(*fp->node, fp->xattr_name, fp->xattr_data, fp->xattr_flags);
     }
@@ -423,7 +391,7 @@ Task<Result<void>> Session::op(Request& rq, const Trename& m) {
   auto d = fid(m.dfid);
   if (!d) co_return Error{d.error()};
   FidPtr fp = *f, dp = *d;
-  if (fp->vfs != dp->vfs) co_return Error{EXDEV};
+  if (fp->vfs != dp->vfs) co_return Error{-EXDEV};
   auto r = co_await fp->vfs->rename_node(ring_, *fp->node, dp->node, m.name);
   if (!r) co_return Error{r.error()};
   set_reply(rq, Rrename{});
@@ -436,7 +404,7 @@ Task<Result<void>> Session::op(Request& rq, const Trenameat& m) {
   auto n = fid(m.newdirfid);
   if (!n) co_return Error{n.error()};
   FidPtr op = *o, np = *n;
-  if (op->vfs != np->vfs) co_return Error{EXDEV};
+  if (op->vfs != np->vfs) co_return Error{-EXDEV};
   auto r = co_await op->vfs->rename(ring_, op->node, m.oldname, np->node, m.newname, 0);
   if (!r) co_return Error{r.error()};
   set_reply(rq, Rrenameat{});
@@ -457,7 +425,7 @@ Task<Result<void>> Session::op(Request& rq, const Tlink& m) {
   auto f = fid(m.fid);
   if (!f) co_return Error{f.error()};
   FidPtr dp = *d, fp = *f;
-  if (fp->vfs != dp->vfs) co_return Error{EXDEV};
+  if (fp->vfs != dp->vfs) co_return Error{-EXDEV};
   auto r = co_await fp->vfs->link(ring_, *fp->node, dp->node, m.name);
   if (!r) co_return Error{r.error()};
   set_reply(rq, Rlink{});
@@ -490,9 +458,7 @@ Task<Result<void>> Session::op(Request& rq, const Tstatfs& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tfsync& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (!fp->file.valid()) co_return Error{EBADF};
-  int r = co_await ring_.fsync(fp->file.get(), m.datasync != 0);
-  if (r < 0) co_return Error{-r};
+  if (auto r = co_await fp->vfs->fsync(ring_, fp->file, m.datasync != 0); !r) co_return Error{r.error()};
   set_reply(rq, Rfsync{});
   co_return Result<void>{};
 }
@@ -518,7 +484,7 @@ Task<Result<void>> Session::op(Request& rq, const Txattrwalk& m) {
       nf->xattr_data.resize(*got);
       break;
     }
-    if (got.error() != ERANGE || attempt == 3) co_return Error{got.error()};
+    if (got.error() != -ERANGE || attempt == 3) co_return Error{got.error()};
   }
   nf->vfs = fp->vfs;
   nf->node = fp->node;
@@ -532,11 +498,11 @@ Task<Result<void>> Session::op(Request& rq, const Txattrwalk& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Txattrcreate& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (fp->vfs->read_only()) co_return Error{EROFS};
-  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{EBADF};
-  if (m.attr_size > XATTR_SIZE_MAX) co_return Error{E2BIG};
-  if (m.name.empty() || m.name.size() > XATTR_NAME_MAX) co_return Error{EINVAL};
-  if (m.flags & ~static_cast<uint32_t>(XATTR_CREATE | XATTR_REPLACE)) co_return Error{EINVAL};
+  if (fp->vfs->read_only()) co_return Error{-EROFS};
+  if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{-EBADF};
+  if (m.attr_size > XATTR_SIZE_MAX) co_return Error{-E2BIG};
+  if (m.name.empty() || m.name.size() > XATTR_NAME_MAX) co_return Error{-EINVAL};
+  if (m.flags & ~static_cast<uint32_t>(XATTR_CREATE | XATTR_REPLACE)) co_return Error{-EINVAL};
   fp->xattr = Fid::Xattr::kWrite;
   fp->xattr_name = std::string(m.name);
   fp->xattr_size = m.attr_size;
@@ -546,48 +512,47 @@ Task<Result<void>> Session::op(Request& rq, const Txattrcreate& m) {
   co_return Result<void>{};
 }
 
-// ---- locks (open file description locks: one per opened fid)
+// ---- locks (the backend's open file locks: one owner per opened fid)
 
 namespace {
-Result<struct flock> to_flock(uint8_t type, uint64_t start, uint64_t length) {
-  if (type > kLockTypeUnlck || start > static_cast<uint64_t>(INT64_MAX) ||
-      length > static_cast<uint64_t>(INT64_MAX))
-    return Error{EINVAL};
-  struct flock fl{};
-  fl.l_type = type == kLockTypeRdlck ? F_RDLCK : type == kLockTypeWrlck ? F_WRLCK : F_UNLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = static_cast<off_t>(start);
-  fl.l_len = static_cast<off_t>(length);
-  return fl;
+Result<FileLock> to_lock(uint8_t type, uint64_t start, uint64_t length) {
+  if (type > kLockTypeUnlck) return Error{-EINVAL};
+  FileLock l;
+  l.type = type == kLockTypeRdlck ? FileLock::Type::kRead
+           : type == kLockTypeWrlck ? FileLock::Type::kWrite
+                                    : FileLock::Type::kUnlock;
+  l.start = start;
+  l.length = length;
+  return l;
 }
 }  // namespace
 
 Task<Result<void>> Session::op(Request& rq, const Tlock& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (!fp->file.valid()) co_return Error{EBADF};
-  auto req = to_flock(m.type, m.start, m.length);
-  if (!req) co_return Error{req.error()};
-  struct flock fl = *req;
-  uint8_t status = kLockSuccess;
-  // Never block a worker: the Linux client retries while we answer BLOCKED.
-  if (::fcntl(fp->file.get(), F_OFD_SETLK, &fl) < 0)
-    status = (errno == EAGAIN || errno == EACCES) ? kLockBlocked : kLockError;
+  if (!fp->file.valid()) co_return Error{-EBADF};
+  auto want = to_lock(m.type, m.start, m.length);
+  if (!want) co_return Error{want.error()};
+  // The backend never waits: the Linux client retries while we answer BLOCKED.
+  auto r = fp->vfs->set_lock(fp->file, *want);
+  uint8_t status = r ? kLockSuccess : r.error() == -EAGAIN ? kLockBlocked : kLockError;
   set_reply(rq, Rlock{.status = status});
   co_return Result<void>{};
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tgetlock& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (!fp->file.valid()) co_return Error{EBADF};
-  auto req = to_flock(m.type, m.start, m.length);
-  if (!req) co_return Error{req.error()};
-  struct flock fl = *req;
-  if (::fcntl(fp->file.get(), F_OFD_GETLK, &fl) < 0) co_return errno_error();
+  if (!fp->file.valid()) co_return Error{-EBADF};
+  auto want = to_lock(m.type, m.start, m.length);
+  if (!want) co_return Error{want.error()};
+  auto held = fp->vfs->get_lock(fp->file, *want);
+  if (!held) co_return Error{held.error()};
   Rgetlock r{};
-  r.type = fl.l_type == F_RDLCK ? kLockTypeRdlck : fl.l_type == F_WRLCK ? kLockTypeWrlck : kLockTypeUnlck;
-  r.start = static_cast<uint64_t>(fl.l_start);
-  r.length = static_cast<uint64_t>(fl.l_len);
-  r.proc_id = fl.l_type == F_UNLCK ? m.proc_id : static_cast<uint32_t>(fl.l_pid);
+  r.type = held->type == FileLock::Type::kRead    ? kLockTypeRdlck
+           : held->type == FileLock::Type::kWrite ? kLockTypeWrlck
+                                                  : kLockTypeUnlck;
+  r.start = held->start;
+  r.length = held->length;
+  r.proc_id = held->type == FileLock::Type::kUnlock ? m.proc_id : static_cast<uint32_t>(held->pid);
   r.client_id = m.client_id;
   set_reply(rq, r);
   co_return Result<void>{};

@@ -6,6 +6,7 @@
 // the ReplySink, in completion order, except that a malformed frame makes the
 // session call ReplySink::protocol_error() instead (the transport then drops
 // the connection). Tflush is answered only after the flushed request's reply.
+// The session only translates: every host call is the Vfs's.
 //
 // Thread-safety: a Session is used by one thread (its Ring's).
 #pragma once
@@ -18,30 +19,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include "fsd/p9/buffer.h"
+#include "fsd/core/buffer.h"
+#include "fsd/core/export_set.h"
+#include "fsd/core/server.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/vfs.h"
 #include "protocol/p9/codec.h"
 
 namespace fsd::p9 {
-
-// The exports a server offers; attach picks one by aname.
-class ExportSet {
- public:
-  void add(std::unique_ptr<Vfs> vfs) {
-    exports_.push_back(vfs.get());
-    owned_.push_back(std::move(vfs));
-  }
-  // An export owned elsewhere (it must outlive this set).
-  void add_borrowed(Vfs* vfs) { exports_.push_back(vfs); }
-  // By tag, by host path, or the only export for an empty aname.
-  Vfs* find(std::string_view aname) const;
-  const std::vector<Vfs*>& all() const { return exports_; }
-
- private:
-  std::vector<Vfs*> exports_;
-  std::vector<std::unique_ptr<Vfs>> owned_;
-};
 
 struct SessionConfig {
   uint32_t max_msize = 1 << 20;  // the most this server agrees to
@@ -50,24 +35,15 @@ struct SessionConfig {
   static constexpr uint32_t kMaxMsize = 16 << 20;
 };
 
-class ReplySink {
- public:
-  virtual ~ReplySink() = default;
-  virtual Buffer buffer(size_t capacity) = 0;
-  virtual void reply(Buffer frame) = 0;
-  virtual void recycle(Buffer frame) = 0;
-  virtual void protocol_error(std::string_view why) = 0;
-};
-
-class Session {
+class Session : public StreamSession {
  public:
   Session(const ExportSet& exports, Ring& ring, ReplySink& sink, SessionConfig config);
-  ~Session();
+  ~Session() override;
 
   // The largest frame the client may send now (the negotiated msize).
-  uint32_t max_frame() const { return msize_; }
+  uint32_t max_frame() const override { return msize_; }
   // Handles one frame; completes after its reply was handed to the sink.
-  Task<void> handle(Buffer frame);
+  Task<void> handle(Buffer frame) override;
   size_t in_flight() const { return in_flight_.size(); }
   size_t fid_count() const { return fids_.size(); }
 
@@ -121,5 +97,8 @@ class Session {
   std::unordered_map<uint32_t, FidPtr> fids_;
   std::unordered_map<uint16_t, Request*> in_flight_;  // by tag
 };
+
+// Sessions for a stream transport (SocketServer): one per connection.
+StreamSessionFactory session_factory(const ExportSet& exports, SessionConfig config);
 
 }  // namespace fsd::p9

@@ -9,15 +9,14 @@
 #include <stdexcept>
 #include <thread>
 
-#include "fsd/p9/buffer.h"
+#include "fsd/core/buffer.h"
+#include "fsd/core/fd.h"
 
 namespace fsd {
 
 namespace {
 constexpr unsigned kReadersPerThread = 4;
-constexpr uint32_t kMaxWrite = 1 << 20;
-// The kernel refuses reads into a buffer that cannot hold a whole WRITE.
-constexpr size_t kBufferSize = kMaxWrite + 4096;
+constexpr size_t kBufferSize = FuseMount::kMaxWrite + 4096;
 }  // namespace
 
 class FuseMount::Worker {
@@ -27,7 +26,12 @@ class FuseMount::Worker {
     wake_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!wake_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
   }
-  void start() { thread_ = std::thread([this] { loop(); }); }
+  void start() {
+    thread_ = std::thread([this] {
+      server_ = m_.servers_(ring_);
+      loop();
+    });
+  }
   void request_stop() {
     uint64_t one = 1;
     (void)!::write(wake_.get(), &one, sizeof one);
@@ -45,11 +49,10 @@ class FuseMount::Worker {
       if (n == -EINTR || n == -EAGAIN) continue;
       if (n == -ENOENT) continue;  // the request was interrupted before we read it
       if (n <= 0) break;  // ENODEV after unmount, ECANCELED on stop
-      iovec iov{out.data(), out.capacity()};
-      fuse::Io io{.in = {in.data(), static_cast<size_t>(n)}, .total_len = static_cast<size_t>(n),
-                  .in_payload = {}, .out = {&iov, 1}};
+      iovec request{in.data(), static_cast<size_t>(n)};
+      iovec reply{out.data(), out.capacity()};
       Ring::Active active(ring_);
-      auto len = co_await m_.server_->handle(ring_, io);
+      auto len = co_await server_->handle(ring_, {&request, 1}, {&reply, 1});
       if (!len) {
         spdlog::warn("fuse {}: malformed request dropped", m_.mountpoint_);
         continue;
@@ -79,6 +82,7 @@ class FuseMount::Worker {
 
   FuseMount& m_;
   Ring ring_{256};
+  std::shared_ptr<MessageServer> server_;
   Fd wake_;
   std::thread thread_;
   unsigned running_ = 0;
@@ -86,16 +90,21 @@ class FuseMount::Worker {
   bool stop_done_ = false;
 };
 
-FuseMount::FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads, Ring::MetadataIo metadata_io)
-    : vfs_(vfs), mountpoint_(std::move(mountpoint)), threads_(threads ? threads : 1), metadata_io_(metadata_io) {
+FuseMount::FuseMount(std::string name, std::string mountpoint, MessageServerFactory servers, unsigned threads,
+                     Ring::MetadataIo metadata_io)
+    : name_(std::move(name)),
+      mountpoint_(std::move(mountpoint)),
+      servers_(std::move(servers)),
+      threads_(threads ? threads : 1),
+      metadata_io_(metadata_io) {
   auto fail = [&](const std::string& why) {
-    throw std::runtime_error("--fuse-mount " + vfs_.config().tag + "=" + mountpoint_ + ": " + why);
+    throw std::runtime_error("--fuse-mount " + name_ + "=" + mountpoint_ + ": " + why);
   };
   struct stat st{};
   if (::stat(mountpoint_.c_str(), &st) < 0) fail(std::string("mount point: ") + std::strerror(errno));
   if (!S_ISDIR(st.st_mode)) fail("mount point is not a directory");
 
-  std::string fsname = "fsname=fsd:" + vfs_.config().tag;
+  std::string fsname = "fsname=fsd:" + name_;
   std::vector<std::string> argv_s{"fsd", "-o", fsname, "-o", "subtype=fsd", "-o", "default_permissions"};
   if (::geteuid() == 0) argv_s.insert(argv_s.end(), {"-o", "allow_other"});
   std::vector<char*> argv;
@@ -112,7 +121,6 @@ FuseMount::FuseMount(Vfs& vfs, std::string mountpoint, unsigned threads, Ring::M
     fail("mount failed (is /dev/fuse there, and are you root or is fusermount3 installed?)");
   }
   fd_ = fuse_session_fd(session_);
-  server_ = std::make_unique<fuse::Server>(vfs_, fuse::ServerOptions{.max_write = kMaxWrite, .virtiofs = false});
 }
 
 FuseMount::~FuseMount() { stop(); }

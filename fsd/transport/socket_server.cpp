@@ -123,6 +123,8 @@ Fd bind_tcp(ListenAddress& a) {
   return fd;
 }
 
+constexpr uint32_t kLengthPrefix = 4;
+
 uint32_t le32(const std::byte* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
@@ -133,7 +135,7 @@ uint32_t le32(const std::byte* p) {
 
 // ---- Connection
 
-class SocketServer::Connection : public p9::ReplySink, public std::enable_shared_from_this<Connection> {
+class SocketServer::Connection : public ReplySink, public std::enable_shared_from_this<Connection> {
  public:
   Connection(Worker& w, Fd fd, uint64_t id);
   ~Connection() override;
@@ -155,7 +157,7 @@ class SocketServer::Connection : public p9::ReplySink, public std::enable_shared
   Fd fd_;
   uint64_t id_;
   BufferPool pool_;
-  p9::Session session_;
+  std::unique_ptr<StreamSession> session_;
   std::deque<Buffer> sendq_;
   bool sending_ = false;
   bool closed_ = false;
@@ -271,7 +273,7 @@ class SocketServer::Worker {
 };
 
 SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id)
-    : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.exports_, w.ring, *this, w.server.config_) {
+    : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.sessions_(w.ring, *this)) {
   worker_.connections.insert(this);
   spdlog::debug("connection {:x}: open", id_);
 }
@@ -298,7 +300,7 @@ void SocketServer::Connection::protocol_error(std::string_view why) {
 Task<void> SocketServer::Connection::request(Buffer frame) {
   auto self = shared_from_this();
   Ring::Active active(worker_.ring);
-  co_await session_.handle(std::move(frame));
+  co_await session_->handle(std::move(frame));
 }
 
 Task<void> SocketServer::Connection::run() {
@@ -330,11 +332,11 @@ Task<void> SocketServer::Connection::run() {
     size_t off = 0;
     while (!closed_ && have - off >= 4) {
       uint32_t size = le32(rx.data() + off);
-      uint32_t max = session_.max_frame();
-      if (size < p9::kHeaderSize || size > max) {
-        protocol_error(size < p9::kHeaderSize ? "frame shorter than a header"
-                                              : "frame of " + std::to_string(size) + " bytes exceeds msize " +
-                                                    std::to_string(max));
+      uint32_t max = session_->max_frame();
+      if (size < kLengthPrefix || size > max) {
+        protocol_error(size < kLengthPrefix ? "frame shorter than its length prefix"
+                                            : "frame of " + std::to_string(size) + " bytes exceeds msize " +
+                                                  std::to_string(max));
         break;
       }
       if (have - off < size) break;
@@ -359,7 +361,7 @@ Task<void> SocketServer::Connection::run() {
     // Make room for the whole of a partly received large frame.
     if (have >= 4) {
       uint32_t size = le32(rx.data());
-      if (size > rx.capacity() && size <= session_.max_frame()) {
+      if (size > rx.capacity() && size <= session_->max_frame()) {
         Buffer bigger(size);
         std::memcpy(bigger.data(), rx.data(), have);
         rx = std::move(bigger);
@@ -374,7 +376,7 @@ void SocketServer::Connection::reply(Buffer frame) {
     pool_.put(std::move(frame));
     return;
   }
-  if (pool_.large() != session_.max_frame()) pool_.set_large(session_.max_frame());
+  if (pool_.large() != session_->max_frame()) pool_.set_large(session_->max_frame());
   sendq_.push_back(std::move(frame));
   if (!sending_) {
     sending_ = true;
@@ -404,9 +406,9 @@ Task<void> SocketServer::Connection::sender() {
 
 // ---- SocketServer
 
-SocketServer::SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
-                           Ring::MetadataIo metadata_io, unsigned poll_us)
-    : exports_(exports), config_(config), threads_(threads ? threads : 1), poll_us_(poll_us), metadata_io_(metadata_io) {}
+SocketServer::SocketServer(StreamSessionFactory sessions, unsigned threads, Ring::MetadataIo metadata_io,
+                           unsigned poll_us)
+    : sessions_(std::move(sessions)), threads_(threads ? threads : 1), poll_us_(poll_us), metadata_io_(metadata_io) {}
 
 SocketServer::~SocketServer() { stop(); }
 

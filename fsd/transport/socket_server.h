@@ -1,17 +1,19 @@
-// SocketServer: serves 9P2000.L on unix-socket and TCP listeners.
+// SocketServer: serves a framed stream protocol (9P2000.L) on unix-socket and
+// TCP listeners.
 //
 // N worker threads, each with its own Ring, all accept on every listener;
 // a connection stays on the worker that accepted it. Bytes in, frames out:
-// this layer knows only the 9P size prefix, and hands each complete frame to
-// the connection's p9::Session.
+// this layer knows only the length prefix (fsd/core/server.h), and hands
+// each complete frame to the connection's StreamSession.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "fsd/p9/session.h"
-#include "fsd/util/fd.h"
+#include "fsd/core/fd.h"
+#include "fsd/core/server.h"
+#include "fsd/uring/ring.h"
 
 namespace fsd {
 
@@ -36,7 +38,7 @@ class SocketServer {
  public:
   // poll_us: how long a connection that just had a request keeps looking for
   // the next one before it waits on io_uring (0: never poll).
-  SocketServer(const p9::ExportSet& exports, p9::SessionConfig config, unsigned threads,
+  SocketServer(StreamSessionFactory sessions, unsigned threads,
                Ring::MetadataIo metadata_io = Ring::MetadataIo::kRing, unsigned poll_us = 0);
   ~SocketServer();
 
@@ -57,8 +59,7 @@ class SocketServer {
   class Worker;
   class Connection;
 
-  const p9::ExportSet& exports_;
-  p9::SessionConfig config_;
+  StreamSessionFactory sessions_;
   unsigned threads_;
   unsigned poll_us_;
   Ring::MetadataIo metadata_io_;

@@ -1,6 +1,5 @@
 #include "fsd/transport/vhost_user_backend.h"
 
-#include <linux/fuse.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
@@ -18,8 +17,6 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "fsd/fuse/server.h"
-#include "fsd/p9/session.h"
 #include "fsd/uring/ring.h"
 #include "protocol/vhost_user/message.h"
 #include "protocol/virtio/virtqueue.h"
@@ -31,13 +28,7 @@ namespace {
 
 constexpr uint64_t kFeatures = vu::kFVersion1 | vu::kFRingIndirectDesc | vu::kFRingEventIdx | vu::kFProtocolFeatures;
 constexpr uint64_t kProtocolFeatures = vu::kPfMq | vu::kPfReplyAck | vu::kPfConfigureMemSlots;
-// virtio-9p: the device has a mount tag in its config space.
-constexpr uint64_t k9pMountTag = 1ull << 0;
-constexpr uint32_t k9pMaxMsize = 512 * 1024;  // Linux's virtio transport stays below this
 constexpr uint64_t kMaxMemSlots = 32;
-// The largest request a guest may send: a 1 MiB WRITE plus headers.
-constexpr size_t kMaxRequest = (1 << 20) + 4096;
-constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
 
 // One mmap of a region's fd; unmapped on destruction.
 class Mapping {
@@ -68,7 +59,7 @@ Result<std::shared_ptr<MemoryMap>> map_regions(const std::vector<vu::MemRegion>&
   std::vector<virtio::Region> vr;
   for (size_t i = 0; i < regions.size(); i++) {
     const auto& r = regions[i];
-    if (r.memory_size == 0 || r.mmap_offset > UINT64_MAX - r.memory_size) return Error{EINVAL};
+    if (r.memory_size == 0 || r.mmap_offset > UINT64_MAX - r.memory_size) return Error{-EINVAL};
     size_t len = r.memory_size + r.mmap_offset;
     void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fds[i].get(), 0);
     if (p == MAP_FAILED) return errno_error();
@@ -81,76 +72,19 @@ Result<std::shared_ptr<MemoryMap>> map_regions(const std::vector<vu::MemRegion>&
   return m;
 }
 
+// A request's name for logs, "unknown" for numbers the codec does not know.
+const char* request_name(uint32_t request) {
+  const char* name = vu::request_name(request);
+  return name ? name : "unknown";
+}
+
 }  // namespace
-
-// virtio-9p: one 9p Session per front-end connection. Each chain carries one
-// T-message; the Session's replies come back through the sink, and each is
-// copied into the writable buffers of the chain whose tag it carries.
-class P9Channel : public p9::ReplySink {
- public:
-  P9Channel(Vfs& vfs, Ring& ring) : session_(exports(vfs), ring, *this, p9::SessionConfig{.max_msize = k9pMaxMsize}) {}
-
-  // Handles the chain's T-message; returns the bytes written as its reply.
-  Task<uint32_t> handle(const virtio::Chain& chain) {
-    if (chain.readable_bytes < p9::kHeaderSize || chain.readable_bytes > session_.max_frame()) co_return 0;
-    Buffer frame = pool_.get(chain.readable_bytes);
-    frame.set_size(virtio::gather(chain.readable, frame.room().first(chain.readable_bytes)));
-    uint16_t tag;
-    std::memcpy(&tag, frame.data() + 5, 2);
-    Pending p{&chain.writable, 0};
-    if (!pending_.emplace(tag, &p).second) co_return 0;  // a tag already in flight
-    co_await session_.handle(std::move(frame));
-    pending_.erase(tag);
-    co_return p.written;
-  }
-
-  Buffer buffer(size_t capacity) override { return pool_.get(capacity); }
-  void recycle(Buffer b) override { pool_.put(std::move(b)); }
-  void protocol_error(std::string_view why) override { spdlog::warn("virtio-9p: {}", why); }
-  void reply(Buffer frame) override {
-    uint16_t tag;
-    std::memcpy(&tag, frame.data() + 5, 2);
-    if (auto it = pending_.find(tag); it != pending_.end()) {
-      size_t room = 0;
-      for (const auto& v : *it->second->out) room += v.iov_len;
-      if (frame.size() <= room) {  // a reply that does not fit is not sent at all
-        size_t off = 0;
-        for (const auto& v : *it->second->out) {
-          size_t n = std::min(v.iov_len, frame.size() - off);
-          std::memcpy(v.iov_base, frame.data() + off, n);
-          off += n;
-          if (off == frame.size()) break;
-        }
-        it->second->written = static_cast<uint32_t>(frame.size());
-      }
-    }
-    pool_.put(std::move(frame));
-  }
-
- private:
-  struct Pending {
-    const std::vector<iovec>* out;
-    uint32_t written;
-  };
-  static const p9::ExportSet& exports(Vfs& vfs) {
-    thread_local std::unordered_map<Vfs*, std::unique_ptr<p9::ExportSet>> sets;
-    auto& set = sets[&vfs];
-    if (!set) {
-      set = std::make_unique<p9::ExportSet>();
-      set->add_borrowed(&vfs);
-    }
-    return *set;
-  }
-  BufferPool pool_{k9pMaxMsize};
-  p9::Session session_;
-  std::unordered_map<uint16_t, Pending*> pending_;
-};
 
 // The device state: control-side configuration and the data-plane worker.
 class VhostUserBackend::Device {
  public:
-  Device(Vfs& vfs, VhostUserOptions o)
-      : vfs_(vfs), options_(o), queues_(o.device == VhostUserOptions::Device::k9p ? 1 : 1 + o.request_queues) {
+  Device(MessageServerFactory servers, VhostUserOptions o)
+      : servers_(std::move(servers)), options_(std::move(o)), queues_(std::max(1u, options_.device.queues)) {
     cmd_fd_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!cmd_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
     ring_.set_metadata_io(o.metadata_io);
@@ -196,6 +130,19 @@ class VhostUserBackend::Device {
   };
 
   // ---- control thread
+  // What handling one front-end message came to: ok for REPLY_ACK, whether
+  // it was answered already, and whether to drop the connection.
+  struct Outcome {
+    bool ok = true;
+    bool replied = false;
+    bool drop = false;
+  };
+  Outcome device_request(int conn, const vu::Message& m);
+  Outcome memory_request(const vu::Message& m, std::vector<Fd>& fds);
+  Outcome vring_state_request(int conn, const vu::Message& m);
+  Outcome vring_file_request(const vu::Message& m, std::vector<Fd>& fds);
+  bool remap();
+  Queue* queue_of(const vu::Message& m, uint32_t index);
   bool reply(int conn, vu::Request r, const vu::Payload& p);
   void maybe_start(unsigned i);
   void stop_queue(unsigned i);
@@ -227,28 +174,15 @@ class VhostUserBackend::Device {
     new_server();
     co_return;
   }
-  void new_server() {
-    server_ = std::make_shared<fuse::Server>(vfs_, fuse::ServerOptions{.max_write = 1 << 20, .virtiofs = true});
-    p9_.reset();  // a new front-end starts a new 9p session
-    if (options_.device == VhostUserOptions::Device::k9p) p9_ = std::make_shared<P9Channel>(vfs_, ring_);
-  }
-  bool is_9p() const { return options_.device == VhostUserOptions::Device::k9p; }
-  uint64_t device_features() const { return kFeatures | (is_9p() ? k9pMountTag : 0); }
-  uint64_t protocol_features() const { return kProtocolFeatures | (is_9p() ? vu::kPfConfig : 0); }
-  // virtio-9p config space: tag_len[2] tag[tag_len].
-  std::vector<std::byte> config_space() const {
-    const std::string& tag = vfs_.config().tag;
-    std::vector<std::byte> c(2 + tag.size());
-    uint16_t len = static_cast<uint16_t>(tag.size());
-    std::memcpy(c.data(), &len, 2);
-    std::memcpy(c.data() + 2, tag.data(), tag.size());
-    return c;
-  }
+  void new_server() { server_ = servers_(ring_); }  // a new front-end starts afresh
+  const VirtioDevice& device() const { return options_.device; }
+  uint64_t device_features() const { return kFeatures | device().features; }
+  uint64_t protocol_features() const { return kProtocolFeatures | (device().config.empty() ? 0 : vu::kPfConfig); }
   Task<void> queue_loop(unsigned i);
-  Task<void> process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem, std::shared_ptr<fuse::Server> server);
+  Task<void> process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem, std::shared_ptr<MessageServer> server);
   void finish_one(Queue& q, uint16_t head, uint32_t len);
 
-  Vfs& vfs_;
+  MessageServerFactory servers_;
   VhostUserOptions options_;
   std::vector<Queue> queues_;
   uint64_t features_ = 0;
@@ -269,8 +203,7 @@ class VhostUserBackend::Device {
   bool exit_ = false;
   unsigned polling_ = 0;  // queues waiting in poll_queues()
   std::shared_ptr<MemoryMap> memory_;
-  std::shared_ptr<fuse::Server> server_;
-  std::shared_ptr<P9Channel> p9_;
+  std::shared_ptr<MessageServer> server_;  // kept alive by requests in flight across a reset
 };
 
 // ---- worker thread
@@ -360,7 +293,7 @@ Task<void> VhostUserBackend::Device::queue_loop(unsigned i) {
     for (;;) {
       auto head = q.split.pop();
       if (!head) {
-        spdlog::error("virtio-fs queue {}: the guest published a corrupt available ring; stopping the queue", i);
+        spdlog::error("{} queue {}: the guest published a corrupt available ring; stopping the queue", device().name, i);
         bad_chains++;
         q.running = false;
         break;
@@ -405,7 +338,7 @@ void VhostUserBackend::Device::finish_one(Queue& q, uint16_t head, uint32_t len)
 }
 
 Task<void> VhostUserBackend::Device::process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem,
-                                             std::shared_ptr<fuse::Server> server) {
+                                             std::shared_ptr<MessageServer> server) {
   Queue& q = queues_[i];
   Ring::Active active(ring_);
   q.inflight++;
@@ -416,40 +349,11 @@ Task<void> VhostUserBackend::Device::process(unsigned i, uint16_t head, std::sha
     bad_chains++;
   } else if (auto w = virtio::walk_chain(mem->mem, q.split.desc(), q.split.size(), head, chain); !w) {
     bad_chains++;
-    spdlog::warn("virtio-fs queue {}: malformed descriptor chain at head {}", i, head);
-  } else if (is_9p()) {
-    auto p9 = p9_;  // keeps the session alive across a reset
-    written = p9 ? co_await p9->handle(chain) : 0;
-    if (written == 0) bad_requests++;
-  } else if (chain.readable_bytes < sizeof(fuse_in_header) || chain.readable_bytes > kMaxRequest) {
-    bad_requests++;
+    spdlog::warn("{} queue {}: malformed descriptor chain at head {}", device().name, i, head);
+  } else if (auto len = co_await server->handle(ring_, chain.readable, chain.writable); len) {
+    written = static_cast<uint32_t>(*len);
   } else {
-    // Copy the request's headers; leave a WRITE's payload in guest memory.
-    fuse_in_header h;
-    virtio::gather(chain.readable, {reinterpret_cast<std::byte*>(&h), sizeof h});
-    size_t head_len = chain.readable_bytes;
-    std::vector<iovec> payload;
-    if (h.opcode == FUSE_WRITE && chain.readable_bytes > kWriteHead) {
-      head_len = kWriteHead;
-      size_t skip = kWriteHead;
-      for (const auto& v : chain.readable) {
-        if (skip >= v.iov_len) {
-          skip -= v.iov_len;
-          continue;
-        }
-        payload.push_back(iovec{static_cast<std::byte*>(v.iov_base) + skip, v.iov_len - skip});
-        skip = 0;
-      }
-    }
-    std::vector<std::byte> in(head_len);
-    virtio::gather(chain.readable, in);
-    fuse::Io io{.in = in, .total_len = chain.readable_bytes, .in_payload = payload, .out = chain.writable};
-    auto len = co_await server->handle(ring_, io);
-    if (len) {
-      written = static_cast<uint32_t>(*len);
-    } else {
-      bad_requests++;
-    }
+    bad_requests++;
   }
   if (q.running || q.drained) finish_one(q, head, written);
   q.inflight--;
@@ -472,7 +376,7 @@ void VhostUserBackend::Device::maybe_start(unsigned i) {
   std::shared_ptr<MemoryMap> mem;
   post([this, &mem] { return cmd_get_memory(&mem); });
   if (!mem) {
-    spdlog::error("virtio-fs queue {}: started before the memory table", i);
+    spdlog::error("{} queue {}: started before the memory table", device().name, i);
     return;
   }
   uint16_t num = static_cast<uint16_t>(q.num);
@@ -480,7 +384,7 @@ void VhostUserBackend::Device::maybe_start(unsigned i) {
   auto* avail = mem->mem.translate_uva(q.addr.avail_user_addr, virtio::SplitQueue::avail_size(num));
   auto* used = mem->mem.translate_uva(q.addr.used_user_addr, virtio::SplitQueue::used_size(num));
   if (!desc || !avail || !used) {
-    spdlog::error("virtio-fs queue {}: ring addresses are outside guest memory", i);
+    spdlog::error("{} queue {}: ring addresses are outside guest memory", device().name, i);
     return;
   }
   virtio::SplitQueue split({desc, avail, used}, num, features_ & vu::kFRingEventIdx, q.base);
@@ -514,167 +418,168 @@ void VhostUserBackend::Device::reset() {
 
 bool VhostUserBackend::Device::handle(int conn, const vu::Message& m, std::vector<Fd>& fds) {
   using R = vu::Request;
-  bool ok = true;          // for REPLY_ACK
-  bool replied = false;    // the request has a reply of its own
-  auto queue_index = [&](uint32_t index) -> Queue* {
-    if (index >= queues_.size()) {
-      spdlog::warn("vhost-user {}: queue index {} out of range", vu::request_name(static_cast<uint32_t>(m.request)), index);
-      return nullptr;
-    }
-    return &queues_[index];
-  };
-  auto remap = [&]() -> bool {
-    std::vector<Fd> dup;
-    for (auto& f : region_fds_) dup.emplace_back(::fcntl(f.get(), F_DUPFD_CLOEXEC, 0));
-    auto map = map_regions(regions_, dup);
-    if (!map) {
-      spdlog::error("vhost-user: cannot map guest memory: {}", std::strerror(map.error()));
-      return false;
-    }
-    post([this, mp = *map]() { return cmd_set_memory(mp); });
-    return true;
-  };
+  Outcome o;
+  switch (m.request) {
+    case R::GetFeatures: case R::SetFeatures: case R::GetProtocolFeatures: case R::SetProtocolFeatures:
+    case R::GetConfig: case R::GetQueueNum: case R::GetMaxMemSlots: case R::SetOwner: case R::ResetOwner:
+    case R::ResetDevice: case R::SetStatus: case R::GetStatus:
+      o = device_request(conn, m);
+      break;
+    case R::SetMemTable: case R::AddMemReg: case R::RemMemReg:
+      o = memory_request(m, fds);
+      break;
+    case R::SetVringNum: case R::SetVringAddr: case R::SetVringBase: case R::GetVringBase:
+    case R::SetVringEnable:
+      o = vring_state_request(conn, m);
+      break;
+    case R::SetVringKick: case R::SetVringCall: case R::SetVringErr:
+      o = vring_file_request(m, fds);
+      break;
+    default:
+      spdlog::warn("vhost-user: unsupported request {} ({})", static_cast<uint32_t>(m.request),
+                   request_name(static_cast<uint32_t>(m.request)));
+      o.ok = false;
+      break;
+  }
+  if (o.drop) return false;
+  if (!o.replied && m.need_reply() && (protocol_features_ & vu::kPfReplyAck)) {
+    if (!reply(conn, m.request, uint64_t{o.ok ? 0u : 1u})) return false;
+  }
+  return true;
+}
 
+VhostUserBackend::Device::Outcome VhostUserBackend::Device::device_request(int conn, const vu::Message& m) {
+  using R = vu::Request;
+  Outcome o;
   switch (m.request) {
     case R::GetFeatures:
-      replied = reply(conn, m.request, uint64_t{device_features()});
+      o.replied = reply(conn, m.request, uint64_t{device_features()});
       break;
     case R::SetFeatures: {
       uint64_t f = std::get<uint64_t>(m.payload);
-      if (f & ~device_features()) ok = false;
+      o.ok = (f & ~device_features()) == 0;
       features_ = f & device_features();
       break;
     }
     case R::GetProtocolFeatures:
-      replied = reply(conn, m.request, uint64_t{protocol_features()});
+      o.replied = reply(conn, m.request, uint64_t{protocol_features()});
       break;
     case R::SetProtocolFeatures:
       protocol_features_ = std::get<uint64_t>(m.payload) & protocol_features();
       break;
     case R::GetConfig: {
       auto c = std::get<vu::Config>(m.payload);
-      auto space = config_space();
-      // Bytes outside the config space read as zero; only the 9p device has one.
+      const auto& space = device().config;
+      // Bytes outside the device's config space read as zero.
       for (uint32_t i = 0; i < c.size; i++)
-        c.payload[i] = is_9p() && c.offset + i < space.size() ? space[c.offset + i] : std::byte{0};
-      replied = reply(conn, m.request, c);
+        c.payload[i] = c.offset + i < space.size() ? space[c.offset + i] : std::byte{0};
+      o.replied = reply(conn, m.request, c);
       break;
     }
     case R::GetQueueNum:
-      replied = reply(conn, m.request, uint64_t{queues_.size()});
+      o.replied = reply(conn, m.request, uint64_t{queues_.size()});
       break;
     case R::GetMaxMemSlots:
-      replied = reply(conn, m.request, uint64_t{kMaxMemSlots});
-      break;
-    case R::SetOwner:
+      o.replied = reply(conn, m.request, uint64_t{kMaxMemSlots});
       break;
     case R::ResetOwner: case R::ResetDevice:
       reset();
       break;
-    case R::SetMemTable: {
-      const auto& t = std::get<vu::MemTable>(m.payload);
-      regions_.assign(t.regions.begin(), t.regions.begin() + t.nregions);
-      region_fds_ = std::move(fds);
-      ok = remap();
+    case R::GetStatus:
+      o.replied = reply(conn, m.request, uint64_t{0});
       break;
-    }
-    case R::AddMemReg: {
-      if (regions_.size() >= kMaxMemSlots) {
-        ok = false;
-        break;
-      }
+    default:  // SET_OWNER, SET_STATUS: nothing to do
+      break;
+  }
+  return o;
+}
+
+// Maps the control thread's region list and hands the mapping to the worker.
+bool VhostUserBackend::Device::remap() {
+  std::vector<Fd> dup;
+  for (auto& f : region_fds_) dup.emplace_back(::fcntl(f.get(), F_DUPFD_CLOEXEC, 0));
+  auto map = map_regions(regions_, dup);
+  if (!map) {
+    spdlog::error("vhost-user: cannot map guest memory: {}", std::strerror(-map.error()));
+    return false;
+  }
+  post([this, mp = *map]() { return cmd_set_memory(mp); });
+  return true;
+}
+
+VhostUserBackend::Device::Outcome VhostUserBackend::Device::memory_request(const vu::Message& m,
+                                                                           std::vector<Fd>& fds) {
+  using R = vu::Request;
+  Outcome o;
+  if (m.request == R::SetMemTable) {
+    const auto& t = std::get<vu::MemTable>(m.payload);
+    regions_.assign(t.regions.begin(), t.regions.begin() + t.nregions);
+    region_fds_ = std::move(fds);
+    o.ok = remap();
+  } else if (m.request == R::AddMemReg) {
+    o.ok = regions_.size() < kMaxMemSlots;
+    if (o.ok) {
       regions_.push_back(std::get<vu::MemRegion>(m.payload));
       region_fds_.push_back(std::move(fds[0]));
-      ok = remap();
+      o.ok = remap();
+    }
+  } else {  // REM_MEM_REG
+    const auto& r = std::get<vu::MemRegion>(m.payload);
+    o.ok = false;
+    for (size_t i = 0; i < regions_.size(); i++) {
+      if (regions_[i].guest_phys_addr != r.guest_phys_addr || regions_[i].memory_size != r.memory_size) continue;
+      regions_.erase(regions_.begin() + static_cast<ptrdiff_t>(i));
+      region_fds_.erase(region_fds_.begin() + static_cast<ptrdiff_t>(i));
+      if (regions_.empty()) post([this] { return cmd_set_memory(nullptr); });
+      o.ok = regions_.empty() || remap();
       break;
     }
-    case R::RemMemReg: {
-      const auto& r = std::get<vu::MemRegion>(m.payload);
-      ok = false;
-      for (size_t i = 0; i < regions_.size(); i++) {
-        if (regions_[i].guest_phys_addr == r.guest_phys_addr && regions_[i].memory_size == r.memory_size) {
-          regions_.erase(regions_.begin() + static_cast<ptrdiff_t>(i));
-          region_fds_.erase(region_fds_.begin() + static_cast<ptrdiff_t>(i));
-          ok = regions_.empty() ? (post([this] { return cmd_set_memory(nullptr); }), true) : remap();
-          break;
-        }
-      }
-      break;
+  }
+  return o;
+}
+
+VhostUserBackend::Device::Queue* VhostUserBackend::Device::queue_of(const vu::Message& m, uint32_t index) {
+  if (index < queues_.size()) return &queues_[index];
+  spdlog::warn("vhost-user {}: queue index {} out of range", request_name(static_cast<uint32_t>(m.request)), index);
+  return nullptr;
+}
+
+VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_state_request(int conn, const vu::Message& m) {
+  using R = vu::Request;
+  Outcome o;
+  if (m.request == R::SetVringAddr) {
+    auto a = std::get<vu::VringAddr>(m.payload);
+    Queue* q = queue_of(m, a.index);
+    o.ok = q && !q->started;
+    if (o.ok) {
+      q->addr = a;
+      q->addr_set = true;
     }
-    case R::SetVringNum: {
-      auto s = std::get<vu::VringState>(m.payload);
-      Queue* q = queue_index(s.index);
-      ok = q && !q->started && virtio::SplitQueue::valid_size(s.num);
-      if (ok) q->num = s.num;
+    return o;
+  }
+  auto s = std::get<vu::VringState>(m.payload);
+  Queue* q = queue_of(m, s.index);
+  if (!q) {
+    o.ok = false;
+    o.drop = m.request == R::GetVringBase;  // it must be answered, and cannot be
+    return o;
+  }
+  switch (m.request) {
+    case R::SetVringNum:
+      o.ok = !q->started && virtio::SplitQueue::valid_size(s.num);
+      if (o.ok) q->num = s.num;
       break;
-    }
-    case R::SetVringAddr: {
-      auto a = std::get<vu::VringAddr>(m.payload);
-      Queue* q = queue_index(a.index);
-      ok = q && !q->started;
-      if (ok) {
-        q->addr = a;
-        q->addr_set = true;
-      }
+    case R::SetVringBase:
+      o.ok = !q->started && s.num <= UINT16_MAX;
+      if (o.ok) q->base = static_cast<uint16_t>(s.num);
       break;
-    }
-    case R::SetVringBase: {
-      auto s = std::get<vu::VringState>(m.payload);
-      Queue* q = queue_index(s.index);
-      ok = q && !q->started && s.num <= UINT16_MAX;
-      if (ok) q->base = static_cast<uint16_t>(s.num);
-      break;
-    }
-    case R::GetVringBase: {
-      auto s = std::get<vu::VringState>(m.payload);
-      Queue* q = queue_index(s.index);
-      if (!q) return false;
+    case R::GetVringBase:
       stop_queue(s.index);  // GET_VRING_BASE stops the ring
       q->kick.reset();
       q->enabled = false;
-      replied = reply(conn, m.request, vu::VringState{s.index, q->base});
+      o.replied = reply(conn, m.request, vu::VringState{s.index, q->base});
       break;
-    }
-    case R::SetVringKick: {
-      auto f = std::get<vu::VringFile>(m.payload);
-      Queue* q = queue_index(f.index);
-      if (!q) {
-        ok = false;
-        break;
-      }
-      if (!f.has_fd) {
-        spdlog::error("vhost-user: polling mode (no kick fd) is not supported");
-        ok = false;
-        break;
-      }
-      stop_queue(f.index);
-      q->kick = std::move(fds[0]);
-      if (!(features_ & vu::kFProtocolFeatures)) q->enabled = true;
-      maybe_start(f.index);
-      break;
-    }
-    case R::SetVringCall: {
-      auto f = std::get<vu::VringFile>(m.payload);
-      Queue* q = queue_index(f.index);
-      if (!q) {
-        ok = false;
-        break;
-      }
-      Fd fresh = f.has_fd ? std::move(fds[0]) : Fd();
-      int fd = fresh.get();
-      if (q->started) post([this, i = f.index, fd] { return cmd_set_call(i, fd); });
-      q->call = std::move(fresh);  // the old fd closes only after the worker dropped it
-      break;
-    }
-    case R::SetVringErr:
-      break;  // fds (if any) close here; errors are logged instead
-    case R::SetVringEnable: {
-      auto s = std::get<vu::VringState>(m.payload);
-      Queue* q = queue_index(s.index);
-      if (!q) {
-        ok = false;
-        break;
-      }
+    default:  // SET_VRING_ENABLE
       q->enabled = s.num != 0;
       if (q->enabled) {
         maybe_start(s.index);
@@ -682,28 +587,45 @@ bool VhostUserBackend::Device::handle(int conn, const vu::Message& m, std::vecto
         stop_queue(s.index);
       }
       break;
+  }
+  return o;
+}
+
+VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_file_request(const vu::Message& m,
+                                                                               std::vector<Fd>& fds) {
+  using R = vu::Request;
+  Outcome o;
+  if (m.request == R::SetVringErr) return o;  // its fd (if any) closes here; errors are logged instead
+  auto f = std::get<vu::VringFile>(m.payload);
+  Queue* q = queue_of(m, f.index);
+  if (!q) {
+    o.ok = false;
+    return o;
+  }
+  if (m.request == R::SetVringKick) {
+    if (!f.has_fd) {
+      spdlog::error("vhost-user: polling mode (no kick fd) is not supported");
+      o.ok = false;
+      return o;
     }
-    case R::SetStatus:
-      break;
-    case R::GetStatus:
-      replied = reply(conn, m.request, uint64_t{0});
-      break;
-    default:
-      spdlog::warn("vhost-user: unsupported request {} ({})", static_cast<uint32_t>(m.request),
-                   vu::request_name(static_cast<uint32_t>(m.request)) ?: "unknown");
-      ok = false;
-      break;
+    stop_queue(f.index);
+    q->kick = std::move(fds[0]);
+    if (!(features_ & vu::kFProtocolFeatures)) q->enabled = true;
+    maybe_start(f.index);
+    return o;
   }
-  if (!replied && m.need_reply() && (protocol_features_ & vu::kPfReplyAck)) {
-    if (!reply(conn, m.request, uint64_t{ok ? 0u : 1u})) return false;
-  }
-  return true;
+  // SET_VRING_CALL
+  Fd fresh = f.has_fd ? std::move(fds[0]) : Fd();
+  int fd = fresh.get();
+  if (q->started) post([this, i = f.index, fd] { return cmd_set_call(i, fd); });
+  q->call = std::move(fresh);  // the old fd closes only after the worker dropped it
+  return o;
 }
 
 // ---- VhostUserBackend
 
-VhostUserBackend::VhostUserBackend(Vfs& vfs, std::string socket_path, VhostUserOptions options)
-    : vfs_(vfs), socket_path_(std::move(socket_path)), options_(options) {
+VhostUserBackend::VhostUserBackend(std::string socket_path, MessageServerFactory servers, VhostUserOptions options)
+    : socket_path_(std::move(socket_path)), servers_(std::move(servers)), options_(std::move(options)) {
   auto fail = [&](const std::string& why) { throw std::runtime_error("virtio-fs socket " + socket_path_ + ": " + why); };
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
@@ -725,14 +647,14 @@ VhostUserBackend::VhostUserBackend(Vfs& vfs, std::string socket_path, VhostUserO
   listen_fd_ = std::move(fd);
 }
 
-VhostUserBackend::VhostUserBackend(Vfs& vfs, Fd listening, VhostUserOptions options)
-    : vfs_(vfs), options_(options), listen_fd_(std::move(listening)) {}
+VhostUserBackend::VhostUserBackend(Fd listening, MessageServerFactory servers, VhostUserOptions options)
+    : servers_(std::move(servers)), options_(std::move(options)), listen_fd_(std::move(listening)) {}
 
 VhostUserBackend::~VhostUserBackend() { stop(); }
 
 void VhostUserBackend::start() {
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
-  device_ = std::make_unique<Device>(vfs_, options_);
+  device_ = std::make_unique<Device>(servers_, options_);
   control_ = std::thread([this] { control_loop(); });
 }
 
@@ -815,7 +737,7 @@ void VhostUserBackend::control_loop() {
     if (!wait_readable(listen_fd_.get(), stop_fd_.get())) return;
     Fd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!conn) continue;
-    spdlog::info("virtio-fs '{}': front-end connected", vfs_.config().tag);
+    spdlog::info("{}: front-end connected", options_.device.name);
     for (;;) {
       if (!wait_readable(conn.get(), stop_fd_.get())) {
         device_->reset();
@@ -823,20 +745,20 @@ void VhostUserBackend::control_loop() {
       }
       int r = recv_message(conn.get(), buf, fds);
       if (r <= 0) {
-        if (r < 0) spdlog::warn("virtio-fs '{}': malformed message from the front-end; disconnecting", vfs_.config().tag);
+        if (r < 0) spdlog::warn("{}: malformed message from the front-end; disconnecting", options_.device.name);
         break;
       }
       auto m = vu::decode(buf, fds.size());
       if (!m) {
-        spdlog::warn("virtio-fs '{}': malformed {} message; disconnecting", vfs_.config().tag,
-                     vu::request_name(vu::decode_header(buf)->request) ?: "unknown");
+        spdlog::warn("{}: malformed {} message; disconnecting", options_.device.name,
+                     request_name(vu::decode_header(buf)->request));
         break;
       }
-      spdlog::trace("vhost-user: {}", vu::request_name(static_cast<uint32_t>(m->request)) ?: "?");
+      spdlog::trace("vhost-user: {}", request_name(static_cast<uint32_t>(m->request)));
       if (!device_->handle(conn.get(), *m, fds)) break;
     }
     device_->reset();
-    spdlog::info("virtio-fs '{}': front-end disconnected{}", vfs_.config().tag,
+    spdlog::info("{}: front-end disconnected{}", options_.device.name,
                  options_.exit_on_disconnect ? "; exiting" : "; waiting for the next one");
     if (options_.exit_on_disconnect) {
       finished_ = true;

@@ -1,10 +1,13 @@
-// VhostUserBackend: a virtio-fs (or virtio-9p) device served over vhost-user
-// to a front-end such as QEMU's vhost-user-fs-pci, on one unix socket.
+// VhostUserBackend: a virtio device (virtio-fs, virtio-9p) served over
+// vhost-user to a front-end such as QEMU's vhost-user-fs-pci, on one unix
+// socket. It knows virtqueues, not what travels on them: each descriptor
+// chain goes to a MessageServer (fsd/core/server.h) as its readable and
+// writable buffers in guest memory, so file data moves straight between
+// guest memory and the file.
 //
 // Threads: a control thread speaks the vhost-user protocol (features,
 // memory table, vring set-up) and a data-plane worker with its own Ring
-// waits on kick eventfds, walks descriptor chains and runs fuse::Server on
-// them, reading and writing file data straight from and into guest memory.
+// waits on kick eventfds, walks descriptor chains and runs the server on them.
 // The control thread never touches a running queue: it posts commands to the
 // worker (start, stop-and-drain, swap call fd, swap memory) and waits.
 //
@@ -19,17 +22,24 @@
 #include <string>
 #include <thread>
 
+#include <vector>
+
+#include "fsd/core/fd.h"
+#include "fsd/core/server.h"
 #include "fsd/uring/ring.h"
-#include "fsd/util/fd.h"
-#include "fsd/vfs/vfs.h"
 
 namespace fsd {
 
+// What the device is, as the front-end sees it.
+struct VirtioDevice {
+  std::string name = "virtio device";  // for logs, e.g. "virtio-fs 'store'"
+  unsigned queues = 1;                 // virtio-fs: hiprio + request queues
+  uint64_t features = 0;               // device-specific feature bits
+  std::vector<std::byte> config;       // its config space (GET_CONFIG); may be empty
+};
+
 struct VhostUserOptions {
-  // virtio-fs (id 26: FUSE, hiprio + request queues) or virtio-9p (id 9: 9P
-  // frames on one queue; the export's tag is the mount tag).
-  enum class Device { kFs, k9p } device = Device::kFs;
-  unsigned request_queues = 1;   // virtio-fs: plus the hiprio queue
+  VirtioDevice device;
   bool exit_on_disconnect = false;
   // Where metadata syscalls run (see Ring::MetadataIo).
   Ring::MetadataIo metadata_io = Ring::MetadataIo::kAdaptive;
@@ -42,16 +52,18 @@ struct VhostUserOptions {
 struct VhostUserStats {
   uint64_t requests = 0;
   uint64_t bad_chains = 0;     // chains refused (malformed or unmapped)
-  uint64_t bad_requests = 0;   // FUSE requests that did not decode
+  uint64_t bad_requests = 0;   // requests the server refused as malformed
   uint64_t sessions = 0;       // front-end connections served
 };
 
 class VhostUserBackend {
  public:
   // Binds `socket_path` (throws std::runtime_error with a one-line message).
-  VhostUserBackend(Vfs& vfs, std::string socket_path, VhostUserOptions options);
+  // Each front-end connection gets a fresh server from `servers`, made on
+  // the worker thread.
+  VhostUserBackend(std::string socket_path, MessageServerFactory servers, VhostUserOptions options);
   // Uses an already bound and listening socket (libvirt's --fd).
-  VhostUserBackend(Vfs& vfs, Fd listening, VhostUserOptions options);
+  VhostUserBackend(Fd listening, MessageServerFactory servers, VhostUserOptions options);
   ~VhostUserBackend();
   VhostUserBackend(const VhostUserBackend&) = delete;
 
@@ -70,8 +82,8 @@ class VhostUserBackend {
 
   void control_loop();
 
-  Vfs& vfs_;
   std::string socket_path_;
+  MessageServerFactory servers_;
   VhostUserOptions options_;
   Fd listen_fd_;
   Fd stop_fd_;  // eventfd: wakes the control thread

@@ -6,8 +6,10 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <dirent.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <climits>
 #include <cstring>
@@ -234,11 +236,11 @@ Result<Fd> Vfs::reopen(Node& n) {
       int fd = ::open_by_handle_at(mount_fd, reinterpret_cast<file_handle*>(n.handle_.get()),
                                    O_PATH | O_CLOEXEC);
       if (fd >= 0) return Fd(fd);
-      if (errno == ESTALE) return Error{ESTALE};
+      if (errno == ESTALE) return Error{-ESTALE};
     }
   }
   auto [parent, name] = location(n);
-  if (!parent) return Error{ESTALE};
+  if (!parent) return Error{-ESTALE};
   auto pfd = path_fd(*parent);
   if (!pfd) return Error{pfd.error()};
   {
@@ -246,11 +248,11 @@ Result<Fd> Vfs::reopen(Node& n) {
     reopen_by_name_++;
   }
   int fd = ::openat(pfd->get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return Error{errno == ENOENT ? ESTALE : errno};
+  if (fd < 0) return Error{errno == ENOENT ? -ESTALE : -errno};
   Fd owned(fd);
   struct statx st{};
   if (::statx(fd, "", AT_EMPTY_PATH, STATX_INO, &st) < 0) return errno_error();
-  if (dev_of(st) != n.dev || st.stx_ino != n.ino) return Error{ESTALE};
+  if (dev_of(st) != n.dev || st.stx_ino != n.ino) return Error{-ESTALE};
   return owned;
 }
 
@@ -304,7 +306,7 @@ NodeRef Vfs::intern(Fd fd, const struct statx& st, const NodeRef& parent, std::s
 Result<void> Vfs::reserve_open_file() {
   if (open_files_.fetch_add(1, std::memory_order_relaxed) >= options_.open_files) {
     open_files_.fetch_sub(1, std::memory_order_relaxed);
-    return Error{EMFILE};
+    return Error{-EMFILE};
   }
   return {};
 }
@@ -317,9 +319,9 @@ void Vfs::chown_new(int dirfd, const std::string& name, Creds creds) {
 // ---- operations
 
 Result<PathFd> Vfs::dir_for_change(Node& dir, std::string_view name) {
-  if (read_only()) return Error{EROFS};
-  if (!valid_name(name)) return Error{EINVAL};
-  if (!dir.is_dir()) return Error{ENOTDIR};
+  if (read_only()) return Error{-EROFS};
+  if (!valid_name(name)) return Error{-EINVAL};
+  if (!dir.is_dir()) return Error{-ENOTDIR};
   return path_fd(dir);
 }
 
@@ -328,7 +330,7 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std
   struct statx st{};
   // Known node? Then a stat is enough and nothing is opened.
   int r = co_await ring.statx(dirfd, cname.c_str(), AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, kStatxMask, &st);
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   {
     NodeRef found, old_parent;
     {
@@ -347,11 +349,11 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std
   how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
   how.resolve = kResolveChild;
   r = co_await ring.openat2(dirfd, cname.c_str(), how);
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   Fd fd(r);
   // Stat what was opened: the name may have changed since the first stat.
   r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   NodeRef node = intern(std::move(fd), st, dir, name);
   co_return Entry{std::move(node), st};
 }
@@ -365,13 +367,13 @@ Task<Result<Entry>> Vfs::lookup(Ring& ring, NodeRef dir, std::string_view name) 
     } else {
       target = dir;
     }
-    if (!target) co_return Error{ESTALE};
+    if (!target) co_return Error{-ESTALE};
     auto st = co_await getattr(ring, *target);
     if (!st) co_return Error{st.error()};
     co_return Entry{std::move(target), *st};
   }
-  if (!valid_name(name)) co_return Error{name.size() > NAME_MAX ? ENAMETOOLONG : EINVAL};
-  if (!dir->is_dir()) co_return Error{ENOTDIR};
+  if (!valid_name(name)) co_return Error{name.size() > NAME_MAX ? -ENAMETOOLONG : -EINVAL};
+  if (!dir->is_dir()) co_return Error{-ENOTDIR};
   auto pfd = path_fd(*dir);
   if (!pfd) co_return Error{pfd.error()};
   co_return co_await entry_at(ring, dir, pfd->get(), name);
@@ -382,15 +384,15 @@ Task<Result<struct statx>> Vfs::getattr(Ring& ring, Node& n) {
   if (!pfd) co_return Error{pfd.error()};
   struct statx st{};
   int r = co_await ring.statx(pfd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, kStatxMask, &st);
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   co_return st;
 }
 
 Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
-  if (n.is_symlink()) co_return Error{ELOOP};
+  if (n.is_symlink()) co_return Error{-ELOOP};
   bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
-  if (read_only() && writes) co_return Error{EROFS};
-  if (n.is_dir() && writes) co_return Error{EISDIR};
+  if (read_only() && writes) co_return Error{-EROFS};
+  if (n.is_dir() && writes) co_return Error{-EISDIR};
   flags = (flags & kAllowedOpenFlags) | O_CLOEXEC;
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
   auto pfd = path_fd(n);
@@ -410,9 +412,9 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   }
   if (r < 0) {
     release_open_file();
-    co_return Error{-r};
+    co_return Error{r};
   }
-  co_return OpenFile(this, Fd(r), flags);
+  co_return OpenFile(this, Fd(r), flags, n.dev);
 }
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
@@ -431,13 +433,13 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   int r = co_await ring.openat2(pfd->get(), cname.c_str(), how);
   if (r < 0) {
     release_open_file();
-    co_return Error{-r};
+    co_return Error{r};
   }
-  file = OpenFile(this, Fd(r), oflags);
+  file = OpenFile(this, Fd(r), oflags, dir->dev);
   chown_new(pfd->get(), std::string(name), creds);
   struct statx st{};
   r = co_await ring.statx(file.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   int dupfd = ::fcntl(file.get(), F_DUPFD_CLOEXEC, 0);
   if (dupfd < 0) co_return errno_error();
   NodeRef node = intern(Fd(dupfd), st, dir, name);
@@ -449,7 +451,7 @@ Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, m
   if (!pfd) co_return Error{pfd.error()};
   CName cname(name);
   int r = co_await ring.mkdirat(pfd->get(), cname.c_str(), mode & 07777);
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   chown_new(pfd->get(), std::string(name), creds);
   co_return co_await entry_at(ring, dir, pfd->get(), name);
 }
@@ -458,11 +460,11 @@ Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
                                  std::string_view target, Creds creds) {
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
-  if (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos) co_return Error{EINVAL};
+  if (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos) co_return Error{-EINVAL};
   CName cname(name);
   std::string ctarget(target);
   int r = co_await ring.symlinkat(ctarget.c_str(), pfd->get(), cname.c_str());
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   chown_new(pfd->get(), std::string(name), creds);
   co_return co_await entry_at(ring, dir, pfd->get(), name);
 }
@@ -472,7 +474,7 @@ Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, m
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   mode_t type = mode & S_IFMT;
-  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) co_return Error{EPERM};
+  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) co_return Error{-EPERM};
   CName cname(name);
   if (::mknodat(pfd->get(), cname.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
   chown_new(pfd->get(), std::string(name), creds);
@@ -480,10 +482,10 @@ Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, m
 }
 
 Task<Result<void>> Vfs::link(Ring& ring, Node& target, NodeRef dir, std::string_view name) {
-  if (read_only()) co_return Error{EROFS};
-  if (!valid_name(name)) co_return Error{EINVAL};
-  if (!dir->is_dir()) co_return Error{ENOTDIR};
-  if (target.is_dir()) co_return Error{EPERM};
+  if (read_only()) co_return Error{-EROFS};
+  if (!valid_name(name)) co_return Error{-EINVAL};
+  if (!dir->is_dir()) co_return Error{-ENOTDIR};
+  if (target.is_dir()) co_return Error{-EPERM};
   auto tfd = path_fd(target);
   if (!tfd) co_return Error{tfd.error()};
   auto dfd = path_fd(*dir);
@@ -508,17 +510,17 @@ Task<Result<void>> Vfs::unlink(Ring& ring, NodeRef dir, std::string_view name, i
 
 Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldname, NodeRef newdir,
                                std::string_view newname, unsigned flags) {
-  if (read_only()) co_return Error{EROFS};
-  if (!valid_name(oldname) || !valid_name(newname)) co_return Error{EINVAL};
-  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) co_return Error{EINVAL};
-  if (!olddir->is_dir() || !newdir->is_dir()) co_return Error{ENOTDIR};
+  if (read_only()) co_return Error{-EROFS};
+  if (!valid_name(oldname) || !valid_name(newname)) co_return Error{-EINVAL};
+  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) co_return Error{-EINVAL};
+  if (!olddir->is_dir() || !newdir->is_dir()) co_return Error{-ENOTDIR};
   auto ofd = path_fd(*olddir);
   if (!ofd) co_return Error{ofd.error()};
   auto nfd = path_fd(*newdir);
   if (!nfd) co_return Error{nfd.error()};
   CName cold(oldname), cnew(newname);
   int r = co_await ring.renameat(ofd->get(), cold.c_str(), nfd->get(), cnew.c_str(), flags);
-  if (r < 0) co_return Error{-r};
+  if (r < 0) co_return Error{r};
   // Keep the moved node's remembered location current, for re-resolution.
   struct statx st{};
   if (::statx(nfd->get(), cnew.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) == 0) {
@@ -533,28 +535,28 @@ Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldn
 }
 
 Task<Result<void>> Vfs::remove(Ring& ring, Node& n) {
-  if (read_only()) co_return Error{EROFS};
-  if (n.is_root()) co_return Error{EBUSY};
+  if (read_only()) co_return Error{-EROFS};
+  if (n.is_root()) co_return Error{-EBUSY};
   auto [parent, name] = location(n);
-  if (!parent) co_return Error{ESTALE};
+  if (!parent) co_return Error{-ESTALE};
   auto pfd = path_fd(*parent);
   if (!pfd) co_return Error{pfd.error()};
   struct statx st{};
   if (::statx(pfd->get(), name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) < 0) co_return errno_error();
-  if (dev_of(st) != n.dev || st.stx_ino != n.ino) co_return Error{ESTALE};
+  if (dev_of(st) != n.dev || st.stx_ino != n.ino) co_return Error{-ESTALE};
   co_return from_res(co_await ring.unlinkat(pfd->get(), name.c_str(), n.is_dir() ? AT_REMOVEDIR : 0));
 }
 
 Task<Result<void>> Vfs::rename_node(Ring& ring, Node& n, NodeRef newdir, std::string_view newname) {
-  if (read_only()) co_return Error{EROFS};
-  if (n.is_root()) co_return Error{EBUSY};
+  if (read_only()) co_return Error{-EROFS};
+  if (n.is_root()) co_return Error{-EBUSY};
   auto [parent, name] = location(n);
-  if (!parent) co_return Error{ESTALE};
+  if (!parent) co_return Error{-ESTALE};
   co_return co_await rename(ring, parent, name, std::move(newdir), newname, 0);
 }
 
 Result<std::string> Vfs::readlink(Node& n) {
-  if (!n.is_symlink()) return Error{EINVAL};
+  if (!n.is_symlink()) return Error{-EINVAL};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string buf(PATH_MAX, '\0');
@@ -573,12 +575,12 @@ Result<struct statfs> Vfs::statfs(Node& n) {
 }
 
 Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
-  if (read_only()) return Error{EROFS};
+  if (read_only()) return Error{-EROFS};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
   if (a.mode) {
-    if (n.is_symlink()) return Error{EOPNOTSUPP};
+    if (n.is_symlink()) return Error{-EOPNOTSUPP};
     if (::fchmodat(AT_FDCWD, path.c_str(), a.mode_value & 07777, 0) < 0) return errno_error();
   }
   if (a.uid || a.gid) {
@@ -587,7 +589,7 @@ Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
       return errno_error();
   }
   if (a.size) {
-    if (a.size_value > static_cast<uint64_t>(INT64_MAX)) return Error{EFBIG};
+    if (a.size_value > static_cast<uint64_t>(INT64_MAX)) return Error{-EFBIG};
     int r = (file && file->writable()) ? ::ftruncate(file->get(), static_cast<off_t>(a.size_value))
                                        : ::truncate(path.c_str(), static_cast<off_t>(a.size_value));
     if (r < 0) return errno_error();
@@ -609,7 +611,7 @@ Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
 }
 
 Result<size_t> Vfs::getxattr(Node& n, const std::string& name, std::span<std::byte> out) {
-  if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{ERANGE};
+  if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{-ERANGE};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
@@ -628,9 +630,9 @@ Result<size_t> Vfs::listxattr(Node& n, std::span<std::byte> out) {
 }
 
 Result<void> Vfs::setxattr(Node& n, const std::string& name, std::span<const std::byte> value, int flags) {
-  if (read_only()) return Error{EROFS};
-  if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{ERANGE};
-  if (value.size() > XATTR_SIZE_MAX) return Error{E2BIG};
+  if (read_only()) return Error{-EROFS};
+  if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{-ERANGE};
+  if (value.size() > XATTR_SIZE_MAX) return Error{-E2BIG};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
@@ -639,12 +641,148 @@ Result<void> Vfs::setxattr(Node& n, const std::string& name, std::span<const std
 }
 
 Result<void> Vfs::removexattr(Node& n, const std::string& name) {
-  if (read_only()) return Error{EROFS};
+  if (read_only()) return Error{-EROFS};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
   if (::removexattr(path.c_str(), name.c_str()) < 0) return errno_error();
   return {};
+}
+
+Result<void> Vfs::access(Node& n, int mask) {
+  if ((mask & W_OK) && read_only()) return Error{-EROFS};
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  std::string path = pfd->proc_path();
+  if (::faccessat(AT_FDCWD, path.c_str(), mask, AT_EACCESS) < 0) return errno_error();
+  return {};
+}
+
+// ---- file data
+
+namespace {
+constexpr uint64_t kMaxOffset = static_cast<uint64_t>(INT64_MAX);
+}  // namespace
+
+Task<Result<size_t>> Vfs::read(Ring& ring, const OpenFile& f, std::span<const iovec> to, uint64_t offset) {
+  if (!f.valid() || !f.readable()) co_return Error{-EBADF};
+  if (offset > kMaxOffset) co_return Error{-EINVAL};
+  if (to.empty()) co_return size_t{0};
+  int r = to.size() == 1 ? co_await ring.read(f.get(), to[0].iov_base, static_cast<unsigned>(to[0].iov_len), offset)
+                         : co_await ring.readv(f.get(), to.data(), static_cast<unsigned>(to.size()), offset);
+  co_return count_of(r);
+}
+
+Task<Result<size_t>> Vfs::write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset) {
+  if (!f.valid() || !f.writable()) co_return Error{-EBADF};
+  if (read_only()) co_return Error{-EROFS};
+  if (offset > kMaxOffset) co_return Error{-EINVAL};
+  if (from.empty()) co_return size_t{0};
+  int r = from.size() == 1
+              ? co_await ring.write(f.get(), from[0].iov_base, static_cast<unsigned>(from[0].iov_len), offset)
+              : co_await ring.writev(f.get(), from.data(), static_cast<unsigned>(from.size()), offset);
+  co_return count_of(r);
+}
+
+Task<Result<void>> Vfs::fsync(Ring& ring, const OpenFile& f, bool datasync) {
+  if (!f.valid()) co_return Error{-EBADF};
+  co_return from_res(co_await ring.fsync(f.get(), datasync));
+}
+
+Result<void> Vfs::fallocate(const OpenFile& f, int mode, uint64_t offset, uint64_t length) {
+  if (!f.valid() || !f.writable()) return Error{-EBADF};
+  if (read_only()) return Error{-EROFS};
+  if (offset > kMaxOffset || length > kMaxOffset) return Error{-EINVAL};
+  if (::fallocate(f.get(), mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0) return errno_error();
+  return {};
+}
+
+Result<uint64_t> Vfs::lseek(const OpenFile& f, uint64_t offset, int whence) {
+  if (!f.valid()) return Error{-EBADF};
+  if (offset > kMaxOffset) return Error{-EINVAL};
+  off_t r = ::lseek(f.get(), static_cast<off_t>(offset), whence);
+  if (r < 0) return errno_error();
+  return static_cast<uint64_t>(r);
+}
+
+Result<size_t> Vfs::copy_file_range(const OpenFile& in, uint64_t off_in, const OpenFile& out, uint64_t off_out,
+                                    size_t length) {
+  if (!in.valid() || !in.readable() || !out.valid() || !out.writable()) return Error{-EBADF};
+  if (read_only()) return Error{-EROFS};
+  if (off_in > kMaxOffset || off_out > kMaxOffset) return Error{-EINVAL};
+  loff_t oi = static_cast<loff_t>(off_in), oo = static_cast<loff_t>(off_out);
+  ssize_t r = ::copy_file_range(in.get(), &oi, out.get(), &oo, length, 0);
+  if (r < 0) return errno_error();
+  return static_cast<size_t>(r);
+}
+
+Result<void> Vfs::syncfs() {
+  if (::syncfs(root_fd_.get()) < 0) return errno_error();
+  return {};
+}
+
+// ---- directories
+
+Result<void> Vfs::read_dir(const OpenFile& dir, uint64_t offset, size_t bytes_hint,
+                           FunctionRef<bool(const DirEntry&)> emit) {
+  if (!dir.valid()) return Error{-EBADF};
+  if (offset > kMaxOffset) return Error{-EINVAL};
+  if (::lseek(dir.get(), static_cast<off_t>(offset), SEEK_SET) < 0) return errno_error();
+  // Per thread rather than on a coroutine's frame: frames do not honour
+  // alignas, and 32 KiB frames would not be recycled.
+  alignas(struct dirent64) static thread_local std::byte raw[32768];
+  size_t want = std::clamp<size_t>(bytes_hint, 512, sizeof raw);
+  for (;;) {
+    long n = ::syscall(SYS_getdents64, dir.get(), raw, want);
+    if (n < 0) return errno_error();
+    if (n == 0) return {};
+    for (long pos = 0; pos < n;) {
+      const auto* d = reinterpret_cast<const struct dirent64*>(raw + pos);
+      pos += d->d_reclen;
+      DirEntry e{.ino = unique_ino(dir.dev_, d->d_ino),
+                 .next = static_cast<uint64_t>(d->d_off),
+                 .type = d->d_type,
+                 .name = d->d_name};
+      if (!emit(e)) return {};
+    }
+  }
+}
+
+// ---- locks
+
+namespace {
+Result<struct flock> to_flock(const FileLock& l) {
+  if (l.start > kMaxOffset || l.length > kMaxOffset) return Error{-EINVAL};
+  struct flock fl{};
+  fl.l_type = l.type == FileLock::Type::kRead ? F_RDLCK : l.type == FileLock::Type::kWrite ? F_WRLCK : F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = static_cast<off_t>(l.start);
+  fl.l_len = static_cast<off_t>(l.length);
+  return fl;
+}
+}  // namespace
+
+Result<void> Vfs::set_lock(const OpenFile& f, const FileLock& lock) {
+  if (!f.valid()) return Error{-EBADF};
+  auto fl = to_flock(lock);
+  if (!fl) return Error{fl.error()};
+  if (::fcntl(f.get(), F_OFD_SETLK, &*fl) < 0) return errno_error(errno == EACCES ? EAGAIN : errno);
+  return {};
+}
+
+Result<FileLock> Vfs::get_lock(const OpenFile& f, const FileLock& want) {
+  if (!f.valid()) return Error{-EBADF};
+  auto fl = to_flock(want);
+  if (!fl) return Error{fl.error()};
+  if (::fcntl(f.get(), F_OFD_GETLK, &*fl) < 0) return errno_error();
+  FileLock held;
+  held.type = fl->l_type == F_RDLCK ? FileLock::Type::kRead
+              : fl->l_type == F_WRLCK ? FileLock::Type::kWrite
+                                      : FileLock::Type::kUnlock;
+  held.start = static_cast<uint64_t>(fl->l_start);
+  held.length = static_cast<uint64_t>(fl->l_len);
+  held.pid = fl->l_pid;
+  return held;
 }
 
 }  // namespace fsd

@@ -8,7 +8,11 @@
 //    symlink is followed on the host;
 //  - a read-only export answers every mutating operation with EROFS before
 //    touching the host;
-//  - errors are positive errno values in Result.
+//  - errors are negative errno values in Result (fsd/core/result.h);
+//  - the protocol servers (fsd/p9, fsd/fuse) make no host calls of their
+//    own: every read, write, directory listing, xattr, lock and sync on an
+//    exported file happens here, so that confinement, read-only and the fd
+//    budget are enforced in one place.
 //
 // Thread-safety: a Vfs is shared by all worker threads. Operations take a
 // Ring, which must belong to the calling thread.
@@ -27,11 +31,12 @@
 #include <string>
 #include <string_view>
 
-#include "fsd/util/fd.h"
+#include "fsd/core/fd.h"
+#include "fsd/core/function_ref.h"
+#include "fsd/core/result.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/export.h"
 #include "fsd/vfs/node.h"
-#include "protocol/result.h"
 
 namespace fsd {
 
@@ -62,25 +67,47 @@ class PathFd {
   int fd_ = -1;
 };
 
-// A file opened for I/O; counts against VfsOptions::open_files.
+// A file opened for I/O; counts against VfsOptions::open_files. Only the
+// Vfs touches its fd: servers pass it back for every operation on it.
 class OpenFile {
  public:
   OpenFile() = default;
-  OpenFile(Vfs* vfs, Fd fd, int flags) : vfs_(vfs), fd_(std::move(fd)), flags_(flags) {}
   OpenFile(OpenFile&& o) noexcept
-      : vfs_(std::exchange(o.vfs_, nullptr)), fd_(std::move(o.fd_)), flags_(o.flags_) {}
+      : vfs_(std::exchange(o.vfs_, nullptr)), fd_(std::move(o.fd_)), flags_(o.flags_), dev_(o.dev_) {}
   OpenFile& operator=(OpenFile&& o) noexcept;
   ~OpenFile();
-  int get() const { return fd_.get(); }
   int flags() const { return flags_; }
   bool valid() const { return fd_.valid(); }
   bool readable() const { return (flags_ & O_ACCMODE) != O_WRONLY; }
   bool writable() const { return (flags_ & O_ACCMODE) != O_RDONLY; }
 
  private:
+  friend class Vfs;
+  OpenFile(Vfs* vfs, Fd fd, int flags, uint64_t dev) : vfs_(vfs), fd_(std::move(fd)), flags_(flags), dev_(dev) {}
+  int get() const { return fd_.get(); }
+
   Vfs* vfs_ = nullptr;
   Fd fd_;
   int flags_ = 0;
+  uint64_t dev_ = 0;  // the file's st_dev, for unique_ino of directory entries
+};
+
+// One entry of a directory listing. `name` is valid only during the
+// callback that receives it.
+struct DirEntry {
+  uint64_t ino = 0;   // Vfs::unique_ino
+  uint64_t next = 0;  // the offset that resumes the listing after this entry
+  uint8_t type = 0;   // DT_*
+  std::string_view name;
+};
+
+// A POSIX record lock, owned by the open file (an OFD lock): locks of two
+// OpenFiles conflict even within fsd, as two clients' locks must.
+struct FileLock {
+  enum class Type { kRead, kWrite, kUnlock } type = Type::kUnlock;
+  uint64_t start = 0;
+  uint64_t length = 0;  // 0: to the end of the file
+  pid_t pid = 0;        // get_lock: the holder's pid as the host reports it
 };
 
 struct Entry {
@@ -135,9 +162,6 @@ class Vfs {
   // Changes when content or metadata changes (mtime, ctime, size).
   static uint32_t version_of(const struct statx& st);
 
-  // Pins and returns an O_PATH fd for the node, re-opening it if evicted.
-  Result<PathFd> path_fd(Node& n);
-
   // ".", "..", or a child. ".." of the root is the root.
   Task<Result<Entry>> lookup(Ring& ring, NodeRef dir, std::string_view name);
   Task<Result<struct statx>> getattr(Ring& ring, Node& n);
@@ -168,11 +192,44 @@ class Vfs {
   Result<struct statfs> statfs(Node& n);
   // `file`, if given, is an open fd of the node (used for truncation).
   Result<void> setattr(Node& n, const SetAttr& a, const OpenFile* file);
+  // access(2) with the server's effective ids; W_OK on a read-only export is EROFS.
+  Result<void> access(Node& n, int mask);
+
+  // ---- extended attributes
   // Returns the value size; with an empty `out`, only the size.
   Result<size_t> getxattr(Node& n, const std::string& name, std::span<std::byte> out);
   Result<size_t> listxattr(Node& n, std::span<std::byte> out);
   Result<void> setxattr(Node& n, const std::string& name, std::span<const std::byte> value, int flags);
   Result<void> removexattr(Node& n, const std::string& name);
+
+  // ---- file data, through io_uring, into or out of any memory (a 9P
+  // buffer, a FUSE reply buffer, guest memory)
+  // Reads at `offset` into `to`; returns the bytes read (0 at the end).
+  // EBADF unless the file is open for reading; EINVAL past INT64_MAX.
+  Task<Result<size_t>> read(Ring& ring, const OpenFile& f, std::span<const iovec> to, uint64_t offset);
+  // Writes `from` at `offset`; returns the bytes written.
+  Task<Result<size_t>> write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset);
+  Task<Result<void>> fsync(Ring& ring, const OpenFile& f, bool datasync);
+  Result<void> fallocate(const OpenFile& f, int mode, uint64_t offset, uint64_t length);
+  // SEEK_SET/CUR/END/DATA/HOLE; returns the new offset.
+  Result<uint64_t> lseek(const OpenFile& f, uint64_t offset, int whence);
+  Result<size_t> copy_file_range(const OpenFile& in, uint64_t off_in, const OpenFile& out, uint64_t off_out,
+                                 size_t length);
+  // Syncs the file system the export is on.
+  Result<void> syncfs();
+
+  // ---- directories (one listing code for every protocol)
+  // Calls `emit` for each entry of the open directory, from `offset` (0, or
+  // an entry's `next`), until `emit` returns false or the listing ends.
+  // Entries are read from the host about `bytes_hint` bytes at a time.
+  Result<void> read_dir(const OpenFile& dir, uint64_t offset, size_t bytes_hint,
+                        FunctionRef<bool(const DirEntry&)> emit);
+
+  // ---- locks (never wait: a worker thread must not block)
+  // Takes or releases a lock; EAGAIN when a conflicting lock is held.
+  Result<void> set_lock(const OpenFile& f, const FileLock& lock);
+  // The first lock that conflicts with `want`, or one of type kUnlock.
+  Result<FileLock> get_lock(const OpenFile& f, const FileLock& want);
 
   // Checks that a client-supplied name is one plain path component.
   static bool valid_name(std::string_view name);
@@ -182,6 +239,8 @@ class Vfs {
   friend class PathFd;
   friend class OpenFile;
 
+  // Pins and returns an O_PATH fd for the node, re-opening it if evicted.
+  Result<PathFd> path_fd(Node& n);
   // Finds or inserts the node for a freshly opened path fd (whose statx is
   // `st`); the fd becomes the node's cached fd if it has none.
   NodeRef intern(Fd fd, const struct statx& st, const NodeRef& parent, std::string_view name);

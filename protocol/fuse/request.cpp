@@ -83,7 +83,7 @@ Result<Args> decode_args(uint32_t opcode, ArgReader& r, size_t total_args, bool&
     case FUSE_FORGET: return one<Forget>(r);
     case FUSE_BATCH_FORGET: {
       auto in = r.take<fuse_batch_forget_in>();
-      if (!r.ok() || in.count > r.remaining() / sizeof(fuse_forget_one)) return Error{EBADMSG};
+      if (!r.ok() || in.count > r.remaining() / sizeof(fuse_forget_one)) return Error{-EBADMSG};
       return Args{BatchForget{r.bytes(in.count * sizeof(fuse_forget_one)), in.count}};
     }
     case FUSE_GETATTR: return one<Getattr>(r);
@@ -124,9 +124,9 @@ Result<Args> decode_args(uint32_t opcode, ArgReader& r, size_t total_args, bool&
     case FUSE_READ: return one<Read>(r);
     case FUSE_WRITE: {
       auto in = r.take<fuse_write_in>();
-      if (!r.ok()) return Error{EBADMSG};
+      if (!r.ok()) return Error{-EBADMSG};
       // The payload follows; all of it in total_args, maybe only part in `r`.
-      if (total_args != sizeof(fuse_write_in) + in.size) return Error{EBADMSG};
+      if (total_args != sizeof(fuse_write_in) + in.size) return Error{-EBADMSG};
       allow_short = true;
       return Args{Write{in, r.rest()}};
     }
@@ -171,17 +171,17 @@ Result<Args> decode_args(uint32_t opcode, ArgReader& r, size_t total_args, bool&
 }  // namespace
 
 Result<Request> decode(Bytes in, size_t total_len) {
-  if (in.size() < sizeof(fuse_in_header) || in.size() > total_len) return Error{EBADMSG};
+  if (in.size() < sizeof(fuse_in_header) || in.size() > total_len) return Error{-EBADMSG};
   fuse_in_header h;
   std::memcpy(&h, in.data(), sizeof h);
-  if (h.len != total_len) return Error{EBADMSG};
+  if (h.len != total_len) return Error{-EBADMSG};
   ArgReader r(in.subspan(sizeof h));
   bool allow_short = false;
   auto args = decode_args(h.opcode, r, total_len - sizeof h, allow_short);
-  if (!args || !r.ok()) return Error{EBADMSG};
+  if (!args || !r.ok()) return Error{-EBADMSG};
   // Trailing bytes are tolerated (newer clients may append fields), but a
   // short request is only legitimate for WRITE's separately carried payload.
-  if (!allow_short && in.size() != total_len) return Error{EBADMSG};
+  if (!allow_short && in.size() != total_len) return Error{-EBADMSG};
   return Request{h, std::move(*args)};
 }
 

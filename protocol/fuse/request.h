@@ -17,7 +17,7 @@
 #include <string_view>
 #include <variant>
 
-#include "protocol/result.h"
+#include "fsd/core/result.h"
 
 namespace fsd::fuse {
 

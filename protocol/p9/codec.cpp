@@ -9,7 +9,7 @@ template <class M>
 Result<M> decode_body(Reader& r) {
   M m{};
   std::apply([&](auto&... f) { (r.get(f), ...); }, m.fields());
-  if (!r.ok() || r.remaining() != 0) return Error{EBADMSG};
+  if (!r.ok() || r.remaining() != 0) return Error{-EBADMSG};
   return m;
 }
 
@@ -43,9 +43,9 @@ template <class Frame, class Variant>
 Result<Frame> decode_frame(Bytes frame) {
   auto h = decode_header(frame);
   if (!h) return Error{h.error()};
-  if (h->size != frame.size()) return Error{EBADMSG};
+  if (h->size != frame.size()) return Error{-EBADMSG};
   DecodeFn<Variant> fn = DecodeTable<Variant>::table[h->type];
-  if (fn == nullptr) return Error{EOPNOTSUPP};
+  if (fn == nullptr) return Error{-EOPNOTSUPP};
   Reader r(frame.subspan(kHeaderSize));
   auto m = fn(r);
   if (!m) return Error{m.error()};
@@ -76,13 +76,13 @@ constexpr auto kNames = make_names();
 const char* type_name(uint8_t type) { return kNames[type]; }
 
 Result<Header> decode_header(Bytes in) {
-  if (in.size() < kHeaderSize) return Error{EBADMSG};
+  if (in.size() < kHeaderSize) return Error{-EBADMSG};
   Reader r(in.first(kHeaderSize));
   Header h{};
   r.get(h.size);
   r.get(h.type);
   r.get(h.tag);
-  if (h.size < kHeaderSize) return Error{EBADMSG};
+  if (h.size < kHeaderSize) return Error{-EBADMSG};
   return h;
 }
 
@@ -113,7 +113,7 @@ Result<std::optional<Dirent>> DirentReader::next() {
   r_.get(d.offset);
   r_.get(d.type);
   r_.get(d.name);
-  if (!r_.ok()) return Error{EBADMSG};
+  if (!r_.ok()) return Error{-EBADMSG};
   return std::optional<Dirent>{d};
 }
 

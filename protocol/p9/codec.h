@@ -10,7 +10,7 @@
 #include <optional>
 
 #include "protocol/p9/messages.h"
-#include "protocol/result.h"
+#include "fsd/core/result.h"
 
 namespace fsd::p9 {
 
@@ -44,7 +44,7 @@ Result<size_t> encode(MutableBytes out, uint16_t tag, const M& m) {
   w.put(static_cast<uint8_t>(M::kType));
   w.put(tag);
   std::apply([&](const auto&... f) { (w.put(f), ...); }, m.fields());
-  if (!w.ok() || w.size() > UINT32_MAX) return Error{EMSGSIZE};
+  if (!w.ok() || w.size() > UINT32_MAX) return Error{-EMSGSIZE};
   w.patch_u32(0, static_cast<uint32_t>(w.size()));
   return w.size();
 }

@@ -40,11 +40,11 @@ Shape shape_of(Request r) {
 }  // namespace
 
 Result<Header> decode_header(Bytes in) {
-  if (in.size() < kHeaderSize) return Error{EBADMSG};
+  if (in.size() < kHeaderSize) return Error{-EBADMSG};
   Header h;
   std::memcpy(&h, in.data(), sizeof h);
-  if ((h.flags & kFlagVersionMask) != kVersion) return Error{EBADMSG};
-  if (h.size > kMaxPayload) return Error{EBADMSG};
+  if ((h.flags & kFlagVersionMask) != kVersion) return Error{-EBADMSG};
+  if (h.size > kMaxPayload) return Error{-EBADMSG};
   return h;
 }
 
@@ -61,46 +61,46 @@ size_t expected_fds(const Message& m) {
 Result<Message> decode(Bytes in, size_t nfds) {
   auto h = decode_header(in);
   if (!h) return Error{h.error()};
-  if (in.size() != kHeaderSize + h->size) return Error{EBADMSG};
+  if (in.size() != kHeaderSize + h->size) return Error{-EBADMSG};
   Bytes body = in.subspan(kHeaderSize);
   Message m{static_cast<Request>(h->request), h->flags, None{}};
   switch (shape_of(m.request)) {
     case Shape::kNone:
       // Some front-ends send a u64 of padding with payload-less requests.
-      if (!body.empty() && body.size() != 8) return Error{EBADMSG};
+      if (!body.empty() && body.size() != 8) return Error{-EBADMSG};
       break;
     case Shape::kU64: {
       uint64_t v;
-      if (!read_exact(body, v)) return Error{EBADMSG};
+      if (!read_exact(body, v)) return Error{-EBADMSG};
       m.payload = v;
       break;
     }
     case Shape::kState: {
       VringState s;
-      if (!read_exact(body, s)) return Error{EBADMSG};
+      if (!read_exact(body, s)) return Error{-EBADMSG};
       m.payload = s;
       break;
     }
     case Shape::kAddr: {
       VringAddr a;
-      if (!read_exact(body, a)) return Error{EBADMSG};
+      if (!read_exact(body, a)) return Error{-EBADMSG};
       m.payload = a;
       break;
     }
     case Shape::kMemTable: {
       MemTable t{};
-      if (body.size() < 8) return Error{EBADMSG};
+      if (body.size() < 8) return Error{-EBADMSG};
       std::memcpy(&t.nregions, body.data(), 4);
-      if (t.nregions == 0 || t.nregions > kMemTableRegions) return Error{EBADMSG};
+      if (t.nregions == 0 || t.nregions > kMemTableRegions) return Error{-EBADMSG};
       // QEMU sends the table with all 8 slots; others send only the used ones.
       size_t need = 8 + t.nregions * sizeof(MemRegion);
-      if (body.size() < need || body.size() > 8 + kMemTableRegions * sizeof(MemRegion)) return Error{EBADMSG};
+      if (body.size() < need || body.size() > 8 + kMemTableRegions * sizeof(MemRegion)) return Error{-EBADMSG};
       std::memcpy(t.regions.data(), body.data() + 8, t.nregions * sizeof(MemRegion));
       m.payload = t;
       break;
     }
     case Shape::kSingleRegion: {
-      if (body.size() != 8 + sizeof(MemRegion)) return Error{EBADMSG};
+      if (body.size() != 8 + sizeof(MemRegion)) return Error{-EBADMSG};
       MemRegion r;
       std::memcpy(&r, body.data() + 8, sizeof r);
       m.payload = r;
@@ -108,18 +108,18 @@ Result<Message> decode(Bytes in, size_t nfds) {
     }
     case Shape::kVringFile: {
       uint64_t v;
-      if (!read_exact(body, v)) return Error{EBADMSG};
-      if (v & ~(kVringIndexMask | kVringNoFd)) return Error{EBADMSG};
+      if (!read_exact(body, v)) return Error{-EBADMSG};
+      if (v & ~(kVringIndexMask | kVringNoFd)) return Error{-EBADMSG};
       m.payload = VringFile{static_cast<uint32_t>(v & kVringIndexMask), !(v & kVringNoFd)};
       break;
     }
     case Shape::kConfig: {
       Config c{};
-      if (body.size() < 12) return Error{EBADMSG};
+      if (body.size() < 12) return Error{-EBADMSG};
       std::memcpy(&c.offset, body.data(), 4);
       std::memcpy(&c.size, body.data() + 4, 4);
       std::memcpy(&c.flags, body.data() + 8, 4);
-      if (c.size > kMaxConfigSize || body.size() != 12 + c.size) return Error{EBADMSG};
+      if (c.size > kMaxConfigSize || body.size() != 12 + c.size) return Error{-EBADMSG};
       std::memcpy(c.payload.data(), body.data() + 12, c.size);
       m.payload = c;
       break;
@@ -127,7 +127,7 @@ Result<Message> decode(Bytes in, size_t nfds) {
     case Shape::kUnknown:
       break;
   }
-  if (shape_of(m.request) != Shape::kUnknown && nfds != expected_fds(m)) return Error{EBADMSG};
+  if (shape_of(m.request) != Shape::kUnknown && nfds != expected_fds(m)) return Error{-EBADMSG};
   return m;
 }
 
@@ -167,7 +167,7 @@ Result<size_t> encode(MutableBytes out, uint32_t request, uint32_t flags, const 
       p);
   Header h{request, flags, static_cast<uint32_t>(n)};
   std::memcpy(body, &h, sizeof h);
-  if (out.size() < kHeaderSize + n) return Error{EMSGSIZE};
+  if (out.size() < kHeaderSize + n) return Error{-EMSGSIZE};
   std::memcpy(out.data(), body, kHeaderSize + n);
   return kHeaderSize + n;
 }

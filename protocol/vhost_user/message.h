@@ -11,7 +11,7 @@
 #include <span>
 #include <variant>
 
-#include "protocol/result.h"
+#include "fsd/core/result.h"
 
 namespace fsd::vhost_user {
 

@@ -38,7 +38,7 @@ std::byte* GuestMemory::translate_uva(uint64_t uva, uint64_t len) const {
 Result<void> walk_chain(const GuestMemory& mem, const Desc* table, uint16_t num, uint16_t head, Chain& out) {
   out.clear();
   out.head = head;
-  if (head >= num) return Error{EBADMSG};
+  if (head >= num) return Error{-EBADMSG};
   size_t used = 0;  // descriptors visited, indirect ones included
   size_t direct = 0;
   bool in_indirect = false;
@@ -47,18 +47,18 @@ Result<void> walk_chain(const GuestMemory& mem, const Desc* table, uint16_t num,
   uint32_t i = head;
   for (;;) {
     if (in_indirect) {
-      if (++used > kMaxChainDescriptors) return Error{EBADMSG};
+      if (++used > kMaxChainDescriptors) return Error{-EBADMSG};
     } else if (++direct > num || ++used > kMaxChainDescriptors) {
-      return Error{EBADMSG};  // a loop, or a chain longer than the ring
+      return Error{-EBADMSG};  // a loop, or a chain longer than the ring
     }
     Desc d;
     std::memcpy(&d, &tab[i], sizeof d);  // read once: the guest may change it
     if (d.flags & kDescIndirect) {
-      if (in_indirect || (d.flags & kDescNext)) return Error{EBADMSG};  // no nesting, no mixing
+      if (in_indirect || (d.flags & kDescNext)) return Error{-EBADMSG};  // no nesting, no mixing
       if (d.len == 0 || d.len % sizeof(Desc) != 0 || d.len / sizeof(Desc) > kMaxChainDescriptors)
-        return Error{EBADMSG};
+        return Error{-EBADMSG};
       auto* t = reinterpret_cast<const Desc*>(mem.translate(d.addr, d.len));
-      if (t == nullptr || reinterpret_cast<uintptr_t>(t) % alignof(Desc) != 0) return Error{EBADMSG};
+      if (t == nullptr || reinterpret_cast<uintptr_t>(t) % alignof(Desc) != 0) return Error{-EBADMSG};
       tab = t;
       tab_size = d.len / sizeof(Desc);
       in_indirect = true;
@@ -67,31 +67,20 @@ Result<void> walk_chain(const GuestMemory& mem, const Desc* table, uint16_t num,
     }
     if (d.len > 0) {
       std::byte* p = mem.translate(d.addr, d.len);
-      if (p == nullptr) return Error{EBADMSG};
+      if (p == nullptr) return Error{-EBADMSG};
       if (d.flags & kDescWrite) {
         out.writable.push_back(iovec{p, d.len});
         out.writable_bytes += d.len;
       } else {
-        if (!out.writable.empty()) return Error{EBADMSG};  // readable after writable
+        if (!out.writable.empty()) return Error{-EBADMSG};  // readable after writable
         out.readable.push_back(iovec{p, d.len});
         out.readable_bytes += d.len;
       }
     }
     if (!(d.flags & kDescNext)) return {};
-    if (d.next >= tab_size) return Error{EBADMSG};
+    if (d.next >= tab_size) return Error{-EBADMSG};
     i = d.next;
   }
-}
-
-size_t gather(const std::vector<iovec>& from, std::span<std::byte> out) {
-  size_t n = 0;
-  for (const auto& v : from) {
-    if (n == out.size()) break;
-    size_t take = std::min(v.iov_len, out.size() - n);
-    std::memcpy(out.data() + n, v.iov_base, take);
-    n += take;
-  }
-  return n;
 }
 
 uint16_t SplitQueue::load_avail_idx() const {
@@ -106,9 +95,9 @@ Result<std::optional<uint16_t>> SplitQueue::pop() {
   uint16_t avail = load_avail_idx();
   uint16_t pending = static_cast<uint16_t>(avail - last_avail_);
   if (pending == 0) return std::optional<uint16_t>{};
-  if (pending > num_) return Error{EBADMSG};
+  if (pending > num_) return Error{-EBADMSG};
   uint16_t head = load<uint16_t>(l_.avail + 4 + 2u * (last_avail_ % num_));
-  if (head >= num_) return Error{EBADMSG};
+  if (head >= num_) return Error{-EBADMSG};
   last_avail_++;
   return std::optional<uint16_t>{head};
 }

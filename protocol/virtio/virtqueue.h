@@ -17,7 +17,7 @@
 #include <span>
 #include <vector>
 
-#include "protocol/result.h"
+#include "fsd/core/result.h"
 
 namespace fsd::virtio {
 
@@ -73,9 +73,6 @@ struct Chain {
 
 // Walks the chain at `head` of a descriptor table with `num` entries.
 Result<void> walk_chain(const GuestMemory& mem, const Desc* table, uint16_t num, uint16_t head, Chain& out);
-
-// Copies up to out.size() bytes from the start of a list of buffers; returns how many.
-size_t gather(const std::vector<iovec>& from, std::span<std::byte> out);
 
 // The rings of one split virtqueue, mapped.
 class SplitQueue {

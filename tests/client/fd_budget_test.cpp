@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include "fsd/p9/client.h"
+#include "fsd/client/p9_client.h"
 #include "tests/support/test_support.h"
 
 namespace fsd::testing {

@@ -6,7 +6,7 @@
 
 #include <cstring>
 
-#include "fsd/frontend/vhost_frontend.h"
+#include "fsd/client/vhost_frontend.h"
 #include "protocol/p9/codec.h"
 #include "tests/support/test_support.h"
 
@@ -61,7 +61,7 @@ class Virtio9p : public ::testing::Test {
     f_->kick(0);
     auto u = f_->wait_used(0);
     if (!u) return Error{u.error()};
-    if (u->len == 0) return Error{ENODATA};  // refused: no reply
+    if (u->len == 0) return Error{-ENODATA};  // refused: no reply
     reply_.assign(f_->host(out), f_->host(out) + u->len);
     return p9::decode_r(reply_);
   }

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <set>
 
-#include "fsd/frontend/vhost_frontend.h"
+#include "fsd/client/vhost_frontend.h"
 #include "tests/support/test_support.h"
 
 namespace fsd::testing {
@@ -292,7 +292,7 @@ TEST_F(Virtiofs, CorruptAvailRingStopsOnlyThatQueue) {
     ASSERT_TRUE(f);
     f->set_avail_idx(1, 1000);  // more entries than the ring holds
     f->kick(1);
-    EXPECT_EQ(f->wait_used(1, 500).error(), ETIMEDOUT);
+    EXPECT_EQ(f->wait_used(1, 500).error(), -ETIMEDOUT);
   }
   // The other device is unaffected, and a new front-end gets a fresh device.
   auto rw = start(rw_sock_);

@@ -9,7 +9,8 @@
 #include <set>
 #include <thread>
 
-#include "fsd/p9/client.h"
+#include "fsd/client/p9_client.h"
+#include "fsd/p9/session.h"
 #include "fsd/transport/socket_server.h"
 #include "tests/support/test_support.h"
 
@@ -42,7 +43,7 @@ class P9Server : public ::testing::Test {
     ExportConfig rw{.tag = "rw", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever};
     exports_.add(std::make_unique<Vfs>(ro, VfsOptions{}));
     exports_.add(std::make_unique<Vfs>(rw, VfsOptions{}));
-    server_ = std::make_unique<SocketServer>(exports_, SessionConfig{.max_msize = 1 << 20}, 2);
+    server_ = std::make_unique<SocketServer>(session_factory(exports_, SessionConfig{.max_msize = 1 << 20}), 2);
     sock_ = (tmp_.path() / "9p.sock").string();
     server_->listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock_});
     server_->start();
@@ -78,8 +79,8 @@ TEST_F(P9Server, NegotiatesVersionAndMsize) {
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(*c->version(16u << 20), 1u << 20);  // capped at the server's max
   EXPECT_EQ(*c->version(65536), 65536u);        // smaller requests are honoured
-  EXPECT_EQ(c->version(8192, "9P2000.u").error(), EPROTONOSUPPORT);  // answered "unknown"
-  EXPECT_EQ(c->version(100).error(), EINVAL);
+  EXPECT_EQ(c->version(8192, "9P2000.u").error(), -EPROTONOSUPPORT);  // answered "unknown"
+  EXPECT_EQ(c->version(100).error(), -EINVAL);
 }
 
 TEST_F(P9Server, AttachSelectsExportByTagOrPath) {
@@ -87,10 +88,10 @@ TEST_F(P9Server, AttachSelectsExportByTagOrPath) {
   EXPECT_TRUE(c.attach(1, "ro").ok());
   EXPECT_TRUE(c.attach(2, rw_.string()).ok());
   EXPECT_TRUE(c.attach(3, rw_.string() + "/").ok());
-  EXPECT_EQ(c.attach(4, "nope").error(), ENOENT);
-  EXPECT_EQ(c.attach(1, "ro").error(), EBADF);  // fid in use
+  EXPECT_EQ(c.attach(4, "nope").error(), -ENOENT);
+  EXPECT_EQ(c.attach(1, "ro").error(), -EBADF);  // fid in use
   auto auth = c.call<Rauth>(Tauth{.afid = 9, .uname = "", .aname = "ro", .n_uname = 0});
-  EXPECT_EQ(auth.error(), ENOENT);  // "no authentication required"
+  EXPECT_EQ(auth.error(), -ENOENT);  // "no authentication required"
 }
 
 TEST_F(P9Server, GetattrMatchesHostStat) {
@@ -228,14 +229,14 @@ TEST_F(P9Server, CreateWriteReadRenameUnlinkOnReadWriteExport) {
   ASSERT_TRUE(c.clunk(3).ok());
   ASSERT_TRUE(c.call<Runlinkat>(Tunlinkat{.dirfid = 4, .name = "moved.txt", .flags = 0}).ok());
   EXPECT_FALSE(fs::exists(rw_ / "sub/moved.txt"));
-  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "sub", .flags = 0}).error(), EISDIR);
+  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "sub", .flags = 0}).error(), -EISDIR);
   ASSERT_TRUE(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "sub", .flags = kAtRemoveDir}).ok());
   EXPECT_FALSE(fs::exists(rw_ / "sub"));
   // Tremove
   ASSERT_TRUE(c.walk(kRoot, 6, "hard").ok());
   ASSERT_TRUE(c.call<Rremove>(Tremove{.fid = 6}).ok());
   EXPECT_FALSE(fs::exists(rw_ / "hard"));
-  EXPECT_EQ(c.clunk(6).error(), EBADF);  // remove clunked it
+  EXPECT_EQ(c.clunk(6).error(), -EBADF);  // remove clunked it
 }
 
 TEST_F(P9Server, ReadOnlyExportRefusesEveryMutation) {
@@ -244,25 +245,25 @@ TEST_F(P9Server, ReadOnlyExportRefusesEveryMutation) {
   ASSERT_TRUE(c.walk(kRoot, 2, "hello.txt").ok());
   ASSERT_TRUE(c.walk(kRoot, 3, "").ok());
   ASSERT_TRUE(c.walk(kRoot, 4, "dir").ok());
-  EXPECT_EQ(c.lcreate(3, "x", O_RDWR | O_CREAT, 0644).error(), EROFS);
-  EXPECT_EQ(c.lopen(2, O_WRONLY).error(), EROFS);
-  EXPECT_EQ(c.lopen(2, O_RDWR).error(), EROFS);
-  EXPECT_EQ(c.lopen(2, O_RDONLY | O_TRUNC).error(), EROFS);
-  EXPECT_EQ(c.call<Rmkdir>(Tmkdir{.dfid = kRoot, .name = "d", .mode = 0755, .gid = 0}).error(), EROFS);
-  EXPECT_EQ(c.call<Rsymlink>(Tsymlink{.dfid = kRoot, .name = "s", .symtgt = "x", .gid = 0}).error(), EROFS);
-  EXPECT_EQ(c.call<Rmknod>(Tmknod{.dfid = kRoot, .name = "f", .mode = S_IFIFO | 0644, .major = 0, .minor = 0, .gid = 0}).error(), EROFS);
-  EXPECT_EQ(c.call<Rrename>(Trename{.fid = 2, .dfid = 4, .name = "moved"}).error(), EROFS);
-  EXPECT_EQ(c.call<Rrenameat>(Trenameat{.olddirfid = kRoot, .oldname = "hello.txt", .newdirfid = kRoot, .newname = "x"}).error(), EROFS);
-  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "hello.txt", .flags = 0}).error(), EROFS);
-  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "dir", .flags = kAtRemoveDir}).error(), EROFS);
-  EXPECT_EQ(c.call<Rlink>(Tlink{.dfid = kRoot, .fid = 2, .name = "hard"}).error(), EROFS);
+  EXPECT_EQ(c.lcreate(3, "x", O_RDWR | O_CREAT, 0644).error(), -EROFS);
+  EXPECT_EQ(c.lopen(2, O_WRONLY).error(), -EROFS);
+  EXPECT_EQ(c.lopen(2, O_RDWR).error(), -EROFS);
+  EXPECT_EQ(c.lopen(2, O_RDONLY | O_TRUNC).error(), -EROFS);
+  EXPECT_EQ(c.call<Rmkdir>(Tmkdir{.dfid = kRoot, .name = "d", .mode = 0755, .gid = 0}).error(), -EROFS);
+  EXPECT_EQ(c.call<Rsymlink>(Tsymlink{.dfid = kRoot, .name = "s", .symtgt = "x", .gid = 0}).error(), -EROFS);
+  EXPECT_EQ(c.call<Rmknod>(Tmknod{.dfid = kRoot, .name = "f", .mode = S_IFIFO | 0644, .major = 0, .minor = 0, .gid = 0}).error(), -EROFS);
+  EXPECT_EQ(c.call<Rrename>(Trename{.fid = 2, .dfid = 4, .name = "moved"}).error(), -EROFS);
+  EXPECT_EQ(c.call<Rrenameat>(Trenameat{.olddirfid = kRoot, .oldname = "hello.txt", .newdirfid = kRoot, .newname = "x"}).error(), -EROFS);
+  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "hello.txt", .flags = 0}).error(), -EROFS);
+  EXPECT_EQ(c.call<Runlinkat>(Tunlinkat{.dirfid = kRoot, .name = "dir", .flags = kAtRemoveDir}).error(), -EROFS);
+  EXPECT_EQ(c.call<Rlink>(Tlink{.dfid = kRoot, .fid = 2, .name = "hard"}).error(), -EROFS);
   EXPECT_EQ(c.call<Rsetattr>(Tsetattr{.fid = 2, .valid = kSetattrMode, .mode = 0777, .uid = 0, .gid = 0, .size = 0,
-                                      .atime_sec = 0, .atime_nsec = 0, .mtime_sec = 0, .mtime_nsec = 0}).error(), EROFS);
+                                      .atime_sec = 0, .atime_nsec = 0, .mtime_sec = 0, .mtime_nsec = 0}).error(), -EROFS);
   EXPECT_EQ(c.call<Rsetattr>(Tsetattr{.fid = 2, .valid = kSetattrSize, .mode = 0, .uid = 0, .gid = 0, .size = 0,
-                                      .atime_sec = 0, .atime_nsec = 0, .mtime_sec = 0, .mtime_nsec = 0}).error(), EROFS);
-  EXPECT_EQ(c.call<Rxattrcreate>(Txattrcreate{.fid = 2, .name = "user.x", .attr_size = 1, .flags = 0}).error(), EROFS);
+                                      .atime_sec = 0, .atime_nsec = 0, .mtime_sec = 0, .mtime_nsec = 0}).error(), -EROFS);
+  EXPECT_EQ(c.call<Rxattrcreate>(Txattrcreate{.fid = 2, .name = "user.x", .attr_size = 1, .flags = 0}).error(), -EROFS);
   ASSERT_TRUE(c.walk(kRoot, 5, "empty").ok());
-  EXPECT_EQ(c.call<Rremove>(Tremove{.fid = 5}).error(), EROFS);
+  EXPECT_EQ(c.call<Rremove>(Tremove{.fid = 5}).error(), -EROFS);
   // and nothing changed on the host
   EXPECT_EQ(read_file(ro_ / "hello.txt"), before);
   EXPECT_TRUE(fs::exists(ro_ / "empty"));
@@ -286,7 +287,7 @@ TEST_F(P9Server, XattrsReadListAndWrite) {
   auto list = c.call<Rxattrwalk>(Txattrwalk{.fid = 2, .newfid = 4, .name = ""});
   ASSERT_TRUE(list.ok());
   EXPECT_NE(c.read_all(4)->find("user.fsd"), std::string::npos);
-  EXPECT_EQ(c.call<Rxattrwalk>(Txattrwalk{.fid = 2, .newfid = 5, .name = "user.none"}).error(), ENODATA);
+  EXPECT_EQ(c.call<Rxattrwalk>(Txattrwalk{.fid = 2, .newfid = 5, .name = "user.none"}).error(), -ENODATA);
   // write one through xattrcreate + write + clunk
   ASSERT_TRUE(c.walk(kRoot, 6, "existing.txt").ok());
   ASSERT_TRUE(c.call<Rxattrcreate>(Txattrcreate{.fid = 6, .name = "user.new", .attr_size = 5, .flags = 0}).ok());
@@ -339,7 +340,7 @@ TEST_F(P9Hostile, FrameLargerThanMsizeDropsOnlyThatConnection) {
   // A header announcing 1 MiB on a connection that negotiated 8 KiB.
   auto f = frame({0x00, 0x00, 0x10, 0x00, 118, 1, 0});
   ASSERT_TRUE(c.send_raw(f).ok());
-  EXPECT_EQ(c.receive_raw().error(), ECONNRESET);  // the server hung up
+  EXPECT_EQ(c.receive_raw().error(), -ECONNRESET);  // the server hung up
   ASSERT_TRUE(bystander.walk(kRoot, 2, "hello.txt").ok());
   ExpectServerStillServes();
 }
@@ -349,13 +350,13 @@ TEST_F(P9Hostile, TruncatedFramesAreRejected) {
     // Tclunk whose size covers only half the fid: malformed, connection dropped.
     Client c = connect();
     ASSERT_TRUE(c.send_raw(frame({9, 0, 0, 0, 120, 1, 0, 1, 0})).ok());
-    EXPECT_EQ(c.receive_raw().error(), ECONNRESET);
+    EXPECT_EQ(c.receive_raw().error(), -ECONNRESET);
   }
   {
     // Size shorter than a header.
     Client c = connect();
     ASSERT_TRUE(c.send_raw(frame({3, 0, 0, 0, 120, 1, 0})).ok());
-    EXPECT_EQ(c.receive_raw().error(), ECONNRESET);
+    EXPECT_EQ(c.receive_raw().error(), -ECONNRESET);
   }
   {
     // A frame cut off by the client closing mid-way: nothing to answer.
@@ -366,7 +367,7 @@ TEST_F(P9Hostile, TruncatedFramesAreRejected) {
     // A string whose length runs past the frame.
     Client c = connect();
     ASSERT_TRUE(c.send_raw(frame({15, 0, 0, 0, 110, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0})).ok());
-    EXPECT_EQ(c.receive_raw().error(), ECONNRESET);
+    EXPECT_EQ(c.receive_raw().error(), -ECONNRESET);
   }
   ExpectServerStillServes();
 }
@@ -385,14 +386,14 @@ TEST_F(P9Hostile, UnknownTypeGetsAnErrorAndTheConnectionLives) {
 
 TEST_F(P9Hostile, BadFidsAreEbadf) {
   Client c = attached("ro");
-  EXPECT_EQ(c.getattr(4242).error(), EBADF);
-  EXPECT_EQ(c.walk(4242, 5, "hello.txt").error(), EBADF);
-  EXPECT_EQ(c.clunk(4242).error(), EBADF);
-  EXPECT_EQ(c.call<Rread>(Tread{.fid = 4242, .offset = 0, .count = 10}).error(), EBADF);
-  EXPECT_EQ(c.walk(kRoot, kNoFid, "hello.txt").error(), EBADF);
+  EXPECT_EQ(c.getattr(4242).error(), -EBADF);
+  EXPECT_EQ(c.walk(4242, 5, "hello.txt").error(), -EBADF);
+  EXPECT_EQ(c.clunk(4242).error(), -EBADF);
+  EXPECT_EQ(c.call<Rread>(Tread{.fid = 4242, .offset = 0, .count = 10}).error(), -EBADF);
+  EXPECT_EQ(c.walk(kRoot, kNoFid, "hello.txt").error(), -EBADF);
   ASSERT_TRUE(c.walk(kRoot, 2, "hello.txt").ok());
-  EXPECT_EQ(c.walk(kRoot, 2, "dir").error(), EBADF);  // newfid in use
-  EXPECT_EQ(c.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 10}).error(), EBADF);  // not opened
+  EXPECT_EQ(c.walk(kRoot, 2, "dir").error(), -EBADF);  // newfid in use
+  EXPECT_EQ(c.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 10}).error(), -EBADF);  // not opened
   ExpectServerStillServes();
 }
 
@@ -409,8 +410,8 @@ TEST_F(P9Hostile, DotDotPastTheRootStaysAtTheRoot) {
   // and the files seen from there are the export's
   ASSERT_TRUE(c.walk(2, 4, "hello.txt").ok());
   // names that are not one component are refused
-  EXPECT_EQ(c.call<Rwalk>(Twalk{.fid = kRoot, .newfid = 5, .wnames = {1, {"dir/nested.txt"}}}).error(), EINVAL);
-  EXPECT_EQ(c.call<Rwalk>(Twalk{.fid = kRoot, .newfid = 5, .wnames = {1, {""}}}).error(), EINVAL);
+  EXPECT_EQ(c.call<Rwalk>(Twalk{.fid = kRoot, .newfid = 5, .wnames = {1, {"dir/nested.txt"}}}).error(), -EINVAL);
+  EXPECT_EQ(c.call<Rwalk>(Twalk{.fid = kRoot, .newfid = 5, .wnames = {1, {""}}}).error(), -EINVAL);
 }
 
 TEST_F(P9Hostile, SymlinksOutOfTheExportAreNeverFollowed) {
@@ -421,19 +422,19 @@ TEST_F(P9Hostile, SymlinksOutOfTheExportAreNeverFollowed) {
   ASSERT_TRUE(through.ok());
   EXPECT_EQ(through->wqids.count, 1);
   EXPECT_EQ(through->wqids.qids[0].type, kQtSymlink);
-  EXPECT_EQ(c.getattr(2).error(), EBADF);
+  EXPECT_EQ(c.getattr(2).error(), -EBADF);
   ASSERT_TRUE(c.walk(kRoot, 2, "to-etc").ok());
-  EXPECT_EQ(c.walk(2, 7, "passwd").error(), ENOTDIR);
+  EXPECT_EQ(c.walk(2, 7, "passwd").error(), -ENOTDIR);
   // The symlink itself can be walked to and read as a link, not opened.
   ASSERT_TRUE(c.walk(kRoot, 3, "to-passwd").ok());
   auto a = c.getattr(3);
   ASSERT_TRUE(a.ok());
   EXPECT_TRUE(S_ISLNK(a->mode));
-  EXPECT_EQ(c.lopen(3, O_RDONLY).error(), ELOOP);
+  EXPECT_EQ(c.lopen(3, O_RDONLY).error(), -ELOOP);
   EXPECT_EQ(c.call<Rreadlink>(Treadlink{.fid = 3})->target, "/etc/passwd");
   // Even a link inside the export is not followed by the server.
   ASSERT_TRUE(c.walk(kRoot, 4, "rel-link").ok());
-  EXPECT_EQ(c.lopen(4, O_RDONLY).error(), ELOOP);
+  EXPECT_EQ(c.lopen(4, O_RDONLY).error(), -ELOOP);
 }
 
 TEST_F(P9Server, FlushAnswersAfterTheFlushedRequest) {

@@ -120,33 +120,33 @@ TEST(FuseDecode, WritePayloadMayBeCarriedSeparately) {
   EXPECT_EQ(std::get<Write>(r2->args).data.size(), 0u);
   // ...but the declared size must match the request's length.
   w.size = 6;
-  EXPECT_EQ(decode(Req(FUSE_WRITE, 2).add(w).raw("abcde").bytes()).error(), EBADMSG);
+  EXPECT_EQ(decode(Req(FUSE_WRITE, 2).add(w).raw("abcde").bytes()).error(), -EBADMSG);
   // and no other request may be short.
   auto lookup = Req(FUSE_LOOKUP, 1).str("name").bytes();
-  EXPECT_EQ(decode(std::span<const std::byte>(lookup).first(42), lookup.size()).error(), EBADMSG);
+  EXPECT_EQ(decode(std::span<const std::byte>(lookup).first(42), lookup.size()).error(), -EBADMSG);
 }
 
 TEST(FuseDecode, RejectsMalformedRequests) {
   // shorter than a header
   std::vector<std::byte> tiny(20);
-  EXPECT_EQ(decode(tiny).error(), EBADMSG);
+  EXPECT_EQ(decode(tiny).error(), -EBADMSG);
   // header.len disagrees with the bytes
   auto b = Req(FUSE_LOOKUP, 1).str("x").bytes();
   b.push_back(std::byte{0});
-  EXPECT_EQ(decode(b).error(), EBADMSG);
+  EXPECT_EQ(decode(b).error(), -EBADMSG);
   // name without its NUL
-  EXPECT_EQ(decode(Req(FUSE_LOOKUP, 1).raw("abc").bytes()).error(), EBADMSG);
+  EXPECT_EQ(decode(Req(FUSE_LOOKUP, 1).raw("abc").bytes()).error(), -EBADMSG);
   // fixed struct cut short
-  EXPECT_EQ(decode(Req(FUSE_OPEN, 1).raw("abc").bytes()).error(), EBADMSG);
+  EXPECT_EQ(decode(Req(FUSE_OPEN, 1).raw("abc").bytes()).error(), -EBADMSG);
   // BATCH_FORGET whose count exceeds the entries present
   fuse_batch_forget_in bf{};
   bf.count = 1000000;
-  EXPECT_EQ(decode(Req(FUSE_BATCH_FORGET, 0).add(bf).add(fuse_forget_one{}).bytes()).error(), EBADMSG);
+  EXPECT_EQ(decode(Req(FUSE_BATCH_FORGET, 0).add(bf).add(fuse_forget_one{}).bytes()).error(), -EBADMSG);
   // SETXATTR whose value size exceeds the request
   fuse_setxattr_in sx{};
   sx.size = 100;
   std::vector<std::byte> sxb = Req(FUSE_SETXATTR, 1).raw(std::string_view(reinterpret_cast<const char*>(&sx), 8)).str("user.a").raw("v").bytes();
-  EXPECT_EQ(decode(sxb).error(), EBADMSG);
+  EXPECT_EQ(decode(sxb).error(), -EBADMSG);
 }
 
 TEST(FuseDecode, UnknownOpcodeDecodesToUnknown) {

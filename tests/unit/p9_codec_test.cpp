@@ -204,22 +204,22 @@ TEST(P9Codec, EveryRMessageRoundTripsAndRejectsTruncation) {
 
 TEST(P9Codec, RejectsMalformedFrames) {
   // Shorter than a header.
-  EXPECT_EQ(decode_t(B({5, 0, 0})).error(), EBADMSG);
+  EXPECT_EQ(decode_t(B({5, 0, 0})).error(), -EBADMSG);
   // size < 7.
-  EXPECT_EQ(decode_t(B({6, 0, 0, 0, 120, 0, 0})).error(), EBADMSG);
+  EXPECT_EQ(decode_t(B({6, 0, 0, 0, 120, 0, 0})).error(), -EBADMSG);
   // size field larger than the bytes given (truncated frame).
-  EXPECT_EQ(decode_t(B({20, 0, 0, 0, 120, 0, 0, 1, 0, 0, 0})).error(), EBADMSG);
+  EXPECT_EQ(decode_t(B({20, 0, 0, 0, 120, 0, 0, 1, 0, 0, 0})).error(), -EBADMSG);
   // size field smaller than the bytes given.
-  EXPECT_EQ(decode_t(B({7, 0, 0, 0, 120, 0, 0, 1, 0, 0, 0})).error(), EBADMSG);
+  EXPECT_EQ(decode_t(B({7, 0, 0, 0, 120, 0, 0, 1, 0, 0, 0})).error(), -EBADMSG);
   // Tclunk missing its fid.
-  EXPECT_EQ(decode_t(B({9, 0, 0, 0, 120, 0, 0, 1, 0})).error(), EBADMSG);
+  EXPECT_EQ(decode_t(B({9, 0, 0, 0, 120, 0, 0, 1, 0})).error(), -EBADMSG);
   // Unknown type, well framed: EOPNOTSUPP so the server can answer with the tag.
-  EXPECT_EQ(decode_t(B({11, 0, 0, 0, 124, 5, 0, 1, 0, 0, 0})).error(), EOPNOTSUPP);
+  EXPECT_EQ(decode_t(B({11, 0, 0, 0, 124, 5, 0, 1, 0, 0, 0})).error(), -EOPNOTSUPP);
   // An R type sent as a T message.
-  EXPECT_EQ(decode_t(B({11, 0, 0, 0, 121, 5, 0, 1, 0, 0, 0})).error(), EOPNOTSUPP);
+  EXPECT_EQ(decode_t(B({11, 0, 0, 0, 121, 5, 0, 1, 0, 0, 0})).error(), -EOPNOTSUPP);
   // String length runs past the frame: Tversion with len 0xffff.
   EXPECT_EQ(decode_t(B({13, 0, 0, 0, 100, 0xff, 0xff, 0, 0x20, 0, 0, 0xff, 0xff})).error(),
-            EBADMSG);
+            -EBADMSG);
   // Twalk with nwname 17.
   auto w = B({0, 0, 0, 0, 110, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0, 17, 0});
   for (int i = 0; i < 17; i++) {
@@ -228,19 +228,19 @@ TEST(P9Codec, RejectsMalformedFrames) {
     w.push_back(std::byte{'a'});
   }
   w[0] = static_cast<std::byte>(w.size());
-  EXPECT_EQ(decode_t(w).error(), EBADMSG);
+  EXPECT_EQ(decode_t(w).error(), -EBADMSG);
   // Twrite whose count claims more data than the frame carries.
   auto tw = B({0, 0, 0, 0, 118, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 'x'});
   tw[0] = static_cast<std::byte>(tw.size());
-  EXPECT_EQ(decode_t(tw).error(), EBADMSG);
+  EXPECT_EQ(decode_t(tw).error(), -EBADMSG);
 }
 
 TEST(P9Codec, EncodeReportsBufferTooSmall) {
   std::vector<std::byte> buf(10);
-  EXPECT_EQ(encode(buf, 1, Rversion{.msize = 1, .version = "9P2000.L"}).error(), EMSGSIZE);
+  EXPECT_EQ(encode(buf, 1, Rversion{.msize = 1, .version = "9P2000.L"}).error(), -EMSGSIZE);
   std::string big(70000, 'x');
   std::vector<std::byte> large(100000);
-  EXPECT_EQ(encode(large, 1, Rreadlink{.target = big}).error(), EMSGSIZE);
+  EXPECT_EQ(encode(large, 1, Rreadlink{.target = big}).error(), -EMSGSIZE);
 }
 
 TEST(P9Codec, DirentWriterAndReader) {
@@ -267,7 +267,7 @@ TEST(P9Codec, DirentWriterAndReader) {
 
   DirentReader bad(std::span<const std::byte>(area).first(area.size() - 1));
   ASSERT_TRUE(bad.next().ok());
-  EXPECT_EQ(bad.next().error(), EBADMSG);
+  EXPECT_EQ(bad.next().error(), -EBADMSG);
 }
 
 }  // namespace

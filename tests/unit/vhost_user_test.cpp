@@ -52,12 +52,12 @@ TEST(VhostUser, MemTableAndFdCounts) {
   EXPECT_EQ(t.nregions, 2u);
   EXPECT_EQ(t.regions[1].userspace_addr, 0x7f10000000u);
   // one fd per region, exactly
-  EXPECT_EQ(decode(msg(5, kVersion, body.data(), static_cast<uint32_t>(body.size())), 1).error(), EBADMSG);
-  EXPECT_EQ(decode(msg(5, kVersion, body.data(), static_cast<uint32_t>(body.size())), 3).error(), EBADMSG);
+  EXPECT_EQ(decode(msg(5, kVersion, body.data(), static_cast<uint32_t>(body.size())), 1).error(), -EBADMSG);
+  EXPECT_EQ(decode(msg(5, kVersion, body.data(), static_cast<uint32_t>(body.size())), 3).error(), -EBADMSG);
   // too many regions
   n = 9;
   std::memcpy(body.data(), &n, 4);
-  EXPECT_EQ(decode(msg(5, kVersion, body.data(), static_cast<uint32_t>(body.size())), 9).error(), EBADMSG);
+  EXPECT_EQ(decode(msg(5, kVersion, body.data(), static_cast<uint32_t>(body.size())), 9).error(), -EBADMSG);
 }
 
 TEST(VhostUser, VringFileCarriesAnFdUnlessFlagged) {
@@ -65,25 +65,25 @@ TEST(VhostUser, VringFileCarriesAnFdUnlessFlagged) {
   auto a = decode(msg(12, kVersion, &with_fd, 8), 1);
   ASSERT_TRUE(a.ok());
   EXPECT_TRUE(std::get<VringFile>(a->payload).has_fd);
-  EXPECT_EQ(decode(msg(12, kVersion, &with_fd, 8), 0).error(), EBADMSG);
+  EXPECT_EQ(decode(msg(12, kVersion, &with_fd, 8), 0).error(), -EBADMSG);
   auto b = decode(msg(13, kVersion, &no_fd, 8), 0);
   ASSERT_TRUE(b.ok());
   EXPECT_FALSE(std::get<VringFile>(b->payload).has_fd);
   uint64_t junk = 1ull << 40;
-  EXPECT_EQ(decode(msg(12, kVersion, &junk, 8), 1).error(), EBADMSG);
+  EXPECT_EQ(decode(msg(12, kVersion, &junk, 8), 1).error(), -EBADMSG);
 }
 
 TEST(VhostUser, RejectsMalformedMessages) {
   uint64_t v = 0;
-  EXPECT_EQ(decode(msg(2, 0 /* version 0 */, &v, 8), 0).error(), EBADMSG);
-  EXPECT_EQ(decode(msg(2, kVersion, &v, 4), 0).error(), EBADMSG);  // short u64
+  EXPECT_EQ(decode(msg(2, 0 /* version 0 */, &v, 8), 0).error(), -EBADMSG);
+  EXPECT_EQ(decode(msg(2, kVersion, &v, 4), 0).error(), -EBADMSG);  // short u64
   auto m = msg(2, kVersion, &v, 8);
   m.pop_back();
-  EXPECT_EQ(decode(m, 0).error(), EBADMSG);  // size disagrees with bytes
+  EXPECT_EQ(decode(m, 0).error(), -EBADMSG);  // size disagrees with bytes
   std::vector<std::byte> big(kHeaderSize);
   Header h{2, kVersion, kMaxPayload + 1};
   std::memcpy(big.data(), &h, sizeof h);
-  EXPECT_EQ(decode_header(big).error(), EBADMSG);
+  EXPECT_EQ(decode_header(big).error(), -EBADMSG);
   // an unknown request decodes (the device answers it), with no payload
   auto u = decode(msg(99, kVersion, &v, 8), 0);
   ASSERT_TRUE(u.ok());

@@ -69,37 +69,37 @@ TEST_F(Guest, RejectsHostileChains) {
   // a loop
   set(0, kData, 8, kDescNext, 1);
   set(1, kData, 8, kDescNext, 0);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   // next out of the table
   set(0, kData, 8, kDescNext, kNum);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   // head out of the table
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, kNum, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, kNum, chain_).error(), -EBADMSG);
   // a buffer outside guest memory, and one running off its end
   set(0, 0x10, 8, 0);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   set(0, kGpa + ram_.size() - 4, 8, 0);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   // an address that overflows 64 bits
   set(0, UINT64_MAX - 2, 8, 0);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   // readable after writable
   set(0, kData, 8, kDescNext | kDescWrite, 1);
   set(1, kData, 8, 0);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   // nested indirect
   auto* table = reinterpret_cast<Desc*>(host(kData + 0x8000));
   table[0] = Desc{kData + 0x9000, sizeof(Desc), kDescIndirect, 0};
   set(0, kData + 0x8000, sizeof(Desc), kDescIndirect);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   // indirect table of a length that is not whole descriptors
   set(0, kData + 0x8000, 17, kDescIndirect);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
   // a loop inside an indirect table
   table[0] = Desc{kData, 8, kDescNext, 1};
   table[1] = Desc{kData, 8, kDescNext, 0};
   set(0, kData + 0x8000, 2 * sizeof(Desc), kDescIndirect);
-  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), EBADMSG);
+  EXPECT_EQ(walk_chain(mem_, desc(), kNum, 0, chain_).error(), -EBADMSG);
 }
 
 TEST(GuestMemoryTest, BuffersMayNotCrossRegions) {
@@ -142,12 +142,12 @@ TEST_F(Guest, DriverPublishingTooMuchIsAnError) {
   auto q = queue();
   uint16_t idx = kNum + 1;
   std::memcpy(host(kAvail) + 2, &idx, 2);
-  EXPECT_EQ(q.pop().error(), EBADMSG);
+  EXPECT_EQ(q.pop().error(), -EBADMSG);
   idx = 1;
   std::memcpy(host(kAvail) + 2, &idx, 2);
   uint16_t bad_head = kNum;
   std::memcpy(host(kAvail) + 4, &bad_head, 2);
-  EXPECT_EQ(queue().pop().error(), EBADMSG);
+  EXPECT_EQ(queue().pop().error(), -EBADMSG);
 }
 
 TEST_F(Guest, EventIdxSuppressesInterrupts) {

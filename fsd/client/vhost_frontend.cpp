@@ -1,4 +1,4 @@
-#include "fsd/frontend/vhost_frontend.h"
+#include "fsd/client/vhost_frontend.h"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -17,7 +17,7 @@ Result<std::unique_ptr<VhostFrontend>> VhostFrontend::connect(const std::string&
   if (!sock) return errno_error();
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
-  if (path.size() >= sizeof sa.sun_path) return Error{ENAMETOOLONG};
+  if (path.size() >= sizeof sa.sun_path) return Error{-ENAMETOOLONG};
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
   if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) return errno_error();
   Fd memfd(::memfd_create("fsd-frontend-guest", MFD_CLOEXEC));
@@ -37,7 +37,7 @@ VhostFrontend::~VhostFrontend() { ::munmap(mem_, o_.memory); }
 
 Result<vu::Message> VhostFrontend::send(vu::Request r, const vu::Payload& p, std::vector<int> fds, bool need_reply,
                                         bool expect_reply) {
-  if (!sock_) return Error{ENOTCONN};
+  if (!sock_) return Error{-ENOTCONN};
   std::byte buf[512];
   auto n = vu::encode_request(buf, r, p, need_reply);
   if (!n) return Error{n.error()};
@@ -59,12 +59,12 @@ Result<vu::Message> VhostFrontend::send(vu::Request r, const vu::Payload& p, std
   if (!need_reply && !expect_reply) return vu::Message{r, 0, vu::None{}};
   std::byte in[vu::kHeaderSize + 512];
   ssize_t got = ::recv(sock_.get(), in, vu::kHeaderSize, MSG_WAITALL);
-  if (got != static_cast<ssize_t>(vu::kHeaderSize)) return Error{ECONNRESET};
+  if (got != static_cast<ssize_t>(vu::kHeaderSize)) return Error{-ECONNRESET};
   auto h = vu::decode_header({in, vu::kHeaderSize});
-  if (!h || h->size > 512) return Error{EBADMSG};
+  if (!h || h->size > 512) return Error{-EBADMSG};
   if (h->size && ::recv(sock_.get(), in + vu::kHeaderSize, h->size, MSG_WAITALL) != static_cast<ssize_t>(h->size))
-    return Error{ECONNRESET};
-  if (h->request != static_cast<uint32_t>(r) || !(h->flags & vu::kFlagReply)) return Error{EPROTO};
+    return Error{-ECONNRESET};
+  if (h->request != static_cast<uint32_t>(r) || !(h->flags & vu::kFlagReply)) return Error{-EPROTO};
   // Replies reuse the request's payload shapes, except that acks are u64.
   vu::Message m{r, h->flags, vu::None{}};
   if (r == vu::Request::GetConfig) {
@@ -100,7 +100,7 @@ Result<void> VhostFrontend::negotiate() {
   auto checked = [&](R r, const vu::Payload& p, std::vector<int> fds = {}) -> Result<void> {
     auto m = send(r, p, std::move(fds), ack, false);
     if (!m) return Error{m.error()};
-    if (ack && std::get<uint64_t>(m->payload) != 0) return Error{EPROTO};
+    if (ack && std::get<uint64_t>(m->payload) != 0) return Error{-EPROTO};
     return {};
   };
   if (auto r = send(R::SetOwner, vu::None{}); !r) return Error{r.error()};
@@ -209,7 +209,7 @@ Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms)
     if (__atomic_load_n(reinterpret_cast<uint16_t*>(used + 2), __ATOMIC_ACQUIRE) != last_used_[q]) continue;
     pollfd p{call_[q].get(), POLLIN, 0};
     int r = ::poll(&p, 1, timeout_ms);
-    if (r == 0) return Error{ETIMEDOUT};
+    if (r == 0) return Error{-ETIMEDOUT};
     if (r < 0 && errno != EINTR) return errno_error();
     uint64_t v;
     (void)!::read(call_[q].get(), &v, sizeof v);
@@ -247,12 +247,12 @@ VhostFrontend::Pending VhostFrontend::submit_fuse(unsigned q, uint32_t opcode, u
 }
 
 Result<VhostFrontend::ReplyView> VhostFrontend::reply_of(const Pending& p, const Used& u) {
-  if (u.id != p.head) return Error{EPROTO};
+  if (u.id != p.head) return Error{-EPROTO};
   if (u.len == 0) return ReplyView{};  // no reply (FORGET) or a refused chain
-  if (u.len < sizeof(fuse_out_header)) return Error{EBADMSG};
+  if (u.len < sizeof(fuse_out_header)) return Error{-EBADMSG};
   fuse_out_header oh;
   std::memcpy(&oh, host(p.out_gpa), sizeof oh);
-  if (oh.len != u.len || oh.unique != p.unique) return Error{EPROTO};
+  if (oh.len != u.len || oh.unique != p.unique) return Error{-EPROTO};
   return ReplyView{oh.error, {host(p.out_gpa) + sizeof oh, u.len - sizeof oh}};
 }
 

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "fsd/util/fd.h"
-#include "protocol/result.h"
+#include "fsd/core/fd.h"
+#include "fsd/core/result.h"
 #include "protocol/vhost_user/message.h"
 #include "protocol/virtio/virtqueue.h"
 

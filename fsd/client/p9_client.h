@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fsd/util/fd.h"
+#include "fsd/core/fd.h"
 #include "protocol/p9/codec.h"
 
 namespace fsd::p9 {
@@ -35,10 +35,10 @@ class Client {
     if (auto r = send(tag, t); !r) return Error{r.error()};
     auto f = receive();
     if (!f) return Error{f.error()};
-    if (f->tag != tag) return Error{EPROTO};
-    if (auto* e = std::get_if<Rlerror>(&f->msg)) return Error{e->ecode ? static_cast<int>(e->ecode) : EIO};
+    if (f->tag != tag) return Error{-EPROTO};
+    if (auto* e = std::get_if<Rlerror>(&f->msg)) return Error{e->ecode ? -static_cast<int>(e->ecode) : -EIO};
     if (auto* r = std::get_if<R>(&f->msg)) return *r;
-    return Error{EPROTO};
+    return Error{-EPROTO};
   }
 
   template <class T>

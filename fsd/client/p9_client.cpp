@@ -1,4 +1,4 @@
-#include "fsd/p9/client.h"
+#include "fsd/client/p9_client.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -16,7 +16,7 @@ Result<Client> Client::connect_unix(const std::string& path) {
   if (!fd) return errno_error();
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
-  if (path.size() >= sizeof sa.sun_path) return Error{ENAMETOOLONG};
+  if (path.size() >= sizeof sa.sun_path) return Error{-ENAMETOOLONG};
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) return errno_error();
   return Client(std::move(fd));
@@ -26,7 +26,7 @@ Result<Client> Client::connect_tcp(const std::string& host, uint16_t port) {
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   sa.sin_port = htons(port);
-  if (inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1) return Error{EINVAL};
+  if (inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1) return Error{-EINVAL};
   Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return errno_error();
   int one = 1;
@@ -53,7 +53,7 @@ Result<void> Client::read_exact(std::byte* p, size_t n) {
     ssize_t r = ::recv(fd_.get(), p, n, 0);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) return errno_error();
-    if (r == 0) return Error{ECONNRESET};
+    if (r == 0) return Error{-ECONNRESET};
     p += r;
     n -= static_cast<size_t>(r);
   }
@@ -64,7 +64,7 @@ Result<Bytes> Client::receive_raw() {
   if (auto r = read_exact(rx_.data(), 4); !r) return Error{r.error()};
   uint32_t size;
   std::memcpy(&size, rx_.data(), 4);
-  if (size < kHeaderSize || size > (64u << 20)) return Error{EBADMSG};
+  if (size < kHeaderSize || size > (64u << 20)) return Error{-EBADMSG};
   if (rx_.size() < size) rx_.resize(size);
   if (auto r = read_exact(rx_.data() + 4, size - 4); !r) return Error{r.error()};
   return Bytes(rx_.data(), size);
@@ -82,10 +82,10 @@ Result<uint32_t> Client::version(uint32_t msize, std::string_view v) {
   auto f = receive();
   next_tag_ = saved;
   if (!f) return Error{f.error()};
-  if (auto* e = std::get_if<Rlerror>(&f->msg)) return Error{static_cast<int>(e->ecode)};
+  if (auto* e = std::get_if<Rlerror>(&f->msg)) return Error{e->ecode ? -static_cast<int>(e->ecode) : -EIO};
   auto* rv = std::get_if<Rversion>(&f->msg);
-  if (!rv) return Error{EPROTO};
-  if (rv->version != v) return Error{EPROTONOSUPPORT};
+  if (!rv) return Error{-EPROTO};
+  if (rv->version != v) return Error{-EPROTONOSUPPORT};
   msize_ = rv->msize;
   if (tx_.size() < msize_) tx_.resize(msize_);
   if (rx_.size() < msize_) rx_.resize(msize_);
@@ -104,14 +104,14 @@ Result<Qid> Client::walk(uint32_t fid, uint32_t newfid, std::string_view path) {
     auto slash = path.find('/');
     std::string_view part = path.substr(0, slash);
     if (!part.empty()) {
-      if (t.wnames.count == kMaxWalkElements) return Error{ENAMETOOLONG};
+      if (t.wnames.count == kMaxWalkElements) return Error{-ENAMETOOLONG};
       t.wnames.names[t.wnames.count++] = part;
     }
     path = slash == std::string_view::npos ? std::string_view{} : path.substr(slash + 1);
   }
   auto r = call<Rwalk>(t);
   if (!r) return Error{r.error()};
-  if (r->wqids.count != t.wnames.count) return Error{ENOENT};  // partial walk
+  if (r->wqids.count != t.wnames.count) return Error{-ENOENT};  // partial walk
   return t.wnames.count ? r->wqids.qids[t.wnames.count - 1] : Qid{};
 }
 

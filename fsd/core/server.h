@@ -1,0 +1,74 @@
+// The two interfaces between transports (fsd/transport) and protocol servers
+// (fsd/fuse, fsd/p9). A transport moves bytes and never looks inside them;
+// main.cpp hands each transport a factory for the server it carries.
+//
+//  - MessageServer: one request in, one reply out, over scatter-gather
+//    buffers. Virtqueues (a descriptor chain's readable and writable parts,
+//    in guest memory) and /dev/fuse (one buffer each way) carry it.
+//  - StreamSession: length-prefixed frames on a byte stream (sockets), with
+//    replies sent back in any order through a ReplySink.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string_view>
+
+#include "fsd/core/buffer.h"
+#include "fsd/core/result.h"
+#include "fsd/uring/task.h"
+
+namespace fsd {
+
+class Ring;
+
+class MessageServer {
+ public:
+  virtual ~MessageServer() = default;
+  // Handles the request held in `in` and writes its reply into `out`.
+  // Returns the reply's length (0: the request has no reply), or an error
+  // (-EBADMSG) for a malformed request, which the transport drops or counts.
+  // The buffers stay valid and untouched by others until the task finishes.
+  // Runs on the calling thread's `ring`; several calls may be in flight at
+  // once, on one or several threads, as the server documents.
+  virtual Task<Result<size_t>> handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) = 0;
+};
+
+// Makes the server for a new client of a transport (a vhost-user front-end
+// connection, a FUSE mount), on the thread that will run it.
+using MessageServerFactory = std::function<std::shared_ptr<MessageServer>(Ring& ring)>;
+
+// Where a StreamSession sends its replies; owned by the transport.
+class ReplySink {
+ public:
+  virtual ~ReplySink() = default;
+  // A buffer of at least `capacity` bytes to encode a reply into.
+  virtual Buffer buffer(size_t capacity) = 0;
+  // Sends one complete reply frame.
+  virtual void reply(Buffer frame) = 0;
+  // Returns a request frame (or an unused buffer) for reuse.
+  virtual void recycle(Buffer frame) = 0;
+  // The client sent something malformed: the transport drops the stream.
+  virtual void protocol_error(std::string_view why) = 0;
+};
+
+// Framing on streams: every frame begins with its own length as a
+// little-endian uint32 that counts those four bytes too (9P's size[4]).
+class StreamSession {
+ public:
+  virtual ~StreamSession() = default;
+  // The largest frame the client may send now.
+  virtual uint32_t max_frame() const = 0;
+  // Handles one complete frame; every frame gets exactly one reply through
+  // the sink, or a protocol_error(). Completes after its reply was sent.
+  virtual Task<void> handle(Buffer frame) = 0;
+};
+
+// Makes the session of a new connection, on the thread that will serve it.
+using StreamSessionFactory = std::function<std::unique_ptr<StreamSession>(Ring& ring, ReplySink& sink)>;
+
+}  // namespace fsd
