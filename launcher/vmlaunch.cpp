@@ -3,18 +3,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <netdb.h>
 #include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
+#include <optional>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -22,13 +17,17 @@
 #include <sstream>
 #include <utility>
 
+#include "fsd/core/fd.h"
+#include "launcher/host_links.h"
 #include "launcher/initramfs.h"
 #include "launcher/modules.h"
 #include "launcher/plan.h"
+#include "launcher/process.h"
 #include "launcher/spec.h"
 
 namespace fs = std::filesystem;
 using namespace fsd::launcher;
+using fsd::Fd;
 
 namespace {
 
@@ -74,95 +73,6 @@ std::vector<std::string> split_words(const char* s) {
   std::istringstream in(s);
   for (std::string w; in >> w;) out.push_back(w);
   return out;
-}
-
-void stop_child(pid_t pid, int& status);
-
-// A child process that dies with vmlaunch (PDEATHSIG); stopped and reaped
-// by its destructor if its owner has not done so.
-struct Child {
-  pid_t pid = -1;
-  int pidfd = -1;
-  int status = -1;  // once reaped
-  Child() = default;
-  Child(Child&& o) noexcept : pid(std::exchange(o.pid, -1)), pidfd(std::exchange(o.pidfd, -1)), status(o.status) {}
-  Child& operator=(Child&& o) noexcept {
-    if (this != &o) {
-      release();
-      pid = std::exchange(o.pid, -1);
-      pidfd = std::exchange(o.pidfd, -1);
-      status = o.status;
-    }
-    return *this;
-  }
-  ~Child() { release(); }
-  void release() {
-    if (pid > 0 && status < 0) stop_child(pid, status);
-    if (pidfd >= 0) ::close(pidfd);
-    pid = pidfd = -1;
-  }
-  bool reaped() const { return status >= 0; }
-};
-
-Child spawn(const std::vector<std::string>& argv, int in_fd, int out_fd, int err_fd, int keep_fd = -1) {
-  pid_t parent = ::getpid();
-  Child c;
-  c.pid = ::fork();
-  if (c.pid < 0) die(1, "fork failed");
-  if (c.pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    if (in_fd >= 0) ::dup2(in_fd, 0);
-    if (out_fd >= 0) ::dup2(out_fd, 1);
-    if (err_fd >= 0) ::dup2(err_fd, 2);
-    if (keep_fd >= 0) ::fcntl(keep_fd, F_SETFD, 0);
-    std::vector<char*> a;
-    for (auto& s : const_cast<std::vector<std::string>&>(argv)) a.push_back(s.data());
-    a.push_back(nullptr);
-    ::execvp(a[0], a.data());
-    std::fprintf(stderr, "cannot run %s: %s\n", a[0], std::strerror(errno));
-    ::_exit(127);
-  }
-  c.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
-  return c;
-}
-
-void reap(Child& c, bool block) {
-  if (c.pid <= 0 || c.reaped()) return;
-  int st;
-  if (::waitpid(c.pid, &st, block ? 0 : WNOHANG) == c.pid)
-    c.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-void stop_child(pid_t pid, int& status) {
-  ::kill(pid, SIGKILL);
-  int st;
-  if (::waitpid(pid, &st, 0) == pid) status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-// SIGTERM, a grace period, then SIGKILL.
-void stop(Child& c, std::chrono::milliseconds grace) {
-  if (c.pid <= 0 || c.reaped()) return;
-  ::kill(c.pid, SIGTERM);
-  auto deadline = std::chrono::steady_clock::now() + grace;
-  while (!c.reaped() && std::chrono::steady_clock::now() < deadline) {
-    pollfd p{c.pidfd, POLLIN, 0};
-    ::poll(&p, 1, 50);
-    reap(c, false);
-  }
-  if (!c.reaped()) {
-    ::kill(c.pid, SIGKILL);
-    reap(c, true);
-  }
-}
-
-std::string read_text(const std::string& path, size_t max = 4096) {
-  std::ifstream in(path);
-  std::string s((std::istreambuf_iterator<char>(in)), {});
-  return s.size() > max ? s.substr(s.size() - max) : s;
 }
 
 // busybox applets linked in the guest's /bin.
@@ -215,91 +125,6 @@ void append_file(std::ofstream& out, const std::string& path) {
   out << in.rdbuf();
 }
 
-// Connects to HOST:PORT over TCP; -1 with errno set on failure.
-int connect_tcp(const std::string& host_port) {
-  auto colon = host_port.rfind(':');
-  if (colon == std::string::npos) return errno = EINVAL, -1;
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host_port.substr(0, colon).c_str(), host_port.substr(colon + 1).c_str(), &hints, &res) != 0)
-    return errno = EHOSTUNREACH, -1;
-  int fd = -1;
-  for (addrinfo* a = res; a && fd < 0; a = a->ai_next) {
-    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd >= 0 && ::connect(fd, a->ai_addr, a->ai_addrlen) != 0) ::close(fd), fd = -1;
-  }
-  ::freeaddrinfo(res);
-  return fd;
-}
-
-// `vmlaunch --relay-to HOST:PORT`: what QEMU runs for each guest->host
-// forwarded connection (guestfwd=...-cmd:). Copies stdin to HOST:PORT and
-// HOST:PORT to stdout, passing each side's end on (half-close), until both
-// directions are done.
-int relay(const std::string& to) {
-  int sock = connect_tcp(to);
-  if (sock < 0) {
-    std::fprintf(stderr, "vmlaunch --relay-to %s: %s\n", to.c_str(), std::strerror(errno));
-    return 1;
-  }
-  bool up = true, down = true;  // guest->host, host->guest still open
-  char buf[65536];
-  while (up || down) {
-    pollfd p[2] = {{up ? 0 : -1, POLLIN, 0}, {down ? sock : -1, POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0 && errno != EINTR) return 1;
-    auto pump = [&](int from, int to_fd, bool& open, auto on_eof) {
-      ssize_t n = ::read(from, buf, sizeof buf);
-      if (n <= 0) {
-        open = false;
-        on_eof();
-        return;
-      }
-      for (ssize_t off = 0; off < n;) {
-        ssize_t w = ::write(to_fd, buf + off, static_cast<size_t>(n - off));
-        if (w <= 0) {
-          up = down = false;
-          return;
-        }
-        off += w;
-      }
-    };
-    if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) pump(0, sock, up, [&] { ::shutdown(sock, SHUT_WR); });
-    if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) pump(sock, 1, down, [&] { ::shutdown(1, SHUT_WR), ::close(1); });
-  }
-  return 0;
-}
-
-// Asks QEMU to power the guest off, through its monitor (QMP): the guest
-// sees an ACPI power-button press. False if the monitor did not take it.
-bool qmp_powerdown(const std::string& socket_path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (fd < 0 || socket_path.size() >= sizeof a.sun_path) return false;
-  std::memcpy(a.sun_path, socket_path.c_str(), socket_path.size() + 1);
-  timeval tv{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::string got;
-  // Reads until a line holding `want` (QMP is one JSON object per line; events may come between).
-  auto expect = [&](const char* want) {
-    char b[1024];
-    for (;;) {
-      for (size_t nl; (nl = got.find('\n')) != std::string::npos; got.erase(0, nl + 1))
-        if (got.compare(0, nl, want) == 0 || got.substr(0, nl).find(want) != std::string::npos) return got.erase(0, nl + 1), true;
-      ssize_t n = ::read(fd, b, sizeof b);
-      if (n <= 0) return false;
-      got.append(b, static_cast<size_t>(n));
-    }
-  };
-  auto send = [&](const std::string& cmd) { return ::write(fd, cmd.data(), cmd.size()) == static_cast<ssize_t>(cmd.size()); };
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && expect("\"QMP\"") &&
-            send("{\"execute\":\"qmp_capabilities\"}\n") && expect("\"return\"") &&
-            send("{\"execute\":\"system_powerdown\"}\n") && expect("\"return\"");
-  ::close(fd);
-  return ok;
-}
-
 struct Options {
   std::string spec_path, store, accel, fsd_binary, relay_to;
   bool dry_run = false, print_spec = false, keep = false;
@@ -322,305 +147,396 @@ nlohmann::json demo_spec(const std::string& kernel) {
            "ls -d /nix/store/*-new; echo '== writing to xchg:'; uname -a > /tmp/xchg/uname.txt && cat /tmp/xchg/uname.txt"}};
 }
 
-int run(Options& o) {
-  // Where vmlaunch's own files go ($TMPDIR with USE_TMPDIR, as qemu-vm.nix).
+// A directory for one run (xchg, sockets, logs, the initramfs), removed
+// with everything in it when the run ends, however it ends, unless kept.
+class WorkDir {
+ public:
+  WorkDir(const std::string& base, bool keep) : path_(base + "/vmlaunch-XXXXXX"), keep_(keep) {
+    if (!::mkdtemp(path_.data())) die(1, "cannot create a directory in " + base + ": " + std::strerror(errno));
+  }
+  ~WorkDir() {
+    if (keep_) {
+      std::fprintf(stderr, "vmlaunch: kept %s\n", path_.c_str());
+    } else {
+      std::error_code ec;
+      fs::remove_all(path_, ec);
+    }
+  }
+  WorkDir(const WorkDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool keep_;
+};
+
+// Where vmlaunch's own files go ($TMPDIR unless USE_TMPDIR=0, as qemu-vm.nix).
+std::string temp_base() {
   const char* tmpdir = std::getenv("TMPDIR");
   const char* use_tmpdir = std::getenv("USE_TMPDIR");
-  std::string base = (tmpdir && *tmpdir && !(use_tmpdir && std::string(use_tmpdir) == "0")) ? tmpdir : "/tmp";
-  std::string work = base + "/vmlaunch-XXXXXX";
-  if (!::mkdtemp(work.data())) die(1, "cannot create a directory in " + base + ": " + std::strerror(errno));
-  struct Cleanup {
-    std::string dir;
-    bool keep;
-    ~Cleanup() {
-      if (keep) {
-        std::fprintf(stderr, "vmlaunch: kept %s\n", dir.c_str());
-      } else {
-        std::error_code ec;
-        fs::remove_all(dir, ec);
+  return (tmpdir && *tmpdir && !(use_tmpdir && std::string(use_tmpdir) == "0")) ? tmpdir : "/tmp";
+}
+
+std::string join_words(const std::vector<std::string>& v) {
+  std::string s;
+  for (auto& w : v) s += (s.empty() ? "" : " ") + (w.find(' ') != std::string::npos ? "'" + w + "'" : w);
+  return s;
+}
+
+// What the console relay shows: with console "quiet", only the command's
+// output (between the guest init's start and exit lines), its own messages,
+// and a panic.
+class ConsoleFilter {
+ public:
+  explicit ConsoleFilter(Console mode) : mode_(mode) {}
+  void feed(std::string_view chunk) {
+    if (mode_ == Console::kSerial) {
+      (void)!::write(1, chunk.data(), chunk.size());
+      return;
+    }
+    line_ += chunk;
+    for (size_t nl; (nl = line_.find('\n')) != std::string::npos; line_.erase(0, nl + 1)) {
+      std::string_view line(line_.data(), nl + 1);
+      auto has = [&](const char* s) { return line.find(s) != std::string_view::npos; };
+      if (has("fsd-guest-init: started") || has("fsd-guest-init: exit")) {
+        relaying_ = has("fsd-guest-init: started");
+        continue;
       }
+      if (relaying_ || has("fsd-guest-init:") || has("Kernel panic")) (void)!::write(1, line.data(), line.size());
     }
-  } cleanup{work, o.keep};
-  std::string xchg = work + "/xchg", run_dir = work + "/run";
-  fs::create_directories(xchg);
-  fs::create_directories(run_dir);
+  }
 
-  SpecContext ctx;
-  ctx.store_override = o.store;
-  ctx.xchg_dir = xchg;
-  if (const char* sd = std::getenv("SHARED_DIR"); sd && *sd) ctx.shared_dir = sd;
-  Spec spec;
-  try {
-    if (o.spec_path.empty()) {
-      std::string kernel = default_kernel();
-      if (kernel.empty()) die(kExitUsage, "no spec given and no default guest kernel: run scripts/setup");
-      ctx.file = "(built-in demo)";
-      spec = parse_spec(demo_spec(kernel), ctx);
-    } else {
-      spec = load_spec(o.spec_path, ctx);
+ private:
+  Console mode_;
+  std::string line_;
+  bool relaying_ = false;
+};
+
+// One run of vmlaunch, phase by phase. Every resource is a member that
+// cleans up after itself: the children are killed and reaped, then the work
+// directory is removed (members go in reverse order of declaration).
+class Launch {
+ public:
+  explicit Launch(const Options& o) : o_(o), work_(temp_base(), o.keep) {}
+
+  int run() {
+    make_dirs();
+    read_spec();
+    if (o_.print_spec) {
+      std::printf("%s\n", to_json(spec_).dump(2).c_str());
+      return 0;
     }
-  } catch (const SpecError& e) {
-    die(kExitUsage, e.what());
-  }
-  if (!o.command.empty()) {
-    spec.command_shell.reset();
-    spec.command_argv = o.command;
-  }
-  if (o.timeout >= 0) spec.timeout_s = static_cast<unsigned>(o.timeout);
-  if (!o.accel.empty()) spec.accel = o.accel == "kvm" ? Accel::kKvm : o.accel == "tcg" ? Accel::kTcg : Accel::kAuto;
-  if (o.print_spec) {
-    std::printf("%s\n", to_json(spec).dump(2).c_str());
-    return 0;
-  }
-
-  PlanInputs in;
-  in.fsd_binary = o.fsd_binary.empty() ? (fs::exists(self_dir() + "/../fsd/fsd") ? self_dir() + "/../fsd/fsd" : "fsd") : o.fsd_binary;
-  in.run_dir = run_dir;
-  in.qmp_socket = run_dir + "/qmp.sock";
-  in.relay_binary = fs::read_symlink("/proc/self/exe").string();
-  in.initrd = work + "/initrd.img";
-  in.module_dir = spec.modules.empty() ? default_module_dir(spec.kernel) : spec.modules;
-  // auto: KVM when it can be opened, else TCG; a KVM guest that stays
-  // silent is caught below and the user told to use TCG.
-  bool kvm_ok = ::access("/dev/kvm", R_OK | W_OK) == 0;
-  in.accel = spec.accel == Accel::kAuto ? (kvm_ok ? Accel::kKvm : Accel::kTcg) : spec.accel;
-  in.extra_kernel_params = std::getenv("QEMU_KERNEL_PARAMS") ? std::getenv("QEMU_KERNEL_PARAMS") : "";
-  in.extra_qemu_args = split_words(std::getenv("QEMU_OPTS"));
-  for (auto& w : split_words(std::getenv("QEMU_NET_OPTS"))) in.extra_qemu_args.push_back(w);
-  // Disks: create what is missing (qcow2), and the throw-away empty ones.
-  auto qemu_img = [&](const std::string& file, uint64_t mib) {
-    if (o.dry_run) return;
-    std::string log = work + "/qemu-img.log";
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    Child c = spawn({"qemu-img", "create", "-q", "-f", "qcow2", file, std::to_string(mib) + "M"}, -1, fd, fd);
-    ::close(fd);
-    reap(c, true);
-    if (c.status != 0) die(kExitQemuFailed, "qemu-img could not create " + file + ":\n" + read_text(log));
-  };
-  auto format_of = [](const std::string& file) {
-    char magic[4] = {};
-    std::ifstream(file, std::ios::binary).read(magic, 4);
-    return std::string(magic, 4) == std::string("QFI\xfb", 4) ? "qcow2" : "raw";
-  };
-  for (const auto& d : spec.disks) {
-    if (!fs::exists(d.file)) qemu_img(d.file, d.size_mib);
-    in.disks.push_back({d.file, fs::exists(d.file) ? format_of(d.file) : "qcow2", d.read_only, d.snapshot});
-  }
-  for (size_t i = 0; i < spec.empty_disks_mib.size(); i++) {
-    std::string file = work + "/empty-" + std::to_string(i) + ".qcow2";
-    qemu_img(file, spec.empty_disks_mib[i]);
-    in.disks.push_back({file, "qcow2", false, false});
+    plan_inputs();
+    prepare_disks();
+    make_run_plan();
+    if (o_.dry_run) return print_plan();
+    build_initramfs();
+    block_signals();
+    start_fsd();
+    start_qemu();
+    int outcome = supervise();
+    qemu_.stop(std::chrono::seconds(10));
+    fsd_.stop(std::chrono::seconds(5));
+    if (outcome < 0) outcome = guest_outcome();
+    if (!why_.empty()) std::fprintf(stderr, "vmlaunch: %s\n", why_.c_str());
+    return outcome;
   }
 
-  Plan plan;
-  try {
-    plan = make_plan(spec, in);
-  } catch (const SpecError& e) {
-    die(kExitUsage, (o.spec_path.empty() ? "(built-in demo)" : o.spec_path) + ": " + e.what());
+ private:
+  std::string path(const std::string& name) const { return work_.path() + "/" + name; }
+
+  void make_dirs() {
+    fs::create_directories(path("xchg"));
+    fs::create_directories(path("run"));
   }
-  if (o.dry_run) {
-    auto join = [](const std::vector<std::string>& v) {
-      std::string s;
-      for (auto& w : v) s += (s.empty() ? "" : " ") + (w.find(' ') != std::string::npos ? "'" + w + "'" : w);
-      return s;
+
+  // The spec (or the built-in demo), with the command line's overrides.
+  void read_spec() {
+    SpecContext ctx;
+    ctx.store_override = o_.store;
+    ctx.xchg_dir = path("xchg");
+    if (const char* sd = std::getenv("SHARED_DIR"); sd && *sd) ctx.shared_dir = sd;
+    try {
+      if (o_.spec_path.empty()) {
+        std::string kernel = default_kernel();
+        if (kernel.empty()) die(kExitUsage, "no spec given and no default guest kernel: run scripts/setup");
+        ctx.file = "(built-in demo)";
+        spec_ = parse_spec(demo_spec(kernel), ctx);
+      } else {
+        spec_ = load_spec(o_.spec_path, ctx);
+      }
+    } catch (const SpecError& e) {
+      die(kExitUsage, e.what());
+    }
+    if (!o_.command.empty()) {
+      spec_.command_shell.reset();
+      spec_.command_argv = o_.command;
+    }
+    if (o_.timeout >= 0) spec_.timeout_s = static_cast<unsigned>(o_.timeout);
+    if (!o_.accel.empty()) spec_.accel = o_.accel == "kvm" ? Accel::kKvm : o_.accel == "tcg" ? Accel::kTcg : Accel::kAuto;
+    filter_ = ConsoleFilter(spec_.console);
+  }
+
+  void plan_inputs() {
+    std::string sibling = self_dir() + "/../fsd/fsd";
+    in_.fsd_binary = !o_.fsd_binary.empty() ? o_.fsd_binary : fs::exists(sibling) ? sibling : "fsd";
+    in_.run_dir = path("run");
+    in_.qmp_socket = path("run/qmp.sock");
+    in_.relay_binary = fs::read_symlink("/proc/self/exe").string();
+    in_.initrd = path("initrd.img");
+    in_.module_dir = spec_.modules.empty() ? default_module_dir(spec_.kernel) : spec_.modules;
+    // auto: KVM when it can be opened, else TCG; a KVM guest that stays
+    // silent is caught by supervise().
+    bool kvm_ok = ::access("/dev/kvm", R_OK | W_OK) == 0;
+    in_.accel = spec_.accel == Accel::kAuto ? (kvm_ok ? Accel::kKvm : Accel::kTcg) : spec_.accel;
+    in_.extra_kernel_params = std::getenv("QEMU_KERNEL_PARAMS") ? std::getenv("QEMU_KERNEL_PARAMS") : "";
+    in_.extra_qemu_args = split_words(std::getenv("QEMU_OPTS"));
+    for (auto& w : split_words(std::getenv("QEMU_NET_OPTS"))) in_.extra_qemu_args.push_back(w);
+  }
+
+  // Disks: creates what is missing (qcow2), and the throw-away empty ones.
+  void prepare_disks() {
+    auto format_of = [](const std::string& file) {
+      char magic[4] = {};
+      std::ifstream(file, std::ios::binary).read(magic, 4);
+      return std::string(magic, 4) == std::string("QFI\xfb", 4) ? "qcow2" : "raw";
     };
-    std::printf("fsd:\n  %s\nqemu:\n  %s\nguest mounts:\n", join(plan.fsd_argv).c_str(), join(plan.qemu_argv).c_str());
-    for (auto& m : plan.mount_plan) std::printf("  %s\n", m.c_str());
-    std::printf("guest command:\n  %s\n", plan.guest.contains("command") ? plan.guest["command"].dump().c_str() : "(interactive shell)");
+    for (const auto& d : spec_.disks) {
+      if (!fs::exists(d.file)) qemu_img(d.file, d.size_mib);
+      in_.disks.push_back({d.file, fs::exists(d.file) ? format_of(d.file) : "qcow2", d.read_only, d.snapshot});
+    }
+    for (size_t i = 0; i < spec_.empty_disks_mib.size(); i++) {
+      std::string file = path("empty-" + std::to_string(i) + ".qcow2");
+      qemu_img(file, spec_.empty_disks_mib[i]);
+      in_.disks.push_back({file, "qcow2", false, false});
+    }
+  }
+  void qemu_img(const std::string& file, uint64_t mib) {
+    if (o_.dry_run) return;
+    std::string log = path("qemu-img.log");
+    Fd out = open_log(log);
+    Child c = Child::spawn({"qemu-img", "create", "-q", "-f", "qcow2", file, std::to_string(mib) + "M"}, -1, out.get(),
+                           out.get());
+    c.reap(true);
+    if (c.status() != 0) die(kExitQemuFailed, "qemu-img could not create " + file + ":\n" + read_tail(log));
+  }
+
+  void make_run_plan() {
+    try {
+      plan_ = make_plan(spec_, in_);
+    } catch (const SpecError& e) {
+      die(kExitUsage, (o_.spec_path.empty() ? "(built-in demo)" : o_.spec_path) + ": " + e.what());
+    }
+  }
+
+  int print_plan() const {
+    std::printf("fsd:\n  %s\nqemu:\n  %s\nguest mounts:\n", join_words(plan_.fsd_argv).c_str(),
+                join_words(plan_.qemu_argv).c_str());
+    for (auto& m : plan_.mount_plan) std::printf("  %s\n", m.c_str());
+    std::printf("guest command:\n  %s\n",
+                plan_.guest.contains("command") ? plan_.guest["command"].dump().c_str() : "(interactive shell)");
     return 0;
   }
-  if (in.module_dir.empty()) die(kExitUsage, "no kernel modules for " + spec.kernel + ": set \"modules\" in the spec");
 
   // The initramfs: [the spec's initrd] + the cached base + this run's plan.
-  std::vector<std::string> mods;
-  try {
-    mods = resolve_modules(in.module_dir, plan.modules);
-  } catch (const std::exception& e) {
-    die(kExitUsage, e.what());
-  }
-  nlohmann::json guest = plan.guest;
-  guest["modules"] = nlohmann::json::array();
-  for (auto& m : mods) guest["modules"].push_back("/lib/modules/" + fs::path(m).filename().string());
-  std::string init_binary = self_dir() + "/fsd-guest-init";
-  if (!fs::exists(init_binary)) die(1, "fsd-guest-init is missing next to vmlaunch (" + init_binary + ")");
-  std::string base_img = base_initramfs(mods, init_binary);
-  {
-    Initramfs ar(work + "/plan.img");
+  void build_initramfs() {
+    if (in_.module_dir.empty()) die(kExitUsage, "no kernel modules for " + spec_.kernel + ": set \"modules\" in the spec");
+    std::vector<std::string> mods;
+    try {
+      mods = resolve_modules(in_.module_dir, plan_.modules);
+    } catch (const std::exception& e) {
+      die(kExitUsage, e.what());
+    }
+    nlohmann::json guest = plan_.guest;
+    guest["modules"] = nlohmann::json::array();
+    for (auto& m : mods) guest["modules"].push_back("/lib/modules/" + fs::path(m).filename().string());
+    std::string init_binary = self_dir() + "/fsd-guest-init";
+    if (!fs::exists(init_binary)) die(1, "fsd-guest-init is missing next to vmlaunch (" + init_binary + ")");
+    std::string base_img = base_initramfs(mods, init_binary);
+    Initramfs ar(path("plan.img"));
     ar.add_file("init.json", guest.dump(), 0644);
     ar.close();
-    std::ofstream out(in.initrd, std::ios::binary);
-    if (!spec.initrd.empty()) append_file(out, spec.initrd);
+    std::ofstream out(in_.initrd, std::ios::binary);
+    if (!spec_.initrd.empty()) append_file(out, spec_.initrd);
     append_file(out, base_img);
-    append_file(out, work + "/plan.img");
+    append_file(out, path("plan.img"));
   }
 
-  // Signals are read from a signalfd in the loop below.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGHUP);
-  ::sigprocmask(SIG_BLOCK, &sigs, nullptr);
-  int sfd = ::signalfd(-1, &sigs, SFD_CLOEXEC);
+  // Signals are read from a signalfd in supervise().
+  void block_signals() {
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    ::sigprocmask(SIG_BLOCK, &sigs, nullptr);
+    signals_.reset(::signalfd(-1, &sigs, SFD_CLOEXEC));
+  }
 
   // fsd, and wait until every socket accepts (it says so on a pipe).
-  int ready[2];
-  if (::pipe2(ready, O_CLOEXEC) != 0) die(1, "pipe failed");
-  std::vector<std::string> fsd_argv = plan.fsd_argv;
-  fsd_argv.insert(fsd_argv.end(), {"--ready-fd", std::to_string(ready[1])});
-  std::string fsd_log = work + "/fsd.log";
-  int fsd_err = ::open(fsd_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  Child fsd = spawn(fsd_argv, -1, fsd_err, fsd_err, ready[1]);
-  ::close(ready[1]);
-  ::close(fsd_err);
-  char buf[16];
-  pollfd rp{ready[0], POLLIN, 0};
-  if (::poll(&rp, 1, 30000) <= 0 || ::read(ready[0], buf, sizeof buf) <= 0) {
-    stop(fsd, std::chrono::seconds(2));
-    die(kExitFsdFailed, "fsd did not start:\n" + read_text(fsd_log));
+  void start_fsd() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) die(1, "pipe failed");
+    Fd ready_r(p[0]), ready_w(p[1]);
+    std::vector<std::string> argv = plan_.fsd_argv;
+    argv.insert(argv.end(), {"--ready-fd", std::to_string(ready_w.get())});
+    Fd log = open_log(path("fsd.log"));
+    fsd_ = Child::spawn(argv, -1, log.get(), log.get(), ready_w.get());
+    ready_w.reset();
+    char buf[16];
+    pollfd rp{ready_r.get(), POLLIN, 0};
+    if (::poll(&rp, 1, 30000) <= 0 || ::read(ready_r.get(), buf, sizeof buf) <= 0) {
+      fsd_.stop(std::chrono::seconds(2));
+      die(kExitFsdFailed, "fsd did not start:\n" + read_tail(path("fsd.log")));
+    }
   }
-  ::close(ready[0]);
 
   // QEMU. With a command, its console is relayed (and watched for panics);
   // without one, the terminal is the guest's.
-  bool interactive = !spec.has_command();
-  int console[2] = {-1, -1};
-  std::string qemu_log = work + "/qemu.log";
-  auto start_qemu = [&] {
-    if (console[0] >= 0) ::close(console[0]);
-    if (!interactive && ::pipe2(console, O_CLOEXEC) != 0) die(1, "pipe failed");
-    int err = ::open(qemu_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    Child c = spawn(plan.qemu_argv, interactive ? -1 : devnull, interactive ? -1 : console[1], err);
-    ::close(err);
-    ::close(devnull);
-    if (!interactive) ::close(console[1]);
-    return c;
-  };
-  Child qemu = start_qemu();
-
-  auto started = std::chrono::steady_clock::now();
-  auto deadline = spec.timeout_s ? started + std::chrono::seconds(spec.timeout_s) : std::chrono::steady_clock::time_point::max();
-  bool seen_output = false, panicked = false, relaying = false, powering_down = false;
-  std::string tail, quiet_line;
-  int outcome = -1;
-  std::string why;
-  while (outcome < 0) {
-    pollfd p[4] = {{sfd, POLLIN, 0}, {fsd.pidfd, POLLIN, 0}, {qemu.pidfd, POLLIN, 0}, {console[0], POLLIN, 0}};
-    auto now = std::chrono::steady_clock::now();
-    int wait_ms = deadline == std::chrono::steady_clock::time_point::max()
-                      ? 1000 : static_cast<int>(std::max<long>(0, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count()));
-    ::poll(p, interactive ? 3 : 4, std::min(wait_ms, 1000));
-    if (!interactive && (p[3].revents & (POLLIN | POLLHUP))) {
-      char b[4096];
-      ssize_t n = ::read(console[0], b, sizeof b);
-      if (n > 0) {
-        seen_output = true;
-        std::string_view chunk(b, static_cast<size_t>(n));
-        if (spec.console == Console::kSerial) {
-          (void)!::write(1, chunk.data(), chunk.size());
-        } else {
-          // quiet: only the command's output, between the init's start and exit lines
-          quiet_line += chunk;
-          for (size_t nl; (nl = quiet_line.find('\n')) != std::string::npos; quiet_line.erase(0, nl + 1)) {
-            std::string_view line(quiet_line.data(), nl + 1);
-            auto has = [&](const char* s) { return line.find(s) != std::string_view::npos; };
-            if (has("fsd-guest-init: started") || has("fsd-guest-init: exit")) {
-              relaying = has("fsd-guest-init: started");
-              continue;
-            }
-            if (relaying || has("fsd-guest-init:") || has("Kernel panic")) (void)!::write(1, line.data(), line.size());
-          }
-        }
-        tail.append(b, static_cast<size_t>(n));
-        if (tail.find("Kernel panic") != std::string::npos) panicked = true;
-        if (tail.size() > 8192) tail.erase(0, tail.size() - 4096);
-      } else if (n == 0) {
-        ::close(console[0]);
-        console[0] = -1;
-      }
-    }
-    if (p[0].revents & POLLIN) {
-      signalfd_siginfo si;
-      (void)!::read(sfd, &si, sizeof si);
-      int sig = static_cast<int>(si.ssi_signo);
-      // SIGTERM: ask the guest to power off, and give it a grace period;
-      // a second signal, or any other, stops it now.
-      if (sig == SIGTERM && !powering_down && qmp_powerdown(in.qmp_socket)) {
-        std::fprintf(stderr, "vmlaunch: %s: asking the guest to power off (%lld s before it is stopped)\n", strsignal(sig),
-                     static_cast<long long>(kPowerdownGrace.count()));
-        powering_down = true;
-        deadline = std::min(deadline, std::chrono::steady_clock::now() + kPowerdownGrace);
-        continue;
-      }
-      why = std::string(strsignal(sig)) + ": stopping the VM";
-      outcome = 128 + sig;
-      break;
-    }
-    reap(qemu, false);
-    if (qemu.reaped()) {
-      if (powering_down) {
-        why = "the guest powered off as asked (SIGTERM)";
-        outcome = 128 + SIGTERM;
-      }
-      break;
-    }
-    reap(fsd, false);
-    if (fsd.reaped()) {
-      why = "fsd exited unexpectedly (status " + std::to_string(fsd.status) + "); stopping the VM\n" + read_text(fsd_log);
-      outcome = kExitFsdFailed;
-      break;
-    }
-    now = std::chrono::steady_clock::now();
-    if (now >= deadline && powering_down) {
-      why = "the guest did not power off within " + std::to_string(kPowerdownGrace.count()) + " s of SIGTERM; stopped it";
-      outcome = 128 + SIGTERM;
-      break;
-    }
-    if (now >= deadline) {
-      why = "timeout after " + std::to_string(spec.timeout_s) + " s; stopping the VM";
-      outcome = kExitTimeout;
-      break;
-    }
-    if (in.accel == Accel::kKvm && !interactive && !seen_output && now - started > std::chrono::seconds(20)) {
-      if (spec.accel == Accel::kAuto) {
-        // Nested KVM can hang a guest silently: fall back to TCG once.
-        std::fprintf(stderr, "vmlaunch: the guest printed nothing in 20 s under KVM (nested KVM can hang); retrying with TCG\n");
-        stop(qemu, std::chrono::seconds(5));
-        in.accel = Accel::kTcg;
-        plan = make_plan(spec, in);
-        qemu = start_qemu();
-        started = std::chrono::steady_clock::now();
-        continue;
-      }
-      why = "the guest printed nothing in 20 s under KVM; nested KVM can hang silently. Rerun with --accel tcg";
-      outcome = kExitQemuFailed;
-      break;
-    }
-  }
-  if (!qemu.reaped()) stop(qemu, std::chrono::seconds(10));
-  stop(fsd, std::chrono::seconds(5));
-  if (outcome < 0) {
-    // QEMU is gone: what did the guest report?
-    std::string status = read_text(xchg + "/.vmlaunch-status", 64);
-    if (panicked) {
-      why = "the guest kernel panicked";
-      outcome = kExitGuestPanic;
-    } else if (!status.empty()) {
-      outcome = std::atoi(status.c_str());
-    } else if (interactive && qemu.status == 0) {
-      outcome = kExitNoCommandStatus;
-    } else if (qemu.status != 0) {
-      why = "QEMU failed (status " + std::to_string(qemu.status) + "):\n" + read_text(qemu_log);
-      outcome = kExitQemuFailed;
+  void start_qemu() {
+    console_.reset();
+    Fd console_w;
+    if (interactive()) {
+      Fd log = open_log(path("qemu.log"));
+      qemu_ = Child::spawn(plan_.qemu_argv, -1, -1, log.get());
     } else {
-      why = "the guest powered off without reporting the command's status";
-      outcome = kExitQemuFailed;
+      int p[2];
+      if (::pipe2(p, O_CLOEXEC) != 0) die(1, "pipe failed");
+      console_.reset(p[0]);
+      console_w.reset(p[1]);
+      Fd log = open_log(path("qemu.log"));
+      Fd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+      qemu_ = Child::spawn(plan_.qemu_argv, devnull.get(), console_w.get(), log.get());
+    }
+    started_ = std::chrono::steady_clock::now();
+  }
+  bool interactive() const { return !spec_.has_command(); }
+
+  // Runs until the VM ends; returns vmlaunch's status, or -1 when QEMU
+  // exited by itself (then the guest's report decides).
+  int supervise() {
+    deadline_ = spec_.timeout_s ? started_ + std::chrono::seconds(spec_.timeout_s) : Clock::time_point::max();
+    for (;;) {
+      pollfd p[4] = {{signals_.get(), POLLIN, 0}, {fsd_.pidfd(), POLLIN, 0}, {qemu_.pidfd(), POLLIN, 0},
+                     {console_.get(), POLLIN, 0}};
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now()).count();
+      int wait_ms = deadline_ == Clock::time_point::max() ? 1000 : static_cast<int>(std::clamp<long>(left, 0, 1000));
+      ::poll(p, interactive() ? 3 : 4, wait_ms);
+      if (!interactive() && (p[3].revents & (POLLIN | POLLHUP))) relay_console();
+      if (p[0].revents & POLLIN) {
+        if (int outcome = on_signal(); outcome >= 0) return outcome;
+        continue;  // the guest was asked to power off
+      }
+      if (auto outcome = check_children()) return *outcome;
+      if (auto outcome = check_time()) return *outcome;
     }
   }
-  if (!why.empty()) std::fprintf(stderr, "vmlaunch: %s\n", why.c_str());
-  return outcome;
-}
+
+  void relay_console() {
+    char b[4096];
+    ssize_t n = ::read(console_.get(), b, sizeof b);
+    if (n == 0) console_.reset();
+    if (n <= 0) return;
+    seen_output_ = true;
+    filter_.feed({b, static_cast<size_t>(n)});
+    tail_.append(b, static_cast<size_t>(n));
+    if (tail_.find("Kernel panic") != std::string::npos) panicked_ = true;
+    if (tail_.size() > 8192) tail_.erase(0, tail_.size() - 4096);
+  }
+
+  // SIGTERM asks the guest to power off and gives it a grace period; a
+  // second signal, or any other, stops the VM now. Returns the outcome, or -1.
+  int on_signal() {
+    signalfd_siginfo si;
+    (void)!::read(signals_.get(), &si, sizeof si);
+    int sig = static_cast<int>(si.ssi_signo);
+    if (sig == SIGTERM && !powering_down_ && qmp_powerdown(in_.qmp_socket)) {
+      std::fprintf(stderr, "vmlaunch: %s: asking the guest to power off (%lld s before it is stopped)\n", strsignal(sig),
+                   static_cast<long long>(kPowerdownGrace.count()));
+      powering_down_ = true;
+      deadline_ = std::min(deadline_, Clock::now() + kPowerdownGrace);
+      return -1;
+    }
+    why_ = std::string(strsignal(sig)) + ": stopping the VM";
+    return 128 + sig;
+  }
+
+  std::optional<int> check_children() {
+    qemu_.reap();
+    if (qemu_.reaped()) {
+      if (!powering_down_) return -1;
+      why_ = "the guest powered off as asked (SIGTERM)";
+      return 128 + SIGTERM;
+    }
+    fsd_.reap();
+    if (fsd_.reaped()) {
+      why_ = "fsd exited unexpectedly (status " + std::to_string(fsd_.status()) + "); stopping the VM\n" +
+             read_tail(path("fsd.log"));
+      return kExitFsdFailed;
+    }
+    return std::nullopt;
+  }
+
+  std::optional<int> check_time() {
+    auto now = Clock::now();
+    if (now >= deadline_ && powering_down_) {
+      why_ = "the guest did not power off within " + std::to_string(kPowerdownGrace.count()) + " s of SIGTERM; stopped it";
+      return 128 + SIGTERM;
+    }
+    if (now >= deadline_) {
+      why_ = "timeout after " + std::to_string(spec_.timeout_s) + " s; stopping the VM";
+      return kExitTimeout;
+    }
+    if (in_.accel != Accel::kKvm || interactive() || seen_output_ || now - started_ <= std::chrono::seconds(20))
+      return std::nullopt;
+    if (spec_.accel != Accel::kAuto) {
+      why_ = "the guest printed nothing in 20 s under KVM; nested KVM can hang silently. Rerun with --accel tcg";
+      return kExitQemuFailed;
+    }
+    // Nested KVM can hang a guest silently: fall back to TCG once.
+    std::fprintf(stderr, "vmlaunch: the guest printed nothing in 20 s under KVM (nested KVM can hang); retrying with TCG\n");
+    qemu_.stop(std::chrono::seconds(5));
+    in_.accel = Accel::kTcg;
+    plan_ = make_plan(spec_, in_);
+    start_qemu();
+    return std::nullopt;
+  }
+
+  // QEMU is gone by itself: what did the guest report?
+  int guest_outcome() {
+    std::string status = read_tail(path("xchg/.vmlaunch-status"), 64);
+    if (panicked_) {
+      why_ = "the guest kernel panicked";
+      return kExitGuestPanic;
+    }
+    if (!status.empty()) return std::atoi(status.c_str());
+    if (interactive() && qemu_.status() == 0) return kExitNoCommandStatus;
+    if (qemu_.status() != 0) {
+      why_ = "QEMU failed (status " + std::to_string(qemu_.status()) + "):\n" + read_tail(path("qemu.log"));
+      return kExitQemuFailed;
+    }
+    why_ = "the guest powered off without reporting the command's status";
+    return kExitQemuFailed;
+  }
+
+  using Clock = std::chrono::steady_clock;
+  const Options& o_;
+  WorkDir work_;  // first in, last out: removed after the children are gone
+  Spec spec_;
+  PlanInputs in_;
+  Plan plan_;
+  Fd signals_;
+  Child fsd_;
+  Child qemu_;
+  Fd console_;  // QEMU's serial console, when relayed
+  ConsoleFilter filter_{Console::kSerial};
+  Clock::time_point started_, deadline_;
+  bool seen_output_ = false, panicked_ = false, powering_down_ = false;
+  std::string tail_;  // the console's last few KiB, to spot a panic
+  std::string why_;   // said on stderr at the end
+};
+
+int run(const Options& o) { return Launch(o).run(); }
 
 }  // namespace
 
