@@ -112,72 +112,102 @@ void apply_compat(Options& o) {
   if (o.on_disconnect.empty()) o.on_disconnect = "exit";  // what virtiofsd does
 }
 
-int run(Options& o) {
-  spdlog::set_level(spdlog::level::from_str(o.log_level));
+// The command line, checked: what to export and where to serve it.
+struct Plan {
+  std::vector<fsd::ExportConfig> exports;
+  std::vector<fsd::ListenAddress> listens;
+  std::vector<std::pair<std::string, std::string>> fuse_mounts, virtiofs_sockets, virtio9p_sockets;  // tag, path
+  fsd::Ring::MetadataIo metadata_io = fsd::Ring::MetadataIo::kAdaptive;
+};
+
+Plan make_plan(Options& o) {
   apply_compat(o);
   if (o.exports.empty()) throw std::invalid_argument("nothing to export: give --export TAG=PATH (or --shared-dir)");
-
-  std::vector<fsd::ExportConfig> configs;
-  for (const auto& e : o.exports) configs.push_back(fsd::parse_export(e));
-  for (size_t i = 0; i < configs.size(); i++)
+  Plan p;
+  for (const auto& e : o.exports) p.exports.push_back(fsd::parse_export(e));
+  for (size_t i = 0; i < p.exports.size(); i++)
     for (size_t j = 0; j < i; j++)
-      if (configs[i].tag == configs[j].tag)
-        throw std::invalid_argument("--export: tag '" + configs[i].tag + "' is given twice");
-  std::vector<fsd::ListenAddress> listens;
-  for (const auto& l : o.listens) listens.push_back(fsd::parse_listen(l));
-  std::vector<std::pair<std::string, std::string>> mounts, sockets, sockets9p;
-  for (const auto& m : o.fuse_mounts) mounts.push_back(tag_value("--fuse-mount", m, configs));
-  for (const auto& s : o.virtiofs_sockets) sockets.push_back(tag_value("--virtiofs-socket", s, configs));
-  for (const auto& s : o.virtio9p_sockets) sockets9p.push_back(tag_value("--virtio9p-socket", s, configs));
-  if (listens.empty() && mounts.empty() && sockets.empty() && sockets9p.empty() && o.listen_fd < 0)
+      if (p.exports[i].tag == p.exports[j].tag)
+        throw std::invalid_argument("--export: tag '" + p.exports[i].tag + "' is given twice");
+  for (const auto& l : o.listens) p.listens.push_back(fsd::parse_listen(l));
+  for (const auto& m : o.fuse_mounts) p.fuse_mounts.push_back(tag_value("--fuse-mount", m, p.exports));
+  for (const auto& s : o.virtiofs_sockets) p.virtiofs_sockets.push_back(tag_value("--virtiofs-socket", s, p.exports));
+  for (const auto& s : o.virtio9p_sockets) p.virtio9p_sockets.push_back(tag_value("--virtio9p-socket", s, p.exports));
+  if (p.listens.empty() && p.fuse_mounts.empty() && p.virtiofs_sockets.empty() && p.virtio9p_sockets.empty() &&
+      o.listen_fd < 0)
     throw std::invalid_argument("nothing to serve on: give --listen, --virtiofs-socket, --virtio9p-socket or --fuse-mount");
+  p.metadata_io = o.metadata_io == "uring"  ? fsd::Ring::MetadataIo::kRing
+                  : o.metadata_io == "sync" ? fsd::Ring::MetadataIo::kInline
+                                            : fsd::Ring::MetadataIo::kAdaptive;
+  return p;
+}
 
-  // One budget for all exports: a quarter for cached O_PATH fds, the rest
-  // for files clients hold open.
-  unsigned budget = fit_fd_budget(o.fd_budget);
+// Opens every export under one fd budget: a quarter for cached O_PATH fds,
+// the rest for files clients hold open.
+fsd::ExportSet open_exports(const std::vector<fsd::ExportConfig>& configs, unsigned fd_budget) {
+  unsigned budget = fit_fd_budget(fd_budget);
   unsigned per_export = std::max<unsigned>(budget / static_cast<unsigned>(configs.size()), 16);
   fsd::VfsOptions vopts;
   vopts.path_fd_cache = std::max(per_export / 4, 8u);
   vopts.open_files = per_export - vopts.path_fd_cache;
   spdlog::debug("fd budget {}: per export {} open files and {} cached paths", budget, vopts.open_files, vopts.path_fd_cache);
-
   fsd::ExportSet exports;
-  for (auto& c : configs) {
+  for (const auto& c : configs) {
     auto vfs = std::make_unique<fsd::Vfs>(c, vopts);
     spdlog::info("export '{}': {} ({}, cache={}, {})", c.tag, c.path, c.read_only ? "ro" : "rw",
                  fsd::to_string(c.cache), vfs->uses_handles() ? "file handles" : "re-resolution by name");
     exports.add(std::move(vfs));
   }
+  return exports;
+}
 
-  // Signals are taken synchronously by this thread; workers never see them.
-  // SIGUSR1 is how a finished virtio-fs device tells main to exit.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+// Every transport, wired to its protocol server. Members stop in reverse
+// order: FUSE mounts, then virtio devices, then the socket server.
+class Servers {
+ public:
+  Servers(const Options& o, const Plan& plan, const fsd::ExportSet& exports)
+      : o_(o), plan_(plan), exports_(exports),
+        sockets_(fsd::p9::session_factory(exports, fsd::p9::SessionConfig{.max_msize = o.msize_max}), o.threads,
+                 plan.metadata_io, o.poll_us) {}
+  ~Servers() {
+    for (auto& f : fuse_) f->stop();
+    for (auto& d : devices_) d->stop();
+    sockets_.stop();
+  }
 
-  fsd::p9::SessionConfig sc;
-  sc.max_msize = o.msize_max;
-  auto metadata_io = o.metadata_io == "uring"  ? fsd::Ring::MetadataIo::kRing
-                     : o.metadata_io == "sync" ? fsd::Ring::MetadataIo::kInline
-                                               : fsd::Ring::MetadataIo::kAdaptive;
-  fsd::SocketServer server(fsd::p9::session_factory(exports, sc), o.threads, metadata_io, o.poll_us);
-  for (const auto& l : listens) server.listen(l);
+  void start() {
+    for (const auto& l : plan_.listens) sockets_.listen(l);
+    for (const auto& [tag, path] : plan_.virtiofs_sockets) add_device(tag, fsd::Fd(), path, false);
+    for (const auto& [tag, path] : plan_.virtio9p_sockets) add_device(tag, fsd::Fd(), path, true);
+    if (o_.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o_.listen_fd), "", false);
+    for (const auto& [tag, where] : plan_.fuse_mounts) {
+      auto servers = fsd::fuse::server_factory(*exports_.find(tag),
+                                               {.max_write = fsd::FuseMount::kMaxWrite, .virtiofs = false}, true);
+      fuse_.push_back(std::make_unique<fsd::FuseMount>(tag, where, servers, o_.threads, plan_.metadata_io));
+      fuse_.back()->start();
+      spdlog::info("mounted '{}' on {} (FUSE)", tag, where);
+    }
+    sockets_.start();
+    for (const auto& a : sockets_.bound())
+      spdlog::info("listening on {} (9P2000.L, msize up to {})", a.to_string(), o_.msize_max);
+  }
 
-  // Each virtio-9p device serves one export, under its own mount tag.
-  std::vector<std::unique_ptr<fsd::ExportSet>> single_exports;
-  std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices;
-  auto add_device = [&](const std::string& tag, fsd::Fd listening, const std::string& path, bool p9) {
-    fsd::Vfs& vfs = *exports.find(tag);
-    fsd::VhostUserOptions vopt{.exit_on_disconnect = o.on_disconnect == "exit", .metadata_io = metadata_io, .poll_us = o.poll_us};
+  // True once every virtio front-end has gone, and fsd serves nothing else.
+  bool all_done() const {
+    bool gone = !devices_.empty() && std::all_of(devices_.begin(), devices_.end(), [](auto& d) { return d->finished(); });
+    return gone && plan_.listens.empty() && plan_.fuse_mounts.empty();
+  }
+
+ private:
+  void add_device(const std::string& tag, fsd::Fd listening, const std::string& path, bool p9) {
+    fsd::Vfs& vfs = *exports_.find(tag);
+    fsd::VhostUserOptions vopt{
+        .exit_on_disconnect = o_.on_disconnect == "exit", .metadata_io = plan_.metadata_io, .poll_us = o_.poll_us};
     fsd::MessageServerFactory servers;
-    if (p9) {
-      single_exports.push_back(std::make_unique<fsd::ExportSet>());
-      single_exports.back()->add_borrowed(&vfs);
-      servers = fsd::p9::virtio_channel_factory(*single_exports.back(),
+    if (p9) {  // a virtio-9p device serves one export, under its own mount tag
+      single_exports_.push_back(std::make_unique<fsd::ExportSet>());
+      single_exports_.back()->add_borrowed(&vfs);
+      servers = fsd::p9::virtio_channel_factory(*single_exports_.back(),
                                                 fsd::p9::SessionConfig{.max_msize = fsd::p9::kVirtio9pMaxMsize});
       vopt.device = {.name = "virtio-9p '" + tag + "'", .queues = 1, .features = fsd::p9::kVirtio9pMountTag,
                      .config = fsd::p9::virtio9p_config(tag)};
@@ -185,29 +215,43 @@ int run(Options& o) {
       servers = fsd::fuse::server_factory(vfs, {.max_write = 1 << 20, .virtiofs = true}, false);
       vopt.device = {.name = "virtio-fs '" + tag + "'", .queues = 2};  // hiprio + one request queue
     }
-    devices.push_back(listening ? std::make_unique<fsd::VhostUserBackend>(std::move(listening), servers, vopt)
-                                : std::make_unique<fsd::VhostUserBackend>(path, servers, vopt));
-  };
-  for (const auto& [tag, path] : sockets) add_device(tag, fsd::Fd(), path, false);
-  for (const auto& [tag, path] : sockets9p) add_device(tag, fsd::Fd(), path, true);
-  if (o.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o.listen_fd), "", false);
-  for (auto& d : devices) {
+    auto& d = devices_.emplace_back(listening ? std::make_unique<fsd::VhostUserBackend>(std::move(listening), servers, vopt)
+                                              : std::make_unique<fsd::VhostUserBackend>(path, servers, vopt));
     d->on_finished([] { ::kill(::getpid(), SIGUSR1); });
     d->start();
-    spdlog::info("virtio device '{}': listening on {} (vhost-user)", d->socket_path().empty() ? kCompatTag : d->socket_path(),
-                 d->socket_path().empty() ? "--fd" : d->socket_path());
+    spdlog::info("virtio device '{}': listening on {} (vhost-user)", path.empty() ? kCompatTag : path,
+                 path.empty() ? "--fd" : path);
   }
 
-  std::vector<std::unique_ptr<fsd::FuseMount>> fuse;
-  for (const auto& [tag, where] : mounts) {
-    auto servers = fsd::fuse::server_factory(*exports.find(tag), {.max_write = fsd::FuseMount::kMaxWrite, .virtiofs = false}, true);
-    fuse.push_back(std::make_unique<fsd::FuseMount>(tag, where, servers, o.threads, metadata_io));
-    fuse.back()->start();
-    spdlog::info("mounted '{}' on {} (FUSE)", tag, where);
-  }
-  server.start();
-  for (const auto& a : server.bound()) spdlog::info("listening on {} (9P2000.L, msize up to {})", a.to_string(), o.msize_max);
+  const Options& o_;
+  const Plan& plan_;
+  const fsd::ExportSet& exports_;
+  fsd::SocketServer sockets_;
+  std::vector<std::unique_ptr<fsd::ExportSet>> single_exports_;  // outlive the devices using them
+  std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices_;
+  std::vector<std::unique_ptr<fsd::FuseMount>> fuse_;
+};
 
+// Signals are taken synchronously by this thread; workers never see them.
+// SIGUSR1 is how a finished virtio device tells main to look.
+sigset_t block_signals() {
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  return sigs;
+}
+
+int run(Options& o) {
+  spdlog::set_level(spdlog::level::from_str(o.log_level));
+  Plan plan = make_plan(o);
+  fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget);
+  sigset_t sigs = block_signals();
+  Servers servers(o, plan, exports);
+  servers.start();
   if (o.ready_fd >= 0) {  // tells a supervisor (vmlaunch) that every socket accepts now
     (void)!::write(o.ready_fd, "ready\n", 6);
     ::close(o.ready_fd);
@@ -215,19 +259,15 @@ int run(Options& o) {
   for (;;) {
     int sig = 0;
     sigwait(&sigs, &sig);
-    if (sig == SIGUSR1) {
-      bool all = !devices.empty() && std::all_of(devices.begin(), devices.end(), [](auto& d) { return d->finished(); });
-      if (!all || !listens.empty() || !mounts.empty()) continue;
-      spdlog::info("every virtio-fs front-end has gone: exiting");
-      break;
+    if (sig != SIGUSR1) {
+      spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      return 0;
     }
-    spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    break;
+    if (servers.all_done()) {
+      spdlog::info("every virtio-fs front-end has gone: exiting");
+      return 0;
+    }
   }
-  for (auto& f : fuse) f->stop();
-  for (auto& d : devices) d->stop();
-  server.stop();
-  return 0;
 }
 
 }  // namespace
