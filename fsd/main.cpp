@@ -155,7 +155,7 @@ fsd::ExportSet open_exports(const std::vector<fsd::ExportConfig>& configs, unsig
   for (const auto& c : configs) {
     auto vfs = std::make_unique<fsd::Vfs>(c, vopts);
     spdlog::info("export '{}': {} ({}, cache={}, {})", c.tag, c.path, c.read_only ? "ro" : "rw",
-                 fsd::to_string(c.cache), vfs->uses_handles() ? "file handles" : "re-resolution by name");
+                 fsd::name_of(c.cache), vfs->uses_handles() ? "file handles" : "re-resolution by name");
     exports.add(std::move(vfs));
   }
   return exports;

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <concepts>
 #include <fstream>
 #include <set>
 
@@ -28,68 +29,120 @@ bool exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
-// A JSON object being read field by field; reports unknown fields at done().
-class Obj {
+struct Range {
+  uint64_t min, max;
+};
+
+// Fields whose JSON takes more than one shape.
+struct CommandField {  // "command": a string for sh -c, or an argv list
+  std::optional<std::string>& shell;
+  std::vector<std::string>& argv;
+};
+struct NixDbField {  // "nixDb": true, false or a directory
+  std::string& path;
+};
+
+// The tables of the fields that are not enums in the Spec.
+inline constexpr EnumName<bool> kWritableNames[] = {{"tmpfs", true}, {"none", false}};
+inline constexpr EnumName<bool> kFromNames[] = {{"host", true}, {"guest", false}};
+inline constexpr EnumName<std::string_view> kForwardProtoNames[] = {{"tcp", "tcp"}, {"udp", "udp"}};
+
+// ---- the schema: every field of the spec once, in the order a spec is
+// checked. Reader and Writer walk it alike; a field with a default keeps
+// it unless the spec gives one.
+
+template <class V>
+void schema(V& v, StoreSpec& s) {
+  v.field("path", s.path);
+  v.field("mountPoint", s.mount_point);
+  v.choice("writable", s.writable_tmpfs, kWritableNames);
+  v.field("cache", s.cache);
+}
+
+template <class V>
+void schema(V& v, ShareSpec& s) {
+  v.field("tag", s.tag);
+  v.field("source", s.source);
+  v.field("target", s.target);
+  v.field("readOnly", s.read_only);
+  v.field("proto", s.proto);
+  if constexpr (V::kReading) s.cache = s.read_only ? Cache::kAlways : Cache::kAuto;  // the default follows readOnly
+  v.field("cache", s.cache);
+  v.field("msize", s.msize, Range{4096, 16 << 20});  // 9p only
+}
+
+template <class V>
+void schema(V& v, Endpoint& e) {
+  v.field("address", e.address);
+  v.field("port", e.port, Range{1, 65535});
+}
+
+template <class V>
+void schema(V& v, ForwardPort& f) {
+  v.choice("from", f.from_host, kFromNames);
+  v.choice("proto", f.proto, kForwardProtoNames);
+  v.object("host", [&](auto& o) { schema(o, f.host); });
+  v.object("guest", [&](auto& o) { schema(o, f.guest); });
+}
+
+template <class V>
+void schema(V& v, DiskSpec& d) {
+  v.field("file", d.file);
+  v.field("size", d.size_mib, Range{1, 1ull << 24});
+  v.field("readOnly", d.read_only);
+  v.field("snapshot", d.snapshot);
+}
+
+template <class V>
+void schema(V& v, Spec& s) {
+  v.field("name", s.name);
+  v.field("memory", s.memory_mib, Range{128, 1 << 20});
+  v.field("cpus", s.cpus, Range{1, 256});
+  v.field("accel", s.accel);
+  v.field("kernel", s.kernel);
+  v.field("initrd", s.initrd);
+  v.field("modules", s.modules);
+  v.field("cmdline", s.cmdline);
+  v.object("store", [&](auto& o) { schema(o, s.store); });
+  v.list("shares", s.shares);
+  v.field("command", CommandField{s.command_shell, s.command_argv});
+  v.field("env", s.env);
+  v.field("timeout", s.timeout_s, Range{0, 7 * 24 * 3600});
+  v.field("console", s.console);
+  v.field("network", s.network);
+  v.list("forwardPorts", s.forward_ports);
+  v.object("qemu", [&](auto& o) {
+    o.field("binary", s.qemu_binary);
+    o.field("extraArgs", s.qemu_extra_args);
+  });
+  v.list("disks", s.disks);
+  v.field("emptyDisks", s.empty_disks_mib, Range{1, 1ull << 24});
+  v.field("graphics", s.graphics);
+  v.field("nixDb", NixDbField{s.nix_db});
+}
+
+// ---- reading
+
+template <class T>
+concept Named = requires(T v) { names(v); };
+
+// Reads one JSON object through the schema; a field the spec leaves out (or
+// gives as null) keeps its default. Unknown fields are reported by finish().
+class Reader {
  public:
-  Obj(const json& j, std::string path, const SpecContext& ctx) : j_(j), path_(std::move(path)), ctx_(ctx) {
+  static constexpr bool kReading = true;
+
+  Reader(const json& j, std::string path, const SpecContext& ctx) : j_(j), path_(std::move(path)), ctx_(ctx) {
     if (!j_.is_object()) fail("", "expected an object, got " + type_of(j_));
   }
   [[noreturn]] void fail(const std::string& key, const std::string& why) const {
-    throw SpecError(ctx_.file + ": " + field(key) + ": " + why);
+    throw SpecError(ctx_.file + ": " + field_path(key) + ": " + why);
   }
-  std::string field(const std::string& key) const {
+  std::string field_path(const std::string& key) const {
     if (key.empty()) return path_.empty() ? "(top level)" : path_;
     return path_.empty() ? key : path_ + "." + key;
   }
-  const json* find(const std::string& key) {
-    known_.insert(key);
-    auto it = j_.find(key);
-    return it == j_.end() || it->is_null() ? nullptr : &*it;
-  }
-  std::optional<std::string> str(const std::string& key) {
-    const json* v = find(key);
-    if (!v) return std::nullopt;
-    if (!v->is_string()) fail(key, "expected a string, got " + type_of(*v));
-    return v->get<std::string>();
-  }
-  std::optional<bool> boolean(const std::string& key) {
-    const json* v = find(key);
-    if (!v) return std::nullopt;
-    if (!v->is_boolean()) fail(key, "expected true or false, got " + type_of(*v));
-    return v->get<bool>();
-  }
-  std::optional<uint64_t> number(const std::string& key, uint64_t min, uint64_t max) {
-    const json* v = find(key);
-    if (!v) return std::nullopt;
-    if (!v->is_number_unsigned() && !(v->is_number_integer() && v->get<int64_t>() >= 0))
-      fail(key, "expected a whole number, got " + type_of(*v));
-    uint64_t n = v->get<uint64_t>();
-    if (n < min || n > max) fail(key, std::to_string(n) + " is out of range (" + std::to_string(min) + " to " + std::to_string(max) + ")");
-    return n;
-  }
-  template <class E>
-  std::optional<E> choice(const std::string& key, const std::vector<std::pair<std::string, E>>& options) {
-    auto s = str(key);
-    if (!s) return std::nullopt;
-    std::string names;
-    for (const auto& [name, value] : options) {
-      if (*s == name) return value;
-      names += (names.empty() ? "" : ", ") + name;
-    }
-    fail(key, "\"" + *s + "\" is not one of: " + names);
-  }
-  std::vector<std::string> strings(const std::string& key) {
-    std::vector<std::string> out;
-    const json* v = find(key);
-    if (!v) return out;
-    if (!v->is_array()) fail(key, "expected a list of strings, got " + type_of(*v));
-    for (size_t i = 0; i < v->size(); i++) {
-      if (!(*v)[i].is_string()) fail(key + "[" + std::to_string(i) + "]", "expected a string, got " + type_of((*v)[i]));
-      out.push_back((*v)[i].get<std::string>());
-    }
-    return out;
-  }
-  void done() const {
+  void finish() const {
     for (const auto& [k, v] : j_.items()) {
       if (known_.count(k)) continue;
       std::string expected;
@@ -98,172 +151,260 @@ class Obj {
     }
   }
 
+  void field(const std::string& key, std::string& out) {
+    if (const json* v = find(key)) out = expect(key, *v, v->is_string(), "a string").get<std::string>();
+  }
+  void field(const std::string& key, bool& out) {
+    if (const json* v = find(key)) out = expect(key, *v, v->is_boolean(), "true or false").get<bool>();
+  }
+  template <std::unsigned_integral T>
+  void field(const std::string& key, T& out, Range r) {
+    if (const json* v = find(key)) out = static_cast<T>(number(key, *v, r));
+  }
+  template <Named E>
+  void field(const std::string& key, E& out) {
+    choice(key, out, names(E{}));
+  }
+  template <class Out, class Table>
+  void choice(const std::string& key, Out& out, const Table& table) {
+    std::string s;
+    field(key, s);
+    if (!find(key)) return;
+    for (const auto& n : table)
+      if (n.name == s) return void(out = Out(n.value));
+    std::string all;
+    for (const auto& n : table) all += (all.empty() ? "" : ", ") + std::string(n.name);
+    fail(key, "\"" + s + "\" is not one of: " + all);
+  }
+  void field(const std::string& key, std::vector<std::string>& out) {
+    const json* v = find(key);
+    if (!v) return;
+    expect(key, *v, v->is_array(), "a list of strings");
+    out.clear();
+    for (size_t i = 0; i < v->size(); i++)
+      out.push_back(expect(key + "[" + std::to_string(i) + "]", (*v)[i], (*v)[i].is_string(), "a string").get<std::string>());
+  }
+  void field(const std::string& key, std::vector<uint64_t>& out, Range r) {
+    const json* v = find(key);
+    if (!v) return;
+    expect(key, *v, v->is_array(), "a list of whole numbers");
+    out.clear();
+    for (size_t i = 0; i < v->size(); i++) out.push_back(number(key + "[" + std::to_string(i) + "]", (*v)[i], r));
+  }
+  void field(const std::string& key, std::map<std::string, std::string>& out) {
+    const json* v = find(key);
+    if (!v) return;
+    expect(key, *v, v->is_object(), "an object of strings");
+    for (const auto& [k, x] : v->items()) {
+      expect(key + "." + k, x, x.is_string(), "a string");
+      if (k.empty() || k.find('=') != std::string::npos) fail(key + "." + k, "is not a valid variable name");
+      out[k] = x.get<std::string>();
+    }
+  }
+  void field(const std::string& key, CommandField c) {
+    const json* v = find(key);
+    if (!v) return;
+    if (v->is_string()) {
+      c.shell = v->get<std::string>();
+    } else if (v->is_array()) {
+      field(key, c.argv);
+      if (c.argv.empty()) fail(key, "an empty list runs nothing; leave it out for a shell");
+    } else {
+      fail(key, "expected a string or a list of strings, got " + type_of(*v));
+    }
+  }
+  // nixDb: true shares the host's database when there is one.
+  void field(const std::string& key, NixDbField n) {
+    const json* v = find(key);
+    if (!v) return;
+    if (v->is_boolean()) {
+      n.path = v->get<bool>() && is_dir(kNixDb) ? kNixDb : "";
+    } else if (v->is_string()) {
+      n.path = v->get<std::string>();
+      if (!is_dir(n.path)) fail(key, "\"" + n.path + "\" is not a directory");
+    } else {
+      fail(key, "expected true, false or a directory, got " + type_of(*v));
+    }
+  }
+  template <class F>
+  void object(const std::string& key, F read) {
+    if (const json* v = find(key)) {
+      Reader o(*v, field_path(key), ctx_);
+      read(o);
+      o.finish();
+    }
+  }
+  template <class T>
+  void list(const std::string& key, std::vector<T>& out) {
+    const json* v = find(key);
+    if (!v) return;
+    expect(key, *v, v->is_array(), "a list");
+    for (size_t i = 0; i < v->size(); i++) {
+      Reader o((*v)[i], field_path(key) + "[" + std::to_string(i) + "]", ctx_);
+      T item;
+      schema(o, item);
+      o.finish();
+      out.push_back(std::move(item));
+    }
+  }
+
  private:
+  const json* find(const std::string& key) {
+    known_.insert(key);
+    auto it = j_.find(key);
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
+  const json& expect(const std::string& key, const json& v, bool ok, const char* what) const {
+    if (!ok) fail(key, std::string("expected ") + what + ", got " + type_of(v));
+    return v;
+  }
+  uint64_t number(const std::string& key, const json& v, Range r) const {
+    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+      fail(key, "expected a whole number, got " + type_of(v));
+    uint64_t n = v.get<uint64_t>();
+    if (n < r.min || n > r.max)
+      fail(key, std::to_string(n) + " is out of range (" + std::to_string(r.min) + " to " + std::to_string(r.max) + ")");
+    return n;
+  }
+
   const json& j_;
   std::string path_;
   const SpecContext& ctx_;
   std::set<std::string> known_;
 };
 
-const std::vector<std::pair<std::string, Cache>> kCaches{{"never", Cache::kNever}, {"auto", Cache::kAuto}, {"always", Cache::kAlways}};
+// ---- writing (--print-spec): the same schema, into JSON that reads back
+// to the same spec.
 
-Endpoint endpoint(Obj& parent, const std::string& key, const SpecContext& ctx) {
-  const json* v = parent.find(key);
-  if (!v) parent.fail(key, "is required");
-  Obj o(*v, parent.field(key), ctx);
-  Endpoint e;
-  e.address = o.str("address").value_or("");
-  e.port = static_cast<uint16_t>(o.number("port", 1, 65535).value_or(0));
-  if (e.port == 0) o.fail("port", "is required");
-  o.done();
-  return e;
-}
+class Writer {
+ public:
+  static constexpr bool kReading = false;
+  explicit Writer(json& j) : j_(j) { j_ = json::object(); }
+
+  template <class T>
+    requires(!Named<T>)
+  void field(const std::string& key, const T& v) {
+    j_[key] = v;
+  }
+  template <class T>
+  void field(const std::string& key, const T& v, Range) {
+    j_[key] = v;
+  }
+  template <Named E>
+  void field(const std::string& key, E v) {
+    j_[key] = name_of(v);
+  }
+  template <class In, class Table>
+  void choice(const std::string& key, const In& v, const Table& table) {
+    for (const auto& n : table)
+      if (n.value == v) j_[key] = n.name;
+  }
+  void field(const std::string& key, CommandField c) {
+    if (c.shell) j_[key] = *c.shell;
+    else if (!c.argv.empty()) j_[key] = c.argv;
+  }
+  void field(const std::string& key, NixDbField n) {
+    if (n.path.empty()) j_[key] = false;
+    else j_[key] = n.path;
+  }
+  template <class F>
+  void object(const std::string& key, F write) {
+    Writer o(j_[key]);
+    write(o);
+  }
+  template <class T>
+  void list(const std::string& key, std::vector<T>& items) {
+    json& a = j_[key] = json::array();
+    for (auto& item : items) {
+      json e;
+      Writer o(e);
+      schema(o, item);
+      a.push_back(std::move(e));
+    }
+  }
+
+ private:
+  json& j_;
+};
+
+// ---- what the schema cannot say: required fields, files that must exist,
+// and rules across fields. In the order the spec reads.
+
+class Checker {
+ public:
+  explicit Checker(const SpecContext& ctx) : ctx_(ctx) {}
+  [[noreturn]] void fail(const std::string& field, const std::string& why) const {
+    throw SpecError(ctx_.file + ": " + field + ": " + why);
+  }
+
+  void check(Spec& s) {
+    if (s.kernel.empty()) fail("kernel", "is required (scripts/setup fetches a default guest kernel)");
+    if (!exists(s.kernel)) fail("kernel", "\"" + s.kernel + "\" does not exist");
+    if (!s.initrd.empty() && !exists(s.initrd)) fail("initrd", "\"" + s.initrd + "\" does not exist");
+    if (!s.modules.empty() && !is_dir(s.modules)) fail("modules", "\"" + s.modules + "\" is not a directory");
+    check_store(s.store);
+    for (size_t i = 0; i < s.shares.size(); i++) check_share(s.shares[i], i);
+    add_xchg_and_shared(s);
+    for (size_t i = 0; i < s.forward_ports.size(); i++) {
+      std::string at = "forwardPorts[" + std::to_string(i) + "]";
+      const ForwardPort& f = s.forward_ports[i];
+      if (f.host.port == 0) fail(at + ".host.port", "is required");
+      if (f.guest.port == 0) fail(at + ".guest.port", "is required");
+      if (!f.from_host && f.proto != "tcp") fail(at + ".proto", "QEMU forwards only tcp from the guest to the host");
+    }
+    if (!s.forward_ports.empty() && s.network != Network::kUser) fail("forwardPorts", "needs \"network\": \"user\"");
+    for (size_t i = 0; i < s.disks.size(); i++) {
+      std::string at = "disks[" + std::to_string(i) + "]";
+      const DiskSpec& d = s.disks[i];
+      if (d.file.empty()) fail(at + ".file", "is required");
+      if (d.size_mib == 0 && !exists(d.file)) fail(at + ".file", "\"" + d.file + "\" does not exist (give a size to create it)");
+    }
+  }
+
+ private:
+  void check_store(StoreSpec& store) {
+    if (store.mount_point.empty() || store.mount_point[0] != '/') fail("store.mountPoint", "must be an absolute path");
+    if (!ctx_.store_override.empty()) store.path = ctx_.store_override;
+    if (store.path.empty()) fail("store", "no store: give store.path or --store");
+    if (!is_dir(store.path))
+      fail(ctx_.store_override.empty() ? "store.path" : "store (--store)", "\"" + store.path + "\" is not a directory");
+  }
+
+  void check_share(const ShareSpec& share, size_t i) {
+    std::string at = "shares[" + std::to_string(i) + "]";
+    if (share.tag.empty()) fail(at + ".tag", "is required");
+    size_t max = share.proto == Proto::kVirtiofs ? kMaxVirtiofsTag : kMaxNinePTag;
+    if (share.tag.size() > max)
+      fail(at + ".tag", "\"" + share.tag + "\" is " + std::to_string(share.tag.size()) + " bytes; " +
+                            (share.proto == Proto::kVirtiofs ? "virtio-fs" : "9p") + " allows at most " + std::to_string(max));
+    if (auto [it, fresh] = tags_.emplace(share.tag, at); !fresh) fail(at + ".tag", "\"" + share.tag + "\" is used by " + it->second + " too");
+    if (share.source.empty()) fail(at + ".source", "is required");
+    if (!is_dir(share.source)) fail(at + ".source", "\"" + share.source + "\" is not an existing directory");
+    if (share.target.empty() || share.target[0] != '/') fail(at + ".target", "must be an absolute path in the guest");
+  }
+
+  // xchg and shared, unless the spec defines them itself.
+  void add_xchg_and_shared(Spec& s) const {
+    std::string xchg = ctx_.xchg_dir.empty() ? "(a fresh temporary directory)" : ctx_.xchg_dir;
+    if (!tags_.count("xchg")) s.shares.push_back({"xchg", xchg, "/tmp/xchg", false, Proto::kVirtiofs, Cache::kNever});
+    if (!tags_.count("shared"))
+      s.shares.push_back({"shared", ctx_.shared_dir.empty() ? xchg : ctx_.shared_dir, "/tmp/shared", false,
+                          Proto::kVirtiofs, Cache::kNever});
+  }
+
+  const SpecContext& ctx_;
+  // Tags in use, and by what; vmlaunch's own come first.
+  std::map<std::string, std::string> tags_{{"store", "the store"}, {"nix-db", "the Nix database (nixDb)"}};
+};
 
 }  // namespace
 
 Spec parse_spec(const json& j, const SpecContext& ctx) {
   Spec s;
-  Obj top(j, "", ctx);
-  s.name = top.str("name").value_or(s.name);
-  s.memory_mib = top.number("memory", 128, 1 << 20).value_or(s.memory_mib);
-  s.cpus = static_cast<unsigned>(top.number("cpus", 1, 256).value_or(s.cpus));
-  s.accel = top.choice<Accel>("accel", {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}}).value_or(s.accel);
-  s.kernel = top.str("kernel").value_or("");
-  s.initrd = top.str("initrd").value_or("");
-  s.modules = top.str("modules").value_or("");
-  s.cmdline = top.str("cmdline").value_or("");
-  if (s.kernel.empty()) top.fail("kernel", "is required (scripts/setup fetches a default guest kernel)");
-  if (!exists(s.kernel)) top.fail("kernel", "\"" + s.kernel + "\" does not exist");
-  if (!s.initrd.empty() && !exists(s.initrd)) top.fail("initrd", "\"" + s.initrd + "\" does not exist");
-  if (!s.modules.empty() && !is_dir(s.modules)) top.fail("modules", "\"" + s.modules + "\" is not a directory");
-
-  if (const json* st = top.find("store")) {
-    Obj o(*st, "store", ctx);
-    s.store.path = o.str("path").value_or("");
-    s.store.mount_point = o.str("mountPoint").value_or(s.store.mount_point);
-    s.store.writable_tmpfs = o.choice<bool>("writable", {{"tmpfs", true}, {"none", false}}).value_or(true);
-    s.store.cache = o.choice<Cache>("cache", kCaches).value_or(s.store.cache);
-    if (s.store.mount_point.empty() || s.store.mount_point[0] != '/') o.fail("mountPoint", "must be an absolute path");
-    o.done();
-  }
-  if (!ctx.store_override.empty()) s.store.path = ctx.store_override;
-  if (s.store.path.empty()) top.fail("store", "no store: give store.path or --store");
-  if (!is_dir(s.store.path)) top.fail(ctx.store_override.empty() ? "store.path" : "store (--store)", "\"" + s.store.path + "\" is not a directory");
-
-  std::map<std::string, size_t> tags{{"store", SIZE_MAX}, {"nix-db", SIZE_MAX - 1}};  // vmlaunch's own tags
-  if (const json* sh = top.find("shares")) {
-    if (!sh->is_array()) top.fail("shares", "expected a list, got " + type_of(*sh));
-    for (size_t i = 0; i < sh->size(); i++) {
-      std::string at = "shares[" + std::to_string(i) + "]";
-      Obj o((*sh)[i], at, ctx);
-      ShareSpec share;
-      share.tag = o.str("tag").value_or("");
-      share.source = o.str("source").value_or("");
-      share.target = o.str("target").value_or("");
-      share.read_only = o.boolean("readOnly").value_or(false);
-      share.proto = o.choice<Proto>("proto", {{"virtiofs", Proto::kVirtiofs}, {"9p", Proto::k9p}, {"9p-qemu", Proto::k9pQemu}})
-                        .value_or(Proto::kVirtiofs);
-      share.cache = o.choice<Cache>("cache", kCaches).value_or(share.read_only ? Cache::kAlways : Cache::kAuto);
-      share.msize = static_cast<uint32_t>(o.number("msize", 4096, 16 << 20).value_or(share.msize));
-      o.done();
-      if (share.tag.empty()) o.fail("tag", "is required");
-      size_t max = share.proto == Proto::kVirtiofs ? kMaxVirtiofsTag : kMaxNinePTag;
-      if (share.tag.size() > max)
-        o.fail("tag", "\"" + share.tag + "\" is " + std::to_string(share.tag.size()) + " bytes; " +
-                          (share.proto == Proto::kVirtiofs ? "virtio-fs" : "9p") + " allows at most " + std::to_string(max));
-      if (auto [it, fresh] = tags.emplace(share.tag, i); !fresh)
-        o.fail("tag", "\"" + share.tag + "\" is used by " + (it->second == SIZE_MAX ? std::string("the store") : it->second == SIZE_MAX - 1 ? std::string("the Nix database (nixDb)") : "shares[" + std::to_string(it->second) + "]") + " too");
-      if (share.source.empty()) o.fail("source", "is required");
-      if (!is_dir(share.source)) o.fail("source", "\"" + share.source + "\" is not an existing directory");
-      if (share.target.empty() || share.target[0] != '/') o.fail("target", "must be an absolute path in the guest");
-      s.shares.push_back(share);
-    }
-  }
-  // xchg and shared, unless the spec defines them itself.
-  std::string xchg = ctx.xchg_dir.empty() ? "(a fresh temporary directory)" : ctx.xchg_dir;
-  if (!tags.count("xchg")) s.shares.push_back({"xchg", xchg, "/tmp/xchg", false, Proto::kVirtiofs, Cache::kNever});
-  if (!tags.count("shared"))
-    s.shares.push_back({"shared", ctx.shared_dir.empty() ? xchg : ctx.shared_dir, "/tmp/shared", false, Proto::kVirtiofs, Cache::kNever});
-
-  if (const json* c = top.find("command")) {
-    if (c->is_string()) {
-      s.command_shell = c->get<std::string>();
-    } else if (c->is_array()) {
-      s.command_argv = top.strings("command");
-      if (s.command_argv.empty()) top.fail("command", "an empty list runs nothing; leave it out for a shell");
-    } else {
-      top.fail("command", "expected a string or a list of strings, got " + type_of(*c));
-    }
-  }
-  if (const json* e = top.find("env")) {
-    if (!e->is_object()) top.fail("env", "expected an object of strings, got " + type_of(*e));
-    for (const auto& [k, v] : e->items()) {
-      if (!v.is_string()) top.fail("env." + k, "expected a string, got " + type_of(v));
-      if (k.empty() || k.find('=') != std::string::npos) top.fail("env." + k, "is not a valid variable name");
-      s.env[k] = v.get<std::string>();
-    }
-  }
-  s.timeout_s = static_cast<unsigned>(top.number("timeout", 0, 7 * 24 * 3600).value_or(0));
-  s.console = top.choice<Console>("console", {{"serial", Console::kSerial}, {"quiet", Console::kQuiet}}).value_or(s.console);
-  s.network = top.choice<Network>("network", {{"none", Network::kNone}, {"user", Network::kUser}}).value_or(s.network);
-  if (const json* fp = top.find("forwardPorts")) {
-    if (!fp->is_array()) top.fail("forwardPorts", "expected a list, got " + type_of(*fp));
-    for (size_t i = 0; i < fp->size(); i++) {
-      Obj o((*fp)[i], "forwardPorts[" + std::to_string(i) + "]", ctx);
-      ForwardPort f;
-      f.from_host = o.choice<bool>("from", {{"host", true}, {"guest", false}}).value_or(true);
-      f.proto = o.choice<std::string>("proto", {{"tcp", "tcp"}, {"udp", "udp"}}).value_or("tcp");
-      f.host = endpoint(o, "host", ctx);
-      f.guest = endpoint(o, "guest", ctx);
-      o.done();
-      if (!f.from_host && f.proto != "tcp") o.fail("proto", "QEMU forwards only tcp from the guest to the host");
-      s.forward_ports.push_back(f);
-    }
-    if (!s.forward_ports.empty() && s.network != Network::kUser) top.fail("forwardPorts", "needs \"network\": \"user\"");
-  }
-  if (const json* q = top.find("qemu")) {
-    Obj o(*q, "qemu", ctx);
-    s.qemu_binary = o.str("binary").value_or(s.qemu_binary);
-    s.qemu_extra_args = o.strings("extraArgs");
-    o.done();
-  }
-  if (const json* d = top.find("disks")) {
-    if (!d->is_array()) top.fail("disks", "expected a list, got " + type_of(*d));
-    for (size_t i = 0; i < d->size(); i++) {
-      Obj o((*d)[i], "disks[" + std::to_string(i) + "]", ctx);
-      DiskSpec disk;
-      disk.file = o.str("file").value_or("");
-      disk.size_mib = o.number("size", 1, 1ull << 24).value_or(0);
-      disk.read_only = o.boolean("readOnly").value_or(false);
-      disk.snapshot = o.boolean("snapshot").value_or(false);
-      o.done();
-      if (disk.file.empty()) o.fail("file", "is required");
-      if (disk.size_mib == 0 && !exists(disk.file)) o.fail("file", "\"" + disk.file + "\" does not exist (give a size to create it)");
-      s.disks.push_back(disk);
-    }
-  }
-  if (const json* e = top.find("emptyDisks")) {
-    if (!e->is_array()) top.fail("emptyDisks", "expected a list of sizes in MiB, got " + type_of(*e));
-    for (size_t i = 0; i < e->size(); i++) {
-      const json& v = (*e)[i];
-      if (!v.is_number_integer() || v.get<int64_t>() <= 0)
-        top.fail("emptyDisks[" + std::to_string(i) + "]", "expected a size in MiB, got " + type_of(v));
-      s.empty_disks_mib.push_back(v.get<uint64_t>());
-    }
-  }
-  s.graphics = top.boolean("graphics").value_or(false);
-  // nixDb: true shares /nix/var/nix/db when the host has one; a string names the database directory.
-  if (const json* v = top.find("nixDb")) {
-    if (v->is_boolean()) {
-      if (v->get<bool>() && is_dir(kNixDb)) s.nix_db = kNixDb;
-    } else if (v->is_string()) {
-      s.nix_db = v->get<std::string>();
-      if (!is_dir(s.nix_db)) top.fail("nixDb", "\"" + s.nix_db + "\" is not a directory");
-    } else {
-      top.fail("nixDb", "expected true, false or a directory, got " + type_of(*v));
-    }
-  }
-  top.done();
+  Reader top(j, "", ctx);
+  schema(top, s);
+  top.finish();
+  Checker(ctx).check(s);
   return s;
 }
 
@@ -282,45 +423,9 @@ Spec load_spec(const std::string& path, const SpecContext& ctx) {
 }
 
 nlohmann::json to_json(const Spec& s) {
-  auto cache = [](Cache c) { return c == Cache::kNever ? "never" : c == Cache::kAuto ? "auto" : "always"; };
   json j;
-  j["name"] = s.name;
-  j["memory"] = s.memory_mib;
-  j["cpus"] = s.cpus;
-  j["accel"] = s.accel == Accel::kAuto ? "auto" : s.accel == Accel::kKvm ? "kvm" : "tcg";
-  j["kernel"] = s.kernel;
-  if (!s.initrd.empty()) j["initrd"] = s.initrd;
-  if (!s.modules.empty()) j["modules"] = s.modules;
-  j["cmdline"] = s.cmdline;
-  j["store"] = {{"path", s.store.path}, {"mountPoint", s.store.mount_point},
-                {"writable", s.store.writable_tmpfs ? "tmpfs" : "none"}, {"cache", cache(s.store.cache)}};
-  j["shares"] = json::array();
-  for (const auto& sh : s.shares) {
-    json o{{"tag", sh.tag}, {"source", sh.source}, {"target", sh.target}, {"readOnly", sh.read_only},
-           {"proto", sh.proto == Proto::kVirtiofs ? "virtiofs" : sh.proto == Proto::k9p ? "9p" : "9p-qemu"},
-           {"cache", cache(sh.cache)}};
-    if (sh.proto != Proto::kVirtiofs) o["msize"] = sh.msize;
-    j["shares"].push_back(o);
-  }
-  if (s.command_shell) j["command"] = *s.command_shell;
-  else if (!s.command_argv.empty()) j["command"] = s.command_argv;
-  j["env"] = s.env;
-  j["timeout"] = s.timeout_s;
-  j["console"] = s.console == Console::kSerial ? "serial" : "quiet";
-  j["network"] = s.network == Network::kUser ? "user" : "none";
-  j["forwardPorts"] = json::array();
-  for (const auto& f : s.forward_ports)
-    j["forwardPorts"].push_back({{"from", f.from_host ? "host" : "guest"}, {"proto", f.proto},
-                                 {"host", {{"address", f.host.address}, {"port", f.host.port}}},
-                                 {"guest", {{"address", f.guest.address}, {"port", f.guest.port}}}});
-  j["qemu"] = {{"binary", s.qemu_binary}, {"extraArgs", s.qemu_extra_args}};
-  j["disks"] = json::array();
-  for (const auto& d : s.disks)
-    j["disks"].push_back({{"file", d.file}, {"size", d.size_mib}, {"readOnly", d.read_only}, {"snapshot", d.snapshot}});
-  j["emptyDisks"] = s.empty_disks_mib;
-  j["graphics"] = s.graphics;
-  if (s.nix_db.empty()) j["nixDb"] = false;
-  else j["nixDb"] = s.nix_db;
+  Writer w(j);
+  schema(w, const_cast<Spec&>(s));  // the Writer only reads
   return j;
 }
 

@@ -1,6 +1,10 @@
 // Spec: what vmlaunch starts, read from a JSON file (documented field by
 // field in the README; an example is in examples/).
 //
+// Every field is named once, in the schema in spec.cpp, which both reads a
+// spec (parse_spec) and writes one (to_json, --print-spec). Each enum's
+// names are in its table below, used by the schema and the plan alike.
+//
 // parse_spec() checks everything it can before anything starts: unknown
 // fields, wrong types, a missing kernel, share sources that do not exist,
 // duplicate tags, tags longer than the transport allows. Each problem is a
@@ -11,11 +15,15 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "fsd/core/cache_policy.h"
+#include "fsd/core/enum_names.h"
 
 namespace fsd::launcher {
 
@@ -25,9 +33,19 @@ struct SpecError : std::runtime_error {
 
 enum class Accel { kAuto, kKvm, kTcg };
 enum class Proto { kVirtiofs, k9p, k9pQemu };
-enum class Cache { kNever, kAuto, kAlways };
+using Cache = fsd::CachePolicy;  // fsd's --export cache= takes the same names
 enum class Console { kSerial, kQuiet };
 enum class Network { kNone, kUser };
+
+inline constexpr EnumName<Accel> kAccelNames[] = {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}};
+inline constexpr EnumName<Proto> kProtoNames[] = {
+    {"virtiofs", Proto::kVirtiofs}, {"9p", Proto::k9p}, {"9p-qemu", Proto::k9pQemu}};
+inline constexpr EnumName<Console> kConsoleNames[] = {{"serial", Console::kSerial}, {"quiet", Console::kQuiet}};
+inline constexpr EnumName<Network> kNetworkNames[] = {{"none", Network::kNone}, {"user", Network::kUser}};
+constexpr std::span<const EnumName<Accel>> names(Accel) { return kAccelNames; }
+constexpr std::span<const EnumName<Proto>> names(Proto) { return kProtoNames; }
+constexpr std::span<const EnumName<Console>> names(Console) { return kConsoleNames; }
+constexpr std::span<const EnumName<Network>> names(Network) { return kNetworkNames; }
 
 struct StoreSpec {
   std::string path;                      // host store; --store overrides

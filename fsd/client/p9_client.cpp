@@ -1,5 +1,7 @@
 #include "fsd/client/p9_client.h"
 
+#include "fsd/client/connect.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,14 +14,9 @@
 namespace fsd::p9 {
 
 Result<Client> Client::connect_unix(const std::string& path) {
-  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return errno_error();
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  if (path.size() >= sizeof sa.sun_path) return Error{-ENAMETOOLONG};
-  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) return errno_error();
-  return Client(std::move(fd));
+  auto fd = fsd::connect_unix(path);
+  if (!fd) return Error{fd.error()};
+  return Client(std::move(*fd));
 }
 
 Result<Client> Client::connect_tcp(const std::string& host, uint16_t port) {

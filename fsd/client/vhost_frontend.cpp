@@ -1,5 +1,7 @@
 #include "fsd/client/vhost_frontend.h"
 
+#include "fsd/client/connect.h"
+
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -13,13 +15,9 @@ namespace fsd::frontend {
 namespace vu = vhost_user;
 
 Result<std::unique_ptr<VhostFrontend>> VhostFrontend::connect(const std::string& path, Options o) {
-  Fd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!sock) return errno_error();
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  if (path.size() >= sizeof sa.sun_path) return Error{-ENAMETOOLONG};
-  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) return errno_error();
+  auto connected = connect_unix(path);
+  if (!connected) return Error{connected.error()};
+  Fd sock = std::move(*connected);
   Fd memfd(::memfd_create("fsd-frontend-guest", MFD_CLOEXEC));
   if (!memfd) return errno_error();
   if (::ftruncate(memfd.get(), static_cast<off_t>(o.memory)) < 0) return errno_error();

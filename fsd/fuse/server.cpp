@@ -142,24 +142,15 @@ class Server::Context {
     auto n = node();
     if (!n) co_return Error{n.error()};
     const fuse_setattr_in& in = a.in;
-    SetAttr sa;
-    sa.mode = in.valid & FATTR_MODE;
-    sa.mode_value = in.mode;
-    sa.uid = in.valid & FATTR_UID;
-    sa.uid_value = in.uid;
-    sa.gid = in.valid & FATTR_GID;
-    sa.gid_value = in.gid;
-    sa.size = in.valid & FATTR_SIZE;
-    sa.size_value = in.size;
-    if (in.valid & FATTR_ATIME) {
-      sa.atime = (in.valid & FATTR_ATIME_NOW) ? SetAttr::Time::kNow : SetAttr::Time::kSet;
-      sa.atime_value = {static_cast<time_t>(in.atime), static_cast<long>(in.atimensec)};
-    }
-    if (in.valid & FATTR_MTIME) {
-      sa.mtime = (in.valid & FATTR_MTIME_NOW) ? SetAttr::Time::kNow : SetAttr::Time::kSet;
-      sa.mtime_value = {static_cast<time_t>(in.mtime), static_cast<long>(in.mtimensec)};
-    }
-    sa.ctime = in.valid & FATTR_CTIME;
+    static_assert(FATTR_MODE == SetAttr::kMode && FATTR_UID == SetAttr::kUid && FATTR_GID == SetAttr::kGid &&
+                  FATTR_SIZE == SetAttr::kSize && FATTR_ATIME == SetAttr::kAtime && FATTR_MTIME == SetAttr::kMtime);
+    uint32_t valid = in.valid & SetAttr::kWireBits;
+    if (in.valid & FATTR_ATIME_NOW) valid |= SetAttr::kAtimeNow;
+    if (in.valid & FATTR_MTIME_NOW) valid |= SetAttr::kMtimeNow;
+    if (in.valid & FATTR_CTIME) valid |= SetAttr::kCtime;
+    SetAttr sa{.valid = valid, .mode = in.mode, .uid = in.uid, .gid = in.gid, .size = in.size,
+               .atime = {static_cast<time_t>(in.atime), static_cast<long>(in.atimensec)},
+               .mtime = {static_cast<time_t>(in.mtime), static_cast<long>(in.mtimensec)}};
     std::shared_ptr<Handle> hd = (in.valid & FATTR_FH) ? s.handle_of(in.fh) : nullptr;
     if (auto r = vfs.setattr(**n, sa, hd && !hd->dir ? &hd->file : nullptr); !r) co_return Error{r.error()};
     co_return co_await op(Getattr{});

@@ -18,6 +18,13 @@ namespace fsd::p9 {
   if (!var##_or) co_return Error{var##_or.error()}; \
   FidPtr var = *var##_or
 
+// In an op: looks up two fids of one export, or ends the op with its error
+// (EBADF, or EXDEV across exports).
+#define FSD_FIDS_OR_RETURN(a, b, id_a, id_b)             \
+  auto a##_##b##_or = one_export(id_a, id_b);            \
+  if (!a##_##b##_or) co_return Error{a##_##b##_or.error()}; \
+  auto [a, b] = *a##_##b##_or
+
 struct Session::Fid {
   Vfs* vfs = nullptr;
   NodeRef node;
@@ -104,6 +111,29 @@ Result<Session::FidPtr> Session::fid(uint32_t id) const {
   auto it = fids_.find(id);
   if (it == fids_.end()) return Error{-EBADF};
   return it->second;
+}
+
+Result<std::pair<Session::FidPtr, Session::FidPtr>> Session::one_export(uint32_t a, uint32_t b) const {
+  auto fa = fid(a);
+  if (!fa) return Error{fa.error()};
+  auto fb = fid(b);
+  if (!fb) return Error{fb.error()};
+  if ((*fa)->vfs != (*fb)->vfs) return Error{-EXDEV};
+  return std::pair{*fa, *fb};
+}
+
+template <class R>
+Result<void> Session::reply_empty(Request& rq, Result<void> done) {
+  if (!done) return done;
+  set_reply(rq, R{});
+  return {};
+}
+
+template <class R>
+Result<void> Session::reply_qid(Request& rq, const Fid& dir, Result<Entry> made) {
+  if (!made) return Error{made.error()};
+  set_reply(rq, R{.qid = qid_of(*dir.vfs, *made->node, made->st)});
+  return {};
 }
 
 Result<void> Session::check_new_fid(uint32_t id, uint32_t except) const {
@@ -218,26 +248,19 @@ Task<Result<void>> Session::op(Request& rq, const Tgetattr& m) {
   co_return Result<void>{};
 }
 
+static_assert(kSetattrMode == SetAttr::kMode && kSetattrUid == SetAttr::kUid && kSetattrGid == SetAttr::kGid &&
+              kSetattrSize == SetAttr::kSize && kSetattrAtime == SetAttr::kAtime && kSetattrMtime == SetAttr::kMtime &&
+              kSetattrCtime == SetAttr::kCtime);
+
 Task<Result<void>> Session::op(Request& rq, const Tsetattr& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  SetAttr a;
-  a.mode = m.valid & kSetattrMode;
-  a.mode_value = m.mode;
-  a.uid = m.valid & kSetattrUid;
-  a.uid_value = m.uid;
-  a.gid = m.valid & kSetattrGid;
-  a.gid_value = m.gid;
-  a.size = m.valid & kSetattrSize;
-  a.size_value = m.size;
-  if (m.valid & kSetattrAtime) {
-    a.atime = (m.valid & kSetattrAtimeSet) ? SetAttr::Time::kSet : SetAttr::Time::kNow;
-    a.atime_value = {static_cast<time_t>(m.atime_sec), static_cast<long>(m.atime_nsec)};
-  }
-  if (m.valid & kSetattrMtime) {
-    a.mtime = (m.valid & kSetattrMtimeSet) ? SetAttr::Time::kSet : SetAttr::Time::kNow;
-    a.mtime_value = {static_cast<time_t>(m.mtime_sec), static_cast<long>(m.mtime_nsec)};
-  }
-  a.ctime = m.valid & kSetattrCtime;
+  // 9P sets a time to "now" unless its *_SET bit gives the value.
+  uint32_t valid = m.valid & (SetAttr::kWireBits | SetAttr::kCtime);
+  if ((m.valid & kSetattrAtime) && !(m.valid & kSetattrAtimeSet)) valid |= SetAttr::kAtimeNow;
+  if ((m.valid & kSetattrMtime) && !(m.valid & kSetattrMtimeSet)) valid |= SetAttr::kMtimeNow;
+  SetAttr a{.valid = valid, .mode = m.mode, .uid = m.uid, .gid = m.gid, .size = m.size,
+            .atime = {static_cast<time_t>(m.atime_sec), static_cast<long>(m.atime_nsec)},
+            .mtime = {static_cast<time_t>(m.mtime_sec), static_cast<long>(m.mtime_nsec)}};
   if (auto r = fp->vfs->setattr(*fp->node, a, fp->file.valid() ? &fp->file : nullptr); !r)
     co_return Error{r.error()};
   set_reply(rq, Rsetattr{});
@@ -352,84 +375,47 @@ Task<Result<void>> Session::op(Request& rq, const Tclunk& m) {
 Task<Result<void>> Session::op(Request& rq, const Tremove& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
   fids_.erase(m.fid);  // clunked even if the removal fails
-  auto r = co_await fp->vfs->remove(ring_, *fp->node);
-  if (!r) co_return Error{r.error()};
-  set_reply(rq, Rremove{});
-  co_return Result<void>{};
+  co_return reply_empty<Rremove>(rq, co_await fp->vfs->remove(ring_, *fp->node));
 }
 
 // ---- namespace changes
 
 Task<Result<void>> Session::op(Request& rq, const Tmkdir& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
-  auto e = co_await fp->vfs->mkdir(ring_, fp->node, m.name, m.mode, Creds{fp->uid, m.gid});
-  if (!e) co_return Error{e.error()};
-  set_reply(rq, Rmkdir{.qid = qid_of(*fp->vfs, *e->node, e->st)});
-  co_return Result<void>{};
+  co_return reply_qid<Rmkdir>(rq, *fp, co_await fp->vfs->mkdir(ring_, fp->node, m.name, m.mode, Creds{fp->uid, m.gid}));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
-  auto e = co_await fp->vfs->symlink(ring_, fp->node, m.name, m.symtgt, Creds{fp->uid, m.gid});
-  if (!e) co_return Error{e.error()};
-  set_reply(rq, Rsymlink{.qid = qid_of(*fp->vfs, *e->node, e->st)});
-  co_return Result<void>{};
+  co_return reply_qid<Rsymlink>(rq, *fp,
+                                co_await fp->vfs->symlink(ring_, fp->node, m.name, m.symtgt, Creds{fp->uid, m.gid}));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tmknod& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
-  auto e = co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, makedev(m.major, m.minor),
-                                   Creds{fp->uid, m.gid});
-  if (!e) co_return Error{e.error()};
-  set_reply(rq, Rmknod{.qid = qid_of(*fp->vfs, *e->node, e->st)});
-  co_return Result<void>{};
+  dev_t rdev = makedev(m.major, m.minor);
+  co_return reply_qid<Rmknod>(rq, *fp, co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, rdev, Creds{fp->uid, m.gid}));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Trename& m) {
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  auto d = fid(m.dfid);
-  if (!d) co_return Error{d.error()};
-  FidPtr fp = *f, dp = *d;
-  if (fp->vfs != dp->vfs) co_return Error{-EXDEV};
-  auto r = co_await fp->vfs->rename_node(ring_, *fp->node, dp->node, m.name);
-  if (!r) co_return Error{r.error()};
-  set_reply(rq, Rrename{});
-  co_return Result<void>{};
+  FSD_FIDS_OR_RETURN(fp, dp, m.fid, m.dfid);
+  co_return reply_empty<Rrename>(rq, co_await fp->vfs->rename_node(ring_, *fp->node, dp->node, m.name));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Trenameat& m) {
-  auto o = fid(m.olddirfid);
-  if (!o) co_return Error{o.error()};
-  auto n = fid(m.newdirfid);
-  if (!n) co_return Error{n.error()};
-  FidPtr op = *o, np = *n;
-  if (op->vfs != np->vfs) co_return Error{-EXDEV};
-  auto r = co_await op->vfs->rename(ring_, op->node, m.oldname, np->node, m.newname, 0);
-  if (!r) co_return Error{r.error()};
-  set_reply(rq, Rrenameat{});
-  co_return Result<void>{};
+  FSD_FIDS_OR_RETURN(from, to, m.olddirfid, m.newdirfid);
+  co_return reply_empty<Rrenameat>(rq, co_await from->vfs->rename(ring_, from->node, m.oldname, to->node, m.newname, 0));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tunlinkat& m) {
   FSD_FID_OR_RETURN(fp, m.dirfid);
-  auto r = co_await fp->vfs->unlink(ring_, fp->node, m.name, (m.flags & kAtRemoveDir) ? AT_REMOVEDIR : 0);
-  if (!r) co_return Error{r.error()};
-  set_reply(rq, Runlinkat{});
-  co_return Result<void>{};
+  int flags = (m.flags & kAtRemoveDir) ? AT_REMOVEDIR : 0;
+  co_return reply_empty<Runlinkat>(rq, co_await fp->vfs->unlink(ring_, fp->node, m.name, flags));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tlink& m) {
-  auto d = fid(m.dfid);
-  if (!d) co_return Error{d.error()};
-  auto f = fid(m.fid);
-  if (!f) co_return Error{f.error()};
-  FidPtr dp = *d, fp = *f;
-  if (fp->vfs != dp->vfs) co_return Error{-EXDEV};
-  auto r = co_await fp->vfs->link(ring_, *fp->node, dp->node, m.name);
-  if (!r) co_return Error{r.error()};
-  set_reply(rq, Rlink{});
-  co_return Result<void>{};
+  FSD_FIDS_OR_RETURN(dp, fp, m.dfid, m.fid);
+  co_return reply_empty<Rlink>(rq, co_await fp->vfs->link(ring_, *fp->node, dp->node, m.name));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Treadlink& m) {
@@ -458,9 +444,7 @@ Task<Result<void>> Session::op(Request& rq, const Tstatfs& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tfsync& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (auto r = co_await fp->vfs->fsync(ring_, fp->file, m.datasync != 0); !r) co_return Error{r.error()};
-  set_reply(rq, Rfsync{});
-  co_return Result<void>{};
+  co_return reply_empty<Rfsync>(rq, co_await fp->vfs->fsync(ring_, fp->file, m.datasync != 0));
 }
 
 // ---- xattrs
@@ -541,10 +525,9 @@ Task<Result<void>> Session::op(Request& rq, const Tlock& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tgetlock& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
-  if (!fp->file.valid()) co_return Error{-EBADF};
   auto want = to_lock(m.type, m.start, m.length);
   if (!want) co_return Error{want.error()};
-  auto held = fp->vfs->get_lock(fp->file, *want);
+  auto held = fp->vfs->get_lock(fp->file, *want);  // EBADF unless the fid is open
   if (!held) co_return Error{held.error()};
   Rgetlock r{};
   r.type = held->type == FileLock::Type::kRead    ? kLockTypeRdlck

@@ -57,6 +57,14 @@ class Session : public StreamSession {
   void set_reply(Request& rq, const M& m);
 
   Result<FidPtr> fid(uint32_t id) const;
+  // Two fids on one export (EXDEV across exports).
+  Result<std::pair<FidPtr, FidPtr>> one_export(uint32_t a, uint32_t b) const;
+  // Ends an op: the backend's error, or the reply R (empty, or the qid of
+  // the object the op made).
+  template <class R>
+  Result<void> reply_empty(Request& rq, Result<void> done);
+  template <class R>
+  Result<void> reply_qid(Request& rq, const Fid& dir, Result<Entry> made);
   Result<void> check_new_fid(uint32_t id, uint32_t except = kNoFid) const;
   Qid qid_of(Vfs& vfs, const Node& n, const struct statx& st) const;
 

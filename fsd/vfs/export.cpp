@@ -4,15 +4,6 @@
 
 namespace fsd {
 
-std::string_view to_string(CachePolicy c) {
-  switch (c) {
-    case CachePolicy::kNever: return "never";
-    case CachePolicy::kAuto: return "auto";
-    case CachePolicy::kAlways: return "always";
-  }
-  return "?";
-}
-
 ExportConfig parse_export(std::string_view spec) {
   auto fail = [&](const std::string& why) {
     throw std::invalid_argument("--export '" + std::string(spec) + "': " + why);
@@ -41,10 +32,9 @@ ExportConfig parse_export(std::string_view spec) {
       c.read_only = false;
     } else if (opt.starts_with("cache=")) {
       auto v = opt.substr(6);
-      if (v == "never" || v == "none") c.cache = CachePolicy::kNever;
-      else if (v == "auto") c.cache = CachePolicy::kAuto;
-      else if (v == "always") c.cache = CachePolicy::kAlways;
-      else fail("unknown cache policy '" + std::string(v) + "' (never, auto, always)");
+      auto policy = value_of<CachePolicy>(v == "none" ? "never" : v);  // virtiofsd says none
+      if (!policy) fail("unknown cache policy '" + std::string(v) + "' (" + name_list<CachePolicy>() + ")");
+      c.cache = *policy;
       cache_given = true;
     } else {
       fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…)");

@@ -5,13 +5,9 @@
 #include <string_view>
 #include <vector>
 
+#include "fsd/core/cache_policy.h"
+
 namespace fsd {
-
-// How much clients may cache. 9p clients choose their own cache mode; FUSE
-// clients are told through entry/attr timeouts and open flags.
-enum class CachePolicy { kNever, kAuto, kAlways };
-
-std::string_view to_string(CachePolicy c);
 
 struct ExportConfig {
   std::string tag;   // 9p aname / virtio-fs tag

@@ -579,30 +579,29 @@ Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
-  if (a.mode) {
+  if (a.has(SetAttr::kMode)) {
     if (n.is_symlink()) return Error{-EOPNOTSUPP};
-    if (::fchmodat(AT_FDCWD, path.c_str(), a.mode_value & 07777, 0) < 0) return errno_error();
+    if (::fchmodat(AT_FDCWD, path.c_str(), a.mode & 07777, 0) < 0) return errno_error();
   }
-  if (a.uid || a.gid) {
-    if (::fchownat(pfd->get(), "", a.uid ? a.uid_value : static_cast<uid_t>(-1),
-                   a.gid ? a.gid_value : static_cast<gid_t>(-1), AT_EMPTY_PATH) < 0)
+  if (a.has(SetAttr::kUid) || a.has(SetAttr::kGid)) {
+    if (::fchownat(pfd->get(), "", a.has(SetAttr::kUid) ? a.uid : static_cast<uid_t>(-1),
+                   a.has(SetAttr::kGid) ? a.gid : static_cast<gid_t>(-1), AT_EMPTY_PATH) < 0)
       return errno_error();
   }
-  if (a.size) {
-    if (a.size_value > static_cast<uint64_t>(INT64_MAX)) return Error{-EFBIG};
-    int r = (file && file->writable()) ? ::ftruncate(file->get(), static_cast<off_t>(a.size_value))
-                                       : ::truncate(path.c_str(), static_cast<off_t>(a.size_value));
+  if (a.has(SetAttr::kSize)) {
+    if (a.size > static_cast<uint64_t>(INT64_MAX)) return Error{-EFBIG};
+    int r = (file && file->writable()) ? ::ftruncate(file->get(), static_cast<off_t>(a.size))
+                                       : ::truncate(path.c_str(), static_cast<off_t>(a.size));
     if (r < 0) return errno_error();
   }
-  if (a.atime != SetAttr::Time::kOmit || a.mtime != SetAttr::Time::kOmit) {
-    auto conv = [](SetAttr::Time t, timespec v) {
-      if (t == SetAttr::Time::kOmit) return timespec{0, UTIME_OMIT};
-      if (t == SetAttr::Time::kNow) return timespec{0, UTIME_NOW};
-      return v;
+  if (a.has(SetAttr::kAtime) || a.has(SetAttr::kMtime)) {
+    auto when = [&](uint32_t bit, uint32_t now, timespec v) {
+      return !a.has(bit) ? timespec{0, UTIME_OMIT} : a.has(now) ? timespec{0, UTIME_NOW} : v;
     };
-    timespec ts[2] = {conv(a.atime, a.atime_value), conv(a.mtime, a.mtime_value)};
+    timespec ts[2] = {when(SetAttr::kAtime, SetAttr::kAtimeNow, a.atime),
+                      when(SetAttr::kMtime, SetAttr::kMtimeNow, a.mtime)};
     if (::utimensat(AT_FDCWD, path.c_str(), ts, 0) < 0) return errno_error();
-  } else if (a.ctime && !a.mode && !a.uid && !a.gid && !a.size) {
+  } else if (a.valid == SetAttr::kCtime) {
     // Only "update ctime" was asked: a no-op chown does exactly that.
     if (::fchownat(pfd->get(), "", static_cast<uid_t>(-1), static_cast<gid_t>(-1), AT_EMPTY_PATH) < 0)
       return errno_error();

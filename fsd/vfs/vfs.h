@@ -115,16 +115,22 @@ struct Entry {
   struct statx st{};
 };
 
+// What setattr changes, as the kernel's iattr bits: the low six (mode, uid,
+// gid, size, atime, mtime) agree with FUSE's FATTR_* and 9P's P9_ATTR_*.
+// A time is set to the given value unless its *Now bit asks for "now".
 struct SetAttr {
-  bool mode = false, uid = false, gid = false, size = false;
-  mode_t mode_value = 0;
-  uid_t uid_value = 0;
-  gid_t gid_value = 0;
-  uint64_t size_value = 0;
-  enum class Time { kOmit, kNow, kSet };
-  Time atime = Time::kOmit, mtime = Time::kOmit;
-  timespec atime_value{}, mtime_value{};
-  bool ctime = false;  // only "touch ctime"
+  enum : uint32_t {
+    kMode = 1 << 0, kUid = 1 << 1, kGid = 1 << 2, kSize = 1 << 3, kAtime = 1 << 4, kMtime = 1 << 5,
+    kCtime = 1 << 6, kAtimeNow = 1 << 7, kMtimeNow = 1 << 8,
+    kWireBits = kMode | kUid | kGid | kSize | kAtime | kMtime,  // the bits FUSE and 9P share
+  };
+  uint32_t valid = 0;
+  mode_t mode = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  uint64_t size = 0;
+  timespec atime{}, mtime{};
+  bool has(uint32_t bit) const { return (valid & bit) != 0; }
 };
 
 // Owner to give new objects (applied when fsd runs as root).

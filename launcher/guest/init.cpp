@@ -38,6 +38,11 @@
 #include <string>
 #include <vector>
 
+#include "launcher/guest/guest_plan.h"
+
+using fsd::launcher::GuestMount;
+using fsd::launcher::GuestPlan;
+
 namespace {
 
 [[noreturn]] void power_off(int status) {
@@ -63,10 +68,9 @@ bool mkdirs(const std::string& path) {
   return true;
 }
 
-unsigned long mount_flags(const nlohmann::json& flags) {
+unsigned long mount_flags(const std::vector<std::string>& flags) {
   unsigned long f = 0;
-  for (const auto& s : flags) {
-    std::string v = s.get<std::string>();
+  for (const auto& v : flags) {
     if (v == "ro") f |= MS_RDONLY;
     else if (v == "nosuid") f |= MS_NOSUID;
     else if (v == "nodev") f |= MS_NODEV;
@@ -104,43 +108,27 @@ bool power_pressed(int fd) {
   return pressed;
 }
 
-}  // namespace
-
-int run();
-
-int main() {
-  // PID 1 must never die: a crash here is a kernel panic. Report and power off.
-  try {
-    return run();
-  } catch (const std::exception& e) {
-    say(std::string("failed: ") + e.what());
-  } catch (...) {
-    say("failed");
-  }
-  power_off(255);
-}
-
-int run() {
-  // The kernel gives PID 1 the console on fds 0-2 (from /dev/console).
-  ::setvbuf(stdout, nullptr, _IOLBF, 0);
+// Steps 1-4; each failure is said on the console and powers off with 255.
+void mount_basics() {
   ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
   ::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
   ::mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
   ::mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
   ::mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+}
 
-  std::printf("fsd-guest-init: started\n");  // vmlaunch shows the console from here in quiet mode
-  nlohmann::json plan;
+GuestPlan read_plan() {
   try {
     std::ifstream in("/init.json");
-    plan = nlohmann::json::parse(in);
+    return nlohmann::json::parse(in).get<GuestPlan>();
   } catch (const std::exception& e) {
     say(std::string("cannot read /init.json: ") + e.what());
     power_off(255);
   }
+}
 
-  for (const auto& m : plan.value("modules", nlohmann::json::array())) {
-    std::string path = m.get<std::string>();
+void load_modules(const std::vector<std::string>& modules) {
+  for (const auto& path : modules) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0 || (::syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)) {
       say("cannot load module " + path + ": " + std::strerror(errno));
@@ -148,20 +136,20 @@ int run() {
     }
     ::close(fd);
   }
+}
 
-  // Files to write (e.g. /etc/resolv.conf), then set-up commands (e.g.
-  // bringing up the network), each of which must succeed.
-  nlohmann::json files = plan.value("files", nlohmann::json::object());  // named: items() must not outlive it
-  for (const auto& [path, content] : files.items()) {
+// Files to write (e.g. /etc/resolv.conf), then set-up commands (e.g.
+// bringing up the network), each of which must succeed.
+void set_up(const GuestPlan& plan) {
+  for (const auto& [path, content] : plan.files) {
     mkdirs(path.substr(0, path.rfind('/')));
-    std::ofstream(path) << content.get<std::string>();
+    std::ofstream(path) << content;
   }
-  for (const auto& step : plan.value("setup", nlohmann::json::array())) {
-    std::vector<std::string> a = step.get<std::vector<std::string>>();
+  for (const auto& step : plan.setup) {
     pid_t pid = ::fork();
     if (pid == 0) {
       std::vector<char*> ca;
-      for (auto& x : a) ca.push_back(x.data());
+      for (const auto& x : step) ca.push_back(const_cast<char*>(x.c_str()));
       ca.push_back(nullptr);
       ::execv(ca[0], ca.data());
       ::_exit(127);
@@ -169,66 +157,55 @@ int run() {
     int st = 0;
     ::waitpid(pid, &st, 0);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      say("set-up step failed: " + step.dump());
+      say("set-up step failed: " + nlohmann::json(step).dump());
       power_off(255);
     }
   }
+}
 
-  for (const auto& m : plan.value("mounts", nlohmann::json::array())) {
-    if (m.contains("mkdir")) {  // a directory to make between mounts (e.g. overlay upper/work)
-      if (!mkdirs(m["mkdir"].get<std::string>())) {
-        say("cannot create " + m["mkdir"].get<std::string>() + ": " + std::strerror(errno));
-        power_off(255);
-      }
-      continue;
-    }
-    std::string target = m.at("target"), fstype = m.at("fstype");
-    std::string source = m.value("source", fstype), options = m.value("options", "");
-    if (!mkdirs(target)) {
-      say("cannot create " + target + ": " + std::strerror(errno));
+void do_mounts(const std::vector<GuestMount>& mounts) {
+  for (const auto& m : mounts) {
+    const std::string& dir = m.mkdir.empty() ? m.target : m.mkdir;
+    if (!mkdirs(dir)) {
+      say("cannot create " + dir + ": " + std::strerror(errno));
       power_off(255);
     }
-    if (::mount(source.c_str(), target.c_str(), fstype.c_str(), mount_flags(m.value("flags", nlohmann::json::array())),
-                options.empty() ? nullptr : options.c_str()) != 0) {
-      say("cannot mount " + fstype + " " + source + " on " + target + " (" + options + "): " + std::strerror(errno));
+    if (!m.mkdir.empty()) continue;  // a directory to make between mounts (e.g. overlay upper/work)
+    if (::mount(m.source.c_str(), m.target.c_str(), m.fstype.c_str(), mount_flags(m.flags),
+                m.options.empty() ? nullptr : m.options.c_str()) != 0) {
+      say("cannot mount " + m.fstype + " " + m.source + " on " + m.target + " (" + m.options + "): " + std::strerror(errno));
       power_off(255);
     }
   }
+}
 
-  std::vector<std::string> argv = plan.value("command", std::vector<std::string>{});
-  bool interactive = argv.empty();
-  if (interactive) argv = {plan.value("shell", std::string("/bin/sh"))};
+// Step 5: the command (or the shell) in its own session on the console.
+pid_t start_command(const GuestPlan& plan, const sigset_t& blocked) {
+  std::vector<std::string> argv = plan.command.empty() ? std::vector<std::string>{plan.shell} : plan.command;
   std::vector<std::string> env;
-  nlohmann::json env_plan = plan.value("env", nlohmann::json::object());  // named: items() must not outlive it
-  for (const auto& [k, v] : env_plan.items()) env.push_back(k + "=" + v.get<std::string>());
-  std::string workdir = plan.value("workdir", std::string("/"));
-
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  ::sigprocmask(SIG_BLOCK, &chld, nullptr);
-  int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  std::vector<int> buttons = open_power_buttons();
-
+  for (const auto& [k, v] : plan.env) env.push_back(k + "=" + v);
   pid_t child = ::fork();
-  if (child == 0) {
-    ::sigprocmask(SIG_UNBLOCK, &chld, nullptr);
-    ::setsid();
-    ::ioctl(0, TIOCSCTTY, 1);  // a controlling terminal, for job control in the shell
-    if (::chdir(workdir.c_str()) != 0) ::chdir("/");
-    std::vector<char*> cargv, cenv;
-    for (auto& a : argv) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    for (auto& e : env) cenv.push_back(e.data());
-    cenv.push_back(nullptr);
-    ::execve(cargv[0], cargv.data(), cenv.data());
-    std::fprintf(stderr, "fsd-guest-init: cannot run %s: %s\n", cargv[0], std::strerror(errno));
-    ::_exit(127);
-  }
-  // PID 1 reaps every orphan; it stops when the command itself is done.
+  if (child != 0) return child;
+  ::sigprocmask(SIG_UNBLOCK, &blocked, nullptr);
+  ::setsid();
+  ::ioctl(0, TIOCSCTTY, 1);  // a controlling terminal, for job control in the shell
+  if (::chdir(plan.workdir.c_str()) != 0) (void)!::chdir("/");
+  std::vector<char*> cargv, cenv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  for (auto& e : env) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  ::execve(cargv[0], cargv.data(), cenv.data());
+  std::fprintf(stderr, "fsd-guest-init: cannot run %s: %s\n", cargv[0], std::strerror(errno));
+  ::_exit(127);
+}
+
+// Waits for the command while reaping every orphan (PID 1's duty); the
+// power button stops it: SIGTERM now, SIGHUP at 2 s (an interactive shell
+// ignores SIGTERM), SIGKILL at 5 s. Returns the command's status.
+int wait_for(pid_t child, int sfd) {
+  std::vector<int> buttons = open_power_buttons();
   int status = 255;
-  // After the power button: SIGTERM now, SIGHUP at 2 s (an interactive
-  // shell ignores SIGTERM), SIGKILL at 5 s.
   using Clock = std::chrono::steady_clock;
   constexpr auto kNever = Clock::time_point::max();
   auto hup_at = kNever, kill_at = kNever;
@@ -270,8 +247,40 @@ int run() {
       }
     }
   }
-  if (plan.contains("status_file")) {
-    std::ofstream(plan["status_file"].get<std::string>()) << status << "\n";
+  return status;
+}
+
+}  // namespace
+
+int run();
+
+int main() {
+  // PID 1 must never die: a crash here is a kernel panic. Report and power off.
+  try {
+    return run();
+  } catch (const std::exception& e) {
+    say(std::string("failed: ") + e.what());
+  } catch (...) {
+    say("failed");
   }
+  power_off(255);
+}
+
+int run() {
+  // The kernel gives PID 1 the console on fds 0-2 (from /dev/console).
+  ::setvbuf(stdout, nullptr, _IOLBF, 0);
+  mount_basics();
+  std::printf("fsd-guest-init: started\n");  // vmlaunch shows the console from here in quiet mode
+  GuestPlan plan = read_plan();
+  load_modules(plan.modules);
+  set_up(plan);
+  do_mounts(plan.mounts);
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+  int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  int status = wait_for(start_command(plan, chld), sfd);
+  if (!plan.status_file.empty()) std::ofstream(plan.status_file) << status << "\n";
   power_off(status);
 }

@@ -1,0 +1,74 @@
+// GuestPlan: what fsd-guest-init does in the guest, written by vmlaunch's
+// plan as /init.json in the initramfs and read back by the init: the one
+// definition of that file, on both sides.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace fsd::launcher {
+
+// A mount, or (with `mkdir` set) only a directory to make between mounts.
+struct GuestMount {
+  std::string mkdir;
+  std::string fstype, source, target, options;
+  std::vector<std::string> flags;  // "ro", "nosuid", "nodev", "noexec", "relatime"
+};
+
+struct GuestPlan {
+  std::vector<std::string> modules;             // .ko files to load, in order
+  std::map<std::string, std::string> files;     // path -> content, written first
+  std::vector<std::vector<std::string>> setup;  // commands that must succeed before the mounts
+  std::vector<GuestMount> mounts;               // in order
+  std::vector<std::string> command;             // empty: the interactive shell
+  std::string shell = "/bin/sh";
+  std::map<std::string, std::string> env;
+  std::string workdir = "/";
+  std::string status_file;  // where the exit status goes ("": only the console)
+};
+
+// JSON, with every field optional on reading (a missing one keeps its
+// default; a mount's source defaults to its fstype).
+inline void to_json(nlohmann::json& j, const GuestMount& m) {
+  if (!m.mkdir.empty()) {
+    j = {{"mkdir", m.mkdir}};
+    return;
+  }
+  j = {{"fstype", m.fstype}, {"source", m.source}, {"target", m.target}, {"flags", m.flags}};
+  if (!m.options.empty()) j["options"] = m.options;
+}
+
+inline void from_json(const nlohmann::json& j, GuestMount& m) {
+  m.mkdir = j.value("mkdir", "");
+  if (!m.mkdir.empty()) return;
+  m.fstype = j.at("fstype").get<std::string>();
+  m.target = j.at("target").get<std::string>();
+  m.source = j.value("source", m.fstype);
+  m.options = j.value("options", "");
+  m.flags = j.value("flags", std::vector<std::string>{});
+}
+
+inline void to_json(nlohmann::json& j, const GuestPlan& p) {
+  j = {{"modules", p.modules}, {"files", p.files}, {"setup", p.setup}, {"mounts", p.mounts},
+       {"shell", p.shell}, {"env", p.env}, {"workdir", p.workdir}};
+  if (!p.command.empty()) j["command"] = p.command;
+  if (!p.status_file.empty()) j["status_file"] = p.status_file;
+}
+
+inline void from_json(const nlohmann::json& j, GuestPlan& p) {
+  GuestPlan d;
+  p.modules = j.value("modules", d.modules);
+  p.files = j.value("files", d.files);
+  p.setup = j.value("setup", d.setup);
+  p.mounts = j.value("mounts", d.mounts);
+  p.command = j.value("command", d.command);
+  p.shell = j.value("shell", d.shell);
+  p.env = j.value("env", d.env);
+  p.workdir = j.value("workdir", d.workdir);
+  p.status_file = j.value("status_file", d.status_file);
+}
+
+}  // namespace fsd::launcher
