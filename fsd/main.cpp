@@ -43,7 +43,10 @@ struct Options {
   std::string metadata_io = "auto";
   std::string log_level = "info";
   // virtiofsd-compatible form
-  std::string socket_path, shared_dir, cache, compat_opts;
+  std::string socket_path, shared_dir, cache;
+  std::vector<std::string> compat_opts;  // each -o, comma-separated
+  std::string sandbox = "none", seccomp = "none";
+  std::vector<std::string> refused;      // security flags fsd cannot honour yet
   int listen_fd = -1;
   int ready_fd = -1;
   bool readonly = false;
@@ -89,18 +92,53 @@ std::pair<std::string, std::string> tag_value(const std::string& flag, const std
 }
 
 // The virtiofsd-style flags become one export and one virtio-fs socket.
+// virtiofsd's -o options that fsd accepts without acting on them, because
+// fsd already behaves so (xattrs, locks) or they only tune caching or logs.
+// Every other option that fsd does not implement is refused: some of them
+// (sandbox, seccomp, xattrmap, killpriv_v2, ...) promise a protection fsd
+// does not give yet, and a silently ignored one would hide that.
+constexpr std::string_view kHarmlessOptions[] = {
+    "xattr", "posix_lock", "no_posix_lock", "flock", "no_flock", "announce_submounts", "allow_direct_io",
+    "writeback", "no_writeback", "readdirplus", "no_readdirplus"};
+constexpr std::string_view kHarmlessPrefixes[] = {"timeout=", "log_level="};
+
+// Checks the security flags given in virtiofsd's form; throws naming the
+// first that fsd cannot honour.
+void refuse_unsupported(const Options& o) {
+  auto refuse = [](const std::string& flag, const std::string& why) {
+    throw std::invalid_argument(flag + ": not supported by fsd yet (" + why + "); refusing to run without it");
+  };
+  if (o.sandbox != "none") refuse("--sandbox " + o.sandbox, "fsd does not sandbox itself; --sandbox none runs as fsd does");
+  if (o.seccomp != "none") refuse("--seccomp " + o.seccomp, "fsd installs no seccomp filter; --seccomp none runs as fsd does");
+  if (!o.refused.empty()) refuse(o.refused.front(), "fsd does not implement it");
+}
+
 void apply_compat(Options& o) {
+  refuse_unsupported(o);
   bool compat = !o.socket_path.empty() || o.listen_fd >= 0 || !o.shared_dir.empty() || !o.compat_opts.empty();
   if (!compat) return;
   std::string source = o.shared_dir, cache = o.cache;
-  std::string_view rest = o.compat_opts;
-  while (!rest.empty()) {  // -o source=DIR,cache=auto,...: take what we know, ignore the rest
-    auto comma = rest.find(',');
-    std::string_view opt = rest.substr(0, comma);
-    if (opt.starts_with("source=")) source = std::string(opt.substr(7));
-    else if (opt.starts_with("cache=")) cache = std::string(opt.substr(6));
-    else if (!opt.empty()) spdlog::warn("-o {}: not supported by fsd; ignored", opt);
-    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+  for (const auto& opts : o.compat_opts) {
+    std::string_view rest = opts;
+    while (!rest.empty()) {  // -o source=DIR,cache=auto,...
+      auto comma = rest.find(',');
+      std::string_view opt = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      if (opt.starts_with("source=")) {
+        source = std::string(opt.substr(7));
+      } else if (opt.starts_with("cache=")) {
+        cache = std::string(opt.substr(6));
+      } else if (opt == "sandbox=none" || opt == "seccomp=none" || opt.empty() ||
+                 std::find(std::begin(kHarmlessOptions), std::end(kHarmlessOptions), opt) != std::end(kHarmlessOptions) ||
+                 std::any_of(std::begin(kHarmlessPrefixes), std::end(kHarmlessPrefixes),
+                             [&](std::string_view p) { return opt.starts_with(p); })) {
+        spdlog::debug("-o {}: accepted; fsd behaves so already", opt);
+      } else {
+        throw std::invalid_argument("-o " + std::string(opt) +
+                                    ": not supported by fsd (it takes source=, cache= and options that change "
+                                    "nothing for it); refusing rather than ignoring it");
+      }
+    }
   }
   if (source.empty()) throw std::invalid_argument("--shared-dir (or -o source=DIR) is required with --socket-path/--fd");
   if (o.socket_path.empty() && o.listen_fd < 0) throw std::invalid_argument("--socket-path or --fd is required with --shared-dir");
@@ -332,15 +370,30 @@ int main(int argc, char** argv) {
   compat->add_option("--shared-dir", o.shared_dir, "Directory to share");
   compat->add_option("--cache", o.cache, "never (or none), auto, metadata (as auto), always")
       ->check(CLI::IsMember({"never", "none", "auto", "metadata", "always"}));
-  compat->add_option("-o", o.compat_opts, "Options: source=DIR, cache=POLICY (others are ignored)");
+  compat->add_option("-o", o.compat_opts,
+                     "Options, comma-separated (repeatable): source=DIR, cache=POLICY; xattr, posix_lock, flock, "
+                     "writeback, readdirplus, timeout=, log_level= and their no_ forms change nothing for fsd; "
+                     "anything else is refused");
   compat->add_flag("--readonly", o.readonly, "Share read-only");
   compat->add_option("--thread-pool-size", o.threads, "Worker threads")->check(CLI::Range(1u, 256u));
   compat->add_flag("--print-capabilities", o.print_capabilities, "Print the vhost-user back-end capabilities (JSON) and exit");
-  for (const char* ignored : {"--sandbox", "--seccomp", "--inode-file-handles", "--xattrmap"})
-    compat->add_option(ignored, "Accepted for compatibility; ignored")->expected(0, 1);
-  for (const char* ignored : {"--syslog", "--no-announce-submounts", "--announce-submounts", "--xattr", "--posix-acl",
-                              "--allow-direct-io", "--killpriv-v2", "--security-label", "--preserve-noatime"})
-    compat->add_flag(ignored)->description("Accepted for compatibility; ignored");
+  compat->add_option("--sandbox", o.sandbox, "Only none: fsd does not sandbox itself yet (others are refused)");
+  compat->add_option("--seccomp", o.seccomp, "Only none: fsd installs no seccomp filter yet (others are refused)");
+  // fsd uses file handles when it may (virtiofsd's "prefer"), else names.
+  compat->add_option("--inode-file-handles", "never, prefer or mandatory: fsd prefers handles; accepted")
+      ->check(CLI::IsMember({"never", "prefer", "mandatory"}));
+  for (auto [flag, why] : {std::pair{"--syslog", "Accepted; fsd logs to stderr"},
+                           {"--announce-submounts", "Accepted; fsd gives submounts distinct inode numbers"},
+                           {"--no-announce-submounts", "Accepted; fsd gives submounts distinct inode numbers"},
+                           {"--xattr", "Accepted; fsd always serves xattrs"},
+                           {"--allow-direct-io", "Accepted; fsd opens files without O_DIRECT, as virtiofsd does by default"},
+                           {"--preserve-noatime", "Accepted; fsd keeps O_NOATIME where the host allows it"}})
+    compat->add_flag(flag)->description(why);
+  for (const char* flag : {"--killpriv-v2", "--security-label", "--posix-acl"})
+    compat->add_flag_callback(flag, [&o, flag] { o.refused.push_back(flag); }, "Refused: fsd does not implement it yet");
+  compat->add_option_function<std::string>(
+      "--xattrmap", [&o](const std::string&) { o.refused.push_back("--xattrmap"); },
+      "Refused: fsd does not map xattrs yet");
 
   try {
     app.parse(argc, argv);

@@ -53,7 +53,7 @@ TEST(FdBudget, HundredThousandFilesUnderNofile1024) {
     std::string dname = "d" + std::to_string(d);
     uint32_t dfid = c->new_fid();
     auto dq = c->walk(root, dfid, dname);
-    ASSERT_TRUE(dq.ok()) << dname << ": " << std::strerror(dq.error()) << "\n" << fsd.log();
+    ASSERT_TRUE(dq.ok()) << dname << ": " << std::strerror(-dq.error()) << "\n" << fsd.log();
     ASSERT_TRUE(c->lopen(dfid, O_RDONLY | O_DIRECTORY).ok());
     auto entries = c->readdir_all(dfid);
     ASSERT_TRUE(entries.ok());
@@ -62,7 +62,7 @@ TEST(FdBudget, HundredThousandFilesUnderNofile1024) {
       if (e.name == "." || e.name == "..") continue;
       uint32_t fid = c->new_fid();
       auto q = c->walk(dfid, fid, e.name);
-      ASSERT_TRUE(q.ok()) << dname << "/" << e.name << ": " << std::strerror(q.error());
+      ASSERT_TRUE(q.ok()) << dname << "/" << e.name << ": " << std::strerror(-q.error());
       auto a = c->getattr(fid);
       ASSERT_TRUE(a.ok());
       int index = d * kFilesPerDir + std::stoi(e.name.substr(1));
@@ -78,7 +78,7 @@ TEST(FdBudget, HundredThousandFilesUnderNofile1024) {
   // Pass 2: every held fid still works, though its fd was evicted long ago.
   for (size_t i = 0; i < held.size(); i++) {
     auto a = c->getattr(held[i].fid);
-    ASSERT_TRUE(a.ok()) << "fid " << held[i].fid << ": " << std::strerror(a.error());
+    ASSERT_TRUE(a.ok()) << "fid " << held[i].fid << ": " << std::strerror(-a.error());
     if (i % 997 == 0) {
       uint32_t fid = c->new_fid();
       ASSERT_TRUE(c->walk(held[i].fid, fid, "").ok());

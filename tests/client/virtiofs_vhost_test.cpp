@@ -66,10 +66,10 @@ class Virtiofs : public ::testing::Test {
 
   std::unique_ptr<VhostFrontend> start(const std::string& sock) {
     auto f = VhostFrontend::connect(sock);
-    EXPECT_TRUE(f.ok()) << std::strerror(f.error());
+    EXPECT_TRUE(f.ok()) << std::strerror(-f.error());
     if (!f) return nullptr;
     auto n = (*f)->negotiate();
-    EXPECT_TRUE(n.ok()) << std::strerror(n.error()) << fsd_->log();
+    EXPECT_TRUE(n.ok()) << std::strerror(-n.error()) << fsd_->log();
     auto init = (*f)->fuse_init();
     EXPECT_TRUE(init.ok() && init->error == 0);
     return std::move(*f);

@@ -163,6 +163,21 @@ class FsdProcess {
     throw std::runtime_error("fsd never logged '" + needle + "':\n" + log());
   }
 
+  // Waits for fsd to exit by itself; its exit status, or nothing if it is
+  // still running at the timeout.
+  std::optional<int> wait_exit(std::chrono::seconds timeout = std::chrono::seconds(10)) {
+    if (pid_ <= 0) return exit_status_;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    pid_ = -1;
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return exit_status_;
+  }
+
   // Sends SIGTERM and waits; returns the exit status (or -1 if killed).
   int stop(std::chrono::seconds grace = std::chrono::seconds(10)) {
     if (pid_ <= 0) return exit_status_;
