@@ -205,8 +205,8 @@ class Servers {
  public:
   Servers(const Options& o, const Plan& plan, const fsd::ExportSet& exports)
       : o_(o), plan_(plan), exports_(exports),
-        sockets_(fsd::p9::session_factory(exports, fsd::p9::SessionConfig{.max_msize = o.msize_max}), o.threads,
-                 plan.metadata_io, o.poll_us) {}
+        sockets_(fsd::p9::session_factory(exports, {.max_msize = o.msize_max, .anonymous_uid = ::geteuid()}),
+                 o.threads, plan.metadata_io, o.poll_us) {}
   ~Servers() {
     for (auto& f : fuse_) f->stop();
     for (auto& d : devices_) d->stop();
@@ -245,8 +245,8 @@ class Servers {
     if (p9) {  // a virtio-9p device serves one export, under its own mount tag
       single_exports_.push_back(std::make_unique<fsd::ExportSet>());
       single_exports_.back()->add_borrowed(&vfs);
-      servers = fsd::p9::virtio_channel_factory(*single_exports_.back(),
-                                                fsd::p9::SessionConfig{.max_msize = fsd::p9::kVirtio9pMaxMsize});
+      servers = fsd::p9::virtio_channel_factory(
+          *single_exports_.back(), {.max_msize = fsd::p9::kVirtio9pMaxMsize, .anonymous_uid = ::geteuid()});
       vopt.device = {.name = "virtio-9p '" + tag + "'", .queues = 1, .features = fsd::p9::kVirtio9pMountTag,
                      .config = fsd::p9::virtio9p_config(tag)};
     } else {

@@ -177,7 +177,7 @@ Task<Result<void>> Session::op(Request& rq, const Tattach& m) {
   auto f = std::make_shared<Fid>();
   f->vfs = vfs;
   f->node = vfs->root();
-  f->uid = m.n_uname == kNoFid ? ::geteuid() : m.n_uname;
+  f->uid = m.n_uname == kNoFid ? config_.anonymous_uid : m.n_uname;
   fids_[m.fid] = f;
   set_reply(rq, Rattach{.qid = qid_of(*vfs, *f->node, *st)});
   co_return Result<void>{};

@@ -30,6 +30,7 @@ namespace fsd::p9 {
 
 struct SessionConfig {
   uint32_t max_msize = 1 << 20;  // the most this server agrees to
+  uid_t anonymous_uid = 0;       // the uid of an attach without n_uname (fsd's own)
   static constexpr uint32_t kMinMsize = 4096;
   static constexpr uint32_t kInitialMsize = 8192;  // until Tversion
   static constexpr uint32_t kMaxMsize = 16 << 20;

@@ -38,8 +38,10 @@
 #include <string>
 #include <vector>
 
+#include "fsd/core/fd.h"
 #include "launcher/guest/guest_plan.h"
 
+using fsd::Fd;
 using fsd::launcher::GuestMount;
 using fsd::launcher::GuestPlan;
 
@@ -81,8 +83,8 @@ unsigned long mount_flags(const std::vector<std::string>& flags) {
 }
 
 // The event devices of the ACPI power button(s), opened non-blocking.
-std::vector<int> open_power_buttons() {
-  std::vector<int> fds;
+std::vector<Fd> open_power_buttons() {
+  std::vector<Fd> fds;
   DIR* d = ::opendir("/sys/class/input");
   if (!d) return fds;
   while (dirent* e = ::readdir(d)) {
@@ -92,8 +94,8 @@ std::vector<int> open_power_buttons() {
     std::string label;
     std::getline(in, label);
     if (label != "Power Button") continue;
-    int fd = ::open(("/dev/input/" + name).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd >= 0) fds.push_back(fd);
+    Fd fd(::open(("/dev/input/" + name).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    if (fd) fds.push_back(std::move(fd));
   }
   ::closedir(d);
   return fds;
@@ -129,12 +131,11 @@ GuestPlan read_plan() {
 
 void load_modules(const std::vector<std::string>& modules) {
   for (const auto& path : modules) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || (::syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)) {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd || (::syscall(SYS_finit_module, fd.get(), "", 0) != 0 && errno != EEXIST)) {
       say("cannot load module " + path + ": " + std::strerror(errno));
       power_off(255);
     }
-    ::close(fd);
   }
 }
 
@@ -204,7 +205,7 @@ pid_t start_command(const GuestPlan& plan, const sigset_t& blocked) {
 // power button stops it: SIGTERM now, SIGHUP at 2 s (an interactive shell
 // ignores SIGTERM), SIGKILL at 5 s. Returns the command's status.
 int wait_for(pid_t child, int sfd) {
-  std::vector<int> buttons = open_power_buttons();
+  std::vector<Fd> buttons = open_power_buttons();
   int status = 255;
   using Clock = std::chrono::steady_clock;
   constexpr auto kNever = Clock::time_point::max();
@@ -212,7 +213,7 @@ int wait_for(pid_t child, int sfd) {
   bool done = false, stopping = false;
   while (!done) {
     std::vector<pollfd> p{{sfd, POLLIN, 0}};
-    for (int b : buttons) p.push_back({b, POLLIN, 0});
+    for (const Fd& b : buttons) p.push_back({b.get(), POLLIN, 0});
     int n = ::poll(p.data(), p.size(), stopping ? 100 : -1);
     for (size_t i = 1; n > 0 && i < p.size(); i++) {
       if ((p[i].revents & POLLIN) && power_pressed(p[i].fd) && !stopping) {
@@ -279,8 +280,8 @@ int run() {
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
   ::sigprocmask(SIG_BLOCK, &chld, nullptr);
-  int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  int status = wait_for(start_command(plan, chld), sfd);
+  Fd sfd(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
+  int status = wait_for(start_command(plan, chld), sfd.get());
   if (!plan.status_file.empty()) std::ofstream(plan.status_file) << status << "\n";
   power_off(status);
 }
