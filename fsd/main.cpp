@@ -308,17 +308,8 @@ int run(Options& o) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  auto logger = spdlog::stderr_color_mt("fsd");
-  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e fsd %^%l%$: %v");
-  spdlog::set_default_logger(logger);
-
-  Options o;
-  CLI::App app{"fsd: a file server for virtual machines.\n"
-               "Serves host directories as 9P2000.L (unix/TCP sockets), virtio-fs (vhost-user, for QEMU's\n"
-               "vhost-user-fs-pci) and FUSE mounts on the host, all from one backend."};
+// fsd's own command line.
+void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always] (repeatable). "
@@ -363,7 +354,10 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
+}
 
+// virtiofsd's command line, for drop-in use.
+void add_virtiofsd_options(CLI::App& app, Options& o) {
   auto* compat = app.add_option_group("virtiofsd-compatible", "The command line of virtiofsd, for drop-in use");
   compat->add_option("--socket-path", o.socket_path, "vhost-user socket to listen on");
   compat->add_option("--fd", o.listen_fd, "An already listening vhost-user socket (as libvirt passes it)");
@@ -394,6 +388,21 @@ int main(int argc, char** argv) {
   compat->add_option_function<std::string>(
       "--xattrmap", [&o](const std::string&) { o.refused.push_back("--xattrmap"); },
       "Refused: fsd does not map xattrs yet");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto logger = spdlog::stderr_color_mt("fsd");
+  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e fsd %^%l%$: %v");
+  spdlog::set_default_logger(logger);
+
+  Options o;
+  CLI::App app{"fsd: a file server for virtual machines.\n"
+               "Serves host directories as 9P2000.L (unix/TCP sockets), virtio-fs (vhost-user, for QEMU's\n"
+               "vhost-user-fs-pci) and FUSE mounts on the host, all from one backend."};
+  add_options(app, o);
+  add_virtiofsd_options(app, o);
 
   try {
     app.parse(argc, argv);
