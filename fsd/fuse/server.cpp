@@ -21,7 +21,8 @@ constexpr uint64_t kAutoTimeout = 1;
 constexpr size_t kMaxReaddirBuffer = 1 << 20;
 constexpr size_t kMaxIovecs = 272;  // a 1 MiB read into 4 KiB guest pages, plus slack
 constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
-constexpr size_t kMaxRequestHead = 4096;  // a request's bytes besides a WRITE's data
+constexpr size_t kMaxRequestHead = 4096;
+constexpr uint64_t kMaxCopy = 1u << 30;  // per COPY_FILE_RANGE: fits fuse_write_out's 32-bit size  // a request's bytes besides a WRITE's data
 
 Creds creds_of(const fuse_in_header& h) { return Creds{h.uid, h.gid}; }
 
@@ -303,7 +304,10 @@ class Server::Context {
     auto in = s.handle_of(a.in.fh_in);
     auto out_h = s.handle_of(a.in.fh_out);
     if (!in || !out_h || in->dir || out_h->dir) co_return Error{-EBADF};
-    auto r = vfs.copy_file_range(in->file, a.in.off_in, out_h->file, a.in.off_out, a.in.len);
+    // The reply's size is 32 bits: copy at most that much; the client
+    // asks again for the rest.
+    size_t len = std::min<uint64_t>(a.in.len, kMaxCopy);
+    auto r = vfs.copy_file_range(in->file, a.in.off_in, out_h->file, a.in.off_out, len);
     if (!r) co_return Error{r.error()};
     fuse_write_out out{};
     out.size = static_cast<uint32_t>(*r);

@@ -394,6 +394,10 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   if (read_only() && writes) co_return Error{-EROFS};
   if (n.is_dir() && writes) co_return Error{-EISDIR};
   flags = (flags & kAllowedOpenFlags) | O_CLOEXEC;
+  // A FIFO, socket or device may wait in open() for a partner (a FIFO's
+  // writer, say), which would park this worker thread: open those without
+  // waiting. Their I/O then goes through io_uring, which waits without a thread.
+  bool special = (n.type & S_IFMT) != S_IFREG && !n.is_dir();
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
   auto pfd = path_fd(n);
   if (!pfd) {
@@ -404,7 +408,7 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   // has happened to its name since.
   std::string path = pfd->proc_path();
   open_how how{};
-  how.flags = static_cast<uint64_t>(flags);
+  how.flags = static_cast<uint64_t>(flags | (special ? O_NONBLOCK : 0));
   int r = co_await ring.openat2(AT_FDCWD, path.c_str(), how);
   if (r < 0 && (flags & O_NOATIME) && r == -EPERM) {
     how.flags &= ~static_cast<uint64_t>(O_NOATIME);
@@ -414,7 +418,9 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
     release_open_file();
     co_return Error{r};
   }
-  co_return OpenFile(this, Fd(r), flags, n.dev);
+  Fd fd(r);
+  if (special && !(flags & O_NONBLOCK)) (void)::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
+  co_return OpenFile(this, std::move(fd), flags, n.dev);
 }
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
@@ -716,7 +722,10 @@ Result<size_t> Vfs::copy_file_range(const OpenFile& in, uint64_t off_in, const O
 }
 
 Result<void> Vfs::syncfs() {
-  if (::syncfs(root_fd_.get()) < 0) return errno_error();
+  // syncfs(2) refuses O_PATH fds (EBADF): open the root for it.
+  Fd dir(::openat(root_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) return errno_error();
+  if (::syncfs(dir.get()) < 0) return errno_error();
   return {};
 }
 

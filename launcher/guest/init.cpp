@@ -188,8 +188,16 @@ pid_t start_command(const GuestPlan& plan, const sigset_t& blocked) {
   pid_t child = ::fork();
   if (child != 0) return child;
   ::sigprocmask(SIG_UNBLOCK, &blocked, nullptr);
-  ::setsid();
-  ::ioctl(0, TIOCSCTTY, 1);  // a controlling terminal, for job control in the shell
+  if (plan.command.empty()) {
+    ::setsid();
+    ::ioctl(0, TIOCSCTTY, 1);  // a controlling terminal, for job control in the shell
+  } else {
+    // A command gets its own process group (the power button signals it)
+    // but not the console as its controlling terminal: when a session leader
+    // exits, the kernel hangs up its serial terminal and drops what is still
+    // queued for output, which lost a command's last lines under load.
+    ::setpgid(0, 0);
+  }
   if (::chdir(plan.workdir.c_str()) != 0) (void)!::chdir("/");
   std::vector<char*> cargv, cenv;
   for (auto& a : argv) cargv.push_back(a.data());

@@ -214,6 +214,29 @@ TEST_F(Virtiofs, WritesComeStraightFromGuestBuffers) {
   EXPECT_FALSE(std::filesystem::exists(tmp_.path() / "rw/written.bin"));
 }
 
+// A guest's `sync -f` (FUSE_SYNCFS) reaches the host's file system; fsync
+// of an open file likewise.
+TEST_F(Virtiofs, SyncfsAndFsyncReachTheHost) {
+  auto f = start(rw_sock_);
+  ASSERT_TRUE(f);
+  auto s = f->fuse(1, FUSE_SYNCFS, FUSE_ROOT_ID, args(fuse_syncfs_in{}), 4096);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->error, 0);
+  fuse_create_in cr{};
+  cr.flags = O_RDWR | O_CREAT;
+  cr.mode = 0644;
+  auto c = f->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, args(cr, "synced.bin"), 4096);
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c->error, 0);
+  fuse_open_out o;
+  std::memcpy(&o, c->body.data() + sizeof(fuse_entry_out), sizeof o);
+  fuse_fsync_in fi{};
+  fi.fh = o.fh;
+  auto y = f->fuse(1, FUSE_FSYNC, as<fuse_entry_out>(c->body).nodeid, args(fi), 4096);
+  ASSERT_TRUE(y.ok());
+  EXPECT_EQ(y->error, 0);
+}
+
 // ---- hostile guests and front-ends
 
 TEST_F(Virtiofs, RefusesChainsOutsideGuestMemoryOrLooping) {

@@ -6,6 +6,7 @@
 #include <sys/xattr.h>
 
 #include <atomic>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -435,6 +436,34 @@ TEST_F(P9Hostile, SymlinksOutOfTheExportAreNeverFollowed) {
   // Even a link inside the export is not followed by the server.
   ASSERT_TRUE(c.walk(kRoot, 4, "rel-link").ok());
   EXPECT_EQ(c.lopen(4, O_RDONLY).error(), -ELOOP);
+}
+
+// Opening a FIFO with no writer must not park a worker thread (the open
+// would wait for a partner): the open answers at once, and other clients
+// are served meanwhile.
+TEST_F(P9Server, OpeningAFifoNeverWaitsForAPartner) {
+  ASSERT_EQ(::mkfifo((rw_ / "fifo").c_str(), 0644), 0);
+  Client c = attached("rw");
+  ASSERT_TRUE(c.walk(kRoot, 2, "fifo").ok());
+  ASSERT_TRUE(c.walk(kRoot, 3, "fifo").ok());
+  auto opens = std::async(std::launch::async, [&] { return c.lopen(2, O_RDONLY).ok() && c.lopen(3, O_RDONLY).ok(); });
+  bool answered = opens.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  EXPECT_TRUE(answered) << "Tlopen of a FIFO without a writer waited";
+  int unpark = -1;
+  if (!answered) unpark = ::open((rw_ / "fifo").c_str(), O_WRONLY);  // a writer lets the parked opens finish
+  EXPECT_TRUE(opens.get());
+  if (unpark >= 0) ::close(unpark);
+  // Both workers are free: a second client is answered.
+  Client other = attached("ro");
+  EXPECT_TRUE(other.getattr(kRoot).ok());
+  // The FIFO works: what a writer on the host puts in, the client reads.
+  int w = ::open((rw_ / "fifo").c_str(), O_WRONLY | O_NONBLOCK);  // fsd holds it open for reading
+  ASSERT_GE(w, 0) << std::strerror(errno);
+  ASSERT_EQ(::write(w, "hi", 2), 2);
+  auto r = c.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 16});
+  ::close(w);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(r->data.bytes.data()), r->data.bytes.size()), "hi");
 }
 
 TEST_F(P9Server, FlushAnswersAfterTheFlushedRequest) {
