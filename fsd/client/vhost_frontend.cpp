@@ -20,7 +20,7 @@ Result<std::unique_ptr<VhostFrontend>> VhostFrontend::connect(const std::string&
   Fd sock = std::move(*connected);
   Fd memfd(::memfd_create("fsd-frontend-guest", MFD_CLOEXEC));
   if (!memfd) return errno_error();
-  if (::ftruncate(memfd.get(), static_cast<off_t>(o.memory)) < 0) return errno_error();
+  if (::ftruncate(memfd.get(), static_cast<off_t>(o.memfd_size ? o.memfd_size : o.memory)) < 0) return errno_error();
   void* p = ::mmap(nullptr, o.memory, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
   if (p == MAP_FAILED) return errno_error();
   auto f = std::unique_ptr<VhostFrontend>(new VhostFrontend(std::move(sock), std::move(memfd), static_cast<std::byte*>(p), o));
@@ -103,10 +103,7 @@ Result<void> VhostFrontend::negotiate() {
   };
   if (auto r = send(R::SetOwner, vu::None{}); !r) return Error{r.error()};
   if (auto r = checked(R::SetFeatures, uint64_t{features_}); !r) return r;
-  vu::MemTable t{};
-  t.nregions = 1;
-  t.regions[0] = vu::MemRegion{o_.gpa_base, o_.memory, reinterpret_cast<uint64_t>(mem_), 0};
-  if (auto r = checked(R::SetMemTable, t, {memfd_.get()}); !r) return r;
+  if (auto r = set_mem_table(); !r) return r;
   for (unsigned q = 0; q < o_.queues; q++) {
     kick_.emplace_back(::eventfd(0, EFD_CLOEXEC));
     call_.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -120,6 +117,17 @@ Result<void> VhostFrontend::negotiate() {
     if (features_ & vu::kFProtocolFeatures)
       if (auto r = checked(R::SetVringEnable, vu::VringState{q, 1}); !r) return r;
   }
+  return {};
+}
+
+Result<void> VhostFrontend::set_mem_table() {
+  bool ack = protocol_features_ & vu::kPfReplyAck;
+  vu::MemTable t{};
+  t.nregions = 1;
+  t.regions[0] = vu::MemRegion{o_.gpa_base, o_.memory, reinterpret_cast<uint64_t>(mem_), 0};
+  auto m = send(vu::Request::SetMemTable, t, {memfd_.get()}, ack, false);
+  if (!m) return Error{m.error()};
+  if (ack && std::get<uint64_t>(m->payload) != 0) return Error{-EPROTO};
   return {};
 }
 

@@ -27,6 +27,7 @@ class VhostFrontend {
  public:
   struct Options {
     size_t memory = 64 << 20;
+    size_t memfd_size = 0;                  // the memfd's real size (0: memory); smaller lies to the back-end
     uint16_t queue_size = 256;
     unsigned queues = 2;                    // virtio-fs: hiprio + 1 request queue
     uint64_t gpa_base = 0x40000000;         // guest-physical address of the memory
@@ -43,6 +44,9 @@ class VhostFrontend {
 
   // The whole start-up sequence QEMU performs, up to enabled rings.
   Result<void> negotiate();
+  // Sends the memory table again, as QEMU does when guest memory changes;
+  // the back-end's acknowledgement (with REPLY_ACK) decides the result.
+  Result<void> set_mem_table();
   // Sends one message (with fds); with need_reply or expect_reply, returns the reply.
   Result<vhost_user::Message> send(vhost_user::Request r, const vhost_user::Payload& p, std::vector<int> fds = {},
                                    bool need_reply = false, bool expect_reply = false);

@@ -54,12 +54,40 @@ struct MemoryMap {
   virtio::GuestMemory mem;
 };
 
+// Checks a memory table before anything is mapped: every region non-empty,
+// inside its fd (a short fd would map pages that fault with SIGBUS when
+// touched), and no two overlapping in guest-physical or front-end addresses.
+// Returns why not, or "".
+std::string check_regions(const std::vector<vu::MemRegion>& regions, const std::vector<Fd>& fds) {
+  if (fds.size() != regions.size()) return "the regions and their fds do not match";
+  auto overlap = [](uint64_t a, uint64_t b, uint64_t len_a, uint64_t len_b) { return a < b + len_b && b < a + len_a; };
+  for (size_t i = 0; i < regions.size(); i++) {
+    const auto& r = regions[i];
+    std::string at = "region " + std::to_string(i);
+    if (r.memory_size == 0) return at + " is empty";
+    if (r.mmap_offset > UINT64_MAX - r.memory_size || r.guest_phys_addr > UINT64_MAX - r.memory_size ||
+        r.userspace_addr > UINT64_MAX - r.memory_size)
+      return at + " wraps around the address space";
+    struct stat st{};
+    if (::fstat(fds[i].get(), &st) < 0) return at + ": cannot stat its fd: " + std::strerror(errno);
+    if (static_cast<uint64_t>(st.st_size) < r.mmap_offset + r.memory_size)
+      return at + " needs " + std::to_string(r.mmap_offset + r.memory_size) + " bytes of its fd, which has " +
+             std::to_string(st.st_size);
+    for (size_t j = 0; j < i; j++) {
+      const auto& o = regions[j];
+      if (overlap(r.guest_phys_addr, o.guest_phys_addr, r.memory_size, o.memory_size) ||
+          overlap(r.userspace_addr, o.userspace_addr, r.memory_size, o.memory_size))
+        return at + " overlaps region " + std::to_string(j);
+    }
+  }
+  return "";
+}
+
 Result<std::shared_ptr<MemoryMap>> map_regions(const std::vector<vu::MemRegion>& regions, std::vector<Fd>& fds) {
   auto m = std::make_shared<MemoryMap>();
   std::vector<virtio::Region> vr;
   for (size_t i = 0; i < regions.size(); i++) {
     const auto& r = regions[i];
-    if (r.memory_size == 0 || r.mmap_offset > UINT64_MAX - r.memory_size) return Error{-EINVAL};
     size_t len = r.memory_size + r.mmap_offset;
     void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fds[i].get(), 0);
     if (p == MAP_FAILED) return errno_error();
@@ -139,6 +167,7 @@ class VhostUserBackend::Device {
   };
   Outcome device_request(int conn, const vu::Message& m);
   Outcome memory_request(const vu::Message& m, std::vector<Fd>& fds);
+  Outcome change_memory(const vu::Message& m, std::vector<Fd>& fds);
   Outcome vring_state_request(int conn, const vu::Message& m);
   Outcome vring_file_request(const vu::Message& m, std::vector<Fd>& fds);
   bool remap();
@@ -496,32 +525,56 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::device_request(int c
 
 // Maps the control thread's region list and hands the mapping to the worker.
 bool VhostUserBackend::Device::remap() {
+  if (std::string why = check_regions(regions_, region_fds_); !why.empty()) {
+    spdlog::error("{}: refusing the front-end's memory table: {}", device().name, why);
+    return false;
+  }
   std::vector<Fd> dup;
   for (auto& f : region_fds_) dup.emplace_back(::fcntl(f.get(), F_DUPFD_CLOEXEC, 0));
   auto map = map_regions(regions_, dup);
   if (!map) {
-    spdlog::error("vhost-user: cannot map guest memory: {}", std::strerror(-map.error()));
+    spdlog::error("{}: cannot map guest memory: {}", device().name, std::strerror(-map.error()));
     return false;
   }
   post([this, mp = *map]() { return cmd_set_memory(mp); });
   return true;
 }
 
+// A running queue's rings were translated through the current mapping, and
+// its requests in flight point into it: stop the running queues (draining
+// them), change the mapping, and start them again on the new one. A table
+// that is refused or cannot be mapped drops the front-end.
 VhostUserBackend::Device::Outcome VhostUserBackend::Device::memory_request(const vu::Message& m,
                                                                            std::vector<Fd>& fds) {
+  std::vector<unsigned> running;
+  for (unsigned i = 0; i < queues_.size(); i++) {
+    if (!queues_[i].started) continue;
+    stop_queue(i);
+    running.push_back(i);
+  }
+  Outcome o = change_memory(m, fds);
+  if (o.drop) return o;
+  for (unsigned i : running) maybe_start(i);
+  return o;
+}
+
+VhostUserBackend::Device::Outcome VhostUserBackend::Device::change_memory(const vu::Message& m,
+                                                                          std::vector<Fd>& fds) {
   using R = vu::Request;
   Outcome o;
   if (m.request == R::SetMemTable) {
     const auto& t = std::get<vu::MemTable>(m.payload);
     regions_.assign(t.regions.begin(), t.regions.begin() + t.nregions);
     region_fds_ = std::move(fds);
-    o.ok = remap();
+    o.drop = !remap();
+    o.ok = !o.drop;
   } else if (m.request == R::AddMemReg) {
     o.ok = regions_.size() < kMaxMemSlots;
     if (o.ok) {
       regions_.push_back(std::get<vu::MemRegion>(m.payload));
       region_fds_.push_back(std::move(fds[0]));
-      o.ok = remap();
+      o.drop = !remap();
+      o.ok = !o.drop;
     }
   } else {  // REM_MEM_REG
     const auto& r = std::get<vu::MemRegion>(m.payload);
@@ -531,7 +584,8 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::memory_request(const
       regions_.erase(regions_.begin() + static_cast<ptrdiff_t>(i));
       region_fds_.erase(region_fds_.begin() + static_cast<ptrdiff_t>(i));
       if (regions_.empty()) post([this] { return cmd_set_memory(nullptr); });
-      o.ok = regions_.empty() || remap();
+      o.drop = !regions_.empty() && !remap();
+      o.ok = !o.drop;
       break;
     }
   }

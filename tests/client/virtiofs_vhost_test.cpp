@@ -347,6 +347,34 @@ TEST_F(Virtiofs, MalformedFrontEndMessagesDisconnect) {
   ExpectStillServes(*g);
 }
 
+// A memfd shorter than the region it is announced as would map pages that
+// fault (SIGBUS) when fsd touches them: the table is refused, the front-end
+// dropped, and fsd serves the next one.
+TEST_F(Virtiofs, ShortMemfdIsRefusedAndFsdLives) {
+  {
+    auto f = VhostFrontend::connect(ro_sock_, {.memory = 16 << 20, .memfd_size = 64 << 10});
+    ASSERT_TRUE(f.ok());
+    EXPECT_FALSE((*f)->negotiate().ok()) << "a 64 KiB memfd announced as 16 MiB was accepted";
+  }
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  ExpectStillServes(*f);
+  EXPECT_NE(fsd_->log().find("needs 16777216 bytes of its fd, which has 65536"), std::string::npos) << fsd_->log();
+}
+
+// QEMU sends the memory table again when guest memory changes (hotplug):
+// the running queues move to the new mapping, and requests keep working.
+TEST_F(Virtiofs, MemoryTableUpdatesWhileQueuesRun) {
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  ExpectStillServes(*f);
+  for (int i = 0; i < 3; i++) {
+    ASSERT_TRUE(f->set_mem_table().ok()) << fsd_->log();
+    ExpectStillServes(*f);
+  }
+  EXPECT_EQ(::kill(fsd_->pid(), 0), 0) << "fsd died:\n" << fsd_->log();
+}
+
 TEST_F(Virtiofs, FrontEndVanishingMidRequest) {
   for (int round = 0; round < 3; round++) {
     auto f = start(ro_sock_);
