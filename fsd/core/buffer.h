@@ -34,7 +34,8 @@ class Buffer {
 };
 
 // Keeps a few buffers of each of two sizes: small (requests and replies
-// without data) and large (a whole msize). Single-threaded.
+// without data) and large (a whole msize): at most 32 small and 4 large.
+// Single-threaded.
 class BufferPool {
  public:
   static constexpr size_t kSmall = 8192;
@@ -61,13 +62,17 @@ class BufferPool {
   }
   void put(Buffer b) {
     if (b.capacity() == 0) return;
-    auto& list = b.capacity() <= kSmall ? small_ : big_;
-    if (list.size() < kKeep && (b.capacity() == kSmall || b.capacity() == large_))
+    bool small = b.capacity() <= kSmall;
+    auto& list = small ? small_ : big_;
+    if (list.size() < (small ? kKeepSmall : kKeepLarge) && (b.capacity() == kSmall || b.capacity() == large_))
       list.push_back(std::move(b));
   }
 
  private:
-  static constexpr size_t kKeep = 32;
+  // Kept for reuse: enough for a busy connection's steady state, few enough
+  // that an idle one holds little (a large buffer is a whole msize).
+  static constexpr size_t kKeepSmall = 32;
+  static constexpr size_t kKeepLarge = 4;
   size_t large_;
   std::vector<Buffer> small_, big_;
 };

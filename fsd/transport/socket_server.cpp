@@ -124,6 +124,12 @@ Fd bind_tcp(ListenAddress& a) {
 }
 
 constexpr uint32_t kLengthPrefix = 4;
+// Back-pressure per connection: no new frame is taken while this many
+// requests are being handled, or while the replies queued for sending (the
+// client is not reading them) pass the byte budget, which is the larger of
+// kReplyBudget and two frames.
+constexpr size_t kMaxInFlight = 32;
+constexpr size_t kReplyBudget = 4 << 20;
 
 uint32_t le32(const std::byte* p) {
   uint32_t v;
@@ -152,6 +158,13 @@ class SocketServer::Connection : public ReplySink, public std::enable_shared_fro
  private:
   Task<void> request(Buffer frame);
   Task<void> sender();
+  bool over_limit() const {
+    return in_flight_ >= kMaxInFlight || queued_ >= std::max<size_t>(kReplyBudget, 2 * size_t{session_->max_frame()});
+  }
+  // Lets a reader waiting for room go on, once there is room (or the end).
+  void wake() {
+    if (room_ && (closed_ || !over_limit())) std::exchange(room_, nullptr)->set();
+  }
 
   Worker& worker_;
   Fd fd_;
@@ -161,6 +174,9 @@ class SocketServer::Connection : public ReplySink, public std::enable_shared_fro
   std::deque<Buffer> sendq_;
   bool sending_ = false;
   bool closed_ = false;
+  size_t in_flight_ = 0;   // requests being handled
+  size_t queued_ = 0;      // bytes of replies not sent yet
+  Event* room_ = nullptr;  // the reader, waiting for room
 };
 
 // ---- Worker
@@ -287,6 +303,7 @@ void SocketServer::Connection::close() {
   if (closed_) return;
   closed_ = true;
   ::shutdown(fd_.get(), SHUT_RDWR);  // ends the pending recv
+  wake();
 }
 
 void SocketServer::Connection::protocol_error(std::string_view why) {
@@ -300,7 +317,10 @@ void SocketServer::Connection::protocol_error(std::string_view why) {
 Task<void> SocketServer::Connection::request(Buffer frame) {
   auto self = shared_from_this();
   Ring::Active active(worker_.ring);
+  in_flight_++;
   co_await session_->handle(std::move(frame));
+  in_flight_--;
+  wake();
 }
 
 Task<void> SocketServer::Connection::run() {
@@ -340,6 +360,12 @@ Task<void> SocketServer::Connection::run() {
         break;
       }
       if (have - off < size) break;
+      while (!closed_ && over_limit()) {  // back-pressure: read no more until there is room
+        Event room;
+        room_ = &room;
+        co_await room.wait();
+      }
+      if (closed_) break;
       Buffer frame;
       if (off == 0 && size == have && size > BufferPool::kSmall) {
         // The buffer holds exactly one large frame (a big Twrite): hand it
@@ -377,6 +403,7 @@ void SocketServer::Connection::reply(Buffer frame) {
     return;
   }
   if (pool_.large() != session_->max_frame()) pool_.set_large(session_->max_frame());
+  queued_ += frame.size();
   sendq_.push_back(std::move(frame));
   if (!sending_) {
     sending_ = true;
@@ -398,10 +425,14 @@ Task<void> SocketServer::Connection::sender() {
       }
       off += static_cast<size_t>(n);
     }
+    queued_ -= b.size();
     pool_.put(std::move(b));
+    wake();
   }
   sendq_.clear();
+  queued_ = 0;
   sending_ = false;
+  wake();
 }
 
 // ---- SocketServer

@@ -6,6 +6,7 @@
 #include <sys/xattr.h>
 
 #include <atomic>
+#include <fstream>
 #include <future>
 #include <set>
 #include <thread>
@@ -464,6 +465,45 @@ TEST_F(P9Server, OpeningAFifoNeverWaitsForAPartner) {
   ::close(w);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(r->data.bytes.data()), r->data.bytes.size()), "hi");
+}
+
+// Resident memory of this process (client and in-process server), in bytes.
+size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  size_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// A client that pipelines reads and never reads the replies cannot make the
+// server buffer them without limit: past a bound it stops taking requests
+// from that connection (back-pressure). Every reply still arrives, whole,
+// once the client reads.
+TEST_F(P9Server, UnreadRepliesAreBoundedByBackPressure) {
+  Client c = attached("ro");  // msize 1 MiB
+  ASSERT_TRUE(c.walk(kRoot, 2, "big.bin").ok());
+  ASSERT_TRUE(c.lopen(2, O_RDONLY).ok());
+  size_t before = resident_bytes();
+  constexpr int kReads = 400;
+  constexpr uint32_t kCount = 1000 * 1000;
+  for (int i = 0; i < kReads; i++)
+    ASSERT_TRUE(c.send(static_cast<uint16_t>(i + 1), Tread{.fid = 2, .offset = 0, .count = kCount}).ok());
+  size_t peak = 0;
+  for (int i = 0; i < 10; i++) {  // a second for the server to do what it will
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    peak = std::max(peak, resident_bytes());
+  }
+  size_t grown = peak > before ? peak - before : 0;
+  std::printf("resident memory grew by %zu KiB under %d unread reads of 1 MB\n", grown >> 10, kReads);
+  EXPECT_LT(grown, size_t{100} << 20) << "the server buffered unread replies";
+  for (int i = 0; i < kReads; i++) {
+    auto f = c.receive();
+    ASSERT_TRUE(f.ok()) << "reply " << i;
+    auto* r = std::get_if<Rread>(&f->msg);
+    ASSERT_NE(r, nullptr) << "reply " << i;
+    EXPECT_EQ(r->data.bytes.size(), kCount);
+  }
+  EXPECT_TRUE(c.getattr(kRoot).ok());
 }
 
 TEST_F(P9Server, FlushAnswersAfterTheFlushedRequest) {
