@@ -36,6 +36,7 @@ struct Options {
   unsigned threads = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
   unsigned fd_budget = 0;  // 0: from RLIMIT_NOFILE
   unsigned poll_us = 50;
+  unsigned max_connections = fsd::SocketServer::kDefaultMaxConnections;
   // Metadata calls (statx, openat2, mkdirat, ...) on warm dentries take
   // microseconds; through io_uring they are punted to io-wq threads, and the
   // extra wake-ups halved one connection's walk+getattr+clunk rate in
@@ -206,7 +207,7 @@ class Servers {
   Servers(const Options& o, const Plan& plan, const fsd::ExportSet& exports)
       : o_(o), plan_(plan), exports_(exports),
         sockets_(fsd::p9::session_factory(exports, {.max_msize = o.msize_max, .anonymous_uid = ::geteuid()}),
-                 o.threads, plan.metadata_io, o.poll_us) {}
+                 o.threads, plan.metadata_io, o.poll_us, o.max_connections) {}
   ~Servers() {
     for (auto& f : fuse_) f->stop();
     for (auto& d : devices_) d->stop();
@@ -349,6 +350,10 @@ void add_options(CLI::App& app, Options& o) {
                  "How long an idle virtio queue or 9p connection looks for the client's next request before it "
                  "sleeps until woken (0: never poll; polling trades CPU for latency)")
       ->check(CLI::Range(0u, 10000u))
+      ->capture_default_str();
+  app.add_option("--max-connections", o.max_connections,
+                 "Most 9P socket connections served at once; one more is closed at once, with a warning")
+      ->check(CLI::Range(1u, 1u << 20))
       ->capture_default_str();
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")

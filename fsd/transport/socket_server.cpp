@@ -207,7 +207,7 @@ class SocketServer::Worker {
   unsigned accepts_running = 0;
   bool stopping = false;
   uint64_t next_id = 0;
-  std::atomic<uint64_t> accepted{0}, dropped{0};
+  std::atomic<uint64_t> accepted{0}, dropped{0}, refused{0};
 
   // A connection looking for its next request without a ring wait (see
   // Connection::run); the worker's loop ends the wait.
@@ -224,23 +224,30 @@ class SocketServer::Worker {
  private:
   Task<void> accept_loop(int listen_fd) {
     accepts_running++;
+    // Out of fds (or memory), the connection waits in the backlog: retrying
+    // at once would spin, so wait a little, until a close frees an fd.
+    static constexpr __kernel_timespec kBackoff{0, 100'000'000};
     while (!stopping) {
       int fd = co_await ring.accept(listen_fd);
-      if (fd < 0) {
-        if (fd == -EINTR || fd == -ECONNABORTED || fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS) {
-          if (fd != -EINTR && fd != -ECONNABORTED) spdlog::warn("accept: {}", std::strerror(-fd));
-          continue;
-        }
-        break;  // the listener was shut down
+      if (fd == -EINTR || fd == -ECONNABORTED) continue;
+      if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM) {
+        if (server.may_warn()) spdlog::warn("accept: {}; retrying every 100 ms", std::strerror(-fd));
+        co_await ring.sleep(kBackoff);
+        continue;
       }
-      if (stopping) {
-        ::close(fd);
-        break;
+      if (fd < 0) break;  // the listener was shut down
+      Fd conn(fd);
+      if (stopping) break;
+      if (server.open_connections_.load() >= server.max_connections_) {
+        refused++;
+        if (server.may_warn())
+          spdlog::warn("refusing a connection: {} are open (--max-connections)", server.max_connections_);
+        continue;  // closed: the client sees its end at once
       }
       int one = 1;
-      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on unix
+      ::setsockopt(conn.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on unix
       accepted++;
-      auto c = std::make_shared<Connection>(*this, Fd(fd), (uint64_t{index} << 48) | next_id++);
+      auto c = std::make_shared<Connection>(*this, std::move(conn), (uint64_t{index} << 48) | next_id++);
       spawn(c->run());
     }
     accepts_running--;
@@ -291,11 +298,13 @@ class SocketServer::Worker {
 SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id)
     : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.sessions_(w.ring, *this)) {
   worker_.connections.insert(this);
+  worker_.server.open_connections_++;
   spdlog::debug("connection {:x}: open", id_);
 }
 
 SocketServer::Connection::~Connection() {
   worker_.connections.erase(this);
+  worker_.server.open_connections_--;
   spdlog::debug("connection {:x}: closed", id_);
 }
 
@@ -438,8 +447,18 @@ Task<void> SocketServer::Connection::sender() {
 // ---- SocketServer
 
 SocketServer::SocketServer(StreamSessionFactory sessions, unsigned threads, Ring::MetadataIo metadata_io,
-                           unsigned poll_us)
-    : sessions_(std::move(sessions)), threads_(threads ? threads : 1), poll_us_(poll_us), metadata_io_(metadata_io) {}
+                           unsigned poll_us, unsigned max_connections)
+    : sessions_(std::move(sessions)),
+      max_connections_(max_connections ? max_connections : kDefaultMaxConnections),
+      threads_(threads ? threads : 1),
+      poll_us_(poll_us),
+      metadata_io_(metadata_io) {}
+
+bool SocketServer::may_warn() {
+  int64_t now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  int64_t last = last_warning_.load();
+  return now > last && last_warning_.compare_exchange_strong(last, now);
+}
 
 SocketServer::~SocketServer() { stop(); }
 
@@ -470,6 +489,7 @@ SocketServerStats SocketServer::stats() const {
   for (const auto& w : workers_) {
     s.connections_accepted += w->accepted;
     s.connections_dropped += w->dropped;
+    s.connections_refused += w->refused;
   }
   return s;
 }

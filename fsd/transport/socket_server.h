@@ -7,6 +7,7 @@
 // each complete frame to the connection's StreamSession.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,14 +33,19 @@ ListenAddress parse_listen(std::string_view spec);
 struct SocketServerStats {
   uint64_t connections_accepted = 0;
   uint64_t connections_dropped = 0;  // protocol errors
+  uint64_t connections_refused = 0;  // over max_connections
 };
 
 class SocketServer {
  public:
   // poll_us: how long a connection that just had a request keeps looking for
   // the next one before it waits on io_uring (0: never poll).
+  // max_connections: connections served at once; one more is accepted and
+  // closed at once (the client sees its end), with a warning.
   SocketServer(StreamSessionFactory sessions, unsigned threads,
-               Ring::MetadataIo metadata_io = Ring::MetadataIo::kRing, unsigned poll_us = 0);
+               Ring::MetadataIo metadata_io = Ring::MetadataIo::kRing, unsigned poll_us = 0,
+               unsigned max_connections = kDefaultMaxConnections);
+  static constexpr unsigned kDefaultMaxConnections = 1024;
   ~SocketServer();
 
   // Binds and listens (throws std::runtime_error on failure). A port of 0
@@ -60,6 +66,11 @@ class SocketServer {
   class Connection;
 
   StreamSessionFactory sessions_;
+  unsigned max_connections_;
+  std::atomic<unsigned> open_connections_{0};
+  std::atomic<int64_t> last_warning_{0};  // steady-clock seconds of the last rate-limited warning
+  // True at most once a second: for warnings a client could repeat at will.
+  bool may_warn();
   unsigned threads_;
   unsigned poll_us_;
   Ring::MetadataIo metadata_io_;

@@ -175,6 +175,15 @@ Op Ring::accept(int fd) {
   FSD_PREP(io_uring_prep_accept(&sqe, fd, nullptr, nullptr, SOCK_CLOEXEC));
 }
 
+Op Ring::sleep(const __kernel_timespec& ts) {
+  if (!supports(IORING_OP_TIMEOUT)) {
+    timespec t{static_cast<time_t>(ts.tv_sec), static_cast<long>(ts.tv_nsec)};
+    ::nanosleep(&t, nullptr);
+    return Op(-ETIME);
+  }
+  FSD_PREP(io_uring_prep_timeout(&sqe, const_cast<__kernel_timespec*>(&ts), 0, 0));
+}
+
 Op Ring::cancel_fd(int fd) {
   FSD_PREP(io_uring_prep_cancel_fd(&sqe, fd, IORING_ASYNC_CANCEL_ALL));
 }

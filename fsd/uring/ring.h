@@ -101,6 +101,8 @@ class Ring {
   Op accept(int fd);
   // Cancels every operation in flight on `fd` (they complete with -ECANCELED).
   Op cancel_fd(int fd);
+  // Completes (with -ETIME) after `ts`, which must stay valid until then.
+  Op sleep(const __kernel_timespec& ts);
   // ---- metadata (paths must stay valid until the Op completes)
   Op openat2(int dirfd, const char* path, const open_how& how);
   Op statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* out);

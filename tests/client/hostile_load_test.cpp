@@ -1,0 +1,117 @@
+// fsd under hostile or merely heavy clients, as a separate process: it must
+// stay bounded (CPU, connections) and keep serving.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "fsd/client/p9_client.h"
+#include "tests/support/test_support.h"
+
+namespace fsd {
+namespace {
+
+using p9::Client;
+using testing::FsdProcess;
+using testing::TempDir;
+
+// CPU time (user + system) a process has used, in seconds.
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), {});
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));  // past "pid (comm) "
+  std::string field;
+  unsigned long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; i++) {
+    if (i == 14) utime = std::stoul(field);
+    if (i == 15) stime = std::stoul(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// A non-blocking connect to a unix socket (the server may not accept it).
+Fd open_connection(const std::string& path) {
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) fd.reset();
+  return fd;
+}
+
+size_t count(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) n++;
+  return n;
+}
+
+class HostileLoad : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::write_file(tmp_.path() / "ro/hello.txt", "hello\n");
+    sock_ = (tmp_.path() / "9p.sock").string();
+  }
+  bool serves() {
+    auto c = Client::connect_unix(sock_);
+    if (!c || !c->version(1 << 16)) return false;
+    return c->attach(1, "ro").ok() && c->getattr(1).ok();
+  }
+  TempDir tmp_;
+  std::string sock_;
+};
+
+// Out of fds, accept() fails at once while connections wait in the backlog:
+// fsd must back off rather than spin and log on every try.
+TEST_F(HostileLoad, AcceptBacksOffWhenOutOfFds) {
+  FsdProcess fsd({.args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--listen", "unix:" + sock_},
+                  .nofile = 256});
+  fsd.wait_listening("unix:");
+  // fsd accepts while we connect; a full backlog refuses a connect for a
+  // moment (EAGAIN), so keep trying for a while.
+  std::vector<Fd> idle;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (idle.size() < 300 && std::chrono::steady_clock::now() < deadline) {
+    if (Fd c = open_connection(sock_)) idle.push_back(std::move(c));
+    else std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_GT(idle.size(), 256u) << "could not get past fsd's fd limit";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  double before = cpu_seconds(fsd.pid());
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  double used = cpu_seconds(fsd.pid()) - before;
+  std::printf("fsd used %.2f s of CPU in 2 s with %zu connections over its fd limit\n", used, idle.size());
+  EXPECT_LT(used, 0.5) << "accept spins";
+  EXPECT_LT(count(fsd.log(), "accept:"), 10u) << fsd.log().substr(0, 2000);
+  idle.clear();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // fsd sees the ends and frees its fds
+  EXPECT_TRUE(serves()) << fsd.log().substr(0, 2000);
+}
+
+// Past --max-connections a connection is closed at once; a freed slot is
+// used again.
+TEST_F(HostileLoad, MaxConnectionsRefusesTheNextOne) {
+  FsdProcess fsd({.args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--listen", "unix:" + sock_,
+                           "--max-connections", "4"}});
+  fsd.wait_listening("unix:");
+  std::vector<Client> held;
+  for (int i = 0; i < 4; i++) {
+    auto c = Client::connect_unix(sock_);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(c->version(1 << 16).ok());
+    held.push_back(std::move(*c));
+  }
+  auto fifth = Client::connect_unix(sock_);
+  ASSERT_TRUE(fifth.ok());  // the kernel accepts it into the backlog...
+  EXPECT_FALSE(fifth->version(1 << 16).ok());  // ...and fsd closes it
+  EXPECT_NE(fsd.log().find("--max-connections"), std::string::npos) << fsd.log();
+  held.pop_back();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_TRUE(serves()) << fsd.log();
+}
+
+}  // namespace
+}  // namespace fsd
