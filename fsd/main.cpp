@@ -37,6 +37,7 @@ struct Options {
   unsigned fd_budget = 0;  // 0: from RLIMIT_NOFILE
   unsigned poll_us = 50;
   unsigned max_connections = fsd::SocketServer::kDefaultMaxConnections;
+  uint32_t max_fids = fsd::p9::SessionConfig{}.max_fids;
   // Metadata calls (statx, openat2, mkdirat, ...) on warm dentries take
   // microseconds; through io_uring they are punted to io-wq threads, and the
   // extra wake-ups halved one connection's walk+getattr+clunk rate in
@@ -206,7 +207,8 @@ class Servers {
  public:
   Servers(const Options& o, const Plan& plan, const fsd::ExportSet& exports)
       : o_(o), plan_(plan), exports_(exports),
-        sockets_(fsd::p9::session_factory(exports, {.max_msize = o.msize_max, .anonymous_uid = ::geteuid()}),
+        sockets_(fsd::p9::session_factory(
+                     exports, {.max_msize = o.msize_max, .anonymous_uid = ::geteuid(), .max_fids = o.max_fids}),
                  o.threads, plan.metadata_io, o.poll_us, o.max_connections) {}
   ~Servers() {
     for (auto& f : fuse_) f->stop();
@@ -354,6 +356,9 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--max-connections", o.max_connections,
                  "Most 9P socket connections served at once; one more is closed at once, with a warning")
       ->check(CLI::Range(1u, 1u << 20))
+      ->capture_default_str();
+  app.add_option("--max-fids", o.max_fids, "Most fids one 9p connection may hold; past it a new fid is EMFILE")
+      ->check(CLI::Range(16u, 1u << 24))
       ->capture_default_str();
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")

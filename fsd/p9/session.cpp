@@ -25,6 +25,19 @@ namespace fsd::p9 {
   if (!a##_##b##_or) co_return Error{a##_##b##_or.error()}; \
   auto [a, b] = *a##_##b##_or
 
+// Bytes of xattr buffers a fid holds, counted in its session's total until
+// the fid goes.
+struct Session::XattrCharge {
+  size_t* total = nullptr;
+  size_t bytes = 0;
+  XattrCharge() = default;
+  XattrCharge(const XattrCharge&) = delete;
+  XattrCharge& operator=(const XattrCharge&) = delete;
+  ~XattrCharge() {
+    if (total) *total -= bytes;
+  }
+};
+
 struct Session::Fid {
   Vfs* vfs = nullptr;
   NodeRef node;
@@ -32,6 +45,7 @@ struct Session::Fid {
   OpenFile file;  // valid after Tlopen / Tlcreate
   enum class Xattr { kNone, kRead, kWrite } xattr = Xattr::kNone;
   std::vector<std::byte> xattr_data;
+  XattrCharge charge;  // xattr_data's bytes, against the session's budget
   std::string xattr_name;
   uint64_t xattr_size = 0;
   int xattr_flags = 0;
@@ -138,7 +152,17 @@ Result<void> Session::reply_qid(Request& rq, const Fid& dir, Result<Entry> made)
 
 Result<void> Session::check_new_fid(uint32_t id, uint32_t except) const {
   if (id == kNoFid) return Error{-EBADF};
-  if (id != except && fids_.contains(id)) return Error{-EBADF};
+  if (id == except) return {};  // replaces a fid: no new one
+  if (fids_.contains(id)) return Error{-EBADF};
+  if (fids_.size() >= config_.max_fids) return Error{-EMFILE};
+  return {};
+}
+
+Result<void> Session::charge_xattr(Fid& f, size_t bytes) {
+  if (bytes > config_.max_xattr_bytes - std::min(xattr_bytes_, config_.max_xattr_bytes)) return Error{-ENOMEM};
+  xattr_bytes_ += bytes;
+  f.charge.total = &xattr_bytes_;
+  f.charge.bytes += bytes;
   return {};
 }
 
@@ -462,6 +486,8 @@ Task<Result<void>> Session::op(Request& rq, const Txattrwalk& m) {
   for (int attempt = 0;; attempt++) {  // the value may grow between the two calls
     auto size = fetch({});
     if (!size) co_return Error{size.error()};
+    if (*size > nf->charge.bytes)
+      if (auto c = charge_xattr(*nf, *size - nf->charge.bytes); !c) co_return Error{c.error()};
     nf->xattr_data.resize(*size);
     auto got = fetch(nf->xattr_data);
     if (got) {
@@ -487,6 +513,7 @@ Task<Result<void>> Session::op(Request& rq, const Txattrcreate& m) {
   if (m.attr_size > XATTR_SIZE_MAX) co_return Error{-E2BIG};
   if (m.name.empty() || m.name.size() > XATTR_NAME_MAX) co_return Error{-EINVAL};
   if (m.flags & ~static_cast<uint32_t>(XATTR_CREATE | XATTR_REPLACE)) co_return Error{-EINVAL};
+  if (auto c = charge_xattr(*fp, m.attr_size); !c) co_return Error{c.error()};
   fp->xattr = Fid::Xattr::kWrite;
   fp->xattr_name = std::string(m.name);
   fp->xattr_size = m.attr_size;

@@ -31,6 +31,10 @@ namespace fsd::p9 {
 struct SessionConfig {
   uint32_t max_msize = 1 << 20;  // the most this server agrees to
   uid_t anonymous_uid = 0;       // the uid of an attach without n_uname (fsd's own)
+  // Per connection: fids (past it, a new fid is EMFILE), and bytes of xattr
+  // values held by Txattrwalk/Txattrcreate fids (past it, ENOMEM).
+  uint32_t max_fids = 1 << 18;
+  size_t max_xattr_bytes = 4 << 20;
   static constexpr uint32_t kMinMsize = 4096;
   static constexpr uint32_t kInitialMsize = 8192;  // until Tversion
   static constexpr uint32_t kMaxMsize = 16 << 20;
@@ -51,6 +55,7 @@ class Session : public StreamSession {
  private:
   struct Fid;
   struct Request;
+  struct XattrCharge;
   using FidPtr = std::shared_ptr<Fid>;
 
   Task<Result<void>> dispatch(Request& rq);
@@ -67,6 +72,8 @@ class Session : public StreamSession {
   template <class R>
   Result<void> reply_qid(Request& rq, const Fid& dir, Result<Entry> made);
   Result<void> check_new_fid(uint32_t id, uint32_t except = kNoFid) const;
+  // Counts `bytes` more of xattr buffers against the connection's budget.
+  Result<void> charge_xattr(Fid& f, size_t bytes);
   Qid qid_of(Vfs& vfs, const Node& n, const struct statx& st) const;
 
   Task<Result<void>> op(Request&, const Tversion&);
@@ -103,6 +110,7 @@ class Session : public StreamSession {
   ReplySink& sink_;
   SessionConfig config_;
   uint32_t msize_ = SessionConfig::kInitialMsize;
+  size_t xattr_bytes_ = 0;  // declared before fids_: fids release their charge into it
   std::unordered_map<uint32_t, FidPtr> fids_;
   std::unordered_map<uint16_t, Request*> in_flight_;  // by tag
 };

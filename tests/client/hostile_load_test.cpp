@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -111,6 +112,38 @@ TEST_F(HostileLoad, MaxConnectionsRefusesTheNextOne) {
   held.pop_back();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_TRUE(serves()) << fsd.log();
+}
+
+// Fids and the xattr buffers they hold are bounded per connection, with a
+// clean error past the bound, and freed fids make room again.
+TEST_F(HostileLoad, FidsAndXattrBuffersAreBoundedPerConnection) {
+  std::filesystem::create_directories(tmp_.path() / "rw");
+  FsdProcess fsd({.args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--export",
+                           "rw=" + (tmp_.path() / "rw").string(), "--listen", "unix:" + sock_, "--max-fids", "100"}});
+  fsd.wait_listening("unix:");
+  auto c = Client::connect_unix(sock_);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->version(1 << 16).ok());
+  ASSERT_TRUE(c->attach(1, "rw").ok());
+  for (uint32_t fid = 2; fid <= 100; fid++) ASSERT_TRUE(c->walk(1, fid, "").ok()) << "fid " << fid;
+  EXPECT_EQ(c->walk(1, 101, "").error(), -EMFILE);
+  EXPECT_TRUE(c->walk(2, 2, "").ok());  // a walk onto itself makes no new fid
+  ASSERT_TRUE(c->clunk(100).ok());
+  EXPECT_TRUE(c->walk(1, 101, "").ok());
+  // xattr buffers: 4 MiB per connection; 64 KiB values fill it with 64 fids.
+  int created = 0;
+  int err = 0;
+  for (uint32_t fid = 2; fid <= 99 && err == 0; fid++) {
+    auto r = c->call<p9::Rxattrcreate>(p9::Txattrcreate{.fid = fid, .name = "user.big", .attr_size = 65536, .flags = 0});
+    if (r.ok()) created++;
+    else err = r.error();
+  }
+  EXPECT_EQ(created, 64);
+  EXPECT_EQ(err, -ENOMEM);
+  EXPECT_EQ(c->clunk(2).error(), -EINVAL);  // its value never came: the clunk fails, but the fid goes
+  auto again = c->call<p9::Rxattrcreate>(p9::Txattrcreate{.fid = 101, .name = "user.big", .attr_size = 65536, .flags = 0});
+  EXPECT_TRUE(again.ok()) << "the clunked fid's buffer was not given back";
+  EXPECT_TRUE(serves());
 }
 
 }  // namespace

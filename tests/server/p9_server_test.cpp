@@ -486,8 +486,16 @@ TEST_F(P9Server, UnreadRepliesAreBoundedByBackPressure) {
   size_t before = resident_bytes();
   constexpr int kReads = 400;
   constexpr uint32_t kCount = 1000 * 1000;
-  for (int i = 0; i < kReads; i++)
-    ASSERT_TRUE(c.send(static_cast<uint16_t>(i + 1), Tread{.fid = 2, .offset = 0, .count = kCount}).ok());
+  // All in one write (9 KB), as a pipelining client sends them: one send per
+  // frame would block once fsd stops reading, which is the point.
+  std::vector<std::byte> batch;
+  for (int i = 0; i < kReads; i++) {
+    std::byte frame[64];
+    auto n = encode(frame, static_cast<uint16_t>(i + 1), Tread{.fid = 2, .offset = 0, .count = kCount});
+    ASSERT_TRUE(n.ok());
+    batch.insert(batch.end(), frame, frame + *n);
+  }
+  ASSERT_TRUE(c.send_raw(batch).ok());
   size_t peak = 0;
   for (int i = 0; i < 10; i++) {  // a second for the server to do what it will
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
