@@ -206,6 +206,7 @@ class SocketServer::Worker {
   std::unordered_set<Connection*> connections;
   unsigned accepts_running = 0;
   bool stopping = false;
+  bool stop_done = false;
   uint64_t next_id = 0;
   std::atomic<uint64_t> accepted{0}, dropped{0}, refused{0};
 
@@ -253,17 +254,27 @@ class SocketServer::Worker {
     accepts_running--;
   }
 
+  // Stops: closes every connection, gives requests in flight up to a
+  // second to finish, then cancels what still waits (a read from a FIFO
+  // that no one writes, say), so that a stop never hangs.
   Task<void> wait_stop() {
     uint64_t v;
     co_await ring.read(wake_fd.get(), &v, sizeof v, 0);
     stopping = true;
     for (Connection* c : connections) c->close();
+    static constexpr __kernel_timespec kTick{0, 50'000'000};
+    for (int i = 0; i < 20 && !connections.empty(); i++) co_await ring.sleep(kTick);
+    if (!connections.empty()) {
+      spdlog::warn("{} connection(s) still busy after 1 s: cancelling their requests", connections.size());
+      co_await ring.cancel_all();
+    }
+    stop_done = true;
   }
 
   void loop() {
     for (const Fd& l : server.listeners_) spawn(accept_loop(l.get()));
     spawn(wait_stop());
-    while (!stopping || accepts_running > 0 || !connections.empty()) {
+    while (!stop_done || accepts_running > 0 || !connections.empty()) {
       ring.run_once(polling.empty());
       if (!polling.empty()) poll_connections();
     }

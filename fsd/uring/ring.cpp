@@ -184,6 +184,10 @@ Op Ring::sleep(const __kernel_timespec& ts) {
   FSD_PREP(io_uring_prep_timeout(&sqe, const_cast<__kernel_timespec*>(&ts), 0, 0));
 }
 
+Op Ring::cancel_all() {
+  FSD_PREP(io_uring_prep_cancel64(&sqe, 0, IORING_ASYNC_CANCEL_ANY));
+}
+
 Op Ring::cancel_fd(int fd) {
   FSD_PREP(io_uring_prep_cancel_fd(&sqe, fd, IORING_ASYNC_CANCEL_ALL));
 }

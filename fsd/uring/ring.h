@@ -101,6 +101,8 @@ class Ring {
   Op accept(int fd);
   // Cancels every operation in flight on `fd` (they complete with -ECANCELED).
   Op cancel_fd(int fd);
+  // Cancels every other operation in flight on this ring.
+  Op cancel_all();
   // Completes (with -ETIME) after `ts`, which must stay valid until then.
   Op sleep(const __kernel_timespec& ts);
   // ---- metadata (paths must stay valid until the Op completes)

@@ -146,5 +146,32 @@ TEST_F(HostileLoad, FidsAndXattrBuffersAreBoundedPerConnection) {
   EXPECT_TRUE(serves());
 }
 
+// A request that waits forever (a read from a FIFO no one writes) must not
+// keep fsd from stopping: SIGTERM ends it within 2 s, cleanly.
+TEST_F(HostileLoad, SigtermEndsFsdWhateverIsInFlight) {
+  std::filesystem::create_directories(tmp_.path() / "rw");
+  ASSERT_EQ(::mkfifo((tmp_.path() / "rw/fifo").c_str(), 0644), 0);
+  FsdProcess fsd({.args = {"--export", "rw=" + (tmp_.path() / "rw").string(), "--listen", "unix:" + sock_}});
+  fsd.wait_listening("unix:");
+  auto c = Client::connect_unix(sock_);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->version(1 << 16).ok());
+  ASSERT_TRUE(c->attach(1, "rw").ok());
+  ASSERT_TRUE(c->walk(1, 2, "fifo").ok());
+  ASSERT_TRUE(c->lopen(2, O_RDONLY).ok());
+  int w = ::open((tmp_.path() / "rw/fifo").c_str(), O_WRONLY | O_NONBLOCK);  // a writer that never writes
+  ASSERT_GE(w, 0);
+  ASSERT_TRUE(c->send(7, p9::Tread{.fid = 2, .offset = 0, .count = 16}).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto start = std::chrono::steady_clock::now();
+  ::kill(fsd.pid(), SIGTERM);
+  auto status = fsd.wait_exit(std::chrono::seconds(5));
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ::close(w);
+  ASSERT_TRUE(status.has_value()) << "fsd did not stop within 5 s\n" << fsd.log();
+  EXPECT_EQ(*status, 0) << fsd.log();
+  EXPECT_LT(took, 2.0) << fsd.log();
+}
+
 }  // namespace
 }  // namespace fsd
