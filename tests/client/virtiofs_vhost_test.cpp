@@ -80,6 +80,20 @@ class Virtiofs : public ::testing::Test {
     if (err) *err = r->error;
     return r->error ? 0 : as<fuse_entry_out>(r->body).nodeid;
   }
+  // FUSE_CREATE of `name` in the root, opened read-write: its entry and handle.
+  std::pair<fuse_entry_out, fuse_open_out> create(VhostFrontend& f, std::string_view name) {
+    fuse_create_in cr{};
+    cr.flags = O_RDWR | O_CREAT;
+    cr.mode = 0644;
+    auto c = f.fuse(1, FUSE_CREATE, FUSE_ROOT_ID, args(cr, name), 4096);
+    EXPECT_TRUE(c.ok() && c->error == 0);
+    std::pair<fuse_entry_out, fuse_open_out> out{};
+    if (c.ok() && c->error == 0) {
+      std::memcpy(&out.first, c->body.data(), sizeof out.first);
+      std::memcpy(&out.second, c->body.data() + sizeof out.first, sizeof out.second);
+    }
+    return out;
+  }
   // A request that still gets an answer shows the device is alive.
   void ExpectStillServes(VhostFrontend& f) {
     int err = -1;
@@ -190,16 +204,8 @@ TEST_F(Virtiofs, ReaddirplusAndReadOnlyRefusals) {
 TEST_F(Virtiofs, WritesComeStraightFromGuestBuffers) {
   auto f = start(rw_sock_);
   ASSERT_TRUE(f);
-  fuse_create_in cr{};
-  cr.flags = O_RDWR | O_CREAT;
-  cr.mode = 0644;
-  auto c = f->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, args(cr, "written.bin"), 4096);
-  ASSERT_TRUE(c.ok());
-  ASSERT_EQ(c->error, 0);
-  fuse_entry_out e;
-  fuse_open_out o;
-  std::memcpy(&e, c->body.data(), sizeof e);
-  std::memcpy(&o, c->body.data() + sizeof e, sizeof o);
+  auto [e, o] = create(*f, "written.bin");
+  ASSERT_NE(e.nodeid, 0u);
   EXPECT_TRUE(o.open_flags & FOPEN_DIRECT_IO);  // cache=never
   std::string data = random_bytes(300 * 1024, 8);
   fuse_write_in wi{};
@@ -222,17 +228,11 @@ TEST_F(Virtiofs, SyncfsAndFsyncReachTheHost) {
   auto s = f->fuse(1, FUSE_SYNCFS, FUSE_ROOT_ID, args(fuse_syncfs_in{}), 4096);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->error, 0);
-  fuse_create_in cr{};
-  cr.flags = O_RDWR | O_CREAT;
-  cr.mode = 0644;
-  auto c = f->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, args(cr, "synced.bin"), 4096);
-  ASSERT_TRUE(c.ok());
-  ASSERT_EQ(c->error, 0);
-  fuse_open_out o;
-  std::memcpy(&o, c->body.data() + sizeof(fuse_entry_out), sizeof o);
+  auto [e, o] = create(*f, "synced.bin");
+  ASSERT_NE(e.nodeid, 0u);
   fuse_fsync_in fi{};
   fi.fh = o.fh;
-  auto y = f->fuse(1, FUSE_FSYNC, as<fuse_entry_out>(c->body).nodeid, args(fi), 4096);
+  auto y = f->fuse(1, FUSE_FSYNC, e.nodeid, args(fi), 4096);
   ASSERT_TRUE(y.ok());
   EXPECT_EQ(y->error, 0);
 }
