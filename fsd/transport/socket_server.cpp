@@ -254,7 +254,7 @@ class SocketServer::Worker {
     accepts_running--;
   }
 
-  // Stops: closes every connection, gives requests in flight up to a
+  // Stops: closes every connection, gives requests in flight up to half a
   // second to finish, then cancels what still waits (a read from a FIFO
   // that no one writes, say), so that a stop never hangs.
   Task<void> wait_stop() {
@@ -263,9 +263,9 @@ class SocketServer::Worker {
     stopping = true;
     for (Connection* c : connections) c->close();
     static constexpr __kernel_timespec kTick{0, 50'000'000};
-    for (int i = 0; i < 20 && !connections.empty(); i++) co_await ring.sleep(kTick);
+    for (int i = 0; i < 10 && !connections.empty(); i++) co_await ring.sleep(kTick);
     if (!connections.empty()) {
-      spdlog::warn("{} connection(s) still busy after 1 s: cancelling their requests", connections.size());
+      spdlog::warn("{} connection(s) still busy after 0.5 s: cancelling their requests", connections.size());
       co_await ring.cancel_all();
     }
     stop_done = true;
