@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <malloc.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -207,6 +208,7 @@ class SocketServer::Worker {
   unsigned accepts_running = 0;
   bool stopping = false;
   bool stop_done = false;
+  bool trim_pending = false;  // the last connection has just closed
   uint64_t next_id = 0;
   std::atomic<uint64_t> accepted{0}, dropped{0}, refused{0};
 
@@ -277,6 +279,11 @@ class SocketServer::Worker {
     while (!stop_done || accepts_running > 0 || !connections.empty()) {
       ring.run_once(polling.empty());
       if (!polling.empty()) poll_connections();
+      // A client's fids and buffers are many small allocations that the
+      // allocator keeps for reuse; once this worker has no client, give
+      // them back to the system.
+      if (trim_pending && connections.empty()) ::malloc_trim(0);
+      trim_pending = false;
     }
   }
 
@@ -317,6 +324,7 @@ SocketServer::Connection::~Connection() {
   worker_.connections.erase(this);
   worker_.server.open_connections_--;
   spdlog::debug("connection {:x}: closed", id_);
+  if (worker_.connections.empty()) worker_.trim_pending = true;
 }
 
 void SocketServer::Connection::close() {

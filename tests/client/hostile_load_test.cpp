@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -112,6 +113,50 @@ TEST_F(HostileLoad, MaxConnectionsRefusesTheNextOne) {
   held.pop_back();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_TRUE(serves()) << fsd.log();
+}
+
+// Resident memory of a process, in KiB.
+size_t resident_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/statm");
+  size_t pages = 0, resident = 0;
+  in >> pages >> resident;
+  return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE)) / 1024;
+}
+
+// What a client's fids and xattr buffers cost while it is connected, and
+// that fsd gives the memory back once it has gone.
+TEST_F(HostileLoad, MemoryReturnsAfterClientsLeave) {
+  std::filesystem::create_directories(tmp_.path() / "rw");
+  testing::write_file(tmp_.path() / "rw/f", "x");
+  ASSERT_EQ(::setxattr((tmp_.path() / "rw/f").c_str(), "user.v", std::string(3000, 'v').data(), 3000, 0), 0);
+  FsdProcess fsd({.args = {"--export", "rw=" + (tmp_.path() / "rw").string(), "--listen", "unix:" + sock_}});
+  fsd.wait_listening("unix:");
+  size_t idle = resident_kib(fsd.pid());
+  size_t busy = 0;
+  {
+    auto a = Client::connect_unix(sock_), b = Client::connect_unix(sock_);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_TRUE(a->version(1 << 16).ok() && b->version(1 << 16).ok());
+    ASSERT_TRUE(a->attach(1, "rw").ok() && b->attach(1, "rw").ok());
+    ASSERT_TRUE(b->walk(1, 2, "f").ok());
+    constexpr uint32_t kFids = 100000;
+    for (uint32_t fid = 2; fid < kFids; fid++) ASSERT_TRUE(a->walk(1, fid, "f").ok()) << fid;
+    int xattrs = 0;
+    for (uint32_t fid = 3; fid < 3 + 64; fid++)  // 64 values of 3 KB (what ext4 holds in a block)
+      xattrs += b->call<p9::Rxattrwalk>(p9::Txattrwalk{.fid = 2, .newfid = fid, .name = "user.v"}).ok();
+    EXPECT_EQ(xattrs, 64);
+    busy = resident_kib(fsd.pid());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  size_t after = resident_kib(fsd.pid());
+  std::printf("fsd resident: idle %zu KiB, with 100k fids + 64 xattr fids %zu KiB, after the clients left %zu KiB\n", idle,
+              busy, after);
+  EXPECT_GT(busy, idle);
+  EXPECT_LT(after, idle + (busy - idle) / 4) << "fsd kept what the clients' fids cost";
+  auto c = Client::connect_unix(sock_);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->version(1 << 16).ok());
+  EXPECT_TRUE(c->attach(1, "rw").ok());
 }
 
 // Fids and the xattr buffers they hold are bounded per connection, with a
