@@ -126,6 +126,9 @@ size_t resident_kib(pid_t pid) {
 // What a client's fids and xattr buffers cost while it is connected, and
 // that fsd gives the memory back once it has gone.
 TEST_F(HostileLoad, MemoryReturnsAfterClientsLeave) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "under AddressSanitizer freed memory waits in its quarantine; the plain build measures this";
+#endif
   std::filesystem::create_directories(tmp_.path() / "rw");
   testing::write_file(tmp_.path() / "rw/f", "x");
   ASSERT_EQ(::setxattr((tmp_.path() / "rw/f").c_str(), "user.v", std::string(3000, 'v').data(), 3000, 0), 0);
