@@ -263,7 +263,13 @@ class SocketServer::Worker {
     uint64_t v;
     co_await ring.read(wake_fd.get(), &v, sizeof v, 0);
     stopping = true;
-    for (Connection* c : connections) c->close();
+    {
+      // Closing may end a connection's coroutines, and so the connection:
+      // hold each while closing them all.
+      std::vector<std::shared_ptr<Connection>> all;
+      for (Connection* c : connections) all.push_back(c->shared_from_this());
+      for (auto& c : all) c->close();
+    }
     static constexpr __kernel_timespec kTick{0, 50'000'000};
     for (int i = 0; i < 10 && !connections.empty(); i++) co_await ring.sleep(kTick);
     if (!connections.empty()) {
