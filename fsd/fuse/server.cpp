@@ -289,7 +289,7 @@ class Server::Context {
   Task<Result<void>> op(const Fallocate& a) {
     auto hd = s.handle_of(a.in.fh);
     if (!hd || hd->dir) co_return Error{-EBADF};
-    co_return vfs.fallocate(hd->file, static_cast<int>(a.in.mode), a.in.offset, a.in.length);
+    co_return co_await vfs.fallocate(ring, hd->file, static_cast<int>(a.in.mode), a.in.offset, a.in.length);
   }
   Task<Result<void>> op(const Lseek& a) {
     auto hd = s.handle_of(a.in.fh);

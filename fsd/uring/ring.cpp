@@ -165,6 +165,11 @@ Op Ring::writev(int fd, const iovec* iov, unsigned n, uint64_t off) {
 Op Ring::fsync(int fd, bool datasync) {
   FSD_PREP(io_uring_prep_fsync(&sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0));
 }
+Op Ring::fallocate(int fd, int mode, uint64_t offset, uint64_t length) {
+  if (!supports(IORING_OP_FALLOCATE))
+    return Op(sys(::fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length))));
+  FSD_PREP(io_uring_prep_fallocate(&sqe, fd, mode, offset, length));
+}
 Op Ring::recv(int fd, void* buf, unsigned len) {
   FSD_PREP(io_uring_prep_recv(&sqe, fd, buf, len, 0));
 }

@@ -95,6 +95,7 @@ class Ring {
   Op readv(int fd, const iovec* iov, unsigned n, uint64_t off);
   Op writev(int fd, const iovec* iov, unsigned n, uint64_t off);
   Op fsync(int fd, bool datasync);
+  Op fallocate(int fd, int mode, uint64_t offset, uint64_t length);
   // ---- sockets and eventfds
   Op recv(int fd, void* buf, unsigned len);
   Op send(int fd, const void* buf, unsigned len);

@@ -694,12 +694,11 @@ Task<Result<void>> Vfs::fsync(Ring& ring, const OpenFile& f, bool datasync) {
   co_return from_res(co_await ring.fsync(f.get(), datasync));
 }
 
-Result<void> Vfs::fallocate(const OpenFile& f, int mode, uint64_t offset, uint64_t length) {
-  if (!f.valid() || !f.writable()) return Error{-EBADF};
-  if (read_only()) return Error{-EROFS};
-  if (offset > kMaxOffset || length > kMaxOffset) return Error{-EINVAL};
-  if (::fallocate(f.get(), mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0) return errno_error();
-  return {};
+Task<Result<void>> Vfs::fallocate(Ring& ring, const OpenFile& f, int mode, uint64_t offset, uint64_t length) {
+  if (!f.valid() || !f.writable()) co_return Error{-EBADF};
+  if (read_only()) co_return Error{-EROFS};
+  if (offset > kMaxOffset || length > kMaxOffset) co_return Error{-EINVAL};
+  co_return from_res(co_await ring.fallocate(f.get(), mode, offset, length));
 }
 
 Result<uint64_t> Vfs::lseek(const OpenFile& f, uint64_t offset, int whence) {

@@ -216,7 +216,8 @@ class Vfs {
   // Writes `from` at `offset`; returns the bytes written.
   Task<Result<size_t>> write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset);
   Task<Result<void>> fsync(Ring& ring, const OpenFile& f, bool datasync);
-  Result<void> fallocate(const OpenFile& f, int mode, uint64_t offset, uint64_t length);
+  // Through io_uring: allocating can take long on a large range.
+  Task<Result<void>> fallocate(Ring& ring, const OpenFile& f, int mode, uint64_t offset, uint64_t length);
   // SEEK_SET/CUR/END/DATA/HOLE; returns the new offset.
   Result<uint64_t> lseek(const OpenFile& f, uint64_t offset, int whence);
   Result<size_t> copy_file_range(const OpenFile& in, uint64_t off_in, const OpenFile& out, uint64_t off_out,
