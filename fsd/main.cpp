@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "fsd/core/export_set.h"
+#include "fsd/core/signals.h"
 #include "fsd/fuse/server.h"
 #include "fsd/p9/session.h"
 #include "fsd/p9/virtio_channel.h"
@@ -275,22 +276,16 @@ class Servers {
 
 // Signals are taken synchronously by this thread; workers never see them.
 // SIGUSR1 is how a finished virtio device tells main to look.
-sigset_t block_signals() {
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+sigset_t take_signals() {
   ::signal(SIGPIPE, SIG_IGN);
-  return sigs;
+  return fsd::block_signals({SIGINT, SIGTERM, SIGUSR1});
 }
 
 int run(Options& o) {
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   Plan plan = make_plan(o);
   fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget);
-  sigset_t sigs = block_signals();
+  sigset_t sigs = take_signals();
   Servers servers(o, plan, exports);
   servers.start();
   if (o.ready_fd >= 0) {  // tells a supervisor (vmlaunch) that every socket accepts now

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "fsd/core/fd.h"
+#include "fsd/core/signals.h"
 #include "launcher/host_links.h"
 #include "launcher/initramfs.h"
 #include "launcher/modules.h"
@@ -364,12 +365,7 @@ class Launch {
 
   // Signals are read from a signalfd in supervise().
   void block_signals() {
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGHUP);
-    ::sigprocmask(SIG_BLOCK, &sigs, nullptr);
+    sigset_t sigs = fsd::block_signals({SIGINT, SIGTERM, SIGHUP});
     signals_.reset(::signalfd(-1, &sigs, SFD_CLOEXEC));
   }
 

@@ -209,7 +209,7 @@ class Server::Context {
 
   // ---- files
 
-  Task<Result<void>> open(uint32_t flags, bool dir) {
+  Task<Result<void>> open_handle(uint32_t flags, bool dir) {
     auto n = node();
     if (!n) co_return Error{n.error()};
     if (dir && !(*n)->is_dir()) co_return Error{-ENOTDIR};
@@ -223,8 +223,8 @@ class Server::Context {
     out.open_flags = open_flags(dir);
     co_return reply(out);
   }
-  Task<Result<void>> op(const Open& a) { return open(a.in.flags, false); }
-  Task<Result<void>> op(const Opendir&) { return open(0, true); }
+  Task<Result<void>> op(const Open& a) { return open_handle(a.in.flags, false); }
+  Task<Result<void>> op(const Opendir&) { return open_handle(0, true); }
   Task<Result<void>> op(const Create& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
@@ -279,13 +279,13 @@ class Server::Context {
     co_return Result<void>{};
   }
   Task<Result<void>> op(const Flush&) { co_return Result<void>{}; }
-  Task<Result<void>> fsync(uint64_t fh, uint32_t flags) {
+  Task<Result<void>> fsync_handle(uint64_t fh, uint32_t flags) {
     auto hd = s.handle_of(fh);
     if (!hd) co_return Error{-EBADF};
     co_return co_await vfs.fsync(ring, hd->file, flags & 1);
   }
-  Task<Result<void>> op(const Fsync& a) { return fsync(a.in.fh, a.in.fsync_flags); }
-  Task<Result<void>> op(const Fsyncdir& a) { return fsync(a.in.fh, a.in.fsync_flags); }
+  Task<Result<void>> op(const Fsync& a) { return fsync_handle(a.in.fh, a.in.fsync_flags); }
+  Task<Result<void>> op(const Fsyncdir& a) { return fsync_handle(a.in.fh, a.in.fsync_flags); }
   Task<Result<void>> op(const Fallocate& a) {
     auto hd = s.handle_of(a.in.fh);
     if (!hd || hd->dir) co_return Error{-EBADF};

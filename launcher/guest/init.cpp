@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "fsd/core/fd.h"
+#include "fsd/core/signals.h"
 #include "launcher/guest/guest_plan.h"
 
 using fsd::Fd;
@@ -284,10 +285,7 @@ int run() {
   load_modules(plan.modules);
   set_up(plan);
   do_mounts(plan.mounts);
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+  sigset_t chld = fsd::block_signals({SIGCHLD});
   Fd sfd(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
   int status = wait_for(start_command(plan, chld), sfd.get());
   if (!plan.status_file.empty()) std::ofstream(plan.status_file) << status << "\n";
