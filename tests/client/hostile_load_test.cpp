@@ -93,6 +93,18 @@ TEST_F(HostileLoad, AcceptBacksOffWhenOutOfFds) {
   EXPECT_TRUE(serves()) << fsd.log().substr(0, 2000);
 }
 
+// The bounds' flags refuse values that make no sense, naming the flag.
+TEST_F(HostileLoad, BoundFlagsRefuseBadValues) {
+  for (auto [flag, value] : {std::pair{"--max-connections", "0"}, {"--max-fids", "5"}, {"--max-fids", "lots"}}) {
+    FsdProcess fsd({.args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--listen", "unix:" + sock_,
+                             flag, value}});
+    auto status = fsd.wait_exit();
+    ASSERT_TRUE(status.has_value()) << flag << " " << value << " was accepted";
+    EXPECT_EQ(*status, 2) << fsd.log();
+    EXPECT_NE(fsd.log().find(flag), std::string::npos) << fsd.log();
+  }
+}
+
 // Past --max-connections a connection is closed at once; a freed slot is
 // used again.
 TEST_F(HostileLoad, MaxConnectionsRefusesTheNextOne) {
