@@ -746,41 +746,62 @@ bool wait_readable(int fd, int stop_fd) {
   }
 }
 
-// Receives one message and its fds. 0 on orderly close, -1 on error.
-int recv_message(int conn, std::vector<std::byte>& buf, std::vector<Fd>& fds) {
-  fds.clear();
-  buf.resize(vu::kHeaderSize);
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
-  iovec iov{buf.data(), vu::kHeaderSize};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  ssize_t n = ::recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL);
-  if (n == 0) return 0;
-  if (n < 0) return -1;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+// How long the rest of a message may take once its first byte is here: a
+// front-end sends each message whole, and one that stops half-way must not
+// hold the control thread (or a stop) for good.
+constexpr int kMessageTimeoutMs = 5000;
+
+enum RecvStatus { kReceived = 1, kClosed = 0, kBroken = -1, kStopped = -2 };
+
+// Receives exactly `len` bytes (the first call also takes the fds that came
+// with them), waiting at most until `deadline`, and never past a stop.
+RecvStatus recv_part(int conn, int stop_fd, std::byte* p, size_t len, std::vector<Fd>* fds,
+                     std::chrono::steady_clock::time_point deadline) {
+  size_t got = 0;
+  while (got < len) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return kBroken;
+    pollfd pfd[2] = {{conn, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    int pr = ::poll(pfd, 2, static_cast<int>(left.count()));
+    if (pr < 0 && errno != EINTR) return kBroken;
+    if (pfd[1].revents & POLLIN) return kStopped;
+    if (pr <= 0) continue;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
+    iovec iov{p + got, len - got};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    ssize_t n = ::recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+    for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&mh) : nullptr; c; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
       size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       for (size_t i = 0; i < count; i++) {
         int fd;
         std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        fds.emplace_back(fd);
+        Fd owned(fd);
+        if (fds) fds->push_back(std::move(owned));  // fds after the header are dropped
       }
     }
+    if (n == 0 && got == 0 && fds) return kClosed;
+    if (n <= 0 || (mh.msg_flags & MSG_CTRUNC)) return kBroken;
+    got += static_cast<size_t>(n);
   }
-  if (n != static_cast<ssize_t>(vu::kHeaderSize) || (mh.msg_flags & MSG_CTRUNC)) return -1;
+  return kReceived;
+}
+
+// Receives one message and its fds (the caller knows the socket is readable).
+RecvStatus recv_message(int conn, int stop_fd, std::vector<std::byte>& buf, std::vector<Fd>& fds) {
+  fds.clear();
+  buf.resize(vu::kHeaderSize);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kMessageTimeoutMs);
+  if (auto r = recv_part(conn, stop_fd, buf.data(), vu::kHeaderSize, &fds, deadline); r != kReceived) return r;
   auto h = vu::decode_header(buf);
-  if (!h) return -1;
+  if (!h) return kBroken;
   buf.resize(vu::kHeaderSize + h->size);
-  size_t got = 0;
-  while (got < h->size) {
-    ssize_t r = ::recv(conn, buf.data() + vu::kHeaderSize + got, h->size - got, MSG_WAITALL);
-    if (r <= 0) return -1;
-    got += static_cast<size_t>(r);
-  }
-  return 1;
+  return recv_part(conn, stop_fd, buf.data() + vu::kHeaderSize, h->size, nullptr, deadline);
 }
 }  // namespace
 
@@ -797,9 +818,14 @@ void VhostUserBackend::control_loop() {
         device_->reset();
         return;
       }
-      int r = recv_message(conn.get(), buf, fds);
-      if (r <= 0) {
-        if (r < 0) spdlog::warn("{}: malformed message from the front-end; disconnecting", options_.device.name);
+      RecvStatus r = recv_message(conn.get(), stop_fd_.get(), buf, fds);
+      if (r == kStopped) {
+        device_->reset();
+        return;
+      }
+      if (r != kReceived) {
+        if (r == kBroken)
+          spdlog::warn("{}: malformed or unfinished message from the front-end; disconnecting", options_.device.name);
         break;
       }
       auto m = vu::decode(buf, fds.size());

@@ -80,6 +80,8 @@ OpenFile& OpenFile::operator=(OpenFile&& o) noexcept {
     vfs_ = std::exchange(o.vfs_, nullptr);
     fd_ = std::move(o.fd_);
     flags_ = o.flags_;
+    dev_ = o.dev_;
+    never_wait_ = o.never_wait_;
   }
   return *this;
 }
@@ -394,10 +396,13 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   if (read_only() && writes) co_return Error{-EROFS};
   if (n.is_dir() && writes) co_return Error{-EISDIR};
   flags = (flags & kAllowedOpenFlags) | O_CLOEXEC;
-  // A FIFO, socket or device may wait in open() for a partner (a FIFO's
-  // writer, say), which would park this worker thread: open those without
-  // waiting. Their I/O then goes through io_uring, which waits without a thread.
-  bool special = (n.type & S_IFMT) != S_IFREG && !n.is_dir();
+  // A FIFO, socket or character device may wait in open() for a partner (a
+  // FIFO's writer, say), which would park this worker thread, and its reads
+  // may wait forever (io_uring would wait without a thread, but the request
+  // would still hold its queue): such a file is opened and used without
+  // waiting, ever. Block devices are read like files.
+  mode_t type = n.type & S_IFMT;
+  bool special = type == S_IFIFO || type == S_IFSOCK || type == S_IFCHR;
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
   auto pfd = path_fd(n);
   if (!pfd) {
@@ -418,9 +423,7 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
     release_open_file();
     co_return Error{r};
   }
-  Fd fd(r);
-  if (special && !(flags & O_NONBLOCK)) (void)::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
-  co_return OpenFile(this, std::move(fd), flags, n.dev);
+  co_return OpenFile(this, Fd(r), flags, n.dev, special);
 }
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
@@ -667,12 +670,24 @@ Result<void> Vfs::access(Node& n, int mask) {
 
 namespace {
 constexpr uint64_t kMaxOffset = static_cast<uint64_t>(INT64_MAX);
+
+// I/O on an O_NONBLOCK special file: at the offset where the file has one
+// (a character device), else at its current position (a FIFO or socket).
+Result<size_t> nonblocking_io(int fd, std::span<const iovec> iov, uint64_t offset, bool write) {
+  int n = static_cast<int>(std::min<size_t>(iov.size(), IOV_MAX));
+  auto off = static_cast<off_t>(offset);
+  ssize_t r = write ? ::pwritev(fd, iov.data(), n, off) : ::preadv(fd, iov.data(), n, off);
+  if (r < 0 && errno == ESPIPE) r = write ? ::writev(fd, iov.data(), n) : ::readv(fd, iov.data(), n);
+  if (r < 0) return errno_error();
+  return static_cast<size_t>(r);
+}
 }  // namespace
 
 Task<Result<size_t>> Vfs::read(Ring& ring, const OpenFile& f, std::span<const iovec> to, uint64_t offset) {
   if (!f.valid() || !f.readable()) co_return Error{-EBADF};
   if (offset > kMaxOffset) co_return Error{-EINVAL};
   if (to.empty()) co_return size_t{0};
+  if (f.never_wait_) co_return nonblocking_io(f.get(), to, offset, false);
   int r = to.size() == 1 ? co_await ring.read(f.get(), to[0].iov_base, static_cast<unsigned>(to[0].iov_len), offset)
                          : co_await ring.readv(f.get(), to.data(), static_cast<unsigned>(to.size()), offset);
   co_return count_of(r);
@@ -683,6 +698,7 @@ Task<Result<size_t>> Vfs::write(Ring& ring, const OpenFile& f, std::span<const i
   if (read_only()) co_return Error{-EROFS};
   if (offset > kMaxOffset) co_return Error{-EINVAL};
   if (from.empty()) co_return size_t{0};
+  if (f.never_wait_) co_return nonblocking_io(f.get(), from, offset, true);
   int r = from.size() == 1
               ? co_await ring.write(f.get(), from[0].iov_base, static_cast<unsigned>(from[0].iov_len), offset)
               : co_await ring.writev(f.get(), from.data(), static_cast<unsigned>(from.size()), offset);

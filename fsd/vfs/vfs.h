@@ -73,7 +73,8 @@ class OpenFile {
  public:
   OpenFile() = default;
   OpenFile(OpenFile&& o) noexcept
-      : vfs_(std::exchange(o.vfs_, nullptr)), fd_(std::move(o.fd_)), flags_(o.flags_), dev_(o.dev_) {}
+      : vfs_(std::exchange(o.vfs_, nullptr)), fd_(std::move(o.fd_)), flags_(o.flags_), dev_(o.dev_),
+        never_wait_(o.never_wait_) {}
   OpenFile& operator=(OpenFile&& o) noexcept;
   ~OpenFile();
   int flags() const { return flags_; }
@@ -83,13 +84,17 @@ class OpenFile {
 
  private:
   friend class Vfs;
-  OpenFile(Vfs* vfs, Fd fd, int flags, uint64_t dev) : vfs_(vfs), fd_(std::move(fd)), flags_(flags), dev_(dev) {}
+  OpenFile(Vfs* vfs, Fd fd, int flags, uint64_t dev, bool never_wait = false)
+      : vfs_(vfs), fd_(std::move(fd)), flags_(flags), dev_(dev), never_wait_(never_wait) {}
   int get() const { return fd_.get(); }
 
   Vfs* vfs_ = nullptr;
   Fd fd_;
   int flags_ = 0;
   uint64_t dev_ = 0;  // the file's st_dev, for unique_ino of directory entries
+  // A FIFO, socket or character device: open O_NONBLOCK, and read and
+  // written with plain non-blocking syscalls, so nothing ever waits on it.
+  bool never_wait_ = false;
 };
 
 // One entry of a directory listing. `name` is valid only during the
@@ -212,6 +217,10 @@ class Vfs {
   // buffer, a FUSE reply buffer, guest memory)
   // Reads at `offset` into `to`; returns the bytes read (0 at the end).
   // EBADF unless the file is open for reading; EINVAL past INT64_MAX.
+  // A FIFO, socket or character device answers EAGAIN rather than wait for
+  // data (or room, for write): a request that waits for a partner would hold
+  // its queue or connection, and no guest sends these (guest kernels serve
+  // their special files themselves).
   Task<Result<size_t>> read(Ring& ring, const OpenFile& f, std::span<const iovec> to, uint64_t offset);
   // Writes `from` at `offset`; returns the bytes written.
   Task<Result<size_t>> write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset);

@@ -462,9 +462,21 @@ TEST_F(P9Server, OpeningAFifoNeverWaitsForAPartner) {
   ASSERT_GE(w, 0) << std::strerror(errno);
   ASSERT_EQ(::write(w, "hi", 2), 2);
   auto r = c.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 16});
-  ::close(w);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(r->data.bytes.data()), r->data.bytes.size()), "hi");
+  // Now empty, with a writer: a read answers at once instead of waiting for
+  // data that may never come (which would hold the request for good).
+  auto empty = std::async(std::launch::async, [&] { return c.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 16}); });
+  bool prompt = empty.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  EXPECT_TRUE(prompt) << "Tread of an empty FIFO waited for data";
+  if (!prompt) {
+    EXPECT_EQ(::write(w, "x", 1), 1);  // lets the parked read finish
+  }
+  auto e = empty.get();
+  if (prompt) {
+    EXPECT_EQ(e.error(), -EAGAIN);
+  }
+  ::close(w);
 }
 
 // Resident memory of this process (client and in-process server), in bytes.
