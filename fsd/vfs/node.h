@@ -87,6 +87,9 @@ class Node : public NodeSetHook, public NodeLruHook {
   // Guarded by Vfs::fd_mu_.
   int path_fd_ = -1;
   uint32_t pins_ = 0;
+  // Set before fsd removes a name of this inode: its open files keep their
+  // fds from then on, since a file without a name cannot be opened again.
+  std::atomic<bool> keep_open_{false};
 };
 
 struct NodeKeyOf {

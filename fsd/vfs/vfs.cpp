@@ -76,18 +76,15 @@ std::string PathFd::proc_path() const { return "/proc/self/fd/" + std::to_string
 
 OpenFile& OpenFile::operator=(OpenFile&& o) noexcept {
   if (this != &o) {
-    if (vfs_ && fd_.valid()) vfs_->release_open_file();
+    if (s_) vfs_->close_file(std::move(s_));
     vfs_ = std::exchange(o.vfs_, nullptr);
-    fd_ = std::move(o.fd_);
-    flags_ = o.flags_;
-    dev_ = o.dev_;
-    never_wait_ = o.never_wait_;
+    s_ = std::move(o.s_);
   }
   return *this;
 }
 
 OpenFile::~OpenFile() {
-  if (vfs_ && fd_.valid()) vfs_->release_open_file();
+  if (s_) vfs_->close_file(std::move(s_));
 }
 
 // ---- Vfs: set-up
@@ -134,6 +131,8 @@ VfsStats Vfs::stats() const {
   s.open_files = open_files_.load();
   s.reopen_by_handle = reopen_by_handle_;
   s.reopen_by_name = reopen_by_name_;
+  s.files_reclaimed = files_reclaimed_.load();
+  s.files_reopened = files_reopened_.load();
   return s;
 }
 
@@ -306,11 +305,133 @@ NodeRef Vfs::intern(Fd fd, const struct statx& st, const NodeRef& parent, std::s
 }
 
 Result<void> Vfs::reserve_open_file() {
-  if (open_files_.fetch_add(1, std::memory_order_relaxed) >= options_.open_files) {
+  for (int tries = 0;; tries++) {
+    if (open_files_.fetch_add(1, std::memory_order_relaxed) < options_.open_files) return {};
     open_files_.fetch_sub(1, std::memory_order_relaxed);
-    return Error{-EMFILE};
+    // Others may take what a reclaim frees; a few rounds, then give up.
+    if (tries == 4 || !reclaim_one()) return Error{-EMFILE};
   }
+}
+
+// ---- open files: the budget, and reclaiming fds of idle ones
+
+OpenFile Vfs::make_open_file(Fd fd, NodeRef node, int flags, uint64_t dev, bool never_wait) {
+  auto s = std::make_unique<detail::OpenState>();
+  s->node = std::move(node);
+  s->flags = flags;
+  s->dev = dev;
+  s->never_wait = never_wait;
+  s->fd = std::move(fd);
+  s->keep = never_wait;  // a FIFO opened again is a different conversation
+  std::lock_guard g(files_mu_);
+  files_.push_back(*s);
+  return OpenFile(this, std::move(s));
+}
+
+void Vfs::close_file(std::unique_ptr<detail::OpenState> s) {
+  {
+    std::lock_guard g(files_mu_);
+    files_.erase(files_.iterator_to(*s));
+  }
+  if (s->fd) release_open_file();
+  s.reset();  // closes the fd, drops the node
+}
+
+// A clock: the hand walks the list from the front, moving each file it
+// passes to the back; a file used since the last pass gets another round.
+bool Vfs::reclaim_one() {
+  Fd victim;
+  {
+    std::lock_guard g(files_mu_);
+    for (size_t left = 2 * files_.size(); left && !victim; left--) {
+      auto& s = files_.front();
+      files_.pop_front();
+      files_.push_back(s);
+      std::unique_lock sg(s.mu, std::try_to_lock);
+      if (!sg || s.users || !s.fd || s.keep || s.node->keep_open_.load(std::memory_order_relaxed)) continue;
+      if (std::exchange(s.referenced, false)) continue;
+      victim = std::move(s.fd);
+    }
+  }
+  if (!victim) return false;
+  victim.reset();
+  release_open_file();
+  files_reclaimed_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+Vfs::FileUse::~FileUse() {
+  if (!s_) return;
+  std::lock_guard g(s_->mu);
+  s_->users--;
+}
+
+Result<Vfs::FileUse> Vfs::use(const OpenFile& f) {
+  if (!f.s_) return Error{-EBADF};
+  detail::OpenState& s = *f.s_;
+  {
+    std::lock_guard g(s.mu);
+    s.users++;
+    s.referenced = true;
+    if (s.fd) return FileUse(&s);
+  }
+  FileUse pinned(&s);  // pinned while it is opened again (no lock held: that may reclaim others)
+  if (auto r = reopen_file(s); !r) return Error{r.error()};
+  return pinned;
+}
+
+Result<void> Vfs::reopen_file(detail::OpenState& s) {
+  if (auto r = reserve_open_file(); !r) return r;
+  auto opened = [&]() -> Result<Fd> {
+    auto pfd = path_fd(*s.node);
+    if (!pfd) return Error{pfd.error()};
+    int flags = (s.flags & ~(O_TRUNC | O_CREAT | O_EXCL)) | O_CLOEXEC;
+    Fd fd(::open(pfd->proc_path().c_str(), flags));
+    if (!fd) return errno_error();
+    struct statx st{};
+    if (::statx(fd.get(), "", AT_EMPTY_PATH, STATX_INO, &st) < 0) return errno_error();
+    if (dev_of(st) != s.node->dev || st.stx_ino != s.node->ino) return Error{-ESTALE};
+    return fd;
+  }();
+  if (!opened) {
+    release_open_file();
+    return Error{opened.error()};
+  }
+  std::lock_guard g(s.mu);
+  if (s.fd) {  // another operation opened it first
+    release_open_file();
+    return {};
+  }
+  s.fd = std::move(*opened);
+  files_reopened_.fetch_add(1, std::memory_order_relaxed);
   return {};
+}
+
+void Vfs::keep_files_of(int dirfd, const char* name) {
+  if (files_reclaimed_.load(std::memory_order_relaxed) == 0 && open_files_.load(std::memory_order_relaxed) == 0) return;
+  struct statx st{};
+  if (::statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_TYPE, &st) < 0 || S_ISDIR(st.stx_mode)) return;
+  NodeRef node;
+  {
+    std::lock_guard g(table_mu_);
+    auto it = table_.find(Node::Key{dev_of(st), st.stx_ino});
+    if (it == table_.end()) return;  // no node: no open files
+    node = NodeRef(&*it);
+  }
+  node->keep_open_.store(true, std::memory_order_relaxed);
+  // Open again every file of it whose fd was reclaimed before that.
+  std::vector<FileUse> closed;
+  {
+    std::lock_guard g(files_mu_);
+    for (auto& s : files_) {
+      if (s.node != node) continue;
+      std::lock_guard sg(s.mu);
+      if (s.fd) continue;
+      s.users++;
+      closed.emplace_back(&s);
+    }
+  }
+  for (auto& u : closed) (void)reopen_file(u.state());
 }
 
 void Vfs::chown_new(int dirfd, const std::string& name, Creds creds) {
@@ -423,7 +544,7 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
     release_open_file();
     co_return Error{r};
   }
-  co_return OpenFile(this, Fd(r), flags, n.dev, special);
+  co_return make_open_file(Fd(r), NodeRef(&n), flags, n.dev, special);
 }
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
@@ -431,7 +552,6 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
-  OpenFile file;
   CName cname(name);
   open_how how{};
   int oflags = (flags & kAllowedOpenFlags & ~O_DIRECTORY) | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
@@ -444,14 +564,18 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
     release_open_file();
     co_return Error{r};
   }
-  file = OpenFile(this, Fd(r), oflags, dir->dev);
+  Fd fd(r);
   chown_new(pfd->get(), std::string(name), creds);
   struct statx st{};
-  r = co_await ring.statx(file.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
-  if (r < 0) co_return Error{r};
-  int dupfd = ::fcntl(file.get(), F_DUPFD_CLOEXEC, 0);
-  if (dupfd < 0) co_return errno_error();
+  r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
+  int dupfd = r < 0 ? r : ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
+  if (r < 0 || dupfd < 0) {
+    release_open_file();
+    co_return Error{r < 0 ? r : -errno};
+  }
   NodeRef node = intern(Fd(dupfd), st, dir, name);
+  // Reopened, it must not be truncated or created again.
+  OpenFile file = make_open_file(std::move(fd), node, oflags & ~(O_CREAT | O_EXCL | O_TRUNC), dir->dev, false);
   co_return Created{Entry{std::move(node), st}, std::move(file)};
 }
 
@@ -514,6 +638,7 @@ Task<Result<void>> Vfs::unlink(Ring& ring, NodeRef dir, std::string_view name, i
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   CName cname(name);
+  keep_files_of(pfd->get(), cname.c_str());
   co_return from_res(co_await ring.unlinkat(pfd->get(), cname.c_str(), flags & AT_REMOVEDIR));
 }
 
@@ -528,6 +653,7 @@ Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldn
   auto nfd = path_fd(*newdir);
   if (!nfd) co_return Error{nfd.error()};
   CName cold(oldname), cnew(newname);
+  if (!(flags & RENAME_EXCHANGE)) keep_files_of(nfd->get(), cnew.c_str());  // it may replace a file
   int r = co_await ring.renameat(ofd->get(), cold.c_str(), nfd->get(), cnew.c_str(), flags);
   if (r < 0) co_return Error{r};
   // Keep the moved node's remembered location current, for re-resolution.
@@ -553,6 +679,7 @@ Task<Result<void>> Vfs::remove(Ring& ring, Node& n) {
   struct statx st{};
   if (::statx(pfd->get(), name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) < 0) co_return errno_error();
   if (dev_of(st) != n.dev || st.stx_ino != n.ino) co_return Error{-ESTALE};
+  keep_files_of(pfd->get(), name.c_str());
   co_return from_res(co_await ring.unlinkat(pfd->get(), name.c_str(), n.is_dir() ? AT_REMOVEDIR : 0));
 }
 
@@ -599,8 +726,14 @@ Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
   }
   if (a.has(SetAttr::kSize)) {
     if (a.size > static_cast<uint64_t>(INT64_MAX)) return Error{-EFBIG};
-    int r = (file && file->writable()) ? ::ftruncate(file->get(), static_cast<off_t>(a.size))
-                                       : ::truncate(path.c_str(), static_cast<off_t>(a.size));
+    int r;
+    if (file && file->writable()) {
+      auto u = use(*file);
+      if (!u) return Error{u.error()};
+      r = ::ftruncate(u->fd(), static_cast<off_t>(a.size));
+    } else {
+      r = ::truncate(path.c_str(), static_cast<off_t>(a.size));
+    }
     if (r < 0) return errno_error();
   }
   if (a.has(SetAttr::kAtime) || a.has(SetAttr::kMtime)) {
@@ -687,9 +820,12 @@ Task<Result<size_t>> Vfs::read(Ring& ring, const OpenFile& f, std::span<const io
   if (!f.valid() || !f.readable()) co_return Error{-EBADF};
   if (offset > kMaxOffset) co_return Error{-EINVAL};
   if (to.empty()) co_return size_t{0};
-  if (f.never_wait_) co_return nonblocking_io(f.get(), to, offset, false);
-  int r = to.size() == 1 ? co_await ring.read(f.get(), to[0].iov_base, static_cast<unsigned>(to[0].iov_len), offset)
-                         : co_await ring.readv(f.get(), to.data(), static_cast<unsigned>(to.size()), offset);
+  auto u = use(f);
+  if (!u) co_return Error{u.error()};
+  int fd = u->fd();
+  if (u->state().never_wait) co_return nonblocking_io(fd, to, offset, false);
+  int r = to.size() == 1 ? co_await ring.read(fd, to[0].iov_base, static_cast<unsigned>(to[0].iov_len), offset)
+                         : co_await ring.readv(fd, to.data(), static_cast<unsigned>(to.size()), offset);
   co_return count_of(r);
 }
 
@@ -698,29 +834,35 @@ Task<Result<size_t>> Vfs::write(Ring& ring, const OpenFile& f, std::span<const i
   if (read_only()) co_return Error{-EROFS};
   if (offset > kMaxOffset) co_return Error{-EINVAL};
   if (from.empty()) co_return size_t{0};
-  if (f.never_wait_) co_return nonblocking_io(f.get(), from, offset, true);
-  int r = from.size() == 1
-              ? co_await ring.write(f.get(), from[0].iov_base, static_cast<unsigned>(from[0].iov_len), offset)
-              : co_await ring.writev(f.get(), from.data(), static_cast<unsigned>(from.size()), offset);
+  auto u = use(f);
+  if (!u) co_return Error{u.error()};
+  int fd = u->fd();
+  if (u->state().never_wait) co_return nonblocking_io(fd, from, offset, true);
+  int r = from.size() == 1 ? co_await ring.write(fd, from[0].iov_base, static_cast<unsigned>(from[0].iov_len), offset)
+                           : co_await ring.writev(fd, from.data(), static_cast<unsigned>(from.size()), offset);
   co_return count_of(r);
 }
 
 Task<Result<void>> Vfs::fsync(Ring& ring, const OpenFile& f, bool datasync) {
-  if (!f.valid()) co_return Error{-EBADF};
-  co_return from_res(co_await ring.fsync(f.get(), datasync));
+  auto u = use(f);
+  if (!u) co_return Error{u.error()};
+  co_return from_res(co_await ring.fsync(u->fd(), datasync));
 }
 
 Task<Result<void>> Vfs::fallocate(Ring& ring, const OpenFile& f, int mode, uint64_t offset, uint64_t length) {
   if (!f.valid() || !f.writable()) co_return Error{-EBADF};
   if (read_only()) co_return Error{-EROFS};
   if (offset > kMaxOffset || length > kMaxOffset) co_return Error{-EINVAL};
-  co_return from_res(co_await ring.fallocate(f.get(), mode, offset, length));
+  auto u = use(f);
+  if (!u) co_return Error{u.error()};
+  co_return from_res(co_await ring.fallocate(u->fd(), mode, offset, length));
 }
 
 Result<uint64_t> Vfs::lseek(const OpenFile& f, uint64_t offset, int whence) {
-  if (!f.valid()) return Error{-EBADF};
   if (offset > kMaxOffset) return Error{-EINVAL};
-  off_t r = ::lseek(f.get(), static_cast<off_t>(offset), whence);
+  auto u = use(f);
+  if (!u) return Error{u.error()};
+  off_t r = ::lseek(u->fd(), static_cast<off_t>(offset), whence);
   if (r < 0) return errno_error();
   return static_cast<uint64_t>(r);
 }
@@ -730,8 +872,12 @@ Result<size_t> Vfs::copy_file_range(const OpenFile& in, uint64_t off_in, const O
   if (!in.valid() || !in.readable() || !out.valid() || !out.writable()) return Error{-EBADF};
   if (read_only()) return Error{-EROFS};
   if (off_in > kMaxOffset || off_out > kMaxOffset) return Error{-EINVAL};
+  auto ui = use(in);
+  if (!ui) return Error{ui.error()};
+  auto uo = use(out);
+  if (!uo) return Error{uo.error()};
   loff_t oi = static_cast<loff_t>(off_in), oo = static_cast<loff_t>(off_out);
-  ssize_t r = ::copy_file_range(in.get(), &oi, out.get(), &oo, length, 0);
+  ssize_t r = ::copy_file_range(ui->fd(), &oi, uo->fd(), &oo, length, 0);
   if (r < 0) return errno_error();
   return static_cast<size_t>(r);
 }
@@ -748,21 +894,23 @@ Result<void> Vfs::syncfs() {
 
 Result<void> Vfs::read_dir(const OpenFile& dir, uint64_t offset, size_t bytes_hint,
                            FunctionRef<bool(const DirEntry&)> emit) {
-  if (!dir.valid()) return Error{-EBADF};
   if (offset > kMaxOffset) return Error{-EINVAL};
-  if (::lseek(dir.get(), static_cast<off_t>(offset), SEEK_SET) < 0) return errno_error();
+  auto u = use(dir);
+  if (!u) return Error{u.error()};
+  int fd = u->fd();
+  if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) return errno_error();
   // Per thread rather than on a coroutine's frame: frames do not honour
   // alignas, and 32 KiB frames would not be recycled.
   alignas(struct dirent64) static thread_local std::byte raw[32768];
   size_t want = std::clamp<size_t>(bytes_hint, 512, sizeof raw);
   for (;;) {
-    long n = ::syscall(SYS_getdents64, dir.get(), raw, want);
+    long n = ::syscall(SYS_getdents64, fd, raw, want);
     if (n < 0) return errno_error();
     if (n == 0) return {};
     for (long pos = 0; pos < n;) {
       const auto* d = reinterpret_cast<const struct dirent64*>(raw + pos);
       pos += d->d_reclen;
-      DirEntry e{.ino = unique_ino(dir.dev_, d->d_ino),
+      DirEntry e{.ino = unique_ino(u->state().dev, d->d_ino),
                  .next = static_cast<uint64_t>(d->d_off),
                  .type = d->d_type,
                  .name = d->d_name};
@@ -786,18 +934,24 @@ Result<struct flock> to_flock(const FileLock& l) {
 }  // namespace
 
 Result<void> Vfs::set_lock(const OpenFile& f, const FileLock& lock) {
-  if (!f.valid()) return Error{-EBADF};
   auto fl = to_flock(lock);
   if (!fl) return Error{fl.error()};
-  if (::fcntl(f.get(), F_OFD_SETLK, &*fl) < 0) return errno_error(errno == EACCES ? EAGAIN : errno);
+  auto u = use(f);
+  if (!u) return Error{u.error()};
+  if (lock.type != FileLock::Type::kUnlock) {
+    std::lock_guard g(u->state().mu);
+    u->state().keep = true;  // closing the fd would drop the lock
+  }
+  if (::fcntl(u->fd(), F_OFD_SETLK, &*fl) < 0) return errno_error(errno == EACCES ? EAGAIN : errno);
   return {};
 }
 
 Result<FileLock> Vfs::get_lock(const OpenFile& f, const FileLock& want) {
-  if (!f.valid()) return Error{-EBADF};
   auto fl = to_flock(want);
   if (!fl) return Error{fl.error()};
-  if (::fcntl(f.get(), F_OFD_GETLK, &*fl) < 0) return errno_error();
+  auto u = use(f);
+  if (!u) return Error{u.error()};
+  if (::fcntl(u->fd(), F_OFD_GETLK, &*fl) < 0) return errno_error();
   FileLock held;
   held.type = fl->l_type == F_RDLCK ? FileLock::Type::kRead
               : fl->l_type == F_WRLCK ? FileLock::Type::kWrite

@@ -67,34 +67,47 @@ class PathFd {
   int fd_ = -1;
 };
 
-// A file opened for I/O; counts against VfsOptions::open_files. Only the
-// Vfs touches its fd: servers pass it back for every operation on it.
+namespace detail {
+// What an OpenFile holds: its fd, or, while the fd is reclaimed, what it
+// takes to open the same file again. Listed by its Vfs (the reclaim clock).
+struct OpenState : boost::intrusive::list_base_hook<> {
+  NodeRef node;
+  int flags = 0;
+  uint64_t dev = 0;         // the file's st_dev, for unique_ino of directory entries
+  bool never_wait = false;  // a FIFO, socket or character device (see Vfs::read)
+
+  std::mutex mu;            // guards the fields below
+  Fd fd;                    // invalid while reclaimed
+  unsigned users = 0;       // operations using fd now
+  bool referenced = false;  // used since the clock last passed
+  bool keep = false;        // never reclaimed: holds locks, or is a special file
+};
+}  // namespace detail
+
+// A file opened for I/O. Its fd counts against VfsOptions::open_files; when
+// that budget runs out, the Vfs closes the fd of an idle open file (one no
+// operation is using, least recently used first) and opens it again when it
+// is next used: the same inode (checked), with the same flags less O_TRUNC.
+// Files that hold locks, special files, and files whose name fsd removed
+// keep their fds. Only the Vfs touches the fd: servers pass the OpenFile
+// back for every operation on it.
 class OpenFile {
  public:
   OpenFile() = default;
-  OpenFile(OpenFile&& o) noexcept
-      : vfs_(std::exchange(o.vfs_, nullptr)), fd_(std::move(o.fd_)), flags_(o.flags_), dev_(o.dev_),
-        never_wait_(o.never_wait_) {}
+  OpenFile(OpenFile&& o) noexcept : vfs_(std::exchange(o.vfs_, nullptr)), s_(std::move(o.s_)) {}
   OpenFile& operator=(OpenFile&& o) noexcept;
   ~OpenFile();
-  int flags() const { return flags_; }
-  bool valid() const { return fd_.valid(); }
-  bool readable() const { return (flags_ & O_ACCMODE) != O_WRONLY; }
-  bool writable() const { return (flags_ & O_ACCMODE) != O_RDONLY; }
+  int flags() const { return s_ ? s_->flags : 0; }
+  bool valid() const { return s_ != nullptr; }
+  bool readable() const { return (flags() & O_ACCMODE) != O_WRONLY; }
+  bool writable() const { return (flags() & O_ACCMODE) != O_RDONLY; }
 
  private:
   friend class Vfs;
-  OpenFile(Vfs* vfs, Fd fd, int flags, uint64_t dev, bool never_wait = false)
-      : vfs_(vfs), fd_(std::move(fd)), flags_(flags), dev_(dev), never_wait_(never_wait) {}
-  int get() const { return fd_.get(); }
+  OpenFile(Vfs* vfs, std::unique_ptr<detail::OpenState> s) : vfs_(vfs), s_(std::move(s)) {}
 
   Vfs* vfs_ = nullptr;
-  Fd fd_;
-  int flags_ = 0;
-  uint64_t dev_ = 0;  // the file's st_dev, for unique_ino of directory entries
-  // A FIFO, socket or character device: open O_NONBLOCK, and read and
-  // written with plain non-blocking syscalls, so nothing ever waits on it.
-  bool never_wait_ = false;
+  std::unique_ptr<detail::OpenState> s_;
 };
 
 // One entry of a directory listing. `name` is valid only during the
@@ -150,6 +163,8 @@ struct VfsStats {
   uint64_t open_files = 0;
   uint64_t reopen_by_handle = 0;
   uint64_t reopen_by_name = 0;
+  uint64_t files_reclaimed = 0;  // open files whose fd was closed for another's use
+  uint64_t files_reopened = 0;
 };
 
 class Vfs {
@@ -270,8 +285,34 @@ class Vfs {
   void release(Node* n);  // the last reference went away
   void unpin(Node* n);
   void evict_locked();
+  // Takes one fd from the open-file budget, reclaiming an idle file's if
+  // the budget is spent; EMFILE if nothing can be reclaimed.
   Result<void> reserve_open_file();
   void release_open_file() { open_files_.fetch_sub(1, std::memory_order_relaxed); }
+  // Closes the fd of one idle open file; false if there is none.
+  bool reclaim_one();
+  OpenFile make_open_file(Fd fd, NodeRef node, int flags, uint64_t dev, bool never_wait);
+  void close_file(std::unique_ptr<detail::OpenState> s);
+  // An open file's fd, pinned (never reclaimed) while this lives.
+  class FileUse {
+   public:
+    explicit FileUse(detail::OpenState* s) : s_(s) {}
+    FileUse(FileUse&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+    FileUse& operator=(FileUse&&) = delete;
+    ~FileUse();
+    int fd() const { return s_->fd.get(); }
+    detail::OpenState& state() const { return *s_; }
+
+   private:
+    detail::OpenState* s_;
+  };
+  // Pins the file's fd, opening the file again if its fd was reclaimed.
+  Result<FileUse> use(const OpenFile& f);
+  Result<void> reopen_file(detail::OpenState& s);
+  // Before fsd removes `name` in `dirfd` (unlink, rename over it): if it is
+  // a node with open files, they keep their fds, and reclaimed ones are
+  // opened again while the name still exists.
+  void keep_files_of(int dirfd, const char* name);
   void chown_new(int dirfd, const std::string& name, Creds creds);
 
   ExportConfig config_;
@@ -299,7 +340,11 @@ class Vfs {
   std::mutex dev_mu_;
   std::map<uint64_t, uint64_t> dev_index_;  // st_dev -> small index for unique_ino
 
-  std::atomic<unsigned> open_files_{0};
+  std::atomic<unsigned> open_files_{0};  // fds held by open files
+
+  std::mutex files_mu_;  // taken before any OpenState::mu
+  boost::intrusive::list<detail::OpenState> files_;  // every open file; the clock hand is at the front
+  std::atomic<uint64_t> files_reclaimed_{0}, files_reopened_{0};
 };
 
 }  // namespace fsd

@@ -280,5 +280,67 @@ TEST_F(HostileLoad, HalfAVhostUserMessageHoldsNothing) {
   EXPECT_LT(took, 2.0) << fsd.log();
 }
 
+// Open files share the fd budget fairly: when it runs out, the fds of idle
+// open files are closed and opened again on their next use, so one client
+// holding many open files cannot starve another of fds. Files with locks,
+// and files whose name fsd removes, keep theirs.
+TEST_F(HostileLoad, OpenFilesShareTheFdBudget) {
+  auto rw = tmp_.path() / "rw";
+  constexpr int kFiles = 300;  // more than the 192 open files the budget of 256 allows
+  for (int i = 0; i < kFiles; i++) testing::write_file(rw / ("f" + std::to_string(i)), "file " + std::to_string(i));
+  FsdProcess fsd({.args = {"--export", "rw=" + rw.string(), "--listen", "unix:" + sock_, "--fd-budget", "256"}});
+  fsd.wait_listening("unix:");
+  auto a = Client::connect_unix(sock_);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(a->version(1 << 16).ok());
+  ASSERT_TRUE(a->attach(1, "rw").ok());
+  auto open_fid = [&](Client& c, uint32_t fid, const std::string& name, uint32_t flags) {
+    auto w = c.walk(1, fid, name);
+    if (!w) return w.error();
+    auto o = c.lopen(fid, flags);
+    return o ? 0 : o.error();
+  };
+  auto contents = [](Client& c, uint32_t fid) {
+    auto r = c.read_all(fid);
+    return r ? *r : std::string("error: ") + std::strerror(-r.error());
+  };
+  // Client A: f0 locked, f1 to be unlinked while its fd may be reclaimed,
+  // then every other file open.
+  ASSERT_EQ(open_fid(*a, 10, "f0", O_RDWR), 0);
+  auto lock = a->call<p9::Rlock>(p9::Tlock{.fid = 10, .type = 1 /* write */, .start = 0, .length = 0, .proc_id = 1});
+  ASSERT_TRUE(lock.ok());
+  ASSERT_EQ(lock->status, 0);
+  ASSERT_EQ(open_fid(*a, 11, "f1", O_RDONLY), 0);
+  for (int i = 2; i < kFiles; i++)
+    ASSERT_EQ(open_fid(*a, 10 + static_cast<uint32_t>(i), "f" + std::to_string(i), O_RDWR), 0)
+        << "client A, file " << i << " of " << kFiles << "\n" << fsd.log();
+  // Client B still gets an fd.
+  auto b = Client::connect_unix(sock_);
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE(b->version(1 << 16).ok());
+  ASSERT_TRUE(b->attach(1, "rw").ok());
+  ASSERT_EQ(open_fid(*b, 2, "f7", O_RDONLY), 0) << fsd.log();
+  EXPECT_EQ(contents(*b, 2), "file 7");
+  // f1 loses its name through fsd; its open fid still reads it.
+  ASSERT_TRUE(a->call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = 1, .name = "f1", .flags = 0}).ok());
+  for (int i = 2; i < kFiles; i += 7) EXPECT_EQ(contents(*a, 10 + static_cast<uint32_t>(i)), "file " + std::to_string(i));
+  EXPECT_EQ(contents(*a, 11), "file 1");
+  // Every fid reaches its own file, reading and writing.
+  for (int i = 2; i < kFiles; i++) {
+    uint32_t fid = 10 + static_cast<uint32_t>(i);
+    ASSERT_TRUE(a->write(fid, 0, "FILE").ok()) << i;
+    EXPECT_EQ(contents(*a, fid), "FILE " + std::to_string(i)) << i;
+  }
+  // The lock is still held: the host sees it.
+  int fd = ::open((rw / "f0").c_str(), O_RDWR | O_CLOEXEC);
+  struct flock fl{};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(::fcntl(fd, F_OFD_GETLK, &fl), 0);
+  EXPECT_EQ(fl.l_type, F_WRLCK) << "the locked file's fd was reclaimed, dropping its lock";
+  ::close(fd);
+  EXPECT_LT(fsd.open_fds(), 256u + 32u);  // the budget, plus sockets, io_uring and logs
+}
+
 }  // namespace
 }  // namespace fsd
