@@ -21,11 +21,15 @@ class FunctionRef<R(Args...)> {
       : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
         call_([](void* o, Args... a) -> R { return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<Args>(a)...); }) {}
 
+  // Empty: refers to nothing (calling it is an error).
+  FunctionRef() = default;
+  explicit operator bool() const { return call_ != nullptr; }
+
   R operator()(Args... a) const { return call_(obj_, std::forward<Args>(a)...); }
 
  private:
-  void* obj_;
-  R (*call_)(void*, Args...);
+  void* obj_ = nullptr;
+  R (*call_)(void*, Args...) = nullptr;
 };
 
 }  // namespace fsd

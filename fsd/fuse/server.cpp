@@ -21,8 +21,8 @@ constexpr uint64_t kAutoTimeout = 1;
 constexpr size_t kMaxReaddirBuffer = 1 << 20;
 constexpr size_t kMaxIovecs = 272;  // a 1 MiB read into 4 KiB guest pages, plus slack
 constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
-constexpr size_t kMaxRequestHead = 4096;
-constexpr uint64_t kMaxCopy = 1u << 30;  // per COPY_FILE_RANGE: fits fuse_write_out's 32-bit size  // a request's bytes besides a WRITE's data
+constexpr size_t kMaxRequestHead = 4096;  // a request's bytes besides a WRITE's data
+constexpr uint64_t kMaxCopy = 1u << 30;   // per COPY_FILE_RANGE: fits fuse_write_out's 32-bit size
 
 Creds creds_of(const fuse_in_header& h) { return Creds{h.uid, h.gid}; }
 
@@ -307,7 +307,7 @@ class Server::Context {
     // The reply's size is 32 bits: copy at most that much; the client
     // asks again for the rest.
     size_t len = std::min<uint64_t>(a.in.len, kMaxCopy);
-    auto r = vfs.copy_file_range(in->file, a.in.off_in, out_h->file, a.in.off_out, len);
+    auto r = co_await vfs.copy_file_range(ring, in->file, a.in.off_in, out_h->file, a.in.off_out, len);
     if (!r) co_return Error{r.error()};
     fuse_write_out out{};
     out.size = static_cast<uint32_t>(*r);
@@ -325,8 +325,8 @@ class Server::Context {
     std::vector<std::byte> packed(size);
     DirentPacker p(packed);
     if (!plus) {
-      auto r = vfs.read_dir(hd->file, in.offset, size,
-                            [&](const DirEntry& d) { return p.add(d.ino, d.next, d.type, d.name); });
+      auto r = co_await vfs.read_dir(ring, hd->file, in.offset, size,
+                                     [&](const DirEntry& d) { return p.add(d.ino, d.next, d.type, d.name); });
       if (!r) co_return Error{r.error()};
     } else {
       // Take the entries that fit first, then look each up (which may wait
@@ -338,7 +338,7 @@ class Server::Context {
       };
       std::vector<Pending> entries;
       size_t used = 0;
-      auto r = vfs.read_dir(hd->file, in.offset, size, [&](const DirEntry& d) {
+      auto r = co_await vfs.read_dir(ring, hd->file, in.offset, size, [&](const DirEntry& d) {
         used += DirentPacker::direntplus_size(d.name);
         if (used > size) return false;
         entries.push_back({d.ino, d.next, d.type, std::string(d.name)});
@@ -423,7 +423,7 @@ class Server::Context {
     if (!n) co_return Error{n.error()};
     co_return vfs.access(**n, static_cast<int>(a.in.mask));
   }
-  Task<Result<void>> op(const Syncfs&) { co_return vfs.syncfs(); }
+  Task<Result<void>> op(const Syncfs&) { co_return co_await vfs.syncfs(ring); }
 };
 
 Server::Server(Vfs& vfs, ServerOptions options) : vfs_(vfs), options_(options) {

@@ -362,7 +362,7 @@ Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
   DirentWriter w(rq.reply.room().subspan(kRreadHeaderSize, count));
   // Host records are no smaller than the 9P entries they become minus 8
   // bytes each, so reading about `count` bytes of them fills the reply.
-  auto r = fp->vfs->read_dir(fp->file, m.offset, count, [&](const DirEntry& d) {
+  auto r = co_await fp->vfs->read_dir(ring_, fp->file, m.offset, count, [&](const DirEntry& d) {
     Dirent e;
     e.qid.type = d.type == DT_DIR ? kQtDir : d.type == DT_LNK ? kQtSymlink : kQtFile;
     e.qid.path = d.ino;

@@ -6,6 +6,10 @@
 
 #include <array>
 #include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -58,17 +62,86 @@ void frame_free(void* p, std::size_t size) noexcept {
   ::operator delete(p);
 }
 
+// ---- the blocking pool
+
+namespace {
+// Marks the user_data of a pool's result (Ops are 8-byte aligned).
+constexpr uint64_t kOffloadedTag = 1;
+static_assert(alignof(Op) >= 2);
+
+// A few threads, started on first use and shared by every ring, for calls
+// io_uring has no opcode for. Each result goes back to the ring that asked
+// as a CQE with the Op as its user_data, posted by the pool thread's own
+// small ring (IORING_OP_MSG_RING), so no ring is touched by two threads.
+class BlockingPool {
+ public:
+  static constexpr unsigned kThreads = 4;
+
+  static BlockingPool& get() {
+    static BlockingPool* pool = new BlockingPool;  // never destroyed: threads may outlive main's statics
+    return *pool;
+  }
+  void run(int ring_fd, Op* op, FunctionRef<int()> call) {
+    {
+      std::lock_guard g(mu_);
+      jobs_.push_back({ring_fd, op, call});
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  struct Job {
+    int ring_fd;
+    Op* op;
+    FunctionRef<int()> call;
+  };
+  BlockingPool() {
+    for (unsigned i = 0; i < kThreads; i++) std::thread([this] { serve(); }).detach();
+  }
+  void serve() {
+    io_uring ring{};
+    if (io_uring_queue_init(4, &ring, 0) < 0) std::abort();
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock g(mu_);
+        cv_.wait(g, [&] { return !jobs_.empty(); });
+        job = jobs_.front();
+        jobs_.pop_front();
+      }
+      int res = job.call();
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+      io_uring_prep_msg_ring(sqe, job.ring_fd, static_cast<unsigned>(res),
+                             reinterpret_cast<uint64_t>(job.op) | kOffloadedTag, 0);
+      io_uring_submit_and_wait(&ring, 1);
+      io_uring_cqe* cqe;
+      if (io_uring_peek_cqe(&ring, &cqe) == 0) io_uring_cqe_seen(&ring, cqe);
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+};
+}  // namespace
+
 // ---- Op
 
 void Op::await_suspend(std::coroutine_handle<> h) noexcept {
   waiter_ = h;
+  if (offloaded_) {
+    ring_->offloaded_++;
+    BlockingPool::get().run(ring_->ring_.ring_fd, this, call_);
+    return;
+  }
   ring_->submit(this);
 }
 
 void Op::complete(int res) {
+  if (offloaded_) ring_->offloaded_--;
   // Regular files and sockets should not report EAGAIN to a blocking-mode
   // submitter, but some drivers do; resubmit a few times before giving up.
-  if (res == -EAGAIN && eagain_retries_ < 8) {
+  if (res == -EAGAIN && !offloaded_ && eagain_retries_ < 8) {
     eagain_retries_++;
     ring_->submit(this);
     return;
@@ -93,9 +166,21 @@ Ring::Ring(unsigned entries) {
       supported_[op] = io_uring_opcode_supported(probe, op);
     io_uring_free_probe(probe);
   }
+  can_message_ = supported_[IORING_OP_MSG_RING];
 }
 
-Ring::~Ring() { io_uring_queue_exit(&ring_); }
+Ring::~Ring() {
+  // A pool thread still working for this ring would post its result to
+  // whatever ring next gets this fd number: wait for those results (their
+  // coroutines are abandoned, as every other one still suspended here is).
+  while (offloaded_ > 0) {
+    io_uring_cqe* cqe;
+    if (io_uring_wait_cqe(&ring_, &cqe) < 0) break;
+    if (io_uring_cqe_get_data64(cqe) & kOffloadedTag) offloaded_--;
+    io_uring_cqe_seen(&ring_, cqe);
+  }
+  io_uring_queue_exit(&ring_);
+}
 
 void Ring::submit(Op* op) {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
@@ -128,7 +213,7 @@ void Ring::run_once(bool wait) {
     if (n == 0) break;
     unsigned k = 0;
     for (unsigned i = 0; i < n; i++) {
-      auto* op = static_cast<Op*>(io_uring_cqe_get_data(cqes[i]));
+      auto* op = reinterpret_cast<Op*>(io_uring_cqe_get_data64(cqes[i]) & ~kOffloadedTag);
       if (op != nullptr) done[k++] = {op, cqes[i]->res};
     }
     io_uring_cq_advance(&ring_, n);
@@ -187,6 +272,11 @@ Op Ring::sleep(const __kernel_timespec& ts) {
     return Op(-ETIME);
   }
   FSD_PREP(io_uring_prep_timeout(&sqe, const_cast<__kernel_timespec*>(&ts), 0, 0));
+}
+
+Op Ring::blocking(FunctionRef<int()> call, Offload when) {
+  if (!can_message_ || (when == Offload::kWhenBusy && active_ <= 1)) return Op(call());
+  return Op(this, call);
 }
 
 Op Ring::cancel_all() {

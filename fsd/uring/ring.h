@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "fsd/core/function_ref.h"
 #include "fsd/uring/task.h"
 
 namespace fsd {
@@ -34,6 +35,8 @@ class [[nodiscard]] Op {
   Op(Ring* ring, const io_uring_sqe& sqe) : ring_(ring), sqe_(sqe) {}
   // An already finished operation (synchronous fallback).
   explicit Op(int res) : res_(res), ready_(true) {}
+  // A call run by the blocking pool (Ring::blocking).
+  Op(Ring* ring, FunctionRef<int()> call) : ring_(ring), call_(call), offloaded_(true) {}
 
   bool await_ready() const noexcept { return ready_; }
   void await_suspend(std::coroutine_handle<> h) noexcept;
@@ -46,7 +49,9 @@ class [[nodiscard]] Op {
   Ring* ring_ = nullptr;
   io_uring_sqe sqe_{};
   int res_ = 0;
+  FunctionRef<int()> call_;
   bool ready_ = false;
+  bool offloaded_ = false;
   uint8_t eagain_retries_ = 0;
   std::coroutine_handle<> waiter_;
 };
@@ -106,6 +111,16 @@ class Ring {
   Op cancel_all();
   // Completes (with -ETIME) after `ts`, which must stay valid until then.
   Op sleep(const __kernel_timespec& ts);
+  // A system call io_uring has no opcode for (copy_file_range, syncfs,
+  // getdents, xattrs), which may block: `call` returns its result (>= 0, or
+  // -errno). kAlways runs it on the blocking pool, a few threads shared by
+  // every ring, whose completions arrive in this ring as a CQE
+  // (IORING_OP_MSG_RING), so this thread serves other requests meanwhile.
+  // kWhenBusy runs it inline when this ring has nothing else in flight (no
+  // thread hop for a lone request), else on the pool. `call` must stay valid
+  // until the Op completes.
+  enum class Offload { kAlways, kWhenBusy };
+  Op blocking(FunctionRef<int()> call, Offload when);
   // ---- metadata (paths must stay valid until the Op completes)
   Op openat2(int dirfd, const char* path, const open_how& how);
   Op statx(int dirfd, const char* path, int flags, unsigned mask, struct statx* out);
@@ -134,6 +149,8 @@ class Ring {
 
   io_uring ring_{};
   std::bitset<256> supported_;
+  bool can_message_ = false;  // IORING_OP_MSG_RING, which the blocking pool needs
+  unsigned offloaded_ = 0;    // Ops on the blocking pool now
   MetadataIo meta_io_ = MetadataIo::kRing;
   unsigned active_ = 0;
   uint64_t submitted_ = 0;

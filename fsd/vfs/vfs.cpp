@@ -803,6 +803,7 @@ Result<void> Vfs::access(Node& n, int mask) {
 
 namespace {
 constexpr uint64_t kMaxOffset = static_cast<uint64_t>(INT64_MAX);
+constexpr size_t kMaxCopy = size_t{1} << 30;  // per copy_file_range call
 
 // I/O on an O_NONBLOCK special file: at the offset where the file has one
 // (a character device), else at its current position (a FIFO or socket).
@@ -867,56 +868,63 @@ Result<uint64_t> Vfs::lseek(const OpenFile& f, uint64_t offset, int whence) {
   return static_cast<uint64_t>(r);
 }
 
-Result<size_t> Vfs::copy_file_range(const OpenFile& in, uint64_t off_in, const OpenFile& out, uint64_t off_out,
-                                    size_t length) {
-  if (!in.valid() || !in.readable() || !out.valid() || !out.writable()) return Error{-EBADF};
-  if (read_only()) return Error{-EROFS};
-  if (off_in > kMaxOffset || off_out > kMaxOffset) return Error{-EINVAL};
+Task<Result<size_t>> Vfs::copy_file_range(Ring& ring, const OpenFile& in, uint64_t off_in, const OpenFile& out,
+                                          uint64_t off_out, size_t length) {
+  if (!in.valid() || !in.readable() || !out.valid() || !out.writable()) co_return Error{-EBADF};
+  if (read_only()) co_return Error{-EROFS};
+  if (off_in > kMaxOffset || off_out > kMaxOffset) co_return Error{-EINVAL};
   auto ui = use(in);
-  if (!ui) return Error{ui.error()};
+  if (!ui) co_return Error{ui.error()};
   auto uo = use(out);
-  if (!uo) return Error{uo.error()};
+  if (!uo) co_return Error{uo.error()};
   loff_t oi = static_cast<loff_t>(off_in), oo = static_cast<loff_t>(off_out);
-  ssize_t r = ::copy_file_range(ui->fd(), &oi, uo->fd(), &oo, length, 0);
-  if (r < 0) return errno_error();
-  return static_cast<size_t>(r);
+  size_t len = std::min<size_t>(length, kMaxCopy);
+  auto copy = [&]() -> int {
+    ssize_t r = ::copy_file_range(ui->fd(), &oi, uo->fd(), &oo, len, 0);
+    return r < 0 ? -errno : static_cast<int>(r);
+  };
+  co_return count_of(co_await ring.blocking(copy, Ring::Offload::kAlways));
 }
 
-Result<void> Vfs::syncfs() {
-  // syncfs(2) refuses O_PATH fds (EBADF): open the root for it.
-  Fd dir(::openat(root_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir) return errno_error();
-  if (::syncfs(dir.get()) < 0) return errno_error();
-  return {};
+Task<Result<void>> Vfs::syncfs(Ring& ring) {
+  auto sync = [&]() -> int {
+    // syncfs(2) refuses O_PATH fds (EBADF): open the root for it.
+    Fd dir(::openat(root_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) return -errno;
+    return ::syncfs(dir.get()) < 0 ? -errno : 0;
+  };
+  co_return from_res(co_await ring.blocking(sync, Ring::Offload::kAlways));
 }
 
 // ---- directories
 
-Result<void> Vfs::read_dir(const OpenFile& dir, uint64_t offset, size_t bytes_hint,
-                           FunctionRef<bool(const DirEntry&)> emit) {
-  if (offset > kMaxOffset) return Error{-EINVAL};
+Task<Result<void>> Vfs::read_dir(Ring& ring, const OpenFile& dir, uint64_t offset, size_t bytes_hint,
+                                 FunctionRef<bool(const DirEntry&)> emit) {
+  if (offset > kMaxOffset) co_return Error{-EINVAL};
   auto u = use(dir);
-  if (!u) return Error{u.error()};
-  int fd = u->fd();
-  if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) return errno_error();
-  // Per thread rather than on a coroutine's frame: frames do not honour
-  // alignas, and 32 KiB frames would not be recycled.
-  alignas(struct dirent64) static thread_local std::byte raw[32768];
-  size_t want = std::clamp<size_t>(bytes_hint, 512, sizeof raw);
-  for (;;) {
-    long n = ::syscall(SYS_getdents64, fd, raw, want);
-    if (n < 0) return errno_error();
-    if (n == 0) return {};
-    for (long pos = 0; pos < n;) {
-      const auto* d = reinterpret_cast<const struct dirent64*>(raw + pos);
-      pos += d->d_reclen;
-      DirEntry e{.ino = unique_ino(u->state().dev, d->d_ino),
-                 .next = static_cast<uint64_t>(d->d_off),
-                 .type = d->d_type,
-                 .name = d->d_name};
-      if (!emit(e)) return {};
+  if (!u) co_return Error{u.error()};
+  auto list = [&]() -> int {
+    int fd = u->fd();
+    if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) return -errno;
+    // Per thread rather than on a coroutine's frame: frames do not honour
+    // alignas, and 32 KiB frames would not be recycled.
+    alignas(struct dirent64) static thread_local std::byte raw[32768];
+    size_t want = std::clamp<size_t>(bytes_hint, 512, sizeof raw);
+    for (;;) {
+      long n = ::syscall(SYS_getdents64, fd, raw, want);
+      if (n <= 0) return n < 0 ? -errno : 0;
+      for (long pos = 0; pos < n;) {
+        const auto* d = reinterpret_cast<const struct dirent64*>(raw + pos);
+        pos += d->d_reclen;
+        DirEntry e{.ino = unique_ino(u->state().dev, d->d_ino),
+                   .next = static_cast<uint64_t>(d->d_off),
+                   .type = d->d_type,
+                   .name = d->d_name};
+        if (!emit(e)) return 0;
+      }
     }
-  }
+  };
+  co_return from_res(co_await ring.blocking(list, Ring::Offload::kWhenBusy));
 }
 
 // ---- locks

@@ -244,17 +244,21 @@ class Vfs {
   Task<Result<void>> fallocate(Ring& ring, const OpenFile& f, int mode, uint64_t offset, uint64_t length);
   // SEEK_SET/CUR/END/DATA/HOLE; returns the new offset.
   Result<uint64_t> lseek(const OpenFile& f, uint64_t offset, int whence);
-  Result<size_t> copy_file_range(const OpenFile& in, uint64_t off_in, const OpenFile& out, uint64_t off_out,
-                                 size_t length);
-  // Syncs the file system the export is on.
-  Result<void> syncfs();
+  // At most 1 GiB per call (the caller asks again for the rest). Runs on
+  // the blocking pool: a large copy takes long.
+  Task<Result<size_t>> copy_file_range(Ring& ring, const OpenFile& in, uint64_t off_in, const OpenFile& out,
+                                       uint64_t off_out, size_t length);
+  // Syncs the file system the export is on (on the blocking pool).
+  Task<Result<void>> syncfs(Ring& ring);
 
   // ---- directories (one listing code for every protocol)
   // Calls `emit` for each entry of the open directory, from `offset` (0, or
   // an entry's `next`), until `emit` returns false or the listing ends.
   // Entries are read from the host about `bytes_hint` bytes at a time.
-  Result<void> read_dir(const OpenFile& dir, uint64_t offset, size_t bytes_hint,
-                        FunctionRef<bool(const DirEntry&)> emit);
+  // While other requests are in flight on `ring`, the listing (and `emit`)
+  // runs on the blocking pool, so a slow directory holds no one else up.
+  Task<Result<void>> read_dir(Ring& ring, const OpenFile& dir, uint64_t offset, size_t bytes_hint,
+                              FunctionRef<bool(const DirEntry&)> emit);
 
   // ---- locks (never wait: a worker thread must not block)
   // Takes or releases a lock; EAGAIN when a conflicting lock is held.
