@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -647,24 +648,32 @@ class Runner {
     return s;
   }
   void mismatch(const std::string& what, int got, int want) {
+    report(what + ": got " + std::to_string(got) + " (" + std::strerror(-got) + "), model says " +
+           std::to_string(want) + " (" + std::strerror(-want) + ")");
+  }
+  // Counts a mismatch; the first is kept, with the operations before it.
+  void report(const std::string& what) {
     totals_.mismatches++;
-    if (first_mismatch_.empty())
-      first_mismatch_ = what + ": got " + std::to_string(got) + " (" + std::strerror(-got) + "), model says " +
-                        std::to_string(want) + " (" + std::strerror(-want) + ")";
+    if (!first_mismatch_.empty()) return;
+    first_mismatch_ = what + "\n  after:";
+    for (const auto& h : history_) first_mismatch_ += "\n    " + h;
+  }
+  void remember(const std::string& what, int got) {
+    if (history_.size() == 40) history_.pop_front();
+    history_.push_back(what + " -> " + std::to_string(got));
   }
   // Compares an outcome with the model's; true if both succeeded.
   template <class R>
   bool check(const std::string& what, const R& r, int want) {
     int got = r ? 0 : r.error();
+    remember(what, got);
     if (want == Model::kPathError && (got == -ENOENT || got == -ENOTDIR)) return false;
     if (got != want) mismatch(what, got, want);
     return got == 0 && want == 0;
   }
   void check_value(const std::string& what, const std::string& got, const std::string& want) {
     if (got == want) return;
-    totals_.mismatches++;
-    if (first_mismatch_.empty())
-      first_mismatch_ = what + ": got " + std::to_string(got.size()) + " bytes, model says " + std::to_string(want.size());
+    report(what + ": got " + std::to_string(got.size()) + " bytes, model says " + std::to_string(want.size()));
   }
   // The errno of making `p` anew (0 if it can be made).
   int create_error(const std::string& p) {
@@ -699,7 +708,7 @@ class Runner {
         if (!n || n->kind != Inode::kFile) break;  // errors of open() differ by protocol; tested elsewhere
         uint64_t off = rng_() % 2 ? n->data.size() : rng_() % (n->data.size() + 100);
         std::string data = random_data();
-        if (check("write " + p, fs_.write(p, off, data), 0)) {
+        if (check("write " + p, fs_.write(p, off, data), 0) && !data.empty()) {  // writing nothing extends nothing
           if (n->data.size() < off + data.size()) n->data.resize(off + data.size(), '\0');
           n->data.replace(off, data.size(), data);
         }
@@ -739,7 +748,9 @@ class Runner {
           uint32_t type = n->kind == Inode::kFile ? S_IFREG : n->kind == Inode::kDir ? S_IFDIR : S_IFLNK;
           if ((r->mode & S_IFMT) != type || (r->mode & 07777) != n->mode ||
               (n->kind == Inode::kFile && r->size != n->data.size()))
-            mismatch("stat " + p + " (type, mode or size)", 0, 0);
+            report("stat " + p + ": mode " + std::to_string(r->mode) + " size " + std::to_string(r->size) +
+                   ", model says type " + std::to_string(type) + " mode " + std::to_string(n->mode) + " size " +
+                   std::to_string(n->data.size()));
         }
         break;
       }
@@ -859,6 +870,7 @@ class Runner {
   bool xattrs_;
   Totals& totals_;
   std::string first_mismatch_;
+  std::deque<std::string> history_;
 };
 
 // Compares a model with the host directory it describes.
