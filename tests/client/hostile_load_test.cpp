@@ -1,6 +1,7 @@
 // fsd under hostile or merely heavy clients, as a separate process: it must
 // stay bounded (CPU, connections) and keep serving.
 #include <fcntl.h>
+#include <linux/fuse.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -342,6 +343,59 @@ TEST_F(HostileLoad, OpenFilesShareTheFdBudget) {
   EXPECT_EQ(fl.l_type, F_WRLCK) << "the locked file's fd was reclaimed, dropping its lock";
   ::close(fd);
   EXPECT_LT(fsd.open_fds(), 256u + 32u);  // the budget, plus sockets, io_uring and logs
+}
+
+// The same over virtio-fs: a front-end holding more open files than the
+// budget allows still reads every one of them.
+TEST_F(HostileLoad, VirtiofsOpenFilesShareTheFdBudget) {
+  auto dir = tmp_.path() / "many";
+  constexpr int kFiles = 120;  // the budget of 64 leaves 48 open files
+  for (int i = 0; i < kFiles; i++) testing::write_file(dir / ("f" + std::to_string(i)), "file " + std::to_string(i));
+  std::string vsock = (tmp_.path() / "fs.sock").string();
+  FsdProcess fsd({.args = {"--export", "many=" + dir.string() + ",ro", "--virtiofs-socket", "many=" + vsock,
+                           "--fd-budget", "64"}});
+  fsd.wait_for_log("listening on " + vsock);
+  auto fe = frontend::VhostFrontend::connect(vsock);
+  ASSERT_TRUE(fe.ok());
+  auto& f = **fe;
+  ASSERT_TRUE(f.negotiate().ok());
+  ASSERT_TRUE(f.fuse_init().ok());
+  auto bytes = [](const auto& v, std::string_view name = {}) {
+    std::vector<std::byte> out(sizeof v);
+    std::memcpy(out.data(), &v, sizeof v);
+    for (char c : name) out.push_back(static_cast<std::byte>(c));
+    if (!name.empty()) out.push_back(std::byte{0});
+    return out;
+  };
+  struct Open {
+    uint64_t node, fh;
+  };
+  std::vector<Open> open;
+  for (int i = 0; i < kFiles; i++) {
+    std::string name = "f" + std::to_string(i);
+    std::vector<std::byte> arg(name.size() + 1);
+    std::memcpy(arg.data(), name.c_str(), name.size() + 1);
+    auto e = f.fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, arg, 4096);
+    ASSERT_TRUE(e.ok() && e->error == 0) << name;
+    fuse_entry_out entry;
+    std::memcpy(&entry, e->body.data(), sizeof entry);
+    auto o = f.fuse(1, FUSE_OPEN, entry.nodeid, bytes(fuse_open_in{O_RDONLY, 0}), 4096);
+    ASSERT_TRUE(o.ok()) << name << ": " << std::strerror(-o.error()) << "\n" << fsd.log();
+    ASSERT_EQ(o->error, 0) << name << "\n" << fsd.log();
+    fuse_open_out oo;
+    std::memcpy(&oo, o->body.data(), sizeof oo);
+    open.push_back({entry.nodeid, oo.fh});
+  }
+  for (int i = 0; i < kFiles; i++) {
+    fuse_read_in in{};
+    in.fh = open[i].fh;
+    in.size = 4096;
+    auto r = f.fuse(1, FUSE_READ, open[i].node, bytes(in), 8192);
+    ASSERT_TRUE(r.ok()) << i << ": " << std::strerror(-r.error()) << "\n" << fsd.log();
+    ASSERT_EQ(r->error, 0) << i;
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(r->body.data()), r->body.size()), "file " + std::to_string(i));
+  }
+  EXPECT_LT(fsd.open_fds(), 64u + 32u);
 }
 
 }  // namespace
