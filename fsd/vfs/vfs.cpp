@@ -340,6 +340,7 @@ void Vfs::close_file(std::unique_ptr<detail::OpenState> s) {
 // A clock: the hand walks the list from the front, moving each file it
 // passes to the back; a file used since the last pass gets another round.
 bool Vfs::reclaim_one() {
+  reclaims_started_.fetch_add(1, std::memory_order_seq_cst);  // before any nlink check: see keep_files_of
   Fd victim;
   {
     std::lock_guard g(files_mu_);
@@ -350,6 +351,12 @@ bool Vfs::reclaim_one() {
       std::unique_lock sg(s.mu, std::try_to_lock);
       if (!sg || s.users || !s.fd || s.keep || s.node->keep_open_.load(std::memory_order_relaxed)) continue;
       if (std::exchange(s.referenced, false)) continue;
+      // A file with no name left cannot be opened again: it keeps its fd.
+      struct stat st{};
+      if (::fstat(s.fd.get(), &st) == 0 && st.st_nlink == 0) {
+        s.keep = true;
+        continue;
+      }
       victim = std::move(s.fd);
     }
   }
@@ -408,7 +415,11 @@ Result<void> Vfs::reopen_file(detail::OpenState& s) {
 }
 
 void Vfs::keep_files_of(int dirfd, const char* name) {
-  if (files_reclaimed_.load(std::memory_order_relaxed) == 0 && open_files_.load(std::memory_order_relaxed) == 0) return;
+  // Until the budget first runs out, no fd has been reclaimed, and a reclaim
+  // skips files whose last name is gone: nothing to do, and no statx on
+  // every unlink. (An unlink racing with the very first reclaim can still
+  // lose its file's fd; its next use then answers ESTALE.)
+  if (reclaims_started_.load(std::memory_order_seq_cst) == 0) return;
   struct statx st{};
   if (::statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_TYPE, &st) < 0 || S_ISDIR(st.stx_mode)) return;
   NodeRef node;

@@ -88,8 +88,8 @@ struct OpenState : boost::intrusive::list_base_hook<> {
 // that budget runs out, the Vfs closes the fd of an idle open file (one no
 // operation is using, least recently used first) and opens it again when it
 // is next used: the same inode (checked), with the same flags less O_TRUNC.
-// Files that hold locks, special files, and files whose name fsd removed
-// keep their fds. Only the Vfs touches the fd: servers pass the OpenFile
+// Files that hold locks, special files, and files with no name left keep
+// their fds. Only the Vfs touches the fd: servers pass the OpenFile
 // back for every operation on it.
 class OpenFile {
  public:
@@ -349,6 +349,7 @@ class Vfs {
   std::mutex files_mu_;  // taken before any OpenState::mu
   boost::intrusive::list<detail::OpenState> files_;  // every open file; the clock hand is at the front
   std::atomic<uint64_t> files_reclaimed_{0}, files_reopened_{0};
+  std::atomic<uint64_t> reclaims_started_{0};
 };
 
 }  // namespace fsd

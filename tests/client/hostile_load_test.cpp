@@ -314,6 +314,10 @@ TEST_F(HostileLoad, OpenFilesShareTheFdBudget) {
   ASSERT_TRUE(lock.ok());
   ASSERT_EQ(lock->status, 0);
   ASSERT_EQ(open_fid(*a, 11, "f1", O_RDONLY), 0);
+  // g loses its name before the budget runs out: it must keep its fd then.
+  testing::write_file(rw / "g", "file g");
+  ASSERT_EQ(open_fid(*a, 9, "g", O_RDONLY), 0);
+  ASSERT_TRUE(a->call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = 1, .name = "g", .flags = 0}).ok());
   for (int i = 2; i < kFiles; i++)
     ASSERT_EQ(open_fid(*a, 10 + static_cast<uint32_t>(i), "f" + std::to_string(i), O_RDWR), 0)
         << "client A, file " << i << " of " << kFiles << "\n" << fsd.log();
@@ -328,6 +332,7 @@ TEST_F(HostileLoad, OpenFilesShareTheFdBudget) {
   ASSERT_TRUE(a->call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = 1, .name = "f1", .flags = 0}).ok());
   for (int i = 2; i < kFiles; i += 7) EXPECT_EQ(contents(*a, 10 + static_cast<uint32_t>(i)), "file " + std::to_string(i));
   EXPECT_EQ(contents(*a, 11), "file 1");
+  EXPECT_EQ(contents(*a, 9), "file g");
   // Every fid reaches its own file, reading and writing.
   for (int i = 2; i < kFiles; i++) {
     uint32_t fid = 10 + static_cast<uint32_t>(i);
