@@ -973,7 +973,9 @@ TEST(Soak, ClientsAndFrontEndsAgreeWithTheModel) {
   RecordProperty("peak_rss_kib", static_cast<int>(std::max(rss_first, rss_second) / 1024));
   // Levels off: the second half grows by no more than a quarter plus 16 MiB
   // (allocator noise) over the first; fds stay within the budget.
+#ifndef __SANITIZE_ADDRESS__  // AddressSanitizer's quarantine keeps freed memory resident by design
   EXPECT_LE(rss_second, rss_first + rss_first / 4 + (16u << 20));
+#endif
   EXPECT_LT(fds_peak, 128u + 48u);
   EXPECT_EQ(fsd.stop(), 0) << fsd.log();
 }
