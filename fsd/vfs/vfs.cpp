@@ -830,28 +830,31 @@ Result<size_t> nonblocking_io(int fd, std::span<const iovec> iov, uint64_t offse
 
 Task<Result<size_t>> Vfs::read(Ring& ring, const OpenFile& f, std::span<const iovec> to, uint64_t offset) {
   if (!f.valid() || !f.readable()) co_return Error{-EBADF};
-  if (offset > kMaxOffset) co_return Error{-EINVAL};
-  if (to.empty()) co_return size_t{0};
-  auto u = use(f);
-  if (!u) co_return Error{u.error()};
-  int fd = u->fd();
-  if (u->state().never_wait) co_return nonblocking_io(fd, to, offset, false);
-  int r = to.size() == 1 ? co_await ring.read(fd, to[0].iov_base, static_cast<unsigned>(to[0].iov_len), offset)
-                         : co_await ring.readv(fd, to.data(), static_cast<unsigned>(to.size()), offset);
-  co_return count_of(r);
+  co_return co_await transfer(ring, f, to, offset, false);
 }
 
 Task<Result<size_t>> Vfs::write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset) {
   if (!f.valid() || !f.writable()) co_return Error{-EBADF};
   if (read_only()) co_return Error{-EROFS};
+  co_return co_await transfer(ring, f, from, offset, true);
+}
+
+Task<Result<size_t>> Vfs::transfer(Ring& ring, const OpenFile& f, std::span<const iovec> iov, uint64_t offset,
+                                   bool write) {
   if (offset > kMaxOffset) co_return Error{-EINVAL};
-  if (from.empty()) co_return size_t{0};
+  if (iov.empty()) co_return size_t{0};
   auto u = use(f);
   if (!u) co_return Error{u.error()};
   int fd = u->fd();
-  if (u->state().never_wait) co_return nonblocking_io(fd, from, offset, true);
-  int r = from.size() == 1 ? co_await ring.write(fd, from[0].iov_base, static_cast<unsigned>(from[0].iov_len), offset)
-                           : co_await ring.writev(fd, from.data(), static_cast<unsigned>(from.size()), offset);
+  if (u->state().never_wait) co_return nonblocking_io(fd, iov, offset, write);
+  auto n = static_cast<unsigned>(iov.size());
+  int r;
+  if (iov.size() == 1) {
+    auto len = static_cast<unsigned>(iov[0].iov_len);
+    r = write ? co_await ring.write(fd, iov[0].iov_base, len, offset) : co_await ring.read(fd, iov[0].iov_base, len, offset);
+  } else {
+    r = write ? co_await ring.writev(fd, iov.data(), n, offset) : co_await ring.readv(fd, iov.data(), n, offset);
+  }
   co_return count_of(r);
 }
 

@@ -310,6 +310,9 @@ class Vfs {
    private:
     detail::OpenState* s_;
   };
+  // read/write after their checks: `iov` at `offset`, through io_uring (or
+  // non-blocking syscalls for special files).
+  Task<Result<size_t>> transfer(Ring& ring, const OpenFile& f, std::span<const iovec> iov, uint64_t offset, bool write);
   // Pins the file's fd, opening the file again if its fd was reclaimed.
   Result<FileUse> use(const OpenFile& f);
   Result<void> reopen_file(detail::OpenState& s);
