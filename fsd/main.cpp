@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 #include "fsd/core/export_set.h"
@@ -45,6 +46,7 @@ struct Options {
   // bench/run (2,813 vs 5,335 ops/s). Data I/O goes through io_uring either way.
   std::string metadata_io = "auto";
   std::string log_level = "info";
+  std::optional<std::string> socket_mode, socket_group;  // of the unix sockets fsd creates
   // virtiofsd-compatible form
   std::string socket_path, shared_dir, cache;
   std::vector<std::string> compat_opts;  // each -o, comma-separated
@@ -159,6 +161,7 @@ struct Plan {
   std::vector<fsd::ListenAddress> listens;
   std::vector<std::pair<std::string, std::string>> fuse_mounts, virtiofs_sockets, virtio9p_sockets;  // tag, path
   fsd::Ring::MetadataIo metadata_io = fsd::Ring::MetadataIo::kAdaptive;
+  fsd::SocketAccess socket_access;  // mode 0600 unless --socket-mode/--socket-group widen it
 };
 
 Plan make_plan(Options& o) {
@@ -180,6 +183,8 @@ Plan make_plan(Options& o) {
   p.metadata_io = o.metadata_io == "uring"  ? fsd::Ring::MetadataIo::kRing
                   : o.metadata_io == "sync" ? fsd::Ring::MetadataIo::kInline
                                             : fsd::Ring::MetadataIo::kAdaptive;
+  if (o.socket_mode) p.socket_access.mode = fsd::parse_socket_mode(*o.socket_mode);
+  if (o.socket_group) p.socket_access.group = fsd::parse_socket_group(*o.socket_group);
   return p;
 }
 
@@ -218,7 +223,7 @@ class Servers {
   }
 
   void start() {
-    for (const auto& l : plan_.listens) sockets_.listen(l);
+    for (const auto& l : plan_.listens) sockets_.listen(l, plan_.socket_access);
     for (const auto& [tag, path] : plan_.virtiofs_sockets) add_device(tag, fsd::Fd(), path, false);
     for (const auto& [tag, path] : plan_.virtio9p_sockets) add_device(tag, fsd::Fd(), path, true);
     if (o_.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o_.listen_fd), "", false);
@@ -244,7 +249,8 @@ class Servers {
   void add_device(const std::string& tag, fsd::Fd listening, const std::string& path, bool p9) {
     fsd::Vfs& vfs = *exports_.find(tag);
     fsd::VhostUserOptions vopt{
-        .exit_on_disconnect = o_.on_disconnect == "exit", .metadata_io = plan_.metadata_io, .poll_us = o_.poll_us};
+        .exit_on_disconnect = o_.on_disconnect == "exit", .metadata_io = plan_.metadata_io, .socket_access = plan_.socket_access,
+        .poll_us = o_.poll_us};
     fsd::MessageServerFactory servers;
     if (p9) {  // a virtio-9p device serves one export, under its own mount tag
       single_exports_.push_back(std::make_unique<fsd::ExportSet>());
@@ -355,6 +361,13 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--max-fids", o.max_fids, "Most fids one 9p connection may hold; past it a new fid is EMFILE")
       ->check(CLI::Range(16u, 1u << 24))
       ->capture_default_str();
+  app.add_option("--socket-mode", o.socket_mode,
+                 "Mode (octal) of the unix sockets fsd creates, whatever the umask (default 0600: only fsd's "
+                 "user may connect; e.g. 0660 with --socket-group lets that group in)")
+      ->type_name("MODE");
+  app.add_option("--socket-group", o.socket_group,
+                 "Group (name or number) of the unix sockets fsd creates (virtiofsd's flag)")
+      ->type_name("GROUP");
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))

@@ -74,24 +74,12 @@ ListenAddress parse_listen(std::string_view spec) {
 
 namespace {
 
-Fd bind_unix(const std::string& path) {
-  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
-  // A socket file left by a dead server is replaced; a live one is not.
-  struct stat st{};
-  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0)
-      throw std::runtime_error("unix:" + path + ": another server is listening there");
-    ::unlink(path.c_str());
+Fd bind_unix(const std::string& path, const SocketAccess& access) {
+  try {
+    return listen_unix(path, access, 128);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("unix:" + path + ": " + e.what());
   }
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0)
-    throw std::runtime_error("unix:" + path + ": " + std::strerror(errno));
-  if (::listen(fd.get(), 128) < 0) throw std::runtime_error("listen: " + std::string(std::strerror(errno)));
-  return fd;
 }
 
 Fd bind_tcp(ListenAddress& a) {
@@ -496,9 +484,9 @@ bool SocketServer::may_warn() {
 
 SocketServer::~SocketServer() { stop(); }
 
-void SocketServer::listen(const ListenAddress& addr) {
+void SocketServer::listen(const ListenAddress& addr, const SocketAccess& access) {
   ListenAddress a = addr;
-  listeners_.push_back(a.kind == ListenAddress::Kind::kUnix ? bind_unix(a.path) : bind_tcp(a));
+  listeners_.push_back(a.kind == ListenAddress::Kind::kUnix ? bind_unix(a.path, access) : bind_tcp(a));
   bound_.push_back(a);
 }
 

@@ -14,6 +14,7 @@
 
 #include "fsd/core/fd.h"
 #include "fsd/core/server.h"
+#include "fsd/core/unix_socket.h"
 #include "fsd/uring/ring.h"
 
 namespace fsd {
@@ -49,8 +50,9 @@ class SocketServer {
   ~SocketServer();
 
   // Binds and listens (throws std::runtime_error on failure). A port of 0
-  // picks a free one; bound() tells which.
-  void listen(const ListenAddress& addr);
+  // picks a free one; bound() tells which. A unix socket gets `access`'s
+  // mode and group (default 0600).
+  void listen(const ListenAddress& addr, const SocketAccess& access = {});
   const std::vector<ListenAddress>& bound() const { return bound_; }
 
   // Starts the workers. Returns at once.

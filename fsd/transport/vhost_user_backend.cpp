@@ -680,25 +680,11 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_file_request(c
 
 VhostUserBackend::VhostUserBackend(std::string socket_path, MessageServerFactory servers, VhostUserOptions options)
     : socket_path_(std::move(socket_path)), servers_(std::move(servers)), options_(std::move(options)) {
-  auto fail = [&](const std::string& why) { throw std::runtime_error("virtio-fs socket " + socket_path_ + ": " + why); };
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  if (socket_path_.size() >= sizeof sa.sun_path) fail("path too long");
-  std::memcpy(sa.sun_path, socket_path_.c_str(), socket_path_.size() + 1);
-  auto slash = socket_path_.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : socket_path_.substr(0, slash == 0 ? 1 : slash);
-  struct stat st{};
-  if (::stat(dir.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) fail("directory '" + dir + "' does not exist");
-  if (::lstat(socket_path_.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) fail("exists and is not a socket");
-    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) fail("another server is listening there");
-    ::unlink(socket_path_.c_str());
+  try {
+    listen_fd_ = listen_unix(socket_path_, options_.socket_access, 1);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("virtio-fs socket " + socket_path_ + ": " + e.what());
   }
-  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) fail(std::strerror(errno));
-  if (::listen(fd.get(), 1) < 0) fail(std::strerror(errno));
-  listen_fd_ = std::move(fd);
 }
 
 VhostUserBackend::VhostUserBackend(Fd listening, MessageServerFactory servers, VhostUserOptions options)

@@ -26,6 +26,7 @@
 
 #include "fsd/core/fd.h"
 #include "fsd/core/server.h"
+#include "fsd/core/unix_socket.h"
 #include "fsd/uring/ring.h"
 
 namespace fsd {
@@ -43,6 +44,8 @@ struct VhostUserOptions {
   bool exit_on_disconnect = false;
   // Where metadata syscalls run (see Ring::MetadataIo).
   Ring::MetadataIo metadata_io = Ring::MetadataIo::kAdaptive;
+  // Mode and group of the socket file (when fsd creates it).
+  SocketAccess socket_access;
   // How long an idle queue keeps looking for the guest's next request before
   // it asks for a kick and sleeps (0: never poll). A request found by
   // polling costs neither side an eventfd wake-up.

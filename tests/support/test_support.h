@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -225,6 +226,27 @@ inline std::string run_command(const std::string& cmd, int* status) {
   int st = ::pclose(p);
   *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return out;
+}
+
+// Runs `body` in a forked child that has become uid:gid with no
+// supplementary groups but `groups` (needs root), and returns what `body`
+// returned (0-255), or -1 if the child could not switch or died. The child
+// dies with the test process.
+template <class F>
+int run_as(uid_t uid, gid_t gid, F body, const std::vector<gid_t>& groups = {}) {
+  pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::setgroups(groups.size(), groups.data()) != 0 || ::setresgid(gid, gid, gid) != 0 ||
+        ::setresuid(uid, uid, uid) != 0)
+      ::_exit(255);
+    ::_exit(body() & 0xff);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) == 255) return -1;
+  return WEXITSTATUS(status);
 }
 
 }  // namespace fsd::testing
