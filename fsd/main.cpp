@@ -3,6 +3,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -214,7 +215,7 @@ class Servers {
   Servers(const Options& o, const Plan& plan, const fsd::ExportSet& exports)
       : o_(o), plan_(plan), exports_(exports),
         sockets_(fsd::p9::session_factory(
-                     exports, {.max_msize = o.msize_max, .anonymous_uid = ::geteuid(), .max_fids = o.max_fids}),
+                     exports, {.max_msize = o.msize_max, .max_fids = o.max_fids}),
                  o.threads, plan.metadata_io, o.poll_us, o.max_connections) {}
   ~Servers() {
     for (auto& f : fuse_) f->stop();
@@ -256,7 +257,7 @@ class Servers {
       single_exports_.push_back(std::make_unique<fsd::ExportSet>());
       single_exports_.back()->add_borrowed(&vfs);
       servers = fsd::p9::virtio_channel_factory(
-          *single_exports_.back(), {.max_msize = fsd::p9::kVirtio9pMaxMsize, .anonymous_uid = ::geteuid()});
+          *single_exports_.back(), {.max_msize = fsd::p9::kVirtio9pMaxMsize});
       vopt.device = {.name = "virtio-9p '" + tag + "'", .queues = 1, .features = fsd::p9::kVirtio9pMountTag,
                      .config = fsd::p9::virtio9p_config(tag)};
     } else {
@@ -289,6 +290,15 @@ sigset_t take_signals() {
 
 int run(Options& o) {
   spdlog::set_level(spdlog::level::from_str(o.log_level));
+  // Clients send the modes they want, their umask applied already (FUSE's
+  // kernel side, or the 9p client): fsd's own must not take bits away.
+  ::umask(0);
+  const auto& me = fsd::Credentials::self();
+  if (fsd::Credentials::switching())
+    spdlog::info("requests act as their callers (fsd runs as uid {})", me->uid());
+  else
+    spdlog::info("requests act as fsd's own user (uid {}): without CAP_SETUID/CAP_SETGID it cannot act as others",
+                 me->uid());
   Plan plan = make_plan(o);
   fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget);
   sigset_t sigs = take_signals();

@@ -19,6 +19,7 @@
 #include <string_view>
 
 #include "fsd/core/buffer.h"
+#include "fsd/core/credentials.h"
 #include "fsd/core/result.h"
 #include "fsd/uring/task.h"
 
@@ -68,7 +69,17 @@ class StreamSession {
   virtual Task<void> handle(Buffer frame) = 0;
 };
 
+// Who is at the other end of a connection, as far as its transport can tell.
+struct Peer {
+  // The identity its requests act as (null: fsd itself).
+  Credentials::Ref who;
+  // It may name the user each request acts as (9P's n_uname): a root peer,
+  // such as QEMU relaying its guest, or a listener marked trusted.
+  bool trusted = false;
+};
+
 // Makes the session of a new connection, on the thread that will serve it.
-using StreamSessionFactory = std::function<std::unique_ptr<StreamSession>(Ring& ring, ReplySink& sink)>;
+using StreamSessionFactory =
+    std::function<std::unique_ptr<StreamSession>(Ring& ring, ReplySink& sink, const Peer& peer)>;
 
 }  // namespace fsd

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <climits>
 #include <vector>
 
@@ -24,7 +25,30 @@ constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
 constexpr size_t kMaxRequestHead = 4096;  // a request's bytes besides a WRITE's data
 constexpr uint64_t kMaxCopy = 1u << 30;   // per COPY_FILE_RANGE: fits fuse_write_out's 32-bit size
 
-Creds creds_of(const fuse_in_header& h) { return Creds{h.uid, h.gid}; }
+// The identity a request acts as: the uid and gid its header names. On the
+// host (/dev/fuse) the caller's supplementary groups come from its process,
+// as a local file system would see them; a guest's are unknown (as with
+// virtiofsd). Kept per thread for a second, so the fast path is a lookup.
+Credentials::Ref caller_of(const fuse_in_header& h, bool host) {
+  struct Known {
+    uint32_t uid, gid, pid;
+    std::chrono::steady_clock::time_point at;
+    Credentials::Ref who;
+  };
+  constexpr size_t kKept = 16;
+  thread_local std::vector<Known> known;
+  if (!Credentials::switching()) return nullptr;
+  uint32_t pid = host ? h.pid : 0;
+  auto now = std::chrono::steady_clock::now();
+  for (auto& k : known)
+    if (k.uid == h.uid && k.gid == h.gid && k.pid == pid && now - k.at < std::chrono::seconds(1)) return k.who;
+  std::vector<gid_t> groups;
+  if (pid != 0) groups = Credentials::groups_of_process(static_cast<pid_t>(pid));
+  auto who = Credentials::get(h.uid, h.gid, groups);
+  if (known.size() == kKept) known.erase(known.begin());
+  known.push_back({h.uid, h.gid, pid, now, who});
+  return who;
+}
 
 }  // namespace
 
@@ -167,17 +191,17 @@ class Server::Context {
   Task<Result<void>> op(const Symlink& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.symlink(ring, *dir, a.name, a.target, creds_of(h)));
+    co_return co_await reply_entry_of(co_await vfs.symlink(ring, *dir, a.name, a.target));
   }
   Task<Result<void>> op(const Mknod& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.mknod(ring, *dir, a.name, a.in.mode, a.in.rdev, creds_of(h)));
+    co_return co_await reply_entry_of(co_await vfs.mknod(ring, *dir, a.name, a.in.mode, a.in.rdev));
   }
   Task<Result<void>> op(const Mkdir& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.mkdir(ring, *dir, a.name, a.in.mode, creds_of(h)));
+    co_return co_await reply_entry_of(co_await vfs.mkdir(ring, *dir, a.name, a.in.mode));
   }
   Task<Result<void>> op(const Unlink& a) {
     auto dir = node();
@@ -228,7 +252,7 @@ class Server::Context {
   Task<Result<void>> op(const Create& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    auto c = co_await vfs.create(ring, *dir, a.name, static_cast<int>(a.in.flags), a.in.mode, creds_of(h));
+    auto c = co_await vfs.create(ring, *dir, a.name, static_cast<int>(a.in.flags), a.in.mode);
     if (!c) co_return Error{c.error()};
     auto hd = std::make_shared<Handle>();
     hd->file = std::move(c->file);
@@ -569,6 +593,7 @@ Task<Result<size_t>> Server::handle(Ring& ring, std::span<const iovec> in, std::
   ScatterWriter w(out);
   if (!no_reply && !w.write(fuse_out_header{})) co_return Error{-EBADMSG};  // no room even for a header
   Context ctx(*this, ring, h, w, payload);
+  ring.act_as(caller_of(h, !options_.virtiofs).get());
   Result<void> r;
   if (!initialized_ && !std::holds_alternative<Init>(req->args)) {
     r = Error{-EIO};

@@ -41,7 +41,7 @@ struct Session::XattrCharge {
 struct Session::Fid {
   Vfs* vfs = nullptr;
   NodeRef node;
-  uid_t uid = 0;
+  Credentials::Ref who;  // the identity its requests act as (null: fsd itself)
   OpenFile file;  // valid after Tlopen / Tlcreate
   enum class Xattr { kNone, kRead, kWrite } xattr = Xattr::kNone;
   std::vector<std::byte> xattr_data;
@@ -58,16 +58,16 @@ struct Session::Request {
   Event done;
 };
 
-Session::Session(const ExportSet& exports, Ring& ring, ReplySink& sink, SessionConfig config)
-    : exports_(exports), ring_(ring), sink_(sink), config_(config) {
+Session::Session(const ExportSet& exports, Ring& ring, ReplySink& sink, SessionConfig config, Peer peer)
+    : exports_(exports), ring_(ring), sink_(sink), config_(config), peer_(std::move(peer)) {
   config_.max_msize = std::clamp(config_.max_msize, SessionConfig::kMinMsize, SessionConfig::kMaxMsize);
 }
 
 Session::~Session() = default;
 
 StreamSessionFactory session_factory(const ExportSet& exports, SessionConfig config) {
-  return [&exports, config](Ring& ring, ReplySink& sink) -> std::unique_ptr<StreamSession> {
-    return std::make_unique<Session>(exports, ring, sink, config);
+  return [&exports, config](Ring& ring, ReplySink& sink, const Peer& peer) -> std::unique_ptr<StreamSession> {
+    return std::make_unique<Session>(exports, ring, sink, config, peer);
   };
 }
 
@@ -124,7 +124,15 @@ Task<Result<void>> Session::dispatch(Request& rq) {
 Result<Session::FidPtr> Session::fid(uint32_t id) const {
   auto it = fids_.find(id);
   if (it == fids_.end()) return Error{-EBADF};
+  ring_.act_as(it->second->who.get());
   return it->second;
+}
+
+void Session::act_as_creator(const Fid& dir, uint32_t gid) {
+  const Credentials* who = dir.who ? dir.who.get() : Credentials::self().get();
+  if (gid == who->gid() || !(peer_.trusted || who->in_group(gid))) return;
+  std::vector<gid_t> groups(who->groups().begin(), who->groups().end());
+  ring_.act_as(Credentials::get(who->uid(), gid, groups).get());
 }
 
 Result<std::pair<Session::FidPtr, Session::FidPtr>> Session::one_export(uint32_t a, uint32_t b) const {
@@ -201,7 +209,8 @@ Task<Result<void>> Session::op(Request& rq, const Tattach& m) {
   auto f = std::make_shared<Fid>();
   f->vfs = vfs;
   f->node = vfs->root();
-  f->uid = m.n_uname == kNoFid ? config_.anonymous_uid : m.n_uname;
+  // An untrusted peer acts as itself, whatever it names.
+  f->who = peer_.trusted && m.n_uname != kNoFid && Credentials::switching() ? Credentials::of_user(m.n_uname) : peer_.who;
   fids_[m.fid] = f;
   set_reply(rq, Rattach{.qid = qid_of(*vfs, *f->node, *st)});
   co_return Result<void>{};
@@ -238,7 +247,7 @@ Task<Result<void>> Session::op(Request& rq, const Twalk& m) {
     auto nf = std::make_shared<Fid>();
     nf->vfs = from->vfs;
     nf->node = std::move(cur);
-    nf->uid = from->uid;
+    nf->who = from->who;
     fids_[m.newfid] = std::move(nf);
   }
   set_reply(rq, out);
@@ -308,8 +317,8 @@ Task<Result<void>> Session::op(Request& rq, const Tlopen& m) {
 Task<Result<void>> Session::op(Request& rq, const Tlcreate& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
   if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{-EBADF};
-  auto c = co_await fp->vfs->create(ring_, fp->node, m.name, static_cast<int>(m.flags), m.mode,
-                                    Creds{fp->uid, m.gid});
+  act_as_creator(*fp, m.gid);
+  auto c = co_await fp->vfs->create(ring_, fp->node, m.name, static_cast<int>(m.flags), m.mode);
   if (!c) co_return Error{c.error()};
   fp->node = c->entry.node;
   fp->file = std::move(c->file);
@@ -406,19 +415,22 @@ Task<Result<void>> Session::op(Request& rq, const Tremove& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tmkdir& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
-  co_return reply_qid<Rmkdir>(rq, *fp, co_await fp->vfs->mkdir(ring_, fp->node, m.name, m.mode, Creds{fp->uid, m.gid}));
+  act_as_creator(*fp, m.gid);
+  co_return reply_qid<Rmkdir>(rq, *fp, co_await fp->vfs->mkdir(ring_, fp->node, m.name, m.mode));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
+  act_as_creator(*fp, m.gid);
   co_return reply_qid<Rsymlink>(rq, *fp,
-                                co_await fp->vfs->symlink(ring_, fp->node, m.name, m.symtgt, Creds{fp->uid, m.gid}));
+                                co_await fp->vfs->symlink(ring_, fp->node, m.name, m.symtgt));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tmknod& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
   dev_t rdev = makedev(m.major, m.minor);
-  co_return reply_qid<Rmknod>(rq, *fp, co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, rdev, Creds{fp->uid, m.gid}));
+  act_as_creator(*fp, m.gid);
+  co_return reply_qid<Rmknod>(rq, *fp, co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, rdev));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Trename& m) {
@@ -498,7 +510,7 @@ Task<Result<void>> Session::op(Request& rq, const Txattrwalk& m) {
   }
   nf->vfs = fp->vfs;
   nf->node = fp->node;
-  nf->uid = fp->uid;
+  nf->who = fp->who;
   nf->xattr = Fid::Xattr::kRead;
   uint64_t size = nf->xattr_data.size();
   fids_[m.newfid] = std::move(nf);

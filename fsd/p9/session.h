@@ -30,7 +30,6 @@ namespace fsd::p9 {
 
 struct SessionConfig {
   uint32_t max_msize = 1 << 20;  // the most this server agrees to
-  uid_t anonymous_uid = 0;       // the uid of an attach without n_uname (fsd's own)
   // Per connection: fids (past it, a new fid is EMFILE), and bytes of xattr
   // values held by Txattrwalk/Txattrcreate fids (past it, ENOMEM).
   uint32_t max_fids = 1 << 18;
@@ -42,7 +41,9 @@ struct SessionConfig {
 
 class Session : public StreamSession {
  public:
-  Session(const ExportSet& exports, Ring& ring, ReplySink& sink, SessionConfig config);
+  // Requests act as `peer`'s identity; a trusted peer's act as the user its
+  // Tattach names (n_uname), looked up in the host's user database.
+  Session(const ExportSet& exports, Ring& ring, ReplySink& sink, SessionConfig config, Peer peer);
   ~Session() override;
 
   // The largest frame the client may send now (the negotiated msize).
@@ -62,7 +63,11 @@ class Session : public StreamSession {
   template <class M>
   void set_reply(Request& rq, const M& m);
 
+  // The fid; the request acts as the identity it was attached with from now on.
   Result<FidPtr> fid(uint32_t id) const;
+  // For a create with a client-chosen group: acts as the fid's identity with
+  // that primary group, if the peer is trusted or the identity is in it.
+  void act_as_creator(const Fid& dir, uint32_t gid);
   // Two fids on one export (EXDEV across exports).
   Result<std::pair<FidPtr, FidPtr>> one_export(uint32_t a, uint32_t b) const;
   // Ends an op: the backend's error, or the reply R (empty, or the qid of
@@ -109,13 +114,15 @@ class Session : public StreamSession {
   Ring& ring_;
   ReplySink& sink_;
   SessionConfig config_;
+  Peer peer_;
   uint32_t msize_ = SessionConfig::kInitialMsize;
   size_t xattr_bytes_ = 0;  // declared before fids_: fids release their charge into it
   std::unordered_map<uint32_t, FidPtr> fids_;
   std::unordered_map<uint16_t, Request*> in_flight_;  // by tag
 };
 
-// Sessions for a stream transport (SocketServer): one per connection.
+// Sessions for a stream transport (SocketServer): one per connection, acting
+// as the peer the transport identified.
 StreamSessionFactory session_factory(const ExportSet& exports, SessionConfig config);
 
 }  // namespace fsd::p9

@@ -19,7 +19,7 @@ uint16_t tag_of(const Buffer& frame) {
 }  // namespace
 
 VirtioChannel::VirtioChannel(const ExportSet& exports, Ring& ring, SessionConfig config)
-    : pool_(config.max_msize), session_(exports, ring, *this, config) {}
+    : pool_(config.max_msize), session_(exports, ring, *this, config, Peer{.who = nullptr, .trusted = true}) {}
 
 Task<Result<size_t>> VirtioChannel::handle(Ring&, std::span<const iovec> in, std::span<const iovec> out) {
   size_t len = total_len(in);

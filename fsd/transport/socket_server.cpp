@@ -47,6 +47,34 @@ ListenAddress parse_listen(std::string_view spec) {
   if (!spec.starts_with("tcp:")) fail("expected unix:PATH or tcp:[HOST:]PORT");
   a.kind = ListenAddress::Kind::kTcp;
   std::string_view rest = spec.substr(4);
+  if (auto comma = rest.find(','); comma != std::string_view::npos) {
+    std::string_view opts = rest.substr(comma + 1);
+    rest = rest.substr(0, comma);
+    bool as_given = false;
+    while (!opts.empty()) {
+      auto next = opts.find(',');
+      std::string_view opt = opts.substr(0, next);
+      opts = next == std::string_view::npos ? std::string_view{} : opts.substr(next + 1);
+      if (opt == "trusted") {
+        a.trusted = true;
+      } else if (opt.starts_with("as=")) {
+        std::string ids(opt.substr(3));
+        auto colon = ids.find(':');
+        auto number = [](const std::string& t) {
+          return !t.empty() && t.size() <= 10 && t.find_first_not_of("0123456789") == std::string::npos &&
+                 std::stoull(t) < 0xffffffffull;
+        };
+        if (colon == std::string::npos || !number(ids.substr(0, colon)) || !number(ids.substr(colon + 1)))
+          fail("as= takes UID:GID, two numbers (e.g. as=1000:100)");
+        a.as_uid = static_cast<uid_t>(std::stoul(ids.substr(0, colon)));
+        a.as_gid = static_cast<gid_t>(std::stoul(ids.substr(colon + 1)));
+        as_given = true;
+      } else {
+        fail("unknown option '" + std::string(opt) + "' (a TCP listener takes as=UID:GID and trusted)");
+      }
+    }
+    if (as_given && a.trusted) fail("as= and trusted contradict each other: a trusted peer names its own user");
+  }
   std::string_view port;
   if (rest.starts_with("[")) {
     auto close = rest.find("]:");
@@ -135,13 +163,29 @@ uint32_t le32(const std::byte* p) {
   return v;  // x86 and other little-endian hosts
 }
 
+// Who the peer on an accepted socket is (see ListenAddress).
+Peer peer_of(int fd, const ListenAddress& where) {
+  if (!Credentials::switching()) return Peer{};  // fsd cannot act as anyone else
+  if (where.kind == ListenAddress::Kind::kTcp)
+    return Peer{.who = Credentials::get(where.as_uid, where.as_gid), .trusted = where.trusted};
+  ucred uc{};
+  socklen_t len = sizeof uc;
+  // Without a verifiable identity, nobody.
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) return Peer{.who = Credentials::get(65534, 65534)};
+  std::vector<gid_t> groups(Credentials::kMaxGroups);
+  len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) len = 0;  // ERANGE: too many; none
+  groups.resize(len / sizeof(gid_t));
+  return Peer{.who = Credentials::get(uc.uid, uc.gid, groups), .trusted = uc.uid == 0};
+}
+
 }  // namespace
 
 // ---- Connection
 
 class SocketServer::Connection : public ReplySink, public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Worker& w, Fd fd, uint64_t id);
+  Connection(Worker& w, Fd fd, uint64_t id, const Peer& peer);
   ~Connection() override;
 
   Task<void> run();
@@ -222,7 +266,7 @@ class SocketServer::Worker {
   std::vector<PollWait*> poll_wake;
 
  private:
-  Task<void> accept_loop(int listen_fd) {
+  Task<void> accept_loop(int listen_fd, const ListenAddress& where) {
     accepts_running++;
     // Out of fds (or memory), the connection waits in the backlog: retrying
     // at once would spin, so wait a little, until a close frees an fd.
@@ -247,7 +291,8 @@ class SocketServer::Worker {
       int one = 1;
       ::setsockopt(conn.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on unix
       accepted++;
-      auto c = std::make_shared<Connection>(*this, std::move(conn), (uint64_t{index} << 48) | next_id++);
+      Peer peer = peer_of(conn.get(), where);
+      auto c = std::make_shared<Connection>(*this, std::move(conn), (uint64_t{index} << 48) | next_id++, peer);
       spawn(c->run());
     }
     accepts_running--;
@@ -277,7 +322,8 @@ class SocketServer::Worker {
   }
 
   void loop() {
-    for (const Fd& l : server.listeners_) spawn(accept_loop(l.get()));
+    for (size_t i = 0; i < server.listeners_.size(); i++)
+      spawn(accept_loop(server.listeners_[i].get(), server.bound_[i]));
     spawn(wait_stop());
     while (!stop_done || accepts_running > 0 || !connections.empty()) {
       ring.run_once(polling.empty());
@@ -316,8 +362,8 @@ class SocketServer::Worker {
   }
 };
 
-SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id)
-    : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.sessions_(w.ring, *this)) {
+SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id, const Peer& peer)
+    : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.sessions_(w.ring, *this, peer)) {
   worker_.connections.insert(this);
   worker_.server.open_connections_++;
   spdlog::debug("connection {:x}: open", id_);

@@ -24,10 +24,18 @@ struct ListenAddress {
   std::string path;  // unix
   std::string host;  // tcp, numeric
   uint16_t port = 0;
-  std::string to_string() const;
+  // Who a TCP peer acts as: nothing vouches for its identity, so it is
+  // `as_uid`:`as_gid` (default nobody), or, on a trusted listener, whoever
+  // it names. A unix-socket peer is who the kernel says it is (SO_PEERCRED):
+  // a root peer may name the user it acts as, any other acts as itself.
+  uid_t as_uid = 65534;
+  gid_t as_gid = 65534;
+  bool trusted = false;
+  std::string to_string() const;  // without the identity options
 };
 
-// "unix:PATH", "tcp:PORT" (loopback), "tcp:HOST:PORT" or "tcp:[V6]:PORT".
+// "unix:PATH", "tcp:PORT" (loopback), "tcp:HOST:PORT" or "tcp:[V6]:PORT";
+// a TCP address may end in ",as=UID:GID" and/or ",trusted".
 // Throws std::invalid_argument with a one-line message.
 ListenAddress parse_listen(std::string_view spec);
 

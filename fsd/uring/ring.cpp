@@ -10,7 +10,9 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -81,10 +83,10 @@ class BlockingPool {
     static BlockingPool* pool = new BlockingPool;  // never destroyed: threads may outlive main's statics
     return *pool;
   }
-  void run(int ring_fd, Op* op, FunctionRef<int()> call) {
+  void run(int ring_fd, Op* op, FunctionRef<int()> call, Credentials::Ref who) {
     {
       std::lock_guard g(mu_);
-      jobs_.push_back({ring_fd, op, call});
+      jobs_.push_back({ring_fd, op, call, std::move(who)});
     }
     cv_.notify_one();
   }
@@ -94,8 +96,10 @@ class BlockingPool {
     int ring_fd;
     Op* op;
     FunctionRef<int()> call;
+    Credentials::Ref who;
   };
   BlockingPool() {
+    Credentials::AsSelf self;  // a thread starts as its creator acts now
     for (unsigned i = 0; i < kThreads; i++) std::thread([this] { serve(); }).detach();
   }
   void serve() {
@@ -106,10 +110,12 @@ class BlockingPool {
       {
         std::unique_lock g(mu_);
         cv_.wait(g, [&] { return !jobs_.empty(); });
-        job = jobs_.front();
+        job = std::move(jobs_.front());
         jobs_.pop_front();
       }
+      Credentials::apply(job.who.get());
       int res = job.call();
+      job.who.reset();
       io_uring_sqe* sqe = io_uring_get_sqe(&ring);
       io_uring_prep_msg_ring(sqe, job.ring_fd, static_cast<unsigned>(res),
                              reinterpret_cast<uint64_t>(job.op) | kOffloadedTag, 0);
@@ -127,11 +133,14 @@ class BlockingPool {
 
 // ---- Op
 
+Op::Op(Ring* ring, const io_uring_sqe& sqe) : ring_(ring), sqe_(sqe), who_(ring->current_) {}
+Op::Op(Ring* ring, FunctionRef<int()> call) : ring_(ring), who_(ring->current_), call_(call), offloaded_(true) {}
+
 void Op::await_suspend(std::coroutine_handle<> h) noexcept {
   waiter_ = h;
   if (offloaded_) {
     ring_->offloaded_++;
-    BlockingPool::get().run(ring_->ring_.ring_fd, this, call_);
+    BlockingPool::get().run(ring_->ring_.ring_fd, this, call_, who_);
     return;
   }
   ring_->submit(this);
@@ -147,6 +156,7 @@ void Op::complete(int res) {
     return;
   }
   res_ = res;
+  if (ring_->current_ != who_) ring_->act_as(who_.get());
   waiter_.resume();
 }
 
@@ -167,6 +177,52 @@ Ring::Ring(unsigned entries) {
     io_uring_free_probe(probe);
   }
   can_message_ = supported_[IORING_OP_MSG_RING];
+  if (Credentials::switching()) {
+    // Every SQE carries a personality once fsd acts as others: one without
+    // would run as whoever the thread acts as when the batch is submitted.
+    Credentials::AsSelf self;
+    int id = io_uring_register_personality(&ring_);
+    if (id < 0) {
+      io_uring_queue_exit(&ring_);
+      throw std::runtime_error(std::string("io_uring personality: ") + std::strerror(-id));
+    }
+    self_personality_ = static_cast<uint16_t>(id);
+  }
+}
+
+void Ring::act_as(const Credentials* who) {
+  if (who != nullptr && who->is_self()) who = nullptr;
+  if (current_.get() != who) current_ = Credentials::Ref(who);
+  Credentials::apply(who);
+}
+
+uint16_t Ring::personality_for(const Credentials* who) {
+  if (!Credentials::switching()) return 0;
+  if (who == nullptr || who->is_self()) return self_personality_;
+  for (size_t i = 0; i < personalities_.size(); i++) {
+    if (personalities_[i].first != who->id()) continue;
+    if (i != 0) std::rotate(personalities_.begin(), personalities_.begin() + static_cast<long>(i),
+                            personalities_.begin() + static_cast<long>(i) + 1);
+    return personalities_.front().second;
+  }
+  constexpr size_t kKept = 32;
+  if (personalities_.size() == kKept) {
+    // SQEs already queued may name the oldest: they go to the kernel (which
+    // takes its own reference to the credentials) before it is dropped.
+    io_uring_submit(&ring_);
+    io_uring_unregister_personality(&ring_, personalities_.back().second);
+    personalities_.pop_back();
+  }
+  const Credentials* before = Credentials::applied();
+  Credentials::apply(who);
+  int id = io_uring_register_personality(&ring_);
+  Credentials::apply(before);
+  if (id < 0) {
+    std::fprintf(stderr, "fsd: io_uring personality: %s\n", std::strerror(-id));
+    std::abort();  // the request would run as fsd itself
+  }
+  personalities_.insert(personalities_.begin(), {who->id(), static_cast<uint16_t>(id)});
+  return static_cast<uint16_t>(id);
 }
 
 Ring::~Ring() {
@@ -183,6 +239,7 @@ Ring::~Ring() {
 }
 
 void Ring::submit(Op* op) {
+  uint16_t personality = personality_for(op->who_.get());  // may submit what is queued: first
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   if (sqe == nullptr) {
     io_uring_submit(&ring_);
@@ -190,6 +247,7 @@ void Ring::submit(Op* op) {
     if (sqe == nullptr) std::abort();  // the SQ is empty right after submit
   }
   *sqe = op->sqe_;
+  sqe->personality = personality;
   io_uring_sqe_set_data(sqe, op);
   submitted_++;
 }

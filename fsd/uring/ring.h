@@ -19,7 +19,10 @@
 #include <coroutine>
 #include <cstdint>
 #include <optional>
+#include <utility>
+#include <vector>
 
+#include "fsd/core/credentials.h"
 #include "fsd/core/function_ref.h"
 #include "fsd/uring/task.h"
 
@@ -29,14 +32,15 @@ class Ring;
 
 // One submitted (or synchronously completed) operation. Lives in the awaiting
 // coroutine's frame, so its address is stable while it is in flight; that
-// address is the SQE's user_data.
+// address is the SQE's user_data. It runs as the identity its ring acts as
+// when it is made, and its awaiter resumes acting as that identity again.
 class [[nodiscard]] Op {
  public:
-  Op(Ring* ring, const io_uring_sqe& sqe) : ring_(ring), sqe_(sqe) {}
+  Op(Ring* ring, const io_uring_sqe& sqe);
   // An already finished operation (synchronous fallback).
   explicit Op(int res) : res_(res), ready_(true) {}
   // A call run by the blocking pool (Ring::blocking).
-  Op(Ring* ring, FunctionRef<int()> call) : ring_(ring), call_(call), offloaded_(true) {}
+  Op(Ring* ring, FunctionRef<int()> call);
 
   bool await_ready() const noexcept { return ready_; }
   void await_suspend(std::coroutine_handle<> h) noexcept;
@@ -48,6 +52,7 @@ class [[nodiscard]] Op {
 
   Ring* ring_ = nullptr;
   io_uring_sqe sqe_{};
+  Credentials::Ref who_;  // null: fsd itself
   int res_ = 0;
   FunctionRef<int()> call_;
   bool ready_ = false;
@@ -64,6 +69,13 @@ class Ring {
   Ring& operator=(const Ring&) = delete;
 
   bool supports(uint8_t opcode) const { return supported_[opcode]; }
+
+  // Who the operations made on this ring from now on act as, on the ring
+  // and in inline calls (nullptr: fsd itself). Transports set it per
+  // request; an Op restores it when its awaiter resumes, so a coroutine
+  // keeps its identity across suspensions while others run in between.
+  void act_as(const Credentials* who);
+  const Credentials* acting_as() const { return current_.get(); }
   // Where metadata syscalls run; data I/O always uses the ring.
   //   kRing:     through io_uring, which punts them to its worker threads:
   //              they overlap, but each costs those threads a wake-up.
@@ -137,6 +149,9 @@ class Ring {
  private:
   friend class Op;
   void submit(Op* op);
+  // The registered personality that carries `who` (fsd itself for null),
+  // registering it on first use; 0 when fsd cannot act as others.
+  uint16_t personality_for(const Credentials* who);
   bool use_ring_for(uint8_t opcode, bool change) const {
     if (!supported_[opcode]) return false;
     switch (meta_io_) {
@@ -152,6 +167,10 @@ class Ring {
   bool can_message_ = false;  // IORING_OP_MSG_RING, which the blocking pool needs
   unsigned offloaded_ = 0;    // Ops on the blocking pool now
   MetadataIo meta_io_ = MetadataIo::kRing;
+  Credentials::Ref current_;
+  // Registered personalities, most recently used first: (identity id, personality).
+  std::vector<std::pair<uint64_t, uint16_t>> personalities_;
+  uint16_t self_personality_ = 0;
   unsigned active_ = 0;
   uint64_t submitted_ = 0;
   uint64_t completed_ = 0;

@@ -226,6 +226,9 @@ std::pair<NodeRef, std::string> Vfs::location(Node& n) {
 }
 
 Result<Fd> Vfs::reopen(Node& n) {
+  // The node was reached by a client allowed to: reopening it (by handle,
+  // which needs CAP_DAC_READ_SEARCH) is fsd's own business.
+  Credentials::AsSelf self;
   if (n.handle_ && handles_ok_) {
     int mount_fd = -1;
     {
@@ -389,6 +392,7 @@ Result<Vfs::FileUse> Vfs::use(const OpenFile& f) {
 
 Result<void> Vfs::reopen_file(detail::OpenState& s) {
   if (auto r = reserve_open_file(); !r) return r;
+  Credentials::AsSelf self;  // the file is open already: its opener had the right
   auto opened = [&]() -> Result<Fd> {
     auto pfd = path_fd(*s.node);
     if (!pfd) return Error{pfd.error()};
@@ -420,6 +424,7 @@ void Vfs::keep_files_of(int dirfd, const char* name) {
   // every unlink. (An unlink racing with the very first reclaim can still
   // lose its file's fd; its next use then answers ESTALE.)
   if (reclaims_started_.load(std::memory_order_seq_cst) == 0) return;
+  Credentials::AsSelf self;
   struct statx st{};
   if (::statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_TYPE, &st) < 0 || S_ISDIR(st.stx_mode)) return;
   NodeRef node;
@@ -443,11 +448,6 @@ void Vfs::keep_files_of(int dirfd, const char* name) {
     }
   }
   for (auto& u : closed) (void)reopen_file(u.state());
-}
-
-void Vfs::chown_new(int dirfd, const std::string& name, Creds creds) {
-  if (am_root_ && (creds.uid != 0 || creds.gid != 0))
-    (void)::fchownat(dirfd, name.c_str(), creds.uid, creds.gid, AT_SYMLINK_NOFOLLOW);
 }
 
 // ---- operations
@@ -559,7 +559,7 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
 }
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
-                                       mode_t mode, Creds creds) {
+                                       mode_t mode) {
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
@@ -576,7 +576,6 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
     co_return Error{r};
   }
   Fd fd(r);
-  chown_new(pfd->get(), std::string(name), creds);
   struct statx st{};
   r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
   int dupfd = r < 0 ? r : ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
@@ -590,18 +589,17 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   co_return Created{Entry{std::move(node), st}, std::move(file)};
 }
 
-Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode, Creds creds) {
+Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode) {
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   CName cname(name);
   int r = co_await ring.mkdirat(pfd->get(), cname.c_str(), mode & 07777);
   if (r < 0) co_return Error{r};
-  chown_new(pfd->get(), std::string(name), creds);
   co_return co_await entry_at(ring, dir, pfd->get(), name);
 }
 
 Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
-                                 std::string_view target, Creds creds) {
+                                 std::string_view target) {
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   if (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos) co_return Error{-EINVAL};
@@ -609,19 +607,17 @@ Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
   std::string ctarget(target);
   int r = co_await ring.symlinkat(ctarget.c_str(), pfd->get(), cname.c_str());
   if (r < 0) co_return Error{r};
-  chown_new(pfd->get(), std::string(name), creds);
   co_return co_await entry_at(ring, dir, pfd->get(), name);
 }
 
 Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
-                               dev_t rdev, Creds creds) {
+                               dev_t rdev) {
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   mode_t type = mode & S_IFMT;
   if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) co_return Error{-EPERM};
   CName cname(name);
   if (::mknodat(pfd->get(), cname.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
-  chown_new(pfd->get(), std::string(name), creds);
   co_return co_await entry_at(ring, dir, pfd->get(), name);
 }
 
@@ -636,7 +632,10 @@ Task<Result<void>> Vfs::link(Ring& ring, Node& target, NodeRef dir, std::string_
   if (!dfd) co_return Error{dfd.error()};
   CName cname(name);
   int r;
-  if (am_root_) {
+  // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; others link through /proc,
+  // which checks what linking by name would.
+  const Credentials* who = Credentials::applied();
+  if (am_root_ && (who == nullptr || who->uid() == 0)) {
     r = co_await ring.linkat(tfd->get(), "", dfd->get(), cname.c_str(), AT_EMPTY_PATH);
   } else {
     std::string path = tfd->proc_path();
@@ -762,8 +761,23 @@ Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
   return {};
 }
 
+namespace {
+// fsd keeps CAP_SYS_ADMIN and CAP_SETFCAP while it acts as a client (only
+// the file-system capabilities follow fsuid), so the kernel would let any
+// client at the privileged xattr namespaces: fsd applies the local rules
+// itself. Only a caller acting as root may set or remove trusted.* and
+// security.* (file capabilities among them) or see trusted.*.
+bool privileged_caller() {
+  const Credentials* who = Credentials::applied();
+  return (who ? who->uid() : Credentials::self()->uid()) == 0;
+}
+bool is_trusted_xattr(std::string_view name) { return name.starts_with("trusted."); }
+bool is_privileged_xattr(std::string_view name) { return is_trusted_xattr(name) || name.starts_with("security."); }
+}  // namespace
+
 Result<size_t> Vfs::getxattr(Node& n, const std::string& name, std::span<std::byte> out) {
   if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{-ERANGE};
+  if (is_trusted_xattr(name) && !privileged_caller()) return Error{-ENODATA};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
@@ -776,15 +790,46 @@ Result<size_t> Vfs::listxattr(Node& n, std::span<std::byte> out) {
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
-  ssize_t r = ::listxattr(path.c_str(), reinterpret_cast<char*>(out.data()), out.size());
-  if (r < 0) return errno_error();
-  return static_cast<size_t>(r);
+  if (privileged_caller()) {
+    ssize_t r = ::listxattr(path.c_str(), reinterpret_cast<char*>(out.data()), out.size());
+    if (r < 0) return errno_error();
+    return static_cast<size_t>(r);
+  }
+  // Without trusted.* names: listed whole, then filtered (a size-only
+  // query still needs the names, to leave theirs out).
+  std::vector<char> all;
+  for (;;) {
+    ssize_t size = ::listxattr(path.c_str(), nullptr, 0);
+    if (size < 0) return errno_error();
+    all.resize(static_cast<size_t>(size));
+    ssize_t r = ::listxattr(path.c_str(), all.data(), all.size());
+    if (r >= 0) {
+      all.resize(static_cast<size_t>(r));
+      break;
+    }
+    if (errno != ERANGE) return errno_error();  // grew meanwhile: again
+  }
+  size_t used = 0;
+  for (size_t at = 0; at < all.size();) {
+    std::string_view one(all.data() + at);
+    size_t len = one.size() + 1;
+    if (!is_trusted_xattr(one)) {
+      if (!out.empty()) {
+        if (used + len > out.size()) return Error{-ERANGE};
+        std::memcpy(out.data() + used, one.data(), len);
+      }
+      used += len;
+    }
+    at += len;
+  }
+  return used;
 }
 
 Result<void> Vfs::setxattr(Node& n, const std::string& name, std::span<const std::byte> value, int flags) {
   if (read_only()) return Error{-EROFS};
   if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{-ERANGE};
   if (value.size() > XATTR_SIZE_MAX) return Error{-E2BIG};
+  if (is_privileged_xattr(name) && !privileged_caller()) return Error{-EPERM};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
@@ -794,6 +839,7 @@ Result<void> Vfs::setxattr(Node& n, const std::string& name, std::span<const std
 
 Result<void> Vfs::removexattr(Node& n, const std::string& name) {
   if (read_only()) return Error{-EROFS};
+  if (is_privileged_xattr(name) && !privileged_caller()) return Error{-EPERM};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();

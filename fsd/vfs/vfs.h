@@ -14,6 +14,13 @@
 //    exported file happens here, so that confinement, read-only and the fd
 //    budget are enforced in one place.
 //
+// Identity: every operation runs as the identity the calling thread (and
+// its Ring) acts as (Ring::act_as), so the host kernel checks permissions,
+// and new files, directories, symlinks and nodes are made owned by that
+// identity (set-group-ID directories and the mode asked for behave as on a
+// local file system). Housekeeping of the Vfs's own (reopening a cached fd)
+// runs as fsd itself.
+//
 // Thread-safety: a Vfs is shared by all worker threads. Operations take a
 // Ring, which must belong to the calling thread.
 #pragma once
@@ -151,12 +158,6 @@ struct SetAttr {
   bool has(uint32_t bit) const { return (valid & bit) != 0; }
 };
 
-// Owner to give new objects (applied when fsd runs as root).
-struct Creds {
-  uid_t uid = 0;
-  gid_t gid = 0;
-};
-
 struct VfsStats {
   uint64_t nodes = 0;
   uint64_t path_fds = 0;
@@ -198,12 +199,12 @@ class Vfs {
     OpenFile file;
   };
   Task<Result<Created>> create(Ring& ring, NodeRef dir, std::string_view name, int flags,
-                               mode_t mode, Creds creds);
-  Task<Result<Entry>> mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode, Creds creds);
+                               mode_t mode);
+  Task<Result<Entry>> mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode);
   Task<Result<Entry>> symlink(Ring& ring, NodeRef dir, std::string_view name,
-                              std::string_view target, Creds creds);
+                              std::string_view target);
   Task<Result<Entry>> mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
-                            dev_t rdev, Creds creds);
+                            dev_t rdev);
   Task<Result<void>> link(Ring& ring, Node& target, NodeRef dir, std::string_view name);
   // flags: AT_REMOVEDIR to remove a directory.
   Task<Result<void>> unlink(Ring& ring, NodeRef dir, std::string_view name, int flags);
@@ -218,7 +219,7 @@ class Vfs {
   Result<struct statfs> statfs(Node& n);
   // `file`, if given, is an open fd of the node (used for truncation).
   Result<void> setattr(Node& n, const SetAttr& a, const OpenFile* file);
-  // access(2) with the server's effective ids; W_OK on a read-only export is EROFS.
+  // access(2) for the calling identity; W_OK on a read-only export is EROFS.
   Result<void> access(Node& n, int mask);
 
   // ---- extended attributes
@@ -320,7 +321,6 @@ class Vfs {
   // a node with open files, they keep their fds, and reclaimed ones are
   // opened again while the name still exists.
   void keep_files_of(int dirfd, const char* name);
-  void chown_new(int dirfd, const std::string& name, Creds creds);
 
   ExportConfig config_;
   VfsOptions options_;

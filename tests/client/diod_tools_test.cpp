@@ -39,6 +39,9 @@ class DiodTools : public ::testing::Test {
     write_file(tree_.path() / "empty", "");
     write_file(tree_.path() / "sub/inner.txt", "inner\n");
     write_file(tree_.path() / "sub/deeper/data.bin", random_bytes(100000, 43));
+    // A TCP client acts as nobody (fsd cannot tell who it is): the tree is
+    // readable by all, as a read-only export for anyone would be.
+    std::filesystem::permissions(tree_.path(), std::filesystem::perms(0755));
     fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
         .args = {"--export", "tree=" + tree_.str() + ",ro", "--listen", "tcp:127.0.0.1:0"}});
     port_ = fsd_->wait_listening("tcp:127.0.0.1:");

@@ -6,8 +6,13 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
-#include <cstring>
+#include <sys/xattr.h>
 
+#include <cstring>
+#include <map>
+#include <sstream>
+
+#include "fsd/client/p9_client.h"
 #include "tests/support/test_support.h"
 
 namespace fsd::testing {
@@ -28,6 +33,74 @@ int connect_errno(const std::string& path) {
   return r;
 }
 
+// What a 9P client gets when it tries each escalation on the prepared share
+// (see Identity::SetUp): errno per attempt, 0 where it succeeded.
+std::map<std::string, int> try_escalations(p9::Client& c, uint32_t uid_named, uint32_t create_gid) {
+  std::map<std::string, int> got;
+  auto err = [](const auto& r) { return r.ok() ? 0 : -r.error(); };
+  if (auto v = c.version(65536); !v) return {{"version", -v.error()}};
+  if (auto a = c.attach(1, "t", uid_named); !a) return {{"attach", -a.error()}};
+  // Reading a 0600 root file.
+  got["walk secret"] = err(c.walk(1, 2, "secret"));
+  got["open secret"] = err(c.lopen(2, O_RDONLY));
+  // Creating a setuid file asked to be in group create_gid, then giving it to root.
+  got["walk clone"] = err(c.walk(1, 3, ""));
+  got["create setuid"] = err(c.lcreate(3, "made", O_WRONLY | O_CREAT, 04755, create_gid));
+  got["walk made"] = err(c.walk(1, 4, "made"));
+  p9::Tsetattr chown{.fid = 4, .valid = p9::kSetattrUid, .uid = 0};
+  got["chown made to root"] = err(c.call<p9::Rsetattr>(chown));
+  // Changing a root file's mode and owner.
+  got["walk rootfile"] = err(c.walk(1, 5, "rootfile"));
+  p9::Tsetattr chmod{.fid = 5, .valid = p9::kSetattrMode, .mode = 04777};
+  got["chmod rootfile"] = err(c.call<p9::Rsetattr>(chmod));
+  p9::Tsetattr take{.fid = 5, .valid = p9::kSetattrUid | p9::kSetattrGid, .uid = uid_named, .gid = uid_named};
+  got["chown rootfile"] = err(c.call<p9::Rsetattr>(take));
+  // Privileged xattrs: setting a file capability or a trusted.* name, on
+  // its own file; reading a trusted.* name root set.
+  uint32_t fid = 10;
+  for (const char* name : {"security.capability", "trusted.mine"}) {
+    got[std::string("walk for ") + name] = err(c.walk(1, fid, "made"));
+    std::string value = "\x01\x00\x00\x02\xc0\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    auto created = c.call<p9::Rxattrcreate>(p9::Txattrcreate{.fid = fid, .name = name, .attr_size = value.size(), .flags = 0});
+    int e = err(created);
+    if (e == 0) e = err(c.write(fid, 0, value));
+    if (e == 0) e = err(c.clunk(fid));  // the value is set at clunk
+    got[std::string("set ") + name] = e;
+    fid++;
+  }
+  got["walk for trusted.hidden"] = err(c.walk(1, fid, "rootfile"));
+  got["get trusted.hidden"] = err(c.call<p9::Rxattrwalk>(p9::Txattrwalk{.fid = fid, .newfid = fid + 1, .name = "trusted.hidden"}));
+  return got;
+}
+
+std::string describe(const std::map<std::string, int>& m) {
+  std::ostringstream out;
+  for (auto& [k, v] : m) out << k << ": " << (v ? std::strerror(v) : "ok") << "\n";
+  return out.str();
+}
+
+// Every escalation fails, and what the client made belongs to `owner`.
+void expect_confined(const std::map<std::string, int>& got, const std::filesystem::path& share, uid_t owner, gid_t group) {
+  SCOPED_TRACE(describe(got));
+  for (auto step : {"walk secret", "walk clone", "create setuid", "walk made", "walk rootfile", "walk for trusted.hidden"})
+    EXPECT_EQ(got.at(step), 0) << step;
+  EXPECT_EQ(got.at("open secret"), EACCES);
+  EXPECT_EQ(got.at("chown made to root"), EPERM);
+  EXPECT_EQ(got.at("chmod rootfile"), EPERM);
+  EXPECT_EQ(got.at("chown rootfile"), EPERM);
+  EXPECT_EQ(got.at("set security.capability"), EPERM);
+  EXPECT_EQ(got.at("set trusted.mine"), EPERM);
+  EXPECT_EQ(got.at("get trusted.hidden"), ENODATA);
+  struct stat st{};
+  ASSERT_EQ(::lstat((share / "made").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, owner);
+  EXPECT_EQ(st.st_gid, group);
+  EXPECT_EQ(::getxattr((share / "made").c_str(), "security.capability", nullptr, 0), -1);
+  ASSERT_EQ(::lstat((share / "rootfile").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+}
+
 class Identity : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -37,6 +110,14 @@ class Identity : public ::testing::Test {
     ::chmod(tmp_.path().c_str(), 0755);
     share_ = tmp_.path() / "share";
     std::filesystem::create_directory(share_);
+    // A share anyone may create in, holding a root-only secret and a root
+    // file with a trusted.* xattr.
+    ::chmod(share_.c_str(), 0777);
+    write_file(share_ / "secret", "root's secret\n");
+    ::chmod((share_ / "secret").c_str(), 0600);
+    write_file(share_ / "rootfile", "root's\n");
+    ::chmod((share_ / "rootfile").c_str(), 0644);
+    ASSERT_EQ(::setxattr((share_ / "rootfile").c_str(), "trusted.hidden", "x", 1, 0), 0);
     p9_ = (tmp_.path() / "p9.sock").string();
     vfs_ = (tmp_.path() / "vfs.sock").string();
   }
@@ -108,6 +189,101 @@ TEST_F(Identity, BadSocketModeOrGroupIsRefused) {
     EXPECT_EQ(*status, 2) << fsd.log();
     EXPECT_NE(fsd.log().find(flag), std::string::npos) << fsd.log();
     EXPECT_FALSE(std::filesystem::exists(p9_));
+  }
+}
+
+// The map a child found, sent back through a pipe as "errno name" lines.
+std::map<std::string, int> escalations_as(uid_t uid, gid_t gid, const std::function<std::map<std::string, int>()>& body) {
+  int fds[2];
+  if (::pipe(fds) != 0) return {{"pipe", errno}};
+  int status = run_as(uid, gid, [&] {
+    ::close(fds[0]);
+    std::string text;
+    for (auto& [k, v] : body()) text += std::to_string(v) + " " + k + "\n";
+    return ::write(fds[1], text.data(), text.size()) == static_cast<ssize_t>(text.size()) ? 0 : 1;
+  });
+  ::close(fds[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  std::map<std::string, int> got;
+  if (status != 0) got["child exit status " + std::to_string(status)] = -1;
+  std::istringstream in(text);
+  for (int e; in >> e;) {
+    std::string name;
+    std::getline(in, name);
+    got[name.substr(1)] = e;
+  }
+  return got;
+}
+
+// nobody on the host, let in by --socket-mode, names root in Tattach: it
+// still acts as itself, and every escalation fails.
+TEST_F(Identity, NobodyOnAUnixSocketActsAsItself) {
+  auto fsd = start({"--socket-mode", "0666"});
+  auto got = escalations_as(kNobody, kNogroup, [&] {
+    auto c = p9::Client::connect_unix(p9_);
+    if (!c) return std::map<std::string, int>{{"connect", -c.error()}};
+    return try_escalations(*c, 0, 0);
+  });
+  expect_confined(got, share_, kNobody, kNogroup);
+}
+
+// A root peer (as QEMU relaying a guest is) acts as the user it names.
+TEST_F(Identity, RootPeerActsAsTheUserItNames) {
+  auto fsd = start({});
+  auto c = p9::Client::connect_unix(p9_);
+  ASSERT_TRUE(c.ok());
+  expect_confined(try_escalations(*c, kNobody, kNogroup), share_, kNobody, kNogroup);
+  // Named as root, it is root.
+  auto r = p9::Client::connect_unix(p9_);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(r->version(65536).ok());
+  ASSERT_TRUE(r->attach(1, "t", 0).ok());
+  ASSERT_TRUE(r->walk(1, 2, "secret").ok());
+  ASSERT_TRUE(r->lopen(2, O_RDONLY).ok());
+  auto text = r->read_all(2);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "root's secret\n");
+}
+
+// TCP peers act as nobody (or as=UID:GID) whatever they name, unless the
+// listener is trusted.
+TEST_F(Identity, TcpPeersActAsTheListenersIdentity) {
+  {
+    auto fsd = start({"--listen", "tcp:127.0.0.1:0"});
+    auto port = fsd->wait_listening("tcp:127.0.0.1:");
+    auto c = p9::Client::connect_tcp("127.0.0.1", static_cast<uint16_t>(std::stoi(port)));
+    ASSERT_TRUE(c.ok());
+    expect_confined(try_escalations(*c, 0, 0), share_, kNobody, kNogroup);
+  }
+  std::filesystem::remove(share_ / "made");
+  {
+    auto fsd = start({"--listen", "tcp:127.0.0.1:0,as=1234:5678"});
+    auto port = fsd->wait_listening("tcp:127.0.0.1:");
+    auto c = p9::Client::connect_tcp("127.0.0.1", static_cast<uint16_t>(std::stoi(port)));
+    ASSERT_TRUE(c.ok());
+    expect_confined(try_escalations(*c, 0, 0), share_, 1234, 5678);
+  }
+  auto fsd = start({"--listen", "tcp:127.0.0.1:0,trusted"});
+  auto port = fsd->wait_listening("tcp:127.0.0.1:");
+  auto c = p9::Client::connect_tcp("127.0.0.1", static_cast<uint16_t>(std::stoi(port)));
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->version(65536).ok());
+  ASSERT_TRUE(c->attach(1, "t", 0).ok());
+  ASSERT_TRUE(c->walk(1, 2, "secret").ok());
+  EXPECT_TRUE(c->lopen(2, O_RDONLY).ok());
+}
+
+TEST_F(Identity, BadTcpIdentityOptionsAreRefused) {
+  for (const char* spec : {"tcp:0,as=1", "tcp:0,as=x:1", "tcp:0,as=1:2,trusted", "tcp:0,bogus"}) {
+    SCOPED_TRACE(spec);
+    FsdProcess fsd({.args = {"--export", "t=" + share_.string(), "--listen", spec}});
+    auto status = fsd.wait_exit();
+    ASSERT_TRUE(status.has_value());
+    EXPECT_EQ(*status, 2) << fsd.log();
+    EXPECT_NE(fsd.log().find("--listen"), std::string::npos) << fsd.log();
   }
 }
 

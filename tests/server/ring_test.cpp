@@ -3,7 +3,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "fsd/uring/ring.h"
@@ -55,6 +59,61 @@ TEST(Ring, LoneCallsRunInline) {
   std::thread::id ran_on;
   ring.run(lone_call(ring, &ran_on));
   EXPECT_TRUE(ran_on == std::this_thread::get_id());
+}
+
+
+// Opens `path` three ways as `who`: through the ring, as a plain syscall on
+// the thread after a suspension (others ran meanwhile, as someone else),
+// and on the blocking pool. 0 or -errno each.
+Task<void> open_as(Ring& ring, const Credentials* who, const char* path, std::array<int, 3>* out) {
+  ring.act_as(who);
+  auto open = [path] {
+    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    ::close(fd);
+    return 0;
+  };
+  open_how how{};
+  how.flags = O_RDONLY | O_CLOEXEC;
+  int r = co_await ring.openat2(AT_FDCWD, path, how);
+  if (r >= 0) ::close(r);
+  (*out)[0] = r < 0 ? r : 0;
+  __kernel_timespec ts{0, 5 * 1000 * 1000};
+  (void)co_await ring.sleep(ts);
+  (*out)[1] = open();
+  (*out)[2] = co_await ring.blocking(open, Ring::Offload::kAlways);
+}
+
+TEST(Ring, OperationsRunAsTheirCoroutinesIdentity) {
+  if (!Credentials::switching()) GTEST_SKIP() << "needs CAP_SETUID and CAP_SETGID";
+  char dir[] = "/tmp/fsd-ring-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  std::string secret = std::string(dir) + "/secret";
+  std::ofstream(secret) << "x";
+  ::chmod(secret.c_str(), 0600);
+  ::chmod(dir, 0755);
+  Ring ring;
+  ring.set_metadata_io(Ring::MetadataIo::kRing);
+  auto nobody = Credentials::get(65534, 65534);
+  std::array<int, 3> as_nobody{1, 1, 1}, as_root{1, 1, 1}, again{1, 1, 1};
+  bool done = false;
+  auto both = [&]() -> Task<void> {
+    // Interleaved: each suspends while the other runs.
+    Task<void> a = open_as(ring, nobody.get(), secret.c_str(), &as_nobody);
+    Task<void> b = open_as(ring, nullptr, secret.c_str(), &as_root);
+    spawn(std::move(a));
+    co_await std::move(b);
+    done = true;
+  };
+  spawn(both());
+  while (!done || as_nobody[2] == 1) ring.run_once();
+  EXPECT_EQ(as_nobody, (std::array<int, 3>{-EACCES, -EACCES, -EACCES}));
+  EXPECT_EQ(as_root, (std::array<int, 3>{0, 0, 0}));
+  // An identity used once more is served from the ring's personality cache.
+  ring.run(open_as(ring, nobody.get(), secret.c_str(), &again));
+  EXPECT_EQ(again, (std::array<int, 3>{-EACCES, -EACCES, -EACCES}));
+  ring.act_as(nullptr);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

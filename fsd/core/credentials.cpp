@@ -1,0 +1,159 @@
+#include "fsd/core/credentials.h"
+
+#include <linux/capability.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <grp.h>
+#include <pwd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+
+namespace fsd {
+namespace {
+
+std::atomic<uint64_t> g_next_id{1};
+
+struct Table {
+  std::mutex mu;
+  std::map<std::vector<uint32_t>, Credentials*> by_key;  // (uid, gid, groups...)
+};
+Table& table() {
+  static Table* t = new Table;  // never destroyed: Refs may outlive main's statics
+  return *t;
+}
+
+std::vector<uint32_t> key_of(uid_t uid, gid_t gid, std::span<const gid_t> groups) {
+  std::vector<uint32_t> k{uid, gid};
+  k.insert(k.end(), groups.begin(), groups.end());
+  return k;
+}
+
+bool has_setid_caps() {
+  __user_cap_header_struct h{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct d[2]{};
+  if (syscall(SYS_capget, &h, d) != 0) return false;
+  auto effective = [&](int cap) { return (d[cap / 32].effective & (1u << (cap % 32))) != 0; };
+  return effective(CAP_SETUID) && effective(CAP_SETGID);
+}
+
+[[noreturn]] void refused(const char* what, unsigned id) {
+  std::fprintf(stderr, "fsd: the kernel refused %s(%u) for a request's identity; stopping rather than act as another\n",
+               what, id);
+  std::abort();
+}
+
+// The thread's file-system identity becomes (uid, gid, groups).
+void switch_thread(uid_t uid, gid_t gid, std::span<const gid_t> groups) {
+  if (syscall(SYS_setgroups, groups.size(), groups.data()) != 0) refused("setgroups", static_cast<unsigned>(groups.size()));
+  syscall(SYS_setfsgid, gid);
+  if (static_cast<gid_t>(syscall(SYS_setfsgid, -1)) != gid) refused("setfsgid", gid);
+  syscall(SYS_setfsuid, uid);
+  if (static_cast<uid_t>(syscall(SYS_setfsuid, -1)) != uid) refused("setfsuid", uid);
+}
+
+thread_local Credentials::Ref t_applied;  // null: fsd itself
+
+}  // namespace
+
+Credentials::Ref Credentials::get(uid_t uid, gid_t gid, std::span<const gid_t> groups) {
+  std::vector<gid_t> sorted(groups.begin(), groups.end());
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  if (sorted.size() > kMaxGroups) sorted.resize(kMaxGroups);
+  auto key = key_of(uid, gid, sorted);
+  Table& t = table();
+  std::lock_guard g(t.mu);
+  if (auto it = t.by_key.find(key); it != t.by_key.end()) {
+    // Taken only if still alive: one whose count reached 0 is being
+    // deleted by its last holder, and is replaced here.
+    auto& refs = it->second->refs_;
+    for (uint32_t r = refs.load(std::memory_order_relaxed); r != 0;)
+      if (refs.compare_exchange_weak(r, r + 1, std::memory_order_acq_rel)) return Ref(it->second, false);
+  }
+  auto* c = new Credentials(uid, gid, std::move(sorted), g_next_id.fetch_add(1, std::memory_order_relaxed));
+  t.by_key[std::move(key)] = c;
+  return Ref(c);
+}
+
+void intrusive_ptr_release(const Credentials* c) {
+  if (c->refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  Table& t = table();
+  {
+    std::lock_guard g(t.mu);
+    auto it = t.by_key.find(key_of(c->uid_, c->gid_, c->groups_));
+    if (it != t.by_key.end() && it->second == c) t.by_key.erase(it);
+  }
+  delete c;
+}
+
+const Credentials::Ref& Credentials::self() {
+  static const Ref me = [] {
+    std::vector<gid_t> groups(static_cast<size_t>(std::max(::getgroups(0, nullptr), 0)));
+    groups.resize(static_cast<size_t>(std::max(::getgroups(static_cast<int>(groups.size()), groups.data()), 0)));
+    return get(::geteuid(), ::getegid(), groups);
+  }();
+  return me;
+}
+
+bool Credentials::switching() {
+  static const bool can = (self(), has_setid_caps());
+  return can;
+}
+
+size_t Credentials::interned() {
+  Table& t = table();
+  std::lock_guard g(t.mu);
+  return t.by_key.size();
+}
+
+Credentials::Ref Credentials::of_user(uid_t uid) {
+  constexpr gid_t kNogroup = 65534;
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) != 0 || found == nullptr) return get(uid, kNogroup);
+  std::vector<gid_t> groups(kMaxGroups);
+  int n = static_cast<int>(groups.size());
+  if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) < 0) n = static_cast<int>(groups.size());
+  groups.resize(static_cast<size_t>(std::max(n, 0)));
+  return get(uid, pw.pw_gid, groups);
+}
+
+std::vector<gid_t> Credentials::groups_of_process(pid_t pid) {
+  std::vector<gid_t> groups;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (!line.starts_with("Groups:")) continue;
+    std::istringstream words(line.substr(7));
+    for (unsigned long g; groups.size() < kMaxGroups && words >> g;) groups.push_back(static_cast<gid_t>(g));
+    break;
+  }
+  return groups;
+}
+
+bool Credentials::in_group(gid_t gid) const {
+  return gid == gid_ || std::binary_search(groups_.begin(), groups_.end(), gid);
+}
+
+const Credentials* Credentials::applied() { return t_applied.get(); }
+
+void Credentials::apply(const Credentials* c) {
+  if (c != nullptr && c->is_self()) c = nullptr;
+  if (t_applied.get() == c || !switching()) return;
+  const Credentials& to = c ? *c : *self();
+  switch_thread(to.uid_, to.gid_, to.groups_);
+  t_applied = Ref(c);
+}
+
+Credentials::AsSelf::AsSelf() : before_(t_applied) { apply(nullptr); }
+Credentials::AsSelf::~AsSelf() { apply(before_.get()); }
+
+}  // namespace fsd
