@@ -101,7 +101,11 @@ class Server::Context {
     }
     uint64_t want = a.in.flags | (a.in.flags & FUSE_INIT_EXT ? uint64_t{a.in.flags2} << 32 : 0);
     uint64_t offer = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES |
-                     FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_INIT_EXT;
+                     FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_INIT_EXT |
+                     // Set-id bits are cleared here, after the change the
+                     // caller makes, rather than by the client asking for a
+                     // mode change that a non-owner may not make.
+                     FUSE_HANDLE_KILLPRIV_V2;
     // READDIRPLUS looks up every entry so the client can cache it; with
     // zero timeouts it cannot, and plain READDIR is several times cheaper.
     if (vfs.config().cache != CachePolicy::kNever) offer |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
@@ -178,6 +182,9 @@ class Server::Context {
                .mtime = {static_cast<time_t>(in.mtime), static_cast<long>(in.mtimensec)}};
     std::shared_ptr<Handle> hd = (in.valid & FATTR_FH) ? s.handle_of(in.fh) : nullptr;
     if (auto r = vfs.setattr(**n, sa, hd && !hd->dir ? &hd->file : nullptr); !r) co_return Error{r.error()};
+    if (in.valid & FATTR_KILL_SUIDGID) {
+      if (auto r = vfs.drop_setid(**n); !r) co_return Error{r.error()};
+    }
     co_return co_await op(Getattr{});
   }
   Task<Result<void>> op(const Readlink&) {
@@ -233,12 +240,15 @@ class Server::Context {
 
   // ---- files
 
-  Task<Result<void>> open_handle(uint32_t flags, bool dir) {
+  Task<Result<void>> open_handle(uint32_t flags, bool dir, bool drop_setid = false) {
     auto n = node();
     if (!n) co_return Error{n.error()};
     if (dir && !(*n)->is_dir()) co_return Error{-ENOTDIR};
     auto f = co_await vfs.open(ring, **n, dir ? (O_RDONLY | O_DIRECTORY) : static_cast<int>(flags));
     if (!f) co_return Error{f.error()};
+    if (drop_setid && (flags & O_TRUNC)) {
+      if (auto r = vfs.drop_setid(**n); !r) co_return Error{r.error()};
+    }
     auto hd = std::make_shared<Handle>();
     hd->file = std::move(*f);
     hd->dir = dir;
@@ -247,7 +257,9 @@ class Server::Context {
     out.open_flags = open_flags(dir);
     co_return reply(out);
   }
-  Task<Result<void>> op(const Open& a) { return open_handle(a.in.flags, false); }
+  Task<Result<void>> op(const Open& a) {
+    return open_handle(a.in.flags, false, (a.in.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0);
+  }
   Task<Result<void>> op(const Opendir&) { return open_handle(0, true); }
   Task<Result<void>> op(const Create& a) {
     auto dir = node();
@@ -288,7 +300,8 @@ class Server::Context {
       if (cnt == iov.size()) co_return Error{-EINVAL};
       iov[cnt++] = v;
     }
-    auto r = co_await vfs.write(ring, hd->file, {iov.data(), cnt}, a.in.offset);
+    auto r = co_await vfs.write(ring, hd->file, {iov.data(), cnt}, a.in.offset,
+                                (a.in.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0);
     if (!r) co_return Error{r.error()};
     fuse_write_out out{};
     out.size = static_cast<uint32_t>(*r);

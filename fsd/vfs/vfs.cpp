@@ -771,6 +771,15 @@ bool privileged_caller() {
   const Credentials* who = Credentials::applied();
   return (who ? who->uid() : Credentials::self()->uid()) == 0;
 }
+// What a write, truncation or chown by a caller without CAP_FSETID takes
+// away: set-user-ID, and set-group-ID if the group may execute (without
+// group execute, set-group-ID means mandatory locking and stays).
+mode_t setid_bits_to_drop(mode_t mode) {
+  if (!S_ISREG(mode)) return 0;
+  mode_t drop = mode & S_ISUID;
+  if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP)) drop |= S_ISGID;
+  return drop;
+}
 bool is_trusted_xattr(std::string_view name) { return name.starts_with("trusted."); }
 bool is_privileged_xattr(std::string_view name) { return is_trusted_xattr(name) || name.starts_with("security."); }
 }  // namespace
@@ -847,6 +856,20 @@ Result<void> Vfs::removexattr(Node& n, const std::string& name) {
   return {};
 }
 
+Result<void> Vfs::drop_setid(Node& n) {
+  if (read_only()) return Error{-EROFS};
+  auto pfd = path_fd(n);
+  if (!pfd) return Error{pfd.error()};
+  Credentials::AsSelf self;
+  struct statx st{};
+  if (::statx(pfd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MODE, &st) < 0) return errno_error();
+  mode_t drop = setid_bits_to_drop(st.stx_mode);
+  if (drop == 0) return {};
+  std::string path = pfd->proc_path();
+  if (::fchmodat(AT_FDCWD, path.c_str(), st.stx_mode & 07777 & ~drop, 0) < 0) return errno_error();
+  return {};
+}
+
 Result<void> Vfs::access(Node& n, int mask) {
   if ((mask & W_OK) && read_only()) return Error{-EROFS};
   auto pfd = path_fd(n);
@@ -879,10 +902,22 @@ Task<Result<size_t>> Vfs::read(Ring& ring, const OpenFile& f, std::span<const io
   co_return co_await transfer(ring, f, to, offset, false);
 }
 
-Task<Result<size_t>> Vfs::write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset) {
+Task<Result<size_t>> Vfs::write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset,
+                                bool drop_setid) {
   if (!f.valid() || !f.writable()) co_return Error{-EBADF};
   if (read_only()) co_return Error{-EROFS};
-  co_return co_await transfer(ring, f, from, offset, true);
+  auto r = co_await transfer(ring, f, from, offset, true);
+  // A caller without CAP_FSETID had its write clear the bits in the host
+  // kernel already; a root one did not.
+  if (r && drop_setid && privileged_caller()) {
+    if (auto u = use(f)) {
+      Credentials::AsSelf self;
+      struct stat st{};
+      if (::fstat(u->fd(), &st) == 0 && setid_bits_to_drop(st.st_mode))
+        (void)::fchmod(u->fd(), st.st_mode & 07777 & ~setid_bits_to_drop(st.st_mode));
+    }
+  }
+  co_return r;
 }
 
 Task<Result<size_t>> Vfs::transfer(Ring& ring, const OpenFile& f, std::span<const iovec> iov, uint64_t offset,

@@ -219,6 +219,11 @@ class Vfs {
   Result<struct statfs> statfs(Node& n);
   // `file`, if given, is an open fd of the node (used for truncation).
   Result<void> setattr(Node& n, const SetAttr& a, const OpenFile* file);
+  // Clears set-user-ID, and set-group-ID where the group may execute, as
+  // the kernel does after a write, truncation or chown by a caller without
+  // CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2 leaves that to the server). Done as
+  // fsd itself, since the kernel's own clearing is not a permission check.
+  Result<void> drop_setid(Node& n);
   // access(2) for the calling identity; W_OK on a read-only export is EROFS.
   Result<void> access(Node& n, int mask);
 
@@ -238,8 +243,14 @@ class Vfs {
   // its queue or connection, and no guest sends these (guest kernels serve
   // their special files themselves).
   Task<Result<size_t>> read(Ring& ring, const OpenFile& f, std::span<const iovec> to, uint64_t offset);
-  // Writes `from` at `offset`; returns the bytes written.
-  Task<Result<size_t>> write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset);
+  // Writes `from` at `offset`; returns the bytes written. With
+  // `drop_setid` (the client's kernel asks, as FUSE_WRITE_KILL_SUIDGID does
+  // for a writer without CAP_FSETID), the write clears the file's
+  // set-user-ID bit, and set-group-ID where the group may execute: the host
+  // kernel does so for a caller without the capability; fsd does it for a
+  // root caller.
+  Task<Result<size_t>> write(Ring& ring, const OpenFile& f, std::span<const iovec> from, uint64_t offset,
+                             bool drop_setid = false);
   Task<Result<void>> fsync(Ring& ring, const OpenFile& f, bool datasync);
   // Through io_uring: allocating can take long on a large range.
   Task<Result<void>> fallocate(Ring& ring, const OpenFile& f, int mode, uint64_t offset, uint64_t length);

@@ -220,6 +220,154 @@ std::vector<std::string> run_suite(const std::string& root) {
   return t.lines;
 }
 
+// ---- the same, call by call, as several users
+
+struct User {
+  uid_t uid;
+  gid_t gid;
+  std::vector<gid_t> groups;
+};
+const User kRoot{0, 0, {0}};
+const User kAlice{2001, 2001, {2001, 3000}};  // in the shared group 3000
+const User kBob{2002, 2002, {2002}};
+const User kCarol{2003, 2003, {2003, 3000}};
+
+// What `step` (returning its outcome) gives when run by `u` in a child
+// process, with the working directory at `root`.
+template <class F>
+std::string as(const User& u, const std::string& root, F step) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "pipe failed";
+  int status = run_as(
+      u.uid, u.gid,
+      [&] {
+        ::close(fds[0]);
+        ::umask(0);  // modes as asked
+        if (::chdir(root.c_str()) != 0) return 1;
+        std::string out = step();
+        return ::write(fds[1], out.data(), out.size()) == static_cast<ssize_t>(out.size()) ? 0 : 1;
+      },
+      u.groups);
+  ::close(fds[1]);
+  std::string out;
+  char buf[1024];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  return status == 0 ? out : "child failed (" + std::to_string(status) + ")";
+}
+
+std::string rc(long r) { return r < 0 ? Transcript::err() : "ok"; }
+// Outcomes in the order they were made (a braced list is evaluated left to right).
+std::string all(std::initializer_list<std::string> outcomes) {
+  std::string out;
+  for (const auto& o : outcomes) out += (out.empty() ? "" : " ") + o;
+  return out;
+}
+std::string make(const char* path, mode_t mode) {
+  int fd = ::open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode);
+  if (fd < 0) return Transcript::err();
+  (void)!::write(fd, "data", 4);
+  ::close(fd);
+  return describe_stat(path);
+}
+std::string append(const char* path) {
+  int fd = ::open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return Transcript::err();
+  ssize_t n = ::write(fd, "more", 4);
+  ::close(fd);
+  return n < 0 ? Transcript::err() : describe_stat(path);
+}
+
+// Ownership, set-group-ID inheritance, set-id clearing, permission errors,
+// sticky directories and chown/chmod rules, each call made by the user a
+// local file system would see.
+std::vector<std::string> run_identity_suite(const std::string& root) {
+  Transcript t;
+  auto step = [&](const std::string& name, const User& u, auto f) { t.rec(name, as(u, root, f)); };
+  auto by_root = [&](const std::string& name, auto f) { step(name, kRoot, f); };
+  ::chmod(root.c_str(), 0777);
+
+  // Created files, directories, symlinks and FIFOs belong to their creator,
+  // with the mode asked for (setuid included).
+  step("alice creates a", kAlice, [] { return make("a", 0640); });
+  step("alice creates setuid", kAlice, [] { return make("asuid", 04755); });
+  step("alice mkdir", kAlice, [] { return all({rc(::mkdir("adir", 0750)), describe_stat("adir")}); });
+  step("alice symlink", kAlice, [] { return all({rc(::symlink("a", "alink")), describe_stat("alink")}); });
+  step("alice mkfifo", kAlice, [] { return all({rc(::mkfifo("afifo", 0600)), describe_stat("afifo")}); });
+  // Set-group-ID directories: the group is inherited, and subdirectories
+  // keep the bit; a creator outside the group does not get setgid files.
+  by_root("root makes sg", [] { return all({rc(::mkdir("sg", 0777)), rc(::chown("sg", 0, 3000)), rc(::chmod("sg", 02777))}); });
+  step("alice creates in sg", kAlice, [] { return make("sg/a", 0644); });
+  step("alice mkdir in sg", kAlice, [] { return all({rc(::mkdir("sg/sub", 0755)), describe_stat("sg/sub")}); });
+  step("bob creates setgid in sg", kBob, [] { return make("sg/b", 02755); });
+  // Permission errors owed to others.
+  step("bob reads alice's 0640", kBob, [] { return content("a"); });
+  step("carol reads it (not in alice's group)", kCarol, [] { return content("a"); });
+  step("bob writes alice's", kBob, [] { return append("a"); });
+  step("bob chmods alice's", kBob, [] { return rc(::chmod("a", 0666)); });
+  step("bob chowns alice's to himself", kBob, [] { return rc(::chown("a", 2002, 2002)); });
+  step("alice gives hers to bob", kAlice, [] { return rc(::chown("a", 2002, -1)); });
+  step("alice chgrps to a group of hers", kAlice, [] { return all({rc(::chown("a", -1, 3000)), describe_stat("a")}); });
+  step("carol reads it now (group 3000)", kCarol, [] { return content("a"); });
+  step("alice chgrps to bob's group", kAlice, [] { return rc(::chown("a", -1, 2002)); });
+  step("bob lists adir (0750)", kBob, [] { return listing("adir"); });
+  step("bob creates in adir", kBob, [] { return make("adir/x", 0644); });
+  step("bob access(R_OK) on a", kBob, [] { return rc(::access("a", R_OK)); });
+  step("alice access(W_OK) on a", kAlice, [] { return rc(::access("a", W_OK)); });
+  // chmod by a non-member of the file's group drops setgid.
+  by_root("root gives a to alice:2002", [] { return rc(::chown("a", 2001, 2002)); });
+  step("alice chmods setgid outside her groups", kAlice, [] { return all({rc(::chmod("a", 02755)), describe_stat("a")}); });
+  // Times: only the owner sets them; anyone who may write sets "now".
+  by_root("root makes shared 0666", [] { return all({make("shared", 0666), rc(::chown("shared", 2001, 2001))}); });
+  step("bob sets alice's times", kBob, [] {
+    timespec ts[2] = {{1000, 0}, {2000, 0}};
+    return rc(::utimensat(AT_FDCWD, "shared", ts, 0));
+  });
+  step("bob touches alice's writable file", kBob, [] { return rc(::utimensat(AT_FDCWD, "shared", nullptr, 0)); });
+  step("bob touches alice's 0640 file", kBob, [] { return rc(::utimensat(AT_FDCWD, "asuid", nullptr, 0)); });
+  // Sticky directories: only the owner of a file (or the directory) removes
+  // or renames it.
+  by_root("root makes sticky", [] { return all({rc(::mkdir("tmp", 0777)), rc(::chmod("tmp", 01777))}); });
+  step("alice creates in sticky", kAlice, [] { return make("tmp/af", 0666); });
+  step("bob unlinks alice's in sticky", kBob, [] { return rc(::unlink("tmp/af")); });
+  step("bob renames alice's in sticky", kBob, [] { return rc(::rename("tmp/af", "tmp/bf")); });
+  step("bob renames over alice's in sticky", kBob, [] { return all({make("tmp/bf", 0644), rc(::rename("tmp/bf", "tmp/af"))}); });
+  step("alice unlinks hers in sticky", kAlice, [] { return rc(::unlink("tmp/af")); });
+  // Hard links to another's file (protected_hardlinks applies alike).
+  step("bob links alice's setuid file", kBob, [] { return rc(::link("asuid", "tmp/blink")); });
+  // Set-id bits go on a write, truncation or chown by someone without
+  // CAP_FSETID, and stay for root.
+  auto setid_file = [](const char* name) {
+    return [name] { return all({make(name, 0777), rc(::chown(name, 2001, 3000)), rc(::chmod(name, 06777))}); };
+  };
+  by_root("root makes k1", setid_file("k1"));
+  step("bob writes k1", kBob, [] { return append("k1"); });
+  by_root("root makes k2", setid_file("k2"));
+  step("bob truncates k2", kBob, [] { return all({rc(::truncate("k2", 1)), describe_stat("k2")}); });
+  by_root("root makes k3", setid_file("k3"));
+  step("bob opens k3 with O_TRUNC", kBob, [] {
+    int fd = ::open("k3", O_WRONLY | O_TRUNC | O_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+    return all({rc(fd), describe_stat("k3")});
+  });
+  by_root("root makes k4", setid_file("k4"));
+  step("alice chowns k4 to a group of hers", kAlice, [] { return all({rc(::chown("k4", -1, 2001)), describe_stat("k4")}); });
+  by_root("root makes k5", setid_file("k5"));
+  by_root("root writes k5", [] { return append("k5"); });
+  by_root("root makes k6", [] { return all({make("k6", 0777), rc(::chmod("k6", 02767))}); });
+  step("bob writes k6 (setgid without group execute)", kBob, [] { return append("k6"); });
+  // Privileged xattrs.
+  step("alice sets trusted.x on hers", kAlice, [] { return rc(::setxattr("a", "trusted.x", "1", 1, 0)); });
+  step("alice sets security.capability on hers", kAlice, [] {
+    const char cap[20] = {1, 0, 0, 2, 0x40};
+    return rc(::setxattr("asuid", "security.capability", cap, sizeof cap, 0));
+  });
+  step("alice sets user.x on hers", kAlice, [] { return rc(::setxattr("a", "user.x", "1", 1, 0)); });
+  step("bob sets user.x on alice's", kBob, [] { return rc(::setxattr("a", "user.x", "2", 1, 0)); });
+  t.rec("final listing", listing(root.c_str()));
+  return t.lines;
+}
+
 class FusePosix : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -256,6 +404,16 @@ TEST_P(FusePosix, BehavesLikeAPlainDirectory) {
   // And what the mount shows is what the export holds.
   EXPECT_EQ(listing((tmp_.path() / "export").c_str()), listing((tmp_.path() / "plain").c_str()));
   EXPECT_EQ(content((tmp_.path() / "export/big").c_str()), content((tmp_.path() / "plain/big").c_str()));
+}
+
+TEST_P(FusePosix, UsersFareAsOnAPlainDirectory) {
+  ::chmod(tmp_.path().c_str(), 0755);  // others reach the trees
+  auto plain = run_identity_suite((tmp_.path() / "plain").string());
+  auto fuse = run_identity_suite((tmp_.path() / "mnt").string());
+  if (std::getenv("FSD_DUMP_TRANSCRIPT"))
+    for (auto& l : fuse) std::printf("%s\n", l.c_str());
+  ASSERT_EQ(plain.size(), fuse.size());
+  for (size_t i = 0; i < plain.size(); i++) EXPECT_EQ(fuse[i], plain[i]) << "step " << i;
 }
 
 INSTANTIATE_TEST_SUITE_P(CachePolicies, FusePosix, ::testing::Values("never", "auto", "always"));
