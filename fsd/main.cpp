@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "fsd/core/export_set.h"
+#include "fsd/core/sandbox.h"
 #include "fsd/core/signals.h"
 #include "fsd/fuse/server.h"
 #include "fsd/p9/session.h"
@@ -51,7 +52,8 @@ struct Options {
   // virtiofsd-compatible form
   std::string socket_path, shared_dir, cache;
   std::vector<std::string> compat_opts;  // each -o, comma-separated
-  std::string sandbox = "none", seccomp = "none";
+  std::string sandbox;  // "": namespace when root (and nothing needs the host's mounts), else none
+  std::string seccomp = "none";
   std::vector<std::string> refused;      // security flags fsd cannot honour yet
   int listen_fd = -1;
   int ready_fd = -1;
@@ -114,7 +116,6 @@ void refuse_unsupported(const Options& o) {
   auto refuse = [](const std::string& flag, const std::string& why) {
     throw std::invalid_argument(flag + ": not supported by fsd yet (" + why + "); refusing to run without it");
   };
-  if (o.sandbox != "none") refuse("--sandbox " + o.sandbox, "fsd does not sandbox itself; --sandbox none runs as fsd does");
   if (o.seccomp != "none") refuse("--seccomp " + o.seccomp, "fsd installs no seccomp filter; --seccomp none runs as fsd does");
   if (!o.refused.empty()) refuse(o.refused.front(), "fsd does not implement it");
 }
@@ -134,7 +135,9 @@ void apply_compat(Options& o) {
         source = std::string(opt.substr(7));
       } else if (opt.starts_with("cache=")) {
         cache = std::string(opt.substr(6));
-      } else if (opt == "sandbox=none" || opt == "seccomp=none" || opt.empty() ||
+      } else if (opt.starts_with("sandbox=")) {
+        o.sandbox = std::string(opt.substr(8));
+      } else if (opt == "seccomp=none" || opt.empty() ||
                  std::find(std::begin(kHarmlessOptions), std::end(kHarmlessOptions), opt) != std::end(kHarmlessOptions) ||
                  std::any_of(std::begin(kHarmlessPrefixes), std::end(kHarmlessPrefixes),
                              [&](std::string_view p) { return opt.starts_with(p); })) {
@@ -163,6 +166,7 @@ struct Plan {
   std::vector<std::pair<std::string, std::string>> fuse_mounts, virtiofs_sockets, virtio9p_sockets;  // tag, path
   fsd::Ring::MetadataIo metadata_io = fsd::Ring::MetadataIo::kAdaptive;
   fsd::SocketAccess socket_access;  // mode 0600 unless --socket-mode/--socket-group widen it
+  fsd::SandboxMode sandbox = fsd::SandboxMode::kNone;
 };
 
 Plan make_plan(Options& o) {
@@ -186,6 +190,16 @@ Plan make_plan(Options& o) {
                                             : fsd::Ring::MetadataIo::kAdaptive;
   if (o.socket_mode) p.socket_access.mode = fsd::parse_socket_mode(*o.socket_mode);
   if (o.socket_group) p.socket_access.group = fsd::parse_socket_group(*o.socket_group);
+  if (!o.sandbox.empty()) {
+    p.sandbox = fsd::parse_sandbox(o.sandbox);
+    if (p.sandbox == fsd::SandboxMode::kNamespace && !p.fuse_mounts.empty())
+      throw std::invalid_argument("--sandbox namespace: a --fuse-mount lives in the host's mount namespace, which "
+                                  "the sandbox leaves (and could then not unmount it); use --sandbox none with it");
+    if (p.sandbox == fsd::SandboxMode::kNamespace && ::geteuid() != 0)
+      throw std::invalid_argument("--sandbox namespace: needs root (fsd gives up its privileges in it); use --sandbox none");
+  } else if (::geteuid() == 0 && p.fuse_mounts.empty()) {
+    p.sandbox = fsd::SandboxMode::kNamespace;
+  }
   return p;
 }
 
@@ -223,11 +237,21 @@ class Servers {
     sockets_.stop();
   }
 
-  void start() {
+  // Binds every socket (before the sandbox hides their paths).
+  void bind() {
     for (const auto& l : plan_.listens) sockets_.listen(l, plan_.socket_access);
     for (const auto& [tag, path] : plan_.virtiofs_sockets) add_device(tag, fsd::Fd(), path, false);
     for (const auto& [tag, path] : plan_.virtio9p_sockets) add_device(tag, fsd::Fd(), path, true);
     if (o_.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o_.listen_fd), "", false);
+  }
+
+  // Starts the worker threads, and mounts FUSE file systems.
+  void start() {
+    for (auto& d : devices_) {
+      d->start();
+      spdlog::info("virtio device '{}': listening on {} (vhost-user)", d->socket_path().empty() ? kCompatTag : d->socket_path(),
+                   d->socket_path().empty() ? "--fd" : d->socket_path());
+    }
     for (const auto& [tag, where] : plan_.fuse_mounts) {
       auto servers = fsd::fuse::server_factory(*exports_.find(tag),
                                                {.max_write = fsd::FuseMount::kMaxWrite, .virtiofs = false}, true);
@@ -267,9 +291,6 @@ class Servers {
     auto& d = devices_.emplace_back(listening ? std::make_unique<fsd::VhostUserBackend>(std::move(listening), servers, vopt)
                                               : std::make_unique<fsd::VhostUserBackend>(path, servers, vopt));
     d->on_finished([] { ::kill(::getpid(), SIGUSR1); });
-    d->start();
-    spdlog::info("virtio device '{}': listening on {} (vhost-user)", path.empty() ? kCompatTag : path,
-                 path.empty() ? "--fd" : path);
   }
 
   const Options& o_;
@@ -303,6 +324,15 @@ int run(Options& o) {
   fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget);
   sigset_t sigs = take_signals();
   Servers servers(o, plan, exports);
+  servers.bind();
+  if (plan.sandbox == fsd::SandboxMode::kNamespace) {
+    fsd::Credentials::snapshot_user_database();
+    fsd::enter_sandbox(plan.sandbox);
+    spdlog::info("sandbox: own mount, network and IPC namespaces, an empty read-only root; capabilities {}; no_new_privs",
+                 fsd::kept_capabilities());
+  } else {
+    spdlog::info("sandbox: none{}", ::geteuid() == 0 ? " (a --fuse-mount needs the host's mount namespace)" : "");
+  }
   servers.start();
   if (o.ready_fd >= 0) {  // tells a supervisor (vmlaunch) that every socket accepts now
     (void)!::write(o.ready_fd, "ready\n", 6);
@@ -378,6 +408,11 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--socket-group", o.socket_group,
                  "Group (name or number) of the unix sockets fsd creates (virtiofsd's flag)")
       ->type_name("GROUP");
+  app.add_option("--sandbox", o.sandbox,
+                 "namespace: once its sockets and exports are open, fsd enters new mount, network and IPC "
+                 "namespaces with an empty read-only root and drops the capabilities file serving does not need "
+                 "(default when started as root without --fuse-mount); none: it does not (the default otherwise)")
+      ->type_name("namespace|none");
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
@@ -399,7 +434,6 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_flag("--readonly", o.readonly, "Share read-only");
   compat->add_option("--thread-pool-size", o.threads, "Worker threads")->check(CLI::Range(1u, 256u));
   compat->add_flag("--print-capabilities", o.print_capabilities, "Print the vhost-user back-end capabilities (JSON) and exit");
-  compat->add_option("--sandbox", o.sandbox, "Only none: fsd does not sandbox itself yet (others are refused)");
   compat->add_option("--seccomp", o.seccomp, "Only none: fsd installs no seccomp filter yet (others are refused)");
   // fsd uses file handles when it may (virtiofsd's "prefer"), else names.
   compat->add_option("--inode-file-handles", "never, prefer or mandatory: fsd prefers handles; accepted")

@@ -14,6 +14,7 @@
 #include <string>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 
 namespace fsd {
@@ -114,8 +115,50 @@ size_t Credentials::interned() {
   return t.by_key.size();
 }
 
+namespace {
+struct UserEntry {
+  gid_t gid;
+  std::vector<gid_t> groups;
+};
+std::mutex g_users_mu;
+std::map<uid_t, UserEntry>* g_users = nullptr;  // the snapshot, once taken
+}  // namespace
+
+void Credentials::snapshot_user_database() {
+  constexpr size_t kMaxUsers = 100000;
+  auto users = std::make_unique<std::map<uid_t, UserEntry>>();
+  std::map<std::string, uid_t> by_name;
+  ::setpwent();
+  while (passwd* pw = ::getpwent()) {
+    if (users->size() == kMaxUsers) break;
+    if (users->emplace(pw->pw_uid, UserEntry{pw->pw_gid, {pw->pw_gid}}).second) by_name[pw->pw_name] = pw->pw_uid;
+  }
+  ::endpwent();
+  ::setgrent();
+  while (group* gr = ::getgrent()) {
+    for (char** m = gr->gr_mem; m && *m; m++) {
+      auto it = by_name.find(*m);
+      if (it == by_name.end()) continue;
+      auto& groups = (*users)[it->second].groups;
+      if (groups.size() < kMaxGroups) groups.push_back(gr->gr_gid);
+    }
+  }
+  ::endgrent();
+  std::lock_guard g(g_users_mu);
+  delete g_users;
+  g_users = users.release();
+}
+
 Credentials::Ref Credentials::of_user(uid_t uid) {
   constexpr gid_t kNogroup = 65534;
+  {
+    std::lock_guard g(g_users_mu);
+    if (g_users != nullptr) {
+      auto it = g_users->find(uid);
+      if (it == g_users->end()) return get(uid, kNogroup);
+      return get(uid, it->second.gid, it->second.groups);
+    }
+  }
   std::vector<char> buf(16384);
   passwd pw{};
   passwd* found = nullptr;

@@ -49,6 +49,9 @@ class Credentials {
   // is a member of; a uid the database does not know gets the group
   // nogroup (65534) and no others.
   static Ref of_user(uid_t uid);
+  // Reads the host's user database (users, their groups) into memory, for
+  // of_user() inside a sandbox that no longer sees /etc or NSS.
+  static void snapshot_user_database();
   // The supplementary groups of a running process (from /proc), or none if
   // it has gone.
   static std::vector<gid_t> groups_of_process(pid_t pid);

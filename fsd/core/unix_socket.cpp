@@ -1,5 +1,6 @@
 #include "fsd/core/unix_socket.h"
 
+#include <fcntl.h>
 #include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -83,6 +84,21 @@ Fd listen_unix(const std::string& path, const SocketAccess& access, int backlog)
   if (::listen(fd.get(), backlog) < 0) fail("listen");
   if (::rename(tmp.c_str(), path.c_str()) < 0) fail("rename into place");
   return fd;
+}
+
+SocketFile::SocketFile(const std::string& path) {
+  auto slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
+  name_ = slash == std::string::npos ? path : path.substr(slash + 1);
+  dir_.reset(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+}
+
+void SocketFile::remove() {
+  if (!dir_) return;
+  struct stat st{};
+  if (::fstatat(dir_.get(), name_.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(st.st_mode))
+    ::unlinkat(dir_.get(), name_.c_str(), 0);
+  dir_.reset();
 }
 
 }  // namespace fsd

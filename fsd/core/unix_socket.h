@@ -32,4 +32,21 @@ gid_t parse_socket_group(const std::string& text);
 // socket).
 Fd listen_unix(const std::string& path, const SocketAccess& access, int backlog);
 
+// A socket file fsd made, removed when fsd is done with it, through an fd
+// of its directory: that works from the sandbox too, where the path no
+// longer leads there.
+class SocketFile {
+ public:
+  SocketFile() = default;
+  explicit SocketFile(const std::string& path);
+  SocketFile(SocketFile&&) = default;
+  SocketFile& operator=(SocketFile&&) = default;
+  // Unlinks the name, if it is still a socket. Idempotent.
+  void remove();
+
+ private:
+  Fd dir_;
+  std::string name_;
+};
+
 }  // namespace fsd

@@ -533,6 +533,7 @@ SocketServer::~SocketServer() { stop(); }
 void SocketServer::listen(const ListenAddress& addr, const SocketAccess& access) {
   ListenAddress a = addr;
   listeners_.push_back(a.kind == ListenAddress::Kind::kUnix ? bind_unix(a.path, access) : bind_tcp(a));
+  if (a.kind == ListenAddress::Kind::kUnix) files_.emplace_back(a.path);
   bound_.push_back(a);
 }
 
@@ -548,8 +549,7 @@ void SocketServer::stop() {
   for (auto& w : workers_) w->request_stop();
   for (auto& w : workers_) w->join();
   listeners_.clear();
-  for (const auto& a : bound_)
-    if (a.kind == ListenAddress::Kind::kUnix) ::unlink(a.path.c_str());
+  for (auto& f : files_) f.remove();
 }
 
 SocketServerStats SocketServer::stats() const {

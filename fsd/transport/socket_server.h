@@ -86,6 +86,7 @@ class SocketServer {
   Ring::MetadataIo metadata_io_;
   std::vector<Fd> listeners_;
   std::vector<ListenAddress> bound_;
+  std::vector<SocketFile> files_;  // the unix sockets' files, removed at stop
   std::vector<std::unique_ptr<Worker>> workers_;
   bool stopped_ = false;
 };

@@ -682,6 +682,7 @@ VhostUserBackend::VhostUserBackend(std::string socket_path, MessageServerFactory
     : socket_path_(std::move(socket_path)), servers_(std::move(servers)), options_(std::move(options)) {
   try {
     listen_fd_ = listen_unix(socket_path_, options_.socket_access, 1);
+    socket_file_ = SocketFile(socket_path_);
   } catch (const std::runtime_error& e) {
     throw std::runtime_error("virtio-fs socket " + socket_path_ + ": " + e.what());
   }
@@ -707,7 +708,7 @@ void VhostUserBackend::stop() {
   }
   if (control_.joinable()) control_.join();
   device_.reset();
-  if (!socket_path_.empty()) ::unlink(socket_path_.c_str());
+  socket_file_.remove();
 }
 
 VhostUserStats VhostUserBackend::stats() const {

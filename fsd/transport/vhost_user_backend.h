@@ -89,6 +89,7 @@ class VhostUserBackend {
   MessageServerFactory servers_;
   VhostUserOptions options_;
   Fd listen_fd_;
+  SocketFile socket_file_;  // when fsd made the socket: removed at stop
   Fd stop_fd_;  // eventfd: wakes the control thread
   std::thread control_;
   std::unique_ptr<Device> device_;

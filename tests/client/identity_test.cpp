@@ -9,6 +9,7 @@
 #include <sys/xattr.h>
 
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -285,6 +286,54 @@ TEST_F(Identity, BadTcpIdentityOptionsAreRefused) {
     EXPECT_EQ(*status, 2) << fsd.log();
     EXPECT_NE(fsd.log().find("--listen"), std::string::npos) << fsd.log();
   }
+}
+
+// The line "Key:<tab>value" of /proc/PID/status.
+std::string status_of(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with(key + ":")) return line.substr(key.size() + 2);
+  return "";
+}
+
+// Started as root, fsd sandboxes itself by default, and still serves.
+TEST_F(Identity, RootFsdSandboxesItself) {
+  auto fsd = start({});
+  pid_t pid = fsd->pid();
+  EXPECT_EQ(status_of(pid, "NoNewPrivs"), "1");
+  uint64_t eff = std::stoull(status_of(pid, "CapEff"), nullptr, 16);
+  EXPECT_EQ(eff & (uint64_t{1} << 21), 0u) << "CAP_SYS_ADMIN kept";
+  EXPECT_EQ(eff & (uint64_t{1} << 12), 0u) << "CAP_NET_ADMIN kept";
+  EXPECT_NE(eff & (uint64_t{1} << 7), 0u) << "CAP_SETUID dropped: fsd could not act as its callers";
+  EXPECT_EQ(std::stoull(status_of(pid, "CapBnd"), nullptr, 16), eff);
+  auto ns = [](const std::string& who, const char* kind) {
+    return std::filesystem::read_symlink("/proc/" + who + "/ns/" + kind).string();
+  };
+  for (const char* kind : {"mnt", "net", "ipc"}) EXPECT_NE(ns(std::to_string(pid), kind), ns("self", kind)) << kind;
+  // Its root holds nothing but /proc.
+  std::vector<std::string> root;
+  for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/root"))
+    root.push_back(e.path().filename().string());
+  EXPECT_EQ(root, std::vector<std::string>{"proc"});
+  auto c = p9::Client::connect_unix(p9_);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->version(65536).ok());
+  ASSERT_TRUE(c->attach(1, "t", 0).ok());
+  ASSERT_TRUE(c->walk(1, 2, "secret").ok());
+  ASSERT_TRUE(c->lopen(2, O_RDONLY).ok());
+  auto text = c->read_all(2);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "root's secret\n");
+  fsd->stop();
+  EXPECT_FALSE(std::filesystem::exists(p9_)) << "the socket file outlived fsd";
+  EXPECT_FALSE(std::filesystem::exists(vfs_)) << "the socket file outlived fsd";
+}
+
+TEST_F(Identity, SandboxNoneLeavesFsdAsItWas) {
+  auto fsd = start({"--sandbox", "none"});
+  EXPECT_EQ(status_of(fsd->pid(), "NoNewPrivs"), "0");
+  EXPECT_EQ(std::filesystem::read_symlink("/proc/" + std::to_string(fsd->pid()) + "/ns/mnt"),
+            std::filesystem::read_symlink("/proc/self/ns/mnt"));
 }
 
 }  // namespace

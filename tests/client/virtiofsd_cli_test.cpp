@@ -39,14 +39,13 @@ class VirtiofsdCli : public ::testing::Test {
 };
 
 TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
-  ExpectRefused({"--shared-dir", share_, "--sandbox", "namespace"}, "--sandbox namespace");
   ExpectRefused({"--shared-dir", share_, "--sandbox", "chroot"}, "--sandbox chroot");
   ExpectRefused({"--shared-dir", share_, "--seccomp", "kill"}, "--seccomp kill");
   ExpectRefused({"--shared-dir", share_, "--xattrmap", ":map::user.virtiofs.:"}, "--xattrmap");
   ExpectRefused({"--shared-dir", share_, "--killpriv-v2"}, "--killpriv-v2");
   ExpectRefused({"--shared-dir", share_, "--security-label"}, "--security-label");
   ExpectRefused({"--shared-dir", share_, "--posix-acl"}, "--posix-acl");
-  ExpectRefused({"-o", "source=" + share_ + ",sandbox=namespace"}, "-o sandbox=namespace");
+  ExpectRefused({"-o", "source=" + share_ + ",sandbox=chroot"}, "--sandbox chroot");
   ExpectRefused({"-o", "source=" + share_, "-o", "killpriv_v2"}, "-o killpriv_v2");
   ExpectRefused({"-o", "source=" + share_, "-o", "no_such_option"}, "-o no_such_option");
 }

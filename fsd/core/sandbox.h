@@ -1,0 +1,35 @@
+// The sandbox fsd enters once everything it serves is open, before any
+// worker thread starts (capabilities are per thread; new threads inherit
+// the sandbox's).
+//
+//   namespace: new mount, network and IPC namespaces; the root becomes an
+//              empty read-only tmpfs holding only /proc (fsd reaches its
+//              exports, sockets and devices through fds opened before);
+//              capabilities cut to those file serving needs, in the
+//              effective, permitted, inheritable and bounding sets;
+//              no_new_privs.
+//   none:      none of that (fsd started by an ordinary user has nothing
+//              to give up but its own files).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace fsd {
+
+enum class SandboxMode { kNone, kNamespace };
+
+// "none" or "namespace"; throws std::invalid_argument naming --sandbox for
+// anything else ("chroot", virtiofsd's other mode, says why fsd lacks it).
+SandboxMode parse_sandbox(std::string_view text);
+
+// Enters the sandbox; throws std::runtime_error naming the step that
+// failed. Needs CAP_SYS_ADMIN for kNamespace.
+void enter_sandbox(SandboxMode mode);
+
+// The capabilities a sandboxed fsd keeps, for its log and for tests: its
+// file-system capabilities, setuid/setgid (to act as its callers), mknod
+// (FIFOs), and setfcap (xattrs passed through).
+std::string kept_capabilities();
+
+}  // namespace fsd
