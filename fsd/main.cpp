@@ -14,6 +14,7 @@
 
 #include "fsd/core/export_set.h"
 #include "fsd/core/sandbox.h"
+#include "fsd/core/seccomp.h"
 #include "fsd/core/signals.h"
 #include "fsd/fuse/server.h"
 #include "fsd/p9/session.h"
@@ -53,7 +54,7 @@ struct Options {
   std::string socket_path, shared_dir, cache;
   std::vector<std::string> compat_opts;  // each -o, comma-separated
   std::string sandbox;  // "": namespace when root (and nothing needs the host's mounts), else none
-  std::string seccomp = "none";
+  std::string seccomp;  // "": kill inside the namespace sandbox, else none
   std::vector<std::string> refused;      // security flags fsd cannot honour yet
   int listen_fd = -1;
   int ready_fd = -1;
@@ -116,7 +117,6 @@ void refuse_unsupported(const Options& o) {
   auto refuse = [](const std::string& flag, const std::string& why) {
     throw std::invalid_argument(flag + ": not supported by fsd yet (" + why + "); refusing to run without it");
   };
-  if (o.seccomp != "none") refuse("--seccomp " + o.seccomp, "fsd installs no seccomp filter; --seccomp none runs as fsd does");
   if (!o.refused.empty()) refuse(o.refused.front(), "fsd does not implement it");
 }
 
@@ -137,7 +137,9 @@ void apply_compat(Options& o) {
         cache = std::string(opt.substr(6));
       } else if (opt.starts_with("sandbox=")) {
         o.sandbox = std::string(opt.substr(8));
-      } else if (opt == "seccomp=none" || opt.empty() ||
+      } else if (opt.starts_with("seccomp=")) {
+        o.seccomp = std::string(opt.substr(8));
+      } else if (opt.empty() ||
                  std::find(std::begin(kHarmlessOptions), std::end(kHarmlessOptions), opt) != std::end(kHarmlessOptions) ||
                  std::any_of(std::begin(kHarmlessPrefixes), std::end(kHarmlessPrefixes),
                              [&](std::string_view p) { return opt.starts_with(p); })) {
@@ -159,6 +161,14 @@ void apply_compat(Options& o) {
   if (o.on_disconnect.empty()) o.on_disconnect = "exit";  // what virtiofsd does
 }
 
+// Sanitizer runtimes make calls of their own (LeakSanitizer traces the
+// process at exit): their builds install no seccomp filter by default.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
 // The command line, checked: what to export and where to serve it.
 struct Plan {
   std::vector<fsd::ExportConfig> exports;
@@ -167,6 +177,7 @@ struct Plan {
   fsd::Ring::MetadataIo metadata_io = fsd::Ring::MetadataIo::kAdaptive;
   fsd::SocketAccess socket_access;  // mode 0600 unless --socket-mode/--socket-group widen it
   fsd::SandboxMode sandbox = fsd::SandboxMode::kNone;
+  fsd::SeccompAction seccomp = fsd::SeccompAction::kNone;
 };
 
 Plan make_plan(Options& o) {
@@ -199,6 +210,14 @@ Plan make_plan(Options& o) {
       throw std::invalid_argument("--sandbox namespace: needs root (fsd gives up its privileges in it); use --sandbox none");
   } else if (::geteuid() == 0 && p.fuse_mounts.empty()) {
     p.sandbox = fsd::SandboxMode::kNamespace;
+  }
+  if (!o.seccomp.empty()) {
+    p.seccomp = fsd::parse_seccomp(o.seccomp);
+    if (p.seccomp != fsd::SeccompAction::kNone && !p.fuse_mounts.empty())
+      throw std::invalid_argument("--seccomp " + o.seccomp + ": not with --fuse-mount (libfuse's calls are not on fsd's list); "
+                                  "use --seccomp none with it");
+  } else if (p.sandbox == fsd::SandboxMode::kNamespace && !kSanitized) {
+    p.seccomp = fsd::SeccompAction::kKill;
   }
   return p;
 }
@@ -333,6 +352,8 @@ int run(Options& o) {
   } else {
     spdlog::info("sandbox: none{}", ::geteuid() == 0 ? " (a --fuse-mount needs the host's mount namespace)" : "");
   }
+  fsd::install_seccomp(plan.seccomp);
+  if (plan.seccomp != fsd::SeccompAction::kNone) spdlog::info("seccomp: an allow-list of fsd's system calls ({})", o.seccomp.empty() ? "kill" : o.seccomp);
   servers.start();
   if (o.ready_fd >= 0) {  // tells a supervisor (vmlaunch) that every socket accepts now
     (void)!::write(o.ready_fd, "ready\n", 6);
@@ -413,6 +434,10 @@ void add_options(CLI::App& app, Options& o) {
                  "namespaces with an empty read-only root and drops the capabilities file serving does not need "
                  "(default when started as root without --fuse-mount); none: it does not (the default otherwise)")
       ->type_name("namespace|none");
+  app.add_option("--seccomp", o.seccomp,
+                 "What a system call outside fsd's allow-list does: kill (the default in the namespace sandbox), "
+                 "log, trap, or none (no filter; the default otherwise)")
+      ->type_name("kill|log|trap|none");
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
@@ -434,7 +459,6 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_flag("--readonly", o.readonly, "Share read-only");
   compat->add_option("--thread-pool-size", o.threads, "Worker threads")->check(CLI::Range(1u, 256u));
   compat->add_flag("--print-capabilities", o.print_capabilities, "Print the vhost-user back-end capabilities (JSON) and exit");
-  compat->add_option("--seccomp", o.seccomp, "Only none: fsd installs no seccomp filter yet (others are refused)");
   // fsd uses file handles when it may (virtiofsd's "prefer"), else names.
   compat->add_option("--inode-file-handles", "never, prefer or mandatory: fsd prefers handles; accepted")
       ->check(CLI::IsMember({"never", "prefer", "mandatory"}));

@@ -40,7 +40,6 @@ class VirtiofsdCli : public ::testing::Test {
 
 TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"--shared-dir", share_, "--sandbox", "chroot"}, "--sandbox chroot");
-  ExpectRefused({"--shared-dir", share_, "--seccomp", "kill"}, "--seccomp kill");
   ExpectRefused({"--shared-dir", share_, "--xattrmap", ":map::user.virtiofs.:"}, "--xattrmap");
   ExpectRefused({"--shared-dir", share_, "--killpriv-v2"}, "--killpriv-v2");
   ExpectRefused({"--shared-dir", share_, "--security-label"}, "--security-label");
