@@ -104,11 +104,11 @@ std::pair<std::string, std::string> tag_value(const std::string& flag, const std
 // virtiofsd's -o options that fsd accepts without acting on them, because
 // fsd already behaves so (xattrs, locks) or they only tune caching or logs.
 // Every other option that fsd does not implement is refused: some of them
-// (sandbox, seccomp, xattrmap, killpriv_v2, ...) promise a protection fsd
+// (xattrmap, security_label, ...) promise a protection fsd
 // does not give yet, and a silently ignored one would hide that.
 constexpr std::string_view kHarmlessOptions[] = {
     "xattr", "posix_lock", "no_posix_lock", "flock", "no_flock", "announce_submounts", "allow_direct_io",
-    "writeback", "no_writeback", "readdirplus", "no_readdirplus"};
+    "writeback", "no_writeback", "readdirplus", "no_readdirplus", "killpriv_v2", "no_killpriv_v2"};
 constexpr std::string_view kHarmlessPrefixes[] = {"timeout=", "log_level="};
 
 // Checks the security flags given in virtiofsd's form; throws naming the
@@ -469,7 +469,8 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
                            {"--allow-direct-io", "Accepted; fsd opens files without O_DIRECT, as virtiofsd does by default"},
                            {"--preserve-noatime", "Accepted; fsd keeps O_NOATIME where the host allows it"}})
     compat->add_flag(flag)->description(why);
-  for (const char* flag : {"--killpriv-v2", "--security-label", "--posix-acl"})
+  compat->add_flag("--killpriv-v2")->description("Accepted; fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)");
+  for (const char* flag : {"--security-label", "--posix-acl"})
     compat->add_flag_callback(flag, [&o, flag] { o.refused.push_back(flag); }, "Refused: fsd does not implement it yet");
   compat->add_option_function<std::string>(
       "--xattrmap", [&o](const std::string&) { o.refused.push_back("--xattrmap"); },

@@ -41,18 +41,16 @@ class VirtiofsdCli : public ::testing::Test {
 TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"--shared-dir", share_, "--sandbox", "chroot"}, "--sandbox chroot");
   ExpectRefused({"--shared-dir", share_, "--xattrmap", ":map::user.virtiofs.:"}, "--xattrmap");
-  ExpectRefused({"--shared-dir", share_, "--killpriv-v2"}, "--killpriv-v2");
   ExpectRefused({"--shared-dir", share_, "--security-label"}, "--security-label");
   ExpectRefused({"--shared-dir", share_, "--posix-acl"}, "--posix-acl");
   ExpectRefused({"-o", "source=" + share_ + ",sandbox=chroot"}, "--sandbox chroot");
-  ExpectRefused({"-o", "source=" + share_, "-o", "killpriv_v2"}, "-o killpriv_v2");
   ExpectRefused({"-o", "source=" + share_, "-o", "no_such_option"}, "-o no_such_option");
 }
 
 TEST_F(VirtiofsdCli, HonouredAndHarmlessFlagsServeAndExitWithTheFrontEnd) {
   FsdProcess fsd({.args = {"--socket-path", sock_, "-o", "source=" + share_ + ",cache=none", "-o", "xattr,no_posix_lock",
                            "--sandbox", "none", "--seccomp", "none", "--inode-file-handles", "prefer", "--readonly",
-                           "--thread-pool-size", "2", "--announce-submounts"}});
+                           "--thread-pool-size", "2", "--announce-submounts", "--killpriv-v2", "-o", "killpriv_v2"}});
   fsd.wait_for_log("listening on " + sock_);
   {
     auto f = VhostFrontend::connect(sock_);
