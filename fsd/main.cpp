@@ -377,8 +377,9 @@ int run(Options& o) {
 void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
-                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always] (repeatable). "
-                 "9p clients attach with aname TAG (or PATH). Read-only exports default to cache=always.")
+                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices] (repeatable). "
+                 "9p clients attach with aname TAG (or PATH). Read-only exports default to cache=always. "
+                 "devices lets root callers create device nodes (refused otherwise).")
       ->type_name("SPEC");
   app.add_option("--listen", o.listens, "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), or tcp:HOST:PORT (repeatable)")
       ->type_name("ADDR");

@@ -9,7 +9,7 @@ ExportConfig parse_export(std::string_view spec) {
     throw std::invalid_argument("--export '" + std::string(spec) + "': " + why);
   };
   auto eq = spec.find('=');
-  if (eq == std::string_view::npos) fail("expected TAG=PATH[,ro][,cache=never|auto|always]");
+  if (eq == std::string_view::npos) fail("expected TAG=PATH[,ro][,cache=never|auto|always][,devices]");
   ExportConfig c;
   c.tag = std::string(spec.substr(0, eq));
   if (c.tag.empty()) fail("empty tag");
@@ -30,6 +30,8 @@ ExportConfig parse_export(std::string_view spec) {
       c.read_only = true;
     } else if (opt == "rw") {
       c.read_only = false;
+    } else if (opt == "devices") {
+      c.devices = true;
     } else if (opt.starts_with("cache=")) {
       auto v = opt.substr(6);
       auto policy = value_of<CachePolicy>(v == "none" ? "never" : v);  // virtiofsd says none
@@ -37,7 +39,7 @@ ExportConfig parse_export(std::string_view spec) {
       c.cache = *policy;
       cache_given = true;
     } else {
-      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…)");
+      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices)");
     }
   }
   if (!cache_given && c.read_only) c.cache = CachePolicy::kAlways;

@@ -615,7 +615,8 @@ Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, m
   auto pfd = dir_for_change(*dir, name);
   if (!pfd) co_return Error{pfd.error()};
   mode_t type = mode & S_IFMT;
-  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK) co_return Error{-EPERM};
+  bool device = type == S_IFCHR || type == S_IFBLK;
+  if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK && !(device && config_.devices)) co_return Error{-EPERM};
   CName cname(name);
   if (::mknodat(pfd->get(), cname.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
   co_return co_await entry_at(ring, dir, pfd->get(), name);

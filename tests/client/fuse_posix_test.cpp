@@ -362,6 +362,10 @@ std::vector<std::string> run_identity_suite(const std::string& root) {
     const char cap[20] = {1, 0, 0, 2, 0x40};
     return rc(::setxattr("asuid", "security.capability", cap, sizeof cap, 0));
   });
+  // Device nodes (the export has ",devices"): root may make them, others not.
+  by_root("root makes a char device", [] { return all({rc(::mknod("cdev", S_IFCHR | 0644, makedev(1, 3))), describe_stat("cdev")}); });
+  step("alice makes a char device", kAlice, [] { return rc(::mknod("adev", S_IFCHR | 0644, makedev(1, 3))); });
+  step("alice makes a block device", kAlice, [] { return rc(::mknod("bdev", S_IFBLK | 0644, makedev(7, 0))); });
   step("alice sets user.x on hers", kAlice, [] { return rc(::setxattr("a", "user.x", "1", 1, 0)); });
   step("bob sets user.x on alice's", kBob, [] { return rc(::setxattr("a", "user.x", "2", 1, 0)); });
   t.rec("final listing", listing(root.c_str()));
@@ -376,7 +380,7 @@ class FusePosix : public ::testing::TestWithParam<std::string> {
     std::filesystem::create_directories(tmp_.path() / "mnt");
     std::filesystem::create_directories(tmp_.path() / "plain");
     fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
-        .args = {"--export", "x=" + (tmp_.path() / "export").string() + ",cache=" + GetParam(), "--fuse-mount",
+        .args = {"--export", "x=" + (tmp_.path() / "export").string() + ",devices,cache=" + GetParam(), "--fuse-mount",
                  "x=" + (tmp_.path() / "mnt").string()}});
     fsd_->wait_for_log("mounted 'x'");
     struct statfs sf{};

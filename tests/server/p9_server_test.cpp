@@ -2,6 +2,7 @@
 // results are compared with what the host says about the same files.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
@@ -274,6 +275,36 @@ TEST_F(P9Server, ReadOnlyExportRefusesEveryMutation) {
   // reading still works
   ASSERT_TRUE(c.lopen(2, O_RDONLY).ok());
   EXPECT_EQ(*c.read_all(2), before);
+}
+
+// Device nodes only on an export with ",devices"; FIFOs anywhere.
+TEST_F(P9Server, DeviceNodesNeedAnExportThatAllowsThem) {
+  Client c = attached("rw");
+  auto mknod = [&](const char* name, uint32_t mode) {
+    return c.call<Rmknod>(Tmknod{.dfid = kRoot, .name = name, .mode = mode, .major = 1, .minor = 3, .gid = 0});
+  };
+  EXPECT_EQ(mknod("null", S_IFCHR | 0644).error(), -EPERM);
+  EXPECT_EQ(mknod("loop", S_IFBLK | 0644).error(), -EPERM);
+  EXPECT_TRUE(mknod("fifo", S_IFIFO | 0644).ok());
+  EXPECT_FALSE(fs::exists(rw_ / "null"));
+
+  ExportConfig dev{.tag = "dev", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever, .devices = true};
+  ExportSet exports;
+  exports.add(std::make_unique<Vfs>(dev, VfsOptions{}));
+  SocketServer server(session_factory(exports, SessionConfig{}), 1);
+  std::string sock = (tmp_.path() / "dev.sock").string();
+  server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
+  server.start();
+  auto d = Client::connect_unix(sock);
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE(d->version(65536).ok());
+  ASSERT_TRUE(d->attach(1, "dev", 0).ok());  // as root, who may
+  ASSERT_TRUE(d->call<Rmknod>(Tmknod{.dfid = 1, .name = "null", .mode = S_IFCHR | 0644, .major = 1, .minor = 3, .gid = 0}).ok());
+  struct stat st{};
+  ASSERT_EQ(::lstat((rw_ / "null").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, makedev(1, 3));
+  server.stop();
 }
 
 TEST_F(P9Server, XattrsReadListAndWrite) {
