@@ -3,6 +3,7 @@
 // the guest prints "CHECK name OK|FAIL ..." lines on its serial console.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -61,6 +62,10 @@ check rw-delete sh -c 'echo doomed > /mnt/rw/doomed.txt && rm /mnt/rw/doomed.txt
 check rw-symlink ln -s gdir/renamed.txt /mnt/rw/link
 check rw-chmod chmod 640 /mnt/rw/gdir/renamed.txt
 check rw-host-file test "$(cat /mnt/rw/from-host.txt)" = "from the host"
+# Guest users: fsd acts as the caller, so the host checks its permissions.
+check user-denied-others-file sh -c '! su -s /bin/sh bob -c "cat /mnt/rw/alice-secret.txt"'
+check user-reads-own-file su -s /bin/sh alice -c 'test "$(cat /mnt/rw/alice-secret.txt)" = "alice only"'
+check user-creates-file su -s /bin/sh bob -c 'echo mine > /mnt/rw/bob.txt && mkdir /mnt/rw/bobdir'
 
 check many-find test "$(find /mnt/many -type f | wc -l)" = ")SH" + std::to_string(kManyFiles) + R"SH("
 check many-tar sh -c 'tar cf - -C /mnt/many . | wc -c > /tmp/size && test "$(cat /tmp/size)" -gt 1000000'
@@ -85,6 +90,11 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   write_file(ro / "dir/nested.txt", "nested\n");
   std::filesystem::create_symlink("hello.txt", ro / "link");
   write_file(rw / "from-host.txt", "from the host\n");
+  // A guest user's private file, and a share every guest user may write in.
+  write_file(rw / "alice-secret.txt", "alice only\n");
+  ASSERT_EQ(::chown((rw / "alice-secret.txt").c_str(), 2001, 2001), 0);
+  ::chmod((rw / "alice-secret.txt").c_str(), 0600);
+  ::chmod(rw.c_str(), 0777);
   for (int d = 0; d < kManyFiles / 1000; d++) {
     auto dir = many / ("d" + std::to_string(d));
     std::filesystem::create_directories(dir);
@@ -101,7 +111,9 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   std::string initrd = (tmp.path() / "initrd.gz").string();
   {
     launcher::Initramfs ar(initrd);
-    for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules"}) ar.add_dir(d);
+    for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules", "etc"}) ar.add_dir(d);
+    ar.add_file("etc/passwd", "root:x:0:0::/:/bin/sh\nalice:x:2001:2001::/tmp:/bin/sh\nbob:x:2002:2002::/tmp:/bin/sh\n", 0644);
+    ar.add_file("etc/group", "root:x:0:\nalice:x:2001:\nbob:x:2002:\n", 0644);
     ar.add_char_device("dev/console", 5, 1);
     ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
     ar.add_symlink("bin/sh", "busybox");
@@ -166,7 +178,7 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
     checks++;
     EXPECT_EQ((*it)[2], "OK") << (*it)[1] << ":" << (*it)[3];
   }
-  EXPECT_EQ(checks, 28) << out;
+  EXPECT_EQ(checks, 31) << out;
   EXPECT_NE(out.find("CHECKS DONE"), std::string::npos) << out;
   EXPECT_NE(out.find("fsd-guest-init: exit 0"), std::string::npos) << out;
 
@@ -180,6 +192,13 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
             std::filesystem::perms::owner_read | std::filesystem::perms::owner_write | std::filesystem::perms::group_read);
   EXPECT_EQ(read_file(ro / "hello.txt"), "hello from the host\n");
   EXPECT_FALSE(std::filesystem::exists(ro / "new"));
+  // Made by guest user bob (2002): his on the host too.
+  for (const char* made : {"bob.txt", "bobdir"}) {
+    struct stat st{};
+    ASSERT_EQ(::lstat((rw / made).c_str(), &st), 0) << made;
+    EXPECT_EQ(st.st_uid, 2002u) << made;
+    EXPECT_EQ(st.st_gid, 2002u) << made;
+  }
   EXPECT_LT(fsd.open_fds(), 1024u);
   EXPECT_EQ(fsd.stop(), 0) << fsd.log();
 }
