@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -64,6 +65,60 @@ void frame_free(void* p, std::size_t size) noexcept {
   ::operator delete(p);
 }
 
+// ---- io_uring restrictions
+
+namespace {
+// The opcodes fsd submits, and the register calls it makes once a ring
+// runs: io_uring requests do not pass through seccomp, so a ring allows
+// nothing else (IORING_REGISTER_RESTRICTIONS).
+constexpr uint8_t kRingOpcodes[] = {
+    IORING_OP_READ,   IORING_OP_WRITE,   IORING_OP_READV,   IORING_OP_WRITEV,       IORING_OP_FSYNC,
+    IORING_OP_FALLOCATE, IORING_OP_RECV, IORING_OP_SEND,    IORING_OP_ACCEPT,       IORING_OP_ASYNC_CANCEL,
+    IORING_OP_TIMEOUT, IORING_OP_OPENAT2, IORING_OP_STATX,  IORING_OP_MKDIRAT,      IORING_OP_UNLINKAT,
+    IORING_OP_RENAMEAT, IORING_OP_LINKAT, IORING_OP_SYMLINKAT};
+constexpr uint8_t kRingRegisterOps[] = {IORING_REGISTER_PERSONALITY, IORING_UNREGISTER_PERSONALITY};
+
+// Creates a ring that starts disabled (to be restricted, then enabled);
+// false if the kernel cannot (then the ring is created without it).
+bool init_disabled(unsigned entries, io_uring* ring, unsigned flags) {
+  io_uring_params p{};
+  p.flags = flags | IORING_SETUP_R_DISABLED;
+  int r = io_uring_queue_init_params(entries, ring, &p);
+  if (r == 0) return true;
+  p = {};
+  p.flags = flags;
+  r = io_uring_queue_init_params(entries, ring, &p);
+  if (r == -EINVAL) {  // older kernels lack the flags
+    p = {};
+    r = io_uring_queue_init_params(entries, ring, &p);
+  }
+  if (r < 0) throw std::runtime_error(std::string("io_uring_queue_init: ") + std::strerror(-r));
+  return false;
+}
+
+// Restricts a disabled ring to `opcodes` and `register_ops`, then enables it.
+void restrict_and_enable(io_uring* ring, std::span<const uint8_t> opcodes, std::span<const uint8_t> register_ops) {
+  std::vector<io_uring_restriction> res;
+  for (uint8_t op : opcodes) {
+    io_uring_restriction r{};
+    r.opcode = IORING_RESTRICTION_SQE_OP;
+    r.sqe_op = op;
+    res.push_back(r);
+  }
+  for (uint8_t op : register_ops) {
+    io_uring_restriction r{};
+    r.opcode = IORING_RESTRICTION_REGISTER_OP;
+    r.register_op = op;
+    res.push_back(r);
+  }
+  // Straight system calls: Debian 12's liburing declares these but does not export them.
+  if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_RESTRICTIONS, res.data(), res.size()) < 0)
+    throw std::runtime_error(std::string("io_uring restrictions: ") + std::strerror(errno));
+  if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0)
+    throw std::runtime_error(std::string("io_uring enabling a ring: ") + std::strerror(errno));
+}
+}  // namespace
+
 // ---- the blocking pool
 
 namespace {
@@ -104,7 +159,9 @@ class BlockingPool {
   }
   void serve() {
     io_uring ring{};
-    if (io_uring_queue_init(4, &ring, 0) < 0) std::abort();
+    // This ring only posts results to others.
+    constexpr uint8_t kPoolOpcodes[] = {IORING_OP_MSG_RING};
+    if (init_disabled(4, &ring, 0)) restrict_and_enable(&ring, kPoolOpcodes, {});
     for (;;) {
       Job job;
       {
@@ -163,20 +220,21 @@ void Op::complete(int res) {
 // ---- Ring
 
 Ring::Ring(unsigned entries) {
-  io_uring_params p{};
-  p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
-  int r = io_uring_queue_init_params(entries, &ring_, &p);
-  if (r == -EINVAL) {  // older kernels lack the flags
-    p = {};
-    r = io_uring_queue_init_params(entries, &ring_, &p);
-  }
-  if (r < 0) throw std::runtime_error(std::string("io_uring_queue_init: ") + std::strerror(-r));
+  restricted_ = init_disabled(entries, &ring_, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN);
   if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
     for (int op = 0; op < 256 && op <= probe->last_op; op++)
       supported_[op] = io_uring_opcode_supported(probe, op);
     io_uring_free_probe(probe);
   }
   can_message_ = supported_[IORING_OP_MSG_RING];
+  if (restricted_) {
+    try {
+      restrict_and_enable(&ring_, kRingOpcodes, kRingRegisterOps);
+    } catch (...) {
+      io_uring_queue_exit(&ring_);
+      throw;
+    }
+  }
   if (Credentials::switching()) {
     // Every SQE carries a personality once fsd acts as others: one without
     // would run as whoever the thread acts as when the batch is submitted.

@@ -69,6 +69,9 @@ class Ring {
   Ring& operator=(const Ring&) = delete;
 
   bool supports(uint8_t opcode) const { return supported_[opcode]; }
+  // The ring accepts only the opcodes fsd submits: others complete with
+  // EACCES (false on kernels without IORING_REGISTER_RESTRICTIONS).
+  bool restricted() const { return restricted_; }
 
   // Who the operations made on this ring from now on act as, on the ring
   // and in inline calls (nullptr: fsd itself). Transports set it per
@@ -164,6 +167,7 @@ class Ring {
 
   io_uring ring_{};
   std::bitset<256> supported_;
+  bool restricted_ = false;   // limited to the opcodes fsd submits (IORING_REGISTER_RESTRICTIONS)
   bool can_message_ = false;  // IORING_OP_MSG_RING, which the blocking pool needs
   unsigned offloaded_ = 0;    // Ops on the blocking pool now
   MetadataIo meta_io_ = MetadataIo::kRing;

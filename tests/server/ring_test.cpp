@@ -116,5 +116,23 @@ TEST(Ring, OperationsRunAsTheirCoroutinesIdentity) {
   std::filesystem::remove_all(dir);
 }
 
+
+// A ring takes only the opcodes fsd submits: anything else (a NOP, or a
+// splice a compromised worker might try) completes with EACCES, while the
+// ring keeps working.
+TEST(Ring, OpcodesFsdDoesNotSubmitAreRefused) {
+  Ring ring;
+  if (!ring.restricted()) GTEST_SKIP() << "this kernel has no IORING_REGISTER_RESTRICTIONS";
+  auto submit = [&](io_uring_sqe sqe) -> Task<int> { co_return co_await Op(&ring, sqe); };
+  io_uring_sqe nop{};
+  io_uring_prep_nop(&nop);
+  EXPECT_EQ(ring.run(submit(nop)), -EACCES);
+  io_uring_sqe splice{};
+  io_uring_prep_splice(&splice, 0, -1, 1, -1, 1, 0);
+  EXPECT_EQ(ring.run(submit(splice)), -EACCES);
+  __kernel_timespec ts{0, 1000};
+  EXPECT_EQ(ring.run([&]() -> Task<int> { co_return co_await ring.sleep(ts); }()), -ETIME);
+}
+
 }  // namespace
 }  // namespace fsd
