@@ -372,6 +372,15 @@ std::vector<std::string> run_identity_suite(const std::string& root) {
   return t.lines;
 }
 
+// The mount's transcript matches the plain directory's, step by step
+// (FSD_DUMP_TRANSCRIPT=1 prints the mount's).
+void expect_same_transcript(const std::vector<std::string>& plain, const std::vector<std::string>& fuse) {
+  if (std::getenv("FSD_DUMP_TRANSCRIPT"))
+    for (auto& l : fuse) std::printf("%s\n", l.c_str());
+  ASSERT_EQ(plain.size(), fuse.size());
+  for (size_t i = 0; i < plain.size(); i++) EXPECT_EQ(fuse[i], plain[i]) << "step " << i;
+}
+
 class FusePosix : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -401,10 +410,7 @@ class FusePosix : public ::testing::TestWithParam<std::string> {
 TEST_P(FusePosix, BehavesLikeAPlainDirectory) {
   auto plain = run_suite((tmp_.path() / "plain").string());
   auto fuse = run_suite((tmp_.path() / "mnt").string());
-  if (std::getenv("FSD_DUMP_TRANSCRIPT"))
-    for (auto& l : fuse) std::printf("%s\n", l.c_str());
-  ASSERT_EQ(plain.size(), fuse.size());
-  for (size_t i = 0; i < plain.size(); i++) EXPECT_EQ(fuse[i], plain[i]) << "step " << i;
+  expect_same_transcript(plain, fuse);
   // And what the mount shows is what the export holds.
   EXPECT_EQ(listing((tmp_.path() / "export").c_str()), listing((tmp_.path() / "plain").c_str()));
   EXPECT_EQ(content((tmp_.path() / "export/big").c_str()), content((tmp_.path() / "plain/big").c_str()));
@@ -414,10 +420,7 @@ TEST_P(FusePosix, UsersFareAsOnAPlainDirectory) {
   ::chmod(tmp_.path().c_str(), 0755);  // others reach the trees
   auto plain = run_identity_suite((tmp_.path() / "plain").string());
   auto fuse = run_identity_suite((tmp_.path() / "mnt").string());
-  if (std::getenv("FSD_DUMP_TRANSCRIPT"))
-    for (auto& l : fuse) std::printf("%s\n", l.c_str());
-  ASSERT_EQ(plain.size(), fuse.size());
-  for (size_t i = 0; i < plain.size(); i++) EXPECT_EQ(fuse[i], plain[i]) << "step " << i;
+  expect_same_transcript(plain, fuse);
 }
 
 INSTANTIATE_TEST_SUITE_P(CachePolicies, FusePosix, ::testing::Values("never", "auto", "always"));

@@ -102,6 +102,19 @@ void expect_confined(const std::map<std::string, int>& got, const std::filesyste
   EXPECT_EQ(st.st_mode & 07777, 0644u);
 }
 
+// A client on `sock` attaching as root reads the root-only secret.
+void expect_root_reads_secret(const std::string& sock) {
+  auto c = p9::Client::connect_unix(sock);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->version(65536).ok());
+  ASSERT_TRUE(c->attach(1, "t", 0).ok());
+  ASSERT_TRUE(c->walk(1, 2, "secret").ok());
+  ASSERT_TRUE(c->lopen(2, O_RDONLY).ok());
+  auto text = c->read_all(2);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "root's secret\n");
+}
+
 class Identity : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -238,15 +251,7 @@ TEST_F(Identity, RootPeerActsAsTheUserItNames) {
   ASSERT_TRUE(c.ok());
   expect_confined(try_escalations(*c, kNobody, kNogroup), share_, kNobody, kNogroup);
   // Named as root, it is root.
-  auto r = p9::Client::connect_unix(p9_);
-  ASSERT_TRUE(r.ok());
-  ASSERT_TRUE(r->version(65536).ok());
-  ASSERT_TRUE(r->attach(1, "t", 0).ok());
-  ASSERT_TRUE(r->walk(1, 2, "secret").ok());
-  ASSERT_TRUE(r->lopen(2, O_RDONLY).ok());
-  auto text = r->read_all(2);
-  ASSERT_TRUE(text.ok());
-  EXPECT_EQ(*text, "root's secret\n");
+  expect_root_reads_secret(p9_);
 }
 
 // TCP peers act as nobody (or as=UID:GID) whatever they name, unless the
@@ -275,6 +280,24 @@ TEST_F(Identity, TcpPeersActAsTheListenersIdentity) {
   ASSERT_TRUE(c->attach(1, "t", 0).ok());
   ASSERT_TRUE(c->walk(1, 2, "secret").ok());
   EXPECT_TRUE(c->lopen(2, O_RDONLY).ok());
+}
+
+TEST_F(Identity, BadSandboxAndSeccompValuesAreRefused) {
+  for (auto [args, flag] : {std::pair{std::vector<std::string>{"--sandbox", "bogus"}, "--sandbox"},
+                            {{"--sandbox", "chroot"}, "--sandbox chroot"},
+                            {{"--seccomp", "bogus"}, "--seccomp"},
+                            {{"--sandbox", "namespace", "--fuse-mount", "t=" + tmp_.str()}, "--sandbox namespace"},
+                            {{"--seccomp", "kill", "--sandbox", "none", "--fuse-mount", "t=" + tmp_.str()}, "--seccomp kill"}}) {
+    SCOPED_TRACE(flag);
+    std::vector<std::string> all{"--export", "t=" + share_.string(), "--listen", "unix:" + p9_};
+    all.insert(all.end(), args.begin(), args.end());
+    FsdProcess fsd({.args = all});
+    auto status = fsd.wait_exit();
+    ASSERT_TRUE(status.has_value());
+    EXPECT_EQ(*status, 2) << fsd.log();
+    EXPECT_NE(fsd.log().find(flag), std::string::npos) << fsd.log();
+    EXPECT_FALSE(std::filesystem::exists(p9_));
+  }
 }
 
 TEST_F(Identity, BadTcpIdentityOptionsAreRefused) {
@@ -318,15 +341,7 @@ TEST_F(Identity, RootFsdSandboxesItself) {
   for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/root"))
     root.push_back(e.path().filename().string());
   EXPECT_EQ(root, std::vector<std::string>{"proc"});
-  auto c = p9::Client::connect_unix(p9_);
-  ASSERT_TRUE(c.ok());
-  ASSERT_TRUE(c->version(65536).ok());
-  ASSERT_TRUE(c->attach(1, "t", 0).ok());
-  ASSERT_TRUE(c->walk(1, 2, "secret").ok());
-  ASSERT_TRUE(c->lopen(2, O_RDONLY).ok());
-  auto text = c->read_all(2);
-  ASSERT_TRUE(text.ok());
-  EXPECT_EQ(*text, "root's secret\n");
+  expect_root_reads_secret(p9_);
   fsd->stop();
   EXPECT_FALSE(std::filesystem::exists(p9_)) << "the socket file outlived fsd";
   EXPECT_FALSE(std::filesystem::exists(vfs_)) << "the socket file outlived fsd";
