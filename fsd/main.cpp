@@ -55,6 +55,8 @@ struct Options {
   std::vector<std::string> compat_opts;  // each -o, comma-separated
   std::string sandbox;  // "": namespace when root (and nothing needs the host's mounts), else none
   std::string seccomp;  // "": kill inside the namespace sandbox, else none
+  std::vector<std::string> translate_uid, translate_gid;  // rules for every export
+  std::optional<std::string> xattrmap;                    // rules for every export
   std::vector<std::string> refused;      // security flags fsd cannot honour yet
   int listen_fd = -1;
   int ready_fd = -1;
@@ -104,7 +106,7 @@ std::pair<std::string, std::string> tag_value(const std::string& flag, const std
 // virtiofsd's -o options that fsd accepts without acting on them, because
 // fsd already behaves so (xattrs, locks) or they only tune caching or logs.
 // Every other option that fsd does not implement is refused: some of them
-// (xattrmap, security_label, ...) promise a protection fsd
+// (security_label, posix_acl, ...) promise a protection fsd
 // does not give yet, and a silently ignored one would hide that.
 constexpr std::string_view kHarmlessOptions[] = {
     "xattr", "posix_lock", "no_posix_lock", "flock", "no_flock", "announce_submounts", "allow_direct_io",
@@ -139,6 +141,8 @@ void apply_compat(Options& o) {
         o.sandbox = std::string(opt.substr(8));
       } else if (opt.starts_with("seccomp=")) {
         o.seccomp = std::string(opt.substr(8));
+      } else if (opt.starts_with("xattrmap=")) {
+        o.xattrmap = std::string(opt.substr(9));
       } else if (opt.empty() ||
                  std::find(std::begin(kHarmlessOptions), std::end(kHarmlessOptions), opt) != std::end(kHarmlessOptions) ||
                  std::any_of(std::begin(kHarmlessPrefixes), std::end(kHarmlessPrefixes),
@@ -185,6 +189,27 @@ Plan make_plan(Options& o) {
   if (o.exports.empty()) throw std::invalid_argument("nothing to export: give --export TAG=PATH (or --shared-dir)");
   Plan p;
   for (const auto& e : o.exports) p.exports.push_back(fsd::parse_export(e));
+  // The virtiofsd-style flags hold for every export, after the export's own rules.
+  for (auto& c : p.exports) {
+    auto add = [&](const char* flag, fsd::IdMap& m, const std::string& rule) {
+      try {
+        m.add(rule);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string(flag) + " " + e.what());
+      }
+    };
+    for (const auto& r : o.translate_uid) add("--translate-uid", c.uids, r);
+    for (const auto& r : o.translate_gid) add("--translate-gid", c.gids, r);
+    if (o.xattrmap) {
+      if (c.xattrs)
+        throw std::invalid_argument("--xattrmap: export '" + c.tag + "' has its own xattrmap=; give one or the other");
+      try {
+        c.xattrs = fsd::XattrMap::parse(*o.xattrmap);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string("--xattrmap ") + e.what());
+      }
+    }
+  }
   for (size_t i = 0; i < p.exports.size(); i++)
     for (size_t j = 0; j < i; j++)
       if (p.exports[i].tag == p.exports[j].tag)
@@ -236,6 +261,9 @@ fsd::ExportSet open_exports(const std::vector<fsd::ExportConfig>& configs, unsig
     auto vfs = std::make_unique<fsd::Vfs>(c, vopts);
     spdlog::info("export '{}': {} ({}, cache={}, {})", c.tag, c.path, c.read_only ? "ro" : "rw",
                  fsd::name_of(c.cache), vfs->uses_handles() ? "file handles" : "re-resolution by name");
+    for (const auto& r : c.uids.rules()) spdlog::info("export '{}': uids {}", c.tag, r);
+    for (const auto& r : c.gids.rules()) spdlog::info("export '{}': gids {}", c.tag, r);
+    if (c.xattrs) spdlog::info("export '{}': xattr names mapped by '{}'", c.tag, c.xattrs->text());
     exports.add(std::move(vfs));
   }
   return exports;
@@ -377,9 +405,11 @@ int run(Options& o) {
 void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
-                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices] (repeatable). "
+                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,translate-uid=RULE]"
+                 "[,translate-gid=RULE][,xattrmap=RULES] (repeatable). "
                  "9p clients attach with aname TAG (or PATH). Read-only exports default to cache=always. "
-                 "devices lets root callers create device nodes (refused otherwise).")
+                 "devices lets root callers create device nodes (refused otherwise). translate-uid/-gid and "
+                 "xattrmap are as --translate-uid/-gid and --xattrmap, for this export only.")
       ->type_name("SPEC");
   app.add_option("--listen", o.listens, "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), or tcp:HOST:PORT (repeatable)")
       ->type_name("ADDR");
@@ -473,9 +503,15 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_flag("--killpriv-v2")->description("Accepted; fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)");
   for (const char* flag : {"--security-label", "--posix-acl"})
     compat->add_flag_callback(flag, [&o, flag] { o.refused.push_back(flag); }, "Refused: fsd does not implement it yet");
-  compat->add_option_function<std::string>(
-      "--xattrmap", [&o](const std::string&) { o.refused.push_back("--xattrmap"); },
-      "Refused: fsd does not map xattrs yet");
+  compat->add_option("--xattrmap", o.xattrmap,
+                     "Rename, hide or refuse xattrs between clients and the host, for every export (virtiofsd's "
+                     "rules: e.g. ':map:security.:user.guest.:' keeps a guest's security.* under user.guest. on the host)")
+      ->type_name("RULES");
+  compat->add_option("--translate-uid", o.translate_uid,
+                     "Translate uids between clients and the host, for every export (repeatable): "
+                     "guest|host|map|squash-guest|squash-host:FROM:TO:COUNT, or forbid-guest:FROM:COUNT")
+      ->type_name("RULE");
+  compat->add_option("--translate-gid", o.translate_gid, "Translate gids likewise (repeatable)")->type_name("RULE");
 }
 
 }  // namespace

@@ -28,26 +28,34 @@ constexpr uint64_t kMaxCopy = 1u << 30;   // per COPY_FILE_RANGE: fits fuse_writ
 // The identity a request acts as: the uid and gid its header names. On the
 // host (/dev/fuse) the caller's supplementary groups come from its process,
 // as a local file system would see them; a guest's are unknown (as with
-// virtiofsd). Kept per thread for a second, so the fast path is a lookup.
-Credentials::Ref caller_of(const fuse_in_header& h, bool host) {
+// virtiofsd). The ids are the client's, which the export may map to the
+// host's or forbid (EPERM). Kept per thread for a second, so the fast path
+// is a lookup.
+Result<Credentials::Ref> caller_of(const Vfs& vfs, const fuse_in_header& h, bool host) {
   struct Known {
+    const Vfs* vfs;
     uint32_t uid, gid, pid;
     std::chrono::steady_clock::time_point at;
     Credentials::Ref who;
   };
   constexpr size_t kKept = 16;
   thread_local std::vector<Known> known;
-  if (!Credentials::switching()) return nullptr;
+  if (!Credentials::switching()) {  // acts as fsd, but forbidden ids stay forbidden
+    if (!vfs.host_uid(h.uid) || !vfs.host_gid(h.gid)) return Error{-EPERM};
+    return Credentials::Ref{};
+  }
   uint32_t pid = host ? h.pid : 0;
   auto now = std::chrono::steady_clock::now();
   for (auto& k : known)
-    if (k.uid == h.uid && k.gid == h.gid && k.pid == pid && now - k.at < std::chrono::seconds(1)) return k.who;
+    if (k.vfs == &vfs && k.uid == h.uid && k.gid == h.gid && k.pid == pid && now - k.at < std::chrono::seconds(1))
+      return k.who;
   std::vector<gid_t> groups;
   if (pid != 0) groups = Credentials::groups_of_process(static_cast<pid_t>(pid));
-  auto who = Credentials::get(h.uid, h.gid, groups);
+  auto who = vfs.identity(h.uid, h.gid, groups);
+  if (!who) return Error{who.error()};
   if (known.size() == kKept) known.erase(known.begin());
-  known.push_back({h.uid, h.gid, pid, now, who});
-  return who;
+  known.push_back({&vfs, h.uid, h.gid, pid, now, *who});
+  return *who;
 }
 
 }  // namespace
@@ -606,10 +614,13 @@ Task<Result<size_t>> Server::handle(Ring& ring, std::span<const iovec> in, std::
   ScatterWriter w(out);
   if (!no_reply && !w.write(fuse_out_header{})) co_return Error{-EBADMSG};  // no room even for a header
   Context ctx(*this, ring, h, w, payload);
-  ring.act_as(caller_of(h, !options_.virtiofs).get());
+  auto who = caller_of(vfs_, h, !options_.virtiofs);
+  ring.act_as(who ? who->get() : nullptr);
   Result<void> r;
   if (!initialized_ && !std::holds_alternative<Init>(req->args)) {
     r = Error{-EIO};
+  } else if (!who && !no_reply && !std::holds_alternative<Init>(req->args) && !std::holds_alternative<Destroy>(req->args)) {
+    r = Error{who.error()};  // a forbidden id (forgets are still done, as fsd)
   } else {
     r = co_await std::visit([&](const auto& a) { return ctx.op(a); }, req->args);
   }

@@ -128,11 +128,14 @@ Result<Session::FidPtr> Session::fid(uint32_t id) const {
   return it->second;
 }
 
-void Session::act_as_creator(const Fid& dir, uint32_t gid) {
+Result<void> Session::act_as_creator(const Fid& dir, uint32_t client_gid) {
+  auto gid = dir.vfs->host_gid(client_gid);
+  if (!gid) return Error{gid.error()};
   const Credentials* who = dir.who ? dir.who.get() : Credentials::self().get();
-  if (gid == who->gid() || !(peer_.trusted || who->in_group(gid))) return;
+  if (*gid == who->gid() || !(peer_.trusted || who->in_group(*gid))) return {};
   std::vector<gid_t> groups(who->groups().begin(), who->groups().end());
-  ring_.act_as(Credentials::get(who->uid(), gid, groups).get());
+  ring_.act_as(Credentials::get(who->uid(), *gid, groups).get());
+  return {};
 }
 
 Result<std::pair<Session::FidPtr, Session::FidPtr>> Session::one_export(uint32_t a, uint32_t b) const {
@@ -209,8 +212,14 @@ Task<Result<void>> Session::op(Request& rq, const Tattach& m) {
   auto f = std::make_shared<Fid>();
   f->vfs = vfs;
   f->node = vfs->root();
-  // An untrusted peer acts as itself, whatever it names.
-  f->who = peer_.trusted && m.n_uname != kNoFid && Credentials::switching() ? Credentials::of_user(m.n_uname) : peer_.who;
+  // An untrusted peer acts as itself, whatever it names. A trusted one's
+  // uid is the client's: the export may map it, or forbid it.
+  f->who = peer_.who;
+  if (peer_.trusted && m.n_uname != kNoFid) {
+    auto uid = vfs->host_uid(m.n_uname);
+    if (!uid) co_return Error{uid.error()};
+    if (Credentials::switching()) f->who = Credentials::of_user(*uid);
+  }
   fids_[m.fid] = f;
   set_reply(rq, Rattach{.qid = qid_of(*vfs, *f->node, *st)});
   co_return Result<void>{};
@@ -317,7 +326,7 @@ Task<Result<void>> Session::op(Request& rq, const Tlopen& m) {
 Task<Result<void>> Session::op(Request& rq, const Tlcreate& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
   if (fp->file.valid() || fp->xattr != Fid::Xattr::kNone) co_return Error{-EBADF};
-  act_as_creator(*fp, m.gid);
+  if (auto r = act_as_creator(*fp, m.gid); !r) co_return Error{r.error()};
   auto c = co_await fp->vfs->create(ring_, fp->node, m.name, static_cast<int>(m.flags), m.mode);
   if (!c) co_return Error{c.error()};
   fp->node = c->entry.node;
@@ -415,13 +424,13 @@ Task<Result<void>> Session::op(Request& rq, const Tremove& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tmkdir& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
-  act_as_creator(*fp, m.gid);
+  if (auto r = act_as_creator(*fp, m.gid); !r) co_return Error{r.error()};
   co_return reply_qid<Rmkdir>(rq, *fp, co_await fp->vfs->mkdir(ring_, fp->node, m.name, m.mode));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
-  act_as_creator(*fp, m.gid);
+  if (auto r = act_as_creator(*fp, m.gid); !r) co_return Error{r.error()};
   co_return reply_qid<Rsymlink>(rq, *fp,
                                 co_await fp->vfs->symlink(ring_, fp->node, m.name, m.symtgt));
 }
@@ -429,7 +438,7 @@ Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
 Task<Result<void>> Session::op(Request& rq, const Tmknod& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
   dev_t rdev = makedev(m.major, m.minor);
-  act_as_creator(*fp, m.gid);
+  if (auto r = act_as_creator(*fp, m.gid); !r) co_return Error{r.error()};
   co_return reply_qid<Rmknod>(rq, *fp, co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, rdev));
 }
 

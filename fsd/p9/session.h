@@ -67,7 +67,7 @@ class Session : public StreamSession {
   Result<FidPtr> fid(uint32_t id) const;
   // For a create with a client-chosen group: acts as the fid's identity with
   // that primary group, if the peer is trusted or the identity is in it.
-  void act_as_creator(const Fid& dir, uint32_t gid);
+  Result<void> act_as_creator(const Fid& dir, uint32_t client_gid);
   // Two fids on one export (EXDEV across exports).
   Result<std::pair<FidPtr, FidPtr>> one_export(uint32_t a, uint32_t b) const;
   // Ends an op: the backend's error, or the reply R (empty, or the qid of

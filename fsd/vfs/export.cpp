@@ -38,8 +38,20 @@ ExportConfig parse_export(std::string_view spec) {
       if (!policy) fail("unknown cache policy '" + std::string(v) + "' (" + name_list<CachePolicy>() + ")");
       c.cache = *policy;
       cache_given = true;
+    } else if (opt.starts_with("translate-uid=") || opt.starts_with("translate-gid=")) {
+      try {
+        (opt[10] == 'u' ? c.uids : c.gids).add(opt.substr(14));
+      } catch (const std::invalid_argument& e) {
+        fail(std::string(opt.substr(0, 13)) + " " + e.what());
+      }
+    } else if (opt.starts_with("xattrmap=")) {
+      try {
+        c.xattrs = XattrMap::parse(opt.substr(9));
+      } catch (const std::invalid_argument& e) {
+        fail(std::string("xattrmap ") + e.what());
+      }
     } else {
-      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices)");
+      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices, translate-uid=…, translate-gid=…, xattrmap=…)");
     }
   }
   if (!cache_given && c.read_only) c.cache = CachePolicy::kAlways;

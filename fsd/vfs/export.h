@@ -1,11 +1,14 @@
 // Export: one host directory served to clients under a tag.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "fsd/core/cache_policy.h"
+#include "fsd/vfs/id_map.h"
+#include "fsd/vfs/xattr_map.h"
 
 namespace fsd {
 
@@ -17,9 +20,14 @@ struct ExportConfig {
   // Callers may create device nodes (still only callers the host kernel
   // lets: CAP_MKNOD, i.e. root ones). Off: mknod of a device is EPERM.
   bool devices = false;
+  // Client ids to host ids and back (virtiofsd's --translate-uid/-gid).
+  IdMap uids, gids;
+  // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
+  std::optional<XattrMap> xattrs;
 };
 
-// Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]". Read-only exports
+// Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]
+// [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES]". Read-only exports
 // default to cache=always. Throws std::invalid_argument with a one-line
 // message naming the problem. Does not touch the filesystem.
 ExportConfig parse_export(std::string_view spec);

@@ -102,6 +102,12 @@ Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), 
   if (!S_ISDIR(st.stx_mode)) fail("'" + config_.path + "' is not a directory");
   root_dev_ = dev_of(st);
   am_root_ = ::geteuid() == 0;
+  if (config_.xattrs) {
+    // The kernel drops security.capability when a file is written, truncated
+    // or chowned; renamed to something else on the host, fsd does that.
+    auto cap = config_.xattrs->to_host("security.capability");
+    if (cap && *cap != "security.capability") mapped_capability_ = *cap;
+  }
 
   auto* root = new Node(*this, root_dev_, st.stx_ino, S_IFDIR);
   HandleBuf hb{};
@@ -477,7 +483,7 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std
         }
       }
     }
-    if (found) co_return Entry{std::move(found), st};
+    if (found) co_return Entry{std::move(found), shown(st)};
   }
   open_how how{};
   how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
@@ -489,7 +495,7 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std
   r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
   if (r < 0) co_return Error{r};
   NodeRef node = intern(std::move(fd), st, dir, name);
-  co_return Entry{std::move(node), st};
+  co_return Entry{std::move(node), shown(st)};
 }
 
 Task<Result<Entry>> Vfs::lookup(Ring& ring, NodeRef dir, std::string_view name) {
@@ -519,7 +525,7 @@ Task<Result<struct statx>> Vfs::getattr(Ring& ring, Node& n) {
   struct statx st{};
   int r = co_await ring.statx(pfd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, kStatxMask, &st);
   if (r < 0) co_return Error{r};
-  co_return st;
+  co_return shown(st);
 }
 
 Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
@@ -586,7 +592,7 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   NodeRef node = intern(Fd(dupfd), st, dir, name);
   // Reopened, it must not be truncated or created again.
   OpenFile file = make_open_file(std::move(fd), node, oflags & ~(O_CREAT | O_EXCL | O_TRUNC), dir->dev, false);
-  co_return Created{Entry{std::move(node), st}, std::move(file)};
+  co_return Created{Entry{std::move(node), shown(st)}, std::move(file)};
 }
 
 Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode) {
@@ -731,10 +737,12 @@ Result<void> Vfs::setattr(Node& n, const SetAttr& a, const OpenFile* file) {
     if (::fchmodat(AT_FDCWD, path.c_str(), a.mode & 07777, 0) < 0) return errno_error();
   }
   if (a.has(SetAttr::kUid) || a.has(SetAttr::kGid)) {
-    if (::fchownat(pfd->get(), "", a.has(SetAttr::kUid) ? a.uid : static_cast<uid_t>(-1),
-                   a.has(SetAttr::kGid) ? a.gid : static_cast<gid_t>(-1), AT_EMPTY_PATH) < 0)
-      return errno_error();
+    auto uid = a.has(SetAttr::kUid) ? host_uid(a.uid) : Result<uid_t>(static_cast<uid_t>(-1));
+    auto gid = a.has(SetAttr::kGid) ? host_gid(a.gid) : Result<gid_t>(static_cast<gid_t>(-1));
+    if (!uid || !gid) return Error{-EPERM};
+    if (::fchownat(pfd->get(), "", *uid, *gid, AT_EMPTY_PATH) < 0) return errno_error();
   }
+  if (a.has(SetAttr::kUid) || a.has(SetAttr::kGid) || a.has(SetAttr::kSize)) drop_mapped_capability(path);
   if (a.has(SetAttr::kSize)) {
     if (a.size > static_cast<uint64_t>(INT64_MAX)) return Error{-EFBIG};
     int r;
@@ -785,13 +793,36 @@ bool is_trusted_xattr(std::string_view name) { return name.starts_with("trusted.
 bool is_privileged_xattr(std::string_view name) { return is_trusted_xattr(name) || name.starts_with("security."); }
 }  // namespace
 
-Result<size_t> Vfs::getxattr(Node& n, const std::string& name, std::span<std::byte> out) {
+// Names are the client's: mapped to the host's (config().xattrs) before a
+// host call, and the host's listed names mapped back (or hidden).
+Result<std::string> Vfs::host_xattr_name(const std::string& name, bool changing) const {
   if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{-ERANGE};
-  if (is_trusted_xattr(name) && !privileged_caller()) return Error{-ENODATA};
+  // ACLs hold ids: with ids translated, the host would read a client's ids as its own.
+  if ((!config_.uids.empty() || !config_.gids.empty()) && name.starts_with("system.posix_acl_")) return Error{-EOPNOTSUPP};
+  std::string host = name;
+  if (config_.xattrs) {
+    auto mapped = config_.xattrs->to_host(name);
+    if (!mapped) return Error{mapped.error()};
+    host = std::move(*mapped);
+    if (host.size() > XATTR_NAME_MAX) return Error{-ERANGE};
+  }
+  // The privileged namespaces guard the host: they are checked on the host's
+  // name. (A client's security.* renamed into user.* is only as safe as the
+  // host file's permissions make it, as it would be with virtiofsd.)
+  if (!privileged_caller()) {
+    if (changing && is_privileged_xattr(host)) return Error{-EPERM};
+    if (!changing && is_trusted_xattr(host)) return Error{-ENODATA};
+  }
+  return host;
+}
+
+Result<size_t> Vfs::getxattr(Node& n, const std::string& name, std::span<std::byte> out) {
+  auto host = host_xattr_name(name, false);
+  if (!host) return Error{host.error()};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
-  ssize_t r = ::getxattr(path.c_str(), name.c_str(), out.data(), out.size());
+  ssize_t r = ::getxattr(path.c_str(), host->c_str(), out.data(), out.size());
   if (r < 0) return errno_error();
   return static_cast<size_t>(r);
 }
@@ -800,13 +831,14 @@ Result<size_t> Vfs::listxattr(Node& n, std::span<std::byte> out) {
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
-  if (privileged_caller()) {
+  bool privileged = privileged_caller();
+  if (privileged && !config_.xattrs) {
     ssize_t r = ::listxattr(path.c_str(), reinterpret_cast<char*>(out.data()), out.size());
     if (r < 0) return errno_error();
     return static_cast<size_t>(r);
   }
-  // Without trusted.* names: listed whole, then filtered (a size-only
-  // query still needs the names, to leave theirs out).
+  // Listed whole, then mapped and filtered (a size-only query still needs
+  // the names, to count what the client will see).
   std::vector<char> all;
   for (;;) {
     ssize_t size = ::listxattr(path.c_str(), nullptr, 0);
@@ -821,40 +853,89 @@ Result<size_t> Vfs::listxattr(Node& n, std::span<std::byte> out) {
   }
   size_t used = 0;
   for (size_t at = 0; at < all.size();) {
-    std::string_view one(all.data() + at);
-    size_t len = one.size() + 1;
-    if (!is_trusted_xattr(one)) {
-      if (!out.empty()) {
-        if (used + len > out.size()) return Error{-ERANGE};
-        std::memcpy(out.data() + used, one.data(), len);
-      }
-      used += len;
+    std::string_view host(all.data() + at);
+    at += host.size() + 1;
+    std::optional<std::string> mapped;
+    std::string_view shown = host;
+    if (config_.xattrs) {
+      mapped = config_.xattrs->to_client(host);
+      if (!mapped || mapped->empty()) continue;
+      shown = *mapped;
     }
-    at += len;
+    if (!privileged && is_trusted_xattr(host)) continue;
+    size_t len = shown.size() + 1;
+    if (!out.empty()) {
+      if (used + len > out.size()) return Error{-ERANGE};
+      std::memcpy(out.data() + used, shown.data(), shown.size());
+      out[used + shown.size()] = std::byte{0};
+    }
+    used += len;
   }
   return used;
 }
 
 Result<void> Vfs::setxattr(Node& n, const std::string& name, std::span<const std::byte> value, int flags) {
   if (read_only()) return Error{-EROFS};
-  if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{-ERANGE};
   if (value.size() > XATTR_SIZE_MAX) return Error{-E2BIG};
-  if (is_privileged_xattr(name) && !privileged_caller()) return Error{-EPERM};
+  auto host = host_xattr_name(name, true);
+  if (!host) return Error{host.error()};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
-  if (::setxattr(path.c_str(), name.c_str(), value.data(), value.size(), flags) < 0) return errno_error();
+  if (::setxattr(path.c_str(), host->c_str(), value.data(), value.size(), flags) < 0) return errno_error();
   return {};
 }
 
 Result<void> Vfs::removexattr(Node& n, const std::string& name) {
   if (read_only()) return Error{-EROFS};
-  if (is_privileged_xattr(name) && !privileged_caller()) return Error{-EPERM};
+  auto host = host_xattr_name(name, true);
+  if (!host) return Error{host.error()};
   auto pfd = path_fd(n);
   if (!pfd) return Error{pfd.error()};
   std::string path = pfd->proc_path();
-  if (::removexattr(path.c_str(), name.c_str()) < 0) return errno_error();
+  if (::removexattr(path.c_str(), host->c_str()) < 0) return errno_error();
   return {};
+}
+
+void Vfs::drop_mapped_capability(const std::string& path) {
+  if (mapped_capability_.empty()) return;
+  Credentials::AsSelf self;
+  (void)::removexattr(path.c_str(), mapped_capability_.c_str());  // ENODATA: none to drop
+}
+
+// ---- ids
+
+struct statx Vfs::shown(struct statx st) const {
+  st.stx_uid = config_.uids.to_client(st.stx_uid);
+  st.stx_gid = config_.gids.to_client(st.stx_gid);
+  return st;
+}
+
+Result<uid_t> Vfs::host_uid(uid_t client) const {
+  auto id = config_.uids.to_host(client);
+  if (!id) return Error{-EPERM};
+  return *id;
+}
+
+Result<gid_t> Vfs::host_gid(gid_t client) const {
+  auto id = config_.gids.to_host(client);
+  if (!id) return Error{-EPERM};
+  return *id;
+}
+
+Result<Credentials::Ref> Vfs::identity(uid_t uid, gid_t gid, std::span<const gid_t> groups) const {
+  if (config_.uids.empty() && config_.gids.empty()) return Credentials::get(uid, gid, groups);
+  auto u = host_uid(uid);
+  auto g = host_gid(gid);
+  if (!u || !g) return Error{-EPERM};
+  std::vector<gid_t> host_groups;
+  host_groups.reserve(groups.size());
+  for (gid_t one : groups) {
+    auto h = host_gid(one);
+    if (!h) return Error{-EPERM};
+    host_groups.push_back(*h);
+  }
+  return Credentials::get(*u, *g, host_groups);
 }
 
 Result<void> Vfs::drop_setid(Node& n) {
@@ -908,6 +989,9 @@ Task<Result<size_t>> Vfs::write(Ring& ring, const OpenFile& f, std::span<const i
   if (!f.valid() || !f.writable()) co_return Error{-EBADF};
   if (read_only()) co_return Error{-EROFS};
   auto r = co_await transfer(ring, f, from, offset, true);
+  if (r && *r > 0 && !mapped_capability_.empty()) {
+    if (auto u = use(f)) drop_mapped_capability("/proc/self/fd/" + std::to_string(u->fd()));
+  }
   // A caller without CAP_FSETID had its write clear the bits in the host
   // kernel already; a root one did not.
   if (r && drop_setid && privileged_caller()) {

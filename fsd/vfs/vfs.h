@@ -38,6 +38,7 @@
 #include <string>
 #include <string_view>
 
+#include "fsd/core/credentials.h"
 #include "fsd/core/fd.h"
 #include "fsd/core/function_ref.h"
 #include "fsd/core/result.h"
@@ -227,7 +228,18 @@ class Vfs {
   // access(2) for the calling identity; W_OK on a read-only export is EROFS.
   Result<void> access(Node& n, int mask);
 
-  // ---- extended attributes
+  // ---- ids: a client's (config().uids/gids) and the host's
+  // The attributes a client sees: the host's, with uid and gid mapped.
+  struct statx shown(struct statx st) const;
+  // EPERM for an id the export forbids.
+  Result<uid_t> host_uid(uid_t client) const;
+  Result<gid_t> host_gid(gid_t client) const;
+  // The identity a client's request acts as (interned); EPERM if any of its
+  // ids is forbidden.
+  Result<Credentials::Ref> identity(uid_t uid, gid_t gid, std::span<const gid_t> groups = {}) const;
+
+  // ---- extended attributes, by the client's names (config().xattrs maps
+  // them to the host's)
   // Returns the value size; with an empty `out`, only the size.
   Result<size_t> getxattr(Node& n, const std::string& name, std::span<std::byte> out);
   Result<size_t> listxattr(Node& n, std::span<std::byte> out);
@@ -333,8 +345,16 @@ class Vfs {
   // opened again while the name still exists.
   void keep_files_of(int dirfd, const char* name);
 
+  // The host's name for a client's xattr name, or why it may not be used
+  // (`changing`: set or remove).
+  Result<std::string> host_xattr_name(const std::string& name, bool changing) const;
+  // When the export's xattr map renames security.capability: removes the
+  // renamed one, as the kernel removes the real one on write, truncate, chown.
+  void drop_mapped_capability(const std::string& path);
+
   ExportConfig config_;
   VfsOptions options_;
+  std::string mapped_capability_;  // the host name of security.capability, if renamed
   bool handles_ok_ = false;
   bool am_root_ = false;
   Fd root_fd_;

@@ -458,6 +458,90 @@ TEST(FuseReadOnly, EveryMutationIsErofs) {
   ::umount2((tmp.path() / "mnt").c_str(), MNT_DETACH);
 }
 
+// An export's id and xattr-name maps, through the host's FUSE driver (the
+// same server code serves virtio-fs). Every uid but 3000 is squashed to 2001
+// on the host, which shows as 0; 3000 is forbidden. security.* names live
+// under user.guest. on the host.
+TEST(FuseMaps, IdsAndXattrNamesAreTranslated) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to act as other users";
+  TempDir tmp;
+  auto exp = tmp.path() / "export", mnt = tmp.path() / "mnt";
+  std::filesystem::create_directories(exp);
+  std::filesystem::create_directories(mnt);
+  ::chmod(tmp.path().c_str(), 0755);
+  ::chmod(exp.c_str(), 0777);
+  write_file(exp / "hostfile", "host's\n");
+  ASSERT_EQ(::chown((exp / "hostfile").c_str(), 2001, 2001), 0);
+  ASSERT_EQ(::setxattr((exp / "hostfile").c_str(), "security.hosts", "h", 1, 0), 0);
+  ASSERT_EQ(::setxattr((exp / "hostfile").c_str(), "user.guest.security.label", "g", 1, 0), 0);
+  std::string maps = ",translate-uid=squash-guest:0:2001:3000,translate-uid=forbid-guest:3000:1,translate-uid=host:2001:0:1"
+                     ",translate-gid=squash-guest:0:2001:3000,translate-gid=host:2001:0:1";
+  FsdProcess fsd({.args = {"--export", "x=" + exp.string() + maps + ",cache=never", "--fuse-mount", "x=" + mnt.string(),
+                           "--xattrmap", ":map:security.:user.guest.:"}});
+  fsd.wait_for_log("mounted 'x'");
+
+  // Root's file is the host's 2001, and shows as root again.
+  int fd = ::open((mnt / "made").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ::close(fd);
+  struct stat host{}, shown{};
+  ASSERT_EQ(::lstat((exp / "made").c_str(), &host), 0);
+  EXPECT_EQ(host.st_uid, 2001u);
+  EXPECT_EQ(host.st_gid, 2001u);
+  ASSERT_EQ(::lstat((mnt / "made").c_str(), &shown), 0);
+  EXPECT_EQ(shown.st_uid, 0u);
+  EXPECT_EQ(shown.st_gid, 0u);
+  // A chown to a forbidden uid fails; to another, lands squashed.
+  EXPECT_EQ(::chown((mnt / "made").c_str(), 3000, -1), -1);
+  EXPECT_EQ(errno, EPERM);
+  // The forbidden user can do nothing at all, not even look.
+  int looked = run_as(3000, 3000, [&] {
+    struct stat st{};
+    return ::lstat((mnt / "made").c_str(), &st) == 0 ? 0 : errno;
+  });
+  EXPECT_EQ(looked, EPERM);
+  // Another user is squashed too: what it makes is 2001's on the host.
+  int made = run_as(1500, 1500, [&] {
+    int f = ::open((mnt / "by1500").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    return f >= 0 && ::close(f) == 0 ? 0 : errno;
+  });
+  EXPECT_EQ(made, 0);
+  ASSERT_EQ(::lstat((exp / "by1500").c_str(), &host), 0);
+  EXPECT_EQ(host.st_uid, 2001u);
+
+  // security.* is the guest's own, kept under user.guest. on the host.
+  char v[16]{};
+  ASSERT_EQ(::setxattr((mnt / "made").c_str(), "security.label", "mine", 4, 0), 0) << std::strerror(errno);
+  EXPECT_EQ(::getxattr((exp / "made").c_str(), "user.guest.security.label", v, sizeof v), 4);
+  EXPECT_EQ(std::string(v, 4), "mine");
+  EXPECT_EQ(::getxattr((exp / "made").c_str(), "security.label", v, sizeof v), -1);
+  EXPECT_EQ(::getxattr((mnt / "hostfile").c_str(), "security.label", v, sizeof v), 1);
+  EXPECT_EQ(v[0], 'g');
+  EXPECT_EQ(::getxattr((mnt / "hostfile").c_str(), "security.hosts", v, sizeof v), -1) << "the host's own label showed";
+  char list[256]{};
+  ssize_t n = ::listxattr((mnt / "hostfile").c_str(), list, sizeof list);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(list, static_cast<size_t>(n)), std::string("security.label\0", 15));
+  // The renamed names cannot be reached directly.
+  EXPECT_EQ(::setxattr((mnt / "made").c_str(), "user.guest.security.x", "v", 1, 0), -1);
+  EXPECT_EQ(errno, EPERM);
+  // A renamed file capability goes when the file is written, as the real one would.
+  std::string cap("\x01\x00\x00\x02\xc0\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", 20);
+  ASSERT_EQ(::setxattr((mnt / "made").c_str(), "security.capability", cap.data(), cap.size(), 0), 0) << std::strerror(errno);
+  EXPECT_EQ(::getxattr((exp / "made").c_str(), "user.guest.security.capability", nullptr, 0), 20);
+  fd = ::open((mnt / "made").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::write(fd, "x", 1), 1);
+  ::close(fd);
+  EXPECT_EQ(::getxattr((exp / "made").c_str(), "user.guest.security.capability", nullptr, 0), -1);
+  EXPECT_EQ(errno, ENODATA);
+  // With ids translated, ACLs (which hold ids) are not passed through.
+  EXPECT_EQ(::setxattr((mnt / "made").c_str(), "system.posix_acl_access", "\x02\x00\x00\x00", 4, 0), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  EXPECT_EQ(fsd.stop(), 0);
+  ::umount2(mnt.c_str(), MNT_DETACH);
+}
+
 }  // namespace
 }  // namespace fsd::testing
 

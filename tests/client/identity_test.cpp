@@ -288,14 +288,9 @@ TEST_F(Identity, BadSandboxAndSeccompValuesAreRefused) {
                             {{"--seccomp", "bogus"}, "--seccomp"},
                             {{"--sandbox", "namespace", "--fuse-mount", "t=" + tmp_.str()}, "--sandbox namespace"},
                             {{"--seccomp", "kill", "--sandbox", "none", "--fuse-mount", "t=" + tmp_.str()}, "--seccomp kill"}}) {
-    SCOPED_TRACE(flag);
     std::vector<std::string> all{"--export", "t=" + share_.string(), "--listen", "unix:" + p9_};
     all.insert(all.end(), args.begin(), args.end());
-    FsdProcess fsd({.args = all});
-    auto status = fsd.wait_exit();
-    ASSERT_TRUE(status.has_value());
-    EXPECT_EQ(*status, 2) << fsd.log();
-    EXPECT_NE(fsd.log().find(flag), std::string::npos) << fsd.log();
+    expect_fsd_refuses(all, flag);
     EXPECT_FALSE(std::filesystem::exists(p9_));
   }
 }

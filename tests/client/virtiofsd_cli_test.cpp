@@ -40,7 +40,6 @@ class VirtiofsdCli : public ::testing::Test {
 
 TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"--shared-dir", share_, "--sandbox", "chroot"}, "--sandbox chroot");
-  ExpectRefused({"--shared-dir", share_, "--xattrmap", ":map::user.virtiofs.:"}, "--xattrmap");
   ExpectRefused({"--shared-dir", share_, "--security-label"}, "--security-label");
   ExpectRefused({"--shared-dir", share_, "--posix-acl"}, "--posix-acl");
   ExpectRefused({"-o", "source=" + share_ + ",sandbox=chroot"}, "--sandbox chroot");
@@ -50,7 +49,8 @@ TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
 TEST_F(VirtiofsdCli, HonouredAndHarmlessFlagsServeAndExitWithTheFrontEnd) {
   FsdProcess fsd({.args = {"--socket-path", sock_, "-o", "source=" + share_ + ",cache=none", "-o", "xattr,no_posix_lock",
                            "--sandbox", "none", "--seccomp", "none", "--inode-file-handles", "prefer", "--readonly",
-                           "--thread-pool-size", "2", "--announce-submounts", "--killpriv-v2", "-o", "killpriv_v2"}});
+                           "--thread-pool-size", "2", "--announce-submounts", "--killpriv-v2", "-o", "killpriv_v2",
+                           "--xattrmap", ":map::user.virtiofs.:", "--translate-uid", "map:0:0:1"}});
   fsd.wait_for_log("listening on " + sock_);
   {
     auto f = VhostFrontend::connect(sock_);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -211,6 +212,17 @@ class FsdProcess {
   pid_t pid_ = -1;
   int exit_status_ = -1;
 };
+
+// fsd started with `args` exits by itself with status 2 (a refused command
+// line), and its message contains `needle` (the flag it names).
+inline void expect_fsd_refuses(const std::vector<std::string>& args, const std::string& needle) {
+  SCOPED_TRACE(needle);
+  FsdProcess fsd({.args = args});
+  auto status = fsd.wait_exit();
+  ASSERT_TRUE(status.has_value()) << "fsd kept running";
+  EXPECT_EQ(*status, 2) << fsd.log();
+  EXPECT_NE(fsd.log().find(needle), std::string::npos) << fsd.log();
+}
 
 // Runs a command through the shell; returns its stdout and sets *status.
 inline std::string run_command(const std::string& cmd, int* status) {
