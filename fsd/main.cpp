@@ -57,7 +57,7 @@ struct Options {
   std::string seccomp;  // "": kill inside the namespace sandbox, else none
   std::vector<std::string> translate_uid, translate_gid;  // rules for every export
   std::optional<std::string> xattrmap;                    // rules for every export
-  std::vector<std::string> refused;      // security flags fsd cannot honour yet
+  std::vector<std::pair<std::string, std::string>> refused;  // security flags fsd cannot honour yet, and why
   int listen_fd = -1;
   int ready_fd = -1;
   bool readonly = false;
@@ -119,7 +119,7 @@ void refuse_unsupported(const Options& o) {
   auto refuse = [](const std::string& flag, const std::string& why) {
     throw std::invalid_argument(flag + ": not supported by fsd yet (" + why + "); refusing to run without it");
   };
-  if (!o.refused.empty()) refuse(o.refused.front(), "fsd does not implement it");
+  if (!o.refused.empty()) refuse(o.refused.front().first, o.refused.front().second);
 }
 
 void apply_compat(Options& o) {
@@ -231,8 +231,6 @@ Plan make_plan(Options& o) {
     if (p.sandbox == fsd::SandboxMode::kNamespace && !p.fuse_mounts.empty())
       throw std::invalid_argument("--sandbox namespace: a --fuse-mount lives in the host's mount namespace, which "
                                   "the sandbox leaves (and could then not unmount it); use --sandbox none with it");
-    if (p.sandbox == fsd::SandboxMode::kNamespace && ::geteuid() != 0)
-      throw std::invalid_argument("--sandbox namespace: needs root (fsd gives up its privileges in it); use --sandbox none");
   } else if (::geteuid() == 0 && p.fuse_mounts.empty()) {
     p.sandbox = fsd::SandboxMode::kNamespace;
   }
@@ -374,9 +372,9 @@ int run(Options& o) {
   servers.bind();
   if (plan.sandbox == fsd::SandboxMode::kNamespace) {
     fsd::Credentials::snapshot_user_database();
-    fsd::enter_sandbox(plan.sandbox);
-    spdlog::info("sandbox: own mount, network and IPC namespaces, an empty read-only root; capabilities {}; no_new_privs",
-                 fsd::kept_capabilities());
+    fsd::enter_sandbox(plan.sandbox, plan.seccomp);
+    spdlog::info("sandbox: own {}pid, mount, network and IPC namespaces, an empty read-only root; capabilities {}; "
+                 "no_new_privs", ::geteuid() == 0 ? "" : "user (mapping only fsd's ids), ", fsd::kept_capabilities());
   } else {
     spdlog::info("sandbox: none{}", ::geteuid() == 0 ? " (a --fuse-mount needs the host's mount namespace)" : "");
   }
@@ -461,9 +459,11 @@ void add_options(CLI::App& app, Options& o) {
                  "Group (name or number) of the unix sockets fsd creates (virtiofsd's flag)")
       ->type_name("GROUP");
   app.add_option("--sandbox", o.sandbox,
-                 "namespace: once its sockets and exports are open, fsd enters new mount, network and IPC "
-                 "namespaces with an empty read-only root and drops the capabilities file serving does not need "
-                 "(default when started as root without --fuse-mount); none: it does not (the default otherwise)")
+                 "namespace: once its sockets and exports are open, fsd enters new pid, mount, network and IPC "
+                 "namespaces with an empty read-only root and drops the capabilities file serving does not need; "
+                 "started by an ordinary user, first a user namespace that maps only its own ids (the host's other "
+                 "owners then show as 65534). The default when started as root without --fuse-mount. "
+                 "none: it does not (the default otherwise)")
       ->type_name("namespace|none");
   app.add_option("--seccomp", o.seccomp,
                  "What a system call outside fsd's allow-list does: kill (the default in the namespace sandbox), "
@@ -502,7 +502,16 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
     compat->add_flag(flag)->description(why);
   compat->add_flag("--killpriv-v2")->description("Accepted; fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)");
   for (const char* flag : {"--security-label", "--posix-acl"})
-    compat->add_flag_callback(flag, [&o, flag] { o.refused.push_back(flag); }, "Refused: fsd does not implement it yet");
+    compat->add_flag_callback(flag, [&o, flag] { o.refused.emplace_back(flag, "fsd does not implement it"); },
+                              "Refused: fsd does not implement it yet");
+  for (const char* flag : {"--uid-map", "--gid-map"})
+    compat->add_option_function<std::string>(
+        flag,
+        [&o, flag](const std::string&) {
+          o.refused.emplace_back(flag, "fsd does not enter a user namespace with subordinate ids; --translate-uid and "
+                                       "--translate-gid map a guest's ids without one");
+        },
+        "Refused: fsd does not enter a user namespace with subordinate ids yet (see --translate-uid)");
   compat->add_option("--xattrmap", o.xattrmap,
                      "Rename, hide or refuse xattrs between clients and the host, for every export (virtiofsd's "
                      "rules: e.g. ':map:security.:user.guest.:' keeps a guest's security.* under user.guest. on the host)")

@@ -1,16 +1,23 @@
 #include "fsd/core/sandbox.h"
 
+#include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
+
+#include "fsd/core/seccomp.h"
 
 namespace fsd {
 namespace {
@@ -24,11 +31,97 @@ constexpr const char* kKeptNames[] = {"chown",  "dac_override", "dac_read_search
   throw std::runtime_error("--sandbox namespace: " + step + ": " + std::strerror(errno));
 }
 
+void write_proc(const char* file, const std::string& text) {
+  int fd = ::open(file, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) fail(std::string("opening ") + file);
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  int saved = errno;
+  ::close(fd);
+  errno = saved;
+  if (!ok) fail(std::string("writing ") + file);
+}
+
+// Started by an ordinary user, fsd first enters a user namespace of its own
+// in which its uid and gid are the only ones mapped (to themselves): there
+// it may build the rest of the sandbox, and its capabilities reach no file
+// it could not reach before.
+void enter_user_namespace() {
+  uid_t uid = ::geteuid();
+  gid_t gid = ::getegid();
+  if (::unshare(CLONE_NEWUSER) != 0)
+    fail("unshare(CLONE_NEWUSER) (an unprivileged fsd needs user namespaces for its sandbox; or use --sandbox none)");
+  write_proc("/proc/self/setgroups", "deny");
+  write_proc("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n");
+  write_proc("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n");
+}
+
+unsigned thread_count() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.starts_with("Threads:")) return static_cast<unsigned>(std::stoul(line.substr(8)));
+  return 0;
+}
+
+// fsd becomes pid 1 of a new pid namespace: it forks, and the parent stays
+// outside as a waiter with nothing but what waiting takes. It passes
+// SIGINT and SIGTERM on, and exits with the server's status (128+N if
+// signal N ended it), so a supervisor sees one process as before. The
+// server dies with the waiter (PR_SET_PDEATHSIG).
+void split_off_waiter(SeccompAction waiter_seccomp) {
+  if (unsigned n = thread_count(); n != 1) {
+    errno = EBUSY;
+    fail("fork into the pid namespace with " + std::to_string(n) + " threads running");
+  }
+  sigset_t wait_for{}, before{};
+  sigemptyset(&wait_for);
+  for (int sig : {SIGCHLD, SIGINT, SIGTERM}) sigaddset(&wait_for, sig);
+  ::sigprocmask(SIG_BLOCK, &wait_for, &before);
+  int alive[2];
+  if (::pipe2(alive, O_CLOEXEC) != 0) fail("pipe");
+  pid_t child = ::fork();
+  if (child < 0) fail("fork");
+  if (child == 0) {
+    ::close(alive[1]);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    pollfd p{alive[0], POLLIN, 0};
+    if (::poll(&p, 1, 0) != 0) ::_exit(1);  // the waiter is gone already
+    ::close(alive[0]);
+    ::sigprocmask(SIG_SETMASK, &before, nullptr);
+    return;
+  }
+  // The waiter: holds nothing of the server's, and gives up everything.
+  ::close(alive[0]);
+  if (alive[1] > 3) ::close_range(3, static_cast<unsigned>(alive[1]) - 1, 0);
+  ::close_range(static_cast<unsigned>(alive[1]) + 1, ~0u, 0);
+  __user_cap_header_struct h{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct none[2]{};
+  bool ok = ::syscall(SYS_capset, &h, none) == 0 && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0;
+  try {
+    install_seccomp(waiter_seccomp, SeccompList::kWaiter);
+  } catch (const std::exception&) {
+    ok = false;
+  }
+  if (!ok) {
+    ::kill(child, SIGKILL);
+    ::_exit(1);
+  }
+  for (;;) {
+    siginfo_t info{};
+    if (::sigwaitinfo(&wait_for, &info) < 0) continue;
+    if (info.si_signo != SIGCHLD) {
+      ::kill(child, info.si_signo);
+      continue;
+    }
+    int status = 0;
+    if (::waitpid(child, &status, WNOHANG) == child) ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+  }
+}
+
 // An empty, read-only tmpfs with /proc becomes the root. The tmpfs is
 // mounted over a directory every system has (in this private namespace
 // only), and pivot_root swaps it in.
 void pivot_into_empty_root() {
-  if (::unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC) != 0) fail("unshare");
   if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) fail("making mounts private");
   const char* base = nullptr;
   for (const char* d : {"/tmp", "/mnt", "/run", "/dev"}) {
@@ -85,8 +178,11 @@ SandboxMode parse_sandbox(std::string_view text) {
   throw std::invalid_argument("--sandbox " + std::string(text) + ": expected namespace or none");
 }
 
-void enter_sandbox(SandboxMode mode) {
+void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp) {
   if (mode == SandboxMode::kNone) return;
+  if (::geteuid() != 0) enter_user_namespace();
+  if (::unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC) != 0) fail("unshare");
+  split_off_waiter(waiter_seccomp);
   pivot_into_empty_root();
   drop_capabilities();
 }

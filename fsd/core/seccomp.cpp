@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <span>
 #include <stdexcept>
 #include <string>
 
@@ -52,10 +53,18 @@ constexpr const char* kAllowed[] = {
     "rt_sigprocmask", "rt_sigaction", "rt_sigreturn", "rt_sigtimedwait", "kill", "tgkill", "restart_syscall",
 };
 
+// The sandbox's waiter (outside the pid namespace) only waits for signals
+// and for the server, passes signals on, and exits.
+constexpr const char* kWaiterAllowed[] = {
+    "rt_sigtimedwait", "rt_sigprocmask", "rt_sigreturn", "wait4", "kill", "exit", "exit_group", "restart_syscall",
+};
+
 }  // namespace
 
-void install_seccomp(SeccompAction action) {
+void install_seccomp(SeccompAction action, SeccompList list) {
   if (action == SeccompAction::kNone) return;
+  std::span<const char* const> allowed = list == SeccompList::kServer ? std::span<const char* const>(kAllowed)
+                                                                      : std::span<const char* const>(kWaiterAllowed);
   uint32_t on_violation = action == SeccompAction::kKill ? SCMP_ACT_KILL_PROCESS
                           : action == SeccompAction::kLog ? SCMP_ACT_LOG
                                                           : SCMP_ACT_TRAP;
@@ -68,7 +77,7 @@ void install_seccomp(SeccompAction action) {
     seccomp_release(ctx);
     throw std::runtime_error("--seccomp: " + what + ": " + std::strerror(-rc));
   };
-  for (const char* name : kAllowed) {
+  for (const char* name : allowed) {
     int nr = seccomp_syscall_resolve_name(name);
     if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
     if (int rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0); rc != 0) fail(std::string("allowing ") + name, rc);

@@ -16,8 +16,12 @@ enum class SeccompAction { kNone, kKill, kLog, kTrap };
 // Throws std::invalid_argument naming --seccomp.
 SeccompAction parse_seccomp(std::string_view text);
 
+// Which calls the filter allows: the server's, or the sandbox waiter's
+// (signals, waiting for the server, exit).
+enum class SeccompList { kServer, kWaiter };
+
 // Installs the filter on the calling thread (threads started after inherit
 // it). Needs no_new_privs or CAP_SYS_ADMIN. Throws std::runtime_error.
-void install_seccomp(SeccompAction action);
+void install_seccomp(SeccompAction action, SeccompList list = SeccompList::kServer);
 
 }  // namespace fsd

@@ -85,9 +85,9 @@ TEST_F(HostileLoad, AcceptBacksOffWhenOutOfFds) {
   }
   ASSERT_GT(idle.size(), 256u) << "could not get past fsd's fd limit";
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  double before = cpu_seconds(fsd.pid());
+  double before = cpu_seconds(fsd.server_pid());
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  double used = cpu_seconds(fsd.pid()) - before;
+  double used = cpu_seconds(fsd.server_pid()) - before;
   std::printf("fsd used %.2f s of CPU in 2 s with %zu connections over its fd limit\n", used, idle.size());
   EXPECT_LT(used, 0.5) << "accept spins";
   EXPECT_LT(count(fsd.log(), "accept:"), 10u) << fsd.log().substr(0, 2000);
@@ -149,7 +149,7 @@ TEST_F(HostileLoad, MemoryReturnsAfterClientsLeave) {
   ASSERT_EQ(::setxattr((tmp_.path() / "rw/f").c_str(), "user.v", std::string(3000, 'v').data(), 3000, 0), 0);
   FsdProcess fsd({.args = {"--export", "rw=" + (tmp_.path() / "rw").string(), "--listen", "unix:" + sock_}});
   fsd.wait_listening("unix:");
-  size_t idle = resident_kib(fsd.pid());
+  size_t idle = resident_kib(fsd.server_pid());
   size_t busy = 0;
   {
     auto a = Client::connect_unix(sock_), b = Client::connect_unix(sock_);
@@ -165,10 +165,10 @@ TEST_F(HostileLoad, MemoryReturnsAfterClientsLeave) {
     for (uint32_t fid = 3; fid < 3 + 64; fid++)  // 64 values of 3 KB (what ext4 holds in a block)
       xattrs += b->call<p9::Rxattrwalk>(p9::Txattrwalk{.fid = 2, .newfid = fid, .name = "user.v"}).ok();
     EXPECT_EQ(xattrs, 64);
-    busy = resident_kib(fsd.pid());
+    busy = resident_kib(fsd.server_pid());
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  size_t after = resident_kib(fsd.pid());
+  size_t after = resident_kib(fsd.server_pid());
   std::printf("fsd resident: idle %zu KiB, with %s fids + 64 xattr fids %zu KiB, after the clients left %zu KiB\n",
               idle, std::getenv("FSD_MEMORY_FIDS") ? std::getenv("FSD_MEMORY_FIDS") : "100000", busy, after);
   EXPECT_GT(busy, idle);

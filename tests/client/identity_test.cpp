@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "fsd/client/p9_client.h"
 #include "tests/support/test_support.h"
@@ -314,10 +315,27 @@ std::string status_of(pid_t pid, const std::string& key) {
   return "";
 }
 
+std::string ns_of(pid_t pid, const char* kind) {
+  return std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/ns/" + kind).string();
+}
+
+// The process fsd started as waits outside the sandbox with nothing: no
+// capabilities, no_new_privs, a seccomp filter.
+void expect_bare_waiter(pid_t waiter) {
+  EXPECT_EQ(status_of(waiter, "CapEff"), "0000000000000000");
+  EXPECT_EQ(status_of(waiter, "CapPrm"), "0000000000000000");
+  EXPECT_EQ(status_of(waiter, "NoNewPrivs"), "1");
+#if !defined(__SANITIZE_ADDRESS__)
+  EXPECT_EQ(status_of(waiter, "Seccomp"), "2");
+#endif
+}
+
 // Started as root, fsd sandboxes itself by default, and still serves.
 TEST_F(Identity, RootFsdSandboxesItself) {
   auto fsd = start({});
-  pid_t pid = fsd->pid();
+  pid_t pid = fsd->server_pid();
+  ASSERT_NE(pid, fsd->pid()) << "no server inside a pid namespace";
+  expect_bare_waiter(fsd->pid());
   EXPECT_EQ(status_of(pid, "NoNewPrivs"), "1");
 #if !defined(__SANITIZE_ADDRESS__)
   EXPECT_EQ(status_of(pid, "Seccomp"), "2");  // a filter (sanitizer builds install none by default)
@@ -327,19 +345,67 @@ TEST_F(Identity, RootFsdSandboxesItself) {
   EXPECT_EQ(eff & (uint64_t{1} << 12), 0u) << "CAP_NET_ADMIN kept";
   EXPECT_NE(eff & (uint64_t{1} << 7), 0u) << "CAP_SETUID dropped: fsd could not act as its callers";
   EXPECT_EQ(std::stoull(status_of(pid, "CapBnd"), nullptr, 16), eff);
-  auto ns = [](const std::string& who, const char* kind) {
-    return std::filesystem::read_symlink("/proc/" + who + "/ns/" + kind).string();
-  };
-  for (const char* kind : {"mnt", "net", "ipc"}) EXPECT_NE(ns(std::to_string(pid), kind), ns("self", kind)) << kind;
+  for (const char* kind : {"mnt", "net", "ipc", "pid"}) EXPECT_NE(ns_of(pid, kind), ns_of(::getpid(), kind)) << kind;
+  EXPECT_EQ(status_of(pid, "NSpid").substr(status_of(pid, "NSpid").rfind('\t') + 1), "1") << "not pid 1 of its namespace";
   // Its root holds nothing but /proc.
   std::vector<std::string> root;
   for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/root"))
     root.push_back(e.path().filename().string());
   EXPECT_EQ(root, std::vector<std::string>{"proc"});
   expect_root_reads_secret(p9_);
-  fsd->stop();
+  EXPECT_EQ(fsd->stop(), 0) << "the waiter did not pass on the server's status";
   EXPECT_FALSE(std::filesystem::exists(p9_)) << "the socket file outlived fsd";
   EXPECT_FALSE(std::filesystem::exists(vfs_)) << "the socket file outlived fsd";
+  EXPECT_NE(::kill(pid, 0), 0) << "the server outlived the waiter";
+}
+
+// Killed outright, the waiter takes the server with it.
+TEST_F(Identity, TheSandboxedServerDiesWithItsWaiter) {
+  auto fsd = start({});
+  pid_t server = fsd->server_pid();
+  ASSERT_NE(server, fsd->pid());
+  ::kill(fsd->pid(), SIGKILL);
+  fsd->wait_exit();
+  bool gone = false;
+  for (int i = 0; i < 500 && !gone; i++) {
+    gone = ::kill(server, 0) != 0 || status_of(server, "State").starts_with("Z");
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(gone) << "the server outlived its waiter";
+}
+
+// Started by an ordinary user, fsd sandboxes itself in a user namespace of
+// its own when asked, and serves its own files.
+TEST_F(Identity, UnprivilegedFsdSandboxesItselfInAUserNamespace) {
+  auto dir = tmp_.path() / "nobodys";
+  std::filesystem::create_directory(dir);
+  write_file(dir / "share/file", "nobody's\n");
+  for (auto& p : {dir, dir / "share", dir / "share/file"}) ASSERT_EQ(::chown(p.c_str(), kNobody, kNogroup), 0);
+  std::string sock = (dir / "p9.sock").string();
+  FsdProcess fsd({.args = {"--export", "t=" + (dir / "share").string(), "--listen", "unix:" + sock, "--sandbox", "namespace"},
+                  .user = std::pair{kNobody, kNogroup}});
+  fsd.wait_listening("unix:");
+  pid_t pid = fsd.server_pid();
+  ASSERT_NE(pid, fsd.pid());
+  expect_bare_waiter(fsd.pid());
+  EXPECT_EQ(status_of(pid, "NoNewPrivs"), "1");
+  EXPECT_EQ(status_of(pid, "Uid").substr(0, 5), "65534");
+  for (const char* kind : {"user", "mnt", "net", "ipc", "pid"}) EXPECT_NE(ns_of(pid, kind), ns_of(::getpid(), kind)) << kind;
+  EXPECT_EQ(std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/root"), "/") << "no root of its own";
+  int read = run_as(kNobody, kNogroup, [&] {
+    auto c = p9::Client::connect_unix(sock);
+    if (!c || !c->version(65536) || !c->attach(1, "t", kNobody) || !c->walk(1, 2, "file") || !c->lopen(2, O_RDONLY)) return 1;
+    auto text = c->read_all(2);
+    if (!text || *text != "nobody's\n") return 2;
+    if (!c->walk(1, 3, "") || !c->lcreate(3, "made", O_WRONLY | O_CREAT, 0600, kNogroup)) return 3;
+    return 0;
+  });
+  EXPECT_EQ(read, 0);
+  struct stat st{};
+  ASSERT_EQ(::lstat((dir / "share/made").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kNobody);
+  EXPECT_EQ(fsd.stop(), 0);
+  EXPECT_FALSE(std::filesystem::exists(sock));
 }
 
 TEST_F(Identity, SandboxNoneLeavesFsdAsItWas) {

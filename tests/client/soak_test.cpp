@@ -944,7 +944,7 @@ TEST(Soak, ClientsAndFrontEndsAgreeWithTheModel) {
   std::vector<size_t> rss, fds;
   while (std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(seconds * 100));
-    rss.push_back(rss_bytes(fsd.pid()));
+    rss.push_back(rss_bytes(fsd.server_pid()));
     fds.push_back(fsd.open_fds());
   }
   for (auto& t : threads) t.join();

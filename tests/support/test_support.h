@@ -80,15 +80,14 @@ inline std::string fsd_binary() {
 // Starts `argv` (looked up in PATH) with stdin from /dev/null (or
 // `stdin_fd`) and stdout and stderr to `log`. The child gets SIGKILL if the
 // test process dies, so a timed-out test leaves nothing behind. Optionally
-// limits its fds.
+// limits its fds, and runs it as another user (uid, gid; no other groups).
 inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log,
-                          std::optional<rlim_t> nofile = std::nullopt, int stdin_fd = -1) {
+                          std::optional<rlim_t> nofile = std::nullopt, int stdin_fd = -1,
+                          std::optional<std::pair<uid_t, gid_t>> user = std::nullopt) {
   pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
     if (nofile) {
       rlimit rl{*nofile, *nofile};
       if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
@@ -96,6 +95,12 @@ inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log,
     int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int in = stdin_fd >= 0 ? stdin_fd : ::open("/dev/null", O_RDONLY);
     if (out < 0 || in < 0) ::_exit(125);
+    if (user && (::setgroups(0, nullptr) != 0 || ::setresgid(user->second, user->second, user->second) != 0 ||
+                 ::setresuid(user->first, user->first, user->first) != 0))
+      ::_exit(124);
+    // After any change of user, which clears the death signal.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
     ::dup2(in, 0);
     ::dup2(out, 1);
     ::dup2(out, 2);
@@ -116,17 +121,26 @@ class FsdProcess {
   struct Options {
     std::vector<std::string> args;
     std::optional<rlim_t> nofile;  // RLIMIT_NOFILE (soft and hard) for the child
+    std::optional<std::pair<uid_t, gid_t>> user;  // run as this user (the test must be root)
   };
 
   explicit FsdProcess(Options o) : log_(dir_.path() / "fsd.log") {
     std::vector<std::string> argv{fsd_binary()};
     argv.insert(argv.end(), o.args.begin(), o.args.end());
-    pid_ = spawn_logged(argv, log_, o.nofile);
+    pid_ = spawn_logged(argv, log_, o.nofile, -1, o.user);
   }
   ~FsdProcess() { stop(); }
   FsdProcess(const FsdProcess&) = delete;
 
   pid_t pid() const { return pid_; }
+  // The process that serves: in the namespace sandbox, fsd's one child (the
+  // process started waits outside the pid namespace); else fsd itself.
+  // Measure this one (CPU, memory, fds); signal pid().
+  pid_t server_pid() const {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
+    pid_t child = 0;
+    return in >> child && child > 0 ? child : pid_;
+  }
   std::string log() const { return read_file(log_); }
 
   // Waits until the log says fsd listens on `prefix...`, and returns the
@@ -199,10 +213,10 @@ class FsdProcess {
     return exit_status_;
   }
 
-  // Number of open fds of the child (from /proc).
+  // Number of open fds of the server (from /proc).
   size_t open_fds() const {
     size_t n = 0;
-    for ([[maybe_unused]] auto& e : fs::directory_iterator("/proc/" + std::to_string(pid_) + "/fd")) n++;
+    for ([[maybe_unused]] auto& e : fs::directory_iterator("/proc/" + std::to_string(server_pid()) + "/fd")) n++;
     return n;
   }
 
@@ -293,6 +307,14 @@ class ChildProcess {
   }
   ChildProcess(const ChildProcess&) = delete;
   pid_t pid() const { return pid_; }
+  // The process that serves: in the namespace sandbox, fsd's one child (the
+  // process started waits outside the pid namespace); else fsd itself.
+  // Measure this one (CPU, memory, fds); signal pid().
+  pid_t server_pid() const {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
+    pid_t child = 0;
+    return in >> child && child > 0 ? child : pid_;
+  }
   // Waits up to `timeout`; returns the exit status, or nullopt on timeout
   // (the child is then killed).
   std::optional<int> wait(std::chrono::seconds timeout) {
