@@ -57,6 +57,7 @@ struct Options {
   std::string seccomp;  // "": kill inside the namespace sandbox, else none
   std::vector<std::string> translate_uid, translate_gid;  // rules for every export
   std::optional<std::string> xattrmap;                    // rules for every export
+  std::optional<std::string> uid_map, gid_map;            // fsd's own ids in its user namespace
   std::vector<std::pair<std::string, std::string>> refused;  // security flags fsd cannot honour yet, and why
   int listen_fd = -1;
   int ready_fd = -1;
@@ -182,6 +183,7 @@ struct Plan {
   fsd::SocketAccess socket_access;  // mode 0600 unless --socket-mode/--socket-group widen it
   fsd::SandboxMode sandbox = fsd::SandboxMode::kNone;
   fsd::SeccompAction seccomp = fsd::SeccompAction::kNone;
+  fsd::NamespaceIds namespace_ids;
 };
 
 Plan make_plan(Options& o) {
@@ -226,6 +228,18 @@ Plan make_plan(Options& o) {
                                             : fsd::Ring::MetadataIo::kAdaptive;
   if (o.socket_mode) p.socket_access.mode = fsd::parse_socket_mode(*o.socket_mode);
   if (o.socket_group) p.socket_access.group = fsd::parse_socket_group(*o.socket_group);
+  bool namespace_maps = o.uid_map || o.gid_map;
+  if (namespace_maps) {
+    const char* flag = o.uid_map ? "--uid-map" : "--gid-map";
+    if (::geteuid() == 0)
+      throw std::invalid_argument(std::string(flag) + ": only for an fsd started by an ordinary user (it maps that "
+                                  "user into the sandbox's user namespace); a root fsd can use --translate-uid/-gid");
+    if (o.sandbox == "none")
+      throw std::invalid_argument(std::string(flag) + ": maps ids into the sandbox's user namespace; not with --sandbox none");
+    if (o.sandbox.empty()) o.sandbox = "namespace";
+    if (o.uid_map) p.namespace_ids.uid = fsd::parse_namespace_map("--uid-map", *o.uid_map, ::geteuid());
+    if (o.gid_map) p.namespace_ids.gid = fsd::parse_namespace_map("--gid-map", *o.gid_map, ::getegid());
+  }
   if (!o.sandbox.empty()) {
     p.sandbox = fsd::parse_sandbox(o.sandbox);
     if (p.sandbox == fsd::SandboxMode::kNamespace && !p.fuse_mounts.empty())
@@ -372,7 +386,7 @@ int run(Options& o) {
   servers.bind();
   if (plan.sandbox == fsd::SandboxMode::kNamespace) {
     fsd::Credentials::snapshot_user_database();
-    fsd::enter_sandbox(plan.sandbox, plan.seccomp);
+    fsd::enter_sandbox(plan.sandbox, plan.seccomp, plan.namespace_ids);
     spdlog::info("sandbox: own {}pid, mount, network and IPC namespaces, an empty read-only root; capabilities {}; "
                  "no_new_privs", ::geteuid() == 0 ? "" : "user (mapping only fsd's ids), ", fsd::kept_capabilities());
   } else {
@@ -504,14 +518,11 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   for (const char* flag : {"--security-label", "--posix-acl"})
     compat->add_flag_callback(flag, [&o, flag] { o.refused.emplace_back(flag, "fsd does not implement it"); },
                               "Refused: fsd does not implement it yet");
-  for (const char* flag : {"--uid-map", "--gid-map"})
-    compat->add_option_function<std::string>(
-        flag,
-        [&o, flag](const std::string&) {
-          o.refused.emplace_back(flag, "fsd does not enter a user namespace with subordinate ids; --translate-uid and "
-                                       "--translate-gid map a guest's ids without one");
-        },
-        "Refused: fsd does not enter a user namespace with subordinate ids yet (see --translate-uid)");
+  compat->add_option("--uid-map", o.uid_map,
+                     "Unprivileged fsd: its own uid appears as INSIDE in the user namespace of its sandbox "
+                     "(:INSIDE:OWN_UID:1:; ranges of subordinate ids are refused: see --translate-uid)")
+      ->type_name(":INSIDE:HOST:COUNT:");
+  compat->add_option("--gid-map", o.gid_map, "Likewise for its gid")->type_name(":INSIDE:HOST:COUNT:");
   compat->add_option("--xattrmap", o.xattrmap,
                      "Rename, hide or refuse xattrs between clients and the host, for every export (virtiofsd's "
                      "rules: e.g. ':map:security.:user.guest.:' keeps a guest's security.* under user.guest. on the host)")

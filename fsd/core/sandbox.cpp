@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -42,17 +43,17 @@ void write_proc(const char* file, const std::string& text) {
 }
 
 // Started by an ordinary user, fsd first enters a user namespace of its own
-// in which its uid and gid are the only ones mapped (to themselves): there
-// it may build the rest of the sandbox, and its capabilities reach no file
-// it could not reach before.
-void enter_user_namespace() {
+// in which its uid and gid are the only ones mapped (to themselves, or to
+// `ids`): there it may build the rest of the sandbox, and its capabilities
+// reach no file it could not reach before.
+void enter_user_namespace(const NamespaceIds& ids) {
   uid_t uid = ::geteuid();
   gid_t gid = ::getegid();
   if (::unshare(CLONE_NEWUSER) != 0)
     fail("unshare(CLONE_NEWUSER) (an unprivileged fsd needs user namespaces for its sandbox; or use --sandbox none)");
   write_proc("/proc/self/setgroups", "deny");
-  write_proc("/proc/self/gid_map", std::to_string(gid) + " " + std::to_string(gid) + " 1\n");
-  write_proc("/proc/self/uid_map", std::to_string(uid) + " " + std::to_string(uid) + " 1\n");
+  write_proc("/proc/self/gid_map", std::to_string(ids.gid.value_or(gid)) + " " + std::to_string(gid) + " 1\n");
+  write_proc("/proc/self/uid_map", std::to_string(ids.uid.value_or(uid)) + " " + std::to_string(uid) + " 1\n");
 }
 
 unsigned thread_count() {
@@ -178,9 +179,29 @@ SandboxMode parse_sandbox(std::string_view text) {
   throw std::invalid_argument("--sandbox " + std::string(text) + ": expected namespace or none");
 }
 
-void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp) {
+uint32_t parse_namespace_map(std::string_view flag, std::string_view text, uint32_t own) {
+  std::string_view t = text;
+  if (t.starts_with(':')) t.remove_prefix(1);
+  if (t.ends_with(':')) t.remove_suffix(1);
+  uint64_t v[3]{};
+  for (int i = 0; i < 3; i++) {
+    auto colon = t.find(':');
+    std::string_view f = t.substr(0, colon);
+    auto [end, ec] = std::from_chars(f.data(), f.data() + f.size(), v[i]);
+    if (f.empty() || ec != std::errc() || end != f.data() + f.size() || v[i] > 0xffffffffu || (i < 2) == (colon == std::string_view::npos))
+      throw std::invalid_argument(std::string(flag) + " '" + std::string(text) + "': expected :INSIDE:HOST:COUNT:");
+    t = colon == std::string_view::npos ? std::string_view{} : t.substr(colon + 1);
+  }
+  if (v[1] != own || v[2] != 1)
+    throw std::invalid_argument(std::string(flag) + " '" + std::string(text) + "': fsd maps only its own id (" +
+                                std::to_string(own) + ", count 1) into its user namespace; ranges of subordinate ids "
+                                "(newuidmap) are not supported: use --translate-uid/--translate-gid");
+  return static_cast<uint32_t>(v[0]);
+}
+
+void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids) {
   if (mode == SandboxMode::kNone) return;
-  if (::geteuid() != 0) enter_user_namespace();
+  if (::geteuid() != 0) enter_user_namespace(ids);
   if (::unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC) != 0) fail("unshare");
   split_off_waiter(waiter_seccomp);
   pivot_into_empty_root();

@@ -14,6 +14,8 @@
 //   none:      none of that.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -27,10 +29,23 @@ enum class SandboxMode { kNone, kNamespace };
 // anything else ("chroot", virtiofsd's other mode, says why fsd lacks it).
 SandboxMode parse_sandbox(std::string_view text);
 
+// What an unprivileged fsd's own uid and gid are inside the user namespace
+// of its sandbox (virtiofsd's --uid-map/--gid-map with one id): by
+// default, themselves.
+struct NamespaceIds {
+  std::optional<uint32_t> uid, gid;
+};
+
+// Parses virtiofsd's ":INSIDE:HOST:COUNT:" for `flag` (--uid-map or
+// --gid-map). Only fsd's own id (`own`) with COUNT 1 can be mapped without
+// newuidmap/newgidmap and subordinate ids, which fsd does not use; anything
+// else throws std::invalid_argument naming the flag and why.
+uint32_t parse_namespace_map(std::string_view flag, std::string_view text, uint32_t own);
+
 // Enters the sandbox; throws std::runtime_error naming the step that
 // failed. Must be called while fsd has one thread. Returns in the server;
 // the waiter never returns (`waiter_seccomp` is its filter).
-void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp);
+void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids = {});
 
 // The capabilities a sandboxed fsd keeps, for its log and for tests: its
 // file-system capabilities, setuid/setgid (to act as its callers), mknod

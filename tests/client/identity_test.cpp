@@ -408,6 +408,50 @@ TEST_F(Identity, UnprivilegedFsdSandboxesItselfInAUserNamespace) {
   EXPECT_FALSE(std::filesystem::exists(sock));
 }
 
+// --uid-map/--gid-map (virtiofsd's) make an unprivileged fsd's own ids
+// root inside its user namespace: a guest sees its user's files as root's.
+TEST_F(Identity, UidMapMakesAnUnprivilegedFsdRootInItsNamespace) {
+  auto dir = tmp_.path() / "nobodys";
+  write_file(dir / "share/file", "nobody's\n");
+  for (auto& p : {dir, dir / "share", dir / "share/file"}) ASSERT_EQ(::chown(p.c_str(), kNobody, kNogroup), 0);
+  std::string sock = (dir / "p9.sock").string();
+  std::vector<std::string> args{"--export", "t=" + (dir / "share").string(), "--listen", "unix:" + sock};
+  // Refused: as root; with --sandbox none; a range; another user's id.
+  expect_fsd_refuses({args[0], args[1], args[2], args[3], "--uid-map", ":0:0:1:"}, "--uid-map: only for an fsd started by an ordinary user");
+  auto refused_as_nobody = [&](std::vector<std::string> extra, const std::string& needle) {
+    SCOPED_TRACE(needle);
+    extra.insert(extra.begin(), args.begin(), args.end());
+    FsdProcess fsd({.args = extra, .user = std::pair{kNobody, kNogroup}});
+    auto status = fsd.wait_exit();
+    ASSERT_TRUE(status.has_value());
+    EXPECT_EQ(*status, 2) << fsd.log();
+    EXPECT_NE(fsd.log().find(needle), std::string::npos) << fsd.log();
+  };
+  refused_as_nobody({"--uid-map", ":0:65534:1:", "--sandbox", "none"}, "--uid-map: maps ids into the sandbox's user namespace");
+  refused_as_nobody({"--uid-map", ":0:100000:65536:"}, "ranges of subordinate ids");
+  refused_as_nobody({"--gid-map", "0:65534"}, "expected :INSIDE:HOST:COUNT:");
+
+  args.insert(args.end(), {"--uid-map", ":0:65534:1:", "--gid-map=:0:65534:1:"});
+  FsdProcess fsd({.args = args, .user = std::pair{kNobody, kNogroup}});
+  fsd.wait_listening("unix:");
+  ASSERT_NE(fsd.server_pid(), fsd.pid()) << "--uid-map did not imply the namespace sandbox";
+  EXPECT_NE(ns_of(fsd.server_pid(), "user"), ns_of(::getpid(), "user"));
+  int got = run_as(kNobody, kNogroup, [&] {
+    auto c = p9::Client::connect_unix(sock);
+    if (!c || !c->version(65536) || !c->attach(1, "t", 0) || !c->walk(1, 2, "file")) return 1;
+    auto attr = c->getattr(2);
+    if (!attr) return 2;
+    if (attr->uid != 0 || attr->gid != 0) return 3;  // nobody's file shows as root's
+    if (!c->walk(1, 3, "") || !c->lcreate(3, "made", O_WRONLY | O_CREAT, 0600, 0)) return 4;
+    return 0;
+  });
+  EXPECT_EQ(got, 0);
+  struct stat st{};
+  ASSERT_EQ(::lstat((dir / "share/made").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kNobody);
+  EXPECT_EQ(st.st_gid, kNogroup);
+}
+
 TEST_F(Identity, SandboxNoneLeavesFsdAsItWas) {
   auto fsd = start({"--sandbox", "none"});
   EXPECT_EQ(status_of(fsd->pid(), "NoNewPrivs"), "0");

@@ -42,8 +42,6 @@ TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"--shared-dir", share_, "--sandbox", "chroot"}, "--sandbox chroot");
   ExpectRefused({"--shared-dir", share_, "--security-label"}, "--security-label");
   ExpectRefused({"--shared-dir", share_, "--posix-acl"}, "--posix-acl");
-  ExpectRefused({"--shared-dir", share_, "--uid-map", ":0:1000:1:"}, "--uid-map");
-  ExpectRefused({"--shared-dir", share_, "--gid-map=:0:1000:1:"}, "--gid-map");
   ExpectRefused({"-o", "source=" + share_ + ",sandbox=chroot"}, "--sandbox chroot");
   ExpectRefused({"-o", "source=" + share_, "-o", "no_such_option"}, "-o no_such_option");
 }
