@@ -192,6 +192,14 @@ Plan make_plan(Options& o) {
   Plan p;
   for (const auto& e : o.exports) p.exports.push_back(fsd::parse_export(e));
   // The virtiofsd-style flags hold for every export, after the export's own rules.
+  std::optional<fsd::XattrMap> xattrs;
+  if (o.xattrmap) {
+    try {
+      xattrs = fsd::XattrMap::parse(*o.xattrmap);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("--xattrmap ") + e.what());
+    }
+  }
   for (auto& c : p.exports) {
     auto add = [&](const char* flag, fsd::IdMap& m, const std::string& rule) {
       try {
@@ -202,14 +210,10 @@ Plan make_plan(Options& o) {
     };
     for (const auto& r : o.translate_uid) add("--translate-uid", c.uids, r);
     for (const auto& r : o.translate_gid) add("--translate-gid", c.gids, r);
-    if (o.xattrmap) {
+    if (xattrs) {
       if (c.xattrs)
         throw std::invalid_argument("--xattrmap: export '" + c.tag + "' has its own xattrmap=; give one or the other");
-      try {
-        c.xattrs = fsd::XattrMap::parse(*o.xattrmap);
-      } catch (const std::invalid_argument& e) {
-        throw std::invalid_argument(std::string("--xattrmap ") + e.what());
-      }
+      c.xattrs = xattrs;
     }
   }
   for (size_t i = 0; i < p.exports.size(); i++)

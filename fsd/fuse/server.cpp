@@ -2,12 +2,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <climits>
 #include <vector>
 
@@ -24,39 +22,6 @@ constexpr size_t kMaxIovecs = 272;  // a 1 MiB read into 4 KiB guest pages, plus
 constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
 constexpr size_t kMaxRequestHead = 4096;  // a request's bytes besides a WRITE's data
 constexpr uint64_t kMaxCopy = 1u << 30;   // per COPY_FILE_RANGE: fits fuse_write_out's 32-bit size
-
-// The identity a request acts as: the uid and gid its header names. On the
-// host (/dev/fuse) the caller's supplementary groups come from its process,
-// as a local file system would see them; a guest's are unknown (as with
-// virtiofsd). The ids are the client's, which the export may map to the
-// host's or forbid (EPERM). Kept per thread for a second, so the fast path
-// is a lookup.
-Result<Credentials::Ref> caller_of(const Vfs& vfs, const fuse_in_header& h, bool host) {
-  struct Known {
-    const Vfs* vfs;
-    uint32_t uid, gid, pid;
-    std::chrono::steady_clock::time_point at;
-    Credentials::Ref who;
-  };
-  constexpr size_t kKept = 16;
-  thread_local std::vector<Known> known;
-  if (!Credentials::switching()) {  // acts as fsd, but forbidden ids stay forbidden
-    if (!vfs.host_uid(h.uid) || !vfs.host_gid(h.gid)) return Error{-EPERM};
-    return Credentials::Ref{};
-  }
-  uint32_t pid = host ? h.pid : 0;
-  auto now = std::chrono::steady_clock::now();
-  for (auto& k : known)
-    if (k.vfs == &vfs && k.uid == h.uid && k.gid == h.gid && k.pid == pid && now - k.at < std::chrono::seconds(1))
-      return k.who;
-  std::vector<gid_t> groups;
-  if (pid != 0) groups = Credentials::groups_of_process(static_cast<pid_t>(pid));
-  auto who = vfs.identity(h.uid, h.gid, groups);
-  if (!who) return Error{who.error()};
-  if (known.size() == kKept) known.erase(known.begin());
-  known.push_back({&vfs, h.uid, h.gid, pid, now, *who});
-  return *who;
-}
 
 }  // namespace
 
@@ -228,15 +193,15 @@ class Server::Context {
     if (!dir) co_return Error{dir.error()};
     co_return co_await vfs.unlink(ring, *dir, a.name, AT_REMOVEDIR);
   }
-  Task<Result<void>> rename(uint64_t newdir, std::string_view oldname, std::string_view newname, unsigned flags) {
+  Task<Result<void>> move_entry(uint64_t newdir, std::string_view oldname, std::string_view newname, unsigned flags) {
     auto from = node();
     if (!from) co_return Error{from.error()};
     auto to = s.node(newdir);
     if (!to) co_return Error{to.error()};
     co_return co_await vfs.rename(ring, *from, oldname, *to, newname, flags);
   }
-  Task<Result<void>> op(const Rename& a) { return rename(a.in.newdir, a.oldname, a.newname, 0); }
-  Task<Result<void>> op(const Rename2& a) { return rename(a.in.newdir, a.oldname, a.newname, a.in.flags); }
+  Task<Result<void>> op(const Rename& a) { return move_entry(a.in.newdir, a.oldname, a.newname, 0); }
+  Task<Result<void>> op(const Rename2& a) { return move_entry(a.in.newdir, a.oldname, a.newname, a.in.flags); }
   Task<Result<void>> op(const Link& a) {
     auto target = s.node(a.in.oldnodeid);
     if (!target) co_return Error{target.error()};
@@ -361,7 +326,7 @@ class Server::Context {
 
   // ---- directories
 
-  Task<Result<void>> readdir(const fuse_read_in& in, bool plus) {
+  Task<Result<void>> list_dir(const fuse_read_in& in, bool plus) {
     auto hd = s.handle_of(in.fh);
     if (!hd || !hd->dir) co_return Error{-EBADF};
     auto dir = node();
@@ -406,8 +371,8 @@ class Server::Context {
     if (e) entry = s.entry_of(e->node, e->st);
     co_return entry;
   }
-  Task<Result<void>> op(const Readdir& a) { return readdir(a.in, false); }
-  Task<Result<void>> op(const Readdirplus& a) { return readdir(a.in, true); }
+  Task<Result<void>> op(const Readdir& a) { return list_dir(a.in, false); }
+  Task<Result<void>> op(const Readdirplus& a) { return list_dir(a.in, true); }
 
   // ---- xattrs and the rest
 
@@ -569,7 +534,7 @@ fuse_attr Server::attr_of(const Node& n, const struct statx& st) {
   a.nlink = st.stx_nlink;
   a.uid = st.stx_uid;
   a.gid = st.stx_gid;
-  a.rdev = static_cast<uint32_t>(makedev(st.stx_rdev_major, st.stx_rdev_minor));
+  a.rdev = static_cast<uint32_t>(Vfs::rdev_of(st));
   a.blksize = st.stx_blksize;
   return a;
 }
@@ -614,7 +579,9 @@ Task<Result<size_t>> Server::handle(Ring& ring, std::span<const iovec> in, std::
   ScatterWriter w(out);
   if (!no_reply && !w.write(fuse_out_header{})) co_return Error{-EBADMSG};  // no room even for a header
   Context ctx(*this, ring, h, w, payload);
-  auto who = caller_of(vfs_, h, !options_.virtiofs);
+  // A guest's supplementary groups are unknown (as with virtiofsd); on the
+  // host, the caller's process has them.
+  auto who = vfs_.caller(h.uid, h.gid, options_.virtiofs ? 0 : static_cast<pid_t>(h.pid));
   ring.act_as(who ? who->get() : nullptr);
   Result<void> r;
   if (!initialized_ && !std::holds_alternative<Init>(req->args)) {

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/xattr.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -129,12 +128,9 @@ Result<Session::FidPtr> Session::fid(uint32_t id) const {
 }
 
 Result<void> Session::act_as_creator(const Fid& dir, uint32_t client_gid) {
-  auto gid = dir.vfs->host_gid(client_gid);
-  if (!gid) return Error{gid.error()};
-  const Credentials* who = dir.who ? dir.who.get() : Credentials::self().get();
-  if (*gid == who->gid() || !(peer_.trusted || who->in_group(*gid))) return {};
-  std::vector<gid_t> groups(who->groups().begin(), who->groups().end());
-  ring_.act_as(Credentials::get(who->uid(), *gid, groups).get());
+  auto who = dir.vfs->creator(dir.who.get(), client_gid, peer_.trusted);
+  if (!who) return Error{who.error()};
+  ring_.act_as(who->get());
   return {};
 }
 
@@ -216,9 +212,9 @@ Task<Result<void>> Session::op(Request& rq, const Tattach& m) {
   // uid is the client's: the export may map it, or forbid it.
   f->who = peer_.who;
   if (peer_.trusted && m.n_uname != kNoFid) {
-    auto uid = vfs->host_uid(m.n_uname);
-    if (!uid) co_return Error{uid.error()};
-    if (Credentials::switching()) f->who = Credentials::of_user(*uid);
+    auto user = vfs->user(m.n_uname);
+    if (!user) co_return Error{user.error()};
+    if (*user) f->who = std::move(*user);
   }
   fids_[m.fid] = f;
   set_reply(rq, Rattach{.qid = qid_of(*vfs, *f->node, *st)});
@@ -274,7 +270,7 @@ Task<Result<void>> Session::op(Request& rq, const Tgetattr& m) {
   r.uid = st->stx_uid;
   r.gid = st->stx_gid;
   r.nlink = st->stx_nlink;
-  r.rdev = makedev(st->stx_rdev_major, st->stx_rdev_minor);
+  r.rdev = Vfs::rdev_of(*st);
   r.size = st->stx_size;
   r.blksize = st->stx_blksize;
   r.blocks = st->stx_blocks;
@@ -437,7 +433,7 @@ Task<Result<void>> Session::op(Request& rq, const Tsymlink& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Tmknod& m) {
   FSD_FID_OR_RETURN(fp, m.dfid);
-  dev_t rdev = makedev(m.major, m.minor);
+  dev_t rdev = Vfs::device_number(m.major, m.minor);
   if (auto r = act_as_creator(*fp, m.gid); !r) co_return Error{r.error()};
   co_return reply_qid<Rmknod>(rq, *fp, co_await fp->vfs->mknod(ring_, fp->node, m.name, m.mode, rdev));
 }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <stdexcept>
@@ -153,6 +154,9 @@ uint64_t Vfs::unique_ino(uint64_t dev, uint64_t ino) {
   auto [it, _] = dev_index_.emplace(dev, dev_index_.size() + 1);
   return (it->second << 48) ^ ino;
 }
+
+dev_t Vfs::rdev_of(const struct statx& st) { return makedev(st.stx_rdev_major, st.stx_rdev_minor); }
+dev_t Vfs::device_number(uint32_t major, uint32_t minor) { return makedev(major, minor); }
 
 uint32_t Vfs::version_of(const struct statx& st) {
   uint64_t v = static_cast<uint64_t>(st.stx_mtime.tv_sec) * 1000000000ull + st.stx_mtime.tv_nsec;
@@ -923,19 +927,52 @@ Result<gid_t> Vfs::host_gid(gid_t client) const {
   return *id;
 }
 
-Result<Credentials::Ref> Vfs::identity(uid_t uid, gid_t gid, std::span<const gid_t> groups) const {
-  if (config_.uids.empty() && config_.gids.empty()) return Credentials::get(uid, gid, groups);
+Result<Credentials::Ref> Vfs::caller(uid_t uid, gid_t gid, pid_t groups_of) const {
   auto u = host_uid(uid);
   auto g = host_gid(gid);
   if (!u || !g) return Error{-EPERM};
-  std::vector<gid_t> host_groups;
-  host_groups.reserve(groups.size());
-  for (gid_t one : groups) {
-    auto h = host_gid(one);
-    if (!h) return Error{-EPERM};
-    host_groups.push_back(*h);
+  if (!Credentials::switching()) return Credentials::Ref{};  // acts as fsd; forbidden ids stay forbidden
+  struct Known {
+    const Vfs* vfs;
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    std::chrono::steady_clock::time_point at;
+    Credentials::Ref who;
+  };
+  constexpr size_t kKept = 16;
+  thread_local std::vector<Known> known;
+  auto now = std::chrono::steady_clock::now();
+  for (auto& k : known)
+    if (k.vfs == this && k.uid == uid && k.gid == gid && k.pid == groups_of && now - k.at < std::chrono::seconds(1))
+      return k.who;
+  std::vector<gid_t> groups;
+  if (groups_of != 0) {
+    for (gid_t one : Credentials::groups_of_process(groups_of)) {
+      auto h = host_gid(one);
+      if (!h) return Error{-EPERM};
+      groups.push_back(*h);
+    }
   }
-  return Credentials::get(*u, *g, host_groups);
+  auto who = Credentials::get(*u, *g, groups);
+  if (known.size() == kKept) known.erase(known.begin());
+  known.push_back({this, uid, gid, groups_of, now, who});
+  return who;
+}
+
+Result<Credentials::Ref> Vfs::user(uid_t uid) const {
+  auto u = host_uid(uid);
+  if (!u) return Error{-EPERM};
+  if (!Credentials::switching()) return Credentials::Ref{};
+  return Credentials::of_user(*u);
+}
+
+Result<Credentials::Ref> Vfs::creator(const Credentials* who, gid_t gid, bool trusted) const {
+  auto g = host_gid(gid);
+  if (!g) return Error{-EPERM};
+  const Credentials& base = who ? *who : *Credentials::self();
+  if (*g == base.gid() || !(trusted || base.in_group(*g))) return Credentials::Ref(who);
+  return Credentials::get(base.uid(), *g, base.groups());
 }
 
 Result<void> Vfs::drop_setid(Node& n) {

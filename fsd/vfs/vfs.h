@@ -189,6 +189,9 @@ class Vfs {
   uint64_t unique_ino(uint64_t dev, uint64_t ino);
   // Changes when content or metadata changes (mtime, ctime, size).
   static uint32_t version_of(const struct statx& st);
+  // The device number a device node's statx names, and one made of parts.
+  static dev_t rdev_of(const struct statx& st);
+  static dev_t device_number(uint32_t major, uint32_t minor);
 
   // ".", "..", or a child. ".." of the root is the root.
   Task<Result<Entry>> lookup(Ring& ring, NodeRef dir, std::string_view name);
@@ -234,9 +237,17 @@ class Vfs {
   // EPERM for an id the export forbids.
   Result<uid_t> host_uid(uid_t client) const;
   Result<gid_t> host_gid(gid_t client) const;
-  // The identity a client's request acts as (interned); EPERM if any of its
-  // ids is forbidden.
-  Result<Credentials::Ref> identity(uid_t uid, gid_t gid, std::span<const gid_t> groups = {}) const;
+  // Who a request acts as, from the client's ids (EPERM if the export
+  // forbids one). Null: fsd itself, when it cannot act as others.
+  // A caller named by uid and gid, with the supplementary groups of process
+  // `groups_of` (0: none, as for a guest's caller). Kept per thread for a
+  // second, so the fast path is a lookup.
+  Result<Credentials::Ref> caller(uid_t uid, gid_t gid, pid_t groups_of = 0) const;
+  // A user of the host's user database (a trusted 9P peer's n_uname).
+  Result<Credentials::Ref> user(uid_t uid) const;
+  // `who` (null: fsd), creating with the client's group `gid` instead of its
+  // own when it is in that group or `trusted` (a 9P create's group).
+  Result<Credentials::Ref> creator(const Credentials* who, gid_t gid, bool trusted) const;
 
   // ---- extended attributes, by the client's names (config().xattrs maps
   // them to the host's)

@@ -228,10 +228,12 @@ class FsdProcess {
 };
 
 // fsd started with `args` exits by itself with status 2 (a refused command
-// line), and its message contains `needle` (the flag it names).
-inline void expect_fsd_refuses(const std::vector<std::string>& args, const std::string& needle) {
+// line), and its message contains `needle` (the flag it names). Started as
+// `user` if given.
+inline void expect_fsd_refuses(const std::vector<std::string>& args, const std::string& needle,
+                               std::optional<std::pair<uid_t, gid_t>> user = std::nullopt) {
   SCOPED_TRACE(needle);
-  FsdProcess fsd({.args = args});
+  FsdProcess fsd({.args = args, .user = user});
   auto status = fsd.wait_exit();
   ASSERT_TRUE(status.has_value()) << "fsd kept running";
   EXPECT_EQ(*status, 2) << fsd.log();
