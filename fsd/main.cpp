@@ -57,7 +57,7 @@ struct Options {
   std::string seccomp;  // "": kill inside the namespace sandbox, else none
   std::vector<std::string> translate_uid, translate_gid;  // rules for every export
   std::optional<std::string> xattrmap;                    // rules for every export
-  std::optional<std::string> uid_map, gid_map;            // fsd's own ids in its user namespace
+  std::vector<std::string> uid_map, gid_map;              // ids of fsd's user namespace
   std::vector<std::pair<std::string, std::string>> refused;  // security flags fsd cannot honour yet, and why
   int listen_fd = -1;
   int ready_fd = -1;
@@ -232,17 +232,27 @@ Plan make_plan(Options& o) {
                                             : fsd::Ring::MetadataIo::kAdaptive;
   if (o.socket_mode) p.socket_access.mode = fsd::parse_socket_mode(*o.socket_mode);
   if (o.socket_group) p.socket_access.group = fsd::parse_socket_group(*o.socket_group);
-  bool namespace_maps = o.uid_map || o.gid_map;
-  if (namespace_maps) {
-    const char* flag = o.uid_map ? "--uid-map" : "--gid-map";
+  if (!o.uid_map.empty() || !o.gid_map.empty()) {
+    const char* flag = !o.uid_map.empty() ? "--uid-map" : "--gid-map";
     if (::geteuid() == 0)
-      throw std::invalid_argument(std::string(flag) + ": only for an fsd started by an ordinary user (it maps that "
-                                  "user into the sandbox's user namespace); a root fsd can use --translate-uid/-gid");
+      throw std::invalid_argument(std::string(flag) + ": only for an fsd started by an ordinary user (it maps ids "
+                                  "into the sandbox's user namespace); a root fsd can use --translate-uid/-gid");
     if (o.sandbox == "none")
       throw std::invalid_argument(std::string(flag) + ": maps ids into the sandbox's user namespace; not with --sandbox none");
     if (o.sandbox.empty()) o.sandbox = "namespace";
-    if (o.uid_map) p.namespace_ids.uid = fsd::parse_namespace_map("--uid-map", *o.uid_map, ::geteuid());
-    if (o.gid_map) p.namespace_ids.gid = fsd::parse_namespace_map("--gid-map", *o.gid_map, ::getegid());
+    for (const auto& m : o.uid_map) p.namespace_ids.uids.push_back(fsd::parse_namespace_map("--uid-map", m));
+    for (const auto& m : o.gid_map) p.namespace_ids.gids.push_back(fsd::parse_namespace_map("--gid-map", m));
+    fsd::check_namespace_maps("--uid-map", p.namespace_ids.uids);
+    fsd::check_namespace_maps("--gid-map", p.namespace_ids.gids);
+    // Ranges on one side only: newgidmap (or newuidmap) would map fsd's own
+    // id alone and forbid setgroups, so fsd could act as others while
+    // keeping its own supplementary groups.
+    bool uids_beyond = !fsd::maps_only(p.namespace_ids.uids, ::geteuid());
+    bool gids_beyond = !fsd::maps_only(p.namespace_ids.gids, ::getegid());
+    if (uids_beyond != gids_beyond)
+      throw std::invalid_argument(std::string(uids_beyond ? "--uid-map" : "--gid-map") + " maps ids beyond fsd's own, but " +
+                                  (uids_beyond ? "--gid-map" : "--uid-map") + " does not: give ranges for both, so "
+                                  "that requests act as uid and gid of their caller");
   }
   if (!o.sandbox.empty()) {
     p.sandbox = fsd::parse_sandbox(o.sandbox);
@@ -377,25 +387,28 @@ int run(Options& o) {
   // Clients send the modes they want, their umask applied already (FUSE's
   // kernel side, or the 9p client): fsd's own must not take bits away.
   ::umask(0);
-  const auto& me = fsd::Credentials::self();
-  if (fsd::Credentials::switching())
-    spdlog::info("requests act as their callers (fsd runs as uid {})", me->uid());
-  else
-    spdlog::info("requests act as fsd's own user (uid {}): without CAP_SETUID/CAP_SETGID it cannot act as others",
-                 me->uid());
   Plan plan = make_plan(o);
   fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget);
   sigset_t sigs = take_signals();
   Servers servers(o, plan, exports);
   servers.bind();
+  bool as_root = ::geteuid() == 0;
   if (plan.sandbox == fsd::SandboxMode::kNamespace) {
     fsd::Credentials::snapshot_user_database();
     fsd::enter_sandbox(plan.sandbox, plan.seccomp, plan.namespace_ids);
+    fsd::Credentials::reread();
     spdlog::info("sandbox: own {}pid, mount, network and IPC namespaces, an empty read-only root; capabilities {}; "
-                 "no_new_privs", ::geteuid() == 0 ? "" : "user (mapping only fsd's ids), ", fsd::kept_capabilities());
+                 "no_new_privs", as_root ? "" : "user, ", fsd::kept_capabilities());
+    if (!as_root) spdlog::info("user namespace: fsd is uid {} gid {} there", ::geteuid(), ::getegid());
   } else {
     spdlog::info("sandbox: none{}", ::geteuid() == 0 ? " (a --fuse-mount needs the host's mount namespace)" : "");
   }
+  if (fsd::Credentials::switching())
+    spdlog::info("requests act as their callers (fsd runs as uid {})", fsd::Credentials::self()->uid());
+  else
+    spdlog::info("requests act as fsd's own user (uid {}): it cannot act as others ({})", fsd::Credentials::self()->uid(),
+                 !as_root && plan.sandbox == fsd::SandboxMode::kNamespace ? "its user namespace maps no other ids"
+                                                                           : "no CAP_SETUID/CAP_SETGID");
   fsd::install_seccomp(plan.seccomp);
   if (plan.seccomp != fsd::SeccompAction::kNone) spdlog::info("seccomp: an allow-list of fsd's system calls ({})", o.seccomp.empty() ? "kill" : o.seccomp);
   servers.start();
@@ -523,10 +536,11 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
     compat->add_flag_callback(flag, [&o, flag] { o.refused.emplace_back(flag, "fsd does not implement it"); },
                               "Refused: fsd does not implement it yet");
   compat->add_option("--uid-map", o.uid_map,
-                     "Unprivileged fsd: its own uid appears as INSIDE in the user namespace of its sandbox "
-                     "(:INSIDE:OWN_UID:1:; ranges of subordinate ids are refused: see --translate-uid)")
+                     "Unprivileged fsd: map host uids into the user namespace of its sandbox (repeatable; implies "
+                     "--sandbox namespace). Only its own uid, count 1: fsd writes the map itself; ranges of "
+                     "subordinate uids (/etc/subuid): through newuidmap, and requests then act as their callers")
       ->type_name(":INSIDE:HOST:COUNT:");
-  compat->add_option("--gid-map", o.gid_map, "Likewise for its gid")->type_name(":INSIDE:HOST:COUNT:");
+  compat->add_option("--gid-map", o.gid_map, "Likewise for gids (newgidmap, /etc/subgid)")->type_name(":INSIDE:HOST:COUNT:");
   compat->add_option("--xattrmap", o.xattrmap,
                      "Rename, hide or refuse xattrs between clients and the host, for every export (virtiofsd's "
                      "rules: e.g. ':map:security.:user.guest.:' keeps a guest's security.* under user.guest. on the host)")

@@ -45,6 +45,57 @@ bool has_setid_caps() {
   return effective(CAP_SETUID) && effective(CAP_SETGID);
 }
 
+// What fsd is and may do, read at start and again in its sandbox
+// (Credentials::reread), while it has one thread; read-only after.
+struct IdRange {
+  uint32_t first;
+  uint64_t end;  // one past the last
+};
+struct Self {
+  Credentials::Ref me;
+  bool switching = false;
+  std::vector<IdRange> uids, gids;  // empty: every id (no user namespace read)
+};
+Self* g_self = nullptr;
+
+std::vector<IdRange> read_id_map(const char* file) {
+  std::vector<IdRange> out;
+  std::ifstream in(file);
+  for (uint64_t inside, outside, count; in >> inside >> outside >> count;)
+    out.push_back({static_cast<uint32_t>(inside), inside + count});
+  return out;
+}
+
+bool in_ranges(const std::vector<IdRange>& ranges, uint32_t id) {
+  if (ranges.empty()) return true;
+  for (const auto& r : ranges)
+    if (id >= r.first && id < r.end) return true;
+  return false;
+}
+
+uint64_t ids_in(const std::vector<IdRange>& ranges) {
+  uint64_t n = 0;
+  for (const auto& r : ranges) n += r.end - r.first;
+  return n;
+}
+
+Credentials::Ref own_identity() {
+  std::vector<gid_t> groups(static_cast<size_t>(std::max(::getgroups(0, nullptr), 0)));
+  groups.resize(static_cast<size_t>(std::max(::getgroups(static_cast<int>(groups.size()), groups.data()), 0)));
+  return Credentials::get(::geteuid(), ::getegid(), groups);
+}
+
+Self& self_state() {
+  static const bool made = [] {
+    g_self = new Self;  // never destroyed: Refs may outlive main's statics
+    g_self->me = own_identity();
+    g_self->switching = has_setid_caps();
+    return true;
+  }();
+  (void)made;
+  return *g_self;
+}
+
 [[noreturn]] void refused(const char* what, unsigned id) {
   std::fprintf(stderr, "fsd: the kernel refused %s(%u) for a request's identity; stopping rather than act as another\n",
                what, id);
@@ -65,7 +116,10 @@ thread_local Credentials::Ref t_applied;  // null: fsd itself
 }  // namespace
 
 Credentials::Ref Credentials::get(uid_t uid, gid_t gid, std::span<const gid_t> groups) {
-  std::vector<gid_t> sorted(groups.begin(), groups.end());
+  const Self* ns = g_self;  // null while fsd's own identity is being read
+  std::vector<gid_t> sorted;
+  for (gid_t g : groups)
+    if (ns == nullptr || in_ranges(ns->gids, g)) sorted.push_back(g);
   std::sort(sorted.begin(), sorted.end());
   sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
   if (sorted.size() > kMaxGroups) sorted.resize(kMaxGroups);
@@ -79,7 +133,8 @@ Credentials::Ref Credentials::get(uid_t uid, gid_t gid, std::span<const gid_t> g
     for (uint32_t r = refs.load(std::memory_order_relaxed); r != 0;)
       if (refs.compare_exchange_weak(r, r + 1, std::memory_order_acq_rel)) return Ref(it->second, false);
   }
-  auto* c = new Credentials(uid, gid, std::move(sorted), g_next_id.fetch_add(1, std::memory_order_relaxed));
+  bool mapped = ns == nullptr || (in_ranges(ns->uids, uid) && in_ranges(ns->gids, gid));
+  auto* c = new Credentials(uid, gid, std::move(sorted), g_next_id.fetch_add(1, std::memory_order_relaxed), mapped);
   t.by_key[std::move(key)] = c;
   return Ref(c);
 }
@@ -95,18 +150,25 @@ void intrusive_ptr_release(const Credentials* c) {
   delete c;
 }
 
-const Credentials::Ref& Credentials::self() {
-  static const Ref me = [] {
-    std::vector<gid_t> groups(static_cast<size_t>(std::max(::getgroups(0, nullptr), 0)));
-    groups.resize(static_cast<size_t>(std::max(::getgroups(static_cast<int>(groups.size()), groups.data()), 0)));
-    return get(::geteuid(), ::getegid(), groups);
-  }();
-  return me;
-}
+const Credentials::Ref& Credentials::self() { return self_state().me; }
 
-bool Credentials::switching() {
-  static const bool can = (self(), has_setid_caps());
-  return can;
+bool Credentials::switching() { return self_state().switching; }
+
+void Credentials::reread() {
+  Self& s = self_state();
+  s.uids = read_id_map("/proc/self/uid_map");
+  s.gids = read_id_map("/proc/self/gid_map");
+  std::ifstream setgroups("/proc/self/setgroups");
+  std::string word;
+  setgroups >> word;
+  Self* before = g_self;
+  g_self = nullptr;  // fsd's own groups as they are
+  s.me = own_identity();
+  g_self = before;
+  // Acting as others in a user namespace needs more than fsd's own uid
+  // mapped, and setgroups allowed (else each request would keep fsd's own
+  // supplementary groups).
+  s.switching = has_setid_caps() && ids_in(s.uids) > 1 && (word.empty() || word == "allow");
 }
 
 size_t Credentials::interned() {

@@ -18,7 +18,9 @@
 //
 // Switching needs CAP_SETUID and CAP_SETGID. Without them (fsd started by
 // an ordinary user) every request acts as fsd itself: switching() is false
-// and apply() does nothing.
+// and apply() does nothing. In a user namespace (an unprivileged fsd's
+// sandbox) a thread can act only as ids the namespace maps: callers check
+// mapped() and refuse the others.
 #pragma once
 
 #include <sys/types.h>
@@ -43,8 +45,12 @@ class Credentials {
   static Ref get(uid_t uid, gid_t gid, std::span<const gid_t> groups = {});
   // fsd's own identity, as the process started (its euid, egid, groups).
   static const Ref& self();
-  // Whether fsd may act as others (it holds CAP_SETUID and CAP_SETGID).
+  // Whether fsd may act as others: it holds CAP_SETUID and CAP_SETGID, and
+  // its user namespace maps more than its own uid and lets it set groups.
   static bool switching();
+  // Reads fsd's identity, switching() and the ids its user namespace maps
+  // again, once it has entered its sandbox (while it has one thread).
+  static void reread();
   // A user of the host's user database: its primary group and the groups it
   // is a member of; a uid the database does not know gets the group
   // nogroup (65534) and no others.
@@ -63,6 +69,10 @@ class Credentials {
   std::span<const gid_t> groups() const { return groups_; }
   uint64_t id() const { return id_; }
   bool is_self() const { return this == self().get(); }
+  // Whether fsd's user namespace maps the uid and the gid, so that a thread
+  // can act as this identity (outside a user namespace, always). Groups it
+  // does not map are left out when the identity is interned.
+  bool mapped() const { return mapped_; }
   // gid is the primary group or a supplementary one.
   bool in_group(gid_t gid) const;
 
@@ -89,8 +99,8 @@ class Credentials {
   Credentials& operator=(const Credentials&) = delete;
 
  private:
-  Credentials(uid_t uid, gid_t gid, std::vector<gid_t> groups, uint64_t id)
-      : uid_(uid), gid_(gid), groups_(std::move(groups)), id_(id) {}
+  Credentials(uid_t uid, gid_t gid, std::vector<gid_t> groups, uint64_t id, bool mapped)
+      : uid_(uid), gid_(gid), groups_(std::move(groups)), id_(id), mapped_(mapped) {}
   friend void intrusive_ptr_add_ref(const Credentials* c) { c->refs_.fetch_add(1, std::memory_order_relaxed); }
   friend void intrusive_ptr_release(const Credentials* c);
 
@@ -98,6 +108,7 @@ class Credentials {
   gid_t gid_;
   std::vector<gid_t> groups_;
   uint64_t id_;
+  bool mapped_;
   mutable std::atomic<uint32_t> refs_{0};
 };
 

@@ -42,18 +42,96 @@ void write_proc(const char* file, const std::string& text) {
   if (!ok) fail(std::string("writing ") + file);
 }
 
-// Started by an ordinary user, fsd first enters a user namespace of its own
-// in which its uid and gid are the only ones mapped (to themselves, or to
-// `ids`): there it may build the rest of the sandbox, and its capabilities
-// reach no file it could not reach before.
+std::string map_text(const std::vector<IdRange>& ranges) {
+  std::string out;
+  for (const auto& r : ranges)
+    out += std::to_string(r.inside) + " " + std::to_string(r.host) + " " + std::to_string(r.count) + "\n";
+  return out;
+}
+
+// Runs `tool` (newuidmap or newgidmap) for process `pid` and `ranges`;
+// returns its exit status, 127 if it could not be run.
+int run_map_tool(const char* tool, pid_t pid, const std::vector<IdRange>& ranges) {
+  std::vector<std::string> args{tool, std::to_string(pid)};
+  for (const auto& r : ranges)
+    for (uint32_t v : {r.inside, r.host, r.count}) args.push_back(std::to_string(v));
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t child = ::fork();
+  if (child < 0) return 127;
+  if (child == 0) {
+    ::execvp(tool, argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+// Ranges beyond fsd's own id are written by newuidmap and newgidmap, which
+// check them against the host's subordinate ids and must run outside the
+// new namespace: a helper forked before unshare runs them once fsd is in
+// it, and reports which step failed (0: none).
+void map_with_helper(const NamespaceIds& ids) {
+  int go[2], done[2];
+  if (::pipe2(go, O_CLOEXEC) != 0 || ::pipe2(done, O_CLOEXEC) != 0) fail("pipe");
+  pid_t fsd_pid = ::getpid();
+  pid_t helper = ::fork();
+  if (helper < 0) fail("fork");
+  if (helper == 0) {
+    ::close(go[1]);
+    ::close(done[0]);
+    char step = 0;
+    if (::read(go[0], &step, 1) != 1) ::_exit(0);  // fsd did not get as far
+    step = run_map_tool("newuidmap", fsd_pid, ids.uids) != 0   ? 'u'
+           : run_map_tool("newgidmap", fsd_pid, ids.gids) != 0 ? 'g'
+                                                                : 'k';
+    (void)!::write(done[1], &step, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  ::close(done[1]);
+  bool entered = ::unshare(CLONE_NEWUSER) == 0;
+  int saved = errno;
+  char step = 0;
+  if (entered) {
+    (void)!::write(go[1], "x", 1);
+    if (::read(done[0], &step, 1) != 1) step = 0;
+  }
+  ::close(go[1]);
+  ::close(done[0]);
+  while (::waitpid(helper, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  errno = saved;
+  if (!entered)
+    fail("unshare(CLONE_NEWUSER) (an unprivileged fsd needs user namespaces for its sandbox; or use --sandbox none)");
+  if (step != 'k') {
+    const char* what = step == 'g' ? "--gid-map: newgidmap" : "--uid-map: newuidmap";
+    throw std::runtime_error(std::string(what) + " could not map the ranges (its message, if any, is above; the "
+                             "tool comes with Debian's uidmap package, and the host ids must be this user's "
+                             "subordinate ids in /etc/subuid and /etc/subgid)");
+  }
+}
+
+// Started by an ordinary user, fsd first enters a user namespace of its own.
+// By default its uid and gid are the only ids mapped there (to themselves,
+// or to what --uid-map/--gid-map say): it may build the rest of the sandbox,
+// and its capabilities reach no file it could not reach before. With ranges
+// of subordinate ids mapped too, it may also act as those ids.
 void enter_user_namespace(const NamespaceIds& ids) {
   uid_t uid = ::geteuid();
   gid_t gid = ::getegid();
+  if (!maps_only(ids.uids, uid) || !maps_only(ids.gids, gid)) return map_with_helper(ids);
   if (::unshare(CLONE_NEWUSER) != 0)
     fail("unshare(CLONE_NEWUSER) (an unprivileged fsd needs user namespaces for its sandbox; or use --sandbox none)");
+  auto own = [](const std::vector<IdRange>& given, uint32_t id) {
+    return map_text(given.empty() ? std::vector<IdRange>{{id, id, 1}} : given);
+  };
   write_proc("/proc/self/setgroups", "deny");
-  write_proc("/proc/self/gid_map", std::to_string(ids.gid.value_or(gid)) + " " + std::to_string(gid) + " 1\n");
-  write_proc("/proc/self/uid_map", std::to_string(ids.uid.value_or(uid)) + " " + std::to_string(uid) + " 1\n");
+  write_proc("/proc/self/gid_map", own(ids.gids, gid));
+  write_proc("/proc/self/uid_map", own(ids.uids, uid));
 }
 
 unsigned thread_count() {
@@ -184,7 +262,7 @@ SandboxMode parse_sandbox(std::string_view text) {
   throw std::invalid_argument("--sandbox " + std::string(text) + ": expected namespace or none");
 }
 
-uint32_t parse_namespace_map(std::string_view flag, std::string_view text, uint32_t own) {
+IdRange parse_namespace_map(std::string_view flag, std::string_view text) {
   std::string_view t = text;
   if (t.starts_with(':')) t.remove_prefix(1);
   if (t.ends_with(':')) t.remove_suffix(1);
@@ -197,11 +275,32 @@ uint32_t parse_namespace_map(std::string_view flag, std::string_view text, uint3
       throw std::invalid_argument(std::string(flag) + " '" + std::string(text) + "': expected :INSIDE:HOST:COUNT:");
     t = colon == std::string_view::npos ? std::string_view{} : t.substr(colon + 1);
   }
-  if (v[1] != own || v[2] != 1)
-    throw std::invalid_argument(std::string(flag) + " '" + std::string(text) + "': fsd maps only its own id (" +
-                                std::to_string(own) + ", count 1) into its user namespace; ranges of subordinate ids "
-                                "(newuidmap) are not supported: use --translate-uid/--translate-gid");
-  return static_cast<uint32_t>(v[0]);
+  constexpr uint64_t kIds = uint64_t{1} << 32;
+  if (v[2] == 0 || v[0] + v[2] > kIds || v[1] + v[2] > kIds)
+    throw std::invalid_argument(std::string(flag) + " '" + std::string(text) +
+                                "': COUNT must be at least 1, and both ranges must end by 4294967295");
+  return {static_cast<uint32_t>(v[0]), static_cast<uint32_t>(v[1]), static_cast<uint32_t>(v[2])};
+}
+
+void check_namespace_maps(std::string_view flag, const std::vector<IdRange>& ranges) {
+  constexpr size_t kKernelMax = 340;
+  if (ranges.size() > kKernelMax)
+    throw std::invalid_argument(std::string(flag) + ": at most " + std::to_string(kKernelMax) + " ranges");
+  auto overlap = [](uint64_t a, uint64_t b, uint64_t n, uint64_t m) { return a < b + m && b < a + n; };
+  for (size_t i = 0; i < ranges.size(); i++)
+    for (size_t j = 0; j < i; j++) {
+      const IdRange& a = ranges[i];
+      const IdRange& b = ranges[j];
+      if (overlap(a.inside, b.inside, a.count, b.count) || overlap(a.host, b.host, a.count, b.count))
+        throw std::invalid_argument(std::string(flag) + ": the ranges :" + std::to_string(b.inside) + ":" +
+                                    std::to_string(b.host) + ":" + std::to_string(b.count) + ": and :" +
+                                    std::to_string(a.inside) + ":" + std::to_string(a.host) + ":" +
+                                    std::to_string(a.count) + ": overlap");
+    }
+}
+
+bool maps_only(const std::vector<IdRange>& ranges, uint32_t own) {
+  return ranges.empty() || (ranges.size() == 1 && ranges[0].host == own && ranges[0].count == 1);
 }
 
 void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids) {

@@ -3,8 +3,8 @@
 // the sandbox's).
 //
 //   namespace: new pid, mount, network and IPC namespaces (started by an
-//              ordinary user, first a user namespace mapping only its own
-//              uid and gid); fsd serves as pid 1 of the new pid namespace,
+//              ordinary user, first a user namespace: see NamespaceIds);
+//              fsd serves as pid 1 of the new pid namespace,
 //              while the process that started stays outside as a waiter
 //              with no capabilities; the root becomes an empty read-only
 //              tmpfs holding only /proc (fsd reaches its exports, sockets
@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "fsd/core/seccomp.h"
 
@@ -29,18 +30,31 @@ enum class SandboxMode { kNone, kNamespace };
 // anything else ("chroot", virtiofsd's other mode, says why fsd lacks it).
 SandboxMode parse_sandbox(std::string_view text);
 
-// What an unprivileged fsd's own uid and gid are inside the user namespace
-// of its sandbox (virtiofsd's --uid-map/--gid-map with one id): by
-// default, themselves.
+// The ids an unprivileged fsd's sandbox user namespace maps (virtiofsd's
+// --uid-map/--gid-map, ":INSIDE:HOST:COUNT:", repeatable). None given:
+// fsd's own uid and gid, each as itself. Only fsd's own id (count 1) can
+// be mapped by fsd itself; anything else is written by newuidmap/newgidmap
+// (Debian's uidmap package) from the host's subordinate ids
+// (/etc/subuid, /etc/subgid), and then fsd acts as its callers there.
+struct IdRange {
+  uint32_t inside = 0, host = 0, count = 0;
+  bool operator==(const IdRange&) const = default;
+};
 struct NamespaceIds {
-  std::optional<uint32_t> uid, gid;
+  std::vector<IdRange> uids, gids;
 };
 
-// Parses virtiofsd's ":INSIDE:HOST:COUNT:" for `flag` (--uid-map or
-// --gid-map). Only fsd's own id (`own`) with COUNT 1 can be mapped without
-// newuidmap/newgidmap and subordinate ids, which fsd does not use; anything
-// else throws std::invalid_argument naming the flag and why.
-uint32_t parse_namespace_map(std::string_view flag, std::string_view text, uint32_t own);
+// Parses ":INSIDE:HOST:COUNT:" for `flag` (--uid-map or --gid-map); throws
+// std::invalid_argument naming the flag and the text for anything else
+// (a zero count, a range past 4294967295).
+IdRange parse_namespace_map(std::string_view flag, std::string_view text);
+
+// Checks one side's ranges: no two overlap inside or on the host, at most
+// 340 (the kernel's limit). Throws std::invalid_argument naming `flag`.
+void check_namespace_maps(std::string_view flag, const std::vector<IdRange>& ranges);
+
+// Whether `ranges` map only `own` (count 1), which fsd writes itself.
+bool maps_only(const std::vector<IdRange>& ranges, uint32_t own);
 
 // Enters the sandbox; throws std::runtime_error naming the step that
 // failed. Must be called while fsd has one thread. Returns in the server;

@@ -216,6 +216,7 @@ Task<Result<void>> Session::op(Request& rq, const Tattach& m) {
     if (!user) co_return Error{user.error()};
     if (*user) f->who = std::move(*user);
   }
+  if (f->who && !f->who->mapped()) co_return Error{-EPERM};  // a peer fsd's user namespace does not map
   fids_[m.fid] = f;
   set_reply(rq, Rattach{.qid = qid_of(*vfs, *f->node, *st)});
   co_return Result<void>{};

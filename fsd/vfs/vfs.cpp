@@ -955,6 +955,7 @@ Result<Credentials::Ref> Vfs::caller(uid_t uid, gid_t gid, pid_t groups_of) cons
     }
   }
   auto who = Credentials::get(*u, *g, groups);
+  if (!who->mapped()) return Error{-EPERM};  // fsd's user namespace has no such id
   if (known.size() == kKept) known.erase(known.begin());
   known.push_back({this, uid, gid, groups_of, now, who});
   return who;
@@ -964,7 +965,9 @@ Result<Credentials::Ref> Vfs::user(uid_t uid) const {
   auto u = host_uid(uid);
   if (!u) return Error{-EPERM};
   if (!Credentials::switching()) return Credentials::Ref{};
-  return Credentials::of_user(*u);
+  auto who = Credentials::of_user(*u);
+  if (!who->mapped()) return Error{-EPERM};
+  return who;
 }
 
 Result<Credentials::Ref> Vfs::creator(const Credentials* who, gid_t gid, bool trusted) const {
@@ -972,7 +975,9 @@ Result<Credentials::Ref> Vfs::creator(const Credentials* who, gid_t gid, bool tr
   if (!g) return Error{-EPERM};
   const Credentials& base = who ? *who : *Credentials::self();
   if (*g == base.gid() || !(trusted || base.in_group(*g))) return Credentials::Ref(who);
-  return Credentials::get(base.uid(), *g, base.groups());
+  auto as = Credentials::get(base.uid(), *g, base.groups());
+  if (!as->mapped()) return Error{-EPERM};
+  return as;
 }
 
 Result<void> Vfs::drop_setid(Node& n) {

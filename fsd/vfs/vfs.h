@@ -238,7 +238,8 @@ class Vfs {
   Result<uid_t> host_uid(uid_t client) const;
   Result<gid_t> host_gid(gid_t client) const;
   // Who a request acts as, from the client's ids (EPERM if the export
-  // forbids one). Null: fsd itself, when it cannot act as others.
+  // forbids one, or fsd's user namespace does not map it). Null: fsd
+  // itself, when it cannot act as others.
   // A caller named by uid and gid, with the supplementary groups of process
   // `groups_of` (0: none, as for a guest's caller). Kept per thread for a
   // second, so the fast path is a lookup.

@@ -423,8 +423,11 @@ TEST_F(Identity, UidMapMakesAnUnprivilegedFsdRootInItsNamespace) {
     expect_fsd_refuses(extra, needle, std::pair{kNobody, kNogroup});
   };
   refused_as_nobody({"--uid-map", ":0:65534:1:", "--sandbox", "none"}, "--uid-map: maps ids into the sandbox's user namespace");
-  refused_as_nobody({"--uid-map", ":0:100000:65536:"}, "ranges of subordinate ids");
+  refused_as_nobody({"--uid-map", ":0:100000:65536:"}, "--uid-map maps ids beyond fsd's own, but --gid-map does not");
   refused_as_nobody({"--gid-map", "0:65534"}, "expected :INSIDE:HOST:COUNT:");
+  refused_as_nobody({"--gid-map", ":0:65534:0:"}, "COUNT must be at least 1");
+  refused_as_nobody({"--uid-map", ":0:65534:1:", "--uid-map", ":0:100000:10:", "--gid-map", ":0:100000:10:"},
+                    "--uid-map: the ranges :0:65534:1: and :0:100000:10: overlap");
 
   args.insert(args.end(), {"--uid-map", ":0:65534:1:", "--gid-map=:0:65534:1:"});
   FsdProcess fsd({.args = args, .user = std::pair{kNobody, kNogroup}});
@@ -445,6 +448,88 @@ TEST_F(Identity, UidMapMakesAnUnprivilegedFsdRootInItsNamespace) {
   ASSERT_EQ(::lstat((dir / "share/made").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, kNobody);
   EXPECT_EQ(st.st_gid, kNogroup);
+}
+
+// With ranges of subordinate ids (newuidmap/newgidmap, as libvirt's session
+// mode passes them), an unprivileged fsd acts as each caller inside its user
+// namespace: the namespace's ids land on the host shifted, the kernel checks
+// permissions between them, and ids it does not map are refused. The host's
+// /etc/subuid and /etc/subgid are left alone: fsd sees test copies.
+TEST_F(Identity, SubordinateIdsLetAnUnprivilegedFsdActAsItsCallers) {
+  int found = 0;
+  run_command("command -v newuidmap && command -v newgidmap", &found);
+  ASSERT_EQ(found, 0) << "newuidmap/newgidmap missing: scripts/setup installs Debian's uidmap package";
+  constexpr uint32_t kBase = 300000;  // inside 1.. is host kBase..
+  auto dir = tmp_.path() / "subids";
+  write_file(dir / "subuid", "nobody:" + std::to_string(kBase) + ":65536\n");
+  write_file(dir / "subgid", "nobody:" + std::to_string(kBase) + ":65536\n");
+  write_file(dir / "share/theirs", "inside uid 2000's\n");
+  for (auto& p : {dir, dir / "share"}) ASSERT_EQ(::chown(p.c_str(), kNobody, kNogroup), 0);
+  ASSERT_EQ(::chmod((dir / "share").c_str(), 0777), 0);
+  ASSERT_EQ(::chown((dir / "share/theirs").c_str(), kBase + 1999, kBase + 1999), 0);
+  ASSERT_EQ(::chmod((dir / "share/theirs").c_str(), 0600), 0);
+  std::string sock = (dir / "p9.sock").string();
+  std::vector<std::string> args{"--export", "t=" + (dir / "share").string(), "--listen", "unix:" + sock,
+                                "--uid-map", ":0:65534:1:", "--uid-map", ":1:" + std::to_string(kBase) + ":65536:",
+                                "--gid-map", ":0:65534:1:", "--gid-map", ":1:" + std::to_string(kBase) + ":65536:"};
+  std::vector<std::pair<fs::path, fs::path>> subids{{dir / "subuid", "/etc/subuid"}, {dir / "subgid", "/etc/subgid"}};
+  {
+    // Ranges the subordinate ids do not grant: newuidmap says no, and fsd
+    // stops naming the flag.
+    auto wrong = args;
+    wrong[7] = ":1:100000:65536:";
+    FsdProcess fsd({.args = wrong, .user = std::pair{kNobody, kNogroup}, .bind_over = subids});
+    auto status = fsd.wait_exit();
+    ASSERT_TRUE(status.has_value()) << "fsd kept running";
+    EXPECT_EQ(*status, 1) << fsd.log();
+    EXPECT_NE(fsd.log().find("--uid-map: newuidmap could not map the ranges"), std::string::npos) << fsd.log();
+  }
+  FsdProcess fsd({.args = args, .user = std::pair{kNobody, kNogroup}, .bind_over = subids});
+  fsd.wait_listening("unix:");
+  EXPECT_NE(fsd.log().find("requests act as their callers"), std::string::npos) << fsd.log();
+  // nobody connects: inside the namespace it is root, a peer that may name
+  // whom it acts as. Each step returns 0, or the errno it got.
+  auto step = [&](uint32_t uid, auto body) {
+    return run_as(kNobody, kNogroup, [&]() -> int {
+      auto c = p9::Client::connect_unix(sock);
+      if (!c) return -c.error();
+      if (auto v = c->version(65536); !v) return -v.error();
+      if (auto a = c->attach(1, "t", uid); !a) return -a.error();
+      return body(*c);
+    });
+  };
+  auto err = [](const auto& r) { return r.ok() ? 0 : -r.error(); };
+  EXPECT_EQ(step(1000, [&](p9::Client& c) {
+              if (int e = err(c.walk(1, 2, ""))) return e;
+              if (int e = err(c.lcreate(2, "made", O_WRONLY | O_CREAT, 0640, 1000))) return e;
+              if (int e = err(c.walk(1, 3, "made"))) return e;
+              auto made = c.getattr(3);
+              if (!made) return -made.error();
+              return made->uid == 1000 && made->gid == 1000 ? 0 : 200;  // the namespace's ids
+            }),
+            0);
+  struct stat st{};
+  ASSERT_EQ(::lstat((dir / "share/made").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kBase + 999);  // created as the caller, shifted onto the host
+  EXPECT_EQ(st.st_gid, kBase + 999);
+  auto read_theirs = [&](p9::Client& c) {
+    if (int e = err(c.walk(1, 2, "theirs"))) return e;
+    if (int e = err(c.lopen(2, O_RDONLY))) return e;
+    auto text = c.read_all(2);
+    if (!text) return -text.error();
+    return *text == "inside uid 2000's\n" ? 0 : 201;
+  };
+  EXPECT_EQ(step(1000, read_theirs), EACCES);  // the kernel checks, between two mapped ids
+  EXPECT_EQ(step(2000, read_theirs), 0);
+  EXPECT_EQ(step(70000, [](p9::Client&) { return 0; }), EPERM);  // the namespace has no such id
+  EXPECT_EQ(step(0, [&](p9::Client& c) {
+              if (int e = err(c.walk(1, 2, "theirs"))) return e;
+              auto a = c.getattr(2);
+              if (!a) return -a.error();
+              return a->uid == 2000 ? 0 : 202;
+            }),
+            0);
+  EXPECT_EQ(fsd.stop(), 0) << fsd.log();
 }
 
 TEST_F(Identity, SandboxNoneLeavesFsdAsItWas) {

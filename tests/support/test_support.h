@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -77,26 +79,38 @@ inline std::string fsd_binary() {
 #endif
 }
 
-// Starts `argv` (looked up in PATH) with stdin from /dev/null (or
-// `stdin_fd`) and stdout and stderr to `log`. The child gets SIGKILL if the
-// test process dies, so a timed-out test leaves nothing behind. Optionally
-// limits its fds, and runs it as another user (uid, gid; no other groups).
-inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log,
-                          std::optional<rlim_t> nofile = std::nullopt, int stdin_fd = -1,
-                          std::optional<std::pair<uid_t, gid_t>> user = std::nullopt) {
+// How spawn_logged starts a process.
+struct SpawnOptions {
+  std::optional<rlim_t> nofile;                 // RLIMIT_NOFILE (soft and hard)
+  int stdin_fd = -1;                            // else /dev/null
+  std::optional<std::pair<uid_t, gid_t>> user;  // run as this user, no other groups (needs root)
+  // Files bound over others (source, target) in a mount namespace of the
+  // child's own, so it sees them and the host does not (needs root).
+  std::vector<std::pair<fs::path, fs::path>> bind_over;
+};
+
+// Starts `argv` (looked up in PATH) with stdout and stderr to `log`. The
+// child gets SIGKILL if the test process dies, so a timed-out test leaves
+// nothing behind.
+inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log, const SpawnOptions& o = {}) {
   pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
-    if (nofile) {
-      rlimit rl{*nofile, *nofile};
+    if (o.nofile) {
+      rlimit rl{*o.nofile, *o.nofile};
       if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(126);
     }
     int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int in = stdin_fd >= 0 ? stdin_fd : ::open("/dev/null", O_RDONLY);
+    int in = o.stdin_fd >= 0 ? o.stdin_fd : ::open("/dev/null", O_RDONLY);
     if (out < 0 || in < 0) ::_exit(125);
-    if (user && (::setgroups(0, nullptr) != 0 || ::setresgid(user->second, user->second, user->second) != 0 ||
-                 ::setresuid(user->first, user->first, user->first) != 0))
+    if (!o.bind_over.empty()) {
+      if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(123);
+      for (const auto& [from, to] : o.bind_over)
+        if (::mount(from.c_str(), to.c_str(), nullptr, MS_BIND, nullptr) != 0) ::_exit(123);
+    }
+    if (o.user && (::setgroups(0, nullptr) != 0 || ::setresgid(o.user->second, o.user->second, o.user->second) != 0 ||
+                   ::setresuid(o.user->first, o.user->first, o.user->first) != 0))
       ::_exit(124);
     // After any change of user, which clears the death signal.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -122,12 +136,13 @@ class FsdProcess {
     std::vector<std::string> args;
     std::optional<rlim_t> nofile;  // RLIMIT_NOFILE (soft and hard) for the child
     std::optional<std::pair<uid_t, gid_t>> user;  // run as this user (the test must be root)
+    std::vector<std::pair<fs::path, fs::path>> bind_over;  // see SpawnOptions
   };
 
   explicit FsdProcess(Options o) : log_(dir_.path() / "fsd.log") {
     std::vector<std::string> argv{fsd_binary()};
     argv.insert(argv.end(), o.args.begin(), o.args.end());
-    pid_ = spawn_logged(argv, log_, o.nofile, -1, o.user);
+    pid_ = spawn_logged(argv, log_, {.nofile = o.nofile, .user = o.user, .bind_over = o.bind_over});
   }
   ~FsdProcess() { stop(); }
   FsdProcess(const FsdProcess&) = delete;
@@ -300,7 +315,7 @@ inline std::string guest_kernel_dir() {
 class ChildProcess {
  public:
   ChildProcess(std::vector<std::string> argv, const fs::path& log, int stdin_fd = -1)
-      : pid_(spawn_logged(argv, log, std::nullopt, stdin_fd)) {}
+      : pid_(spawn_logged(argv, log, {.stdin_fd = stdin_fd})) {}
   ~ChildProcess() {
     if (pid_ > 0) {
       ::kill(pid_, SIGKILL);
