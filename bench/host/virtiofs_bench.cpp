@@ -207,6 +207,7 @@ struct Target {
   std::string label, ro, rw;
   std::string only;  // run only the workloads whose names contain this
   std::vector<unsigned> depths{1, 8};
+  int server_pid = 0;  // CPU time per request, when given
 };
 
 void run(const Target& t, bool quick) {
@@ -218,8 +219,12 @@ void run(const Target& t, bool quick) {
   auto big = ro.lookup(FUSE_ROOT_ID, "big");
   auto dir = ro.lookup(FUSE_ROOT_ID, "dir10k");
   auto want = [&](const char* w) { return std::string(w).find(t.only) != std::string::npos; };
+  CpuMeter cpu(t.server_pid);
   auto emit = [&](const char* w, uint32_t size, unsigned depth, const std::vector<double>& v, const char* unit) {
     row("host-virtiofs", t.label, w, size, depth, summarize(v), unit, reps);
+    std::string_view rate = unit;
+    const char* per = rate == "MiB/s" ? "MiB" : rate == "entries/s" ? "entry" : "op";
+    cpu.emit("host-virtiofs", t.label, w, size, depth, per, reps);
   };
 
   // Sequential read of `big`, whole, by each stream, in requests of `size`.
@@ -233,6 +238,7 @@ void run(const Target& t, bool quick) {
         std::vector<bool> started(depth, false);
         for (auto& h : fh) h = ro.open(big.nodeid, FUSE_OPEN, O_RDONLY);
         uint64_t bytes = 0;
+        cpu.start();
         double s = ro.pump(depth, whole, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
           if (started[i]) {
             if (prev.empty()) return false;  // end of file
@@ -243,6 +249,7 @@ void run(const Target& t, bool quick) {
           q = read_req(FUSE_READ, big.nodeid, fh[i], off[i], size);
           return true;
         });
+        cpu.stop(static_cast<double>(bytes) / (1 << 20));
         for (auto h : fh) ro.release(big.nodeid, h, FUSE_RELEASE);
         if (bytes != depth * big.attr.size) fail("seqread read " + std::to_string(bytes) + " bytes");
         mibs.push_back(static_cast<double>(bytes) / s / (1 << 20));
@@ -259,11 +266,13 @@ void run(const Target& t, bool quick) {
       uint64_t fh = ro.open(big.nodeid, FUSE_OPEN, O_RDONLY), done = 0;
       std::mt19937_64 rng(r);
       uint64_t blocks = big.attr.size / kPage;
+      cpu.start();
       double s = ro.pump(depth, run_s, [&](unsigned, std::span<const std::byte> prev, Req& q) {
         if (!prev.empty()) done++;
         q = read_req(FUSE_READ, big.nodeid, fh, (rng() % blocks) * kPage, kPage);
         return true;
       });
+      cpu.stop(static_cast<double>(done));
       ro.release(big.nodeid, fh, FUSE_RELEASE);
       ops.push_back(static_cast<double>(done) / s);
     }
@@ -280,6 +289,7 @@ void run(const Target& t, bool quick) {
       std::vector<uint8_t> phase(depth, 0);
       uint64_t done = 0;
       std::vector<std::pair<uint64_t, uint64_t>> looked;  // forgotten after the clock stops
+      cpu.start();
       double s = ro.pump(depth, run_s, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
         if (phase[i] == 1) {  // a LOOKUP came back: GETATTR its node
           auto e = as<fuse_entry_out>(prev);
@@ -295,6 +305,7 @@ void run(const Target& t, bool quick) {
         phase[i] = 1;
         return true;
       });
+      cpu.stop(static_cast<double>(done));
       ops.push_back(static_cast<double>(done) / s);
       for (auto [node, count] : looked) ro.forget(node, count);
     }
@@ -310,6 +321,7 @@ void run(const Target& t, bool quick) {
       std::vector<uint64_t> fh(depth), off(depth, 0);
       std::vector<bool> open(depth, false);
       uint64_t entries = 0;
+      cpu.start();
       double s = ro.pump(depth, run_s, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
         if (!open[i] && !prev.empty()) {  // an OPENDIR came back
           fh[i] = as<fuse_open_out>(prev).fh;
@@ -336,6 +348,7 @@ void run(const Target& t, bool quick) {
         q = read_req(rd_op, dir.nodeid, fh[i], off[i], kPage);
         return true;
       });
+      cpu.stop(static_cast<double>(entries));
       for (unsigned i = 0; i < depth; i++)
         if (open[i]) ro.release(dir.nodeid, fh[i], FUSE_RELEASEDIR);
       rate.push_back(static_cast<double>(entries) / s);
@@ -353,6 +366,7 @@ void run(const Target& t, bool quick) {
       std::vector<uint8_t> phase(depth, 0);
       uint64_t done = 0;
       auto name = [&](unsigned i) { return "c" + std::to_string(i) + "-" + std::to_string(r) + "-" + std::to_string(n[i]); };
+      cpu.start();
       double s = rw.pump(depth, run_s, [&](unsigned i, std::span<const std::byte> prev, Req& q) {
         switch (phase[i]) {
           case 1: {  // created: release it
@@ -384,6 +398,7 @@ void run(const Target& t, bool quick) {
         phase[i] = 1;
         return true;
       });
+      cpu.stop(static_cast<double>(done));
       ops.push_back(static_cast<double>(done) / s);
       // Streams stopped by the clock may leave a file behind: remove it.
       for (unsigned i = 0; i < depth; i++)
@@ -407,6 +422,9 @@ int main(int argc, char** argv) {
   app.add_option("--rw-socket", t.rw, "vhost-user socket of the read-write share")->required();
   app.add_option("--only", t.only, "Run only the workloads whose names contain this (for profiling)");
   app.add_option("--depths", t.depths, "Requests kept in flight (default: 1 and 8)")->check(CLI::Range(1u, 64u));
+  app.add_option("--server-pid", t.server_pid,
+                 "Also print the CPU time this process (the back-end) spends per request, entry or MiB: a "
+                 "\"WORKLOAD:cpu\" row after each (fsd in its sandbox: the waiter's child)");
   app.add_flag("--quick", quick, "A minute-scale subset");
   app.add_flag("--header", header, "Print the CSV header first");
   CLI11_PARSE(app, argc, argv);
