@@ -16,6 +16,7 @@
 #include "fsd/core/sandbox.h"
 #include "fsd/core/seccomp.h"
 #include "fsd/core/signals.h"
+#include "fsd/core/syslog_sink.h"
 #include "fsd/fuse/server.h"
 #include "fsd/p9/session.h"
 #include "fsd/p9/virtio_channel.h"
@@ -63,6 +64,11 @@ struct Options {
   int ready_fd = -1;
   bool readonly = false;
   bool print_capabilities = false;
+  // virtiofsd's export flags, for every export
+  bool direct_io = false, no_readdirplus = false, allow_mmap = false;
+  std::optional<rlim_t> rlimit_nofile;  // virtiofsd's --rlimit-nofile (0: as it is)
+  bool syslog = false;
+  std::vector<std::string> ignored;  // flags taken without effect, each with why (warned at start)
 };
 
 constexpr const char* kCompatTag = "virtiofs";
@@ -104,23 +110,70 @@ std::pair<std::string, std::string> tag_value(const std::string& flag, const std
 }
 
 // The virtiofsd-style flags become one export and one virtio-fs socket.
-// virtiofsd's -o options that fsd accepts without acting on them, because
-// fsd already behaves so (xattrs, locks) or they only tune caching or logs.
-// Every other option that fsd does not implement is refused: some of them
-// (security_label, posix_acl, ...) promise a protection fsd
-// does not give yet, and a silently ignored one would hide that.
-constexpr std::string_view kHarmlessOptions[] = {
-    "xattr", "posix_lock", "no_posix_lock", "flock", "no_flock", "announce_submounts", "allow_direct_io",
-    "writeback", "no_writeback", "readdirplus", "no_readdirplus", "killpriv_v2", "no_killpriv_v2"};
-constexpr std::string_view kHarmlessPrefixes[] = {"timeout=", "log_level="};
+// Its -o options either act as their flags do, or are taken without effect
+// where that changes nothing fsd promises (each with a warning saying why);
+// any other is refused: some of them (security_label, posix_acl, modcaps)
+// promise a protection fsd does not give, and silence would hide that.
+constexpr std::pair<std::string_view, std::string_view> kIgnoredOptions[] = {
+    {"writeback", "fsd does not offer FUSE's writeback cache; guests write through"},
+    {"no_writeback", ""},
+    {"xattr", ""},
+    {"no_xattr", "fsd always serves xattrs (privileged namespaces only to privileged callers)"},
+    {"posix_lock", "fsd takes no host locks: POSIX locks stay local to each guest"},
+    {"no_posix_lock", ""},
+    {"flock", "fsd takes no host locks: flock() locks stay local to each guest"},
+    {"no_flock", ""},
+    {"killpriv_v2", ""},
+    {"no_killpriv_v2", "fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)"},
+    {"announce_submounts", "fsd gives submounts distinct inode numbers, not separate guest mounts"},
+    {"readdirplus", ""},
+    {"norace", ""},
+};
 
 // Checks the security flags given in virtiofsd's form; throws naming the
 // first that fsd cannot honour.
 void refuse_unsupported(const Options& o) {
   auto refuse = [](const std::string& flag, const std::string& why) {
-    throw std::invalid_argument(flag + ": not supported by fsd yet (" + why + "); refusing to run without it");
+    throw std::invalid_argument(flag + ": not supported by fsd (" + why + "); refusing to run without it");
   };
   if (!o.refused.empty()) refuse(o.refused.front().first, o.refused.front().second);
+}
+
+// One virtiofsd -o option; false if fsd does not know it.
+bool apply_compat_option(Options& o, std::string_view opt, std::string& source, std::string& cache) {
+  auto value = [&](std::string_view prefix) { return std::string(opt.substr(prefix.size())); };
+  if (opt.starts_with("source=")) {
+    source = value("source=");
+  } else if (opt.starts_with("cache=")) {
+    cache = value("cache=");
+  } else if (opt.starts_with("sandbox=")) {
+    o.sandbox = value("sandbox=");
+  } else if (opt.starts_with("seccomp=")) {
+    o.seccomp = value("seccomp=");
+  } else if (opt.starts_with("xattrmap=")) {
+    o.xattrmap = value("xattrmap=");
+  } else if (opt == "debug") {
+    o.log_level = "debug";
+  } else if (opt.starts_with("log_level=")) {  // the C virtiofsd's levels
+    std::string level = value("log_level=");
+    if (level == "err") level = "error";
+    if (level != "error" && level != "warn" && level != "info" && level != "debug")
+      throw std::invalid_argument("-o log_level=" + level + ": expected err, warn, info or debug");
+    o.log_level = level;
+  } else if (opt == "allow_direct_io") {
+    o.direct_io = true;
+  } else if (opt == "no_readdirplus") {
+    o.no_readdirplus = true;
+  } else if (opt.starts_with("timeout=")) {
+    o.ignored.push_back("-o " + std::string(opt) + ": fsd's cache policies set their own timeouts (use cache=)");
+  } else if (auto it = std::find_if(std::begin(kIgnoredOptions), std::end(kIgnoredOptions),
+                                    [&](const auto& e) { return e.first == opt; });
+             it != std::end(kIgnoredOptions)) {
+    if (!it->second.empty()) o.ignored.push_back("-o " + std::string(opt) + ": " + std::string(it->second));
+  } else {
+    return opt.empty();
+  }
+  return true;
 }
 
 void apply_compat(Options& o) {
@@ -134,26 +187,9 @@ void apply_compat(Options& o) {
       auto comma = rest.find(',');
       std::string_view opt = rest.substr(0, comma);
       rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-      if (opt.starts_with("source=")) {
-        source = std::string(opt.substr(7));
-      } else if (opt.starts_with("cache=")) {
-        cache = std::string(opt.substr(6));
-      } else if (opt.starts_with("sandbox=")) {
-        o.sandbox = std::string(opt.substr(8));
-      } else if (opt.starts_with("seccomp=")) {
-        o.seccomp = std::string(opt.substr(8));
-      } else if (opt.starts_with("xattrmap=")) {
-        o.xattrmap = std::string(opt.substr(9));
-      } else if (opt.empty() ||
-                 std::find(std::begin(kHarmlessOptions), std::end(kHarmlessOptions), opt) != std::end(kHarmlessOptions) ||
-                 std::any_of(std::begin(kHarmlessPrefixes), std::end(kHarmlessPrefixes),
-                             [&](std::string_view p) { return opt.starts_with(p); })) {
-        spdlog::debug("-o {}: accepted; fsd behaves so already", opt);
-      } else {
-        throw std::invalid_argument("-o " + std::string(opt) +
-                                    ": not supported by fsd (it takes source=, cache= and options that change "
-                                    "nothing for it); refusing rather than ignoring it");
-      }
+      if (!apply_compat_option(o, opt, source, cache))
+        throw std::invalid_argument("-o " + std::string(opt) + ": not supported by fsd (fsd --help lists the -o "
+                                    "options it takes); refusing rather than ignoring it");
     }
   }
   if (source.empty()) throw std::invalid_argument("--shared-dir (or -o source=DIR) is required with --socket-path/--fd");
@@ -186,8 +222,8 @@ struct Plan {
   fsd::NamespaceIds namespace_ids;
 };
 
+// `o` after apply_compat.
 Plan make_plan(Options& o) {
-  apply_compat(o);
   if (o.exports.empty()) throw std::invalid_argument("nothing to export: give --export TAG=PATH (or --shared-dir)");
   Plan p;
   for (const auto& e : o.exports) p.exports.push_back(fsd::parse_export(e));
@@ -201,6 +237,9 @@ Plan make_plan(Options& o) {
     }
   }
   for (auto& c : p.exports) {
+    c.direct_io |= o.direct_io;
+    c.readdirplus &= !o.no_readdirplus;
+    c.allow_mmap |= o.allow_mmap;
     auto add = [&](const char* flag, fsd::IdMap& m, const std::string& rule) {
       try {
         m.add(rule);
@@ -383,7 +422,19 @@ sigset_t take_signals() {
 }
 
 int run(Options& o) {
+  apply_compat(o);  // -o may set the log level
+  if (o.syslog) {
+    auto logger = std::make_shared<spdlog::logger>("fsd-syslog", std::make_shared<fsd::SyslogSink>("fsd"));
+    logger->set_pattern("%v");
+    spdlog::set_default_logger(logger);
+  }
   spdlog::set_level(spdlog::level::from_str(o.log_level));
+  for (const auto& why : o.ignored) spdlog::warn("ignored: {}", why);
+  if (o.rlimit_nofile && *o.rlimit_nofile != 0) {
+    rlimit rl{*o.rlimit_nofile, *o.rlimit_nofile};
+    if (::setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      throw std::runtime_error("--rlimit-nofile " + std::to_string(*o.rlimit_nofile) + ": " + std::strerror(errno));
+  }
   // Clients send the modes they want, their umask applied already (FUSE's
   // kernel side, or the 9p client): fsd's own must not take bits away.
   ::umask(0);
@@ -401,7 +452,8 @@ int run(Options& o) {
                  "no_new_privs", as_root ? "" : "user, ", fsd::kept_capabilities());
     if (!as_root) spdlog::info("user namespace: fsd is uid {} gid {} there", ::geteuid(), ::getegid());
   } else {
-    spdlog::info("sandbox: none{}", ::geteuid() == 0 ? " (a --fuse-mount needs the host's mount namespace)" : "");
+    spdlog::info("sandbox: none{}", ::geteuid() == 0 && !plan.fuse_mounts.empty() && o.sandbox.empty()
+                                        ? " (a --fuse-mount needs the host's mount namespace)" : "");
   }
   if (fsd::Credentials::switching())
     spdlog::info("requests act as their callers (fsd runs as uid {})", fsd::Credentials::self()->uid());
@@ -432,7 +484,7 @@ int run(Options& o) {
 
 // fsd's own command line.
 void add_options(CLI::App& app, Options& o) {
-  app.set_version_flag("--version", std::string("fsd ") + FSD_VERSION);
+  app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,translate-uid=RULE]"
                  "[,translate-gid=RULE][,xattrmap=RULES] (repeatable). "
@@ -518,23 +570,53 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
                      "Options, comma-separated (repeatable): source=DIR, cache=POLICY; xattr, posix_lock, flock, "
                      "writeback, readdirplus, timeout=, log_level= and their no_ forms change nothing for fsd; "
                      "anything else is refused");
+  compat->add_option("--socket", o.socket_path, "The same as --socket-path (virtiofsd's older name)");
   compat->add_flag("--readonly", o.readonly, "Share read-only");
+  compat->add_flag("--allow-direct-io", o.direct_io,
+                   "Honour O_DIRECT from clients (default: drop it, as virtiofsd does), on every export");
+  compat->add_flag("--no-readdirplus", o.no_readdirplus, "Do not offer READDIRPLUS to FUSE/virtio-fs clients, on every export");
+  compat->add_flag("--allow-mmap", o.allow_mmap,
+                   "Let clients mmap files under cache=never (FUSE_DIRECT_IO_ALLOW_MMAP, guests with Linux 6.6 and later)");
+  compat->add_option("--rlimit-nofile", o.rlimit_nofile,
+                     "Set RLIMIT_NOFILE (soft and hard) to this before opening anything (0: leave it); fsd's fd "
+                     "budget then fits in it");
+  compat->add_flag("--syslog", o.syslog, "Log to syslog (facility daemon) instead of stderr");
+  compat->add_flag_callback("-d", [&o] { o.log_level = "debug"; }, "The same as --log-level debug");
+  compat->add_flag("-f")->description("Run in the foreground: fsd always does");
+  compat->add_flag("--preserve-noatime")
+      ->description("Keep clients' O_NOATIME: fsd always does, and opens without it where the host refuses it (EPERM)");
   compat->add_option("--thread-pool-size", o.threads, "Worker threads")->check(CLI::Range(1u, 256u));
   compat->add_flag("--print-capabilities", o.print_capabilities, "Print the vhost-user back-end capabilities (JSON) and exit");
   // fsd uses file handles when it may (virtiofsd's "prefer"), else names.
   compat->add_option("--inode-file-handles", "never, prefer or mandatory: fsd prefers handles; accepted")
       ->check(CLI::IsMember({"never", "prefer", "mandatory"}));
-  for (auto [flag, why] : {std::pair{"--syslog", "Accepted; fsd logs to stderr"},
-                           {"--announce-submounts", "Accepted; fsd gives submounts distinct inode numbers"},
-                           {"--no-announce-submounts", "Accepted; fsd gives submounts distinct inode numbers"},
-                           {"--xattr", "Accepted; fsd always serves xattrs"},
-                           {"--allow-direct-io", "Accepted; fsd opens files without O_DIRECT, as virtiofsd does by default"},
-                           {"--preserve-noatime", "Accepted; fsd keeps O_NOATIME where the host allows it"}})
-    compat->add_flag(flag)->description(why);
-  compat->add_flag("--killpriv-v2")->description("Accepted; fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)");
-  for (const char* flag : {"--security-label", "--posix-acl"})
-    compat->add_flag_callback(flag, [&o, flag] { o.refused.emplace_back(flag, "fsd does not implement it"); },
-                              "Refused: fsd does not implement it yet");
+  compat->add_flag("--xattr")->description("Serve xattrs: fsd always does (privileged namespaces only to privileged callers)");
+  compat->add_flag("--killpriv-v2")
+      ->description("Clear set-id bits on write, truncate and chown as the kernel does: fsd always does");
+  for (auto [flag, why] : {std::pair{"--writeback", "fsd does not offer FUSE's writeback cache; guests write through"},
+                           {"--no-killpriv-v2", "fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)"},
+                           {"--announce-submounts", "fsd gives submounts distinct inode numbers, not separate guest mounts"},
+                           {"--no-announce-submounts", ""}}) {
+    std::string f = flag, w = why;
+    compat->add_flag_callback(flag, [&o, f, w] { if (!w.empty()) o.ignored.push_back(f + ": " + w); },
+                              w.empty() ? "Accepted (fsd's behaviour)" : "Ignored, with a warning: " + w);
+  }
+  for (auto [flag, why] : {std::pair{"--security-label", "fsd does not pass security labels of new files to the host"},
+                           {"--posix-acl", "fsd does not give the guest POSIX ACL semantics"},
+                           {"--modcaps", "fsd keeps a fixed set of capabilities in its sandbox (fsd --help: --sandbox)"},
+                           {"--tag", "fsd's vhost-user device has no config space; give the tag to QEMU (vhost-user-fs-pci,tag=)"},
+                           {"--migration-mode", "fsd cannot migrate a virtio-fs device's state"},
+                           {"--migration-on-error", "fsd cannot migrate a virtio-fs device's state"},
+                           {"--migration-verify-handles", "fsd cannot migrate a virtio-fs device's state"},
+                           {"--migration-confirm-paths", "fsd cannot migrate a virtio-fs device's state"}}) {
+    std::string f = flag, w = why;
+    bool takes_value = f == "--modcaps" || f == "--tag" || f == "--migration-mode" || f == "--migration-on-error";
+    auto refuse = [&o, f, w] { o.refused.emplace_back(f, w); };
+    if (takes_value)
+      compat->add_option_function<std::string>(f, [refuse](const std::string&) { refuse(); }, "Refused: " + w);
+    else
+      compat->add_flag_callback(f, refuse, "Refused: " + w);
+  }
   compat->add_option("--uid-map", o.uid_map,
                      "Unprivileged fsd: map host uids into the user namespace of its sandbox (repeatable; implies "
                      "--sandbox namespace). Only its own uid, count 1: fsd writes the map itself; ranges of "

@@ -81,7 +81,12 @@ class Server::Context {
                      FUSE_HANDLE_KILLPRIV_V2;
     // READDIRPLUS looks up every entry so the client can cache it; with
     // zero timeouts it cannot, and plain READDIR is several times cheaper.
-    if (vfs.config().cache != CachePolicy::kNever) offer |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+    if (vfs.config().cache != CachePolicy::kNever && vfs.config().readdirplus)
+      offer |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+    // With cache=never files are opened FOPEN_DIRECT_IO, which keeps them
+    // from being mmapped unless this is granted (Linux 6.6's flag).
+    constexpr uint64_t kDirectIoAllowMmap = uint64_t{1} << 36;
+    if (vfs.config().allow_mmap) offer |= kDirectIoAllowMmap;
     if (vfs.config().cache == CachePolicy::kAlways) offer |= FUSE_CACHE_SYMLINKS;
     if (vfs.config().cache == CachePolicy::kAuto) offer |= FUSE_AUTO_INVAL_DATA;
     uint64_t flags = want & offer;

@@ -20,6 +20,15 @@ struct ExportConfig {
   // Callers may create device nodes (still only callers the host kernel
   // lets: CAP_MKNOD, i.e. root ones). Off: mknod of a device is EPERM.
   bool devices = false;
+  // O_DIRECT from clients is honoured (virtiofsd's --allow-direct-io); off,
+  // it is dropped and the host's page cache serves them.
+  bool direct_io = false;
+  // virtio-fs/FUSE: READDIRPLUS is offered (where the cache policy makes it
+  // worth it); off, clients read directories with plain READDIR.
+  bool readdirplus = true;
+  // virtio-fs/FUSE with cache=never: clients may still mmap files
+  // (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6 and later; virtiofsd's --allow-mmap).
+  bool allow_mmap = false;
   // Client ids to host ids and back (virtiofsd's --translate-uid/-gid).
   IdMap uids, gids;
   // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
@@ -27,6 +36,7 @@ struct ExportConfig {
 };
 
 // Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]
+// [,direct-io][,no-readdirplus][,allow-mmap]
 // [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES]". Read-only exports
 // default to cache=always. Throws std::invalid_argument with a one-line
 // message naming the problem. Does not touch the filesystem.

@@ -537,7 +537,7 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
   if (read_only() && writes) co_return Error{-EROFS};
   if (n.is_dir() && writes) co_return Error{-EISDIR};
-  flags = (flags & kAllowedOpenFlags) | O_CLOEXEC;
+  flags = (flags & open_flags_allowed()) | O_CLOEXEC;
   // A FIFO, socket or character device may wait in open() for a partner (a
   // FIFO's writer, say), which would park this worker thread, and its reads
   // may wait forever (io_uring would wait without a thread, but the request
@@ -568,6 +568,8 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   co_return make_open_file(Fd(r), NodeRef(&n), flags, n.dev, special);
 }
 
+int Vfs::open_flags_allowed() const { return kAllowedOpenFlags | (config_.direct_io ? O_DIRECT : 0); }
+
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
                                        mode_t mode) {
   auto pfd = dir_for_change(*dir, name);
@@ -575,7 +577,7 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
   CName cname(name);
   open_how how{};
-  int oflags = (flags & kAllowedOpenFlags & ~O_DIRECTORY) | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
+  int oflags = (flags & open_flags_allowed() & ~O_DIRECTORY) | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
                (flags & O_EXCL);
   how.flags = static_cast<uint64_t>(oflags);
   how.mode = mode & 07777;

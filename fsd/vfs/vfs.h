@@ -180,6 +180,9 @@ class Vfs {
 
   const ExportConfig& config() const { return config_; }
   bool read_only() const { return config_.read_only; }
+  // The open(2) flags a client's open or create keeps (O_DIRECT only on an
+  // export with direct-io); fsd adds O_CLOEXEC and drops the rest.
+  int open_flags_allowed() const;
   const NodeRef& root() const { return root_; }
   bool uses_handles() const { return handles_ok_; }
   VfsStats stats() const;

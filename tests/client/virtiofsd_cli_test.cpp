@@ -3,7 +3,12 @@
 // (rather than running without the protection they ask for).
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <linux/fuse.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include "fsd/client/vhost_frontend.h"
 #include "tests/support/test_support.h"
@@ -14,6 +19,7 @@ namespace {
 using frontend::VhostFrontend;
 using testing::FsdProcess;
 using testing::TempDir;
+namespace fs = std::filesystem;
 
 class VirtiofsdCli : public ::testing::Test {
  protected:
@@ -44,12 +50,87 @@ TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"--shared-dir", share_, "--posix-acl"}, "--posix-acl");
   ExpectRefused({"-o", "source=" + share_ + ",sandbox=chroot"}, "--sandbox chroot");
   ExpectRefused({"-o", "source=" + share_, "-o", "no_such_option"}, "-o no_such_option");
+  ExpectRefused({"-o", "source=" + share_ + ",modcaps=+sys_admin"}, "-o modcaps=+sys_admin");
+  ExpectRefused({"--shared-dir", share_, "--modcaps=-mknod"}, "--modcaps");
+  ExpectRefused({"--shared-dir", share_, "--tag", "fs0"}, "--tag");
+  ExpectRefused({"--shared-dir", share_, "--migration-mode", "find-paths"}, "--migration-mode");
+  ExpectRefused({"--shared-dir", share_, "--migration-confirm-paths"}, "--migration-confirm-paths");
+}
+
+// The flags virtiofsd users pass that change how fsd runs: each is honoured
+// (checked here on the running server), or warned about where taking it
+// without effect changes nothing fsd promises.
+TEST_F(VirtiofsdCli, OperationalFlagsAreHonouredOrWarnedAbout) {
+  FsdProcess fsd({.args = {"--socket", sock_, "--shared-dir", share_, "--cache", "auto", "-d", "-f",
+                           "--rlimit-nofile", "4096", "--allow-direct-io", "--no-readdirplus", "--preserve-noatime",
+                           "--writeback", "-o", "posix_lock", "--sandbox", "none"}});
+  fsd.wait_for_log("listening on " + sock_);
+  std::string log = fsd.log();
+  EXPECT_NE(log.find("fsd debug:"), std::string::npos) << "-d: " << log;
+  EXPECT_NE(log.find("ignored: --writeback: "), std::string::npos) << log;
+  EXPECT_NE(log.find("ignored: -o posix_lock: "), std::string::npos) << log;
+  std::ifstream limits("/proc/" + std::to_string(fsd.server_pid()) + "/limits");
+  std::string line;
+  while (std::getline(limits, line) && !line.starts_with("Max open files")) {
+  }
+  EXPECT_NE(line.find("4096                 4096"), std::string::npos) << line;
+  {
+    auto f = VhostFrontend::connect(sock_);
+    ASSERT_TRUE(f.ok()) << std::strerror(-f.error()) << fsd.log();
+    ASSERT_TRUE((*f)->negotiate().ok()) << fsd.log();
+    auto init = (*f)->fuse_init();
+    ASSERT_TRUE(init.ok());
+    ASSERT_EQ(init->error, 0);
+    fuse_init_out out{};
+    std::memcpy(&out, init->body.data(), std::min(sizeof out, init->body.size()));
+    EXPECT_EQ(out.flags & FUSE_DO_READDIRPLUS, 0u) << "--no-readdirplus";
+    std::string name = "hello.txt";
+    name.push_back('\0');
+    auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+    ASSERT_TRUE(look.ok());
+    ASSERT_EQ(look->error, 0);
+    fuse_entry_out entry{};
+    std::memcpy(&entry, look->body.data(), sizeof entry);
+    // --allow-direct-io: the client's O_DIRECT reaches the host's open,
+    // which either keeps it or refuses it (a file system without O_DIRECT).
+    fuse_open_in in{};
+    in.flags = O_RDONLY | O_DIRECT;
+    auto opened = (*f)->fuse(1, FUSE_OPEN, entry.nodeid, std::as_bytes(std::span(&in, 1)), 4096);
+    ASSERT_TRUE(opened.ok());
+    if (opened->error == 0) {
+      bool direct = false;
+      for (auto& fd : fs::directory_iterator("/proc/" + std::to_string(fsd.server_pid()) + "/fd")) {
+        std::error_code ec;
+        if (fs::read_symlink(fd.path(), ec) != fs::path(share_) / "hello.txt") continue;
+        std::ifstream info("/proc/" + std::to_string(fsd.server_pid()) + "/fdinfo/" + fd.path().filename().string());
+        std::string key;
+        unsigned long flags = 0;
+        while (info >> key)
+          if (key == "flags:" && info >> std::oct >> flags && (flags & O_DIRECT)) direct = true;
+      }
+      EXPECT_TRUE(direct) << "no fd of hello.txt open with O_DIRECT";
+    } else {
+      EXPECT_EQ(opened->error, -EINVAL);
+    }
+  }
+  auto status = fsd.wait_exit();
+  ASSERT_TRUE(status.has_value()) << fsd.log();
+  EXPECT_EQ(*status, 0) << fsd.log();
+}
+
+TEST_F(VirtiofsdCli, VersionFlagsPrintTheVersion) {
+  for (const char* flag : {"-V", "--version"}) {
+    int status = -1;
+    std::string out = testing::run_command(testing::fsd_binary() + " " + flag, &status);
+    EXPECT_EQ(status, 0) << flag;
+    EXPECT_TRUE(out.starts_with("fsd ")) << flag << ": " << out;
+  }
 }
 
 TEST_F(VirtiofsdCli, HonouredAndHarmlessFlagsServeAndExitWithTheFrontEnd) {
   FsdProcess fsd({.args = {"--socket-path", sock_, "-o", "source=" + share_ + ",cache=none", "-o", "xattr,no_posix_lock",
                            "--sandbox", "none", "--seccomp", "none", "--inode-file-handles", "prefer", "--readonly",
-                           "--thread-pool-size", "2", "--announce-submounts", "--killpriv-v2", "-o", "killpriv_v2",
+                           "--thread-pool-size", "2", "--killpriv-v2", "-o", "killpriv_v2",
                            "--xattrmap", ":map::user.virtiofs.:", "--translate-uid", "map:0:0:1"}});
   fsd.wait_for_log("listening on " + sock_);
   {
