@@ -659,8 +659,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (o.print_capabilities) {
-    // What libvirt reads from a vhost-user back-end (docs/interop/vhost-user.json).
-    std::printf("{\n  \"type\": \"fs\"\n}\n");
+    // What libvirt reads from a vhost-user back-end (QEMU's
+    // docs/interop/vhost-user.json): its type, and what its command line
+    // offers. separate-options: virtiofsd's --shared-dir, --cache,
+    // --sandbox, ... may be given as flags rather than -o. Not
+    // migrate-precopy: fsd cannot migrate a device's state.
+    std::printf("{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}\n");
     return 0;
   }
   try {

@@ -118,6 +118,18 @@ TEST_F(VirtiofsdCli, OperationalFlagsAreHonouredOrWarnedAbout) {
   EXPECT_EQ(*status, 0) << fsd.log();
 }
 
+// libvirt reads a back-end's capabilities to choose its command line: fsd
+// says it is an fs back-end that takes virtiofsd's flags as flags, and
+// claims no migration.
+TEST_F(VirtiofsdCli, PrintCapabilitiesIsVhostUserJson) {
+  int status = -1;
+  std::string out = testing::run_command(testing::fsd_binary() + " --print-capabilities", &status);
+  ASSERT_EQ(status, 0);
+  auto caps = nlohmann::json::parse(out);
+  EXPECT_EQ(caps["type"], "fs");
+  EXPECT_EQ(caps["features"], nlohmann::json::array({"separate-options"}));
+}
+
 TEST_F(VirtiofsdCli, VersionFlagsPrintTheVersion) {
   for (const char* flag : {"-V", "--version"}) {
     int status = -1;
