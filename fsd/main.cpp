@@ -486,11 +486,12 @@ int run(Options& o) {
 void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
-                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,translate-uid=RULE]"
-                 "[,translate-gid=RULE][,xattrmap=RULES] (repeatable). "
-                 "9p clients attach with aname TAG (or PATH). Read-only exports default to cache=always. "
-                 "devices lets root callers create device nodes (refused otherwise). translate-uid/-gid and "
-                 "xattrmap are as --translate-uid/-gid and --xattrmap, for this export only.")
+                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,direct-io]"
+                 "[,no-readdirplus][,allow-mmap][,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES] "
+                 "(repeatable). 9p clients attach with aname TAG (or PATH). Read-only exports default to "
+                 "cache=always. devices lets root callers create device nodes (refused otherwise). direct-io, "
+                 "no-readdirplus, allow-mmap, translate-uid/-gid and xattrmap are as virtiofsd's --allow-direct-io, "
+                 "--no-readdirplus, --allow-mmap, --translate-uid/-gid and --xattrmap, for this export only.")
       ->type_name("SPEC");
   app.add_option("--listen", o.listens, "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), or tcp:HOST:PORT (repeatable)")
       ->type_name("ADDR");
@@ -544,8 +545,8 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--sandbox", o.sandbox,
                  "namespace: once its sockets and exports are open, fsd enters new pid, mount, network and IPC "
                  "namespaces with an empty read-only root and drops the capabilities file serving does not need; "
-                 "started by an ordinary user, first a user namespace that maps only its own ids (the host's other "
-                 "owners then show as 65534). The default when started as root without --fuse-mount. "
+                 "started by an ordinary user, first a user namespace that maps its own ids (the host's other "
+                 "owners then show as 65534; see --uid-map). The default when started as root without --fuse-mount. "
                  "none: it does not (the default otherwise)")
       ->type_name("namespace|none");
   app.add_option("--seccomp", o.seccomp,
@@ -567,9 +568,11 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_option("--cache", o.cache, "never (or none), auto, metadata (as auto), always")
       ->check(CLI::IsMember({"never", "none", "auto", "metadata", "always"}));
   compat->add_option("-o", o.compat_opts,
-                     "Options, comma-separated (repeatable): source=DIR, cache=POLICY; xattr, posix_lock, flock, "
-                     "writeback, readdirplus, timeout=, log_level= and their no_ forms change nothing for fsd; "
-                     "anything else is refused");
+                     "Options, comma-separated (repeatable): source=DIR, cache=, sandbox=, seccomp=, xattrmap=, "
+                     "log_level=, debug, allow_direct_io, no_readdirplus as their flags; xattr, killpriv_v2, "
+                     "readdirplus and no_posix_lock/no_flock/no_writeback are what fsd does; writeback, "
+                     "no_killpriv_v2, posix_lock, flock, no_xattr, announce_submounts and timeout= are ignored "
+                     "with a warning; anything else is refused");
   compat->add_option("--socket", o.socket_path, "The same as --socket-path (virtiofsd's older name)");
   compat->add_flag("--readonly", o.readonly, "Share read-only");
   compat->add_flag("--allow-direct-io", o.direct_io,

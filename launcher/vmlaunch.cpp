@@ -279,8 +279,11 @@ class Launch {
   }
 
   void plan_inputs() {
-    std::string sibling = self_dir() + "/../fsd/fsd";
-    in_.fsd_binary = !o_.fsd_binary.empty() ? o_.fsd_binary : fs::exists(sibling) ? sibling : "fsd";
+    // fsd: given; beside vmlaunch (installed); in the build tree; on PATH.
+    in_.fsd_binary = o_.fsd_binary;
+    for (const std::string& candidate : {self_dir() + "/fsd", self_dir() + "/../fsd/fsd"})
+      if (in_.fsd_binary.empty() && fs::is_regular_file(candidate)) in_.fsd_binary = candidate;
+    if (in_.fsd_binary.empty()) in_.fsd_binary = "fsd";
     in_.run_dir = path("run");
     in_.qmp_socket = path("run/qmp.sock");
     in_.relay_binary = fs::read_symlink("/proc/self/exe").string();
@@ -351,8 +354,12 @@ class Launch {
     nlohmann::json guest = plan_.guest;
     guest["modules"] = nlohmann::json::array();
     for (auto& m : mods) guest["modules"].push_back("/lib/modules/" + fs::path(m).filename().string());
+    // The guest's init: beside vmlaunch (the build tree), or where it is installed.
     std::string init_binary = self_dir() + "/fsd-guest-init";
-    if (!fs::exists(init_binary)) die(1, "fsd-guest-init is missing next to vmlaunch (" + init_binary + ")");
+    std::string installed = self_dir() + "/" FSD_GUEST_INIT_FROM_BIN "/fsd-guest-init";
+    if (!fs::exists(init_binary)) init_binary = installed;
+    if (!fs::exists(init_binary))
+      die(1, "fsd-guest-init is missing: neither beside vmlaunch nor at " + fs::path(installed).lexically_normal().string());
     std::string base_img = base_initramfs(mods, init_binary);
     Initramfs ar(path("plan.img"));
     ar.add_file("init.json", guest.dump(), 0644);

@@ -205,7 +205,9 @@ pid_t start_command(const GuestPlan& plan, const sigset_t& blocked) {
   cargv.push_back(nullptr);
   for (auto& e : env) cenv.push_back(e.data());
   cenv.push_back(nullptr);
-  ::execve(cargv[0], cargv.data(), cenv.data());
+  // A bare name is looked up in the command's PATH, as a shell would.
+  if (auto path = plan.env.find("PATH"); path != plan.env.end()) ::setenv("PATH", path->second.c_str(), 1);
+  ::execvpe(cargv[0], cargv.data(), cenv.data());
   std::fprintf(stderr, "fsd-guest-init: cannot run %s: %s\n", cargv[0], std::strerror(errno));
   ::_exit(127);
 }
