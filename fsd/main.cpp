@@ -12,6 +12,7 @@
 #include <optional>
 #include <thread>
 
+#include "fsd/core/activation.h"
 #include "fsd/core/export_set.h"
 #include "fsd/core/sandbox.h"
 #include "fsd/core/seccomp.h"
@@ -72,6 +73,8 @@ struct Options {
 };
 
 constexpr const char* kCompatTag = "virtiofs";
+// A vhost-user socket passed by socket activation: TAG=systemd:NAME.
+constexpr std::string_view kPassedPrefix = "systemd:";
 
 // Raises the soft fd limit to the hard one, then fits the budget in it:
 // `wanted`, or with 0, three quarters of the limit (at most 65536). Linux's
@@ -349,20 +352,34 @@ class Servers {
     sockets_.stop();
   }
 
-  // Binds every socket (before the sandbox hides their paths).
-  void bind() {
-    for (const auto& l : plan_.listens) sockets_.listen(l, plan_.socket_access);
-    for (const auto& [tag, path] : plan_.virtiofs_sockets) add_device(tag, fsd::Fd(), path, false);
-    for (const auto& [tag, path] : plan_.virtio9p_sockets) add_device(tag, fsd::Fd(), path, true);
-    if (o_.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o_.listen_fd), "", false);
+  // Binds every socket (before the sandbox hides their paths), or takes it
+  // from those a supervisor passed (systemd:NAME). A passed socket that
+  // nothing claims is an error: its clients would wait for ever.
+  void bind(fsd::PassedSockets& passed) {
+    for (const auto& l : plan_.listens) {
+      if (l.inherited.empty())
+        sockets_.listen(l, plan_.socket_access);
+      else
+        sockets_.adopt(passed.claim(l.inherited, "--listen"), l);
+    }
+    auto device = [&](const std::string& tag, const std::string& where, bool p9) {
+      if (!where.starts_with(kPassedPrefix)) return add_device(tag, fsd::Fd(), where, where, p9);
+      const char* flag = p9 ? "--virtio9p-socket" : "--virtiofs-socket";
+      add_device(tag, passed.claim(where.substr(kPassedPrefix.size()), flag), "", where, p9);
+    };
+    for (const auto& [tag, where] : plan_.virtiofs_sockets) device(tag, where, false);
+    for (const auto& [tag, where] : plan_.virtio9p_sockets) device(tag, where, true);
+    if (o_.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o_.listen_fd), "", "--fd " + std::to_string(o_.listen_fd), false);
+    if (auto left = passed.unclaimed(); !left.empty())
+      throw std::invalid_argument("socket activation passed '" + left.front() + "', which no --listen systemd:" +
+                                  left.front() + " or --virtiofs-socket TAG=systemd:" + left.front() + " takes");
   }
 
   // Starts the worker threads, and mounts FUSE file systems.
   void start() {
-    for (auto& d : devices_) {
-      d->start();
-      spdlog::info("virtio device '{}': listening on {} (vhost-user)", d->socket_path().empty() ? kCompatTag : d->socket_path(),
-                   d->socket_path().empty() ? "--fd" : d->socket_path());
+    for (size_t i = 0; i < devices_.size(); i++) {
+      devices_[i]->start();
+      spdlog::info("virtio device '{}': listening on {} (vhost-user)", device_tags_[i], device_labels_[i]);
     }
     for (const auto& [tag, where] : plan_.fuse_mounts) {
       auto servers = fsd::fuse::server_factory(*exports_.find(tag),
@@ -383,7 +400,9 @@ class Servers {
   }
 
  private:
-  void add_device(const std::string& tag, fsd::Fd listening, const std::string& path, bool p9) {
+  void add_device(const std::string& tag, fsd::Fd listening, const std::string& path, const std::string& label, bool p9) {
+    device_tags_.push_back(tag);
+    device_labels_.push_back(label);
     fsd::Vfs& vfs = *exports_.find(tag);
     fsd::VhostUserOptions vopt{
         .exit_on_disconnect = o_.on_disconnect == "exit", .metadata_io = plan_.metadata_io, .socket_access = plan_.socket_access,
@@ -411,6 +430,7 @@ class Servers {
   fsd::SocketServer sockets_;
   std::vector<std::unique_ptr<fsd::ExportSet>> single_exports_;  // outlive the devices using them
   std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices_;
+  std::vector<std::string> device_tags_, device_labels_;  // for the log, per device
   std::vector<std::unique_ptr<fsd::FuseMount>> fuse_;
 };
 
@@ -435,6 +455,10 @@ int run(Options& o) {
     if (::setrlimit(RLIMIT_NOFILE, &rl) != 0)
       throw std::runtime_error("--rlimit-nofile " + std::to_string(*o.rlimit_nofile) + ": " + std::strerror(errno));
   }
+  // What a supervisor handed over (systemd's socket activation and
+  // readiness protocol), taken before anything else is opened.
+  fsd::PassedSockets passed = fsd::PassedSockets::take();
+  fsd::ReadyNotifier ready = fsd::ReadyNotifier::from_environment();
   // Clients send the modes they want, their umask applied already (FUSE's
   // kernel side, or the 9p client): fsd's own must not take bits away.
   ::umask(0);
@@ -442,7 +466,7 @@ int run(Options& o) {
   fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget);
   sigset_t sigs = take_signals();
   Servers servers(o, plan, exports);
-  servers.bind();
+  servers.bind(passed);
   bool as_root = ::geteuid() == 0;
   if (plan.sandbox == fsd::SandboxMode::kNamespace) {
     fsd::Credentials::snapshot_user_database();
@@ -464,15 +488,19 @@ int run(Options& o) {
   fsd::install_seccomp(plan.seccomp);
   if (plan.seccomp != fsd::SeccompAction::kNone) spdlog::info("seccomp: an allow-list of fsd's system calls ({})", o.seccomp.empty() ? "kill" : o.seccomp);
   servers.start();
-  if (o.ready_fd >= 0) {  // tells a supervisor (vmlaunch) that every socket accepts now
+  // Tells a supervisor that every socket is served now: vmlaunch through
+  // --ready-fd, systemd (Type=notify) through $NOTIFY_SOCKET.
+  if (o.ready_fd >= 0) {
     (void)!::write(o.ready_fd, "ready\n", 6);
     ::close(o.ready_fd);
   }
+  ready.notify("READY=1\nSTATUS=serving " + std::to_string(plan.exports.size()) + " export(s)");
   for (;;) {
     int sig = 0;
     sigwait(&sigs, &sig);
     if (sig != SIGUSR1) {
       spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      ready.notify("STOPPING=1");
       return 0;
     }
     if (servers.all_done()) {
@@ -493,10 +521,13 @@ void add_options(CLI::App& app, Options& o) {
                  "no-readdirplus, allow-mmap, translate-uid/-gid and xattrmap are as virtiofsd's --allow-direct-io, "
                  "--no-readdirplus, --allow-mmap, --translate-uid/-gid and --xattrmap, for this export only.")
       ->type_name("SPEC");
-  app.add_option("--listen", o.listens, "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), or tcp:HOST:PORT (repeatable)")
+  app.add_option("--listen", o.listens,
+                 "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), tcp:HOST:PORT, or systemd:NAME (a socket passed "
+                 "by socket activation, named by its unit's FileDescriptorName=) (repeatable)")
       ->type_name("ADDR");
   app.add_option("--virtiofs-socket", o.virtiofs_sockets,
-                 "Serve export TAG as a virtio-fs device on the vhost-user socket PATH (repeatable)")
+                 "Serve export TAG as a virtio-fs device on the vhost-user socket PATH, or on the socket passed "
+                 "by socket activation as NAME with TAG=systemd:NAME (repeatable)")
       ->type_name("TAG=PATH");
   app.add_option("--virtio9p-socket", o.virtio9p_sockets,
                  "Serve export TAG as a virtio-9p device (mount tag TAG) on the vhost-user socket PATH (repeatable)")

@@ -1,6 +1,7 @@
 #include "fsd/transport/socket_server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -27,6 +28,7 @@ namespace fsd {
 // ---- addresses
 
 std::string ListenAddress::to_string() const {
+  if (!inherited.empty()) return "systemd:" + inherited + (kind == Kind::kUnix ? " (unix)" : " (tcp)");
   if (kind == Kind::kUnix) return "unix:" + path;
   bool v6 = host.find(':') != std::string::npos;
   return "tcp:" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
@@ -44,9 +46,10 @@ ListenAddress parse_listen(std::string_view spec) {
     if (a.path.size() >= sizeof(sockaddr_un::sun_path)) fail("socket path too long");
     return a;
   }
-  if (!spec.starts_with("tcp:")) fail("expected unix:PATH or tcp:[HOST:]PORT");
+  bool passed = spec.starts_with("systemd:");
+  if (!passed && !spec.starts_with("tcp:")) fail("expected unix:PATH, tcp:[HOST:]PORT or systemd:NAME");
   a.kind = ListenAddress::Kind::kTcp;
-  std::string_view rest = spec.substr(4);
+  std::string_view rest = spec.substr(passed ? 8 : 4);
   if (auto comma = rest.find(','); comma != std::string_view::npos) {
     std::string_view opts = rest.substr(comma + 1);
     rest = rest.substr(0, comma);
@@ -70,10 +73,16 @@ ListenAddress parse_listen(std::string_view spec) {
         a.as_gid = static_cast<gid_t>(std::stoul(ids.substr(colon + 1)));
         as_given = true;
       } else {
-        fail("unknown option '" + std::string(opt) + "' (a TCP listener takes as=UID:GID and trusted)");
+        fail("unknown option '" + std::string(opt) + "' (a TCP or passed listener takes as=UID:GID and trusted)");
       }
     }
     if (as_given && a.trusted) fail("as= and trusted contradict each other: a trusted peer names its own user");
+  }
+  if (passed) {
+    if (rest.empty() || rest.size() > 255 || rest.find_first_of(":/ ") != std::string_view::npos)
+      fail("expected systemd:NAME, the FileDescriptorName of a passed socket");
+    a.inherited = std::string(rest);
+    return a;
   }
   std::string_view port;
   if (rest.starts_with("[")) {
@@ -535,6 +544,22 @@ void SocketServer::listen(const ListenAddress& addr, const SocketAccess& access)
   listeners_.push_back(a.kind == ListenAddress::Kind::kUnix ? bind_unix(a.path, access) : bind_tcp(a));
   if (a.kind == ListenAddress::Kind::kUnix) files_.emplace_back(a.path);
   bound_.push_back(a);
+}
+
+void SocketServer::adopt(Fd listening, const ListenAddress& addr) {
+  ListenAddress a = addr;
+  int listens = 0, type = 0;
+  socklen_t len = sizeof listens;
+  sockaddr_storage ss{};
+  socklen_t sslen = sizeof ss;
+  if (::getsockopt(listening.get(), SOL_SOCKET, SO_ACCEPTCONN, &listens, &len) != 0 || !listens ||
+      ::getsockopt(listening.get(), SOL_SOCKET, SO_TYPE, &type, &(len = sizeof type)) != 0 || type != SOCK_STREAM ||
+      ::getsockname(listening.get(), reinterpret_cast<sockaddr*>(&ss), &sslen) != 0)
+    throw std::runtime_error(a.to_string() + ": not a listening stream socket");
+  a.kind = ss.ss_family == AF_UNIX ? ListenAddress::Kind::kUnix : ListenAddress::Kind::kTcp;
+  ::fcntl(listening.get(), F_SETFD, FD_CLOEXEC);
+  listeners_.push_back(std::move(listening));
+  bound_.push_back(a);  // the socket file, if any, is its owner's (systemd's) to remove
 }
 
 void SocketServer::start() {

@@ -31,11 +31,16 @@ struct ListenAddress {
   uid_t as_uid = 65534;
   gid_t as_gid = 65534;
   bool trusted = false;
+  // A socket passed by socket activation (systemd's LISTEN_FDS), by its
+  // name; once adopted, kind says whether it is a unix or a TCP socket.
+  std::string inherited;
   std::string to_string() const;  // without the identity options
 };
 
-// "unix:PATH", "tcp:PORT" (loopback), "tcp:HOST:PORT" or "tcp:[V6]:PORT";
-// a TCP address may end in ",as=UID:GID" and/or ",trusted".
+// "unix:PATH", "tcp:PORT" (loopback), "tcp:HOST:PORT", "tcp:[V6]:PORT", or
+// "systemd:NAME" (a socket passed by socket activation under that name);
+// a TCP or passed address may end in ",as=UID:GID" and/or ",trusted" (which
+// a passed unix socket ignores: its peers are who the kernel says).
 // Throws std::invalid_argument with a one-line message.
 ListenAddress parse_listen(std::string_view spec);
 
@@ -61,6 +66,10 @@ class SocketServer {
   // picks a free one; bound() tells which. A unix socket gets `access`'s
   // mode and group (default 0600).
   void listen(const ListenAddress& addr, const SocketAccess& access = {});
+  // Serves on `listening`, a socket already listening (passed by socket
+  // activation) for `addr` (whose inherited name it is); throws
+  // std::runtime_error if it is not a listening stream socket.
+  void adopt(Fd listening, const ListenAddress& addr);
   const std::vector<ListenAddress>& bound() const { return bound_; }
 
   // Starts the workers. Returns at once.

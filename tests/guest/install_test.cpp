@@ -1,8 +1,8 @@
 // What `cmake --install` and `cpack -G DEB` deliver, checked from where
 // they put it: the installed binaries run (fsd --version, its capabilities,
 // vmlaunch --dry-run, and a guest booted from the installed paths alone),
-// the man pages, the bash completions, and QEMU's vhost-user descriptor
-// naming the installed fsd. Everything goes to temporary directories; the
+// the man pages, the bash completions, the systemd units, and QEMU's
+// vhost-user descriptor naming the installed fsd. Everything goes to temporary directories; the
 // package is inspected and unpacked, not installed on the host.
 #include <gtest/gtest.h>
 
@@ -33,8 +33,16 @@ TEST_F(Install, InstalledTreeRunsAndBootsAGuest) {
   for (const char* f : {"bin/fsd", "bin/vmlaunch", "libexec/fsd/fsd-guest-init", "share/man/man1/fsd.1",
                         "share/man/man1/vmlaunch.1", "share/man/man5/fsd-spec.5",
                         "share/bash-completion/completions/fsd", "share/bash-completion/completions/vmlaunch",
-                        "share/qemu/vhost-user/50-fsd.json"})
+                        "share/qemu/vhost-user/50-fsd.json", "lib/systemd/system/fsd@.service",
+                        "lib/systemd/system/fsd@.socket"})
     EXPECT_TRUE(fs::exists(prefix / f)) << f;
+  // systemd finds nothing to object to in the units (an instance of each),
+  // and the service runs the installed fsd.
+  fs::path units = prefix / "lib/systemd/system";
+  EXPECT_EQ(run("SYSTEMD_UNIT_PATH=" + sh_quote(units.string()) + ": systemd-analyze verify --man=no " +
+                sh_quote((units / "fsd@vm1.service").string()) + " " + sh_quote((units / "fsd@vm1.socket").string())),
+            "");
+  EXPECT_NE(read_file(units / "fsd@.service").find("ExecStart=" + (prefix / "bin/fsd").string() + " "), std::string::npos);
   auto descriptor = nlohmann::json::parse(read_file(prefix / "share/qemu/vhost-user/50-fsd.json"));
   EXPECT_EQ(descriptor["type"], "fs");
   EXPECT_EQ(descriptor["binary"], (prefix / "bin/fsd").string());

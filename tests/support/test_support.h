@@ -87,6 +87,10 @@ struct SpawnOptions {
   // Files bound over others (source, target) in a mount namespace of the
   // child's own, so it sees them and the host does not (needs root).
   std::vector<std::pair<fs::path, fs::path>> bind_over;
+  // Sockets handed over as socket activation does: they become fds 3, 4,
+  // ... of the child, with LISTEN_FDS and LISTEN_PID set for it.
+  std::vector<int> pass_fds;
+  std::vector<std::pair<std::string, std::string>> env;  // set in the child
 };
 
 // Starts `argv` (looked up in PATH) with stdout and stderr to `log`. The
@@ -115,6 +119,15 @@ inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log, co
     // After any change of user, which clears the death signal.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);
+    for (const auto& [k, v] : o.env) ::setenv(k.c_str(), v.c_str(), 1);
+    if (!o.pass_fds.empty()) {
+      std::vector<int> high;  // out of the way of 3, 4, ... first
+      for (int fd : o.pass_fds) high.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 100));
+      for (size_t i = 0; i < high.size(); i++)
+        if (high[i] < 0 || ::dup2(high[i], 3 + static_cast<int>(i)) < 0) ::_exit(122);
+      ::setenv("LISTEN_FDS", std::to_string(high.size()).c_str(), 1);
+      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+    }
     ::dup2(in, 0);
     ::dup2(out, 1);
     ::dup2(out, 2);
@@ -137,12 +150,15 @@ class FsdProcess {
     std::optional<rlim_t> nofile;  // RLIMIT_NOFILE (soft and hard) for the child
     std::optional<std::pair<uid_t, gid_t>> user;  // run as this user (the test must be root)
     std::vector<std::pair<fs::path, fs::path>> bind_over;  // see SpawnOptions
+    std::vector<int> pass_fds;                              // likewise
+    std::vector<std::pair<std::string, std::string>> env;   // likewise
   };
 
   explicit FsdProcess(Options o) : log_(dir_.path() / "fsd.log") {
     std::vector<std::string> argv{fsd_binary()};
     argv.insert(argv.end(), o.args.begin(), o.args.end());
-    pid_ = spawn_logged(argv, log_, {.nofile = o.nofile, .user = o.user, .bind_over = o.bind_over});
+    pid_ = spawn_logged(argv, log_, {.nofile = o.nofile, .user = o.user, .bind_over = o.bind_over,
+                                     .pass_fds = o.pass_fds, .env = o.env});
   }
   ~FsdProcess() { stop(); }
   FsdProcess(const FsdProcess&) = delete;
