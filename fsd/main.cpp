@@ -444,9 +444,15 @@ sigset_t take_signals() {
 int run(Options& o) {
   apply_compat(o);  // -o may set the log level
   if (o.syslog) {
-    auto logger = std::make_shared<spdlog::logger>("fsd-syslog", std::make_shared<fsd::SyslogSink>("fsd"));
-    logger->set_pattern("%v");
-    spdlog::set_default_logger(logger);
+    // Where logs go is no protection: without a syslog daemon, they stay on
+    // stderr, with a warning, rather than fsd not starting.
+    try {
+      auto logger = std::make_shared<spdlog::logger>("fsd-syslog", std::make_shared<fsd::SyslogSink>("fsd"));
+      logger->set_pattern("%v");
+      spdlog::set_default_logger(logger);
+    } catch (const std::runtime_error& e) {
+      o.ignored.push_back(std::string(e.what()) + " (logging to stderr)");
+    }
   }
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   for (const auto& why : o.ignored) spdlog::warn("ignored: {}", why);

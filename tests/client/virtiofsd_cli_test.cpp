@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "fsd/client/vhost_frontend.h"
+#include "fsd/core/unix_socket.h"
 #include "tests/support/test_support.h"
 
 namespace fsd {
@@ -128,6 +129,50 @@ TEST_F(VirtiofsdCli, PrintCapabilitiesIsVhostUserJson) {
   auto caps = nlohmann::json::parse(out);
   EXPECT_EQ(caps["type"], "fs");
   EXPECT_EQ(caps["features"], nlohmann::json::array({"separate-options"}));
+}
+
+// The command lines the tools that start virtiofsd pass, word for word
+// (only paths and numbers are this test's): each starts fsd, which serves
+// a vhost-user front-end on the socket it was given, and exits when that
+// front-end goes, as virtiofsd does.
+TEST_F(VirtiofsdCli, CallersCommandLinesServeAFrontEnd) {
+  std::string dir = share_;
+  struct Caller {
+    const char* who;
+    std::vector<std::string> args;  // "--fd=3": the listening socket is fd 3, as libvirt and Kata pass it
+  };
+  std::vector<Caller> callers = {
+      {"libvirt 9 (default <filesystem>)", {"--fd=3", "-o", "source=" + dir}},
+      {"libvirt 9 (cache, xattr and locks set in <binary>)",
+       {"--fd=3", "-o", "source=" + dir + ",cache=always,xattr,flock,posix_lock", "--thread-pool-size=16"}},
+      {"libvirt 9 with virtiofsd_debug = 1", {"--fd=3", "-o", "source=" + dir, "-d"}},
+      {"libvirt with <openfiles max='4096'/>", {"--fd=3", "-o", "source=" + dir, "--rlimit-nofile=4096"}},
+      {"Kata Containers", {"--syslog", "--cache=auto", "--shared-dir=" + dir, "--fd=3", "--thread-pool-size=1",
+                           "--announce-submounts"}},
+  };
+  for (const auto& c : callers) {
+    SCOPED_TRACE(c.who);
+    std::string path = (tmp_.path() / "caller.sock").string();
+    std::filesystem::remove(path);
+    Fd listening = listen_unix(path, {}, 8);
+    FsdProcess fsd({.args = c.args, .pass_fds = {listening.get()}, .listen_fds_env = false});
+    listening.reset();
+    auto f = VhostFrontend::connect(path);
+    ASSERT_TRUE(f.ok()) << std::strerror(-f.error()) << fsd.log();
+    ASSERT_TRUE((*f)->negotiate().ok()) << fsd.log();
+    auto init = (*f)->fuse_init();
+    ASSERT_TRUE(init.ok()) << fsd.log();
+    EXPECT_EQ(init->error, 0);
+    std::string name = "hello.txt";
+    name.push_back('\0');
+    auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+    ASSERT_TRUE(look.ok()) << fsd.log();
+    EXPECT_EQ(look->error, 0) << fsd.log();
+    f->reset();
+    auto status = fsd.wait_exit();
+    ASSERT_TRUE(status.has_value()) << "fsd kept running after its front-end went\n" << fsd.log();
+    EXPECT_EQ(*status, 0) << fsd.log();
+  }
 }
 
 TEST_F(VirtiofsdCli, VersionFlagsPrintTheVersion) {

@@ -90,6 +90,7 @@ struct SpawnOptions {
   // Sockets handed over as socket activation does: they become fds 3, 4,
   // ... of the child, with LISTEN_FDS and LISTEN_PID set for it.
   std::vector<int> pass_fds;
+  bool listen_fds_env = true;  // with pass_fds; false: plain fds 3, 4, ... (as libvirt's --fd=3)
   std::vector<std::pair<std::string, std::string>> env;  // set in the child
 };
 
@@ -125,8 +126,10 @@ inline pid_t spawn_logged(std::vector<std::string> argv, const fs::path& log, co
       for (int fd : o.pass_fds) high.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 100));
       for (size_t i = 0; i < high.size(); i++)
         if (high[i] < 0 || ::dup2(high[i], 3 + static_cast<int>(i)) < 0) ::_exit(122);
-      ::setenv("LISTEN_FDS", std::to_string(high.size()).c_str(), 1);
-      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+      if (o.listen_fds_env) {
+        ::setenv("LISTEN_FDS", std::to_string(high.size()).c_str(), 1);
+        ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+      }
     }
     ::dup2(in, 0);
     ::dup2(out, 1);
@@ -151,6 +154,7 @@ class FsdProcess {
     std::optional<std::pair<uid_t, gid_t>> user;  // run as this user (the test must be root)
     std::vector<std::pair<fs::path, fs::path>> bind_over;  // see SpawnOptions
     std::vector<int> pass_fds;                              // likewise
+    bool listen_fds_env = true;                             // likewise
     std::vector<std::pair<std::string, std::string>> env;   // likewise
   };
 
@@ -158,7 +162,7 @@ class FsdProcess {
     std::vector<std::string> argv{fsd_binary()};
     argv.insert(argv.end(), o.args.begin(), o.args.end());
     pid_ = spawn_logged(argv, log_, {.nofile = o.nofile, .user = o.user, .bind_over = o.bind_over,
-                                     .pass_fds = o.pass_fds, .env = o.env});
+                                     .pass_fds = o.pass_fds, .listen_fds_env = o.listen_fds_env, .env = o.env});
   }
   ~FsdProcess() { stop(); }
   FsdProcess(const FsdProcess&) = delete;
