@@ -474,6 +474,8 @@ int run(Options& o) {
   Servers servers(o, plan, exports);
   servers.bind(passed);
   bool as_root = ::geteuid() == 0;
+  if (o.sandbox == "chroot")
+    spdlog::info("--sandbox chroot: fsd's namespace sandbox stands in for it (it confines fsd at least as much)");
   if (plan.sandbox == fsd::SandboxMode::kNamespace) {
     fsd::Credentials::snapshot_user_database();
     fsd::enter_sandbox(plan.sandbox, plan.seccomp, plan.namespace_ids);
@@ -585,7 +587,7 @@ void add_options(CLI::App& app, Options& o) {
                  "started by an ordinary user, first a user namespace that maps its own ids (the host's other "
                  "owners then show as 65534; see --uid-map). The default when started as root without --fuse-mount. "
                  "none: it does not (the default otherwise)")
-      ->type_name("namespace|none");
+      ->type_name("namespace|chroot|none");
   app.add_option("--seccomp", o.seccomp,
                  "What a system call outside fsd's allow-list does: kill (the default in the namespace sandbox), "
                  "log, trap, or none (no filter; the default otherwise)")

@@ -26,8 +26,9 @@ namespace fsd {
 
 enum class SandboxMode { kNone, kNamespace };
 
-// "none" or "namespace"; throws std::invalid_argument naming --sandbox for
-// anything else ("chroot", virtiofsd's other mode, says why fsd lacks it).
+// "none" or "namespace" ("chroot", virtiofsd's other mode, is taken as
+// namespace, which confines fsd at least as much); throws
+// std::invalid_argument naming --sandbox for anything else.
 SandboxMode parse_sandbox(std::string_view text);
 
 // The ids an unprivileged fsd's sandbox user namespace maps (virtiofsd's

@@ -285,7 +285,6 @@ TEST_F(Identity, TcpPeersActAsTheListenersIdentity) {
 
 TEST_F(Identity, BadSandboxAndSeccompValuesAreRefused) {
   for (auto [args, flag] : {std::pair{std::vector<std::string>{"--sandbox", "bogus"}, "--sandbox"},
-                            {{"--sandbox", "chroot"}, "--sandbox chroot"},
                             {{"--seccomp", "bogus"}, "--seccomp"},
                             {{"--sandbox", "namespace", "--fuse-mount", "t=" + tmp_.str()}, "--sandbox namespace"},
                             {{"--seccomp", "kill", "--sandbox", "none", "--fuse-mount", "t=" + tmp_.str()}, "--seccomp kill"}}) {
