@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <optional>
 #include <thread>
 
@@ -66,7 +67,7 @@ struct Options {
   bool readonly = false;
   bool print_capabilities = false;
   // virtiofsd's export flags, for every export
-  bool direct_io = false, no_readdirplus = false, allow_mmap = false;
+  bool direct_io = false, no_readdirplus = false, allow_mmap = false, posix_acl = false;
   std::optional<rlim_t> rlimit_nofile;  // virtiofsd's --rlimit-nofile (0: as it is)
   bool syslog = false;
   std::vector<std::string> ignored;  // flags taken without effect, each with why (warned at start)
@@ -167,6 +168,10 @@ bool apply_compat_option(Options& o, std::string_view opt, std::string& source, 
     o.direct_io = true;
   } else if (opt == "no_readdirplus") {
     o.no_readdirplus = true;
+  } else if (opt == "posix_acl") {
+    o.posix_acl = true;
+  } else if (opt == "no_posix_acl") {
+    o.posix_acl = false;  // the default
   } else if (opt.starts_with("timeout=")) {
     o.ignored.push_back("-o " + std::string(opt) + ": fsd's cache policies set their own timeouts (use cache=)");
   } else if (auto it = std::find_if(std::begin(kIgnoredOptions), std::end(kIgnoredOptions),
@@ -243,6 +248,7 @@ Plan make_plan(Options& o) {
     c.direct_io |= o.direct_io;
     c.readdirplus &= !o.no_readdirplus;
     c.allow_mmap |= o.allow_mmap;
+    c.posix_acl |= o.posix_acl;
     auto add = [&](const char* flag, fsd::IdMap& m, const std::string& rule) {
       try {
         m.add(rule);
@@ -257,6 +263,9 @@ Plan make_plan(Options& o) {
         throw std::invalid_argument("--xattrmap: export '" + c.tag + "' has its own xattrmap=; give one or the other");
       c.xattrs = xattrs;
     }
+    if (c.posix_acl && (!c.uids.rules().empty() || !c.gids.rules().empty()))
+      throw std::invalid_argument("--posix-acl: not supported by fsd on export '" + c.tag + "', which translates "
+                                  "ids: ACLs hold host ids (give one or the other)");
   }
   for (size_t i = 0; i < p.exports.size(); i++)
     for (size_t j = 0; j < i; j++)
@@ -457,9 +466,26 @@ int run(Options& o) {
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   for (const auto& why : o.ignored) spdlog::warn("ignored: {}", why);
   if (o.rlimit_nofile && *o.rlimit_nofile != 0) {
-    rlimit rl{*o.rlimit_nofile, *o.rlimit_nofile};
-    if (::setrlimit(RLIMIT_NOFILE, &rl) != 0)
-      throw std::runtime_error("--rlimit-nofile " + std::to_string(*o.rlimit_nofile) + ": " + std::strerror(errno));
+    // The kernel's ceiling is fs.nr_open: more is taken as that, with a warning.
+    rlim_t want = *o.rlimit_nofile;
+    rlim_t ceiling = 0;
+    if (std::ifstream nr("/proc/sys/fs/nr_open"); nr >> ceiling && ceiling != 0 && want > ceiling) {
+      spdlog::warn("--rlimit-nofile {}: above fs.nr_open; using {}", want, ceiling);
+      want = ceiling;
+    }
+    rlimit rl{want, want};
+    if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      // Raising the hard limit needs CAP_SYS_RESOURCE: without it, as far
+      // as the hard limit goes.
+      int saved = errno;
+      rlimit now{};
+      if (saved != EPERM || ::getrlimit(RLIMIT_NOFILE, &now) != 0 || now.rlim_max >= want)
+        throw std::runtime_error("--rlimit-nofile " + std::to_string(want) + ": " + std::strerror(saved));
+      spdlog::warn("--rlimit-nofile {}: the hard limit {} cannot be raised ({}); using it", want, now.rlim_max,
+                   std::strerror(saved));
+      now.rlim_cur = now.rlim_max;
+      ::setrlimit(RLIMIT_NOFILE, &now);
+    }
   }
   // What a supervisor handed over (systemd's socket activation and
   // readiness protocol), taken before anything else is opened.
@@ -523,11 +549,12 @@ void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,direct-io]"
-                 "[,no-readdirplus][,allow-mmap][,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES] "
+                 "[,no-readdirplus][,allow-mmap][,posix-acl][,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES] "
                  "(repeatable). 9p clients attach with aname TAG (or PATH). Read-only exports default to "
                  "cache=always. devices lets root callers create device nodes (refused otherwise). direct-io, "
-                 "no-readdirplus, allow-mmap, translate-uid/-gid and xattrmap are as virtiofsd's --allow-direct-io, "
-                 "--no-readdirplus, --allow-mmap, --translate-uid/-gid and --xattrmap, for this export only.")
+                 "no-readdirplus, allow-mmap, posix-acl, translate-uid/-gid and xattrmap are as virtiofsd's "
+                 "--allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, --translate-uid/-gid and "
+                 "--xattrmap, for this export only.")
       ->type_name("SPEC");
   app.add_option("--listen", o.listens,
                  "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), tcp:HOST:PORT, or systemd:NAME (a socket passed "
@@ -608,7 +635,7 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
       ->check(CLI::IsMember({"never", "none", "auto", "metadata", "always"}));
   compat->add_option("-o", o.compat_opts,
                      "Options, comma-separated (repeatable): source=DIR, cache=, sandbox=, seccomp=, xattrmap=, "
-                     "log_level=, debug, allow_direct_io, no_readdirplus as their flags; xattr, killpriv_v2, "
+                     "log_level=, debug, allow_direct_io, no_readdirplus, posix_acl as their flags; xattr, killpriv_v2, "
                      "readdirplus and no_posix_lock/no_flock/no_writeback are what fsd does; writeback, "
                      "no_killpriv_v2, posix_lock, flock, no_xattr, announce_submounts and timeout= are ignored "
                      "with a warning; anything else is refused");
@@ -617,6 +644,9 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_flag("--allow-direct-io", o.direct_io,
                    "Honour O_DIRECT from clients (default: drop it, as virtiofsd does), on every export");
   compat->add_flag("--no-readdirplus", o.no_readdirplus, "Do not offer READDIRPLUS to FUSE/virtio-fs clients, on every export");
+  compat->add_flag("--posix-acl", o.posix_acl,
+                   "FUSE/virtio-fs clients enforce POSIX ACLs and fsd applies their umask where no default ACL does, "
+                   "on every export (export option posix-acl); not with --translate-uid/-gid");
   compat->add_flag("--allow-mmap", o.allow_mmap,
                    "Let clients mmap files under cache=never (FUSE_DIRECT_IO_ALLOW_MMAP, guests with Linux 6.6 and later)");
   compat->add_option("--rlimit-nofile", o.rlimit_nofile,
@@ -644,7 +674,6 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
                               w.empty() ? "Accepted (fsd's behaviour)" : "Ignored, with a warning: " + w);
   }
   for (auto [flag, why] : {std::pair{"--security-label", "fsd does not pass security labels of new files to the host"},
-                           {"--posix-acl", "fsd does not give the guest POSIX ACL semantics"},
                            {"--modcaps", "fsd keeps a fixed set of capabilities in its sandbox (fsd --help: --sandbox)"},
                            {"--tag", "fsd's vhost-user device has no config space; give the tag to QEMU (vhost-user-fs-pci,tag=)"},
                            {"--migration-mode", "fsd cannot migrate a virtio-fs device's state"},

@@ -49,6 +49,11 @@ class Server::Context {
     co_return reply_entry(*e);
   }
   Result<NodeRef> node() { return s.node(h.nodeid); }
+  // A new object's mode: with FUSE_DONT_MASK agreed, the client sent the
+  // umask rather than applying it; otherwise the mode is as sent.
+  mode_t mode_of(Node& dir, mode_t mode, mode_t umask) {
+    return s.apply_umask_ ? vfs.creation_mode(dir, mode, umask) : mode;
+  }
   bool read_only() const { return vfs.read_only(); }
 
   uint32_t open_flags(bool dir) const {
@@ -87,9 +92,13 @@ class Server::Context {
     // from being mmapped unless this is granted (Linux 6.6's flag).
     constexpr uint64_t kDirectIoAllowMmap = uint64_t{1} << 36;
     if (vfs.config().allow_mmap) offer |= kDirectIoAllowMmap;
+    // The client checks ACLs, and sends the umask rather than applying it
+    // (FUSE_DONT_MASK): fsd applies it where no default ACL applies instead.
+    if (vfs.config().posix_acl) offer |= FUSE_POSIX_ACL | FUSE_DONT_MASK;
     if (vfs.config().cache == CachePolicy::kAlways) offer |= FUSE_CACHE_SYMLINKS;
     if (vfs.config().cache == CachePolicy::kAuto) offer |= FUSE_AUTO_INVAL_DATA;
     uint64_t flags = want & offer;
+    s.apply_umask_ = (flags & FUSE_DONT_MASK) != 0;
     out.flags = static_cast<uint32_t>(flags);
     out.flags2 = static_cast<uint32_t>(flags >> 32);
     out.max_readahead = a.in.max_readahead;
@@ -181,12 +190,12 @@ class Server::Context {
   Task<Result<void>> op(const Mknod& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.mknod(ring, *dir, a.name, a.in.mode, a.in.rdev));
+    co_return co_await reply_entry_of(co_await vfs.mknod(ring, *dir, a.name, mode_of(**dir, a.in.mode, a.in.umask), a.in.rdev));
   }
   Task<Result<void>> op(const Mkdir& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.mkdir(ring, *dir, a.name, a.in.mode));
+    co_return co_await reply_entry_of(co_await vfs.mkdir(ring, *dir, a.name, mode_of(**dir, a.in.mode, a.in.umask)));
   }
   Task<Result<void>> op(const Unlink& a) {
     auto dir = node();
@@ -242,7 +251,7 @@ class Server::Context {
   Task<Result<void>> op(const Create& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    auto c = co_await vfs.create(ring, *dir, a.name, static_cast<int>(a.in.flags), a.in.mode);
+    auto c = co_await vfs.create(ring, *dir, a.name, static_cast<int>(a.in.flags), mode_of(**dir, a.in.mode, a.in.umask));
     if (!c) co_return Error{c.error()};
     auto hd = std::make_shared<Handle>();
     hd->file = std::move(c->file);

@@ -29,6 +29,10 @@ struct ExportConfig {
   // virtio-fs/FUSE with cache=never: clients may still mmap files
   // (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6 and later; virtiofsd's --allow-mmap).
   bool allow_mmap = false;
+  // virtio-fs/FUSE: clients enforce POSIX ACLs themselves and leave the
+  // umask to fsd (FUSE_POSIX_ACL; virtiofsd's --posix-acl). Not with id
+  // maps: ACLs hold host ids.
+  bool posix_acl = false;
   // Client ids to host ids and back (virtiofsd's --translate-uid/-gid).
   IdMap uids, gids;
   // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
@@ -36,7 +40,7 @@ struct ExportConfig {
 };
 
 // Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]
-// [,direct-io][,no-readdirplus][,allow-mmap]
+// [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl]
 // [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES]". Read-only exports
 // default to cache=always. Throws std::invalid_argument with a one-line
 // message naming the problem. Does not touch the filesystem.

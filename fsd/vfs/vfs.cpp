@@ -568,6 +568,14 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   co_return make_open_file(Fd(r), NodeRef(&n), flags, n.dev, special);
 }
 
+mode_t Vfs::creation_mode(Node& dir, mode_t mode, mode_t umask) {
+  auto pfd = path_fd(dir);
+  if (!pfd) return mode & ~umask;
+  Credentials::AsSelf self;
+  bool inherits = ::getxattr(pfd->proc_path().c_str(), "system.posix_acl_default", nullptr, 0) > 0;
+  return inherits ? mode : mode & ~umask;
+}
+
 int Vfs::open_flags_allowed() const { return kAllowedOpenFlags | (config_.direct_io ? O_DIRECT : 0); }
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,

@@ -183,6 +183,11 @@ class Vfs {
   // The open(2) flags a client's open or create keeps (O_DIRECT only on an
   // export with direct-io); fsd adds O_CLOEXEC and drops the rest.
   int open_flags_allowed() const;
+  // The mode a client's create, mkdir or mknod asks for, given the umask it
+  // sent (FUSE with POSIX ACLs leaves the umask to the file system): the
+  // umask applies unless `dir` has a default ACL, which the host kernel
+  // then applies instead, as a local file system does.
+  mode_t creation_mode(Node& dir, mode_t mode, mode_t umask);
   const NodeRef& root() const { return root_; }
   bool uses_handles() const { return handles_ok_; }
   VfsStats stats() const;

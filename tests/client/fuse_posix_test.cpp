@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <tuple>
 
 #include "tests/support/test_support.h"
 
@@ -462,6 +464,85 @@ TEST(FuseReadOnly, EveryMutationIsErofs) {
 // same server code serves virtio-fs). Every uid but 3000 is squashed to 2001
 // on the host, which shows as 0; 3000 is forbidden. security.* names live
 // under user.guest. on the host.
+// A POSIX ACL in the binary form the kernel takes: (tag, perm, id) entries.
+std::string acl(std::initializer_list<std::tuple<uint16_t, uint16_t, uint32_t>> entries) {
+  std::string v("\x02\x00\x00\x00", 4);  // version 2
+  for (auto [tag, perm, id] : entries) {
+    char e[8];
+    std::memcpy(e, &tag, 2);
+    std::memcpy(e + 2, &perm, 2);
+    std::memcpy(e + 4, &id, 4);
+    v.append(e, 8);
+  }
+  return v;
+}
+constexpr uint16_t kUserObj = 0x01, kUser = 0x02, kGroupObj = 0x04, kMask = 0x10, kOther = 0x20;
+constexpr uint32_t kNoId = 0xffffffff;
+
+// With posix-acl (virtiofsd's --posix-acl) the client enforces ACLs, so an
+// ACL can grant what the mode bits do not, and fsd applies the umask the
+// client sends unless a default ACL applies instead: new files get the
+// modes they get in a plain directory. Without it, the client checks mode
+// bits only.
+TEST(FuseAcl, AclsGrantAndDefaultAclsReplaceTheUmask) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to act as other users";
+  TempDir tmp;
+  auto exp = tmp.path() / "export";
+  ::chmod(tmp.path().c_str(), 0755);
+  for (const char* d : {"plain", "inherit"}) std::filesystem::create_directories(exp / d);
+  for (const char* d : {"", "plain", "inherit"}) ::chmod((exp / d).c_str(), 0777);
+  write_file(exp / "secret", "for nobody too\n");
+  ::chmod((exp / "secret").c_str(), 0600);
+  std::string access = acl({{kUserObj, 6, kNoId}, {kUser, 4, 65534}, {kGroupObj, 0, kNoId}, {kMask, 4, kNoId}, {kOther, 0, kNoId}});
+  if (::setxattr((exp / "secret").c_str(), "system.posix_acl_access", access.data(), access.size(), 0) != 0)
+    GTEST_SKIP() << "the test directory's file system has no POSIX ACLs: " << std::strerror(errno);
+  std::string inherit = acl({{kUserObj, 7, kNoId}, {kGroupObj, 7, kNoId}, {kOther, 7, kNoId}});
+  ASSERT_EQ(::setxattr((exp / "inherit").c_str(), "system.posix_acl_default", inherit.data(), inherit.size(), 0), 0);
+
+  // What nobody, with umask 077, gets: reading the file, and the modes of
+  // what it creates in each directory under `root`.
+  auto as_nobody = [&](const std::filesystem::path& root, const std::string& suffix) {
+    std::map<std::string, int> got;
+    got["read secret"] = run_as(65534, 65534, [&] {
+      int f = ::open((root / "secret").c_str(), O_RDONLY | O_CLOEXEC);
+      return f >= 0 && ::close(f) == 0 ? 0 : errno;
+    });
+    for (const char* d : {"plain", "inherit"}) {
+      int r = run_as(65534, 65534, [&] {
+        ::umask(077);
+        int f = ::open((root / d / ("f" + suffix)).c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0666);
+        if (f < 0 || ::close(f) != 0) return errno;
+        return ::mkdir((root / d / ("d" + suffix)).c_str(), 0777) == 0 ? 0 : errno;
+      });
+      got[std::string("create in ") + d] = r;
+      struct stat st{};
+      got[std::string("file mode in ") + d] = ::lstat((exp / d / ("f" + suffix)).c_str(), &st) == 0 ? st.st_mode & 07777 : -1;
+      got[std::string("dir mode in ") + d] = ::lstat((exp / d / ("d" + suffix)).c_str(), &st) == 0 ? st.st_mode & 07777 : -1;
+    }
+    return got;
+  };
+  auto local = as_nobody(exp, "-local");
+  EXPECT_EQ(local["read secret"], 0);
+  EXPECT_EQ(local["file mode in plain"], 0600);
+  EXPECT_EQ(local["file mode in inherit"], 0666);
+  for (bool posix_acl : {true, false}) {
+    SCOPED_TRACE(posix_acl ? "posix-acl" : "without posix-acl");
+    auto mnt = tmp.path() / (posix_acl ? "mnt-acl" : "mnt");
+    std::filesystem::create_directories(mnt);
+    FsdProcess fsd({.args = {"--export", "x=" + exp.string() + ",cache=never" + (posix_acl ? ",posix-acl" : ""),
+                             "--fuse-mount", "x=" + mnt.string()}});
+    fsd.wait_for_log("mounted 'x'");
+    auto got = as_nobody(mnt, posix_acl ? "-acl" : "-none");
+    if (posix_acl) {
+      EXPECT_EQ(got, local);  // as in the plain directory, call by call
+    } else {
+      EXPECT_EQ(got["read secret"], EACCES);  // the client checks mode bits only
+      EXPECT_EQ(got["file mode in plain"], 0600);  // the client applied the umask itself
+    }
+    EXPECT_EQ(fsd.stop(), 0) << fsd.log();
+  }
+}
+
 TEST(FuseMaps, IdsAndXattrNamesAreTranslated) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root, to act as other users";
   TempDir tmp;

@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <linux/fuse.h>
 
+#include <grp.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -47,7 +49,7 @@ class VirtiofsdCli : public ::testing::Test {
 
 TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"--shared-dir", share_, "--security-label"}, "--security-label");
-  ExpectRefused({"--shared-dir", share_, "--posix-acl"}, "--posix-acl");
+  ExpectRefused({"--shared-dir", share_, "--posix-acl", "--translate-uid", "map:0:1000:1"}, "--posix-acl");
   ExpectRefused({"-o", "source=" + share_, "-o", "no_such_option"}, "-o no_such_option");
   ExpectRefused({"-o", "source=" + share_ + ",modcaps=+sys_admin"}, "-o modcaps=+sys_admin");
   ExpectRefused({"--shared-dir", share_, "--modcaps=-mknod"}, "--modcaps");
@@ -149,13 +151,22 @@ TEST_F(VirtiofsdCli, CallersCommandLinesServeAFrontEnd) {
       {"Kata Containers", {"--syslog", "--cache=auto", "--shared-dir=" + dir, "--fd=3", "--thread-pool-size=1",
                            "--announce-submounts"}},
   };
+  // microvm.nix makes the socket itself (--socket-path), for its group
+  // (kvm; root where this machine has no kvm group).
+  std::string path = (tmp_.path() / "caller.sock").string();
+  std::string group = ::getgrnam("kvm") ? "kvm" : "root";
+  callers.push_back({"microvm.nix", {"--socket-path=" + path, "--socket-group=" + group, "--shared-dir=" + dir,
+                                     "--thread-pool-size", "2", "--posix-acl", "--xattr", "--cache=auto",
+                                     "--rlimit-nofile", "1048576"}});
   for (const auto& c : callers) {
     SCOPED_TRACE(c.who);
-    std::string path = (tmp_.path() / "caller.sock").string();
     std::filesystem::remove(path);
-    Fd listening = listen_unix(path, {}, 8);
-    FsdProcess fsd({.args = c.args, .pass_fds = {listening.get()}, .listen_fds_env = false});
+    bool own_socket = c.args.front().starts_with("--socket-path=");
+    Fd listening = own_socket ? Fd() : listen_unix(path, {}, 8);
+    FsdProcess fsd({.args = c.args, .pass_fds = own_socket ? std::vector<int>{} : std::vector<int>{listening.get()},
+                    .listen_fds_env = false});
     listening.reset();
+    if (own_socket) fsd.wait_for_log("listening on " + path);
     auto f = VhostFrontend::connect(path);
     ASSERT_TRUE(f.ok()) << std::strerror(-f.error()) << fsd.log();
     ASSERT_TRUE((*f)->negotiate().ok()) << fsd.log();
