@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <thread>
@@ -70,6 +71,7 @@ struct Options {
   bool direct_io = false, no_readdirplus = false, allow_mmap = false, posix_acl = false;
   std::optional<rlim_t> rlimit_nofile;  // virtiofsd's --rlimit-nofile (0: as it is)
   bool syslog = false;
+  std::optional<std::string> device_tag;  // virtiofsd's --tag: the compat device's config space advertises it
   std::vector<std::string> ignored;  // flags taken without effect, each with why (warned at start)
 };
 
@@ -201,6 +203,8 @@ void apply_compat(Options& o) {
     }
   }
   if (source.empty()) throw std::invalid_argument("--shared-dir (or -o source=DIR) is required with --socket-path/--fd");
+  if (o.device_tag && (o.device_tag->empty() || o.device_tag->size() > 36))
+    throw std::invalid_argument("--tag '" + *o.device_tag + "': a virtio-fs tag is 1 to 36 bytes");
   if (o.socket_path.empty() && o.listen_fd < 0) throw std::invalid_argument("--socket-path or --fd is required with --shared-dir");
   if (cache == "none") cache = "never";
   if (cache == "metadata") cache = "auto";
@@ -346,6 +350,15 @@ fsd::ExportSet open_exports(const std::vector<fsd::ExportConfig>& configs, unsig
   return exports;
 }
 
+// virtio-fs's config space: the mount tag (36 bytes, NUL-padded) and the
+// number of request queues (le32).
+std::vector<std::byte> virtio_fs_config(const std::string& tag, uint32_t request_queues) {
+  std::vector<std::byte> c(40);
+  std::memcpy(c.data(), tag.data(), std::min<size_t>(tag.size(), 36));
+  std::memcpy(c.data() + 36, &request_queues, 4);  // x86 and other little-endian hosts
+  return c;
+}
+
 // Every transport, wired to its protocol server. Members stop in reverse
 // order: FUSE mounts, then virtio devices, then the socket server.
 class Servers {
@@ -427,6 +440,7 @@ class Servers {
     } else {
       servers = fsd::fuse::server_factory(vfs, {.max_write = 1 << 20, .virtiofs = true}, false);
       vopt.device = {.name = "virtio-fs '" + tag + "'", .queues = 2};  // hiprio + one request queue
+      if (tag == kCompatTag && o_.device_tag) vopt.device.config = virtio_fs_config(*o_.device_tag, 1);
     }
     auto& d = devices_.emplace_back(listening ? std::make_unique<fsd::VhostUserBackend>(std::move(listening), servers, vopt)
                                               : std::make_unique<fsd::VhostUserBackend>(path, servers, vopt));
@@ -641,6 +655,10 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
                      "with a warning; anything else is refused");
   compat->add_option("--socket", o.socket_path, "The same as --socket-path (virtiofsd's older name)");
   compat->add_flag("--readonly", o.readonly, "Share read-only");
+  compat->add_option("--tag", o.device_tag,
+                     "The mount tag the virtio-fs device advertises in its config space (VHOST_USER_PROTOCOL_F_CONFIG), "
+                     "for VMMs that read it (crosvm); QEMU takes vhost-user-fs-pci's tag= instead. At most 36 bytes")
+      ->type_name("TAG");
   compat->add_flag("--allow-direct-io", o.direct_io,
                    "Honour O_DIRECT from clients (default: drop it, as virtiofsd does), on every export");
   compat->add_flag("--no-readdirplus", o.no_readdirplus, "Do not offer READDIRPLUS to FUSE/virtio-fs clients, on every export");
@@ -675,13 +693,12 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   }
   for (auto [flag, why] : {std::pair{"--security-label", "fsd does not pass security labels of new files to the host"},
                            {"--modcaps", "fsd keeps a fixed set of capabilities in its sandbox (fsd --help: --sandbox)"},
-                           {"--tag", "fsd's vhost-user device has no config space; give the tag to QEMU (vhost-user-fs-pci,tag=)"},
                            {"--migration-mode", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-on-error", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-verify-handles", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-confirm-paths", "fsd cannot migrate a virtio-fs device's state"}}) {
     std::string f = flag, w = why;
-    bool takes_value = f == "--modcaps" || f == "--tag" || f == "--migration-mode" || f == "--migration-on-error";
+    bool takes_value = f == "--modcaps" || f == "--migration-mode" || f == "--migration-on-error";
     auto refuse = [&o, f, w] { o.refused.emplace_back(f, w); };
     if (takes_value)
       compat->add_option_function<std::string>(f, [refuse](const std::string&) { refuse(); }, "Refused: " + w);

@@ -53,7 +53,6 @@ TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"-o", "source=" + share_, "-o", "no_such_option"}, "-o no_such_option");
   ExpectRefused({"-o", "source=" + share_ + ",modcaps=+sys_admin"}, "-o modcaps=+sys_admin");
   ExpectRefused({"--shared-dir", share_, "--modcaps=-mknod"}, "--modcaps");
-  ExpectRefused({"--shared-dir", share_, "--tag", "fs0"}, "--tag");
   ExpectRefused({"--shared-dir", share_, "--migration-mode", "find-paths"}, "--migration-mode");
   ExpectRefused({"--shared-dir", share_, "--migration-confirm-paths"}, "--migration-confirm-paths");
 }
@@ -183,6 +182,41 @@ TEST_F(VirtiofsdCli, CallersCommandLinesServeAFrontEnd) {
     ASSERT_TRUE(status.has_value()) << "fsd kept running after its front-end went\n" << fsd.log();
     EXPECT_EQ(*status, 0) << fsd.log();
   }
+}
+
+// --tag: the device's config space holds the tag and one request queue, as
+// crosvm reads it; without --tag there is no config space to offer.
+TEST_F(VirtiofsdCli, TagIsAdvertisedInTheConfigSpace) {
+  namespace vu = vhost_user;
+  for (bool tagged : {true, false}) {
+    SCOPED_TRACE(tagged ? "--tag" : "no --tag");
+    std::vector<std::string> args{"--socket-path", sock_, "--shared-dir", share_};
+    if (tagged) args.insert(args.end(), {"--tag", "myfs"});
+    FsdProcess fsd({.args = args});
+    fsd.wait_for_log("listening on " + sock_);
+    auto f = VhostFrontend::connect(sock_);
+    ASSERT_TRUE(f.ok()) << fsd.log();
+    auto pf = (*f)->send(vu::Request::GetProtocolFeatures, vu::None{}, {}, false, true);
+    ASSERT_TRUE(pf.ok());
+    bool config = (std::get<uint64_t>(pf->payload) & vu::kPfConfig) != 0;
+    EXPECT_EQ(config, tagged);
+    if (!tagged) continue;
+    ASSERT_TRUE((*f)->negotiate().ok()) << fsd.log();
+    vu::Config c{};
+    c.offset = 0;
+    c.size = 40;
+    auto r = (*f)->send(vu::Request::GetConfig, c, {}, false, true);
+    ASSERT_TRUE(r.ok());
+    const auto& reply = std::get<vu::Config>(r->payload);
+    ASSERT_EQ(reply.size, 40u);
+    const auto& got = reply.payload;
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(got.data()), 5), std::string("myfs\0", 5));
+    uint32_t queues;
+    std::memcpy(&queues, got.data() + 36, 4);
+    EXPECT_EQ(queues, 1u);
+  }
+  testing::expect_fsd_refuses({"--socket-path", sock_, "--shared-dir", share_, "--tag", std::string(37, 't')},
+                              "a virtio-fs tag is 1 to 36 bytes");
 }
 
 TEST_F(VirtiofsdCli, VersionFlagsPrintTheVersion) {
