@@ -71,7 +71,8 @@ struct Options {
   bool direct_io = false, no_readdirplus = false, allow_mmap = false, posix_acl = false;
   std::optional<rlim_t> rlimit_nofile;  // virtiofsd's --rlimit-nofile (0: as it is)
   bool syslog = false;
-  std::optional<std::string> device_tag;  // virtiofsd's --tag: the compat device's config space advertises it
+  std::optional<std::string> device_tag;
+  std::optional<std::string> modcaps;  // virtiofsd's: capabilities the sandbox keeps, changed  // virtiofsd's --tag: the compat device's config space advertises it
   std::vector<std::string> ignored;  // flags taken without effect, each with why (warned at start)
 };
 
@@ -170,6 +171,8 @@ bool apply_compat_option(Options& o, std::string_view opt, std::string& source, 
     o.direct_io = true;
   } else if (opt == "no_readdirplus") {
     o.no_readdirplus = true;
+  } else if (opt.starts_with("modcaps=")) {
+    o.modcaps = value("modcaps=");
   } else if (opt == "posix_acl") {
     o.posix_acl = true;
   } else if (opt == "no_posix_acl") {
@@ -232,6 +235,7 @@ struct Plan {
   fsd::SandboxMode sandbox = fsd::SandboxMode::kNone;
   fsd::SeccompAction seccomp = fsd::SeccompAction::kNone;
   fsd::NamespaceIds namespace_ids;
+  uint64_t capabilities = fsd::default_capabilities();  // what the sandbox keeps
 };
 
 // `o` after apply_compat.
@@ -316,6 +320,12 @@ Plan make_plan(Options& o) {
                                   "the sandbox leaves (and could then not unmount it); use --sandbox none with it");
   } else if (::geteuid() == 0 && p.fuse_mounts.empty()) {
     p.sandbox = fsd::SandboxMode::kNamespace;
+  }
+  if (o.modcaps) {
+    if (p.sandbox != fsd::SandboxMode::kNamespace)
+      throw std::invalid_argument("--modcaps: fsd drops capabilities in its namespace sandbox; not with --sandbox none "
+                                  "(or --fuse-mount)");
+    p.capabilities = fsd::parse_modcaps(*o.modcaps, p.capabilities);
   }
   if (!o.seccomp.empty()) {
     p.seccomp = fsd::parse_seccomp(o.seccomp);
@@ -518,10 +528,10 @@ int run(Options& o) {
     spdlog::info("--sandbox chroot: fsd's namespace sandbox stands in for it (it confines fsd at least as much)");
   if (plan.sandbox == fsd::SandboxMode::kNamespace) {
     fsd::Credentials::snapshot_user_database();
-    fsd::enter_sandbox(plan.sandbox, plan.seccomp, plan.namespace_ids);
+    fsd::enter_sandbox(plan.sandbox, plan.seccomp, plan.namespace_ids, plan.capabilities);
     fsd::Credentials::reread();
     spdlog::info("sandbox: own {}pid, mount, network and IPC namespaces, an empty read-only root; capabilities {}; "
-                 "no_new_privs", as_root ? "" : "user, ", fsd::kept_capabilities());
+                 "no_new_privs", as_root ? "" : "user, ", fsd::capability_names(plan.capabilities));
     if (!as_root) spdlog::info("user namespace: fsd is uid {} gid {} there", ::geteuid(), ::getegid());
   } else {
     spdlog::info("sandbox: none{}", ::geteuid() == 0 && !plan.fuse_mounts.empty() && o.sandbox.empty()
@@ -655,6 +665,10 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
                      "with a warning; anything else is refused");
   compat->add_option("--socket", o.socket_path, "The same as --socket-path (virtiofsd's older name)");
   compat->add_flag("--readonly", o.readonly, "Share read-only");
+  compat->add_option("--modcaps", o.modcaps,
+                     "Change the capabilities the sandbox keeps: +NAME adds, -NAME takes away, ':' between (e.g. "
+                     "-mknod:-setfcap); needs --sandbox namespace")
+      ->type_name("+CAP:-CAP");
   compat->add_option("--tag", o.device_tag,
                      "The mount tag the virtio-fs device advertises in its config space (VHOST_USER_PROTOCOL_F_CONFIG), "
                      "for VMMs that read it (crosvm); QEMU takes vhost-user-fs-pci's tag= instead. At most 36 bytes")
@@ -692,13 +706,12 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
                               w.empty() ? "Accepted (fsd's behaviour)" : "Ignored, with a warning: " + w);
   }
   for (auto [flag, why] : {std::pair{"--security-label", "fsd does not pass security labels of new files to the host"},
-                           {"--modcaps", "fsd keeps a fixed set of capabilities in its sandbox (fsd --help: --sandbox)"},
                            {"--migration-mode", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-on-error", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-verify-handles", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-confirm-paths", "fsd cannot migrate a virtio-fs device's state"}}) {
     std::string f = flag, w = why;
-    bool takes_value = f == "--modcaps" || f == "--migration-mode" || f == "--migration-on-error";
+    bool takes_value = f == "--migration-mode" || f == "--migration-on-error";
     auto refuse = [&o, f, w] { o.refused.emplace_back(f, w); };
     if (takes_value)
       compat->add_option_function<std::string>(f, [refuse](const std::string&) { refuse(); }, "Refused: " + w);

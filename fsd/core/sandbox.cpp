@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <sys/capability.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -25,8 +27,6 @@ namespace {
 
 constexpr int kKept[] = {CAP_CHOWN,  CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID,
                          CAP_SETGID, CAP_SETUID,       CAP_MKNOD,           CAP_SETFCAP};
-constexpr const char* kKeptNames[] = {"chown",  "dac_override", "dac_read_search", "fowner", "fsetid",
-                                      "setgid", "setuid",       "mknod",           "setfcap"};
 
 [[noreturn]] void fail(const std::string& step) {
   throw std::runtime_error("--sandbox namespace: " + step + ": " + std::strerror(errno));
@@ -230,9 +230,7 @@ void pivot_into_empty_root() {
     fail("making the new root read-only");
 }
 
-void drop_capabilities() {
-  uint64_t keep = 0;
-  for (int c : kKept) keep |= uint64_t{1} << c;
+void drop_capabilities(uint64_t keep) {
   for (int c = 0; c <= CAP_LAST_CAP; c++)
     if (!(keep & (uint64_t{1} << c)) && ::prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 && errno != EINVAL)
       fail("dropping capability " + std::to_string(c) + " from the bounding set");
@@ -303,19 +301,54 @@ bool maps_only(const std::vector<IdRange>& ranges, uint32_t own) {
   return ranges.empty() || (ranges.size() == 1 && ranges[0].host == own && ranges[0].count == 1);
 }
 
-void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids) {
+uint64_t default_capabilities() {
+  uint64_t keep = 0;
+  for (int c : kKept) keep |= uint64_t{1} << c;
+  return keep;
+}
+
+uint64_t parse_modcaps(std::string_view text, uint64_t base) {
+  const std::string given(text);
+  auto fail = [&](const std::string& why) { throw std::invalid_argument("--modcaps '" + given + "': " + why); };
+  if (text.empty()) fail("expected +NAME or -NAME, separated by ':'");
+  uint64_t keep = base;
+  while (!text.empty()) {
+    auto colon = text.find(':');
+    std::string_view item = text.substr(0, colon);
+    text = colon == std::string_view::npos ? std::string_view{} : text.substr(colon + 1);
+    if (item.size() < 2 || (item[0] != '+' && item[0] != '-')) fail("'" + std::string(item) + "' is not +NAME or -NAME");
+    std::string name(item.substr(1));
+    for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (!name.starts_with("cap_")) name = "cap_" + name;
+    cap_value_t cap;
+    if (cap_from_name(name.c_str(), &cap) != 0 || cap < 0 || cap > CAP_LAST_CAP)
+      fail("no capability '" + std::string(item.substr(1)) + "'");
+    uint64_t bit = uint64_t{1} << cap;
+    keep = item[0] == '+' ? keep | bit : keep & ~bit;
+  }
+  return keep;
+}
+
+std::string capability_names(uint64_t mask) {
+  std::string out;
+  for (int c = 0; c <= CAP_LAST_CAP; c++) {
+    if (!(mask & (uint64_t{1} << c))) continue;
+    char* name = cap_to_name(c);
+    std::string n = name ? name : std::to_string(c);
+    cap_free(name);
+    if (n.starts_with("cap_")) n = n.substr(4);
+    out += (out.empty() ? "" : ",") + n;
+  }
+  return out.empty() ? "none" : out;
+}
+
+void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids, uint64_t keep) {
   if (mode == SandboxMode::kNone) return;
   if (::geteuid() != 0) enter_user_namespace(ids);
   if (::unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC) != 0) fail("unshare");
   split_off_waiter(waiter_seccomp);
   pivot_into_empty_root();
-  drop_capabilities();
-}
-
-std::string kept_capabilities() {
-  std::string out;
-  for (const char* n : kKeptNames) out += (out.empty() ? "" : ",") + std::string(n);
-  return out;
+  drop_capabilities(keep);
 }
 
 }  // namespace fsd

@@ -57,14 +57,22 @@ void check_namespace_maps(std::string_view flag, const std::vector<IdRange>& ran
 // Whether `ranges` map only `own` (count 1), which fsd writes itself.
 bool maps_only(const std::vector<IdRange>& ranges, uint32_t own);
 
-// Enters the sandbox; throws std::runtime_error naming the step that
-// failed. Must be called while fsd has one thread. Returns in the server;
-// the waiter never returns (`waiter_seccomp` is its filter).
-void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids = {});
-
-// The capabilities a sandboxed fsd keeps, for its log and for tests: its
+// The capabilities a sandboxed fsd keeps, as a mask of CAP_* bits: its
 // file-system capabilities, setuid/setgid (to act as its callers), mknod
 // (FIFOs), and setfcap (xattrs passed through).
-std::string kept_capabilities();
+uint64_t default_capabilities();
+// virtiofsd's --modcaps: "+NAME:-NAME:..." adds to or takes from `base`
+// (names as capabilities(7) gives them, with or without "cap_", in any
+// case). Throws std::invalid_argument naming --modcaps.
+uint64_t parse_modcaps(std::string_view text, uint64_t base);
+// "chown,dac_override,...", for the log.
+std::string capability_names(uint64_t mask);
+
+// Enters the sandbox, keeping the capabilities in `keep`; throws
+// std::runtime_error naming the step that failed. Must be called while fsd
+// has one thread. Returns in the server; the waiter never returns
+// (`waiter_seccomp` is its filter).
+void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids = {},
+                   uint64_t keep = default_capabilities());
 
 }  // namespace fsd

@@ -531,6 +531,36 @@ TEST_F(Identity, SubordinateIdsLetAnUnprivilegedFsdActAsItsCallers) {
   EXPECT_EQ(fsd.stop(), 0) << fsd.log();
 }
 
+// virtiofsd's --modcaps changes what the sandbox keeps: here one capability
+// less (mknod) and one more (sys_ptrace), and without setuid fsd can no
+// longer act as its callers, and says so.
+TEST_F(Identity, ModcapsChangesWhatTheSandboxKeeps) {
+  constexpr int kMknod = 27, kSysPtrace = 19, kSetuid = 7;
+  {
+    auto fsd = start({"--modcaps=-mknod:+SYS_PTRACE"});
+    uint64_t eff = std::stoull(status_of(fsd->server_pid(), "CapEff"), nullptr, 16);
+    EXPECT_EQ(eff & (uint64_t{1} << kMknod), 0u) << "mknod kept";
+    EXPECT_NE(eff & (uint64_t{1} << kSysPtrace), 0u) << "sys_ptrace not added";
+    EXPECT_NE(eff & (uint64_t{1} << kSetuid), 0u);
+    EXPECT_NE(fsd->log().find("sys_ptrace"), std::string::npos) << fsd->log();
+  }
+  {
+    auto fsd = start({"--modcaps=-cap_setuid"});
+    uint64_t eff = std::stoull(status_of(fsd->server_pid(), "CapEff"), nullptr, 16);
+    EXPECT_EQ(eff & (uint64_t{1} << kSetuid), 0u);
+    EXPECT_NE(fsd->log().find("requests act as fsd's own user"), std::string::npos) << fsd->log();
+  }
+  std::vector<std::string> base{"--export", "t=" + share_.string(), "--listen", "unix:" + p9_};
+  auto with = [&](std::vector<std::string> extra) {
+    auto all = base;
+    all.insert(all.end(), extra.begin(), extra.end());
+    return all;
+  };
+  expect_fsd_refuses(with({"--modcaps", "mknod"}), "--modcaps 'mknod': 'mknod' is not +NAME or -NAME");
+  expect_fsd_refuses(with({"--modcaps", "+no_such_cap"}), "no capability 'no_such_cap'");
+  expect_fsd_refuses(with({"--modcaps", "-mknod", "--sandbox", "none"}), "--modcaps: fsd drops capabilities");
+}
+
 TEST_F(Identity, SandboxNoneLeavesFsdAsItWas) {
   auto fsd = start({"--sandbox", "none"});
   EXPECT_EQ(status_of(fsd->pid(), "NoNewPrivs"), "0");

@@ -51,8 +51,6 @@ TEST_F(VirtiofsdCli, SecurityFlagsItCannotHonourAreRefused) {
   ExpectRefused({"--shared-dir", share_, "--security-label"}, "--security-label");
   ExpectRefused({"--shared-dir", share_, "--posix-acl", "--translate-uid", "map:0:1000:1"}, "--posix-acl");
   ExpectRefused({"-o", "source=" + share_, "-o", "no_such_option"}, "-o no_such_option");
-  ExpectRefused({"-o", "source=" + share_ + ",modcaps=+sys_admin"}, "-o modcaps=+sys_admin");
-  ExpectRefused({"--shared-dir", share_, "--modcaps=-mknod"}, "--modcaps");
   ExpectRefused({"--shared-dir", share_, "--migration-mode", "find-paths"}, "--migration-mode");
   ExpectRefused({"--shared-dir", share_, "--migration-confirm-paths"}, "--migration-confirm-paths");
 }
