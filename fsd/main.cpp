@@ -68,7 +68,7 @@ struct Options {
   bool readonly = false;
   bool print_capabilities = false;
   // virtiofsd's export flags, for every export
-  bool direct_io = false, no_readdirplus = false, allow_mmap = false, posix_acl = false;
+  bool direct_io = false, no_readdirplus = false, allow_mmap = false, posix_acl = false, submounts = false;
   std::optional<rlim_t> rlimit_nofile;  // virtiofsd's --rlimit-nofile (0: as it is)
   bool syslog = false;
   std::optional<std::string> device_tag;
@@ -132,7 +132,6 @@ constexpr std::pair<std::string_view, std::string_view> kIgnoredOptions[] = {
     {"no_flock", ""},
     {"killpriv_v2", ""},
     {"no_killpriv_v2", "fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)"},
-    {"announce_submounts", "fsd gives submounts distinct inode numbers, not separate guest mounts"},
     {"readdirplus", ""},
     {"norace", ""},
 };
@@ -173,6 +172,8 @@ bool apply_compat_option(Options& o, std::string_view opt, std::string& source, 
     o.no_readdirplus = true;
   } else if (opt.starts_with("modcaps=")) {
     o.modcaps = value("modcaps=");
+  } else if (opt == "announce_submounts") {
+    o.submounts = true;
   } else if (opt == "posix_acl") {
     o.posix_acl = true;
   } else if (opt == "no_posix_acl") {
@@ -257,6 +258,7 @@ Plan make_plan(Options& o) {
     c.readdirplus &= !o.no_readdirplus;
     c.allow_mmap |= o.allow_mmap;
     c.posix_acl |= o.posix_acl;
+    c.submounts |= o.submounts;
     auto add = [&](const char* flag, fsd::IdMap& m, const std::string& rule) {
       try {
         m.add(rule);
@@ -573,12 +575,12 @@ void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,direct-io]"
-                 "[,no-readdirplus][,allow-mmap][,posix-acl][,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES] "
-                 "(repeatable). 9p clients attach with aname TAG (or PATH). Read-only exports default to "
-                 "cache=always. devices lets root callers create device nodes (refused otherwise). direct-io, "
-                 "no-readdirplus, allow-mmap, posix-acl, translate-uid/-gid and xattrmap are as virtiofsd's "
-                 "--allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, --translate-uid/-gid and "
-                 "--xattrmap, for this export only.")
+                 "[,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,translate-uid=RULE][,translate-gid=RULE]"
+                 "[,xattrmap=RULES] (repeatable). 9p clients attach with aname TAG (or PATH). Read-only exports "
+                 "default to cache=always. devices lets root callers create device nodes (refused otherwise). "
+                 "direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, translate-uid/-gid and xattrmap are "
+                 "as virtiofsd's --allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, "
+                 "--announce-submounts, --translate-uid/-gid and --xattrmap, for this export only.")
       ->type_name("SPEC");
   app.add_option("--listen", o.listens,
                  "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), tcp:HOST:PORT, or systemd:NAME (a socket passed "
@@ -659,9 +661,10 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
       ->check(CLI::IsMember({"never", "none", "auto", "metadata", "always"}));
   compat->add_option("-o", o.compat_opts,
                      "Options, comma-separated (repeatable): source=DIR, cache=, sandbox=, seccomp=, xattrmap=, "
-                     "log_level=, debug, allow_direct_io, no_readdirplus, posix_acl as their flags; xattr, killpriv_v2, "
+                     "log_level=, debug, allow_direct_io, no_readdirplus, posix_acl, announce_submounts as their flags; "
+                     "xattr, killpriv_v2, "
                      "readdirplus and no_posix_lock/no_flock/no_writeback are what fsd does; writeback, "
-                     "no_killpriv_v2, posix_lock, flock, no_xattr, announce_submounts and timeout= are ignored "
+                     "no_killpriv_v2, posix_lock, flock, no_xattr and timeout= are ignored "
                      "with a warning; anything else is refused");
   compat->add_option("--socket", o.socket_path, "The same as --socket-path (virtiofsd's older name)");
   compat->add_flag("--readonly", o.readonly, "Share read-only");
@@ -676,6 +679,9 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_flag("--allow-direct-io", o.direct_io,
                    "Honour O_DIRECT from clients (default: drop it, as virtiofsd does), on every export");
   compat->add_flag("--no-readdirplus", o.no_readdirplus, "Do not offer READDIRPLUS to FUSE/virtio-fs clients, on every export");
+  compat->add_flag("--announce-submounts", o.submounts,
+                   "Announce host mount points inside exports to virtio-fs guests, which mount them with their own "
+                   "device numbers (FUSE_ATTR_SUBMOUNT), on every export (export option submounts)");
   compat->add_flag("--posix-acl", o.posix_acl,
                    "FUSE/virtio-fs clients enforce POSIX ACLs and fsd applies their umask where no default ACL does, "
                    "on every export (export option posix-acl); not with --translate-uid/-gid");
@@ -699,7 +705,6 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
       ->description("Clear set-id bits on write, truncate and chown as the kernel does: fsd always does");
   for (auto [flag, why] : {std::pair{"--writeback", "fsd does not offer FUSE's writeback cache; guests write through"},
                            {"--no-killpriv-v2", "fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)"},
-                           {"--announce-submounts", "fsd gives submounts distinct inode numbers, not separate guest mounts"},
                            {"--no-announce-submounts", ""}}) {
     std::string f = flag, w = why;
     compat->add_flag_callback(flag, [&o, f, w] { if (!w.empty()) o.ignored.push_back(f + ": " + w); },

@@ -95,10 +95,12 @@ class Server::Context {
     // The client checks ACLs, and sends the umask rather than applying it
     // (FUSE_DONT_MASK): fsd applies it where no default ACL applies instead.
     if (vfs.config().posix_acl) offer |= FUSE_POSIX_ACL | FUSE_DONT_MASK;
+    if (vfs.config().submounts) offer |= FUSE_SUBMOUNTS;
     if (vfs.config().cache == CachePolicy::kAlways) offer |= FUSE_CACHE_SYMLINKS;
     if (vfs.config().cache == CachePolicy::kAuto) offer |= FUSE_AUTO_INVAL_DATA;
     uint64_t flags = want & offer;
     s.apply_umask_ = (flags & FUSE_DONT_MASK) != 0;
+    s.submounts_ = (flags & FUSE_SUBMOUNTS) != 0;
     out.flags = static_cast<uint32_t>(flags);
     out.flags2 = static_cast<uint32_t>(flags >> 32);
     out.max_readahead = a.in.max_readahead;
@@ -559,6 +561,10 @@ fuse_entry_out Server::entry_of(const NodeRef& n, const struct statx& st) {
   e.entry_valid = entry_timeout_;
   e.attr_valid = attr_timeout_;
   e.attr = attr_of(*n, st);
+  // A directory the host has something mounted on: the guest gives it its
+  // own mount (and device number) when it agreed to submounts.
+  if (submounts_ && S_ISDIR(st.stx_mode) && (st.stx_attributes & STATX_ATTR_MOUNT_ROOT) && n.get() != vfs_.root().get())
+    e.attr.flags |= FUSE_ATTR_SUBMOUNT;
   return e;
 }
 

@@ -69,6 +69,7 @@ class Server : public MessageServer {
   uint64_t entry_timeout_ = 0, attr_timeout_ = 0;
   bool initialized_ = false;
   bool apply_umask_ = false;  // FUSE_DONT_MASK agreed: the client leaves the umask to fsd
+  bool submounts_ = false;    // FUSE_SUBMOUNTS agreed: mount points are announced
   uint32_t minor_ = 0;
 
   mutable std::mutex mu_;  // guards the maps below; taken alone

@@ -33,6 +33,10 @@ struct ExportConfig {
   // umask to fsd (FUSE_POSIX_ACL; virtiofsd's --posix-acl). Not with id
   // maps: ACLs hold host ids.
   bool posix_acl = false;
+  // virtio-fs: directories that are mount points on the host are announced
+  // as submounts (FUSE_ATTR_SUBMOUNT), so the guest mounts them with their
+  // own device number (virtiofsd's --announce-submounts).
+  bool submounts = false;
   // Client ids to host ids and back (virtiofsd's --translate-uid/-gid).
   IdMap uids, gids;
   // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
@@ -40,7 +44,7 @@ struct ExportConfig {
 };
 
 // Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]
-// [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl]
+// [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl][,submounts]
 // [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES]". Read-only exports
 // default to cache=always. Throws std::invalid_argument with a one-line
 // message naming the problem. Does not touch the filesystem.

@@ -7,6 +7,7 @@
 #include <linux/fuse.h>
 
 #include <grp.h>
+#include <sys/mount.h>
 
 #include <cstring>
 #include <filesystem>
@@ -215,6 +216,50 @@ TEST_F(VirtiofsdCli, TagIsAdvertisedInTheConfigSpace) {
   }
   testing::expect_fsd_refuses({"--socket-path", sock_, "--shared-dir", share_, "--tag", std::string(37, 't')},
                               "a virtio-fs tag is 1 to 36 bytes");
+}
+
+// --announce-submounts: a directory the host has a file system mounted on
+// comes back from LOOKUP flagged FUSE_ATTR_SUBMOUNT, to a client that
+// offers FUSE_SUBMOUNTS (as Linux's virtio-fs driver does); other
+// directories, and everything without the flag, do not.
+TEST_F(VirtiofsdCli, AnnounceSubmountsFlagsMountPoints) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to mount a tmpfs";
+  auto sub = std::filesystem::path(share_) / "sub";
+  std::filesystem::create_directories(sub);
+  std::filesystem::create_directories(std::filesystem::path(share_) / "plain");
+  ASSERT_EQ(::mount("fsd-test", sub.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m"), 0) << std::strerror(errno);
+  struct Unmount {
+    std::filesystem::path at;
+    ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
+  } unmount{sub};
+  for (bool announce : {true, false}) {
+    SCOPED_TRACE(announce ? "--announce-submounts" : "without");
+    std::vector<std::string> args{"--socket-path", sock_, "--shared-dir", share_};
+    if (announce) args.push_back("--announce-submounts");
+    FsdProcess fsd({.args = args});
+    fsd.wait_for_log("listening on " + sock_);
+    auto f = VhostFrontend::connect(sock_);
+    ASSERT_TRUE(f.ok()) << fsd.log();
+    ASSERT_TRUE((*f)->negotiate().ok()) << fsd.log();
+    fuse_init_in in{};
+    in.major = FUSE_KERNEL_VERSION;
+    in.minor = FUSE_KERNEL_MINOR_VERSION;
+    in.flags = FUSE_SUBMOUNTS | FUSE_INIT_EXT;
+    auto init = (*f)->fuse(1, FUSE_INIT, 0, std::as_bytes(std::span(&in, 1)), 4096);
+    ASSERT_TRUE(init.ok());
+    ASSERT_EQ(init->error, 0);
+    auto flags_of = [&](std::string name) -> uint32_t {
+      name.push_back('\0');
+      auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+      if (!look.ok() || look->error != 0) return 0xffffffff;
+      fuse_entry_out e{};
+      std::memcpy(&e, look->body.data(), sizeof e);
+      return e.attr.flags;
+    };
+    EXPECT_EQ(flags_of("sub"), announce ? uint32_t{FUSE_ATTR_SUBMOUNT} : 0u) << fsd.log();
+    EXPECT_EQ(flags_of("plain"), 0u);
+    EXPECT_EQ(flags_of("hello.txt"), 0u);
+  }
 }
 
 TEST_F(VirtiofsdCli, VersionFlagsPrintTheVersion) {

@@ -3,8 +3,10 @@
 // the guest prints "CHECK name OK|FAIL ..." lines on its serial console.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 
+#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -67,6 +69,9 @@ check user-denied-others-file sh -c '! su -s /bin/sh bob -c "cat /mnt/rw/alice-s
 check user-reads-own-file su -s /bin/sh alice -c 'test "$(cat /mnt/rw/alice-secret.txt)" = "alice only"'
 check user-creates-file su -s /bin/sh bob -c 'echo mine > /mnt/rw/bob.txt && mkdir /mnt/rw/bobdir'
 
+# (stat of sub itself does not trigger the automount; a path through it does)
+check submount-reads test "$(cat /mnt/rw/sub/in-sub.txt)" = "in the submount"
+check submount-own-device sh -c 'test "$(stat -c %d /mnt/rw/.)" != "$(stat -c %d /mnt/rw/sub/.)" && grep -q " /mnt/rw/sub virtiofs " /proc/mounts'
 check many-find test "$(find /mnt/many -type f | wc -l)" = ")SH" + std::to_string(kManyFiles) + R"SH("
 check many-tar sh -c 'tar cf - -C /mnt/many . | wc -c > /tmp/size && test "$(cat /tmp/size)" -gt 1000000'
 sync
@@ -95,6 +100,16 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   ASSERT_EQ(::chown((rw / "alice-secret.txt").c_str(), 2001, 2001), 0);
   ::chmod((rw / "alice-secret.txt").c_str(), 0600);
   ::chmod(rw.c_str(), 0777);
+  // A file system mounted inside the rw export (a tmpfs, gone with the
+  // test): with submounts the guest mounts it on its own.
+  std::filesystem::create_directories(rw / "sub");
+  ASSERT_EQ(::mount("fsd-test-sub", (rw / "sub").c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755"), 0)
+      << std::strerror(errno);
+  struct Unmount {
+    std::filesystem::path at;
+    ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
+  } unmount{rw / "sub"};
+  write_file(rw / "sub/in-sub.txt", "in the submount\n");
   for (int d = 0; d < kManyFiles / 1000; d++) {
     auto dir = many / ("d" + std::to_string(d));
     std::filesystem::create_directories(dir);
@@ -143,7 +158,7 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   // fsd, with an fd limit far below the number of files the guest walks.
   std::map<std::string, std::string> sock;
   std::vector<std::string> args;
-  for (auto [tag, dir, opts] : {std::tuple{"ro", ro, ",ro"}, {"rw", rw, ",cache=never"}, {"many", many, ",ro"}}) {
+  for (auto [tag, dir, opts] : {std::tuple{"ro", ro, ",ro"}, {"rw", rw, ",cache=never,submounts"}, {"many", many, ",ro"}}) {
     sock[tag] = (tmp.path() / (std::string(tag) + ".sock")).string();
     args.insert(args.end(), {"--export", std::string(tag) + "=" + dir.string() + opts, "--virtiofs-socket",
                              std::string(tag) + "=" + sock[tag]});
@@ -178,7 +193,7 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
     checks++;
     EXPECT_EQ((*it)[2], "OK") << (*it)[1] << ":" << (*it)[3];
   }
-  EXPECT_EQ(checks, 31) << out;
+  EXPECT_EQ(checks, 33) << out;
   EXPECT_NE(out.find("CHECKS DONE"), std::string::npos) << out;
   EXPECT_NE(out.find("fsd-guest-init: exit 0"), std::string::npos) << out;
 
