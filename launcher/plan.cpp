@@ -68,6 +68,8 @@ struct Builder {
     // process per connection; see the README.
     if (fsd_9p) p.fsd_argv.insert(p.fsd_argv.end(), {"--listen", "unix:" + nine_p_socket});
     net = s.network == Network::kUser || fsd_9p;
+    if (!in.net_opts.empty() && s.network != Network::kUser)
+      throw SpecError("QEMU_NET_OPTS is set, for the user network's -netdev, but the spec has none (\"network\": \"user\")");
   }
   void fsd_export(const std::string& tag, const std::string& path, bool ro, Cache cache) {
     p.fsd_argv.insert(p.fsd_argv.end(),
@@ -211,6 +213,7 @@ struct Builder {
                 std::to_string(f.guest.port) + "-cmd:" + qemu_escape(relay);
     }
     for (const auto& fwd : nine_p_forwards) netdev += "," + fwd;
+    if (!in.net_opts.empty()) netdev += "," + in.net_opts;
     return netdev;
   }
 };

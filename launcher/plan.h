@@ -20,6 +20,9 @@ struct PlanInputs {
   Accel accel = Accel::kTcg;  // resolved (not kAuto)
   std::string extra_kernel_params;          // $QEMU_KERNEL_PARAMS
   std::vector<std::string> extra_qemu_args; // $QEMU_OPTS, split
+  // $QEMU_NET_OPTS: more options of the user network's -netdev (e.g.
+  // "hostfwd=tcp::2222-:22"), appended as NixOS's qemu-vm.nix does.
+  std::string net_opts;
   std::string status_file = "/tmp/xchg/.vmlaunch-status";
   std::string qmp_socket;    // QEMU's monitor socket ("": none)
   std::string relay_binary = "vmlaunch";  // runs guest->host port forwards (--relay-to)

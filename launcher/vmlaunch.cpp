@@ -295,7 +295,12 @@ class Launch {
     in_.accel = spec_.accel == Accel::kAuto ? (kvm_ok ? Accel::kKvm : Accel::kTcg) : spec_.accel;
     in_.extra_kernel_params = std::getenv("QEMU_KERNEL_PARAMS") ? std::getenv("QEMU_KERNEL_PARAMS") : "";
     in_.extra_qemu_args = split_words(std::getenv("QEMU_OPTS"));
-    for (auto& w : split_words(std::getenv("QEMU_NET_OPTS"))) in_.extra_qemu_args.push_back(w);
+    if (const char* net = std::getenv("QEMU_NET_OPTS")) {
+      std::string opts = net;
+      opts.erase(0, opts.find_first_not_of(" \t,"));
+      opts.erase(opts.find_last_not_of(" \t,") + 1);
+      in_.net_opts = opts;
+    }
   }
 
   // Disks: creates what is missing (qcow2), and the throw-away empty ones.

@@ -68,6 +68,20 @@ TEST_F(PlanTest, GuestToHostForwardsRunARelayPerConnection) {
       << joined(p.qemu_argv);
 }
 
+// QEMU_NET_OPTS are options of the user network's -netdev, as qemu-vm.nix
+// appends them (a hostfwd, say), not QEMU arguments of their own; without
+// a user network there is nothing to append them to.
+TEST_F(PlanTest, QemuNetOptsJoinTheUserNetdev) {
+  in_.net_opts = "hostfwd=tcp::2222-:22";
+  Plan p = plan({{"network", "user"}});
+  auto netdev = std::find(p.qemu_argv.begin(), p.qemu_argv.end(), "-netdev");
+  ASSERT_NE(netdev, p.qemu_argv.end());
+  EXPECT_TRUE(netdev[1].starts_with("user,id=n0")) << netdev[1];
+  EXPECT_TRUE(netdev[1].ends_with(",hostfwd=tcp::2222-:22")) << netdev[1];
+  EXPECT_FALSE(has(p.qemu_argv, "hostfwd=tcp::2222-:22")) << joined(p.qemu_argv);
+  EXPECT_THROW(plan({}), SpecError);
+}
+
 TEST_F(PlanTest, GraphicsAddsADisplayAndKeepsTheSerialConsole) {
   std::string text = joined(plan(json::object()).qemu_argv);
   EXPECT_NE(text.find("-display none"), std::string::npos);
