@@ -288,4 +288,10 @@ Result<VhostFrontend::FuseReply> VhostFrontend::fuse_init() {
   return fuse(1, FUSE_INIT, 0, std::as_bytes(std::span(&in, 1)), 4096);
 }
 
+Result<VhostFrontend::FuseReply> VhostFrontend::fuse_lookup(uint64_t parent, std::string_view name) {
+  std::string arg(name);
+  arg.push_back('\0');
+  return fuse(1, FUSE_LOOKUP, parent, std::as_bytes(std::span(arg)), 4096);
+}
+
 }  // namespace fsd::frontend

@@ -14,6 +14,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fsd/core/fd.h"
@@ -99,6 +100,9 @@ class VhostFrontend {
                          size_t reply_size, std::span<const std::byte> payload = {}, size_t reply_pages = 0,
                          bool indirect = false);
   Result<FuseReply> fuse_init();
+  // FUSE_LOOKUP of `name` in directory `parent` (its reply body, on success,
+  // is a fuse_entry_out).
+  Result<FuseReply> fuse_lookup(uint64_t parent, std::string_view name);
 
   // The same request, published and kicked without waiting. The reply is
   // read with reply_of() once wait_used() returns this head; its body is a

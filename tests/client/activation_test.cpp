@@ -77,9 +77,7 @@ TEST_F(Activation, PassedSocketsAreServedAndReadinessIsNotified) {
   auto init = (*f)->fuse_init();
   ASSERT_TRUE(init.ok());
   EXPECT_EQ(init->error, 0);
-  std::string name = "hello.txt";
-  name.push_back('\0');
-  auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+  auto look = (*f)->fuse_lookup(FUSE_ROOT_ID, "hello.txt");
   ASSERT_TRUE(look.ok());
   EXPECT_EQ(look->error, 0);
   EXPECT_EQ(fsd.stop(), 0) << fsd.log();

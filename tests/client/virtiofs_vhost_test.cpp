@@ -75,7 +75,7 @@ class Virtiofs : public ::testing::Test {
     return std::move(*f);
   }
   uint64_t lookup(VhostFrontend& f, uint64_t parent, std::string_view name, int* err = nullptr) {
-    auto r = f.fuse(1, FUSE_LOOKUP, parent, name_arg(name), 4096);
+    auto r = f.fuse_lookup(parent, name);
     EXPECT_TRUE(r.ok());
     if (err) *err = r->error;
     return r->error ? 0 : as<fuse_entry_out>(r->body).nodeid;

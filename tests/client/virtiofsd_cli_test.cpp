@@ -83,9 +83,7 @@ TEST_F(VirtiofsdCli, OperationalFlagsAreHonouredOrWarnedAbout) {
     fuse_init_out out{};
     std::memcpy(&out, init->body.data(), std::min(sizeof out, init->body.size()));
     EXPECT_EQ(out.flags & FUSE_DO_READDIRPLUS, 0u) << "--no-readdirplus";
-    std::string name = "hello.txt";
-    name.push_back('\0');
-    auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+    auto look = (*f)->fuse_lookup(FUSE_ROOT_ID, "hello.txt");
     ASSERT_TRUE(look.ok());
     ASSERT_EQ(look->error, 0);
     fuse_entry_out entry{};
@@ -171,9 +169,7 @@ TEST_F(VirtiofsdCli, CallersCommandLinesServeAFrontEnd) {
     auto init = (*f)->fuse_init();
     ASSERT_TRUE(init.ok()) << fsd.log();
     EXPECT_EQ(init->error, 0);
-    std::string name = "hello.txt";
-    name.push_back('\0');
-    auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+    auto look = (*f)->fuse_lookup(FUSE_ROOT_ID, "hello.txt");
     ASSERT_TRUE(look.ok()) << fsd.log();
     EXPECT_EQ(look->error, 0) << fsd.log();
     f->reset();
@@ -248,9 +244,8 @@ TEST_F(VirtiofsdCli, AnnounceSubmountsFlagsMountPoints) {
     auto init = (*f)->fuse(1, FUSE_INIT, 0, std::as_bytes(std::span(&in, 1)), 4096);
     ASSERT_TRUE(init.ok());
     ASSERT_EQ(init->error, 0);
-    auto flags_of = [&](std::string name) -> uint32_t {
-      name.push_back('\0');
-      auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+    auto flags_of = [&](const std::string& name) -> uint32_t {
+      auto look = (*f)->fuse_lookup(FUSE_ROOT_ID, name);
       if (!look.ok() || look->error != 0) return 0xffffffff;
       fuse_entry_out e{};
       std::memcpy(&e, look->body.data(), sizeof e);
@@ -284,9 +279,7 @@ TEST_F(VirtiofsdCli, HonouredAndHarmlessFlagsServeAndExitWithTheFrontEnd) {
     auto init = (*f)->fuse_init();
     ASSERT_TRUE(init.ok());
     EXPECT_EQ(init->error, 0);
-    std::string name = "hello.txt";
-    name.push_back('\0');
-    auto look = (*f)->fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(name)), 4096);
+    auto look = (*f)->fuse_lookup(FUSE_ROOT_ID, "hello.txt");
     ASSERT_TRUE(look.ok());
     EXPECT_EQ(look->error, 0);
     // --readonly is honoured: creating a file is EROFS.
