@@ -156,7 +156,9 @@ struct Builder {
                      {"/bin/ip", "addr", "add", "10.0.2.15/24", "dev", "eth0"},
                      {"/bin/ip", "route", "add", "default", "via", "10.0.2.2"}};
     }
-    guest.status_file = in.status_file;  // the command's, or the interactive shell's
+    // The command's status (or the interactive shell's) goes out on a serial
+    // port of its own, whatever the shares are.
+    if (!in.status_file.empty()) guest.status_file = kStatusPort;
     p.guest = guest;
   }
 
@@ -173,6 +175,7 @@ struct Builder {
     if (!s.cmdline.empty()) append += " " + s.cmdline;
     if (!in.extra_kernel_params.empty()) append += " " + in.extra_kernel_params;
     add({"-append", append, "-nodefaults", "-no-reboot", "-serial", "stdio"});
+    if (!in.status_file.empty()) add({"-serial", "file:" + in.status_file});  // the guest's kStatusPort
     // graphics: a VGA display beside the serial console (which stays the
     // kernel's /dev/console, so vmlaunch still reads the guest's status).
     if (s.graphics) add({"-device", "VGA"});
@@ -219,14 +222,6 @@ struct Builder {
 };
 
 }  // namespace
-
-std::string default_module_dir(const std::string& kernel) {
-  std::error_code ec;
-  auto dir = std::filesystem::path(kernel).parent_path() / "lib/modules";
-  for (auto& e : std::filesystem::directory_iterator(dir, ec))
-    if (e.is_directory()) return e.path().string();
-  return "";
-}
 
 Plan make_plan(const Spec& s, const PlanInputs& in) {
   Plan p;

@@ -23,7 +23,9 @@ struct PlanInputs {
   // $QEMU_NET_OPTS: more options of the user network's -netdev (e.g.
   // "hostfwd=tcp::2222-:22"), appended as NixOS's qemu-vm.nix does.
   std::string net_opts;
-  std::string status_file = "/tmp/xchg/.vmlaunch-status";
+  // Where the guest's status port (kStatusPort) is written on the host ("":
+  // no status port).
+  std::string status_file;
   std::string qmp_socket;    // QEMU's monitor socket ("": none)
   std::string relay_binary = "vmlaunch";  // runs guest->host port forwards (--relay-to)
   // Disk images as the runner prepared them: spec.disks in order, then one
@@ -50,10 +52,10 @@ struct Plan {
 inline constexpr const char* kNinePAddress = "10.0.2.100";
 inline constexpr unsigned kNinePPort = 564;
 
-Plan make_plan(const Spec& spec, const PlanInputs& in);
+// The guest's second serial port: the guest init writes the command's exit
+// status there, and QEMU into PlanInputs::status_file.
+inline constexpr const char* kStatusPort = "/dev/ttyS1";
 
-// The directory of kernel modules that belongs to `kernel`, by the layout
-// scripts/setup uses (KERNEL_DIR/lib/modules/VERSION), or "".
-std::string default_module_dir(const std::string& kernel);
+Plan make_plan(const Spec& spec, const PlanInputs& in);
 
 }  // namespace fsd::launcher

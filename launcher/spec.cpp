@@ -218,7 +218,9 @@ class Reader {
     const json* v = find(key);
     if (!v) return;
     if (v->is_boolean()) {
-      n.path = v->get<bool>() && is_dir(kNixDb) ? kNixDb : "";
+      n.path = v->get<bool>() ? kNixDb : "";
+      if (!n.path.empty() && !is_dir(n.path))
+        fail(key, std::string("true, but this host has no Nix database at ") + kNixDb + " (give a directory, or false)");
     } else if (v->is_string()) {
       n.path = v->get<std::string>();
       if (!is_dir(n.path)) fail(key, "\"" + n.path + "\" is not a directory");

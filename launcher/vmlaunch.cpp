@@ -86,7 +86,7 @@ constexpr const char* kApplets[] = {
 // The cached part of the initramfs: init, busybox and modules. Keyed by
 // the content of what goes in (and the applet list), so it is rebuilt
 // exactly when one of them changes.
-std::string base_initramfs(const std::vector<std::string>& modules, const std::string& init_binary) {
+std::string base_initramfs(const std::vector<ModuleFile>& modules, const std::string& init_binary) {
   std::string key = "layout 1;";
   for (const char* a : kApplets) key += std::string(a) + ",";
   auto add = [&](const std::string& p) {
@@ -99,7 +99,7 @@ std::string base_initramfs(const std::vector<std::string>& modules, const std::s
   };
   add(init_binary);
   add("/bin/busybox");
-  for (auto& m : modules) add(m);
+  for (auto& m : modules) add(m.path);
   char hex[32];
   std::snprintf(hex, sizeof hex, "%016zx", std::hash<std::string>{}(key));
   std::string dir = cache_root() + "/initramfs";
@@ -114,7 +114,7 @@ std::string base_initramfs(const std::vector<std::string>& modules, const std::s
     ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
     for (const char* applet : kApplets) ar.add_symlink(std::string("bin/") + applet, "busybox");
     ar.add_host_file("init", init_binary, 0755);
-    for (auto& m : modules) ar.add_host_file("lib/modules/" + fs::path(m).filename().string(), m, 0644);
+    for (auto& m : modules) ar.add_host_file("lib/modules/" + fs::path(m.path).filename().string(), m.path, 0644);
     ar.close();
   }
   fs::rename(tmp, path);
@@ -171,11 +171,21 @@ class WorkDir {
   bool keep_;
 };
 
-// Where vmlaunch's own files go ($TMPDIR unless USE_TMPDIR=0, as qemu-vm.nix).
+// Where vmlaunch's own files go: $TMPDIR unless USE_TMPDIR=0.
 std::string temp_base() {
   const char* tmpdir = std::getenv("TMPDIR");
   const char* use_tmpdir = std::getenv("USE_TMPDIR");
   return (tmpdir && *tmpdir && !(use_tmpdir && std::string(use_tmpdir) == "0")) ? tmpdir : "/tmp";
+}
+
+// With USE_TMPDIR (any value but 0) and TMPDIR, xchg is $TMPDIR/xchg itself,
+// kept with what the guest wrote, as qemu-vm.nix does (vm-exec fills it
+// before a run and reads it after); "" otherwise.
+std::string kept_xchg_dir() {
+  const char* tmpdir = std::getenv("TMPDIR");
+  const char* use_tmpdir = std::getenv("USE_TMPDIR");
+  if (!tmpdir || !*tmpdir || !use_tmpdir || !*use_tmpdir || std::string(use_tmpdir) == "0") return "";
+  return std::string(tmpdir) + "/xchg";
 }
 
 std::string join_words(const std::vector<std::string>& v) {
@@ -218,7 +228,9 @@ class ConsoleFilter {
 // directory is removed (members go in reverse order of declaration).
 class Launch {
  public:
-  explicit Launch(const Options& o) : o_(o), work_(temp_base(), o.keep) {}
+  explicit Launch(const Options& o) : o_(o), work_(temp_base(), o.keep), xchg_dir_(kept_xchg_dir()) {
+    if (xchg_dir_.empty()) xchg_dir_ = path("xchg");
+  }
 
   int run() {
     make_dirs();
@@ -247,7 +259,9 @@ class Launch {
   std::string path(const std::string& name) const { return work_.path() + "/" + name; }
 
   void make_dirs() {
-    fs::create_directories(path("xchg"));
+    std::error_code ec;
+    fs::create_directories(xchg_dir_, ec);
+    if (ec) die(1, "cannot create " + xchg_dir_ + ": " + ec.message());
     fs::create_directories(path("run"));
   }
 
@@ -255,7 +269,7 @@ class Launch {
   void read_spec() {
     SpecContext ctx;
     ctx.store_override = o_.store;
-    ctx.xchg_dir = path("xchg");
+    ctx.xchg_dir = xchg_dir_;
     if (const char* sd = std::getenv("SHARED_DIR"); sd && *sd) ctx.shared_dir = sd;
     try {
       if (o_.spec_path.empty()) {
@@ -288,7 +302,8 @@ class Launch {
     in_.qmp_socket = path("run/qmp.sock");
     in_.relay_binary = fs::read_symlink("/proc/self/exe").string();
     in_.initrd = path("initrd.img");
-    in_.module_dir = spec_.modules.empty() ? default_module_dir(spec_.kernel) : spec_.modules;
+    in_.module_dir = spec_.modules.empty() ? find_module_dir(spec_.kernel) : spec_.modules;
+    in_.status_file = path("status");
     // auto: KVM when it can be opened, else TCG; a KVM guest that stays
     // silent is caught by supervise().
     bool kvm_ok = ::access("/dev/kvm", R_OK | W_OK) == 0;
@@ -350,15 +365,19 @@ class Launch {
   // The initramfs: [the spec's initrd] + the cached base + this run's plan.
   void build_initramfs() {
     if (in_.module_dir.empty()) die(kExitUsage, "no kernel modules for " + spec_.kernel + ": set \"modules\" in the spec");
-    std::vector<std::string> mods;
+    std::vector<ModuleFile> mods;
     try {
-      mods = resolve_modules(in_.module_dir, plan_.modules);
+      mods = resolve_modules(indexed_module_dir(in_.module_dir, cache_root()), plan_.modules);
     } catch (const std::exception& e) {
       die(kExitUsage, e.what());
     }
     nlohmann::json guest = plan_.guest;
-    guest["modules"] = nlohmann::json::array();
-    for (auto& m : mods) guest["modules"].push_back("/lib/modules/" + fs::path(m).filename().string());
+    guest["modules"] = guest["optional_modules"] = nlohmann::json::array();
+    for (auto& m : mods) {
+      std::string in_guest = "/lib/modules/" + fs::path(m.path).filename().string();
+      guest["modules"].push_back(in_guest);
+      if (m.optional) guest["optional_modules"].push_back(in_guest);
+    }
     // The guest's init: beside vmlaunch (the build tree), or where it is installed.
     std::string init_binary = self_dir() + "/fsd-guest-init";
     std::string installed = self_dir() + "/" FSD_GUEST_INIT_FROM_BIN "/fsd-guest-init";
@@ -512,7 +531,7 @@ class Launch {
 
   // QEMU is gone by itself: what did the guest report?
   int guest_outcome() {
-    std::string status = read_tail(path("xchg/.vmlaunch-status"), 64);
+    std::string status = read_tail(in_.status_file, 64);
     if (panicked_) {
       why_ = "the guest kernel panicked";
       return kExitGuestPanic;
@@ -530,6 +549,7 @@ class Launch {
   using Clock = std::chrono::steady_clock;
   const Options& o_;
   WorkDir work_;  // first in, last out: removed after the children are gone
+  std::string xchg_dir_;
   Spec spec_;
   PlanInputs in_;
   Plan plan_;

@@ -20,6 +20,7 @@ struct GuestMount {
 
 struct GuestPlan {
   std::vector<std::string> modules;             // .ko files to load, in order
+  std::vector<std::string> optional_modules;    // those of them that may fail to load (soft dependencies)
   std::map<std::string, std::string> files;     // path -> content, written first
   std::vector<std::vector<std::string>> setup;  // commands that must succeed before the mounts
   std::vector<GuestMount> mounts;               // in order
@@ -27,7 +28,7 @@ struct GuestPlan {
   std::string shell = "/bin/sh";
   std::map<std::string, std::string> env;
   std::string workdir = "/";
-  std::string status_file;  // where the exit status goes ("": only the console)
+  std::string status_file;  // where the exit status goes, a file or a serial port ("": only the console)
 };
 
 // JSON, with every field optional on reading (a missing one keeps its
@@ -52,7 +53,7 @@ inline void from_json(const nlohmann::json& j, GuestMount& m) {
 }
 
 inline void to_json(nlohmann::json& j, const GuestPlan& p) {
-  j = {{"modules", p.modules}, {"files", p.files}, {"setup", p.setup}, {"mounts", p.mounts},
+  j = {{"modules", p.modules}, {"optional_modules", p.optional_modules}, {"files", p.files}, {"setup", p.setup}, {"mounts", p.mounts},
        {"shell", p.shell}, {"env", p.env}, {"workdir", p.workdir}};
   if (!p.command.empty()) j["command"] = p.command;
   if (!p.status_file.empty()) j["status_file"] = p.status_file;
@@ -61,6 +62,7 @@ inline void to_json(nlohmann::json& j, const GuestPlan& p) {
 inline void from_json(const nlohmann::json& j, GuestPlan& p) {
   GuestPlan d;
   p.modules = j.value("modules", d.modules);
+  p.optional_modules = j.value("optional_modules", d.optional_modules);
   p.files = j.value("files", d.files);
   p.setup = j.value("setup", d.setup);
   p.mounts = j.value("mounts", d.mounts);

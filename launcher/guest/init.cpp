@@ -2,7 +2,7 @@
 //
 // Reads its plan from /init.json in the initramfs, then:
 //   1. mounts /proc, /sys, /dev (devtmpfs), /run and /tmp;
-//   2. loads the kernel modules listed, in order;
+//   2. loads the kernel modules listed, in order (an optional one may fail);
 //   3. writes the files listed and runs the set-up steps (the network,
 //      which fsd's 9p shares need before they mount);
 //   4. performs the mounts listed (making their targets), in order;
@@ -10,7 +10,7 @@
 //      waits for it while reaping orphans. The ACPI power button (QMP
 //      system_powerdown) stops the command: SIGTERM, then SIGKILL;
 //   6. reports the exit status as a console line "fsd-guest-init: exit N"
-//      and, if asked, in a file; syncs; powers off.
+//      and, if asked, on a file or serial port (vmlaunch: ttyS1); syncs; powers off.
 // Without a command it runs the shell interactively. Any failure before the
 // command is reported on the console, and the status is 255.
 #include <fcntl.h>
@@ -26,8 +26,10 @@
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -130,14 +132,30 @@ GuestPlan read_plan() {
   }
 }
 
-void load_modules(const std::vector<std::string>& modules) {
-  for (const auto& path : modules) {
+// A module that fails stops the boot, unless it is optional (a soft
+// dependency, such as a CPU-specific crc32c the guest's CPU cannot run).
+void load_modules(const GuestPlan& plan) {
+  for (const auto& path : plan.modules) {
     Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd || (::syscall(SYS_finit_module, fd.get(), "", 0) != 0 && errno != EEXIST)) {
-      say("cannot load module " + path + ": " + std::strerror(errno));
-      power_off(255);
-    }
+    if (fd && (::syscall(SYS_finit_module, fd.get(), "", 0) == 0 || errno == EEXIST)) continue;
+    bool optional = std::find(plan.optional_modules.begin(), plan.optional_modules.end(), path) != plan.optional_modules.end();
+    say(std::string(optional ? "(optional) " : "") + "cannot load module " + path + ": " + std::strerror(errno));
+    if (!optional) power_off(255);
   }
+}
+
+// The status as a line on a file or a serial port, drained before power-off.
+void report_status(const std::string& where, int status) {
+  Fd fd(::open(where.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOCTTY | O_CLOEXEC, 0644));
+  if (!fd) return say("cannot report the status on " + where + ": " + std::strerror(errno));
+  termios t{};
+  if (::tcgetattr(fd.get(), &t) == 0) {  // a serial port: bytes as they are
+    ::cfmakeraw(&t);
+    ::tcsetattr(fd.get(), TCSANOW, &t);
+  }
+  std::string line = std::to_string(status) + "\n";
+  (void)!::write(fd.get(), line.data(), line.size());
+  ::tcdrain(fd.get());
 }
 
 // Files to write (e.g. /etc/resolv.conf), then set-up commands (e.g.
@@ -284,12 +302,12 @@ int run() {
   mount_basics();
   std::printf("fsd-guest-init: started\n");  // vmlaunch shows the console from here in quiet mode
   GuestPlan plan = read_plan();
-  load_modules(plan.modules);
+  load_modules(plan);
   set_up(plan);
   do_mounts(plan.mounts);
   sigset_t chld = fsd::block_signals({SIGCHLD});
   Fd sfd(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
   int status = wait_for(start_command(plan, chld), sfd.get());
-  if (!plan.status_file.empty()) std::ofstream(plan.status_file) << status << "\n";
+  if (!plan.status_file.empty()) report_status(plan.status_file, status);
   power_off(status);
 }

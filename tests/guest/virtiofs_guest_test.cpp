@@ -136,8 +136,8 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
     nlohmann::json plan;
     plan["modules"] = nlohmann::json::array();
     for (auto& m : modules) {
-      std::string name = "/lib/modules/" + std::filesystem::path(m).filename().string();
-      ar.add_host_file(name.substr(1), m, 0644);
+      std::string name = "/lib/modules/" + std::filesystem::path(m.path).filename().string();
+      ar.add_host_file(name.substr(1), m.path, 0644);
       plan["modules"].push_back(name);
     }
     plan["mounts"] = nlohmann::json::array();

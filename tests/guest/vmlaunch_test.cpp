@@ -102,7 +102,7 @@ class Vmlaunch : public ::testing::Test {
 TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
   std::string out;
   std::string script =
-      "echo guest-says-hello; "
+      "echo guest-says-hello; cat /tmp/xchg/prefilled.txt; "
       "echo from-guest > /tmp/xchg/x.txt; echo to-shared > /tmp/shared/s.txt; "
       "cat /nix/store/*-thing/data.txt; "
       "if touch /nix/.ro-store/nope 2>/tmp/err; then echo RO-STORE-WRITABLE; else grep -q 'Read-only' /tmp/err && echo ro-store-refuses; fi; "
@@ -111,6 +111,9 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
       "cat /data/hello.txt; cat /fsd9p/hello.txt; echo guest-9p-write > /fsd9p/w.txt; "
       "grep -q ' /fsd9p 9p .*trans=tcp' /proc/mounts && echo fsd-9p-over-tcp; "
       "cat /nix/var/nix/db/db.sqlite; echo guest-change >> /nix/var/nix/db/db.sqlite && echo db-writable; exit 3";
+  // USE_TMPDIR=1: xchg is $TMPDIR/xchg itself, filled before and kept after.
+  write_file(tmp_.path() / "tmp/xchg/prefilled.txt", "prefilled-by-host\n");
+  ::setenv("USE_TMPDIR", "1", 1);
   int st = run({spec(script, 0, [&](nlohmann::json& j) {
                  nlohmann::json share = nlohmann::json::object();
                  share["tag"] = "fsd9p";
@@ -121,8 +124,11 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
                  j["nixDb"] = (tmp_.path() / "nixdb").string();
                })},
                &out);
+  ::unsetenv("USE_TMPDIR");
   EXPECT_EQ(st, 3) << out;
   EXPECT_NE(out.find("guest-says-hello"), std::string::npos) << out;
+  EXPECT_NE(out.find("prefilled-by-host"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "tmp/xchg/x.txt"), "from-guest\n");
   EXPECT_NE(out.find("store content"), std::string::npos) << out;
   EXPECT_NE(out.find("ro-store-refuses"), std::string::npos) << out;
   EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;  // the new path, in the overlay
@@ -145,9 +151,16 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
   EXPECT_EQ(read_file(*dirs.begin() + "/xchg/k.txt"), "kept\n");
   std::filesystem::remove_all(*dirs.begin());
   // A failing command's status, given on the command line (a bare name is
-  // found on the command's PATH).
-  st = run({spec("true"), "--", "sh", "-c", "no-such-program"}, &out);
+  // found on the command's PATH), with the spec's own xchg share.
+  std::filesystem::create_directories(tmp_.path() / "own-xchg");
+  st = run({spec("true", 0,
+                 [&](nlohmann::json& j) {
+                   j["shares"].push_back({{"tag", "xchg"}, {"source", (tmp_.path() / "own-xchg").string()}, {"target", "/x"}});
+                 }),
+            "--", "sh", "-c", "echo own > /x/own.txt; no-such-program"},
+           &out);
   EXPECT_EQ(st, 127) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "own-xchg/own.txt"), "own\n");
   expect_clean();
 }
 

@@ -119,3 +119,23 @@ TEST_F(PlanTest, FsdPollsOnlyWhenTheGuestRunsOnKvm) {
 
 }  // namespace
 }  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+// The status comes back on a serial port of its own, whatever the shares
+// are (a spec's own xchg used to lose it).
+TEST_F(PlanTest, TheStatusHasASerialPortOfItsOwn) {
+  in_.status_file = "/run/vm/status";
+  Plan p = plan({{"shares", json::array({{{"tag", "xchg"}, {"source", tmp("data")}, {"target", "/x"}, {"readOnly", true}}})}});
+  std::string q = joined(p.qemu_argv);
+  EXPECT_NE(q.find("-serial stdio -serial file:/run/vm/status "), std::string::npos) << q;  // stdio is ttyS0, this ttyS1
+  EXPECT_EQ(p.guest.value("status_file", ""), kStatusPort);
+  in_.status_file.clear();
+  p = plan(json::object());
+  EXPECT_EQ(joined(p.qemu_argv).find("file:"), std::string::npos);
+  EXPECT_FALSE(p.guest.contains("status_file"));
+}
+
+}  // namespace
+}  // namespace fsd::launcher

@@ -77,7 +77,7 @@ TEST_F(SpecTest, ReadsEveryField) {
   j["disks"] = json::array({{{"file", tmp("disk.qcow2")}, {"size", 64}}});
   j["emptyDisks"] = {16};
   j["graphics"] = false;
-  j["nixDb"] = true;
+  j["nixDb"] = tmp("data");
   Spec s = parse_spec(j, ctx_);
   EXPECT_EQ(s.accel, Accel::kTcg);
   EXPECT_FALSE(s.store.writable_tmpfs);
@@ -169,6 +169,14 @@ TEST_F(SpecTest, NixDb) {
   EXPECT_EQ(error_of(j), "spec.json: nixDb: expected true, false or a directory, got the number 1");
   j["nixDb"] = false;
   EXPECT_EQ(parse_spec(j, ctx_).nix_db, "");
+  // true: the host's database, which must be there.
+  j["nixDb"] = true;
+  if (std::filesystem::is_directory(kNixDb))
+    EXPECT_EQ(parse_spec(j, ctx_).nix_db, kNixDb);
+  else
+    EXPECT_EQ(error_of(j), std::string("spec.json: nixDb: true, but this host has no Nix database at ") + kNixDb +
+                               " (give a directory, or false)");
+  j["nixDb"] = false;
   j["shares"] = json::array({{{"tag", "nix-db"}, {"source", tmp("data")}, {"target", "/d"}}});
   EXPECT_EQ(error_of(j), "spec.json: shares[0].tag: \"nix-db\" is used by the Nix database (nixDb) too");
 }
