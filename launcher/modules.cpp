@@ -118,20 +118,13 @@ std::string indexed_module_dir(const std::string& module_dir, const std::string&
     bool index = name.starts_with("modules.") && name != "modules.order" && !name.starts_with("modules.builtin");
     if (!index) fs::create_symlink(e.path(), tmp / "lib/modules" / version / name);
   }
-  std::string depmod = "depmod";
-  for (const char* p : {"/usr/sbin/depmod", "/sbin/depmod"})
-    if (::access(p, X_OK) == 0) depmod = p;
   std::string log = tmp.string() + "/depmod.log";
-  {
-    Fd out = open_log(log);
-    Child c = Child::spawn({depmod, "-b", tmp.string(), version}, -1, out.get(), out.get());
-    c.reap(true);
-    if (c.status() != 0 || !fs::exists(tmp / "lib/modules" / version / "modules.dep")) {
-      std::string why = c.status() == 127 ? "depmod is not installed (Debian's kmod package)" : read_tail(log, 1024);
-      fs::remove_all(tmp, ec);
-      throw std::runtime_error(module_dir + " has no modules.dep, and depmod could not make one: " + why +
-                               "; run depmod on it, or give the spec's \"modules\" a directory that has one");
-    }
+  int status = run_logged({system_tool("depmod"), "-b", tmp.string(), version}, log);
+  if (status != 0 || !fs::exists(tmp / "lib/modules" / version / "modules.dep")) {
+    std::string why = status == 127 ? "depmod is not installed (Debian's kmod package)" : read_tail(log, 1024);
+    fs::remove_all(tmp, ec);
+    throw std::runtime_error(module_dir + " has no modules.dep, and depmod could not make one: " + why +
+                             "; run depmod on it, or give the spec's \"modules\" a directory that has one");
   }
   fs::remove(log, ec);
   fs::create_directories(base.parent_path());

@@ -1,5 +1,6 @@
 #include "launcher/plan.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "launcher/guest/guest_plan.h"
@@ -13,18 +14,6 @@ GuestMount mount(const std::string& fstype, const std::string& source, const std
                     .flags = ro ? std::vector<std::string>{"ro"} : std::vector<std::string>{}};
 }
 
-// A read-only virtio-fs tag at `lower`, with a tmpfs at `rw` holding the
-// upper and work directories, overlaid at `target`: writable, and the
-// writes thrown away with the guest.
-void overlay_mounts(std::vector<GuestMount>& mounts, const std::string& tag, const std::string& lower,
-                    const std::string& rw, const std::string& target) {
-  mounts.push_back(mount("virtiofs", tag, lower, "", true));
-  mounts.push_back(mount("tmpfs", "tmpfs", rw, "mode=0755", false));
-  mounts.push_back({.mkdir = rw + "/upper"});
-  mounts.push_back({.mkdir = rw + "/work"});
-  mounts.push_back(mount("overlay", "overlay", target, "lowerdir=" + lower + ",upperdir=" + rw + "/upper,workdir=" + rw + "/work", false));
-}
-
 // QEMU option values separate fields with commas; a comma inside a value is doubled.
 std::string qemu_escape(const std::string& v) {
   std::string out;
@@ -35,28 +24,49 @@ std::string qemu_escape(const std::string& v) {
 // The guest's 9p cache mode for a cache policy.
 const char* nine_p_cache(Cache c) { return c == Cache::kNever ? "none" : c == Cache::kAuto ? "mmap" : "loose"; }
 
+// The guest's name of the n-th virtio disk: vda ... vdz, vdaa, ...
+std::string disk_device(size_t n) {
+  std::string letters;
+  for (size_t i = n + 1; i > 0; i = (i - 1) / 26) letters.insert(letters.begin(), static_cast<char>('a' + (i - 1) % 26));
+  return "/dev/vd" + letters;
+}
+
 // Plan is built in steps that share what they decide here.
 struct Builder {
   const Spec& s;
   const PlanInputs& in;
   Plan& p;
   GuestPlan guest;
+  // Every file-system share the guest mounts, the store and the Nix database
+  // first, each mounted at its target.
+  std::vector<ShareSpec> transports;
   std::vector<std::pair<std::string, std::string>> devices;  // virtio-fs: tag, socket
   std::vector<std::string> nine_p_forwards;                  // guestfwd= for fsd's 9p shares
   bool fsd_9p = false, qemu_9p = false, net = false;
   std::string nine_p_socket = in.run_dir + "/9p.sock";
+  // The store's overlay: the read-only share, and the upper's file system.
+  std::string ro_store, rw_store;
 
-  // fsd: the store and every virtiofs share, each on its own socket; 9p
-  // shares are exports attached by tag on one 9p socket.
+  void collect_shares() {
+    std::string parent = std::filesystem::path(s.store.mount_point).parent_path().string();
+    if (parent == "/") parent.clear();
+    bool overlay = s.store.writable != Writable::kNone;
+    ro_store = overlay ? parent + "/.ro-store" : s.store.mount_point;
+    rw_store = parent + "/.rw-store";
+    transports.push_back({"store", s.store.path, ro_store, true, s.store.proto, s.store.cache, s.store.msize});
+    if (!s.nix_db.empty()) transports.push_back({"nix-db", s.nix_db, "/nix/.ro-db", true, Proto::kVirtiofs, Cache::kAuto});
+    transports.insert(transports.end(), s.shares.begin(), s.shares.end());
+  }
+
+  // fsd: every virtiofs share on its own socket; 9p shares are exports
+  // attached by tag on one 9p socket.
   void fsd_command() {
     p.fsd_argv = {in.fsd_binary, "--log-level", "warn"};
     // Under TCG, QEMU's own threads relay every virtqueue notification (there
     // is no ioeventfd/irqfd in the kernel), and the CPU fsd would spend polling
     // for the next request is theirs: guest workloads ran 10-25% slower with it.
     if (in.accel == Accel::kTcg) p.fsd_argv.insert(p.fsd_argv.end(), {"--poll-us", "0"});
-    virtiofs("store", s.store.path, true, s.store.cache);
-    if (!s.nix_db.empty()) virtiofs("nix-db", s.nix_db, true, Cache::kAuto);
-    for (const auto& sh : s.shares) {
+    for (const auto& sh : transports) {
       if (sh.proto == Proto::kVirtiofs) virtiofs(sh.tag, sh.source, sh.read_only, sh.cache);
       if (sh.proto == Proto::k9p) fsd_export(sh.tag, sh.source, sh.read_only, sh.cache), fsd_9p = true;
       if (sh.proto == Proto::k9pQemu) qemu_9p = true;
@@ -82,35 +92,46 @@ struct Builder {
     devices.emplace_back(tag, sock);
   }
 
+  // The disks the guest mounts: the spec's, in order, then the store's.
+  struct MountedDisk {
+    const DiskSpec* disk;
+    size_t index;  // in PlanInputs::disks, so /dev/vd[a + index]
+    std::string target;
+  };
+  std::vector<MountedDisk> mounted_disks() const {
+    std::vector<MountedDisk> out;
+    for (size_t i = 0; i < s.disks.size(); i++)
+      if (!s.disks[i].mount_point.empty()) out.push_back({&s.disks[i], i, s.disks[i].mount_point});
+    if (s.store.writable == Writable::kDisk)
+      out.push_back({&s.store.disk, s.disks.size() + s.empty_disks_mib.size(), rw_store});
+    return out;
+  }
+
   // The guest loads modules, then mounts in order, then runs the command.
   void guest_modules() {
-    p.modules = {"virtio_pci", "virtiofs"};
-    if (qemu_9p) p.modules.insert(p.modules.end(), {"9pnet_virtio", "9p"});
-    if (fsd_9p) p.modules.insert(p.modules.end(), {"9pnet_fd", "9p"});
-    if (s.store.writable_tmpfs || !s.nix_db.empty()) p.modules.push_back("overlay");
-    if (!in.disks.empty()) p.modules.push_back("virtio_blk");
-    if (net) p.modules.push_back("virtio_net");
-    // The power button (QMP system_powerdown): ACPI's button driver, read through evdev.
-    p.modules.insert(p.modules.end(), {"button", "evdev"});
-  }
-
-  void store_mounts() {
-    const std::string& mp = s.store.mount_point;
-    std::string cache = std::string(name_of(s.store.cache));
-    if (!s.store.writable_tmpfs) {
-      guest.mounts.push_back(mount("virtiofs", "store", mp, "", true));
-      p.mount_plan.push_back("virtiofs store -> " + mp + " (read-only, cache " + cache + ")");
-      return;
+    p.modules = {"virtio_pci"};
+    auto need = [&](std::initializer_list<const char*> names) {
+      for (const char* n : names)
+        if (std::find(p.modules.begin(), p.modules.end(), n) == p.modules.end()) p.modules.emplace_back(n);
+    };
+    for (const auto& sh : transports) {
+      if (sh.proto == Proto::kVirtiofs) need({"virtiofs"});
+      if (sh.proto == Proto::k9pQemu) need({"9pnet_virtio", "9p"});
+      if (sh.proto == Proto::k9p) need({"9pnet_fd", "9p"});
     }
-    std::string parent = std::filesystem::path(mp).parent_path().string();
-    if (parent == "/") parent.clear();
-    std::string ro_store = parent + "/.ro-store", rw_store = parent + "/.rw-store";
-    overlay_mounts(guest.mounts, "store", ro_store, rw_store, mp);
-    p.mount_plan.push_back("virtiofs store -> " + ro_store + " (read-only, cache " + cache + ")");
-    p.mount_plan.push_back("tmpfs -> " + rw_store);
-    p.mount_plan.push_back("overlay " + ro_store + " + " + rw_store + "/upper -> " + mp + " (writable)");
+    if (s.store.writable != Writable::kNone || !s.nix_db.empty()) need({"overlay"});
+    if (!in.disks.empty()) need({"virtio_blk"});
+    for (const auto& d : mounted_disks()) {
+      p.modules.push_back("fs-" + d.disk->fs_type);  // the kernel's own alias for a file system's module
+      if (d.disk->fs_type == "vfat") need({"nls_cp437", "nls_utf8"});  // vfat's default code page and charset
+    }
+    if (net) need({"virtio_net"});
+    if (s.rng) need({"virtio_rng"});
+    // The power button (QMP system_powerdown): ACPI's button driver, read through evdev.
+    need({"button", "evdev"});
   }
 
+  // A share at its target, through its transport.
   void share_mount(const ShareSpec& sh) {
     std::string where = sh.tag + " (" + sh.source + ") -> " + sh.target;
     if (sh.proto == Proto::kVirtiofs) {
@@ -134,13 +155,43 @@ struct Builder {
     p.mount_plan.push_back("9p (fsd, TCP " + std::string(kNinePAddress) + ":" + port + ") " + where + about);
   }
 
+  // `lower` overlaid at `target`, its upper and work directories on the file
+  // system mounted at `rw`; writable, the writes kept as long as `rw` is.
+  void overlay(const std::string& lower, const std::string& rw, const std::string& target) {
+    guest.mounts.push_back({.mkdir = rw + "/upper"});
+    guest.mounts.push_back({.mkdir = rw + "/work"});
+    guest.mounts.push_back(
+        mount("overlay", "overlay", target, "lowerdir=" + lower + ",upperdir=" + rw + "/upper,workdir=" + rw + "/work", false));
+  }
+  void tmpfs(const std::string& target) {
+    guest.mounts.push_back(mount("tmpfs", "tmpfs", target, "mode=0755", false));
+    p.mount_plan.push_back("tmpfs -> " + target);
+  }
+  void disk_mount(const MountedDisk& d) {
+    std::string dev = disk_device(d.index);
+    guest.mounts.push_back(mount(d.disk->fs_type, dev, d.target, "", d.disk->read_only));
+    p.mount_plan.push_back(d.disk->fs_type + " " + dev + " (" + d.disk->file + ") -> " + d.target +
+                           (d.disk->read_only ? " (read-only)" : "") + (d.disk->auto_format ? " (formatted when new)" : ""));
+  }
+
+  // The store first, then the disks, then the shares (in the spec's order).
   void guest_plan() {
-    store_mounts();
-    for (const auto& sh : s.shares) share_mount(sh);
-    if (!s.nix_db.empty()) {
+    share_mount(transports[0]);
+    auto disks = mounted_disks();
+    if (s.store.writable != Writable::kNone) {
+      if (s.store.writable == Writable::kTmpfs) tmpfs(rw_store);
+      else disk_mount(disks.back()), disks.pop_back();
+      overlay(ro_store, rw_store, s.store.mount_point);
+      p.mount_plan.push_back("overlay " + ro_store + " + " + rw_store + "/upper -> " + s.store.mount_point + " (writable" +
+                             (s.store.writable == Writable::kDisk ? ", kept on the disk)" : ")"));
+    }
+    for (const auto& d : disks) disk_mount(d);
+    for (size_t i = 1; i < transports.size(); i++) {
+      share_mount(transports[i]);
+      if (transports[i].tag != "nix-db") continue;
       // Nix's database, read-only from the host with a tmpfs overlay (as vm-exec does).
-      overlay_mounts(guest.mounts, "nix-db", "/nix/.ro-db", "/nix/.rw-db", "/nix/var/nix/db");
-      p.mount_plan.push_back("virtiofs nix-db (" + s.nix_db + ") -> /nix/.ro-db (read-only)");
+      guest.mounts.push_back(mount("tmpfs", "tmpfs", "/nix/.rw-db", "mode=0755", false));
+      overlay("/nix/.ro-db", "/nix/.rw-db", "/nix/var/nix/db");
       p.mount_plan.push_back("overlay /nix/.ro-db + tmpfs -> /nix/var/nix/db (writable, changes thrown away)");
     }
     if (s.command_shell) guest.command = {"/bin/sh", "-c", *s.command_shell};
@@ -187,10 +238,11 @@ struct Builder {
       add({"-chardev", "socket,id=" + id + ",path=" + devices[n].second, "-device",
            "vhost-user-fs-pci,chardev=" + id + ",tag=" + devices[n].first});
     }
-    for (const auto& sh : s.shares)
+    for (const auto& sh : transports)
       if (sh.proto == Proto::k9pQemu)
         add({"-virtfs", "local,path=" + sh.source + ",security_model=none,mount_tag=" + sh.tag + (sh.read_only ? ",readonly=on" : "")});
     if (net) add({"-netdev", netdev(), "-device", "virtio-net-pci,netdev=n0"});
+    if (s.rng) add({"-device", "virtio-rng-pci"});
     for (const auto& d : in.disks)  // /dev/vda, /dev/vdb, ... in this order
       add({"-drive", "file=" + d.file + ",if=virtio,format=" + d.format + (d.read_only ? ",readonly=on" : "") +
                          (d.snapshot ? ",snapshot=on" : "")});
@@ -226,6 +278,7 @@ struct Builder {
 Plan make_plan(const Spec& s, const PlanInputs& in) {
   Plan p;
   Builder b{s, in, p};
+  b.collect_shares();
   b.fsd_command();
   b.guest_modules();
   b.guest_plan();

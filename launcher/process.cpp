@@ -86,6 +86,20 @@ void Child::stop(std::chrono::milliseconds grace) {
   kill_and_reap();
 }
 
+int run_logged(const std::vector<std::string>& argv, const std::string& log) {
+  Fd out = open_log(log);
+  Fd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  Child c = Child::spawn(argv, devnull.get(), out.get(), out.get());
+  c.reap(true);
+  return c.status();
+}
+
+std::string system_tool(const std::string& name) {
+  for (const char* dir : {"/usr/sbin/", "/sbin/"})
+    if (::access((dir + name).c_str(), X_OK) == 0) return dir + name;
+  return name;
+}
+
 Fd open_log(const std::string& path) {
   return Fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
 }

@@ -46,6 +46,14 @@ class Child {
   int status_ = -1;
 };
 
+// Runs argv to completion, stdin from /dev/null and its output into `log`;
+// returns its exit status (127: it could not be run).
+int run_logged(const std::vector<std::string>& argv, const std::string& log);
+
+// A system tool (depmod, mkfs.ext4, blkid): from /usr/sbin or /sbin, which
+// are not on an ordinary user's PATH on Debian, else the name, for PATH.
+std::string system_tool(const std::string& name);
+
 // A file opened for a child's output (created or truncated), close-on-exec.
 Fd open_log(const std::string& path);
 // The last `max` bytes of a (log) file.

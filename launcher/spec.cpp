@@ -3,8 +3,11 @@
 #include <sys/stat.h>
 
 #include <concepts>
+#include <filesystem>
 #include <fstream>
 #include <set>
+
+#include "launcher/disks.h"
 
 namespace fsd::launcher {
 namespace {
@@ -43,7 +46,6 @@ struct NixDbField {  // "nixDb": true, false or a directory
 };
 
 // The tables of the fields that are not enums in the Spec.
-inline constexpr EnumName<bool> kWritableNames[] = {{"tmpfs", true}, {"none", false}};
 inline constexpr EnumName<bool> kFromNames[] = {{"host", true}, {"guest", false}};
 inline constexpr EnumName<std::string_view> kForwardProtoNames[] = {{"tcp", "tcp"}, {"udp", "udp"}};
 
@@ -52,11 +54,27 @@ inline constexpr EnumName<std::string_view> kForwardProtoNames[] = {{"tcp", "tcp
 // it unless the spec gives one.
 
 template <class V>
+void schema(V& v, DiskSpec& d) {
+  v.field("file", d.file);
+  v.field("size", d.size_mib, Range{1, 1ull << 24});
+  v.field("readOnly", d.read_only);
+  v.field("snapshot", d.snapshot);
+  v.field("fsType", d.fs_type);
+  v.field("mountPoint", d.mount_point);
+  v.field("label", d.label);
+  v.field("autoFormat", d.auto_format);
+}
+
+template <class V>
 void schema(V& v, StoreSpec& s) {
   v.field("path", s.path);
   v.field("mountPoint", s.mount_point);
-  v.choice("writable", s.writable_tmpfs, kWritableNames);
+  v.field("writable", s.writable);
+  if constexpr (V::kReading) s.disk = {.fs_type = "ext4", .label = "nix-rw-store", .auto_format = true};
+  if (V::kReading || s.writable == Writable::kDisk) v.object("disk", [&](auto& o) { schema(o, s.disk); });
   v.field("cache", s.cache);
+  v.field("proto", s.proto);
+  v.field("msize", s.msize, Range{4096, 16 << 20});  // 9p only
 }
 
 template <class V>
@@ -86,14 +104,6 @@ void schema(V& v, ForwardPort& f) {
 }
 
 template <class V>
-void schema(V& v, DiskSpec& d) {
-  v.field("file", d.file);
-  v.field("size", d.size_mib, Range{1, 1ull << 24});
-  v.field("readOnly", d.read_only);
-  v.field("snapshot", d.snapshot);
-}
-
-template <class V>
 void schema(V& v, Spec& s) {
   v.field("name", s.name);
   v.field("memory", s.memory_mib, Range{128, 1 << 20});
@@ -118,6 +128,7 @@ void schema(V& v, Spec& s) {
   v.list("disks", s.disks);
   v.field("emptyDisks", s.empty_disks_mib, Range{1, 1ull << 24});
   v.field("graphics", s.graphics);
+  v.field("rng", s.rng);
   v.field("nixDb", NixDbField{s.nix_db});
 }
 
@@ -355,12 +366,19 @@ class Checker {
       if (!f.from_host && f.proto != "tcp") fail(at + ".proto", "QEMU forwards only tcp from the guest to the host");
     }
     if (!s.forward_ports.empty() && s.network != Network::kUser) fail("forwardPorts", "needs \"network\": \"user\"");
-    for (size_t i = 0; i < s.disks.size(); i++) {
-      std::string at = "disks[" + std::to_string(i) + "]";
-      const DiskSpec& d = s.disks[i];
-      if (d.file.empty()) fail(at + ".file", "is required");
-      if (d.size_mib == 0 && !exists(d.file)) fail(at + ".file", "\"" + d.file + "\" does not exist (give a size to create it)");
+    for (size_t i = 0; i < s.disks.size(); i++) check_disk(s.disks[i], "disks[" + std::to_string(i) + "]");
+    if (s.store.writable == Writable::kDisk) {
+      if (!s.store.disk.mount_point.empty()) fail("store.disk.mountPoint", "is the store's own (" + rw_store(s.store) + ")");
+      check_disk(s.store.disk, "store.disk");
+    } else if (!s.store.disk.file.empty()) {
+      fail("store.disk", "needs \"writable\": \"disk\"");
     }
+  }
+
+  // Where the store's overlay keeps its upper and work directories.
+  static std::string rw_store(const StoreSpec& store) {
+    std::string parent = std::filesystem::path(store.mount_point).parent_path().string();
+    return (parent == "/" ? "" : parent) + "/.rw-store";
   }
 
  private:
@@ -370,6 +388,23 @@ class Checker {
     if (store.path.empty()) fail("store", "no store: give store.path or --store");
     if (!is_dir(store.path))
       fail(ctx_.store_override.empty() ? "store.path" : "store (--store)", "\"" + store.path + "\" is not a directory");
+    claim_mount_point(store.mount_point, "store.mountPoint");
+  }
+
+  void check_disk(const DiskSpec& d, const std::string& at) {
+    if (d.file.empty()) fail(at + ".file", "is required");
+    if (d.size_mib == 0 && !exists(d.file)) fail(at + ".file", "\"" + d.file + "\" does not exist (give a size to create it)");
+    if (!d.fs_type.empty() && d.fs_type.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") != std::string::npos)
+      fail(at + ".fsType", "\"" + d.fs_type + "\" is not a file system type");
+    if (!d.mount_point.empty() && d.fs_type.empty()) fail(at + ".mountPoint", "needs an fsType");
+    if (!d.mount_point.empty() && d.mount_point[0] != '/') fail(at + ".mountPoint", "must be an absolute path in the guest");
+    if (!d.mount_point.empty()) claim_mount_point(d.mount_point, at + ".mountPoint");
+    if (d.auto_format && d.fs_type.empty()) fail(at + ".autoFormat", "needs an fsType");
+    if (d.auto_format && mkfs_command(d.fs_type, "", "").empty())
+      fail(at + ".autoFormat", "vmlaunch cannot format " + d.fs_type + " (it formats " + formattable_file_systems() + ")");
+    if (!d.mount_point.empty() && !d.auto_format && !exists(d.file))
+      fail(at + ".file", "\"" + d.file + "\" does not exist, and a new disk is blank: set autoFormat to format it");
+    if (d.auto_format && d.read_only) fail(at + ".autoFormat", "a read-only disk cannot be formatted");
   }
 
   void check_share(const ShareSpec& share, size_t i) {
@@ -383,18 +418,32 @@ class Checker {
     if (share.source.empty()) fail(at + ".source", "is required");
     if (!is_dir(share.source)) fail(at + ".source", "\"" + share.source + "\" is not an existing directory");
     if (share.target.empty() || share.target[0] != '/') fail(at + ".target", "must be an absolute path in the guest");
+    claim_mount_point(share.target, at + ".target");
   }
 
   // xchg and shared, unless the spec defines them itself.
-  void add_xchg_and_shared(Spec& s) const {
+  void add_xchg_and_shared(Spec& s) {
     std::string xchg = ctx_.xchg_dir.empty() ? "(a fresh temporary directory)" : ctx_.xchg_dir;
-    if (!tags_.count("xchg")) s.shares.push_back({"xchg", xchg, "/tmp/xchg", false, Proto::kVirtiofs, Cache::kNever});
-    if (!tags_.count("shared"))
+    if (!tags_.count("xchg")) {
+      claim_mount_point("/tmp/xchg", "xchg");
+      s.shares.push_back({"xchg", xchg, "/tmp/xchg", false, Proto::kVirtiofs, Cache::kNever});
+    }
+    if (!tags_.count("shared")) {
+      claim_mount_point("/tmp/shared", "shared");
       s.shares.push_back({"shared", ctx_.shared_dir.empty() ? xchg : ctx_.shared_dir, "/tmp/shared", false,
                           Proto::kVirtiofs, Cache::kNever});
+    }
   }
 
   const SpecContext& ctx_;
+  // One mount per guest path: a second would hide the first.
+  void claim_mount_point(const std::string& path, const std::string& at) {
+    std::string p = std::filesystem::path(path).lexically_normal().string();
+    if (p.size() > 1 && p.back() == '/') p.pop_back();
+    if (auto [it, fresh] = mount_points_.emplace(p, at); !fresh)
+      fail(at, "\"" + path + "\" is where " + it->second + " is mounted too");
+  }
+  std::map<std::string, std::string> mount_points_;
   // Tags in use, and by what; vmlaunch's own come first.
   std::map<std::string, std::string> tags_{{"store", "the store"}, {"nix-db", "the Nix database (nixDb)"}};
 };

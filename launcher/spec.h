@@ -36,22 +36,40 @@ enum class Proto { kVirtiofs, k9p, k9pQemu };
 using Cache = fsd::CachePolicy;  // fsd's --export cache= takes the same names
 enum class Console { kSerial, kQuiet };
 enum class Network { kNone, kUser };
+enum class Writable { kNone, kTmpfs, kDisk };  // store.writable
 
 inline constexpr EnumName<Accel> kAccelNames[] = {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}};
 inline constexpr EnumName<Proto> kProtoNames[] = {
     {"virtiofs", Proto::kVirtiofs}, {"9p", Proto::k9p}, {"9p-qemu", Proto::k9pQemu}};
 inline constexpr EnumName<Console> kConsoleNames[] = {{"serial", Console::kSerial}, {"quiet", Console::kQuiet}};
 inline constexpr EnumName<Network> kNetworkNames[] = {{"none", Network::kNone}, {"user", Network::kUser}};
+inline constexpr EnumName<Writable> kWritableNames[] = {
+    {"tmpfs", Writable::kTmpfs}, {"none", Writable::kNone}, {"disk", Writable::kDisk}};
 constexpr std::span<const EnumName<Accel>> names(Accel) { return kAccelNames; }
 constexpr std::span<const EnumName<Proto>> names(Proto) { return kProtoNames; }
 constexpr std::span<const EnumName<Console>> names(Console) { return kConsoleNames; }
 constexpr std::span<const EnumName<Network>> names(Network) { return kNetworkNames; }
+constexpr std::span<const EnumName<Writable>> names(Writable) { return kWritableNames; }
+
+struct DiskSpec {
+  std::string file;
+  uint64_t size_mib = 0;  // 0: the file must exist; else it is created when missing
+  bool read_only = false;
+  bool snapshot = false;
+  std::string fs_type;      // "": a bare block device; else mounted (ext4, xfs, ...)
+  std::string mount_point;  // where the guest mounts it (needs fs_type)
+  std::string label;        // the file system's label when vmlaunch formats it
+  bool auto_format = false; // format a new or empty raw image with fs_type
+};
 
 struct StoreSpec {
-  std::string path;                      // host store; --store overrides
+  std::string path;  // host store; --store overrides
   std::string mount_point = "/nix/store";
-  bool writable_tmpfs = true;            // "writable": "tmpfs" | "none"
+  Writable writable = Writable::kTmpfs;  // the overlay's upper: tmpfs, a disk, or no overlay
+  DiskSpec disk;                         // writable: "disk"
   Cache cache = Cache::kAlways;
+  Proto proto = Proto::kVirtiofs;
+  uint32_t msize = 512 * 1024;  // 9p only
 };
 
 struct ShareSpec {
@@ -75,13 +93,6 @@ struct ForwardPort {
   Endpoint host, guest;
 };
 
-struct DiskSpec {
-  std::string file;
-  uint64_t size_mib = 0;  // 0: the file must exist; else a qcow2 is created when missing
-  bool read_only = false;
-  bool snapshot = false;
-};
-
 struct Spec {
   std::string name = "vm";
   uint64_t memory_mib = 1024;
@@ -102,6 +113,7 @@ struct Spec {
   std::vector<DiskSpec> disks;
   std::vector<uint64_t> empty_disks_mib;
   bool graphics = false;
+  bool rng = true;     // a virtio-rng device, so the guest has entropy from the start
   std::string nix_db;  // the host's Nix database to share ("": none)
 
   bool has_command() const { return command_shell.has_value() || !command_argv.empty(); }

@@ -19,6 +19,7 @@
 
 #include "fsd/core/fd.h"
 #include "fsd/core/signals.h"
+#include "launcher/disks.h"
 #include "launcher/host_links.h"
 #include "launcher/initramfs.h"
 #include "launcher/modules.h"
@@ -318,31 +319,29 @@ class Launch {
     }
   }
 
-  // Disks: creates what is missing (qcow2), and the throw-away empty ones.
+  // Disks, in the plan's order: the spec's (created and formatted as
+  // asked), the throw-away empty ones, then the store's.
   void prepare_disks() {
-    auto format_of = [](const std::string& file) {
-      char magic[4] = {};
-      std::ifstream(file, std::ios::binary).read(magic, 4);
-      return std::string(magic, 4) == std::string("QFI\xfb", 4) ? "qcow2" : "raw";
+    auto prepare = [&](const DiskSpec& d) {
+      PreparedDisk p{.format = "qcow2"};
+      if (!o_.dry_run) {
+        try {
+          p = prepare_disk(d, path("disk-tools.log"));
+        } catch (const std::exception& e) {
+          die(kExitQemuFailed, e.what());
+        }
+        if (p.formatted) std::fprintf(stderr, "vmlaunch: formatted %s as %s\n", d.file.c_str(), d.fs_type.c_str());
+      } else if (fs::exists(d.file)) {
+        p.format = is_qcow2(d.file) ? "qcow2" : "raw";
+      } else if (d.auto_format) {
+        p.format = "raw";
+      }
+      in_.disks.push_back({d.file, p.format, d.read_only, d.snapshot});
     };
-    for (const auto& d : spec_.disks) {
-      if (!fs::exists(d.file)) qemu_img(d.file, d.size_mib);
-      in_.disks.push_back({d.file, fs::exists(d.file) ? format_of(d.file) : "qcow2", d.read_only, d.snapshot});
-    }
-    for (size_t i = 0; i < spec_.empty_disks_mib.size(); i++) {
-      std::string file = path("empty-" + std::to_string(i) + ".qcow2");
-      qemu_img(file, spec_.empty_disks_mib[i]);
-      in_.disks.push_back({file, "qcow2", false, false});
-    }
-  }
-  void qemu_img(const std::string& file, uint64_t mib) {
-    if (o_.dry_run) return;
-    std::string log = path("qemu-img.log");
-    Fd out = open_log(log);
-    Child c = Child::spawn({"qemu-img", "create", "-q", "-f", "qcow2", file, std::to_string(mib) + "M"}, -1, out.get(),
-                           out.get());
-    c.reap(true);
-    if (c.status() != 0) die(kExitQemuFailed, "qemu-img could not create " + file + ":\n" + read_tail(log));
+    for (const auto& d : spec_.disks) prepare(d);
+    for (size_t i = 0; i < spec_.empty_disks_mib.size(); i++)
+      prepare({.file = path("empty-" + std::to_string(i) + ".qcow2"), .size_mib = spec_.empty_disks_mib[i]});
+    if (spec_.store.writable == Writable::kDisk) prepare(spec_.store.disk);
   }
 
   void make_run_plan() {

@@ -164,24 +164,47 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
   expect_clean();
 }
 
-TEST_F(Vmlaunch, DisksAndEmptyDisks) {
-  auto disk = tmp_.path() / "disk.qcow2";
-  nlohmann::json j = nlohmann::json::parse(read_file(spec("cat /sys/block/vda/size /sys/block/vdb/size; "
-                                                          "echo written > /tmp/w && dd if=/tmp/w of=/dev/vda bs=512 count=1 2>/dev/null && sync")));
-  nlohmann::json d = nlohmann::json::object();
-  d["file"] = disk.string();
-  d["size"] = 64;
-  j["disks"] = nlohmann::json::array({d});
-  j["emptyDisks"] = nlohmann::json::array({32});
-  write_file(tmp_.path() / "disks.json", j.dump());
+// Disks: a bare one and an empty one as block devices, an ext4 data disk
+// formatted on first use, and the store's overlay upper on a disk of its
+// own; the second run finds what the first wrote on both.
+TEST_F(Vmlaunch, DisksKeepTheirFileSystemsAcrossRuns) {
+  auto disk = tmp_.path() / "disk.qcow2", data = tmp_.path() / "data.img", rw = tmp_.path() / "rw-store.img";
+  std::string run1 =
+      "cat /sys/block/vda/size /sys/block/vdc/size; "
+      "echo written > /tmp/w && dd if=/tmp/w of=/dev/vda bs=512 count=1 2>/dev/null && sync; "
+      "grep -q ' /srv/data ext4 rw' /proc/mounts && echo data-is-ext4; echo kept-on-disk > /srv/data/f; "
+      "grep -q 'driver *: crc32c-generic' /proc/crypto && echo crc32c-loaded; "
+      "mkdir /nix/store/cccccccccccccccccccccccccccccccc-built && echo built > /nix/store/cccccccccccccccccccccccccccccccc-built/out";
+  std::string run2 = "cat /srv/data/f; cat /nix/store/cccccccccccccccccccccccccccccccc-built/out; ls /nix/store | wc -l | sed 's/^/store-entries-/'";
+  auto edit = [&](nlohmann::json& j) {
+    j["disks"] = nlohmann::json::array(
+        {{{"file", disk.string()}, {"size", 64}},
+         {{"file", data.string()}, {"size", 64}, {"fsType", "ext4"}, {"mountPoint", "/srv/data"}, {"label", "data"}, {"autoFormat", true}}});
+    j["emptyDisks"] = nlohmann::json::array({32});
+    j["store"]["writable"] = "disk";
+    j["store"]["disk"] = {{"file", rw.string()}, {"size", 64}};
+  };
   std::string out;
-  int st = run({(tmp_.path() / "disks.json").string()}, &out);
+  int st = run({spec(run1, 0, edit)}, &out);
   EXPECT_EQ(st, 0) << out;
   // 64 MiB and 32 MiB, in 512-byte sectors (the serial console ends lines with \r\n)
   EXPECT_NE(out.find("131072\r\n65536"), std::string::npos) << out;
+  EXPECT_NE(out.find("data-is-ext4"), std::string::npos) << out;
+  EXPECT_NE(out.find("vmlaunch: formatted " + data.string() + " as ext4"), std::string::npos) << out;
+  // ext4's soft dependency came along (without it: "EXT4-fs: Cannot load crc32c driver").
+  EXPECT_NE(out.find("crc32c-loaded"), std::string::npos) << out;
   ASSERT_TRUE(std::filesystem::exists(disk));  // created as qcow2, and kept
   EXPECT_EQ(read_file(disk).substr(0, 4), std::string("QFI\xfb", 4));
   expect_clean();  // the empty disk went with the temporary directory
+
+  st = run({spec(run2, 0, edit)}, &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("kept-on-disk"), std::string::npos) << out;
+  EXPECT_NE(out.find("built"), std::string::npos) << out;  // the store path from the first run
+  EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;
+  EXPECT_EQ(out.find("vmlaunch: formatted"), std::string::npos) << "a disk with a file system was formatted again\n" << out;
+  EXPECT_FALSE(std::filesystem::exists(tmp_.path() / "store/cccccccccccccccccccccccccccccccc-built"));
+  expect_clean();
 }
 
 // A loopback TCP listener on a free port.

@@ -139,3 +139,52 @@ TEST_F(PlanTest, TheStatusHasASerialPortOfItsOwn) {
 
 }  // namespace
 }  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+// A disk with a file system is mounted from its /dev/vdX; its file
+// system's module (by the kernel's fs-TYPE alias) is loaded first.
+TEST_F(PlanTest, DisksAreMountedFromTheirDevices) {
+  std::filesystem::create_directories(tmp("img"));
+  for (const char* f : {"a.qcow2", "b.img"}) fsd::testing::write_file(tmp("img/") + f, "x");
+  in_.disks = {{tmp("img/a.qcow2"), "qcow2"}, {tmp("img/b.img"), "raw"}, {"/run/vm/empty-0.qcow2", "qcow2"},
+               {tmp("img/rw.img"), "raw"}};
+  Plan p = plan({{"disks", json::array({{{"file", tmp("img/a.qcow2")}},
+                                        {{"file", tmp("img/b.img")}, {"fsType", "xfs"}, {"mountPoint", "/data"}}})},
+                 {"emptyDisks", {8}},
+                 {"store", {{"path", tmp("store")}, {"writable", "disk"}, {"disk", {{"file", tmp("img/rw.img")}, {"size", 64}}}}}});
+  std::string mounts = p.guest["mounts"].dump();
+  EXPECT_NE(mounts.find(R"({"flags":[],"fstype":"xfs","source":"/dev/vdb","target":"/data"})"), std::string::npos) << mounts;
+  // The store's upper on the fourth disk, after the empty one.
+  EXPECT_NE(mounts.find(R"({"flags":[],"fstype":"ext4","source":"/dev/vdd","target":"/nix/.rw-store"})"), std::string::npos)
+      << mounts;
+  EXPECT_EQ(mounts.find("tmpfs\",\"source\":\"tmpfs\",\"target\":\"/nix/.rw-store"), std::string::npos) << mounts;
+  EXPECT_TRUE(has(p.modules, "fs-xfs") && has(p.modules, "fs-ext4") && has(p.modules, "virtio_blk"));
+  std::string text = joined(p.mount_plan);
+  EXPECT_NE(text.find("/nix/store (writable, kept on the disk)"), std::string::npos) << text;
+}
+
+TEST_F(PlanTest, TheStoreCanGoOverNineP) {
+  Plan p = plan({{"store", {{"path", tmp("store")}, {"proto", "9p"}, {"msize", 1048576}, {"writable", "none"}}}});
+  std::string mounts = p.guest["mounts"].dump();
+  EXPECT_NE(mounts.find("trans=tcp,port=564,aname=store,version=9p2000.L,msize=1048576,cache=loose"), std::string::npos)
+      << mounts;
+  EXPECT_NE(joined(p.fsd_argv).find("--export store=" + tmp("store") + ",ro,cache=always"), std::string::npos);
+  EXPECT_EQ(joined(p.fsd_argv).find("--virtiofs-socket store="), std::string::npos);
+  p = plan({{"store", {{"path", tmp("store")}, {"proto", "9p-qemu"}}}});
+  EXPECT_NE(joined(p.qemu_argv).find("-virtfs local,path=" + tmp("store") + ",security_model=none,mount_tag=store,readonly=on"),
+            std::string::npos);
+  EXPECT_TRUE(has(p.modules, "9pnet_virtio"));
+}
+
+TEST_F(PlanTest, ARandomNumberGeneratorByDefault) {
+  Plan p = plan(json::object());
+  EXPECT_TRUE(has(p.qemu_argv, "virtio-rng-pci"));
+  EXPECT_TRUE(has(p.modules, "virtio_rng"));
+  p = plan({{"rng", false}});
+  EXPECT_FALSE(has(p.qemu_argv, "virtio-rng-pci"));
+}
+
+}  // namespace
+}  // namespace fsd::launcher

@@ -44,7 +44,9 @@ TEST_F(SpecTest, DefaultsIncludeXchgAndShared) {
   EXPECT_EQ(s.cpus, 1u);
   EXPECT_EQ(s.accel, Accel::kAuto);
   EXPECT_EQ(s.store.mount_point, "/nix/store");
-  EXPECT_TRUE(s.store.writable_tmpfs);
+  EXPECT_EQ(s.store.writable, Writable::kTmpfs);
+  EXPECT_EQ(s.store.proto, Proto::kVirtiofs);
+  EXPECT_TRUE(s.rng);
   EXPECT_EQ(s.store.cache, Cache::kAlways);
   ASSERT_EQ(s.shares.size(), 2u);
   EXPECT_EQ(s.shares[0].tag, "xchg");
@@ -80,7 +82,7 @@ TEST_F(SpecTest, ReadsEveryField) {
   j["nixDb"] = tmp("data");
   Spec s = parse_spec(j, ctx_);
   EXPECT_EQ(s.accel, Accel::kTcg);
-  EXPECT_FALSE(s.store.writable_tmpfs);
+  EXPECT_EQ(s.store.writable, Writable::kNone);
   EXPECT_EQ(s.shares.size(), 3u);
   EXPECT_EQ(s.shares[0].proto, Proto::k9p);
   EXPECT_EQ(s.shares[0].cache, Cache::kAlways);  // read-only default
@@ -104,7 +106,7 @@ TEST_F(SpecTest, UnknownFields) {
   j["memroy"] = 512;
   EXPECT_EQ(error_of(j),
             "spec.json: memroy: unknown field (known here: accel, cmdline, command, console, cpus, disks, emptyDisks, env, "
-            "forwardPorts, graphics, initrd, kernel, memory, modules, name, network, nixDb, qemu, shares, store, timeout)");
+            "forwardPorts, graphics, initrd, kernel, memory, modules, name, network, nixDb, qemu, rng, shares, store, timeout)");
   j = base();
   j["shares"] = json::array({{{"tag", "d"}, {"sorce", tmp("data")}, {"target", "/d"}}});
   EXPECT_EQ(error_of(j), "spec.json: shares[0].sorce: unknown field (known here: cache, msize, proto, readOnly, source, tag, target)");
@@ -206,6 +208,77 @@ TEST_F(SpecTest, FileErrors) {
   } catch (const SpecError& e) {
     EXPECT_EQ(std::string(e.what()), tmp("named.json") + ": kernel: expected a string, got the number 5");
   }
+}
+
+}  // namespace
+}  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+TEST_F(SpecTest, DisksWithFileSystems) {
+  json j = base();
+  j["disks"] = json::array({{{"file", tmp("data.img")}, {"size", 64}, {"fsType", "ext4"}, {"mountPoint", "/data"},
+                             {"label", "data"}, {"autoFormat", true}}});
+  Spec s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.disks[0].fs_type, "ext4");
+  EXPECT_EQ(s.disks[0].mount_point, "/data");
+  EXPECT_TRUE(s.disks[0].auto_format);
+  EXPECT_EQ(to_json(parse_spec(to_json(s), ctx_)), to_json(s));
+
+  auto with = [&](json disk) {
+    json k = base();
+    k["disks"] = json::array({disk});
+    return error_of(k);
+  };
+  EXPECT_EQ(with({{"file", tmp("d.img")}, {"size", 8}, {"mountPoint", "/data"}}), "spec.json: disks[0].mountPoint: needs an fsType");
+  EXPECT_EQ(with({{"file", tmp("d.img")}, {"size", 8}, {"fsType", "ext4"}, {"mountPoint", "data"}}),
+            "spec.json: disks[0].mountPoint: must be an absolute path in the guest");
+  EXPECT_EQ(with({{"file", tmp("d.img")}, {"size", 8}, {"fsType", "ext4"}, {"mountPoint", "/data"}}),
+            "spec.json: disks[0].file: \"" + tmp("d.img") + "\" does not exist, and a new disk is blank: set autoFormat to format it");
+  EXPECT_EQ(with({{"file", tmp("d.img")}, {"size", 8}, {"autoFormat", true}}), "spec.json: disks[0].autoFormat: needs an fsType");
+  EXPECT_EQ(with({{"file", tmp("d.img")}, {"size", 8}, {"fsType", "zfs"}, {"autoFormat", true}}),
+            "spec.json: disks[0].autoFormat: vmlaunch cannot format zfs (it formats ext2, ext3, ext4, xfs, btrfs, vfat)");
+  EXPECT_EQ(with({{"file", tmp("d.img")}, {"size", 8}, {"fsType", "ext4;rm"}}),
+            "spec.json: disks[0].fsType: \"ext4;rm\" is not a file system type");
+  json k = base();
+  k["disks"] = json::array({{{"file", tmp("a.img")}, {"size", 8}, {"fsType", "ext4"}, {"mountPoint", "/d"}, {"autoFormat", true}},
+                            {{"file", tmp("b.img")}, {"size", 8}, {"fsType", "ext4"}, {"mountPoint", "/d"}, {"autoFormat", true}}});
+  EXPECT_EQ(error_of(k), "spec.json: disks[1].mountPoint: \"/d\" is where disks[0].mountPoint is mounted too");
+  // A share's target and a disk's mount point are one namespace: the later would hide the earlier.
+  k["disks"] = json::array({{{"file", tmp("a.img")}, {"size", 8}, {"fsType", "ext4"}, {"mountPoint", "/d/"}, {"autoFormat", true}}});
+  k["shares"] = json::array({{{"tag", "d"}, {"source", tmp("data")}, {"target", "/d"}}});
+  EXPECT_EQ(error_of(k), "spec.json: disks[0].mountPoint: \"/d/\" is where shares[0].target is mounted too");
+  k["disks"] = json::array();
+  k["shares"] = json::array({{{"tag", "d"}, {"source", tmp("data")}, {"target", "/nix/store"}}});
+  EXPECT_EQ(error_of(k), "spec.json: shares[0].target: \"/nix/store\" is where store.mountPoint is mounted too");
+}
+
+TEST_F(SpecTest, StoreTransportAndWritableDisk) {
+  json j = base();
+  j["store"]["proto"] = "9p";
+  j["store"]["msize"] = 1 << 20;
+  j["store"]["writable"] = "disk";
+  j["store"]["disk"] = {{"file", tmp("rw.img")}, {"size", 128}};
+  Spec s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.store.proto, Proto::k9p);
+  EXPECT_EQ(s.store.msize, 1u << 20);
+  EXPECT_EQ(s.store.writable, Writable::kDisk);
+  // The store's disk defaults: ext4, formatted when new.
+  EXPECT_EQ(s.store.disk.fs_type, "ext4");
+  EXPECT_TRUE(s.store.disk.auto_format);
+  EXPECT_EQ(s.store.disk.label, "nix-rw-store");
+  EXPECT_EQ(to_json(parse_spec(to_json(s), ctx_)), to_json(s));
+
+  j["store"]["disk"] = {{"size", 128}};
+  EXPECT_EQ(error_of(j), "spec.json: store.disk.file: is required");
+  j["store"]["disk"] = {{"file", tmp("rw.img")}, {"size", 128}, {"mountPoint", "/x"}};
+  EXPECT_EQ(error_of(j), "spec.json: store.disk.mountPoint: is the store's own (/nix/.rw-store)");
+  j["store"]["writable"] = "tmpfs";
+  j["store"]["disk"] = {{"file", tmp("rw.img")}, {"size", 128}};
+  EXPECT_EQ(error_of(j), "spec.json: store.disk: needs \"writable\": \"disk\"");
+  j["store"]["writable"] = "floppy";
+  EXPECT_EQ(error_of(j), "spec.json: store.writable: \"floppy\" is not one of: tmpfs, none, disk");
 }
 
 }  // namespace

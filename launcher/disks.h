@@ -1,0 +1,34 @@
+// Disk images on the host: created when missing, formatted when asked
+// (autoFormat), before QEMU starts. The guest only mounts them.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "launcher/spec.h"
+
+namespace fsd::launcher {
+
+// The command that formats `file` as `fs_type` with `label`, or {} when
+// vmlaunch does not know how to make that file system.
+std::vector<std::string> mkfs_command(const std::string& fs_type, const std::string& label, const std::string& file);
+// The file systems mkfs_command makes, for messages: "ext2, ext3, ...".
+std::string formattable_file_systems();
+
+// Whether `file` is a qcow2 image (else QEMU is told it is raw).
+bool is_qcow2(const std::string& file);
+
+struct PreparedDisk {
+  std::string format;     // "raw" or "qcow2", as QEMU is told
+  bool created = false;   // vmlaunch made the file in this run
+  bool formatted = false; // and formatted it (or an empty one it found)
+};
+
+// Makes the disk ready: a missing file is created (a raw image when it is
+// to be formatted, else qcow2), and formatted when autoFormat is set and
+// the image has no file system yet (blkid finds none). An image that has
+// one is never touched. `log` takes the tools' output. Throws
+// std::runtime_error with that output when a tool fails.
+PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log);
+
+}  // namespace fsd::launcher
