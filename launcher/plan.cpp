@@ -1,6 +1,7 @@
 #include "launcher/plan.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 
 #include "launcher/guest/guest_plan.h"
@@ -24,12 +25,24 @@ std::string qemu_escape(const std::string& v) {
 // The guest's 9p cache mode for a cache policy.
 const char* nine_p_cache(Cache c) { return c == Cache::kNever ? "none" : c == Cache::kAuto ? "mmap" : "loose"; }
 
+// Boot mode: where the system's root is put together.
+constexpr const char* kNewRoot = "/sysroot";
+
 // The guest's name of the n-th virtio disk: vda ... vdz, vdaa, ...
 std::string disk_device(size_t n) {
   std::string letters;
   for (size_t i = n + 1; i > 0; i = (i - 1) / 26) letters.insert(letters.begin(), static_cast<char>('a' + (i - 1) % 26));
   return "/dev/vd" + letters;
 }
+
+std::string hex2(unsigned v) {
+  char b[3];
+  std::snprintf(b, sizeof b, "%02x", v & 0xff);
+  return b;
+}
+
+// The guest's MAC on a vlan, as qemu-vm.nix numbers them: 52:54:00:12:VLAN:HOST.
+std::string vlan_mac_of(unsigned vlan, unsigned host) { return "52:54:00:12:" + hex2(vlan) + ":" + hex2(host); }
 
 // Plan is built in steps that share what they decide here.
 struct Builder {
@@ -47,13 +60,25 @@ struct Builder {
   // The store's overlay: the read-only share, and the upper's file system.
   std::string ro_store, rw_store;
 
+  std::string vlan_mac(unsigned vlan) const { return vlan_mac_of(vlan, s.vlan_host); }
+
+  // With a system: exec (vm-exec's context around the command) or boot
+  // (the system's own init); auto picks exec when there is a command.
+  bool has_system() const { return !s.system.path.empty(); }
+  bool boot() const {
+    return has_system() && (s.system.mode == SystemMode::kBoot || (s.system.mode == SystemMode::kAuto && !s.has_command()));
+  }
+  bool exec_system() const { return has_system() && !boot(); }
+
   void collect_shares() {
     std::string parent = std::filesystem::path(s.store.mount_point).parent_path().string();
     if (parent == "/") parent.clear();
     bool overlay = s.store.writable != Writable::kNone;
     ro_store = overlay ? parent + "/.ro-store" : s.store.mount_point;
     rw_store = parent + "/.rw-store";
-    transports.push_back({"store", s.store.path, ro_store, true, s.store.proto, s.store.cache, s.store.msize});
+    // Booted, a NixOS system finds its store by qemu-vm.nix's tag.
+    transports.push_back({boot() ? "nix-store" : "store", s.store.path, ro_store, true, s.store.proto, s.store.cache,
+                          s.store.msize});
     if (!s.nix_db.empty()) transports.push_back({"nix-db", s.nix_db, "/nix/.ro-db", true, Proto::kVirtiofs, Cache::kAuto});
     transports.insert(transports.end(), s.shares.begin(), s.shares.end());
   }
@@ -125,7 +150,7 @@ struct Builder {
       p.modules.push_back("fs-" + d.disk->fs_type);  // the kernel's own alias for a file system's module
       if (d.disk->fs_type == "vfat") need({"nls_cp437", "nls_utf8"});  // vfat's default code page and charset
     }
-    if (net) need({"virtio_net"});
+    if (net || !s.vlans.empty()) need({"virtio_net"});
     if (s.rng) need({"virtio_rng"});
     // The power button (QMP system_powerdown): ACPI's button driver, read through evdev.
     need({"button", "evdev"});
@@ -174,8 +199,40 @@ struct Builder {
                            (d.disk->read_only ? " (read-only)" : "") + (d.disk->auto_format ? " (formatted when new)" : ""));
   }
 
+  // vm-exec's context: the system's /etc (a tmpfs overlay), its kernel
+  // modules, /run/current-system, its PATH, /bin/sh and /usr/bin/env, a
+  // root account and the nixbld group, and its bash for the command.
+  void system_context() {
+    const std::string& top = s.system.in_guest;
+    if (s.system.has_etc) {
+      guest.mounts.push_back({.mkdir = "/run/vmlaunch/etc/upper"});
+      guest.mounts.push_back({.mkdir = "/run/vmlaunch/etc/work"});
+      guest.mounts.push_back(mount("overlay", "overlay", "/etc",
+                                   "lowerdir=" + top + "/etc,upperdir=/run/vmlaunch/etc/upper,workdir=/run/vmlaunch/etc/work", false));
+      p.mount_plan.push_back("overlay " + top + "/etc + tmpfs -> /etc (writable, changes thrown away)");
+    }
+    guest.links["/run/current-system"] = top;
+    guest.links["/run/booted-system"] = top;
+    if (s.system.has_modules) guest.links["/lib/modules"] = top + "/kernel-modules/lib/modules";
+    if (s.system.has_sh) guest.links["/bin/sh"] = top + "/sw/bin/sh";
+    if (s.system.has_env) guest.links["/usr/bin/env"] = top + "/sw/bin/env";
+    std::string shell = s.system.has_bash ? "/run/current-system/sw/bin/bash" : "/bin/sh";
+    guest.late_files["/etc/passwd"] = "root:x:0:0:System administrator:/root:" + shell + "\n";
+    guest.late_files["/etc/group"] = "root:x:0:\nnixbld:x:30000:\n";
+    guest.shell = shell;
+    guest.env["PATH"] = "/run/current-system/sw/bin";
+    guest.env["HOME"] = "/root";
+    for (const auto& [link, target] : guest.links) p.mount_plan.push_back("link " + link + " -> " + target);
+  }
+
   // The store first, then the disks, then the shares (in the spec's order).
   void guest_plan() {
+    if (boot()) {
+      if (s.has_command()) throw SpecError("systemMode boot runs the system's own init; a command needs systemMode exec");
+      if (!s.system.has_init) throw SpecError("system: " + s.system.path + " has no init to boot (give a command to run it in exec mode)");
+      guest.mounts.push_back(mount("tmpfs", "tmpfs", kNewRoot, "mode=0755", false));
+      p.mount_plan.push_back(std::string("tmpfs -> ") + kNewRoot + " (the system's root)");
+    }
     share_mount(transports[0]);
     auto disks = mounted_disks();
     if (s.store.writable != Writable::kNone) {
@@ -194,18 +251,36 @@ struct Builder {
       overlay("/nix/.ro-db", "/nix/.rw-db", "/nix/var/nix/db");
       p.mount_plan.push_back("overlay /nix/.ro-db + tmpfs -> /nix/var/nix/db (writable, changes thrown away)");
     }
-    if (s.command_shell) guest.command = {"/bin/sh", "-c", *s.command_shell};
-    else guest.command = s.command_argv;
     guest.env = {{"PATH", "/bin"}, {"HOME", "/tmp"}, {"TERM", "linux"}};
+    if (exec_system()) system_context();
+    if (boot()) {
+      guest.switch_root = kNewRoot;
+      guest.init = s.system.in_guest + "/init";
+      p.mount_plan.push_back("then: every mount moves into " + std::string(kNewRoot) + ", which becomes /, and " + guest.init +
+                             " runs as PID 1");
+    }
+    if (s.command_shell) guest.command = {guest.shell, "-c", *s.command_shell};
+    else guest.command = s.command_argv;
     for (const auto& [k, v] : s.env) guest.env[k] = v;
     guest.workdir = "/tmp/xchg";
     if (net) {
       // QEMU's user network: the guest is 10.0.2.15, the gateway 10.0.2.2, DNS 10.0.2.3.
-      guest.files["/etc/resolv.conf"] = "nameserver 10.0.2.3\n";
+      guest.late_files["/etc/resolv.conf"] = "nameserver 10.0.2.3\n";  // unless the system has its own
       guest.setup = {{"/bin/ip", "link", "set", "lo", "up"},
                      {"/bin/ip", "link", "set", "eth0", "up"},
                      {"/bin/ip", "addr", "add", "10.0.2.15/24", "dev", "eth0"},
                      {"/bin/ip", "route", "add", "default", "via", "10.0.2.2"}};
+    }
+    // Each vlan's NIC, found by its MAC address (its name depends on the
+    // order the guest probes them).
+    for (unsigned vlan : s.vlans) {
+      std::string addr = "192.168." + std::to_string(vlan) + "." + std::to_string(s.vlan_host);
+      guest.setup.push_back(
+          {"/bin/sh", "-c",
+           "for d in /sys/class/net/*; do if [ \"$(/bin/cat $d/address)\" = " + vlan_mac(vlan) + " ]; then "
+           "/bin/ip link set ${d##*/} up && /bin/ip addr add " + addr + "/24 dev ${d##*/}; exit; fi; done; "
+           "echo 'no NIC for vlan " + std::to_string(vlan) + "' >&2; exit 1"});
+      p.mount_plan.push_back("vlan " + std::to_string(vlan) + ": " + addr + "/24 (" + vlan_group(in.uid, vlan) + ")");
     }
     // The command's status (or the interactive shell's) goes out on a serial
     // port of its own, whatever the shares are.
@@ -242,6 +317,11 @@ struct Builder {
       if (sh.proto == Proto::k9pQemu)
         add({"-virtfs", "local,path=" + sh.source + ",security_model=none,mount_tag=" + sh.tag + (sh.read_only ? ",readonly=on" : "")});
     if (net) add({"-netdev", netdev(), "-device", "virtio-net-pci,netdev=n0"});
+    for (unsigned vlan : s.vlans) {
+      std::string id = "vlan" + std::to_string(vlan);
+      add({"-netdev", "socket,id=" + id + ",mcast=" + vlan_group(in.uid, vlan) + ",localaddr=127.0.0.1", "-device",
+           "virtio-net-pci,netdev=" + id + ",mac=" + vlan_mac(vlan)});
+    }
     if (s.rng) add({"-device", "virtio-rng-pci"});
     for (const auto& d : in.disks)  // /dev/vda, /dev/vdb, ... in this order
       add({"-drive", "file=" + d.file + ",if=virtio,format=" + d.format + (d.read_only ? ",readonly=on" : "") +
@@ -274,6 +354,10 @@ struct Builder {
 };
 
 }  // namespace
+
+std::string vlan_group(uint32_t uid, unsigned vlan) {
+  return "230." + std::to_string((uid >> 8) & 0xff) + "." + std::to_string(uid & 0xff) + "." + std::to_string(vlan) + ":21000";
+}
 
 Plan make_plan(const Spec& s, const PlanInputs& in) {
   Plan p;

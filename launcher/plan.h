@@ -3,6 +3,7 @@
 // only decides; vmlaunch carries it out (and --dry-run prints it).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,9 @@ struct PlanInputs {
   // Where the guest's status port (kStatusPort) is written on the host ("":
   // no status port).
   std::string status_file;
+  // Whose vlans these are: each user's vlan N is a multicast group of its
+  // own (vlan_group), so one user's guests do not see another's.
+  uint32_t uid = 0;
   std::string qmp_socket;    // QEMU's monitor socket ("": none)
   std::string relay_binary = "vmlaunch";  // runs guest->host port forwards (--relay-to)
   // Disk images as the runner prepared them: spec.disks in order, then one
@@ -51,6 +55,11 @@ struct Plan {
 // per share from kNinePPort.
 inline constexpr const char* kNinePAddress = "10.0.2.100";
 inline constexpr unsigned kNinePPort = 564;
+
+// vlan N of `uid`: a multicast group on the loopback interface, which every
+// QEMU on it joins (-netdev socket,mcast=): "230.U.U.N:21000", the middle
+// bytes from the uid.
+std::string vlan_group(uint32_t uid, unsigned vlan);
 
 // The guest's second serial port: the guest init writes the command's exit
 // status there, and QEMU into PlanInputs::status_file.

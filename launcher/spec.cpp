@@ -109,6 +109,8 @@ void schema(V& v, Spec& s) {
   v.field("memory", s.memory_mib, Range{128, 1 << 20});
   v.field("cpus", s.cpus, Range{1, 256});
   v.field("accel", s.accel);
+  v.field("system", s.system.path);
+  v.field("systemMode", s.system.mode);
   v.field("kernel", s.kernel);
   v.field("initrd", s.initrd);
   v.field("modules", s.modules);
@@ -121,6 +123,8 @@ void schema(V& v, Spec& s) {
   v.field("console", s.console);
   v.field("network", s.network);
   v.list("forwardPorts", s.forward_ports);
+  v.field("vlans", s.vlans, Range{1, 255});
+  v.field("vlanHost", s.vlan_host, Range{0, 254});  // 0: none
   v.object("qemu", [&](auto& o) {
     o.field("binary", s.qemu_binary);
     o.field("extraArgs", s.qemu_extra_args);
@@ -351,11 +355,15 @@ class Checker {
   }
 
   void check(Spec& s) {
+    // A system gives the kernel, and it must be in the store: those first.
+    bool system = !s.system.path.empty() || !ctx_.system_override.empty();
+    if (system) check_store(s.store);
+    check_system(s);
     if (s.kernel.empty()) fail("kernel", "is required (scripts/setup fetches a default guest kernel)");
     if (!exists(s.kernel)) fail("kernel", "\"" + s.kernel + "\" does not exist");
     if (!s.initrd.empty() && !exists(s.initrd)) fail("initrd", "\"" + s.initrd + "\" does not exist");
     if (!s.modules.empty() && !is_dir(s.modules)) fail("modules", "\"" + s.modules + "\" is not a directory");
-    check_store(s.store);
+    if (!system) check_store(s.store);
     for (size_t i = 0; i < s.shares.size(); i++) check_share(s.shares[i], i);
     add_xchg_and_shared(s);
     for (size_t i = 0; i < s.forward_ports.size(); i++) {
@@ -366,6 +374,10 @@ class Checker {
       if (!f.from_host && f.proto != "tcp") fail(at + ".proto", "QEMU forwards only tcp from the guest to the host");
     }
     if (!s.forward_ports.empty() && s.network != Network::kUser) fail("forwardPorts", "needs \"network\": \"user\"");
+    if (!s.vlans.empty() && s.vlan_host == 0) fail("vlanHost", "is required with vlans (1 to 254: this guest is 192.168.VLAN.vlanHost)");
+    for (size_t i = 0; i < s.vlans.size(); i++)
+      for (size_t j = 0; j < i; j++)
+        if (s.vlans[i] == s.vlans[j]) fail("vlans[" + std::to_string(i) + "]", std::to_string(s.vlans[i]) + " is listed twice");
     for (size_t i = 0; i < s.disks.size(); i++) check_disk(s.disks[i], "disks[" + std::to_string(i) + "]");
     if (s.store.writable == Writable::kDisk) {
       if (!s.store.disk.mount_point.empty()) fail("store.disk.mountPoint", "is the store's own (" + rw_store(s.store) + ")");
@@ -389,6 +401,42 @@ class Checker {
     if (!is_dir(store.path))
       fail(ctx_.store_override.empty() ? "store.path" : "store (--store)", "\"" + store.path + "\" is not a directory");
     claim_mount_point(store.mount_point, "store.mountPoint");
+  }
+
+  // The system must be in the store; its kernel and modules are the defaults.
+  void check_system(Spec& s) {
+    SystemSpec& sys = s.system;
+    if (!ctx_.system_override.empty()) sys.path = ctx_.system_override;
+    if (ctx_.system_mode_override) sys.mode = *ctx_.system_mode_override;
+    if (sys.path.empty()) {
+      if (sys.mode != SystemMode::kAuto) fail("systemMode", "needs a system");
+      return;
+    }
+    std::string at = ctx_.system_override.empty() ? "system" : "system (--system)";
+    if (!is_dir(sys.path)) fail(at, "\"" + sys.path + "\" is not a directory");
+    std::error_code ec;
+    auto top = std::filesystem::canonical(sys.path, ec), store = std::filesystem::canonical(s.store.path, ec);
+    auto rel = top.lexically_relative(store);
+    if (rel.empty() || *rel.begin() == ".." || rel == ".")
+      fail(at, "\"" + sys.path + "\" is not inside the store (" + store.string() + "), where the guest would find it");
+    sys.in_guest = (std::filesystem::path(s.store.mount_point) / rel).string();
+    auto has = [&](const char* p) { return exists(top / p); };
+    sys.has_bash = has("sw/bin/bash");
+    sys.has_sh = has("sw/bin/sh");
+    sys.has_env = has("sw/bin/env");
+    sys.has_etc = is_dir(top / "etc");
+    sys.has_init = has("init");
+    if (s.kernel.empty()) {
+      if (!has("kernel")) fail(at, "\"" + sys.path + "\" has no kernel (give \"kernel\")");
+      s.kernel = top / "kernel";
+    }
+    std::filesystem::path mods = top / "kernel-modules/lib/modules";
+    sys.has_modules = is_dir(mods);
+    if (s.modules.empty() && sys.has_modules)
+      for (auto& e : std::filesystem::directory_iterator(mods, ec))
+        if (e.is_directory()) s.modules = e.path().string();
+    if (sys.mode == SystemMode::kBoot && !sys.has_init)
+      fail("systemMode", "boot needs the system's init, and \"" + sys.path + "\" has none");
   }
 
   void check_disk(const DiskSpec& d, const std::string& at) {
@@ -445,7 +493,8 @@ class Checker {
   }
   std::map<std::string, std::string> mount_points_;
   // Tags in use, and by what; vmlaunch's own come first.
-  std::map<std::string, std::string> tags_{{"store", "the store"}, {"nix-db", "the Nix database (nixDb)"}};
+  std::map<std::string, std::string> tags_{
+      {"store", "the store"}, {"nix-store", "the store (in boot mode)"}, {"nix-db", "the Nix database (nixDb)"}};
 };
 
 }  // namespace

@@ -37,12 +37,15 @@ using Cache = fsd::CachePolicy;  // fsd's --export cache= takes the same names
 enum class Console { kSerial, kQuiet };
 enum class Network { kNone, kUser };
 enum class Writable { kNone, kTmpfs, kDisk };  // store.writable
+enum class SystemMode { kAuto, kExec, kBoot };  // auto: exec with a command, boot without
 
 inline constexpr EnumName<Accel> kAccelNames[] = {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}};
 inline constexpr EnumName<Proto> kProtoNames[] = {
     {"virtiofs", Proto::kVirtiofs}, {"9p", Proto::k9p}, {"9p-qemu", Proto::k9pQemu}};
 inline constexpr EnumName<Console> kConsoleNames[] = {{"serial", Console::kSerial}, {"quiet", Console::kQuiet}};
 inline constexpr EnumName<Network> kNetworkNames[] = {{"none", Network::kNone}, {"user", Network::kUser}};
+inline constexpr EnumName<SystemMode> kSystemModeNames[] = {
+    {"auto", SystemMode::kAuto}, {"exec", SystemMode::kExec}, {"boot", SystemMode::kBoot}};
 inline constexpr EnumName<Writable> kWritableNames[] = {
     {"tmpfs", Writable::kTmpfs}, {"none", Writable::kNone}, {"disk", Writable::kDisk}};
 constexpr std::span<const EnumName<Accel>> names(Accel) { return kAccelNames; }
@@ -50,6 +53,7 @@ constexpr std::span<const EnumName<Proto>> names(Proto) { return kProtoNames; }
 constexpr std::span<const EnumName<Console>> names(Console) { return kConsoleNames; }
 constexpr std::span<const EnumName<Network>> names(Network) { return kNetworkNames; }
 constexpr std::span<const EnumName<Writable>> names(Writable) { return kWritableNames; }
+constexpr std::span<const EnumName<SystemMode>> names(SystemMode) { return kSystemModeNames; }
 
 struct DiskSpec {
   std::string file;
@@ -93,12 +97,24 @@ struct ForwardPort {
   Endpoint host, guest;
 };
 
+// A system closure laid out as a NixOS toplevel: kernel, initrd,
+// kernel-modules/lib/modules/VERSION, etc/, sw/bin/, init. It must be in
+// the store, where the guest finds it.
+struct SystemSpec {
+  std::string path;  // "": none; --system overrides
+  SystemMode mode = SystemMode::kAuto;
+  // Found by parse_spec:
+  std::string in_guest;  // the toplevel's path in the guest (under the store's mount point)
+  bool has_bash = false, has_sh = false, has_env = false, has_modules = false, has_etc = false, has_init = false;
+};
+
 struct Spec {
   std::string name = "vm";
   uint64_t memory_mib = 1024;
   unsigned cpus = 1;
   Accel accel = Accel::kAuto;
-  std::string kernel, initrd, modules, cmdline;
+  SystemSpec system;
+  std::string kernel, initrd, modules, cmdline;  // kernel and modules default to the system's
   StoreSpec store;
   std::vector<ShareSpec> shares;  // includes xchg and shared
   std::optional<std::string> command_shell;  // "command": "string for sh -c"
@@ -108,6 +124,10 @@ struct Spec {
   Console console = Console::kSerial;
   Network network = Network::kNone;
   std::vector<ForwardPort> forward_ports;
+  // Virtual networks shared with other vmlaunch guests on this host, as
+  // qemu-vm.nix's vlans: on vlan N this guest is 192.168.N.<vlan_host>.
+  std::vector<uint64_t> vlans;
+  unsigned vlan_host = 0;
   std::string qemu_binary = "qemu-system-x86_64";
   std::vector<std::string> qemu_extra_args;
   std::vector<DiskSpec> disks;
@@ -128,6 +148,8 @@ inline constexpr size_t kMaxNinePTag = 31;
 struct SpecContext {
   std::string file = "spec.json";  // named in errors
   std::string store_override;      // --store
+  std::string system_override;     // --system
+  std::optional<SystemMode> system_mode_override;  // --system-mode
   std::string shared_dir;          // $SHARED_DIR (default: xchg's directory)
   std::string xchg_dir;            // the fresh xchg directory
 };

@@ -77,6 +77,10 @@ std::vector<std::string> split_words(const char* s) {
   return out;
 }
 
+// Where the initramfs keeps the modules the init loads (not /lib/modules,
+// which a system's modules may take).
+const std::string kGuestModules = "/vmlaunch/modules/";
+
 // busybox applets linked in the guest's /bin.
 constexpr const char* kApplets[] = {
     "sh", "ls", "cat", "echo", "mkdir", "rm", "cp", "mv", "touch", "sync", "sleep", "true", "false", "test", "[",
@@ -88,7 +92,7 @@ constexpr const char* kApplets[] = {
 // the content of what goes in (and the applet list), so it is rebuilt
 // exactly when one of them changes.
 std::string base_initramfs(const std::vector<ModuleFile>& modules, const std::string& init_binary) {
-  std::string key = "layout 1;";
+  std::string key = "layout 2;";
   for (const char* a : kApplets) key += std::string(a) + ",";
   auto add = [&](const std::string& p) {
     std::ifstream in(p, std::ios::binary | std::ios::ate);
@@ -110,12 +114,14 @@ std::string base_initramfs(const std::vector<ModuleFile>& modules, const std::st
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     Initramfs ar(tmp);
-    for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules", "nix", "root"}) ar.add_dir(d);
+    for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules", "nix", "root", "vmlaunch",
+                          "vmlaunch/modules"})
+      ar.add_dir(d);
     ar.add_char_device("dev/console", 5, 1);
     ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
     for (const char* applet : kApplets) ar.add_symlink(std::string("bin/") + applet, "busybox");
     ar.add_host_file("init", init_binary, 0755);
-    for (auto& m : modules) ar.add_host_file("lib/modules/" + fs::path(m.path).filename().string(), m.path, 0644);
+    for (auto& m : modules) ar.add_host_file(kGuestModules.substr(1) + fs::path(m.path).filename().string(), m.path, 0644);
     ar.close();
   }
   fs::rename(tmp, path);
@@ -128,7 +134,7 @@ void append_file(std::ofstream& out, const std::string& path) {
 }
 
 struct Options {
-  std::string spec_path, store, accel, fsd_binary, relay_to;
+  std::string spec_path, store, system, system_mode, accel, fsd_binary, relay_to;
   bool dry_run = false, print_spec = false, keep = false;
   int timeout = -1;
   std::vector<std::string> command;
@@ -270,6 +276,9 @@ class Launch {
   void read_spec() {
     SpecContext ctx;
     ctx.store_override = o_.store;
+    ctx.system_override = o_.system;
+    for (const auto& n : kSystemModeNames)
+      if (o_.system_mode == n.name) ctx.system_mode_override = n.value;
     ctx.xchg_dir = xchg_dir_;
     if (const char* sd = std::getenv("SHARED_DIR"); sd && *sd) ctx.shared_dir = sd;
     try {
@@ -284,7 +293,12 @@ class Launch {
     } catch (const SpecError& e) {
       die(kExitUsage, e.what());
     }
-    if (!o_.command.empty()) {
+    // After "--": one word is a shell command line (as vm-exec takes it),
+    // several are an argv.
+    if (o_.command.size() == 1) {
+      spec_.command_argv.clear();
+      spec_.command_shell = o_.command[0];
+    } else if (!o_.command.empty()) {
       spec_.command_shell.reset();
       spec_.command_argv = o_.command;
     }
@@ -305,6 +319,7 @@ class Launch {
     in_.initrd = path("initrd.img");
     in_.module_dir = spec_.modules.empty() ? find_module_dir(spec_.kernel) : spec_.modules;
     in_.status_file = path("status");
+    in_.uid = ::getuid();
     // auto: KVM when it can be opened, else TCG; a KVM guest that stays
     // silent is caught by supervise().
     bool kvm_ok = ::access("/dev/kvm", R_OK | W_OK) == 0;
@@ -373,7 +388,7 @@ class Launch {
     nlohmann::json guest = plan_.guest;
     guest["modules"] = guest["optional_modules"] = nlohmann::json::array();
     for (auto& m : mods) {
-      std::string in_guest = "/lib/modules/" + fs::path(m.path).filename().string();
+      std::string in_guest = kGuestModules + fs::path(m.path).filename().string();
       guest["modules"].push_back(in_guest);
       if (m.optional) guest["optional_modules"].push_back(in_guest);
     }
@@ -575,6 +590,9 @@ int main(int argc, char** argv) {
                "121 guest kernel panic, 124 timeout, 125 fsd failed, 126 QEMU failed, 128+N killed by signal N."};
   app.add_option("spec", o.spec_path, "The VM spec (JSON); see the README")->check(CLI::ExistingFile);
   app.add_option("--store", o.store, "The host store to share (overrides store.path)");
+  app.add_option("--system", o.system, "A NixOS-style system toplevel in the store (overrides the spec's system)");
+  app.add_option("--system-mode", o.system_mode, "exec: the command in the system's context; boot: the system's own init")
+      ->check(CLI::IsMember({"auto", "exec", "boot"}));
   app.add_option("--accel", o.accel, "auto, kvm or tcg (overrides the spec)")->check(CLI::IsMember({"auto", "kvm", "tcg"}));
   app.add_option("--timeout", o.timeout, "Seconds before the VM is stopped (overrides the spec; 0: none)");
   app.add_option("--fsd", o.fsd_binary, "The fsd binary to use");

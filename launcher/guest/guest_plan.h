@@ -24,6 +24,11 @@ struct GuestPlan {
   std::map<std::string, std::string> files;     // path -> content, written first
   std::vector<std::vector<std::string>> setup;  // commands that must succeed before the mounts
   std::vector<GuestMount> mounts;               // in order
+  std::map<std::string, std::string> links;     // path -> target: symlinks made after the mounts, replacing what is there
+  std::map<std::string, std::string> late_files;  // path -> content, written after the mounts unless the path exists
+  // Boot mode: the root the mounts move into (a mount of the plan), and the
+  // system's init, run there as PID 1 in place of the command.
+  std::string switch_root, init;
   std::vector<std::string> command;             // empty: the interactive shell
   std::string shell = "/bin/sh";
   std::map<std::string, std::string> env;
@@ -54,7 +59,8 @@ inline void from_json(const nlohmann::json& j, GuestMount& m) {
 
 inline void to_json(nlohmann::json& j, const GuestPlan& p) {
   j = {{"modules", p.modules}, {"optional_modules", p.optional_modules}, {"files", p.files}, {"setup", p.setup}, {"mounts", p.mounts},
-       {"shell", p.shell}, {"env", p.env}, {"workdir", p.workdir}};
+       {"shell", p.shell}, {"env", p.env}, {"workdir", p.workdir}, {"links", p.links}, {"late_files", p.late_files}};
+  if (!p.switch_root.empty()) j["switch_root"] = p.switch_root, j["init"] = p.init;
   if (!p.command.empty()) j["command"] = p.command;
   if (!p.status_file.empty()) j["status_file"] = p.status_file;
 }
@@ -71,6 +77,10 @@ inline void from_json(const nlohmann::json& j, GuestPlan& p) {
   p.env = j.value("env", d.env);
   p.workdir = j.value("workdir", d.workdir);
   p.status_file = j.value("status_file", d.status_file);
+  p.links = j.value("links", d.links);
+  p.late_files = j.value("late_files", d.late_files);
+  p.switch_root = j.value("switch_root", d.switch_root);
+  p.init = j.value("init", d.init);
 }
 
 }  // namespace fsd::launcher

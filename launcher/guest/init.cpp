@@ -5,7 +5,10 @@
 //   2. loads the kernel modules listed, in order (an optional one may fail);
 //   3. writes the files listed and runs the set-up steps (the network,
 //      which fsd's 9p shares need before they mount);
-//   4. performs the mounts listed (making their targets), in order;
+//   4. performs the mounts listed (making their targets), in order, then
+//      makes the symlinks and the missing files listed. In boot mode it then
+//      moves every mount into the new root and runs the system's init there
+//      (and stops here);
 //   5. runs the command with the environment given, on the console, and
 //      waits for it while reaping orphans. The ACPI power button (QMP
 //      system_powerdown) stops the command: SIGTERM, then SIGKILL;
@@ -199,6 +202,58 @@ void do_mounts(const std::vector<GuestMount>& mounts) {
   }
 }
 
+// After the mounts: symlinks (replacing a file or an empty directory), and
+// files the mounted system does not have.
+void finish_root(const GuestPlan& plan) {
+  for (const auto& [path, target] : plan.links) {
+    mkdirs(path.substr(0, path.rfind('/')));
+    if (::unlink(path.c_str()) != 0 && errno == EISDIR) ::rmdir(path.c_str());
+    if (::symlink(target.c_str(), path.c_str()) != 0) say("cannot link " + path + " to " + target + ": " + std::strerror(errno));
+  }
+  for (const auto& [path, content] : plan.late_files) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) == 0) continue;
+    mkdirs(path.substr(0, path.rfind('/')));
+    std::ofstream(path) << content;
+  }
+}
+
+bool is_under(const std::string& path, const std::string& dir) {
+  return path == dir || (path.size() > dir.size() && path.starts_with(dir) && path[dir.size()] == '/');
+}
+
+// Boot mode: every mount of the plan (each subtree once), then /dev, /proc,
+// /sys and /run move into the new root, which becomes / for the system's
+// init. Only returns on failure.
+void switch_root(const GuestPlan& plan) {
+  const std::string& root = plan.switch_root;
+  std::vector<std::string> moved;
+  std::vector<std::string> targets;
+  for (const auto& m : plan.mounts)
+    if (m.mkdir.empty() && !is_under(m.target, root)) targets.push_back(m.target);
+  for (const char* fs : {"/dev", "/proc", "/sys", "/run"}) targets.emplace_back(fs);
+  for (const auto& t : targets) {
+    if (std::any_of(moved.begin(), moved.end(), [&](const std::string& m) { return is_under(t, m); })) continue;
+    if (!mkdirs(root + t) || ::mount(t.c_str(), (root + t).c_str(), nullptr, MS_MOVE, nullptr) != 0)
+      return say("cannot move " + t + " into " + root + ": " + std::strerror(errno));
+    moved.push_back(t);
+  }
+  if (::chdir(root.c_str()) != 0 || ::mount(".", "/", nullptr, MS_MOVE, nullptr) != 0 || ::chroot(".") != 0 ||
+      ::chdir("/") != 0)
+    return say("cannot switch to " + root + ": " + std::strerror(errno));
+  std::vector<std::string> env;
+  for (const auto& [k, v] : plan.env) env.push_back(k + "=" + v);
+  std::vector<char*> cenv;
+  for (auto& e : env) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  std::string init = plan.init;
+  char* argv[] = {init.data(), nullptr};
+  std::printf("fsd-guest-init: starting %s\n", init.c_str());
+  std::fflush(stdout);
+  ::execve(init.c_str(), argv, cenv.data());
+  say("cannot run " + init + ": " + std::strerror(errno));
+}
+
 // Step 5: the command (or the shell) in its own session on the console.
 pid_t start_command(const GuestPlan& plan, const sigset_t& blocked) {
   std::vector<std::string> argv = plan.command.empty() ? std::vector<std::string>{plan.shell} : plan.command;
@@ -305,6 +360,11 @@ int run() {
   load_modules(plan);
   set_up(plan);
   do_mounts(plan.mounts);
+  finish_root(plan);
+  if (!plan.switch_root.empty()) {
+    switch_root(plan);
+    power_off(255);
+  }
   sigset_t chld = fsd::block_signals({SIGCHLD});
   Fd sfd(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
   int status = wait_for(start_command(plan, chld), sfd.get());

@@ -98,9 +98,13 @@ TEST_F(Activation, SystemdSocketActivateStartsFsdOnTheFirstConnection) {
                         "NOTIFY_SOCKET=" + notify_path_, fsd_binary(), "--export",
                         "t=" + (tmp_.path() / "share").string(), "--virtiofs-socket", "t=systemd:virtiofs"},
                        tmp_.path() / "harness.log");
-  for (int i = 0; i < 500 && !fs::exists(sock); i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_TRUE(fs::exists(sock)) << read_file(tmp_.path() / "harness.log");
+  // The harness binds, then listens: the file appears a moment before a
+  // connection is accepted (ECONNREFUSED until then).
   auto f = VhostFrontend::connect(sock);
+  for (int i = 0; i < 500 && !f.ok(); i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    f = VhostFrontend::connect(sock);
+  }
   ASSERT_TRUE(f.ok()) << read_file(tmp_.path() / "harness.log");
   ASSERT_TRUE((*f)->negotiate().ok()) << read_file(tmp_.path() / "harness.log");
   auto init = (*f)->fuse_init();

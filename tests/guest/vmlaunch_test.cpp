@@ -295,6 +295,112 @@ TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
   expect_clean();
 }
 
+// Two vmlaunch processes, two guests on vlan 1: one listens, the other
+// sends over TCP, and both exit 0.
+TEST_F(Vmlaunch, TwoGuestsTalkOverAVlan) {
+  auto vlan = [](int host) {
+    return [host](nlohmann::json& j) {
+      j["vlans"] = {1};
+      j["vlanHost"] = host;
+    };
+  };
+  std::string listener = spec("ip -4 addr show | grep -o '192.168.1.1/24' && nc -l -p 5000 > /tmp/got && cat /tmp/got", 240, vlan(1));
+  std::string sender = spec("for i in $(seq 120); do echo hello-over-vlan | nc -w 5 192.168.1.1 5000 && exit 0; sleep 1; done; exit 1",
+                            240, vlan(2));
+  auto log_a = tmp_.path() / "vlan-a.log", log_b = tmp_.path() / "vlan-b.log";
+  ChildProcess a({VMLAUNCH_BINARY, listener}, log_a);
+  ChildProcess b({VMLAUNCH_BINARY, sender}, log_b);
+  auto st_b = b.wait(std::chrono::seconds(300));
+  auto st_a = a.wait(std::chrono::seconds(60));
+  EXPECT_EQ(st_a.value_or(-1), 0) << read_file(log_a);
+  EXPECT_EQ(st_b.value_or(-1), 0) << read_file(log_b);
+  EXPECT_NE(read_file(log_a).find("192.168.1.1/24"), std::string::npos) << read_file(log_a);
+  EXPECT_NE(read_file(log_a).find("hello-over-vlan"), std::string::npos) << read_file(log_a);
+  expect_clean();
+}
+
+// A small NixOS-style system toplevel in the test's store: busybox as
+// sw/bin (with a "bash" that marks what it ran), an etc/ with os-release
+// and passwd, the guest kernel and its modules, and an init that reports
+// what it sees and powers off.
+std::string synthetic_system(const fs::path& store) {
+  const std::string name = "ssssssssssssssssssssssssssssssss-nixos-system-synth";
+  fs::path top = store / name;
+  std::string in_guest = "/nix/store/" + name;
+  fs::create_directories(top / "sw/bin");
+  fs::copy_file("/bin/busybox", top / "sw/bin/busybox");
+  for (const char* applet : {"sh", "env", "cat", "echo", "ls", "readlink", "id", "poweroff", "sync", "sleep"})
+    fs::create_symlink("busybox", top / "sw/bin" / applet);
+  write_file(top / "sw/bin/bash", "#!" + in_guest + "/sw/bin/sh\nexport RUN_BY=synthetic-bash\nexec " + in_guest +
+                                      "/sw/bin/sh \"$@\"\n");
+  fs::permissions(top / "sw/bin/bash", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
+                                           fs::perms::group_exec | fs::perms::others_exec);
+  write_file(top / "etc/os-release", "NAME=Synthetic\nID=synthetic\nPRETTY_NAME=\"Synthetic test system\"\n");
+  write_file(top / "etc/passwd", "root:x:0:0:root:/root:" + in_guest + "/sw/bin/sh\n");
+  std::string kdir = guest_kernel_dir();
+  fs::create_symlink(kdir + "/vmlinuz", top / "kernel");
+  fs::create_directories(top / "kernel-modules/lib/modules");
+  for (auto& e : fs::directory_iterator(kdir + "/lib/modules"))
+    fs::create_symlink(e.path(), top / "kernel-modules/lib/modules" / e.path().filename());
+  write_file(top / "init", "#!" + in_guest + "/sw/bin/sh\n"
+                           "export PATH=" + in_guest + "/sw/bin\n"
+                           "echo \"synthetic-init: pid $$\"\n"
+                           "cat /nix/store/*-thing/data.txt\n"
+                           "[ -d /tmp/xchg ] && echo synthetic-init: xchg is there\n"
+                           "echo booted-by-synthetic-init > /tmp/shared/booted.txt\n"
+                           "sync; poweroff -f\n");
+  fs::permissions(top / "init", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
+                                    fs::perms::group_exec | fs::perms::others_exec);
+  return top.string();
+}
+
+// --system: exec mode runs the command in the system's context (its PATH,
+// /etc, /run/current-system, its bash); boot mode runs its init as PID 1
+// on a root put together from the store and the shares.
+TEST_F(Vmlaunch, SystemExecAndBoot) {
+  std::string top = synthetic_system(tmp_.path() / "store");
+  std::string out;
+  // No kernel in the spec: the system's.
+  auto no_kernel = [](nlohmann::json& j) { j.erase("kernel"); };
+  int st = run({"--system", top, spec("", 0, no_kernel), "--",
+                "echo $PATH; cat /etc/os-release; readlink /run/current-system; echo by=$RUN_BY; "
+                "readlink /bin/sh; ls /lib/modules; id -un; echo home=$HOME; exit 5"},
+               &out);
+  EXPECT_EQ(st, 5) << out;
+  std::string in_guest = "/nix/store/" + fs::path(top).filename().string();
+  EXPECT_NE(out.find("/run/current-system/sw/bin\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("PRETTY_NAME=\"Synthetic test system\""), std::string::npos) << out;
+  EXPECT_NE(out.find(in_guest + "\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("by=synthetic-bash"), std::string::npos) << out;
+  EXPECT_NE(out.find(in_guest + "/sw/bin/sh\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find(fs::path(*fs::directory_iterator(guest_kernel_dir() + "/lib/modules")).filename().string()),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("root\r\n"), std::string::npos) << out;  // the system's passwd
+  EXPECT_NE(out.find("home=/root"), std::string::npos) << out;
+  expect_clean();
+
+  // Boot: no command, so the system's init.
+  std::string boot = spec("", 0, [&](nlohmann::json& j) {
+    no_kernel(j);
+    j.erase("command");
+    j["system"] = top;
+    j["console"] = "serial";
+  });
+  st = run({boot}, &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("fsd-guest-init: starting " + in_guest + "/init"), std::string::npos) << out;
+  EXPECT_NE(out.find("synthetic-init: pid 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("store content"), std::string::npos) << out;
+  EXPECT_NE(out.find("synthetic-init: xchg is there"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "shared/booted.txt"), "booted-by-synthetic-init\n");
+  // A command with systemMode boot is refused before anything starts.
+  st = run({"--system-mode", "boot", boot, "--", "true"}, &out);
+  EXPECT_EQ(st, 2) << out;
+  EXPECT_NE(out.find("systemMode boot runs the system's own init; a command needs systemMode exec"), std::string::npos) << out;
+  expect_clean();
+}
+
 TEST_F(Vmlaunch, WithoutACommandTheConsoleIsAShell) {
   nlohmann::json j = nlohmann::json::parse(read_file(spec("true")));
   j.erase("command");

@@ -188,3 +188,31 @@ TEST_F(PlanTest, ARandomNumberGeneratorByDefault) {
 
 }  // namespace
 }  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+// vlans: a NIC per vlan on the user's multicast group, numbered as
+// qemu-vm.nix numbers them, configured by its MAC in the guest.
+TEST_F(PlanTest, VlansJoinTheUsersMulticastGroups) {
+  in_.uid = 1000;  // 0x03e8
+  Plan p = plan({{"vlans", {1, 7}}, {"vlanHost", 2}});
+  std::string q = joined(p.qemu_argv);
+  EXPECT_NE(q.find("-netdev socket,id=vlan1,mcast=230.3.232.1:21000,localaddr=127.0.0.1 -device "
+                   "virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:02"),
+            std::string::npos)
+      << q;
+  EXPECT_NE(q.find("mcast=230.3.232.7:21000"), std::string::npos) << q;
+  EXPECT_NE(q.find("mac=52:54:00:12:07:02"), std::string::npos) << q;
+  std::string setup = p.guest["setup"].dump();
+  EXPECT_NE(setup.find("= 52:54:00:12:07:02 ]"), std::string::npos) << setup;
+  EXPECT_NE(setup.find("ip addr add 192.168.7.2/24"), std::string::npos) << setup;
+  EXPECT_TRUE(has(p.modules, "virtio_net"));
+  // Another user's vlan 1 is another group.
+  EXPECT_NE(vlan_group(1000, 1), vlan_group(1001, 1));
+  // Without vlans: no NIC at all.
+  EXPECT_EQ(joined(plan(json::object()).qemu_argv).find("virtio-net-pci"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fsd::launcher

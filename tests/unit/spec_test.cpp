@@ -106,7 +106,9 @@ TEST_F(SpecTest, UnknownFields) {
   j["memroy"] = 512;
   EXPECT_EQ(error_of(j),
             "spec.json: memroy: unknown field (known here: accel, cmdline, command, console, cpus, disks, emptyDisks, env, "
-            "forwardPorts, graphics, initrd, kernel, memory, modules, name, network, nixDb, qemu, rng, shares, store, timeout)");
+            "forwardPorts, graphics, initrd, kernel, memory, modules, name, network, nixDb, qemu, rng, shares, store, system, "
+            "systemMode, timeout, "
+            "vlanHost, vlans)");
   j = base();
   j["shares"] = json::array({{{"tag", "d"}, {"sorce", tmp("data")}, {"target", "/d"}}});
   EXPECT_EQ(error_of(j), "spec.json: shares[0].sorce: unknown field (known here: cache, msize, proto, readOnly, source, tag, target)");
@@ -279,6 +281,29 @@ TEST_F(SpecTest, StoreTransportAndWritableDisk) {
   EXPECT_EQ(error_of(j), "spec.json: store.disk: needs \"writable\": \"disk\"");
   j["store"]["writable"] = "floppy";
   EXPECT_EQ(error_of(j), "spec.json: store.writable: \"floppy\" is not one of: tmpfs, none, disk");
+}
+
+}  // namespace
+}  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+TEST_F(SpecTest, Vlans) {
+  json j = base();
+  j["vlans"] = {1, 2};
+  EXPECT_EQ(error_of(j), "spec.json: vlanHost: is required with vlans (1 to 254: this guest is 192.168.VLAN.vlanHost)");
+  j["vlanHost"] = 3;
+  Spec s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.vlans, (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(s.vlan_host, 3u);
+  j["vlanHost"] = 255;
+  EXPECT_EQ(error_of(j), "spec.json: vlanHost: 255 is out of range (0 to 254)");
+  j["vlanHost"] = 3;
+  j["vlans"] = {1, 1};
+  EXPECT_EQ(error_of(j), "spec.json: vlans[1]: 1 is listed twice");
+  j["vlans"] = {0};
+  EXPECT_EQ(error_of(j), "spec.json: vlans[0]: 0 is out of range (1 to 255)");
 }
 
 }  // namespace
