@@ -223,9 +223,10 @@ int listen_loopback(uint16_t* port) {
 
 TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
   // guest -> host: a host listener the guest reaches at 10.0.2.100:80.
-  uint16_t to_host = 0, from_host = 0;
+  uint16_t to_host = 0, from_host = 0, net_opts_port = 0;
   int listener = listen_loopback(&to_host);
   ::close(listen_loopback(&from_host));  // a free port for the host -> guest forward
+  ::close(listen_loopback(&net_opts_port));  // and one for QEMU_NET_OPTS's, to the guest's port 22
   std::atomic<bool> guest_is_up = false;
   std::thread host_side([&] {
     pollfd p{listener, POLLIN, 0};
@@ -238,7 +239,7 @@ TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
   });
   nlohmann::json j = nlohmann::json::parse(read_file(spec(
       "ip addr show eth0; ip route; nc 10.0.2.100 80 </dev/null | sed 's/^/guest-got-/'; "
-      "echo hello-from-guest | nc -l -p 8000 && echo guest-served")));
+      "echo hello-from-guest | nc -l -p 8000 && echo guest-served; echo hello-on-22 | nc -l -p 22 && echo guest-served-22")));
   j["network"] = "user";
   auto forward = [](const char* from, uint16_t host_port, const char* guest_address, uint16_t guest_port) {
     nlohmann::json f = nlohmann::json::object();
@@ -262,26 +263,31 @@ TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
   // on the host side at once, and closes when the guest refuses). It starts
   // once the guest's network is up: before that, QEMU's SYNs to the guest
   // are lost and retried with back-off, for many seconds.
-  std::string from_guest;
+  std::string from_guest, from_guest_22;
   std::atomic<bool> running = true;
   std::thread client([&] {
     while (running && !guest_is_up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    while (running && from_guest.empty()) {
-      int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(from_host);
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-        char b[64];
-        ssize_t n = ::read(c, b, sizeof b);
-        if (n > 0) from_guest.assign(b, static_cast<size_t>(n));
+    for (auto [port, got] : {std::pair{from_host, &from_guest}, std::pair{net_opts_port, &from_guest_22}}) {
+      while (running && got->empty()) {
+        int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+          char b[64];
+          ssize_t n = ::read(c, b, sizeof b);
+          if (n > 0) got->assign(b, static_cast<size_t>(n));
+        }
+        ::close(c);
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
       }
-      ::close(c);
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   });
+  // QEMU_NET_OPTS, as qemu-vm.nix users set it for ssh.
+  ::setenv("QEMU_NET_OPTS", ("hostfwd=tcp:127.0.0.1:" + std::to_string(net_opts_port) + "-:22").c_str(), 1);
   st = run({(tmp_.path() / "net.json").string()}, &out);
+  ::unsetenv("QEMU_NET_OPTS");
   running = false;
   client.join();
   host_side.join();
@@ -292,6 +298,8 @@ TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
   EXPECT_NE(out.find("guest-got-hello-from-host"), std::string::npos) << out;
   EXPECT_NE(out.find("guest-served"), std::string::npos) << out;
   EXPECT_EQ(from_guest, "hello-from-guest\n");
+  EXPECT_NE(out.find("guest-served-22"), std::string::npos) << out;
+  EXPECT_EQ(from_guest_22, "hello-on-22\n");
   expect_clean();
 }
 

@@ -216,3 +216,45 @@ TEST_F(PlanTest, VlansJoinTheUsersMulticastGroups) {
 
 }  // namespace
 }  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+class SystemPlanTest : public PlanTest {
+ protected:
+  void SetUp() override {
+    PlanTest::SetUp();
+    top_ = tmp("store/sssssssssssssssssssssssssssssssss-system");
+    for (const char* d : {"etc", "sw/bin", "kernel-modules/lib/modules/6.1.0-test"}) std::filesystem::create_directories(top_ + "/" + d);
+    for (const char* f : {"init", "kernel", "sw/bin/bash", "sw/bin/sh", "sw/bin/env"}) fsd::testing::write_file(top_ + "/" + f, "");
+  }
+  std::string top_, in_guest_ = "/nix/store/sssssssssssssssssssssssssssssssss-system";
+};
+
+TEST_F(SystemPlanTest, ExecPutsTheCommandInTheSystemsContext) {
+  Plan p = plan({{"system", top_}, {"command", "echo hi"}});
+  const json& g = p.guest;
+  EXPECT_EQ(g["command"], json({"/run/current-system/sw/bin/bash", "-c", "echo hi"}));
+  EXPECT_EQ(g["env"]["PATH"], "/run/current-system/sw/bin");
+  EXPECT_EQ(g["links"]["/run/current-system"], in_guest_);
+  EXPECT_EQ(g["links"]["/lib/modules"], in_guest_ + "/kernel-modules/lib/modules");
+  EXPECT_EQ(g["links"]["/bin/sh"], in_guest_ + "/sw/bin/sh");
+  EXPECT_EQ(g["links"]["/usr/bin/env"], in_guest_ + "/sw/bin/env");
+  EXPECT_NE(g["late_files"]["/etc/group"].get<std::string>().find("nixbld:x:30000:"), std::string::npos);
+  EXPECT_NE(g["mounts"].dump().find("lowerdir=" + in_guest_ + "/etc,upperdir=/run/vmlaunch/etc/upper"), std::string::npos);
+  EXPECT_FALSE(g.contains("switch_root"));
+}
+
+TEST_F(SystemPlanTest, BootRunsTheSystemsInitOnANewRoot) {
+  Plan p = plan({{"system", top_}});
+  const json& g = p.guest;
+  EXPECT_EQ(g["switch_root"], "/sysroot");
+  EXPECT_EQ(g["init"], in_guest_ + "/init");
+  EXPECT_EQ(g["mounts"][0]["target"], "/sysroot");  // before anything is mounted
+  EXPECT_NE(joined(p.qemu_argv).find("tag=nix-store"), std::string::npos);  // qemu-vm.nix's tag
+  EXPECT_EQ(g["links"], json::object());
+  EXPECT_THROW(plan({{"system", top_}, {"systemMode", "boot"}, {"command", "true"}}), SpecError);
+}
+
+}  // namespace
+}  // namespace fsd::launcher

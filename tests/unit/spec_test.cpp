@@ -308,3 +308,35 @@ TEST_F(SpecTest, Vlans) {
 
 }  // namespace
 }  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+TEST_F(SpecTest, SystemMustBeInTheStoreAndGivesTheKernel) {
+  auto top = tmp("store/sssssssssssssssssssssssssssssssss-system");
+  std::filesystem::create_directories(top + "/kernel-modules/lib/modules/6.1.0-test");
+  std::filesystem::create_directories(top + "/sw/bin");
+  fsd::testing::write_file(top + "/kernel", "a kernel");
+  fsd::testing::write_file(top + "/sw/bin/bash", "");
+  json j = base();
+  j.erase("kernel");
+  j["system"] = top;
+  Spec s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.kernel, top + "/kernel");
+  EXPECT_EQ(s.modules, top + "/kernel-modules/lib/modules/6.1.0-test");
+  EXPECT_EQ(s.system.in_guest, "/nix/store/sssssssssssssssssssssssssssssssss-system");
+  EXPECT_TRUE(s.system.has_bash);
+  EXPECT_FALSE(s.system.has_init);
+  j["systemMode"] = "boot";
+  EXPECT_EQ(error_of(j), "spec.json: systemMode: boot needs the system's init, and \"" + top + "\" has none");
+  j.erase("systemMode");
+  j["system"] = tmp("xchg");  // a directory outside the store
+  EXPECT_EQ(error_of(j), "spec.json: system: \"" + tmp("xchg") + "\" is not inside the store (" +
+                             std::filesystem::canonical(tmp("store")).string() + "), where the guest would find it");
+  j.erase("system");
+  j["systemMode"] = "exec";
+  EXPECT_EQ(error_of(j), "spec.json: systemMode: needs a system");
+}
+
+}  // namespace
+}  // namespace fsd::launcher
