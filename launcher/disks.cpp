@@ -1,6 +1,7 @@
 #include "launcher/disks.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -83,6 +84,42 @@ PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log) {
                              (st == 127 ? " (is mkfs." + d.fs_type + " installed?)" : "") + ":\n" + read_tail(log));
   out.formatted = true;
   return out;
+}
+
+std::string store_image(StoreImage kind, const std::string& store, const std::string& cache, const std::string& log) {
+  // The key: a hash of a walk of the tree, without reading file contents.
+  std::string manifest = std::string(name_of(kind)) + ";";
+  std::error_code ec;
+  fs::recursive_directory_iterator it(store, fs::directory_options::none, ec), end;
+  if (ec) throw std::runtime_error("store: cannot read " + store + ": " + ec.message());
+  for (; it != end; it.increment(ec)) {
+    if (ec) throw std::runtime_error("store: cannot read " + store + ": " + ec.message());
+    struct stat st{};
+    if (::lstat(it->path().c_str(), &st) != 0) continue;
+    manifest += it->path().lexically_relative(store).string() + ":" + std::to_string(st.st_mode) + ":" +
+                std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+                std::to_string(st.st_mtim.tv_nsec);
+    if (S_ISLNK(st.st_mode)) manifest += ">" + fs::read_symlink(it->path(), ec).string();
+    manifest += "\n";
+  }
+  char key[40];
+  std::snprintf(key, sizeof key, "%016zx-%zu", std::hash<std::string>{}(manifest), manifest.size());
+  fs::create_directories(fs::path(cache) / "store-images");
+  std::string image = (fs::path(cache) / "store-images" / (std::string(key) + "." + std::string(name_of(kind)))).string();
+  if (fs::exists(image)) return image;
+  std::string tmp = image + ".tmp." + std::to_string(::getpid());
+  std::vector<std::string> argv;
+  if (kind == StoreImage::kErofs) argv = {system_tool("mkfs.erofs"), "--quiet", tmp, store};
+  else argv = {system_tool("mksquashfs"), store, tmp, "-quiet", "-noappend", "-no-progress", "-comp", "zstd"};
+  int st = run_logged(argv, log);
+  if (st != 0) {
+    fs::remove(tmp, ec);
+    std::string package = kind == StoreImage::kErofs ? "erofs-utils" : "squashfs-tools";
+    throw std::runtime_error("cannot make the store's " + std::string(name_of(kind)) + " image" +
+                             (st == 127 ? " (is " + package + " installed?)" : "") + ":\n" + read_tail(log));
+  }
+  fs::rename(tmp, image);
+  return image;
 }
 
 }  // namespace fsd::launcher

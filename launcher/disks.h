@@ -31,4 +31,12 @@ struct PreparedDisk {
 // std::runtime_error with that output when a tool fails.
 PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log);
 
+// An image of the directory `store` (erofs or squashfs, made with Debian's
+// erofs-utils or squashfs-tools), in `cache`, made when missing. Images are
+// keyed by what is in the directory: every entry's path, type, mode, size,
+// modification time and link target, so a changed store gets a new image
+// and an unchanged one is reused. Throws std::runtime_error with the tool's
+// output when it fails.
+std::string store_image(StoreImage kind, const std::string& store, const std::string& cache, const std::string& log);
+
 }  // namespace fsd::launcher

@@ -77,8 +77,9 @@ struct Builder {
     ro_store = overlay ? parent + "/.ro-store" : s.store.mount_point;
     rw_store = parent + "/.rw-store";
     // Booted, a NixOS system finds its store by qemu-vm.nix's tag.
-    transports.push_back({boot() ? "nix-store" : "store", s.store.path, ro_store, true, s.store.proto, s.store.cache,
-                          s.store.msize});
+    if (s.store.image == StoreImage::kNone)
+      transports.push_back({boot() ? "nix-store" : "store", s.store.path, ro_store, true, s.store.proto, s.store.cache,
+                            s.store.msize});
     if (!s.nix_db.empty()) transports.push_back({"nix-db", s.nix_db, "/nix/.ro-db", true, Proto::kVirtiofs, Cache::kAuto});
     transports.insert(transports.end(), s.shares.begin(), s.shares.end());
   }
@@ -127,10 +128,13 @@ struct Builder {
     std::vector<MountedDisk> out;
     for (size_t i = 0; i < s.disks.size(); i++)
       if (!s.disks[i].mount_point.empty()) out.push_back({&s.disks[i], i, s.disks[i].mount_point});
-    if (s.store.writable == Writable::kDisk)
-      out.push_back({&s.store.disk, s.disks.size() + s.empty_disks_mib.size(), rw_store});
+    size_t next = s.disks.size() + s.empty_disks_mib.size();
+    if (s.store.writable == Writable::kDisk) out.push_back({&s.store.disk, next++, rw_store});
+    if (s.store.image != StoreImage::kNone) out.push_back({&store_image, next, ro_store});
     return out;
   }
+  // The store's image, as a read-only disk.
+  DiskSpec store_image{.read_only = true, .fs_type = std::string(name_of(s.store.image))};
 
   // The guest loads modules, then mounts in order, then runs the command.
   void guest_modules() {
@@ -195,7 +199,8 @@ struct Builder {
   void disk_mount(const MountedDisk& d) {
     std::string dev = disk_device(d.index);
     guest.mounts.push_back(mount(d.disk->fs_type, dev, d.target, "", d.disk->read_only));
-    p.mount_plan.push_back(d.disk->fs_type + " " + dev + " (" + d.disk->file + ") -> " + d.target +
+    const std::string& file = d.index < in.disks.size() ? in.disks[d.index].file : d.disk->file;
+    p.mount_plan.push_back(d.disk->fs_type + " " + dev + " (" + file + ") -> " + d.target +
                            (d.disk->read_only ? " (read-only)" : "") + (d.disk->auto_format ? " (formatted when new)" : ""));
   }
 
@@ -233,17 +238,23 @@ struct Builder {
       guest.mounts.push_back(mount("tmpfs", "tmpfs", kNewRoot, "mode=0755", false));
       p.mount_plan.push_back(std::string("tmpfs -> ") + kNewRoot + " (the system's root)");
     }
-    share_mount(transports[0]);
     auto disks = mounted_disks();
+    auto take_disk = [&](const std::string& target) {  // mounts the store's own disk at target
+      auto it = std::find_if(disks.begin(), disks.end(), [&](auto& d) { return d.target == target; });
+      disk_mount(*it);
+      disks.erase(it);
+    };
+    if (s.store.image != StoreImage::kNone) take_disk(ro_store);
+    else share_mount(transports[0]);
     if (s.store.writable != Writable::kNone) {
       if (s.store.writable == Writable::kTmpfs) tmpfs(rw_store);
-      else disk_mount(disks.back()), disks.pop_back();
+      else take_disk(rw_store);
       overlay(ro_store, rw_store, s.store.mount_point);
       p.mount_plan.push_back("overlay " + ro_store + " + " + rw_store + "/upper -> " + s.store.mount_point + " (writable" +
                              (s.store.writable == Writable::kDisk ? ", kept on the disk)" : ")"));
     }
     for (const auto& d : disks) disk_mount(d);
-    for (size_t i = 1; i < transports.size(); i++) {
+    for (size_t i = s.store.image == StoreImage::kNone ? 1 : 0; i < transports.size(); i++) {
       share_mount(transports[i]);
       if (transports[i].tag != "nix-db") continue;
       // Nix's database, read-only from the host with a tmpfs overlay (as vm-exec does).

@@ -75,6 +75,7 @@ void schema(V& v, StoreSpec& s) {
   v.field("cache", s.cache);
   v.field("proto", s.proto);
   v.field("msize", s.msize, Range{4096, 16 << 20});  // 9p only
+  v.field("image", s.image);
 }
 
 template <class V>

@@ -38,6 +38,7 @@ enum class Console { kSerial, kQuiet };
 enum class Network { kNone, kUser };
 enum class Writable { kNone, kTmpfs, kDisk };  // store.writable
 enum class SystemMode { kAuto, kExec, kBoot };  // auto: exec with a command, boot without
+enum class StoreImage { kNone, kErofs, kSquashfs };  // store.image
 
 inline constexpr EnumName<Accel> kAccelNames[] = {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}};
 inline constexpr EnumName<Proto> kProtoNames[] = {
@@ -46,6 +47,8 @@ inline constexpr EnumName<Console> kConsoleNames[] = {{"serial", Console::kSeria
 inline constexpr EnumName<Network> kNetworkNames[] = {{"none", Network::kNone}, {"user", Network::kUser}};
 inline constexpr EnumName<SystemMode> kSystemModeNames[] = {
     {"auto", SystemMode::kAuto}, {"exec", SystemMode::kExec}, {"boot", SystemMode::kBoot}};
+inline constexpr EnumName<StoreImage> kStoreImageNames[] = {
+    {"none", StoreImage::kNone}, {"erofs", StoreImage::kErofs}, {"squashfs", StoreImage::kSquashfs}};
 inline constexpr EnumName<Writable> kWritableNames[] = {
     {"tmpfs", Writable::kTmpfs}, {"none", Writable::kNone}, {"disk", Writable::kDisk}};
 constexpr std::span<const EnumName<Accel>> names(Accel) { return kAccelNames; }
@@ -54,6 +57,7 @@ constexpr std::span<const EnumName<Console>> names(Console) { return kConsoleNam
 constexpr std::span<const EnumName<Network>> names(Network) { return kNetworkNames; }
 constexpr std::span<const EnumName<Writable>> names(Writable) { return kWritableNames; }
 constexpr std::span<const EnumName<SystemMode>> names(SystemMode) { return kSystemModeNames; }
+constexpr std::span<const EnumName<StoreImage>> names(StoreImage) { return kStoreImageNames; }
 
 struct DiskSpec {
   std::string file;
@@ -74,6 +78,9 @@ struct StoreSpec {
   Cache cache = Cache::kAlways;
   Proto proto = Proto::kVirtiofs;
   uint32_t msize = 512 * 1024;  // 9p only
+  // An image of the store (made on the host, cached) on a read-only disk
+  // in place of the share.
+  StoreImage image = StoreImage::kNone;
 };
 
 struct ShareSpec {

@@ -357,6 +357,17 @@ class Launch {
     for (size_t i = 0; i < spec_.empty_disks_mib.size(); i++)
       prepare({.file = path("empty-" + std::to_string(i) + ".qcow2"), .size_mib = spec_.empty_disks_mib[i]});
     if (spec_.store.writable == Writable::kDisk) prepare(spec_.store.disk);
+    if (spec_.store.image != StoreImage::kNone) {
+      std::string image = "(the store's " + std::string(fsd::name_of(spec_.store.image)) + " image)";
+      if (!o_.dry_run) {
+        try {
+          image = store_image(spec_.store.image, spec_.store.path, cache_root(), path("disk-tools.log"));
+        } catch (const std::exception& e) {
+          die(1, e.what());
+        }
+      }
+      in_.disks.push_back({image, "raw", true, false});
+    }
   }
 
   void make_run_plan() {

@@ -303,6 +303,36 @@ TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
   expect_clean();
 }
 
+// store.image: the store as an erofs or squashfs image on a read-only
+// disk, made on the host and cached by what the store holds; a program
+// from it runs, and the overlay still takes writes.
+TEST_F(Vmlaunch, StoreImagesReplaceTheShare) {
+  write_file(tmp_.path() / "store/dddddddddddddddddddddddddddddddd-hello/bin/hello", "#!/bin/sh\necho hello-from-the-image\n");
+  fs::permissions(tmp_.path() / "store/dddddddddddddddddddddddddddddddd-hello/bin/hello", fs::perms::owner_all);
+  fs::path cache = tmp_.path() / "cache";
+  auto images = [&] {
+    size_t n = 0;
+    for (auto& e : fs::directory_iterator(cache / "store-images")) n += e.path().filename().string().find(".tmp.") == std::string::npos;
+    return n;
+  };
+  std::string command = "/nix/store/*-hello/bin/hello; grep ' /nix/.ro-store ' /proc/mounts | cut -d' ' -f3,4; "
+                        "touch /nix/store/new && echo overlay-takes-writes";
+  for (const char* kind : {"erofs", "squashfs", "erofs"}) {
+    SCOPED_TRACE(kind);
+    std::string path = spec(command, 0, [&](nlohmann::json& j) { j["store"]["image"] = kind; });
+    ::setenv("FSD_CACHE", cache.c_str(), 1);  // the images go with the test
+    std::string out;
+    int st = run({path}, &out);
+    ::unsetenv("FSD_CACHE");
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("hello-from-the-image"), std::string::npos) << out;
+    EXPECT_NE(out.find(std::string(kind) + " ro"), std::string::npos) << out;
+    EXPECT_NE(out.find("overlay-takes-writes"), std::string::npos) << out;
+  }
+  EXPECT_EQ(images(), 2u) << "the second erofs run made a new image of an unchanged store";
+  expect_clean();
+}
+
 // Two vmlaunch processes, two guests on vlan 1: one listens, the other
 // sends over TCP, and both exit 0.
 TEST_F(Vmlaunch, TwoGuestsTalkOverAVlan) {

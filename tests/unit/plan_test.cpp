@@ -258,3 +258,24 @@ TEST_F(SystemPlanTest, BootRunsTheSystemsInitOnANewRoot) {
 
 }  // namespace
 }  // namespace fsd::launcher
+
+namespace fsd::launcher {
+namespace {
+
+// store.image: the store is a read-only disk (after every other disk) in
+// place of the share, under the same overlay.
+TEST_F(PlanTest, AStoreImageReplacesTheShare) {
+  in_.disks = {{"/run/vm/empty-0.qcow2", "qcow2"}, {"/cache/store.erofs", "raw", true}};
+  Plan p = plan({{"store", {{"path", tmp("store")}, {"image", "erofs"}}}, {"emptyDisks", {8}}});
+  std::string mounts = p.guest["mounts"].dump();
+  EXPECT_NE(mounts.find(R"({"flags":["ro"],"fstype":"erofs","source":"/dev/vdb","target":"/nix/.ro-store"})"), std::string::npos)
+      << mounts;
+  EXPECT_EQ(joined(p.fsd_argv).find("store="), std::string::npos);
+  EXPECT_EQ(joined(p.qemu_argv).find("tag=store"), std::string::npos);
+  EXPECT_NE(joined(p.qemu_argv).find("file=/cache/store.erofs,if=virtio,format=raw,readonly=on"), std::string::npos);
+  EXPECT_TRUE(has(p.modules, "fs-erofs"));
+  EXPECT_NE(joined(p.mount_plan).find("erofs /dev/vdb (/cache/store.erofs) -> /nix/.ro-store (read-only)"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fsd::launcher
