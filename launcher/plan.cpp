@@ -130,7 +130,8 @@ struct Builder {
       if (!s.disks[i].mount_point.empty()) out.push_back({&s.disks[i], i, s.disks[i].mount_point});
     size_t next = s.disks.size() + s.empty_disks_mib.size();
     if (s.store.writable == Writable::kDisk) out.push_back({&s.store.disk, next++, rw_store});
-    if (s.store.image != StoreImage::kNone) out.push_back({&store_image, next, ro_store});
+    if (s.store.image != StoreImage::kNone) out.push_back({&store_image, next++, ro_store});
+    if (!s.root.file.empty()) out.push_back({&s.root, next, kNewRoot});
     return out;
   }
   // The store's image, as a read-only disk.
@@ -232,18 +233,24 @@ struct Builder {
 
   // The store first, then the disks, then the shares (in the spec's order).
   void guest_plan() {
-    if (boot()) {
-      if (s.has_command()) throw SpecError("systemMode boot runs the system's own init; a command needs systemMode exec");
-      if (!s.system.has_init) throw SpecError("system: " + s.system.path + " has no init to boot (give a command to run it in exec mode)");
-      guest.mounts.push_back(mount("tmpfs", "tmpfs", kNewRoot, "mode=0755", false));
-      p.mount_plan.push_back(std::string("tmpfs -> ") + kNewRoot + " (the system's root)");
-    }
     auto disks = mounted_disks();
-    auto take_disk = [&](const std::string& target) {  // mounts the store's own disk at target
+    auto take_disk = [&](const std::string& target) {  // mounts the disk for target (the root's, the store's)
       auto it = std::find_if(disks.begin(), disks.end(), [&](auto& d) { return d.target == target; });
       disk_mount(*it);
       disks.erase(it);
     };
+    if (!s.root.file.empty() && !boot())
+      throw SpecError("root: a root disk is for booting the system (systemMode boot, or no command)");
+    if (boot()) {
+      if (s.has_command()) throw SpecError("systemMode boot runs the system's own init; a command needs systemMode exec");
+      if (!s.system.has_init) throw SpecError("system: " + s.system.path + " has no init to boot (give a command to run it in exec mode)");
+      if (!s.root.file.empty()) {
+        take_disk(kNewRoot);
+      } else {
+        guest.mounts.push_back(mount("tmpfs", "tmpfs", kNewRoot, "mode=0755", false));
+        p.mount_plan.push_back(std::string("tmpfs -> ") + kNewRoot + " (the system's root)");
+      }
+    }
     if (s.store.image != StoreImage::kNone) take_disk(ro_store);
     else share_mount(transports[0]);
     if (s.store.writable != Writable::kNone) {

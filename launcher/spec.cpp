@@ -112,6 +112,8 @@ void schema(V& v, Spec& s) {
   v.field("accel", s.accel);
   v.field("system", s.system.path);
   v.field("systemMode", s.system.mode);
+  if constexpr (V::kReading) s.root = {.size_mib = 1024, .fs_type = "ext4", .label = "nixos", .auto_format = true};
+  if (V::kReading || !s.root.file.empty()) v.object("root", [&](auto& o) { schema(o, s.root); });
   v.field("kernel", s.kernel);
   v.field("initrd", s.initrd);
   v.field("modules", s.modules);
@@ -380,6 +382,15 @@ class Checker {
       for (size_t j = 0; j < i; j++)
         if (s.vlans[i] == s.vlans[j]) fail("vlans[" + std::to_string(i) + "]", std::to_string(s.vlans[i]) + " is listed twice");
     for (size_t i = 0; i < s.disks.size(); i++) check_disk(s.disks[i], "disks[" + std::to_string(i) + "]");
+    if (!ctx_.root_disk_override.empty()) s.root.file = ctx_.root_disk_override;
+    if (!s.root.file.empty()) {
+      std::string at = ctx_.root_disk_override.empty() ? "root" : "root (NIX_DISK_IMAGE)";
+      if (s.system.path.empty()) fail(at, "a root disk is for booting a system (\"system\", systemMode boot)");
+      if (!s.root.mount_point.empty()) fail("root.mountPoint", "is / (the system's root)");
+      if (s.root.fs_type.empty()) fail("root.fsType", "is required");
+      if (s.root.read_only) fail("root.readOnly", "a system's root must be writable");
+      check_disk(s.root, at);
+    }
     if (s.store.writable == Writable::kDisk) {
       if (!s.store.disk.mount_point.empty()) fail("store.disk.mountPoint", "is the store's own (" + rw_store(s.store) + ")");
       check_disk(s.store.disk, "store.disk");

@@ -121,6 +121,9 @@ struct Spec {
   unsigned cpus = 1;
   Accel accel = Accel::kAuto;
   SystemSpec system;
+  // The root file system on a disk (boot mode): the system's state kept
+  // across runs, as qemu-vm.nix's diskImage. file "": none.
+  DiskSpec root;
   std::string kernel, initrd, modules, cmdline;  // kernel and modules default to the system's
   StoreSpec store;
   std::vector<ShareSpec> shares;  // includes xchg and shared
@@ -157,6 +160,7 @@ struct SpecContext {
   std::string store_override;      // --store
   std::string system_override;     // --system
   std::optional<SystemMode> system_mode_override;  // --system-mode
+  std::string root_disk_override;  // $NIX_DISK_IMAGE
   std::string shared_dir;          // $SHARED_DIR (default: xchg's directory)
   std::string xchg_dir;            // the fresh xchg directory
 };

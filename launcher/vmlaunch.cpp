@@ -277,6 +277,7 @@ class Launch {
     SpecContext ctx;
     ctx.store_override = o_.store;
     ctx.system_override = o_.system;
+    if (const char* image = std::getenv("NIX_DISK_IMAGE"); image && *image) ctx.root_disk_override = image;
     for (const auto& n : kSystemModeNames)
       if (o_.system_mode == n.name) ctx.system_mode_override = n.value;
     ctx.xchg_dir = xchg_dir_;
@@ -368,6 +369,7 @@ class Launch {
       }
       in_.disks.push_back({image, "raw", true, false});
     }
+    if (!spec_.root.file.empty()) prepare(spec_.root);
   }
 
   void make_run_plan() {

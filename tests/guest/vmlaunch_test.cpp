@@ -386,6 +386,7 @@ std::string synthetic_system(const fs::path& store) {
                            "cat /nix/store/*-thing/data.txt\n"
                            "[ -d /tmp/xchg ] && echo synthetic-init: xchg is there\n"
                            "echo booted-by-synthetic-init > /tmp/shared/booted.txt\n"
+                           "echo \"synthetic-init: root had: $(cat /state 2>/dev/null)\"; echo kept-on-root > /state\n"
                            "sync; poweroff -f\n");
   fs::permissions(top / "init", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
                                     fs::perms::group_exec | fs::perms::others_exec);
@@ -432,6 +433,17 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   EXPECT_NE(out.find("store content"), std::string::npos) << out;
   EXPECT_NE(out.find("synthetic-init: xchg is there"), std::string::npos) << out;
   EXPECT_EQ(read_file(tmp_.path() / "shared/booted.txt"), "booted-by-synthetic-init\n");
+  EXPECT_NE(out.find("synthetic-init: root had: \r\n"), std::string::npos) << out;  // a tmpfs root: nothing
+  // On a root disk ($NIX_DISK_IMAGE, made and formatted on first use), the
+  // second boot finds what the first wrote.
+  ::setenv("NIX_DISK_IMAGE", (tmp_.path() / "root.img").c_str(), 1);
+  for (const char* had : {"", "kept-on-root"}) {
+    st = run({boot}, &out);
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("synthetic-init: root had: " + std::string(had) + "\r\n"), std::string::npos) << out;
+  }
+  ::unsetenv("NIX_DISK_IMAGE");
+  EXPECT_TRUE(fs::exists(tmp_.path() / "root.img"));
   // A command with systemMode boot is refused before anything starts.
   st = run({"--system-mode", "boot", boot, "--", "true"}, &out);
   EXPECT_EQ(st, 2) << out;

@@ -254,6 +254,13 @@ TEST_F(SystemPlanTest, BootRunsTheSystemsInitOnANewRoot) {
   EXPECT_NE(joined(p.qemu_argv).find("tag=nix-store"), std::string::npos);  // qemu-vm.nix's tag
   EXPECT_EQ(g["links"], json::object());
   EXPECT_THROW(plan({{"system", top_}, {"systemMode", "boot"}, {"command", "true"}}), SpecError);
+  // On a root disk: the disk is the new root, mounted first.
+  in_.disks = {{tmp("root.img"), "raw"}};
+  p = plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}}});
+  EXPECT_EQ(p.guest["mounts"][0].dump(), R"({"flags":[],"fstype":"ext4","source":"/dev/vda","target":"/sysroot"})");
+  EXPECT_EQ(p.guest["mounts"].dump().find(R"("fstype":"tmpfs","source":"tmpfs","target":"/sysroot")"), std::string::npos);
+  // and only for booting.
+  EXPECT_THROW(plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}}, {"command", "true"}}), SpecError);
 }
 
 }  // namespace

@@ -106,7 +106,7 @@ TEST_F(SpecTest, UnknownFields) {
   j["memroy"] = 512;
   EXPECT_EQ(error_of(j),
             "spec.json: memroy: unknown field (known here: accel, cmdline, command, console, cpus, disks, emptyDisks, env, "
-            "forwardPorts, graphics, initrd, kernel, memory, modules, name, network, nixDb, qemu, rng, shares, store, system, "
+            "forwardPorts, graphics, initrd, kernel, memory, modules, name, network, nixDb, qemu, rng, root, shares, store, system, "
             "systemMode, timeout, "
             "vlanHost, vlans)");
   j = base();
@@ -336,6 +336,22 @@ TEST_F(SpecTest, SystemMustBeInTheStoreAndGivesTheKernel) {
   j.erase("system");
   j["systemMode"] = "exec";
   EXPECT_EQ(error_of(j), "spec.json: systemMode: needs a system");
+  j.erase("systemMode");
+  // A root disk, from the spec or $NIX_DISK_IMAGE: ext4, 1 GiB, formatted when new.
+  j["system"] = top;
+  j["root"] = {{"file", tmp("root.img")}};
+  s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.root.fs_type, "ext4");
+  EXPECT_EQ(s.root.size_mib, 1024u);
+  EXPECT_TRUE(s.root.auto_format);
+  EXPECT_EQ(to_json(parse_spec(to_json(s), ctx_)), to_json(s));
+  j.erase("root");
+  ctx_.root_disk_override = tmp("nix-disk.img");
+  EXPECT_EQ(parse_spec(j, ctx_).root.file, tmp("nix-disk.img"));
+  j.erase("system");
+  j["kernel"] = tmp("vmlinuz");
+  EXPECT_EQ(error_of(j), "spec.json: root (NIX_DISK_IMAGE): a root disk is for booting a system (\"system\", systemMode boot)");
+  ctx_.root_disk_override.clear();
 }
 
 }  // namespace
