@@ -384,8 +384,10 @@ class Launch {
     std::printf("fsd:\n  %s\nqemu:\n  %s\nguest mounts:\n", join_words(plan_.fsd_argv).c_str(),
                 join_words(plan_.qemu_argv).c_str());
     for (auto& m : plan_.mount_plan) std::printf("  %s\n", m.c_str());
-    std::printf("guest command:\n  %s\n",
-                plan_.guest.contains("command") ? plan_.guest["command"].dump().c_str() : "(interactive shell)");
+    std::string command = plan_.guest.contains("init")      ? "(none: the system's init runs)"
+                          : plan_.guest.contains("command") ? plan_.guest["command"].dump()
+                                                            : "(interactive shell)";
+    std::printf("guest command:\n  %s\n", command.c_str());
     return 0;
   }
 
