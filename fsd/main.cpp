@@ -67,6 +67,7 @@ struct Options {
   int ready_fd = -1;
   bool readonly = false;
   bool print_capabilities = false;
+  std::string inode_file_handles = "never";  // virtiofsd's --inode-file-handles (its default too)
   // virtiofsd's export flags, for every export
   bool direct_io = false, no_readdirplus = false, allow_mmap = false, posix_acl = false, submounts = false;
   std::optional<rlim_t> rlimit_nofile;  // virtiofsd's --rlimit-nofile (0: as it is)
@@ -342,12 +343,15 @@ Plan make_plan(Options& o) {
 
 // Opens every export under one fd budget: a quarter for cached O_PATH fds,
 // the rest for files clients hold open.
-fsd::ExportSet open_exports(const std::vector<fsd::ExportConfig>& configs, unsigned fd_budget) {
+fsd::ExportSet open_exports(const std::vector<fsd::ExportConfig>& configs, unsigned fd_budget, const std::string& handles) {
   unsigned budget = fit_fd_budget(fd_budget);
   unsigned per_export = std::max<unsigned>(budget / static_cast<unsigned>(configs.size()), 16);
   fsd::VfsOptions vopts;
   vopts.path_fd_cache = std::max(per_export / 4, 8u);
   vopts.open_files = per_export - vopts.path_fd_cache;
+  vopts.handles = handles == "never"       ? fsd::VfsOptions::Handles::kNever
+                  : handles == "mandatory" ? fsd::VfsOptions::Handles::kMandatory
+                                           : fsd::VfsOptions::Handles::kPrefer;
   spdlog::debug("fd budget {}: per export {} open files and {} cached paths", budget, vopts.open_files, vopts.path_fd_cache);
   fsd::ExportSet exports;
   for (const auto& c : configs) {
@@ -521,7 +525,7 @@ int run(Options& o) {
   // kernel side, or the 9p client): fsd's own must not take bits away.
   ::umask(0);
   Plan plan = make_plan(o);
-  fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget);
+  fsd::ExportSet exports = open_exports(plan.exports, o.fd_budget, o.inode_file_handles);
   sigset_t sigs = take_signals();
   Servers servers(o, plan, exports);
   servers.bind(passed);
@@ -697,8 +701,11 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
       ->description("Keep clients' O_NOATIME: fsd always does, and opens without it where the host refuses it (EPERM)");
   compat->add_option("--thread-pool-size", o.threads, "Worker threads")->check(CLI::Range(1u, 256u));
   compat->add_flag("--print-capabilities", o.print_capabilities, "Print the vhost-user back-end capabilities (JSON) and exit");
-  // fsd uses file handles when it may (virtiofsd's "prefer"), else names.
-  compat->add_option("--inode-file-handles", "never, prefer or mandatory: fsd prefers handles; accepted")
+  compat->add_option("--inode-file-handles", o.inode_file_handles,
+                     "How nodes whose cached fd was closed are reopened. never (default): by name, checked to be "
+                     "the same inode; prefer: by file handle where the file system has them (needs "
+                     "CAP_DAC_READ_SEARCH), else by name; mandatory: never by name (an export without handles fails "
+                     "to start, a node without one fails its lookup)")
       ->check(CLI::IsMember({"never", "prefer", "mandatory"}));
   compat->add_flag("--xattr")->description("Serve xattrs: fsd always does (privileged namespaces only to privileged callers)");
   compat->add_flag("--killpriv-v2")

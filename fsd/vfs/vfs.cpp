@@ -114,10 +114,20 @@ Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), 
   HandleBuf hb{};
   hb.fh.handle_bytes = MAX_HANDLE_SZ;
   int mount_id = -1;
-  if (options_.use_handles && ::name_to_handle_at(fd, "", &hb.fh, &mount_id, AT_EMPTY_PATH) == 0) {
-    Fd probe(::open_by_handle_at(fd, &hb.fh, O_PATH | O_CLOEXEC));
-    handles_ok_ = probe.valid();
-    if (handles_ok_) mount_fds_.emplace(mount_id, Fd(::dup(fd)));
+  if (options_.handles != VfsOptions::Handles::kNever) {
+    std::string why;
+    if (::name_to_handle_at(fd, "", &hb.fh, &mount_id, AT_EMPTY_PATH) == 0) {
+      Fd mount_fd = mount_fd_of(fd);
+      Fd probe(::open_by_handle_at(mount_fd.get(), &hb.fh, O_PATH | O_CLOEXEC));
+      int err = errno;
+      handles_ok_ = probe.valid();
+      if (handles_ok_) mount_fds_.emplace(mount_id, std::move(mount_fd));
+      else why = std::string("open_by_handle_at: ") + std::strerror(err) + " (it needs CAP_DAC_READ_SEARCH)";
+    } else {
+      why = std::string("name_to_handle_at: ") + std::strerror(errno);
+    }
+    if (!handles_ok_ && options_.handles == VfsOptions::Handles::kMandatory)
+      fail("--inode-file-handles=mandatory, but '" + config_.path + "' cannot be served by file handles: " + why);
   }
   root->path_fd_ = fd;  // owned by root_fd_, never evicted
   root->pins_ = 1;
@@ -126,6 +136,14 @@ Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), 
 }
 
 Vfs::~Vfs() { root_.reset(); }
+
+// open_by_handle_at takes its mount from an fd, and not from an O_PATH one
+// (EBADF): the directory `dir` (an O_PATH fd) opened for reading, as fsd
+// itself (the caller of the request that met it may not read it).
+Fd Vfs::mount_fd_of(int dir) {
+  Credentials::AsSelf self;
+  return Fd(::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+}
 
 VfsStats Vfs::stats() const {
   VfsStats s;
@@ -250,9 +268,10 @@ Result<Fd> Vfs::reopen(Node& n) {
       int fd = ::open_by_handle_at(mount_fd, reinterpret_cast<file_handle*>(n.handle_.get()),
                                    O_PATH | O_CLOEXEC);
       if (fd >= 0) return Fd(fd);
-      if (errno == ESTALE) return Error{-ESTALE};
+      if (errno == ESTALE || options_.handles == VfsOptions::Handles::kMandatory) return errno_error();
     }
   }
+  if (options_.handles == VfsOptions::Handles::kMandatory) return Error{-EOPNOTSUPP};  // never by name
   auto [parent, name] = location(n);
   if (!parent) return Error{-ESTALE};
   auto pfd = path_fd(*parent);
@@ -292,12 +311,19 @@ NodeRef Vfs::intern(Fd fd, const struct statx& st, const NodeRef& parent, std::s
     HandleBuf hb{};
     hb.fh.handle_bytes = MAX_HANDLE_SZ;
     if (handles_ok_ && ::name_to_handle_at(fd.get(), "", &hb.fh, &mount_id, AT_EMPTY_PATH) == 0) {
-      size_t size = sizeof(file_handle) + hb.fh.handle_bytes;
-      fresh->handle_ = std::make_unique<unsigned char[]>(size);
-      std::memcpy(fresh->handle_.get(), &hb, size);
-      fresh->mount_id_ = mount_id;
       std::lock_guard g(fd_mu_);
-      if (!mount_fds_.contains(mount_id)) mount_fds_.emplace(mount_id, Fd(::dup(fd.get())));
+      bool known = mount_fds_.contains(mount_id);
+      // A mount is first met at its root, a directory, which can be opened
+      // for open_by_handle_at's mount fd; a handle on a mount fsd has no fd
+      // for is of no use.
+      if (!known && S_ISDIR(st.stx_mode))
+        if (Fd m = mount_fd_of(fd.get())) known = mount_fds_.emplace(mount_id, std::move(m)).second;
+      if (known) {
+        size_t size = sizeof(file_handle) + hb.fh.handle_bytes;
+        fresh->handle_ = std::make_unique<unsigned char[]>(size);
+        std::memcpy(fresh->handle_.get(), &hb, size);
+        fresh->mount_id_ = mount_id;
+      }
     }
     std::lock_guard g(table_mu_);
     if (auto it = table_.find(key); it != table_.end()) {
@@ -487,6 +513,7 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std
         }
       }
     }
+    if (found && !handle_allowed(*found)) co_return Error{-EOPNOTSUPP};
     if (found) co_return Entry{std::move(found), shown(st)};
   }
   open_how how{};
@@ -499,6 +526,7 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std
   r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
   if (r < 0) co_return Error{r};
   NodeRef node = intern(std::move(fd), st, dir, name);
+  if (!handle_allowed(*node)) co_return Error{-EOPNOTSUPP};
   co_return Entry{std::move(node), shown(st)};
 }
 
@@ -604,6 +632,10 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
     co_return Error{r < 0 ? r : -errno};
   }
   NodeRef node = intern(Fd(dupfd), st, dir, name);
+  if (!handle_allowed(*node)) {
+    release_open_file();
+    co_return Error{-EOPNOTSUPP};
+  }
   // Reopened, it must not be truncated or created again.
   OpenFile file = make_open_file(std::move(fd), node, oflags & ~(O_CREAT | O_EXCL | O_TRUNC), dir->dev, false);
   co_return Created{Entry{std::move(node), shown(st)}, std::move(file)};

@@ -53,8 +53,15 @@ struct VfsOptions {
   unsigned path_fd_cache = 256;
   // Most files clients may hold open at once (per export); beyond it, EMFILE.
   unsigned open_files = 512;
-  // Use file handles (needs CAP_DAC_READ_SEARCH) when the filesystem has them.
-  bool use_handles = true;
+  // File handles (need CAP_DAC_READ_SEARCH) to reopen nodes whose O_PATH fd
+  // was evicted: kNever (the default, as virtiofsd's) re-resolves the
+  // node's name and checks it is the same inode; kPrefer uses handles when
+  // the file system has them, else names; kMandatory never uses names: the
+  // export fails to open without handles, and a lookup whose node has none
+  // fails (EOPNOTSUPP). A handle reopens an inode wherever it now is, even
+  // moved out of the export on the host; a name cannot. virtiofsd's
+  // --inode-file-handles.
+  enum class Handles { kNever, kPrefer, kMandatory } handles = Handles::kNever;
 };
 
 // A pinned O_PATH fd of a node; valid until this object is destroyed.
@@ -190,6 +197,10 @@ class Vfs {
   mode_t creation_mode(Node& dir, mode_t mode, mode_t umask);
   const NodeRef& root() const { return root_; }
   bool uses_handles() const { return handles_ok_; }
+  // False for a node without a file handle when handles are mandatory.
+  bool handle_allowed(const Node& n) const {
+    return options_.handles != VfsOptions::Handles::kMandatory || n.is_root() || n.handle_ != nullptr;
+  }
   VfsStats stats() const;
 
   // A unique, stable inode number across submounts of this export (st_dev
@@ -376,6 +387,7 @@ class Vfs {
   VfsOptions options_;
   std::string mapped_capability_;  // the host name of security.capability, if renamed
   bool handles_ok_ = false;
+  static Fd mount_fd_of(int dir);
   bool am_root_ = false;
   Fd root_fd_;
   uint64_t root_dev_ = 0;

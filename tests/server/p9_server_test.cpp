@@ -2,6 +2,7 @@
 // results are compared with what the host says about the same files.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -609,6 +610,116 @@ TEST_F(P9Server, ManyConcurrentConnections) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(failures.load(), 0);
+}
+
+}  // namespace
+}  // namespace fsd::p9
+
+namespace fsd::p9 {
+namespace {
+
+// --inode-file-handles: nodes whose cached O_PATH fd was closed (the cache
+// holds 8 here) are reopened by file handle or by name, as asked, and
+// either way reach the same files. Handles need CAP_DAC_READ_SEARCH.
+TEST(NodeReopen, ByHandleOrByNameAsAsked) {
+  TempDir tmp;
+  for (int i = 0; i < 40; i++) write_file(tmp.path() / "tree" / ("f" + std::to_string(i)), "file " + std::to_string(i) + "\n");
+  bool root = ::geteuid() == 0;
+  using H = VfsOptions::Handles;
+  for (H mode : {H::kNever, H::kPrefer, H::kMandatory}) {
+    SCOPED_TRACE(static_cast<int>(mode));
+    ExportConfig cfg{.tag = "t", .path = (tmp.path() / "tree").string(), .read_only = true};
+    VfsOptions opts{.path_fd_cache = 8, .open_files = 16, .handles = mode};
+    if (mode == H::kMandatory && !root) {
+      EXPECT_THROW(Vfs(cfg, opts), std::runtime_error);  // no CAP_DAC_READ_SEARCH: refused at start
+      continue;
+    }
+    auto vfs = std::make_unique<Vfs>(cfg, opts);
+    Vfs* v = vfs.get();
+    EXPECT_EQ(v->uses_handles(), mode != H::kNever && root);
+    ExportSet exports;
+    exports.add(std::move(vfs));
+    SocketServer server(session_factory(exports, SessionConfig{.max_msize = 1 << 16}), 1);
+    std::string sock = (tmp.path() / "9p.sock").string();
+    std::filesystem::remove(sock);
+    server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
+    server.start();
+    auto c = Client::connect_unix(sock);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(c->version(1 << 16).ok());
+    ASSERT_TRUE(c->attach(1000, "t").ok());
+    std::vector<uint32_t> fids;
+    for (int i = 0; i < 40; i++) {
+      fids.push_back(c->new_fid());
+      auto q = c->walk(1000, fids.back(), "f" + std::to_string(i));
+      ASSERT_TRUE(q.ok()) << i << ": " << q.error();
+    }
+    // The first ones' fds were evicted long ago: each read reopens.
+    for (int i = 0; i < 40; i++) {
+      ASSERT_TRUE(c->lopen(fids[i], O_RDONLY).ok()) << i;
+      auto text = c->read_all(fids[i]);
+      ASSERT_TRUE(text.ok());
+      EXPECT_EQ(*text, "file " + std::to_string(i) + "\n");
+    }
+    VfsStats st = v->stats();
+    if (mode == H::kNever || !root) {
+      EXPECT_EQ(st.reopen_by_handle, 0u);
+      EXPECT_GT(st.reopen_by_name, 0u);
+    } else {
+      EXPECT_GT(st.reopen_by_handle, 0u);
+      if (mode == H::kMandatory) {
+        EXPECT_EQ(st.reopen_by_name, 0u);
+      }
+    }
+    server.stop();
+  }
+}
+
+// Mandatory: an export on a file system without handles fails to start; a
+// mount inside the export that has none cannot be looked up.
+TEST(NodeReopen, MandatoryHandlesRefuseWhatHasNone) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: CAP_DAC_READ_SEARCH, and to mount";
+  using H = VfsOptions::Handles;
+  try {
+    Vfs proc(ExportConfig{.tag = "p", .path = "/proc", .read_only = true}, VfsOptions{.handles = H::kMandatory});
+    ADD_FAILURE() << "an export of /proc started with mandatory handles";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("--inode-file-handles=mandatory, but '/proc' cannot be served by file handles"),
+              std::string::npos)
+        << e.what();
+  }
+  TempDir tmp;
+  write_file(tmp.path() / "tree/hello.txt", "hello\n");
+  std::filesystem::create_directories(tmp.path() / "tree/proc");
+  ASSERT_EQ(::mount("proc", (tmp.path() / "tree/proc").c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr), 0)
+      << std::strerror(errno);
+  struct Unmount {
+    std::filesystem::path at;
+    ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
+  } unmount{tmp.path() / "tree/proc"};
+  for (H mode : {H::kPrefer, H::kMandatory}) {
+    ExportSet exports;
+    exports.add(std::make_unique<Vfs>(ExportConfig{.tag = "t", .path = (tmp.path() / "tree").string(), .read_only = true},
+                                      VfsOptions{.handles = mode}));
+    SocketServer server(session_factory(exports, SessionConfig{.max_msize = 1 << 16}), 1);
+    std::string sock = (tmp.path() / "9p.sock").string();
+    std::filesystem::remove(sock);
+    server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
+    server.start();
+    auto c = Client::connect_unix(sock);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(c->version(1 << 16).ok());
+    ASSERT_TRUE(c->attach(1000, "t").ok());
+    EXPECT_TRUE(c->walk(1000, 2000, "hello.txt").ok());
+    auto proc = c->walk(1000, 2001, "proc");
+    if (mode == H::kPrefer) {
+      EXPECT_TRUE(proc.ok()) << proc.error();  // by name
+    } else {
+      ASSERT_FALSE(proc.ok());
+      EXPECT_EQ(proc.error(), -EOPNOTSUPP);
+    }
+    server.stop();
+  }
 }
 
 }  // namespace
