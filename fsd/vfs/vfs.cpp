@@ -110,7 +110,6 @@ Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), 
     if (cap && *cap != "security.capability") mapped_capability_ = *cap;
   }
 
-  auto* root = new Node(*this, root_dev_, st.stx_ino, S_IFDIR);
   HandleBuf hb{};
   hb.fh.handle_bytes = MAX_HANDLE_SZ;
   int mount_id = -1;
@@ -129,6 +128,7 @@ Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), 
     if (!handles_ok_ && options_.handles == VfsOptions::Handles::kMandatory)
       fail("--inode-file-handles=mandatory, but '" + config_.path + "' cannot be served by file handles: " + why);
   }
+  auto* root = new Node(*this, root_dev_, st.stx_ino, S_IFDIR);
   root->path_fd_ = fd;  // owned by root_fd_, never evicted
   root->pins_ = 1;
   table_.insert(*root);
