@@ -11,8 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
-#include "launcher/initramfs.h"
-#include "launcher/modules.h"
+#include "tests/support/guest_initramfs.h"
 #include "tests/support/test_support.h"
 
 namespace fsd::testing {
@@ -122,38 +121,22 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   }
 
   // The initramfs: busybox, the project's init, the modules and the plan.
-  auto modules = launcher::resolve_modules(kdir + "/lib/modules/" + version, {"virtio_pci", "virtiofs"});
   std::string initrd = (tmp.path() / "initrd.gz").string();
-  {
-    launcher::Initramfs ar(initrd);
-    for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules", "etc"}) ar.add_dir(d);
-    ar.add_file("etc/passwd", "root:x:0:0::/:/bin/sh\nalice:x:2001:2001::/tmp:/bin/sh\nbob:x:2002:2002::/tmp:/bin/sh\n", 0644);
-    ar.add_file("etc/group", "root:x:0:\nalice:x:2001:\nbob:x:2002:\n", 0644);
-    ar.add_char_device("dev/console", 5, 1);
-    ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
-    ar.add_symlink("bin/sh", "busybox");
-    ar.add_host_file("init", FSD_GUEST_INIT, 0755);
-    nlohmann::json plan;
-    plan["modules"] = nlohmann::json::array();
-    for (auto& m : modules) {
-      std::string name = "/lib/modules/" + std::filesystem::path(m.path).filename().string();
-      ar.add_host_file(name.substr(1), m.path, 0644);
-      plan["modules"].push_back(name);
-    }
-    plan["mounts"] = nlohmann::json::array();
-    for (const char* tag : {"ro", "rw", "many"}) {
-      nlohmann::json m = nlohmann::json::object();
-      m["fstype"] = "virtiofs";
-      m["source"] = tag;
-      m["target"] = std::string("/mnt/") + tag;
-      plan["mounts"].push_back(m);
-    }
-    plan["command"] = {"/bin/sh", "/test.sh"};
-    plan["env"] = nlohmann::json::object({{"PATH", "/bin"}});
-    ar.add_file("init.json", plan.dump(), 0644);
-    ar.add_file("test.sh", guest_script(md5_hex(big)), 0755);
-    ar.close();
+  nlohmann::json plan;
+  plan["mounts"] = nlohmann::json::array();
+  for (const char* tag : {"ro", "rw", "many"}) {
+    nlohmann::json m = nlohmann::json::object();
+    m["fstype"] = "virtiofs";
+    m["source"] = tag;
+    m["target"] = std::string("/mnt/") + tag;
+    plan["mounts"].push_back(m);
   }
+  plan["command"] = {"/bin/sh", "/test.sh"};
+  plan["env"] = nlohmann::json::object({{"PATH", "/bin"}});
+  write_guest_initramfs(initrd, FSD_GUEST_INIT, kdir + "/lib/modules/" + version, {"virtio_pci", "virtiofs"}, plan,
+                        {{"etc/passwd", "root:x:0:0::/:/bin/sh\nalice:x:2001:2001::/tmp:/bin/sh\nbob:x:2002:2002::/tmp:/bin/sh\n"},
+                         {"etc/group", "root:x:0:\nalice:x:2001:\nbob:x:2002:\n"},
+                         {"test.sh", guest_script(md5_hex(big))}});
 
   // fsd, with an fd limit far below the number of files the guest walks.
   std::map<std::string, std::string> sock;

@@ -1,0 +1,38 @@
+// An initramfs for a test guest: busybox as /bin/sh, the project's guest
+// init as /init, kernel modules with their dependencies, the init's plan
+// (/init.json, with the modules filled in) and any other files.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "launcher/initramfs.h"
+#include "launcher/modules.h"
+
+namespace fsd::testing {
+
+inline void write_guest_initramfs(const std::string& out, const std::string& guest_init, const std::string& module_dir,
+                                  const std::vector<std::string>& modules, nlohmann::json plan,
+                                  const std::map<std::string, std::string>& files = {}) {
+  launcher::Initramfs ar(out);
+  for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules", "etc"}) ar.add_dir(d);
+  ar.add_char_device("dev/console", 5, 1);
+  ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
+  ar.add_symlink("bin/sh", "busybox");
+  ar.add_host_file("init", guest_init, 0755);
+  plan["modules"] = nlohmann::json::array();
+  for (auto& m : launcher::resolve_modules(module_dir, modules)) {
+    std::string name = "/lib/modules/" + std::filesystem::path(m.path).filename().string();
+    ar.add_host_file(name.substr(1), m.path, 0644);
+    plan["modules"].push_back(name);
+  }
+  ar.add_file("init.json", plan.dump(), 0644);
+  for (const auto& [path, content] : files) ar.add_file(path, content, path.ends_with(".sh") ? 0755 : 0644);
+  ar.close();
+}
+
+}  // namespace fsd::testing
