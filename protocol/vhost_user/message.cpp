@@ -1,5 +1,6 @@
 #include "protocol/vhost_user/message.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace fsd::vhost_user {
@@ -144,10 +145,12 @@ Result<size_t> encode(MutableBytes out, uint32_t request, uint32_t flags, const 
         using T = std::decay_t<decltype(v)>;
         if constexpr (std::is_same_v<T, None>) {
         } else if constexpr (std::is_same_v<T, MemTable>) {
-          uint32_t pad = 0;
+          // The regions in use only, as QEMU sends them (8 + 32·n bytes):
+          // the Rust virtiofsd refuses a table padded to 8 regions.
+          uint32_t pad = 0, count = std::min<uint32_t>(v.nregions, kMemTableRegions);
           put(&v.nregions, 4);
           put(&pad, 4);
-          put(v.regions.data(), sizeof(MemRegion) * kMemTableRegions);
+          put(v.regions.data(), sizeof(MemRegion) * count);
         } else if constexpr (std::is_same_v<T, MemRegion>) {
           uint64_t pad = 0;
           put(&pad, 8);

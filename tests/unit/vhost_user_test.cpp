@@ -60,6 +60,21 @@ TEST(VhostUser, MemTableAndFdCounts) {
   EXPECT_EQ(decode(msg(5, kVersion, body.data(), static_cast<uint32_t>(body.size())), 9).error(), -EBADMSG);
 }
 
+// A front-end sends the regions in use, no more: 8 + 32·n bytes, as QEMU
+// does (the Rust virtiofsd rejects a table padded to 8 regions).
+TEST(VhostUser, MemTableIsEncodedWithTheRegionsInUseOnly) {
+  MemTable t{};
+  t.nregions = 1;
+  t.regions[0] = MemRegion{0, 1 << 20, 0x7f00000000, 0};
+  std::byte out[512];
+  auto n = encode_request(out, Request::SetMemTable, t, false);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, kHeaderSize + 8 + sizeof(MemRegion));
+  auto back = decode(std::span<const std::byte>(out, *n), 1);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(std::get<MemTable>(back->payload).regions[0].userspace_addr, 0x7f00000000u);
+}
+
 TEST(VhostUser, VringFileCarriesAnFdUnlessFlagged) {
   uint64_t with_fd = 1, no_fd = 1 | kVringNoFd;
   auto a = decode(msg(12, kVersion, &with_fd, 8), 1);
