@@ -6,7 +6,7 @@
 host-9p: each workload, fsd against diod (the baseline) with the ratio, and
 every throughput row as a fraction of the host's pread limit at the same
 request size (limit.csv).
-host-virtiofs: the same against the C virtiofsd, per cache mode.
+host-virtiofs: the same against the C virtiofsd and the Rust virtiofsd, per cache mode.
 guest: one row per sharing configuration, one column per workload, and the
 speed-ups of fsd's virtio-fs over the C virtiofsd and QEMU's 9p.
 """
@@ -142,8 +142,8 @@ def host_virtiofs(out):
     limit, memcpy = load_limit(out)
     by, order = group(rows)
     lines = [
-        "| workload | request | in flight | cache | fsd | virtiofsd | fsd/virtiofsd | fsd / pread limit |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| workload | request | in flight | cache | fsd | C virtiofsd | fsd/C | Rust virtiofsd | fsd/Rust | fsd / pread limit |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = []  # (label, {mode: ratio})
     for key in order:
@@ -151,9 +151,11 @@ def host_virtiofs(out):
         per_mode = {}
         for mode in MODES:
             f, v = by[key].get(f"fsd:{mode}"), by[key].get(f"virtiofsd:{mode}")
-            if not f and not v:
+            r = by[key].get(f"virtiofsd-rust:{mode}")
+            if not f and not v and not r:
                 continue
-            unit = (f or v)["unit"]
+            unit = (f or v or r)["unit"]
+            rust_ratio = f"{float(f['median']) / float(r['median']):.2f}×" if f and r and float(r["median"]) > 0 else "–"
             ratio = "–"
             if f and v and float(v["median"]) > 0:
                 per_mode[mode] = float(f["median"]) / float(v["median"])
@@ -163,10 +165,10 @@ def host_virtiofs(out):
             differs = f and v and ("(plus)" in f["workload"]) != ("(plus)" in v["workload"])
             vcell = (cell(v) + (" †" if differs else "")) if v else "–"
             lines.append(f"| {name} ({unit}) | {f'{size // 1024}K' if size else '–'} | {depth} | {mode} | "
-                         f"{cell(f) if f else '–'} | {vcell} | {ratio} | {frac} |")
+                         f"{cell(f) if f else '–'} | {vcell} | {ratio} | {cell(r) if r else '–'} | {rust_ratio} | {frac} |")
         ratios.append((f"{base}{' ' + str(size // 1024) + 'K' if base == 'seqread' else ''} d{depth}", per_mode))
     notes = ["", "Median (min–max) of 3 runs. \"in flight\": requests kept in the queue at once, as a guest with that "
-             "many busy threads makes. Both servers serve plain READDIR with cache=never and READDIRPLUS otherwise; "
+             "many busy threads makes. Every server serves plain READDIR with cache=never and READDIRPLUS otherwise; "
              "† marks a row where they differ."]
     notes += limit_note(limit, memcpy)
     write_md(out, "host-virtiofs.md", lines + notes)
