@@ -5,7 +5,7 @@
 
 host-9p: each workload, fsd against diod (the baseline) with the ratio, and
 every throughput row as a fraction of the host's pread limit at the same
-request size (limit.csv).
+request size and parallelism (limit.csv).
 host-virtiofs: the same against the C virtiofsd and the Rust virtiofsd, per cache mode.
 guest: one row per sharing configuration, one column per workload, and the
 speed-ups of fsd's virtio-fs over the C virtiofsd and QEMU's 9p.
@@ -34,20 +34,30 @@ def cell(r):
 
 
 def load_limit(out):
-    """pread MiB/s by request size, and memcpy MiB/s, from limit.csv."""
+    """pread MiB/s by (request size, threads), and memcpy MiB/s, from limit.csv."""
     path = os.path.join(out, "limit.csv")
     rows = read_rows(path) if os.path.exists(path) else []
-    limit = {int(r["msize"]): float(r["median"]) for r in rows if r["workload"] == "pread"}
+    limit = {(int(r["msize"]), int(r["conns"])): float(r["median"]) for r in rows if r["workload"] == "pread"}
     memcpy = next((float(r["median"]) for r in rows if r["workload"] == "memcpy"), None)
     return limit, memcpy
+
+
+def limit_at(limit, size, parallel):
+    """The pread limit for a row with `parallel` requests in flight (or
+    connections): measured with as many threads, else with one."""
+    return limit.get((size, parallel), limit.get((size, 1)))
 
 
 def limit_note(limit, memcpy):
     if not limit:
         return []
-    return ["pread limit (same file from page cache, one thread, MiB/s): " +
-            ", ".join(f"{k // 1024}K {v:,.0f}" for k, v in sorted(limit.items())) +
-            (f"; memcpy {memcpy:,.0f} MiB/s." if memcpy else ".")]
+    notes = []
+    for threads in sorted({t for _, t in limit}):
+        notes.append(f"pread limit (same file from page cache, {threads} thread{'s' if threads > 1 else ''}, MiB/s): " +
+                     ", ".join(f"{k // 1024}K {v:,.0f}" for (k, t), v in sorted(limit.items()) if t == threads) + ".")
+    notes.append("Each row's fraction of the limit uses the limit at its own parallelism (requests in flight or "
+                 "connections)." + (f" memcpy {memcpy:,.0f} MiB/s." if memcpy else ""))
+    return notes
 
 
 def ratio_histogram(out, png, title, dat, columns):
@@ -93,8 +103,9 @@ def host_9p(out):
         unit = (f or d)["unit"]
         ratio = f"{float(f['median']) / float(d['median']):.2f}×" if f and d and float(d["median"]) > 0 else "–"
         frac = "–"
-        if f and unit == "MiB/s" and msize in limit:
-            frac = f"{float(f['median']) / limit[msize]:.0%}"
+        lim = limit_at(limit, msize, conns)
+        if f and unit == "MiB/s" and lim:
+            frac = f"{float(f['median']) / lim:.0%}"
         dcell = cell(d) if d else "–"
         if d and "(" in d["workload"]:
             dcell += " *"
@@ -114,9 +125,9 @@ def host_9p(out):
                 if pts:
                     f.write(f"# {server} {conns}\n" + "".join(f"{m} {v}\n" for m, v in pts) + "\n\n")
                     series.append(f"{server}, {conns} conn{'s' if conns > 1 else ''}")
-        if limit:
-            f.write("# limit\n" + "".join(f"{m} {v}\n" for m, v in sorted(limit.items())) + "\n\n")
-            series.append("pread limit")
+        for threads in sorted({t for _, t in limit}):
+            f.write(f"# limit {threads}\n" + "".join(f"{m} {v}\n" for (m, t), v in sorted(limit.items()) if t == threads) + "\n\n")
+            series.append(f"pread limit, {threads} thread{'s' if threads > 1 else ''}")
     plots = ", ".join(f"'{dat}' index {i} with linespoints lw 2 title '{t}'" for i, t in enumerate(series))
     gnuplot(out, "host-9p-seqread.png", f"""
 set title '9p sequential read (host harness, unix socket)'
@@ -160,7 +171,8 @@ def host_virtiofs(out):
             if f and v and float(v["median"]) > 0:
                 per_mode[mode] = float(f["median"]) / float(v["median"])
                 ratio = f"{per_mode[mode]:.2f}×"
-            frac = f"{float(f['median']) / limit[size]:.0%}" if f and unit == "MiB/s" and size in limit else "–"
+            lim = limit_at(limit, size, depth)
+            frac = f"{float(f['median']) / lim:.0%}" if f and unit == "MiB/s" and lim else "–"
             name = base + (" (READDIRPLUS)" if f and "(plus)" in f["workload"] else "")
             differs = f and v and ("(plus)" in f["workload"]) != ("(plus)" in v["workload"])
             vcell = (cell(v) + (" †" if differs else "")) if v else "–"
