@@ -600,7 +600,7 @@ int run(const Options& o) { return Launch(o).run(); }
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"vmlaunch [OPTIONS] [SPEC] [-- COMMAND...]: boots a QEMU guest with a host store shared by fsd,\n"
-               "and runs a command in it (the spec's, or COMMAND).\n"
+               "and runs a command in it (the spec's, or COMMAND: one word is a shell command line, several an argv).\n"
                "Without a spec it runs a built-in demo. Exit status: the guest command's; or 2 bad spec/usage,\n"
                "121 guest kernel panic, 124 timeout, 125 fsd failed, 126 QEMU failed, 128+N killed by signal N."};
   app.add_option("spec", o.spec_path, "The VM spec (JSON); see the README")->check(CLI::ExistingFile);
