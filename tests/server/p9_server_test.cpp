@@ -618,6 +618,27 @@ TEST_F(P9Server, ManyConcurrentConnections) {
 namespace fsd::p9 {
 namespace {
 
+// One export, tag "t", served on a unix socket in `dir`, stopped when dropped.
+struct OneExport {
+  OneExport(std::unique_ptr<Vfs> vfs, const std::filesystem::path& dir) : sock((dir / "9p.sock").string()) {
+    exports.add(std::move(vfs));
+    server = std::make_unique<SocketServer>(session_factory(exports, SessionConfig{.max_msize = 1 << 16}), 1);
+    std::filesystem::remove(sock);
+    server->listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
+    server->start();
+  }
+  ~OneExport() { server->stop(); }
+  // A client with fid 1000 attached to the export.
+  Result<Client> attach() {
+    auto c = Client::connect_unix(sock);
+    if (!c.ok() || !c->version(1 << 16).ok() || !c->attach(1000, "t").ok()) return Error{-EPROTO};
+    return c;
+  }
+  ExportSet exports;
+  std::unique_ptr<SocketServer> server;
+  std::string sock;
+};
+
 // --inode-file-handles: nodes whose cached O_PATH fd was closed (the cache
 // holds 8 here) are reopened by file handle or by name, as asked, and
 // either way reach the same files. Handles need CAP_DAC_READ_SEARCH.
@@ -637,17 +658,9 @@ TEST(NodeReopen, ByHandleOrByNameAsAsked) {
     auto vfs = std::make_unique<Vfs>(cfg, opts);
     Vfs* v = vfs.get();
     EXPECT_EQ(v->uses_handles(), mode != H::kNever && root);
-    ExportSet exports;
-    exports.add(std::move(vfs));
-    SocketServer server(session_factory(exports, SessionConfig{.max_msize = 1 << 16}), 1);
-    std::string sock = (tmp.path() / "9p.sock").string();
-    std::filesystem::remove(sock);
-    server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
-    server.start();
-    auto c = Client::connect_unix(sock);
+    OneExport served(std::move(vfs), tmp.path());
+    auto c = served.attach();
     ASSERT_TRUE(c.ok());
-    ASSERT_TRUE(c->version(1 << 16).ok());
-    ASSERT_TRUE(c->attach(1000, "t").ok());
     std::vector<uint32_t> fids;
     for (int i = 0; i < 40; i++) {
       fids.push_back(c->new_fid());
@@ -671,7 +684,6 @@ TEST(NodeReopen, ByHandleOrByNameAsAsked) {
         EXPECT_EQ(st.reopen_by_name, 0u);
       }
     }
-    server.stop();
   }
 }
 
@@ -698,18 +710,11 @@ TEST(NodeReopen, MandatoryHandlesRefuseWhatHasNone) {
     ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
   } unmount{tmp.path() / "tree/proc"};
   for (H mode : {H::kPrefer, H::kMandatory}) {
-    ExportSet exports;
-    exports.add(std::make_unique<Vfs>(ExportConfig{.tag = "t", .path = (tmp.path() / "tree").string(), .read_only = true},
-                                      VfsOptions{.handles = mode}));
-    SocketServer server(session_factory(exports, SessionConfig{.max_msize = 1 << 16}), 1);
-    std::string sock = (tmp.path() / "9p.sock").string();
-    std::filesystem::remove(sock);
-    server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
-    server.start();
-    auto c = Client::connect_unix(sock);
+    OneExport served(std::make_unique<Vfs>(ExportConfig{.tag = "t", .path = (tmp.path() / "tree").string(), .read_only = true},
+                                           VfsOptions{.handles = mode}),
+                     tmp.path());
+    auto c = served.attach();
     ASSERT_TRUE(c.ok());
-    ASSERT_TRUE(c->version(1 << 16).ok());
-    ASSERT_TRUE(c->attach(1000, "t").ok());
     EXPECT_TRUE(c->walk(1000, 2000, "hello.txt").ok());
     auto proc = c->walk(1000, 2001, "proc");
     if (mode == H::kPrefer) {
@@ -718,7 +723,6 @@ TEST(NodeReopen, MandatoryHandlesRefuseWhatHasNone) {
       ASSERT_FALSE(proc.ok());
       EXPECT_EQ(proc.error(), -EOPNOTSUPP);
     }
-    server.stop();
   }
 }
 
