@@ -226,6 +226,10 @@ fsd::ExportSet open_exports(const std::vector<fsd::ExportConfig>& configs, unsig
   return exports;
 }
 
+// Most request queues a virtio-fs device offers (vhost-user-fs-pci's
+// num-request-queues); a guest driver maps CPUs onto them.
+constexpr unsigned kRequestQueues = 16;
+
 // virtio-fs's config space: the mount tag (36 bytes, NUL-padded) and the
 // number of request queues (le32).
 std::vector<std::byte> virtio_fs_config(const std::string& tag, uint32_t request_queues) {
@@ -315,7 +319,9 @@ class Servers {
                      .config = fsd::p9::virtio9p_config(tag)};
     } else {
       servers = fsd::fuse::server_factory(vfs, {.max_write = 1 << 20, .virtiofs = true}, false);
-      vopt.device = {.name = "virtio-fs '" + tag + "'", .queues = 2};  // hiprio + one request queue
+      // hiprio and up to kRequestQueues request queues (the front-end's
+      // num-request-queues), served by --threads workers.
+      vopt.device = {.name = "virtio-fs '" + tag + "'", .queues = 1 + kRequestQueues, .workers = o_.threads};
       if (tag == kCompatTag && o_.device_tag) vopt.device.config = virtio_fs_config(*o_.device_tag, 1);
     }
     auto& d = devices_.emplace_back(listening ? std::make_unique<fsd::VhostUserBackend>(std::move(listening), servers, vopt)
@@ -466,7 +472,8 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--msize-max", o.msize_max, "Largest 9p msize to agree to, in bytes")
       ->check(CLI::Range(4096u, 16u << 20))
       ->capture_default_str();
-  app.add_option("--threads", o.threads, "Worker threads for sockets and FUSE (one io_uring each)")
+  app.add_option("--threads", o.threads, "Worker threads for 9P sockets, for each FUSE mount, and for each virtio-fs device (one io_uring "
+                 "each); a device spreads the requests in flight on its queues over its threads")
       ->check(CLI::Range(1u, 256u))
       ->capture_default_str();
   app.add_option("--fd-budget", o.fd_budget,

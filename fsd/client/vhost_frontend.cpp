@@ -28,6 +28,8 @@ Result<std::unique_ptr<VhostFrontend>> VhostFrontend::connect(const std::string&
   f->avail_idx_.assign(o.queues, 0);
   f->last_used_.assign(o.queues, 0);
   f->kicked_idx_.assign(o.queues, 0);
+  f->busy_.assign(o.queues, std::vector<uint8_t>(o.queue_size, 0));
+  f->chain_len_.assign(o.queues, std::vector<uint16_t>(o.queue_size, 0));
   return f;
 }
 
@@ -139,16 +141,29 @@ uint64_t VhostFrontend::alloc(size_t n) {
   return g;
 }
 
+// Chains take consecutive descriptors from the first free run at or after
+// the last one, as the back-end may return them in any order; when no run is
+// free (a hostile test's chains that never come back), the next ones anyway.
 uint16_t VhostFrontend::add_chain(unsigned q, std::span<const Buf> bufs) {
   uint16_t num = o_.queue_size;
+  auto& busy = busy_[q];
+  auto free_run = [&](uint16_t start) {
+    for (size_t i = 0; i < bufs.size(); i++)
+      if (busy[(start + i) % num]) return false;
+    return true;
+  };
   uint16_t head = next_desc_[q];
+  for (unsigned tries = 0; tries < num && !free_run(head); tries++) head = static_cast<uint16_t>((head + 1) % num);
+  if (!free_run(head)) head = next_desc_[q];
   for (size_t i = 0; i < bufs.size(); i++) {
     uint16_t idx = static_cast<uint16_t>((head + i) % num);
     bool last = i + 1 == bufs.size();
     desc(q)[idx] = virtio::Desc{bufs[i].gpa, bufs[i].len,
                                 static_cast<uint16_t>((bufs[i].writable ? virtio::kDescWrite : 0) | (last ? 0 : virtio::kDescNext)),
                                 static_cast<uint16_t>((idx + 1) % num)};
+    busy[idx] = 1;
   }
+  chain_len_[q][head] = static_cast<uint16_t>(bufs.size());
   next_desc_[q] = static_cast<uint16_t>((head + bufs.size()) % num);
   return head;
 }
@@ -205,6 +220,10 @@ Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms)
       Used u;
       std::memcpy(&u, used + 4 + 8 * (last_used_[q] % o_.queue_size), sizeof u);
       last_used_[q]++;
+      if (u.id < o_.queue_size) {  // its descriptors are free again
+        uint16_t n = std::exchange(chain_len_[q][u.id], 0);
+        for (uint16_t i = 0; i < n; i++) busy_[q][(u.id + i) % o_.queue_size] = 0;
+      }
       return u;
     }
     // As a driver does with EVENT_IDX: ask to be interrupted for the next

@@ -134,6 +134,8 @@ class VhostFrontend {
   std::vector<Fd> kick_, call_;
   std::vector<Buf> chain_;
   std::vector<uint16_t> next_desc_, avail_idx_, last_used_, kicked_idx_;
+  std::vector<std::vector<uint8_t>> busy_;        // per queue: descriptors of chains in flight
+  std::vector<std::vector<uint16_t>> chain_len_;  // per queue: head -> its chain's length (0: free)
   size_t data_next_ = kDataStart;
   uint64_t features_ = 0, protocol_features_ = 0;
   uint64_t unique_ = 0;

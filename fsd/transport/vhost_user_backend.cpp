@@ -15,6 +15,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 
 #include "fsd/uring/ring.h"
@@ -29,6 +30,9 @@ namespace {
 constexpr uint64_t kFeatures = vu::kFVersion1 | vu::kFRingIndirectDesc | vu::kFRingEventIdx | vu::kFProtocolFeatures;
 constexpr uint64_t kProtocolFeatures = vu::kPfMq | vu::kPfReplyAck | vu::kPfConfigureMemSlots;
 constexpr uint64_t kMaxMemSlots = 32;
+// Requests that take longer than this on average are worth another
+// worker's wake-up (see Device::dispatch).
+constexpr uint32_t kHandoffNs = 20'000;
 
 // One mmap of a region's fd; unmapped on destruction.
 class Mapping {
@@ -108,21 +112,28 @@ const char* request_name(uint32_t request) {
 
 }  // namespace
 
-// The device state: control-side configuration and the data-plane worker.
+// The device state: control-side configuration and the data-plane workers.
+//
+// Each queue has an owner, the worker that waits for its kicks and pops its
+// available ring. When a batch holds more than one chain and the device has
+// several workers, the owner keeps a share and hands the rest to the others
+// (round-robin), so requests in flight together run on several CPUs. Any
+// worker may finish a chain: the used ring and the call eventfd are behind
+// the queue's used_mu. A chain counts as in flight from its pop until its
+// push, whichever worker runs it, so stopping a queue drains them all.
 class VhostUserBackend::Device {
  public:
-  Device(MessageServerFactory servers, VhostUserOptions o)
-      : servers_(std::move(servers)), options_(std::move(o)), queues_(std::max(1u, options_.device.queues)) {
-    cmd_fd_.reset(::eventfd(0, EFD_CLOEXEC));
-    if (!cmd_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-    ring_.set_metadata_io(o.metadata_io);
+  Device(MessageServerFactory servers, VhostUserOptions o) : servers_(std::move(servers)), options_(std::move(o)) {
+    for (unsigned i = 0; i < std::max(1u, options_.device.queues); i++) queues_.push_back(std::make_unique<Queue>());
+    unsigned n = std::max(1u, options_.device.workers);
+    for (unsigned i = 0; i < n; i++) workers_.push_back(std::make_unique<Worker>(i, options_.metadata_io));
     new_server();
-    worker_ = std::thread([this] { worker_main(); });
+    for (auto& w : workers_) w->thread = std::thread([this, w = w.get()] { worker_main(*w); });
   }
   ~Device() {
     reset();
-    post([this] { return cmd_exit(); });
-    worker_.join();
+    for (auto& w : workers_) post(*w, [w = w.get()] { return cmd_exit(*w); });
+    for (auto& w : workers_) w->thread.join();
   }
 
   // Handles one message from the front-end; false drops the connection.
@@ -142,19 +153,57 @@ class VhostUserBackend::Device {
     Fd kick, call;
     bool enabled = false;
     bool started = false;
-    // Worker-thread state.
+    // Set when started, read by every worker while it runs: the rings, and
+    // the memory and server its chains use.
     virtio::SplitQueue split;
+    std::shared_ptr<MemoryMap> memory;
+    std::shared_ptr<MessageServer> server;
+    // The owner's state.
     int kick_fd = -1;
-    int call_fd = -1;
     bool running = false;
     bool loop_alive = false;
-    unsigned inflight = 0;
     Event* drained = nullptr;
     // While the loop polls: the event the worker sets once a request shows
     // up (poll_found) or the poll time runs out.
     Event* poll_wait = nullptr;
     std::chrono::steady_clock::time_point poll_until;
     bool poll_found = false;
+    // Shared by the workers.
+    std::atomic<unsigned> inflight{0};
+    std::atomic<bool> draining{false};  // the owner waits for inflight to reach 0
+    std::atomic<bool> broken{false};    // the guest corrupted the ring: nothing more goes back
+    // A running average of how long its requests take, in ns (relaxed:
+    // an estimate, updated by every worker).
+    std::atomic<uint32_t> cost_ns{0};
+    std::mutex used_mu;                 // guards split's used side and call_fd
+    int call_fd = -1;
+  };
+
+  struct Command {
+    std::function<Task<void>()> fn;
+    std::promise<void>* done;
+  };
+  // A chain popped by one worker for another to run.
+  struct Handoff {
+    unsigned queue;
+    uint16_t head;
+  };
+  // A data-plane thread with its own Ring. Its inbox takes commands from
+  // the control thread and chains from other workers; the eventfd wakes it.
+  struct Worker {
+    Worker(unsigned i, Ring::MetadataIo io) : index(i), inbox_fd(::eventfd(0, EFD_CLOEXEC)) {
+      if (!inbox_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+      ring.set_metadata_io(io);
+    }
+    unsigned index;
+    Ring ring{256};
+    std::thread thread;
+    Fd inbox_fd;
+    std::mutex mu;  // guards the two lists
+    std::deque<Command> commands;
+    std::vector<Handoff> chains;
+    bool exit = false;
+    unsigned polling = 0;  // its queues waiting in poll_queues()
   };
 
   // ---- control thread
@@ -175,161 +224,173 @@ class VhostUserBackend::Device {
   bool reply(int conn, vu::Request r, const vu::Payload& p);
   void maybe_start(unsigned i);
   void stop_queue(unsigned i);
+  // Runs `fn` on worker `w` and waits for it.
+  void post(Worker& w, std::function<Task<void>()> fn);
+  // Queue 0 (virtio-fs's hiprio, or a single queue) shares queue 1's
+  // worker: a lone guest thread's FORGETs then wake no second thread.
+  unsigned owner_index(unsigned queue) const {
+    return (queue == 0 ? 0 : queue - 1) % static_cast<unsigned>(workers_.size());
+  }
+  Worker& owner(unsigned queue) { return *workers_[owner_index(queue)]; }
 
-  // ---- worker thread
-  void post(std::function<Task<void>()> fn);
-  void worker_main();
-  void poll_queues();
-  Task<void> command_loop();
-  Task<void> cmd_exit() {
-    exit_ = true;
+  // ---- worker threads
+  void worker_main(Worker& w);
+  Task<void> inbox_loop(Worker& w);
+  Task<void> run_command(Command c) {
+    co_await c.fn();
+    c.done->set_value();
+  }
+  void poll_queues(Worker& w);
+  static Task<void> cmd_exit(Worker& w) {
+    w.exit = true;
     co_return;
   }
-  Task<void> cmd_start(unsigned i, virtio::SplitQueue split, int kick_fd, int call_fd);
-  Task<void> cmd_stop(unsigned i, uint16_t* last_avail);
-  Task<void> cmd_set_call(unsigned i, int fd) {
-    queues_[i].call_fd = fd;
-    co_return;
-  }
-  Task<void> cmd_set_memory(std::shared_ptr<MemoryMap> m) {
-    memory_ = std::move(m);
-    co_return;
-  }
-  Task<void> cmd_get_memory(std::shared_ptr<MemoryMap>* out) {
-    *out = memory_;
-    co_return;
-  }
+  Task<void> cmd_start(Worker& w, unsigned i);
+  Task<void> cmd_stop(Worker& w, unsigned i, uint16_t* last_avail);
   Task<void> cmd_new_server() {
     new_server();
     co_return;
   }
-  void new_server() { server_ = servers_(ring_); }  // a new front-end starts afresh
+  // A new front-end starts afresh; the server is made on worker 0, whose
+  // Ring a single-threaded server (virtio-9p) then uses.
+  void new_server() { server_ = servers_(workers_[0]->ring); }
   const VirtioDevice& device() const { return options_.device; }
   uint64_t device_features() const { return kFeatures | device().features; }
   uint64_t protocol_features() const { return kProtocolFeatures | (device().config.empty() ? 0 : vu::kPfConfig); }
-  Task<void> queue_loop(unsigned i);
-  Task<void> process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem, std::shared_ptr<MessageServer> server);
+  Task<void> queue_loop(Worker& w, unsigned i);
+  void dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads);
+  Task<void> process(Worker& w, unsigned i, uint16_t head);
   void finish_one(Queue& q, uint16_t head, uint32_t len);
+  void settle(Worker& w, Queue& q);
+  static void wake(Worker& w) {
+    uint64_t one = 1;
+    (void)!::write(w.inbox_fd.get(), &one, sizeof one);
+  }
 
   MessageServerFactory servers_;
   VhostUserOptions options_;
-  std::vector<Queue> queues_;
+  std::vector<std::unique_ptr<Queue>> queues_;
   uint64_t features_ = 0;
   uint64_t protocol_features_ = 0;
   std::vector<vu::MemRegion> regions_;  // control's copy, to rebuild on ADD/REM
   std::vector<Fd> region_fds_;          // dup'ed fds of regions_, for remapping
-
-  // worker
-  Ring ring_{256};
-  std::thread worker_;
-  Fd cmd_fd_;
-  std::mutex cmd_mu_;
-  struct Command {
-    std::function<Task<void>()> fn;
-    std::promise<void>* done;
-  };
-  std::deque<Command> cmds_;
-  bool exit_ = false;
-  unsigned polling_ = 0;  // queues waiting in poll_queues()
-  std::shared_ptr<MemoryMap> memory_;
-  std::shared_ptr<MessageServer> server_;  // kept alive by requests in flight across a reset
+  std::shared_ptr<MemoryMap> memory_;   // the current mapping (control thread; queues take it when they start)
+  std::shared_ptr<MessageServer> server_;  // made on worker 0; kept alive by requests in flight across a reset
+  std::vector<std::unique_ptr<Worker>> workers_;
 };
 
-// ---- worker thread
+// ---- worker threads
 
-void VhostUserBackend::Device::post(std::function<Task<void>()> fn) {
+void VhostUserBackend::Device::post(Worker& w, std::function<Task<void>()> fn) {
   std::promise<void> done;
   auto fut = done.get_future();
   {
-    std::lock_guard g(cmd_mu_);
-    cmds_.push_back({std::move(fn), &done});
+    std::lock_guard g(w.mu);
+    w.commands.push_back({std::move(fn), &done});
   }
-  uint64_t one = 1;
-  (void)!::write(cmd_fd_.get(), &one, sizeof one);
+  wake(w);
   fut.wait();
 }
 
-void VhostUserBackend::Device::worker_main() {
-  spawn(command_loop());
-  while (!exit_) {
-    ring_.run_once(polling_ == 0);
-    if (polling_) poll_queues();
+void VhostUserBackend::Device::worker_main(Worker& w) {
+  spawn(inbox_loop(w));
+  while (!w.exit) {
+    w.ring.run_once(w.polling == 0);
+    if (w.polling) poll_queues(w);
   }
 }
 
-// Ends the poll of each queue that has a request now, has been stopped, or
-// has polled long enough.
-void VhostUserBackend::Device::poll_queues() {
+// Ends the poll of each of this worker's queues that has a request now, has
+// been stopped, or has polled long enough.
+void VhostUserBackend::Device::poll_queues(Worker& w) {
   auto now = std::chrono::steady_clock::now();
-  for (auto& q : queues_) {
-    if (!q.poll_wait) continue;
+  for (unsigned i = 0; i < queues_.size(); i++) {
+    Queue& q = *queues_[i];
+    if (!q.poll_wait || owner_index(i) != w.index) continue;
     q.poll_found = q.split.has_avail();
     if (!q.poll_found && q.running && now < q.poll_until) continue;
-    polling_--;
+    w.polling--;
     std::exchange(q.poll_wait, nullptr)->set();
   }
 }
 
-Task<void> VhostUserBackend::Device::command_loop() {
-  while (!exit_) {
+// Takes what the inbox holds each time its eventfd is written: chains to
+// run, commands (each runs as a task of its own, so a stop that waits for a
+// drain never holds up the chains), and wake-ups for a drain.
+Task<void> VhostUserBackend::Device::inbox_loop(Worker& w) {
+  std::vector<Handoff> chains;
+  while (!w.exit) {
     uint64_t v;
-    co_await ring_.read(cmd_fd_.get(), &v, sizeof v, 0);
+    co_await w.ring.read(w.inbox_fd.get(), &v, sizeof v, 0);
     for (;;) {
-      Command c;
+      std::deque<Command> commands;
       {
-        std::lock_guard g(cmd_mu_);
-        if (cmds_.empty()) break;
-        c = std::move(cmds_.front());
-        cmds_.pop_front();
+        std::lock_guard g(w.mu);
+        chains.swap(w.chains);
+        commands.swap(w.commands);
       }
-      co_await c.fn();
-      c.done->set_value();
+      if (chains.empty() && commands.empty()) break;
+      for (const auto& c : chains) spawn(process(w, c.queue, c.head));
+      chains.clear();
+      for (auto& c : commands) spawn(run_command(std::move(c)));
     }
+    for (unsigned i = 0; i < queues_.size(); i++)
+      if (owner_index(i) == w.index) settle(w, *queues_[i]);
   }
 }
 
-Task<void> VhostUserBackend::Device::cmd_start(unsigned i, virtio::SplitQueue split, int kick_fd, int call_fd) {
-  Queue& q = queues_[i];
-  q.split = split;
-  q.kick_fd = kick_fd;
-  q.call_fd = call_fd;
+Task<void> VhostUserBackend::Device::cmd_start(Worker& w, unsigned i) {
+  Queue& q = *queues_[i];
   q.running = true;
-  spawn(queue_loop(i));
+  q.broken = false;
+  spawn(queue_loop(w, i));
   co_return;
 }
 
-Task<void> VhostUserBackend::Device::cmd_stop(unsigned i, uint16_t* last_avail) {
-  Queue& q = queues_[i];
+Task<void> VhostUserBackend::Device::cmd_stop(Worker& w, unsigned i, uint16_t* last_avail) {
+  Queue& q = *queues_[i];
   if (q.running) {
     q.running = false;
-    co_await ring_.cancel_fd(q.kick_fd);  // ends the loop's wait for a kick
-    Event drained;
-    if (q.loop_alive || q.inflight > 0) {
-      q.drained = &drained;
-      co_await drained.wait();
-      q.drained = nullptr;
-    }
+    co_await w.ring.cancel_fd(q.kick_fd);  // ends the loop's wait for a kick
   }
+  Event drained;
+  q.drained = &drained;
+  q.draining = true;
+  settle(w, q);
+  co_await drained.wait();
+  q.drained = nullptr;
+  q.draining = false;
   *last_avail = q.split.last_avail();
-  q.kick_fd = q.call_fd = -1;
+  q.kick_fd = -1;
+  std::lock_guard g(q.used_mu);
+  q.call_fd = -1;
 }
 
-Task<void> VhostUserBackend::Device::queue_loop(unsigned i) {
-  Queue& q = queues_[i];
+// On the owner: ends a stop's wait once the loop has ended and no chain of
+// the queue is in flight on any worker.
+void VhostUserBackend::Device::settle(Worker&, Queue& q) {
+  if (q.drained && !q.loop_alive && q.inflight.load() == 0) std::exchange(q.drained, nullptr)->set();
+}
+
+Task<void> VhostUserBackend::Device::queue_loop(Worker& w, unsigned i) {
+  Queue& q = *queues_[i];
   q.loop_alive = true;
+  std::vector<uint16_t> batch;
   while (q.running) {
-    bool more = false;
+    batch.clear();
     for (;;) {
       auto head = q.split.pop();
       if (!head) {
         spdlog::error("{} queue {}: the guest published a corrupt available ring; stopping the queue", device().name, i);
         bad_chains++;
         q.running = false;
+        q.broken = true;
         break;
       }
       if (!head->has_value()) break;
-      spawn(process(i, **head, memory_, server_));
+      batch.push_back(**head);
     }
+    dispatch(w, i, batch);
     if (!q.running) break;
     if (options_.poll_us) {
       // The guest's next request usually follows within microseconds; look
@@ -337,28 +398,53 @@ Task<void> VhostUserBackend::Device::queue_loop(unsigned i) {
       Event polled;
       q.poll_wait = &polled;
       q.poll_until = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.poll_us);
-      polling_++;
+      w.polling++;
       co_await polled.wait();
       if (q.poll_found) continue;
       if (!q.running) break;
     }
     q.split.arm_kick();
     // Entries published between the last pop and arming would be missed.
-    auto again = q.split.pop();
-    if (again && again->has_value()) {
-      spawn(process(i, **again, memory_, server_));
-      more = true;
-    }
-    if (more) continue;
+    if (q.split.has_avail()) continue;
     uint64_t v;
-    int r = co_await ring_.read(q.kick_fd, &v, sizeof v, 0);
+    int r = co_await w.ring.read(q.kick_fd, &v, sizeof v, 0);
     if (r < 0 && r != -EINTR) break;
   }
   q.loop_alive = false;
-  if (q.inflight == 0 && q.drained) q.drained->set();
+  settle(w, q);
+}
+
+// Runs a batch of chains: here when it is one chain, when this is the only
+// worker, or when this queue's requests are cheap; else spread round-robin
+// over every worker, this one first. Handing a chain over costs both
+// threads a wake-up (an eventfd write and a ring wait that returns), about
+// as much as a 4 KiB read from the page cache: on a machine whose CPUs are
+// busy (the front-end's vCPUs, other devices), spreading such requests only
+// adds that cost. So chains go to other workers only while the queue's
+// requests average more than kHandoffNs.
+void VhostUserBackend::Device::dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads) {
+  Queue& q = *queues_[i];
+  q.inflight += static_cast<unsigned>(heads.size());
+  size_t n = workers_.size();
+  if (n == 1 || heads.size() <= 1 || q.cost_ns.load(std::memory_order_relaxed) < kHandoffNs) {
+    for (uint16_t h : heads) spawn(process(w, i, h));
+    return;
+  }
+  n = std::min(n, heads.size());
+  for (size_t k = 1; k < n; k++) {
+    Worker& other = *workers_[(w.index + k) % workers_.size()];
+    {
+      std::lock_guard g(other.mu);
+      for (size_t j = k; j < heads.size(); j += n) other.chains.push_back({i, heads[j]});
+    }
+    wake(other);
+  }
+  for (size_t j = 0; j < heads.size(); j += n) spawn(process(w, i, heads[j]));
 }
 
 void VhostUserBackend::Device::finish_one(Queue& q, uint16_t head, uint32_t len) {
+  std::lock_guard g(q.used_mu);
+  if (q.broken) return;
   q.split.push(head, len);
   if (q.call_fd >= 0 && q.split.should_notify()) {
     uint64_t one = 1;
@@ -366,29 +452,40 @@ void VhostUserBackend::Device::finish_one(Queue& q, uint16_t head, uint32_t len)
   }
 }
 
-Task<void> VhostUserBackend::Device::process(unsigned i, uint16_t head, std::shared_ptr<MemoryMap> mem,
-                                             std::shared_ptr<MessageServer> server) {
-  Queue& q = queues_[i];
-  Ring::Active active(ring_);
-  q.inflight++;
+Task<void> VhostUserBackend::Device::process(Worker& w, unsigned i, uint16_t head) {
+  Queue& q = *queues_[i];
+  Ring::Active active(w.ring);
+  auto start = std::chrono::steady_clock::now();
   requests++;
   virtio::Chain chain;
   uint32_t written = 0;
-  if (!mem) {
+  if (!q.memory) {
     bad_chains++;
-  } else if (auto w = virtio::walk_chain(mem->mem, q.split.desc(), q.split.size(), head, chain); !w) {
+  } else if (auto walk = virtio::walk_chain(q.memory->mem, q.split.desc(), q.split.size(), head, chain); !walk) {
     bad_chains++;
     spdlog::warn("{} queue {}: malformed descriptor chain at head {}", device().name, i, head);
-  } else if (auto len = co_await server->handle(ring_, chain.readable, chain.writable); len) {
+  } else if (auto len = co_await q.server->handle(w.ring, chain.readable, chain.writable); len) {
     written = static_cast<uint32_t>(*len);
   } else {
     bad_requests++;
   }
-  if (q.running || q.drained) finish_one(q, head, written);
-  q.inflight--;
-  if (q.inflight == 0 && !q.loop_alive && q.drained) q.drained->set();
+  finish_one(q, head, written);
+  if (workers_.size() > 1) {
+    auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+    uint32_t avg = q.cost_ns.load(std::memory_order_relaxed);
+    auto sample = static_cast<uint32_t>(std::min<int64_t>(took, 10'000'000));
+    q.cost_ns.store(avg - avg / 8 + sample / 8, std::memory_order_relaxed);
+  }
+  // The last chain of a stopping queue wakes its owner (or settles it here).
+  if (q.inflight.fetch_sub(1) == 1 && q.draining.load()) {
+    Worker& o = owner(i);
+    if (&o == &w) {
+      settle(w, q);
+    } else {
+      wake(o);
+    }
+  }
 }
-
 // ---- control thread
 
 bool VhostUserBackend::Device::reply(int conn, vu::Request r, const vu::Payload& p) {
@@ -399,47 +496,59 @@ bool VhostUserBackend::Device::reply(int conn, vu::Request r, const vu::Payload&
 }
 
 void VhostUserBackend::Device::maybe_start(unsigned i) {
-  Queue& q = queues_[i];
+  Queue& q = *queues_[i];
   bool need_enable = features_ & vu::kFProtocolFeatures;
   if (q.started || !q.kick || !q.addr_set || q.num == 0 || (need_enable && !q.enabled)) return;
-  std::shared_ptr<MemoryMap> mem;
-  post([this, &mem] { return cmd_get_memory(&mem); });
-  if (!mem) {
+  if (!memory_) {
     spdlog::error("{} queue {}: started before the memory table", device().name, i);
     return;
   }
   uint16_t num = static_cast<uint16_t>(q.num);
-  auto* desc = reinterpret_cast<virtio::Desc*>(mem->mem.translate_uva(q.addr.desc_user_addr, 16u * num));
-  auto* avail = mem->mem.translate_uva(q.addr.avail_user_addr, virtio::SplitQueue::avail_size(num));
-  auto* used = mem->mem.translate_uva(q.addr.used_user_addr, virtio::SplitQueue::used_size(num));
+  auto* desc = reinterpret_cast<virtio::Desc*>(memory_->mem.translate_uva(q.addr.desc_user_addr, 16u * num));
+  auto* avail = memory_->mem.translate_uva(q.addr.avail_user_addr, virtio::SplitQueue::avail_size(num));
+  auto* used = memory_->mem.translate_uva(q.addr.used_user_addr, virtio::SplitQueue::used_size(num));
   if (!desc || !avail || !used) {
     spdlog::error("{} queue {}: ring addresses are outside guest memory", device().name, i);
     return;
   }
-  virtio::SplitQueue split({desc, avail, used}, num, features_ & vu::kFRingEventIdx, q.base);
-  int kick = q.kick.get(), call = q.call.get();
-  post([=, this] { return cmd_start(i, split, kick, call); });
+  // The queue is stopped, so no worker reads these now; the post publishes them.
+  q.split = virtio::SplitQueue({desc, avail, used}, num, features_ & vu::kFRingEventIdx, q.base);
+  q.memory = memory_;
+  q.server = server_;
+  q.kick_fd = q.kick.get();
+  {
+    std::lock_guard g(q.used_mu);
+    q.call_fd = q.call.get();
+  }
+  post(owner(i), [this, i, w = &owner(i)] { return cmd_start(*w, i); });
   q.started = true;
 }
 
 void VhostUserBackend::Device::stop_queue(unsigned i) {
-  Queue& q = queues_[i];
+  Queue& q = *queues_[i];
   if (!q.started) return;
   uint16_t last = 0;
-  post([this, i, &last] { return cmd_stop(i, &last); });
+  post(owner(i), [this, i, w = &owner(i), &last] { return cmd_stop(*w, i, &last); });
   q.base = last;
   q.started = false;
 }
 
 void VhostUserBackend::Device::reset() {
   for (unsigned i = 0; i < queues_.size(); i++) stop_queue(i);
-  for (auto& q : queues_) {
-    q.kick.reset();
-    q.call.reset();
-    q = Queue{};
+  for (auto& q : queues_) {  // in place: a worker may still look at a queue it just finished
+    q->kick.reset();
+    q->call.reset();
+    q->num = 0;
+    q->addr = {};
+    q->addr_set = false;
+    q->base = 0;
+    q->enabled = false;
+    q->split = {};
+    q->memory.reset();
+    q->server.reset();
   }
-  post([this] { return cmd_set_memory(nullptr); });
-  post([this] { return cmd_new_server(); });
+  memory_.reset();
+  post(*workers_[0], [this] { return cmd_new_server(); });
   regions_.clear();
   region_fds_.clear();
   features_ = protocol_features_ = 0;
@@ -536,7 +645,7 @@ bool VhostUserBackend::Device::remap() {
     spdlog::error("{}: cannot map guest memory: {}", device().name, std::strerror(-map.error()));
     return false;
   }
-  post([this, mp = *map]() { return cmd_set_memory(mp); });
+  memory_ = *map;
   return true;
 }
 
@@ -548,7 +657,7 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::memory_request(const
                                                                            std::vector<Fd>& fds) {
   std::vector<unsigned> running;
   for (unsigned i = 0; i < queues_.size(); i++) {
-    if (!queues_[i].started) continue;
+    if (!queues_[i]->started) continue;
     stop_queue(i);
     running.push_back(i);
   }
@@ -583,7 +692,7 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::change_memory(const 
       if (regions_[i].guest_phys_addr != r.guest_phys_addr || regions_[i].memory_size != r.memory_size) continue;
       regions_.erase(regions_.begin() + static_cast<ptrdiff_t>(i));
       region_fds_.erase(region_fds_.begin() + static_cast<ptrdiff_t>(i));
-      if (regions_.empty()) post([this] { return cmd_set_memory(nullptr); });
+      if (regions_.empty()) memory_.reset();
       o.drop = !regions_.empty() && !remap();
       o.ok = !o.drop;
       break;
@@ -593,7 +702,7 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::change_memory(const 
 }
 
 VhostUserBackend::Device::Queue* VhostUserBackend::Device::queue_of(const vu::Message& m, uint32_t index) {
-  if (index < queues_.size()) return &queues_[index];
+  if (index < queues_.size()) return queues_[index].get();
   spdlog::warn("vhost-user {}: queue index {} out of range", request_name(static_cast<uint32_t>(m.request)), index);
   return nullptr;
 }
@@ -671,8 +780,11 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_file_request(c
   // SET_VRING_CALL
   Fd fresh = f.has_fd ? std::move(fds[0]) : Fd();
   int fd = fresh.get();
-  if (q->started) post([this, i = f.index, fd] { return cmd_set_call(i, fd); });
-  q->call = std::move(fresh);  // the old fd closes only after the worker dropped it
+  if (q->started) {
+    std::lock_guard g(q->used_mu);  // no worker is signalling the old fd once this is held
+    q->call_fd = fd;
+  }
+  q->call = std::move(fresh);
   return o;
 }
 

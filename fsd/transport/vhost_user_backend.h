@@ -6,10 +6,12 @@
 // guest memory and the file.
 //
 // Threads: a control thread speaks the vhost-user protocol (features,
-// memory table, vring set-up) and a data-plane worker with its own Ring
-// waits on kick eventfds, walks descriptor chains and runs the server on them.
-// The control thread never touches a running queue: it posts commands to the
-// worker (start, stop-and-drain, swap call fd, swap memory) and waits.
+// memory table, vring set-up), and data-plane workers, each with its own
+// Ring, wait on kick eventfds, walk descriptor chains and run the server on
+// them. Each queue has one owning worker that pops its ring; a busy queue's
+// chains are spread over the other workers too (VirtioDevice::workers).
+// The control thread never touches a running queue: it posts commands to
+// its owner (start, stop-and-drain) and waits.
 //
 // When the front-end disconnects every queue is stopped, guest memory is
 // unmapped and FUSE state dropped; then the backend either waits for the
@@ -35,6 +37,9 @@ namespace fsd {
 struct VirtioDevice {
   std::string name = "virtio device";  // for logs, e.g. "virtio-fs 'store'"
   unsigned queues = 1;                 // virtio-fs: hiprio + request queues
+  // Threads serving the queues, each with its own Ring. More than one
+  // needs a server whose handle() may run on several threads at once.
+  unsigned workers = 1;
   uint64_t features = 0;               // device-specific feature bits
   std::vector<std::byte> config;       // its config space (GET_CONFIG); may be empty
 };

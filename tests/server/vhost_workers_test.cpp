@@ -1,0 +1,170 @@
+// A vhost-user device served by several workers: chains of one busy queue
+// spread over the workers, every chain comes back exactly once with its own
+// reply, cheap requests stay on the queue's owner, and stopping a queue
+// (GET_VRING_BASE) waits for the chains other workers still run.
+//
+// In-process, with a MessageServer that echoes its request after a pause,
+// so the test controls how long a request takes, and records which thread
+// ran it.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "fsd/client/vhost_frontend.h"
+#include "fsd/transport/vhost_user_backend.h"
+#include "fsd/uring/ring.h"
+#include "tests/support/test_support.h"
+
+namespace fsd::testing {
+namespace {
+
+using frontend::VhostFrontend;
+namespace vu = vhost_user;
+
+// Copies the request into the reply after sleeping `pause_us` on the ring.
+class SlowEcho : public MessageServer {
+ public:
+  explicit SlowEcho(unsigned pause_us) : pause_{0, static_cast<long long>(pause_us) * 1000} {}
+
+  Task<Result<size_t>> handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) override {
+    {
+      std::lock_guard g(mu_);
+      threads_.insert(std::this_thread::get_id());
+    }
+    if (pause_.tv_nsec) co_await ring.sleep(pause_);
+    size_t n = 0;
+    for (const auto& v : in) {
+      if (out.empty() || n + v.iov_len > out[0].iov_len) co_return Error{-EBADMSG};
+      std::memcpy(static_cast<std::byte*>(out[0].iov_base) + n, v.iov_base, v.iov_len);
+      n += v.iov_len;
+    }
+    handled_++;
+    co_return n;
+  }
+  size_t threads() const {
+    std::lock_guard g(mu_);
+    return threads_.size();
+  }
+  unsigned handled() const { return handled_; }
+
+ private:
+  __kernel_timespec pause_;
+  mutable std::mutex mu_;
+  std::set<std::thread::id> threads_;
+  std::atomic<unsigned> handled_{0};
+};
+
+struct Device {
+  Device(unsigned workers, unsigned pause_us) : server(std::make_shared<SlowEcho>(pause_us)) {
+    VhostUserOptions o;
+    o.device = {.name = "test device", .queues = 2, .workers = workers};
+    o.poll_us = 0;
+    backend = std::make_unique<VhostUserBackend>((tmp.path() / "dev.sock").string(),
+                                                 [s = server](Ring&) -> std::shared_ptr<MessageServer> { return s; }, o);
+    backend->start();
+  }
+  ~Device() { backend->stop(); }
+
+  TempDir tmp;
+  std::shared_ptr<SlowEcho> server;
+  std::unique_ptr<VhostUserBackend> backend;
+};
+
+// Publishes `n` chains on queue 1 at once (one kick), each a 16-byte
+// request naming its number and a 64-byte reply buffer; returns their heads.
+struct Burst {
+  std::vector<uint16_t> heads;
+  std::vector<uint64_t> replies;
+};
+Burst publish_burst(VhostFrontend& f, unsigned n) {
+  Burst b;
+  for (unsigned i = 0; i < n; i++) {
+    uint64_t in = f.alloc(16), out = f.alloc(64);
+    std::memset(f.host(in), 0, 16);
+    std::memcpy(f.host(in), &i, sizeof i);
+    VhostFrontend::Buf chain[] = {{in, 16, false}, {out, 64, true}};
+    b.heads.push_back(f.add_chain(1, chain));
+    b.replies.push_back(out);
+    f.publish(1, b.heads.back());
+  }
+  f.kick(1);
+  return b;
+}
+
+// Waits for every chain of the burst: each comes back once, with 16 bytes
+// that echo its own request.
+void expect_all_back(VhostFrontend& f, const Burst& b) {
+  std::set<uint16_t> seen;
+  for (size_t k = 0; k < b.heads.size(); k++) {
+    auto u = f.wait_used(1);
+    ASSERT_TRUE(u.ok()) << "chain " << k << " of " << b.heads.size() << " never came back";
+    EXPECT_TRUE(seen.insert(static_cast<uint16_t>(u->id)).second) << "head " << u->id << " returned twice";
+    EXPECT_EQ(u->len, 16u);
+    auto at = std::find(b.heads.begin(), b.heads.end(), u->id);
+    ASSERT_NE(at, b.heads.end());
+    unsigned index = static_cast<unsigned>(at - b.heads.begin()), echoed = ~0u;
+    std::memcpy(&echoed, f.host(b.replies[index]), sizeof echoed);
+    EXPECT_EQ(echoed, index);
+  }
+}
+
+std::unique_ptr<VhostFrontend> connect(Device& d) {
+  auto f = VhostFrontend::connect(d.backend->socket_path(), VhostFrontend::Options{.memory = 16 << 20});
+  EXPECT_TRUE(f.ok());
+  if (!f) return nullptr;
+  EXPECT_TRUE((*f)->negotiate().ok());
+  return std::move(*f);
+}
+
+TEST(VhostWorkers, SlowRequestsOfOneQueueRunOnEveryWorker) {
+  Device d(3, 2000);
+  auto f = connect(d);
+  ASSERT_TRUE(f);
+  // The first bursts teach the queue that its requests are slow; later
+  // bursts spread over the workers.
+  for (int round = 0; round < 6; round++) expect_all_back(*f, publish_burst(*f, 24));
+  EXPECT_EQ(d.server->handled(), 6u * 24);
+  EXPECT_EQ(d.server->threads(), 3u);
+  EXPECT_EQ(d.backend->stats().bad_chains, 0u);
+}
+
+TEST(VhostWorkers, CheapRequestsStayOnTheQueuesOwner) {
+  Device d(3, 0);
+  auto f = connect(d);
+  ASSERT_TRUE(f);
+  for (int round = 0; round < 6; round++) expect_all_back(*f, publish_burst(*f, 24));
+  EXPECT_EQ(d.server->threads(), 1u);
+}
+
+TEST(VhostWorkers, OneWorkerRunsEverything) {
+  Device d(1, 2000);
+  auto f = connect(d);
+  ASSERT_TRUE(f);
+  for (int round = 0; round < 3; round++) expect_all_back(*f, publish_burst(*f, 16));
+  EXPECT_EQ(d.server->threads(), 1u);
+}
+
+// GET_VRING_BASE stops the queue: its reply comes only after every chain in
+// flight, on whichever worker, is back in the used ring, and the base it
+// names counts them all.
+TEST(VhostWorkers, StoppingAQueueWaitsForEveryWorker) {
+  Device d(3, 20000);
+  auto f = connect(d);
+  ASSERT_TRUE(f);
+  for (int round = 0; round < 3; round++) expect_all_back(*f, publish_burst(*f, 12));
+  auto b = publish_burst(*f, 30);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // popped and running
+  auto base = f->send(vu::Request::GetVringBase, vu::VringState{1, 0}, {}, false, true);
+  ASSERT_TRUE(base.ok());
+  EXPECT_EQ(std::get<vu::VringState>(base->payload).num, 3u * 12 + 30);
+  EXPECT_EQ(d.server->handled(), 3u * 12 + 30);
+  expect_all_back(*f, b);
+  EXPECT_GE(d.server->threads(), 2u);
+}
+
+}  // namespace
+}  // namespace fsd::testing
