@@ -75,6 +75,7 @@ class Fs {
     VhostFrontend::Options o;
     o.memory = 256 << 20;
     o.poison_replies = false;
+    o.populate = true;
     f_ = check(VhostFrontend::connect(socket, o), ("connect " + socket).c_str());
     check(f_->negotiate(), "negotiate");
     auto init = check(f_->fuse_init(), "FUSE_INIT");

@@ -35,6 +35,9 @@ class VhostFrontend {
     uint64_t features = vhost_user::kFVersion1 | vhost_user::kFRingIndirectDesc |
                         vhost_user::kFRingEventIdx | vhost_user::kFProtocolFeatures;
     bool poison_replies = true;             // fill reply buffers with 0xAA first (tests); off for benchmarks
+    // Allocate every page of guest memory at once, as in a guest that has
+    // run a while (benchmarks: else they time the first touch of each page).
+    bool populate = false;
   };
 
   static Result<std::unique_ptr<VhostFrontend>> connect(const std::string& socket_path, Options o);
@@ -94,7 +97,9 @@ class VhostFrontend {
   };
   // Sends one FUSE request: header + args (+ payload in its own
   // descriptors), with `reply_size` bytes of writable buffers split into
-  // `reply_pages`-byte descriptors (0: one descriptor). `indirect` puts the
+  // `reply_pages`-byte descriptors after a descriptor of its own for the
+  // fuse_out_header, so that the data is page-aligned as a driver's is (0:
+  // one descriptor for it all). `indirect` puts the
   // chain in an indirect table.
   Result<FuseReply> fuse(unsigned q, uint32_t opcode, uint64_t nodeid, std::span<const std::byte> args,
                          size_t reply_size, std::span<const std::byte> payload = {}, size_t reply_pages = 0,

@@ -59,9 +59,9 @@ class SlowEcho : public MessageServer {
 };
 
 struct Device {
-  Device(unsigned workers, unsigned pause_us) : server(std::make_shared<SlowEcho>(pause_us)) {
+  Device(unsigned workers, unsigned pause_us, unsigned queues = 2) : server(std::make_shared<SlowEcho>(pause_us)) {
     VhostUserOptions o;
-    o.device = {.name = "test device", .queues = 2, .workers = workers};
+    o.device = {.name = "test device", .queues = queues, .workers = workers};
     o.poll_us = 0;
     backend = std::make_unique<VhostUserBackend>((tmp.path() / "dev.sock").string(),
                                                  [s = server](Ring&) -> std::shared_ptr<MessageServer> { return s; }, o);
@@ -80,27 +80,27 @@ struct Burst {
   std::vector<uint16_t> heads;
   std::vector<uint64_t> replies;
 };
-Burst publish_burst(VhostFrontend& f, unsigned n) {
+Burst publish_burst(VhostFrontend& f, unsigned n, unsigned q = 1) {
   Burst b;
   for (unsigned i = 0; i < n; i++) {
     uint64_t in = f.alloc(16), out = f.alloc(64);
     std::memset(f.host(in), 0, 16);
     std::memcpy(f.host(in), &i, sizeof i);
     VhostFrontend::Buf chain[] = {{in, 16, false}, {out, 64, true}};
-    b.heads.push_back(f.add_chain(1, chain));
+    b.heads.push_back(f.add_chain(q, chain));
     b.replies.push_back(out);
-    f.publish(1, b.heads.back());
+    f.publish(q, b.heads.back());
   }
-  f.kick(1);
+  f.kick(q);
   return b;
 }
 
 // Waits for every chain of the burst: each comes back once, with 16 bytes
 // that echo its own request.
-void expect_all_back(VhostFrontend& f, const Burst& b) {
+void expect_all_back(VhostFrontend& f, const Burst& b, unsigned q = 1) {
   std::set<uint16_t> seen;
   for (size_t k = 0; k < b.heads.size(); k++) {
-    auto u = f.wait_used(1);
+    auto u = f.wait_used(q);
     ASSERT_TRUE(u.ok()) << "chain " << k << " of " << b.heads.size() << " never came back";
     EXPECT_TRUE(seen.insert(static_cast<uint16_t>(u->id)).second) << "head " << u->id << " returned twice";
     EXPECT_EQ(u->len, 16u);
@@ -112,8 +112,8 @@ void expect_all_back(VhostFrontend& f, const Burst& b) {
   }
 }
 
-std::unique_ptr<VhostFrontend> connect(Device& d) {
-  auto f = VhostFrontend::connect(d.backend->socket_path(), VhostFrontend::Options{.memory = 16 << 20});
+std::unique_ptr<VhostFrontend> connect(Device& d, unsigned queues = 2) {
+  auto f = VhostFrontend::connect(d.backend->socket_path(), VhostFrontend::Options{.memory = 16 << 20, .queues = queues});
   EXPECT_TRUE(f.ok());
   if (!f) return nullptr;
   EXPECT_TRUE((*f)->negotiate().ok());
@@ -146,6 +146,17 @@ TEST(VhostWorkers, OneWorkerRunsEverything) {
   ASSERT_TRUE(f);
   for (int round = 0; round < 3; round++) expect_all_back(*f, publish_burst(*f, 16));
   EXPECT_EQ(d.server->threads(), 1u);
+}
+
+// A multiqueue front-end (num-request-queues=3 on a device offering 4):
+// every request queue is served, each by its own worker first.
+TEST(VhostWorkers, EveryRequestQueueIsServed) {
+  Device d(2, 0, 5);
+  auto f = connect(d, 4);
+  ASSERT_TRUE(f);
+  for (unsigned q = 1; q <= 3; q++) expect_all_back(*f, publish_burst(*f, 8, q), q);
+  EXPECT_EQ(d.server->handled(), 24u);
+  EXPECT_EQ(d.server->threads(), 2u);  // queues 1 and 3 on one worker, 2 on the other
 }
 
 // GET_VRING_BASE stops the queue: its reply comes only after every chain in
