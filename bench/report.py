@@ -281,6 +281,114 @@ plot {plots}
         ratio_histogram(out, "guest-ratios.png", "fsd virtio-fs speed-up in the guest", rat, [n for n, _ in ratio_rows])
 
 
+def scale(out):
+    rows = read_rows(os.path.join(out, "scale.csv"))
+    cost = {r["workload"]: r for r in rows if r["workload"].endswith("-per-frontend")}
+    rates = [r for r in rows if r["unit"] == "ops/s"]
+    lines = ["| workload | busy front-ends | aggregate | per front-end |", "|---|---:|---:|---:|"]
+    for r in rates:
+        k = int(r["conns"])
+        lines.append(f"| {r['workload']} (ops/s) | {k} | {cell(r)} | {float(r['median']) / k:,.0f} |")
+    notes = [""]
+    if cost:
+        n = next(iter(cost.values()))["conns"]
+        rss, fds = cost.get("rss-per-frontend"), cost.get("fds-per-frontend")
+        notes.append(f"{n} front-ends connected to one fsd (each a device on its own socket, 8 MiB of guest memory): "
+                     + (f"{float(rss['median']):,.0f} KiB of fsd's RSS" if rss else "")
+                     + (f" and {float(fds['median']):.0f} fds" if fds else "") + " per idle front-end.")
+    notes.append("Each busy front-end is a thread with one request in flight, as a one-vCPU guest; "
+                 "median (min–max) of 3 runs.")
+    write_md(out, "scale.md", lines + notes)
+    dat = os.path.join(out, "scale.dat")
+    series = []
+    with open(dat, "w") as f:
+        for w in ("randread4k", "lookup+getattr"):
+            pts = [(int(r["conns"]), float(r["median"])) for r in rates if r["workload"] == w]
+            if pts:
+                f.write(f"# {w}\n" + "".join(f"{k} {v}\n" for k, v in pts) + "\n\n")
+                series.append(w)
+    plots = ", ".join(f"'{dat}' index {i} with linespoints lw 2 title '{t}'" for i, t in enumerate(series))
+    if plots:
+        gnuplot(out, "scale.png", f"""
+set title 'One fsd, many front-ends (virtio-fs host harness, cache=auto)'
+set xlabel 'busy front-ends'; set ylabel 'aggregate ops/s'; set logscale x 2; set yrange [0:*]; set key left top; set grid
+plot {plots}
+""")
+
+
+def summary(out):
+    """Every target of the performance issue, from this run's CSVs: met or not, with the ratio."""
+    limit, _ = load_limit(out)
+    lines = ["| target | row | measured | goal | met |", "|---|---|---:|---:|---|"]
+
+    def add(target, row, value, goal, ok, fmt_v="{:.2f}×", fmt_g="≥ {:.2f}×"):
+        lines.append(f"| {target} | {row} | {fmt_v.format(value)} | {fmt_g.format(goal)} | {'yes' if ok else '**no**'} |")
+
+    path = os.path.join(out, "host-virtiofs.csv")
+    if os.path.exists(path):
+        by, order = group(read_rows(path))
+        for key in order:
+            base, size, depth = key
+            for mode in ("never", "auto", "always"):
+                f = by[key].get(f"fsd:{mode}")
+                peers = [by[key].get(f"{p}:{mode}") for p in ("virtiofsd", "virtiofsd-rust")]
+                peers = [float(p["median"]) for p in peers if p and float(p["median"]) > 0]
+                if not f or not peers:
+                    continue
+                ratio = float(f["median"]) / max(peers)
+                if base in ("randread4k", "lookup+getattr", "create+unlink") and mode != "never" or \
+                        base == "readdir10k" and mode != "never" and "(plus)" in f["workload"]:
+                    name = "READDIRPLUS" if base == "readdir10k" else base
+                    add("virtio-fs ≥ 1.3× the better virtiofsd", f"{name} d{depth} cache={mode}", ratio, 1.3, ratio >= 1.3)
+                elif base == "readdir10k" and mode == "never":
+                    add("virtio-fs plain READDIR ≥ 1.0× the better virtiofsd", f"READDIR d{depth} cache=never", ratio, 1.0,
+                        ratio >= 1.0)
+                elif base == "seqread" and size == 1048576 and depth == 1 and mode == "auto" and limit_at(limit, size, 1):
+                    frac = float(f["median"]) / limit_at(limit, size, 1)
+                    add("sequential 1 MiB reads ≥ 85% of pread", "virtio-fs, 1 in flight, cache=auto", frac, 0.85,
+                        frac >= 0.85, "{:.0%}", "≥ {:.0%}")
+    path = os.path.join(out, "host-9p.csv")
+    if os.path.exists(path):
+        by, order = group(r for r in read_rows(path) if r["layer"] == "host-9p")
+        for key in order:
+            base, msize, conns = key
+            f, d = by[key].get("fsd"), by[key].get("diod")
+            if base == "seqread" and msize == 1048576 and conns == 1 and f and limit_at(limit, msize, 1):
+                frac = float(f["median"]) / limit_at(limit, msize, 1)
+                add("sequential 1 MiB reads ≥ 85% of pread", "9P, 1 connection, msize 1 MiB", frac, 0.85, frac >= 0.85,
+                    "{:.0%}", "≥ {:.0%}")
+            if f and d and float(d["median"]) > 0 and (base != "seqread" or msize == 1048576):
+                ratio = float(f["median"]) / float(d["median"])
+                add("9P ≥ 2× diod", f"{base} {msize // 1024}K, {conns} conn{'s' if conns > 1 else ''}", ratio, 2.0,
+                    ratio >= 2.0)
+    path = os.path.join(out, "scale.csv")
+    if os.path.exists(path):
+        rows = read_rows(path)
+        cores = os.cpu_count() or 1
+        for w in ("randread4k", "lookup+getattr"):
+            pts = sorted((int(r["conns"]), float(r["median"])) for r in rows if r["workload"] == w)
+            if len(pts) < 2:
+                continue
+            # The first measured count at or past the cores: from there on the rate may not fall.
+            at_cores = min((p for p in pts if p[0] >= cores), default=pts[-1])
+            peak = max(v for _, v in pts)
+            last = pts[-1]
+            drop = last[1] / max(at_cores[1], 1)
+            add("scale: no fall > 10% past the cores", f"{w}: {last[0]} vs {at_cores[0]} busy front-ends", drop, 0.9,
+                drop >= 0.9, "{:.2f}×", "≥ {:.2f}×")
+            lines.append(f"| | {w}: peak {peak:,.0f} ops/s | | | |")
+        rss = next((float(r["median"]) for r in rows if r["workload"] == "rss-per-frontend"), None)
+        if rss is not None:
+            add("RSS per idle front-end < 1 MiB", "virtio-fs front-end", rss, 1024, rss < 1024, "{:,.0f} KiB", "< {:,.0f} KiB")
+    path = os.path.join(out, "guest.csv")
+    if not os.path.exists(path):
+        lines.append("| guest under TCG: no workload slower than the best virtiofsd | (not in this run: --no-guest) | | | |")
+    lines.append("| launch: vmlaunch -- true ≥ 1.3× a hand-written -virtfs boot | bench/boot_vs_9p.sh, not part of bench/run | | | |")
+    write_md(out, "summary.md", ["# Targets", ""] + lines +
+             ["", "Ratios are medians of 3 runs measured side by side in this run; \"the better virtiofsd\" is the "
+              "faster of the C and the Rust one on that row."])
+
+
 def gnuplot(out, png, script):
     path = os.path.join(out, png)
     subprocess.run(["gnuplot"], input=f"set terminal pngcairo size 900,540 font ',10'\nset output '{path}'\n{script}",
@@ -319,6 +427,9 @@ def main():
         host_virtiofs(out)
     if os.path.exists(os.path.join(out, "guest.csv")):
         guest(out)
+    if os.path.exists(os.path.join(out, "scale.csv")):
+        scale(out)
+    summary(out)
 
 
 if __name__ == "__main__":

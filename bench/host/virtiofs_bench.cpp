@@ -19,6 +19,10 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
+#include <atomic>
+#include <barrier>
+#include <filesystem>
+#include <thread>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -71,9 +75,9 @@ T as(std::span<const std::byte> body, size_t at = 0) {
 // One vhost-user connection, negotiated and past FUSE_INIT.
 class Fs {
  public:
-  explicit Fs(const std::string& socket) {
+  explicit Fs(const std::string& socket, size_t memory = 256 << 20) {
     VhostFrontend::Options o;
-    o.memory = 256 << 20;
+    o.memory = memory;
     o.poison_replies = false;
     o.populate = true;
     f_ = check(VhostFrontend::connect(socket, o), ("connect " + socket).c_str());
@@ -412,15 +416,109 @@ void run(const Target& t, bool quick) {
   }
 }
 
+// ---- scale: many front-ends on one fsd
+
+// Resident memory (KiB) and open fds of a process.
+std::pair<uint64_t, uint64_t> rss_and_fds(int pid) {
+  uint64_t rss = 0, fds = 0;
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (!f) fail("cannot read the status of process " + std::to_string(pid));
+  char line[256];
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmRSS: %lu", &rss) == 1) break;
+  std::fclose(f);
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) fds++;
+  return {rss, fds};
+}
+
+// Front-ends on the sockets of one fsd (each its own device, as guests'
+// are): what an idle front-end costs fsd (RSS, fds), and the aggregate rate
+// of 4 KiB reads and of LOOKUP+GETATTR when 1, 4, 16, ... of them are busy
+// at once, each a thread with one request in flight, as a one-vCPU guest.
+void scale(const std::vector<std::string>& sockets, int pid, bool quick) {
+  const unsigned reps = 3;
+  const double run_s = quick ? 0.5 : 2.0;
+  auto [rss0, fds0] = rss_and_fds(pid);
+  std::vector<std::unique_ptr<Fs>> fs;
+  for (const auto& sock : sockets) fs.push_back(std::make_unique<Fs>(sock, 8 << 20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto [rss1, fds1] = rss_and_fds(pid);
+  auto n = static_cast<double>(sockets.size());
+  row("scale", "fsd", "rss-per-frontend", 0, static_cast<unsigned>(sockets.size()),
+      {(static_cast<double>(rss1) - static_cast<double>(rss0)) / n, 0, 0}, "KiB", 1);
+  row("scale", "fsd", "fds-per-frontend", 0, static_cast<unsigned>(sockets.size()),
+      {(static_cast<double>(fds1) - static_cast<double>(fds0)) / n, 0, 0}, "fds", 1);
+  std::vector<fuse_entry_out> big, dir;
+  for (auto& f : fs) {
+    big.push_back(f->lookup(FUSE_ROOT_ID, "big"));
+    dir.push_back(f->lookup(FUSE_ROOT_ID, "dir10k"));
+  }
+  std::vector<unsigned> counts;
+  for (unsigned k = 1; k <= sockets.size(); k *= 4) counts.push_back(k);
+  if (counts.back() != sockets.size()) counts.push_back(static_cast<unsigned>(sockets.size()));
+  for (const char* w : {"randread4k", "lookup+getattr"}) {
+    bool reads = std::string_view(w) == "randread4k";
+    for (unsigned k : counts) {
+      std::vector<double> rates;
+      for (unsigned r = 0; r < reps; r++) {
+        std::atomic<uint64_t> total = 0;
+        std::barrier start(static_cast<std::ptrdiff_t>(k) + 1);
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < k; t++)
+          threads.emplace_back([&, t] {
+            Fs& f = *fs[t];
+            uint64_t done = 0, fh = reads ? f.open(big[t].nodeid, FUSE_OPEN, O_RDONLY) : 0, i = 0;
+            std::mt19937_64 rng(t * 7 + r);
+            uint64_t blocks = big[t].attr.size / kPage;
+            uint8_t phase = 0;
+            std::vector<uint64_t> looked;
+            start.arrive_and_wait();
+            f.pump(1, run_s, [&](unsigned, std::span<const std::byte> prev, Req& q) {
+              if (reads) {
+                if (!prev.empty()) done++;
+                q = read_req(FUSE_READ, big[t].nodeid, fh, (rng() % blocks) * kPage, kPage);
+              } else if (phase == 1) {
+                auto e = as<fuse_entry_out>(prev);
+                looked.push_back(e.nodeid);
+                q = Req{.opcode = FUSE_GETATTR, .nodeid = e.nodeid};
+                q.add(fuse_getattr_in{});
+                phase = 2;
+              } else {
+                if (phase == 2) done++;
+                q = Req{.opcode = FUSE_LOOKUP, .nodeid = dir[t].nodeid};
+                q.name("f" + std::to_string((t * 157 + i++) % 10000));
+                phase = 1;
+              }
+              return true;
+            });
+            total += done;
+            if (reads) f.release(big[t].nodeid, fh, FUSE_RELEASE);
+            for (uint64_t node : looked) f.forget(node, 1);
+          });
+        start.arrive_and_wait();
+        auto t0 = Clock::now();
+        for (auto& th : threads) th.join();
+        rates.push_back(static_cast<double>(total) / seconds_since(t0));
+      }
+      row("scale", "fsd", w, reads ? kPage : 0, k, summarize(rates), "ops/s", reps);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"fsd_virtiofs_bench: the virtio-fs host harness (see bench/run)"};
   Target t;
   bool quick = false, header = false;
-  app.add_option("--label", t.label, "The server's name in the rows (e.g. fsd:auto)")->required();
-  app.add_option("--ro-socket", t.ro, "vhost-user socket of the read-only share (with big and dir10k/)")->required();
-  app.add_option("--rw-socket", t.rw, "vhost-user socket of the read-write share")->required();
+  std::vector<std::string> scale_sockets;
+  app.add_option("--label", t.label, "The server's name in the rows (e.g. fsd:auto)");
+  app.add_option("--ro-socket", t.ro, "vhost-user socket of the read-only share (with big and dir10k/)");
+  app.add_option("--rw-socket", t.rw, "vhost-user socket of the read-write share");
+  app.add_option("--scale-sockets", scale_sockets,
+                 "Instead of the workloads: one front-end on each of these sockets of one fsd (each serving the "
+                 "read-only share), their cost to fsd (--server-pid) and the aggregate rates as more are busy")
+      ->delimiter(',');
   app.add_option("--only", t.only, "Run only the workloads whose names contain this (for profiling)");
   app.add_option("--depths", t.depths, "Requests kept in flight (default: 1 and 8)")->check(CLI::Range(1u, 64u));
   app.add_option("--server-pid", t.server_pid,
@@ -430,7 +528,19 @@ int main(int argc, char** argv) {
   app.add_flag("--header", header, "Print the CSV header first");
   CLI11_PARSE(app, argc, argv);
   if (header) print_header();
+  if (scale_sockets.empty() && (t.label.empty() || t.ro.empty() || t.rw.empty())) {
+    std::fprintf(stderr, "fsd_virtiofs_bench: --label, --ro-socket and --rw-socket are required (or --scale-sockets)\n");
+    return 2;
+  }
+  if (!scale_sockets.empty() && t.server_pid == 0) {
+    std::fprintf(stderr, "fsd_virtiofs_bench: --scale-sockets needs --server-pid\n");
+    return 2;
+  }
   try {
+    if (!scale_sockets.empty()) {
+      scale(scale_sockets, t.server_pid, quick);
+      return 0;
+    }
     run(t, quick);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fsd_virtiofs_bench: %s: %s\n", t.label.c_str(), e.what());

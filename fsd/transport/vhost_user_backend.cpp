@@ -34,6 +34,23 @@ constexpr uint64_t kMaxMemSlots = 32;
 // worker's wake-up (see Device::dispatch).
 constexpr uint32_t kHandoffNs = 20'000;
 
+// Queues polling at once in this process, over every device. Each poller
+// spins a CPU; with many front-ends (guests) on one fsd, unbounded polling
+// would have more spinning workers than CPUs, each taking CPU time from the
+// workers with requests (and from the vCPUs). Past the limit, a queue
+// sleeps until kicked at once.
+std::atomic<unsigned> g_pollers{0};
+unsigned max_pollers() {
+  static const unsigned n = std::max(1u, std::thread::hardware_concurrency() / 2);
+  return n;
+}
+bool take_poll_slot() {
+  unsigned now = g_pollers.load(std::memory_order_relaxed);
+  while (now < max_pollers())
+    if (g_pollers.compare_exchange_weak(now, now + 1, std::memory_order_relaxed)) return true;
+  return false;
+}
+
 // One mmap of a region's fd; unmapped on destruction.
 class Mapping {
  public:
@@ -310,6 +327,7 @@ void VhostUserBackend::Device::poll_queues(Worker& w) {
     q.poll_found = q.split.has_avail();
     if (!q.poll_found && q.running && now < q.poll_until) continue;
     w.polling--;
+    g_pollers.fetch_sub(1, std::memory_order_relaxed);
     std::exchange(q.poll_wait, nullptr)->set();
   }
 }
@@ -392,7 +410,7 @@ Task<void> VhostUserBackend::Device::queue_loop(Worker& w, unsigned i) {
     }
     dispatch(w, i, batch);
     if (!q.running) break;
-    if (options_.poll_us) {
+    if (options_.poll_us && take_poll_slot()) {
       // The guest's next request usually follows within microseconds; look
       // for it (while the ring runs this batch) before asking for a kick.
       Event polled;
