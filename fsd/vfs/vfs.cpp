@@ -450,6 +450,7 @@ Result<void> Vfs::reopen_file(detail::OpenState& s) {
     return {};
   }
   s.fd = std::move(*opened);
+  s.fd_gen++;
   files_reopened_.fetch_add(1, std::memory_order_relaxed);
   return {};
 }
@@ -1049,6 +1050,9 @@ Result<void> Vfs::access(Node& n, int mask) {
 
 namespace {
 constexpr uint64_t kMaxOffset = static_cast<uint64_t>(INT64_MAX);
+// A directory's getdents buffer (OpenState::DirCursor), per open directory
+// that has been read: what is left of it after one reply serves the next.
+constexpr size_t kDirBuffer = 8192;
 constexpr size_t kMaxCopy = size_t{1} << 30;  // per copy_file_range call
 
 // I/O on an O_NONBLOCK special file: at the offset where the file has one
@@ -1167,25 +1171,50 @@ Task<Result<void>> Vfs::read_dir(Ring& ring, const OpenFile& dir, uint64_t offse
   if (offset > kMaxOffset) co_return Error{-EINVAL};
   auto u = use(dir);
   if (!u) co_return Error{u.error()};
+  detail::OpenState& st = u->state();
   auto list = [&]() -> int {
     int fd = u->fd();
-    if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) return -errno;
-    // Per thread rather than on a coroutine's frame: frames do not honour
-    // alignas, and 32 KiB frames would not be recycled.
-    alignas(struct dirent64) static thread_local std::byte raw[32768];
-    size_t want = std::clamp<size_t>(bytes_hint, 512, sizeof raw);
+    uint32_t gen;
+    {
+      std::lock_guard g(st.mu);
+      gen = st.fd_gen;
+    }
+    // One reader at a time: the fd's position and the cursor go together.
+    std::lock_guard g(st.dir_mu);
+    auto& c = st.dir;
+    if (!c.valid || c.gen != gen || c.offset != offset) {
+      // Anywhere else than where the last read stopped: seek there.
+      c.valid = false;
+      if (::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) return -errno;
+      c.pos = c.len = 0;
+      c.offset = offset;
+      c.gen = gen;
+      c.valid = true;
+    }
+    if (!c.buf) c.buf = std::make_unique_for_overwrite<std::byte[]>(kDirBuffer);
+    // Entries that fit the reply become its part; the rest stay for the
+    // next read, which resumes at c.offset.
+    size_t want = std::clamp<size_t>(bytes_hint, 512, kDirBuffer);
     for (;;) {
-      long n = ::syscall(SYS_getdents64, fd, raw, want);
-      if (n <= 0) return n < 0 ? -errno : 0;
-      for (long pos = 0; pos < n;) {
-        const auto* d = reinterpret_cast<const struct dirent64*>(raw + pos);
-        pos += d->d_reclen;
-        DirEntry e{.ino = unique_ino(u->state().dev, d->d_ino),
-                   .next = static_cast<uint64_t>(d->d_off),
-                   .type = d->d_type,
-                   .name = d->d_name};
+      while (c.pos < c.len) {
+        dirent64 d;
+        std::memcpy(&d, c.buf.get() + c.pos, offsetof(dirent64, d_name));
+        DirEntry e{.ino = unique_ino(st.dev, d.d_ino),
+                   .next = static_cast<uint64_t>(d.d_off),
+                   .type = d.d_type,
+                   .name = reinterpret_cast<const char*>(c.buf.get() + c.pos + offsetof(dirent64, d_name))};
         if (!emit(e)) return 0;
+        c.pos += d.d_reclen;
+        c.offset = e.next;
       }
+      long n = ::syscall(SYS_getdents64, fd, c.buf.get(), want);
+      if (n < 0) {
+        c.valid = false;
+        return -errno;
+      }
+      c.pos = 0;
+      c.len = static_cast<size_t>(n);
+      if (n == 0) return 0;
     }
   };
   co_return from_res(co_await ring.blocking(list, Ring::Offload::kWhenBusy));

@@ -96,6 +96,21 @@ struct OpenState : boost::intrusive::list_base_hook<> {
   unsigned users = 0;       // operations using fd now
   bool referenced = false;  // used since the clock last passed
   bool keep = false;        // never reclaimed: holds locks, or is a special file
+  uint32_t fd_gen = 0;      // counts reopens: a reopened fd reads its directory from the start
+
+  // A directory's read position (Vfs::read_dir): the entries its last
+  // getdents returned that did not fit the reply, and where they resume.
+  // Reading on from there needs no seek, which on ext4 would rebuild the
+  // hash tree of a whole directory block every time.
+  struct DirCursor {
+    std::unique_ptr<std::byte[]> buf;  // kDirBuffer bytes once used
+    size_t pos = 0, len = 0;           // the entries not yet returned: buf[pos, len)
+    uint64_t offset = 0;               // the offset a reader passes to resume at buf[pos]
+    uint32_t gen = 0;                  // fd_gen of the fd it belongs to
+    bool valid = false;                // the fd's position is right after buf[len)
+  };
+  std::mutex dir_mu;  // guards dir, and the directory fd's position; held while it is read
+  DirCursor dir;
 };
 }  // namespace detail
 

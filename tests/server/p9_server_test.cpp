@@ -726,5 +726,87 @@ TEST(NodeReopen, MandatoryHandlesRefuseWhatHasNone) {
   }
 }
 
+// ---- directory cursors (Vfs::read_dir)
+
+// Reads a listing a few entries per call from `offset`, as a client with a
+// small buffer does; returns the names and the offset after the last one.
+std::pair<std::vector<std::string>, uint64_t> read_some(Ring& ring, Vfs& vfs, const OpenFile& dir, uint64_t offset,
+                                                       size_t most) {
+  std::vector<std::string> names;
+  uint64_t next = offset;
+  auto r = ring.run(vfs.read_dir(ring, dir, offset, 512, [&](const DirEntry& e) {
+    if (names.size() == most) return false;
+    names.emplace_back(e.name);
+    next = e.next;
+    return true;
+  }));
+  EXPECT_TRUE(r.ok());
+  return {names, next};
+}
+
+// A listing read on from where the last read stopped continues from the
+// entries its getdents left over (no seek); one that goes back, or starts
+// again, or whose fd was closed for another file and reopened, still gets
+// exactly the entries from its offset on.
+TEST(DirCursor, ResumesSeeksBackAndSurvivesReopens) {
+  TempDir tmp;
+  for (int i = 0; i < 500; i++) write_file(tmp.path() / "tree" / "d" / ("entry-" + std::to_string(i)), "");
+  for (int i = 0; i < 40; i++) write_file(tmp.path() / "tree" / ("f" + std::to_string(i)), "x");
+  Vfs vfs(ExportConfig{.tag = "t", .path = (tmp.path() / "tree").string(), .read_only = true},
+          VfsOptions{.open_files = 16});
+  Ring ring;
+  auto d = ring.run(vfs.lookup(ring, vfs.root(), "d"));
+  ASSERT_TRUE(d.ok());
+  auto dir = ring.run(vfs.open(ring, *d->node, O_RDONLY | O_DIRECTORY));
+  ASSERT_TRUE(dir.ok());
+  std::set<std::string> want{".", ".."};
+  for (int i = 0; i < 500; i++) want.insert("entry-" + std::to_string(i));
+
+  // Whole, 7 entries per call, remembering where each call began.
+  std::vector<std::string> all;
+  std::vector<std::pair<uint64_t, size_t>> starts;  // (offset, index in `all`)
+  uint64_t off = 0;
+  for (;;) {
+    starts.emplace_back(off, all.size());
+    auto [names, next] = read_some(ring, vfs, *dir, off, 7);
+    if (names.empty()) break;
+    all.insert(all.end(), names.begin(), names.end());
+    off = next;
+  }
+  EXPECT_EQ(std::set<std::string>(all.begin(), all.end()), want);
+  EXPECT_EQ(all.size(), want.size());
+
+  // Back to an earlier offset, then on from there: the same entries.
+  auto [mid_off, mid_at] = starts[starts.size() / 3];
+  auto [again, next] = read_some(ring, vfs, *dir, mid_off, 7);
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(again, std::vector<std::string>(all.begin() + static_cast<ptrdiff_t>(mid_at),
+                                            all.begin() + static_cast<ptrdiff_t>(mid_at + again.size())));
+  auto [on, next2] = read_some(ring, vfs, *dir, next, 7);
+  EXPECT_EQ(on, std::vector<std::string>(all.begin() + static_cast<ptrdiff_t>(mid_at + again.size()),
+                                         all.begin() + static_cast<ptrdiff_t>(mid_at + again.size() + on.size())));
+
+  // Opening 40 files through a budget of 16 closes the directory's fd; the
+  // next read reopens it (position 0) and must seek to its offset.
+  uint64_t reclaimed = vfs.stats().files_reclaimed;
+  std::vector<OpenFile> files;
+  for (int i = 0; i < 40; i++) {
+    auto f = ring.run(vfs.lookup(ring, vfs.root(), "f" + std::to_string(i)));
+    ASSERT_TRUE(f.ok());
+    auto o = ring.run(vfs.open(ring, *f->node, O_RDONLY));
+    ASSERT_TRUE(o.ok());
+    std::byte b;
+    iovec v{&b, 1};
+    ASSERT_TRUE(ring.run(vfs.read(ring, *o, {&v, 1}, 0)).ok());
+    files.push_back(std::move(*o));
+  }
+  ASSERT_GT(vfs.stats().files_reclaimed, reclaimed);
+  size_t at = mid_at + again.size() + on.size();
+  auto [after, next3] = read_some(ring, vfs, *dir, next2, 200);  // past what the cursor holds
+  EXPECT_EQ(after, std::vector<std::string>(all.begin() + static_cast<ptrdiff_t>(at),
+                                            all.begin() + static_cast<ptrdiff_t>(at + after.size())));
+  EXPECT_GT(vfs.stats().files_reopened, 0u);
+}
+
 }  // namespace
 }  // namespace fsd::p9
