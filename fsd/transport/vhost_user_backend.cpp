@@ -30,10 +30,6 @@ namespace {
 constexpr uint64_t kFeatures = vu::kFVersion1 | vu::kFRingIndirectDesc | vu::kFRingEventIdx | vu::kFProtocolFeatures;
 constexpr uint64_t kProtocolFeatures = vu::kPfMq | vu::kPfReplyAck | vu::kPfConfigureMemSlots;
 constexpr uint64_t kMaxMemSlots = 32;
-// Requests that take longer than this on average are worth another
-// worker's wake-up (see Device::dispatch).
-constexpr uint32_t kHandoffNs = 20'000;
-
 // Queues polling at once in this process, over every device. Each poller
 // spins a CPU; with many front-ends (guests) on one fsd, unbounded polling
 // would have more spinning workers than CPUs, each taking CPU time from the
@@ -439,12 +435,12 @@ Task<void> VhostUserBackend::Device::queue_loop(Worker& w, unsigned i) {
 // as much as a 4 KiB read from the page cache: on a machine whose CPUs are
 // busy (the front-end's vCPUs, other devices), spreading such requests only
 // adds that cost. So chains go to other workers only while the queue's
-// requests average more than kHandoffNs.
+// requests average more than VhostUserOptions::handoff_ns (20 us).
 void VhostUserBackend::Device::dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads) {
   Queue& q = *queues_[i];
   q.inflight += static_cast<unsigned>(heads.size());
   size_t n = workers_.size();
-  if (n == 1 || heads.size() <= 1 || q.cost_ns.load(std::memory_order_relaxed) < kHandoffNs) {
+  if (n == 1 || heads.size() <= 1 || q.cost_ns.load(std::memory_order_relaxed) < options_.handoff_ns) {
     for (uint16_t h : heads) spawn(process(w, i, h));
     return;
   }

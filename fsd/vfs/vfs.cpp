@@ -397,6 +397,9 @@ bool Vfs::reclaim_one() {
         continue;
       }
       victim = std::move(s.fd);
+      // Its listing starts afresh when it is reopened: the cursor's
+      // buffer goes now, so memory for cursors is bounded by the budget.
+      if (std::unique_lock dg(s.dir_mu, std::try_to_lock); dg) s.dir = {};
     }
   }
   if (!victim) return false;
@@ -1214,7 +1217,10 @@ Task<Result<void>> Vfs::read_dir(Ring& ring, const OpenFile& dir, uint64_t offse
       }
       c.pos = 0;
       c.len = static_cast<size_t>(n);
-      if (n == 0) return 0;
+      if (n == 0) {
+        c.buf.reset();  // the end: a reader that finished holds no buffer
+        return 0;
+      }
     }
   };
   co_return from_res(co_await ring.blocking(list, Ring::Offload::kWhenBusy));

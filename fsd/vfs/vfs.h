@@ -103,7 +103,8 @@ struct OpenState : boost::intrusive::list_base_hook<> {
   // Reading on from there needs no seek, which on ext4 would rebuild the
   // hash tree of a whole directory block every time.
   struct DirCursor {
-    std::unique_ptr<std::byte[]> buf;  // kDirBuffer bytes once used
+    std::unique_ptr<std::byte[]> buf;  // kDirBuffer bytes while a listing is under way (not after
+                                       // its end, nor while the fd is reclaimed)
     size_t pos = 0, len = 0;           // the entries not yet returned: buf[pos, len)
     uint64_t offset = 0;               // the offset a reader passes to resume at buf[pos]
     uint32_t gen = 0;                  // fd_gen of the fd it belongs to
