@@ -313,7 +313,7 @@ struct Builder {
     p.qemu_argv = {s.qemu_binary, "-name", s.name, "-accel", std::string(name_of(in.accel)),
                    "-smp", std::to_string(s.cpus), "-m", mem,
                    "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on", "-numa", "node,memdev=mem",
-                   "-kernel", s.kernel, "-initrd", in.initrd};
+                   "-kernel", in.boot_kernel.empty() ? s.kernel : in.boot_kernel, "-initrd", in.initrd};
     std::string append = s.graphics ? "console=tty0 console=ttyS0 panic=-1" : "console=ttyS0 panic=-1";
     if (s.console == Console::kQuiet) append += " quiet loglevel=1";
     if (!s.cmdline.empty()) append += " " + s.cmdline;

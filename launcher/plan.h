@@ -17,6 +17,7 @@ struct PlanInputs {
   std::string fsd_binary;
   std::string run_dir;      // where fsd's sockets go
   std::string initrd;       // the initramfs vmlaunch built
+  std::string boot_kernel;  // what -kernel boots: the spec's kernel, or its uncompressed PVH form ("": the spec's)
   std::string module_dir;   // lib/modules/VERSION of the guest kernel
   Accel accel = Accel::kTcg;  // resolved (not kAuto)
   std::string extra_kernel_params;          // $QEMU_KERNEL_PARAMS
