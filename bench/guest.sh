@@ -15,7 +15,8 @@
 #   true          vmlaunch -- true with this share mounted, end to end (host wall time)
 # Configurations: fsd's virtio-fs (cache never/auto/always); fsd's 9p
 # (msize x cache none/mmap/loose); QEMU's built-in 9p (msize 8K/128K/512K x
-# none/loose); the C virtiofsd (QEMU's, attached with extraArgs).
+# none/loose); the C virtiofsd (QEMU's) and the Rust one (Debian 13's,
+# scripts/fetch-rust-virtiofsd), each attached with extraArgs.
 # ACCEL=tcg|kvm|auto picks the accelerator (default tcg: nested KVM is not
 # everywhere); TREE="DIR..." copies those directories into tree/ instead of
 # /usr/include (/usr/include/linux with --quick); ONLY=REGEX runs only the
@@ -23,7 +24,7 @@
 # FSD=PATH is the fsd binary vmlaunch starts.
 # Rows (appended to OUT.csv): layer,server,workload,msize,conns,median,min,max,unit,reps
 set -euo pipefail
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 quick="" csv=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -143,11 +144,16 @@ run_config() {
   echo "guest,$label,true,$msize,1,$(printf '%s\n' "${times[@]}" | median3),s,3" | tee -a "$csv"
 }
 
-start_virtiofsd() {  # uses $vmode
+start_virtiofsd() {  # uses $vmode and $vfsd_kind (c or rust)
   if [[ -n "$vfs_pid" ]]; then kill "$vfs_pid" 2>/dev/null || true; wait "$vfs_pid" 2>/dev/null || true; fi
   rm -f "$work/vfsd.sock"
-  "$virtiofsd" --socket-path="$work/vfsd.sock" -o source="$share" -o cache="$vmode" -o sandbox=chroot \
-    2>> "$work/virtiofsd.log" &
+  if [[ $vfsd_kind == rust ]]; then
+    "$rust_virtiofsd" --socket-path="$work/vfsd.sock" --shared-dir="$share" --cache="$rmode" --sandbox=namespace \
+      2>> "$work/virtiofsd-rust.log" &
+  else
+    "$virtiofsd" --socket-path="$work/vfsd.sock" -o source="$share" -o cache="$vmode" -o sandbox=chroot \
+      2>> "$work/virtiofsd.log" &
+  fi
   vfs_pid=$!
   for _ in $(seq 50); do [[ -S "$work/vfsd.sock" ]] && return; sleep 0.1; done
   echo "bench/guest.sh: virtiofsd did not start" >&2
@@ -174,14 +180,20 @@ fi
 for m in "${vf_modes[@]}"; do
   run_config "fsd-virtiofs:$m" 0 "$(share_json virtiofs "$m")" '[]' ""
 done
-for m in "${vfsd_modes[@]}"; do
-  vmode=$([[ $m == never ]] && echo none || echo "$m")
-  extra="$(python3 -c 'import json, sys; print(json.dumps(["-chardev", "socket,id=vfsd,path=" + sys.argv[1],
-    "-device", "vhost-user-fs-pci,chardev=vfsd,tag=bench"]))' "$work/vfsd.sock")"
-  pre_boot=start_virtiofsd
-  run_config "virtiofsd:$m" 0 '[]' "$extra" "mkdir -p /mnt/b && mount -t virtiofs bench /mnt/b"
-  pre_boot=:
-  kill "$vfs_pid" 2>/dev/null || true; wait "$vfs_pid" 2>/dev/null || true; vfs_pid=""
+# Both virtiofsds: the C one (QEMU 7.2's) and the Rust one users run today
+# (fetched by scripts/fetch-rust-virtiofsd; left out when it cannot be).
+rust_virtiofsd="$(scripts/fetch-rust-virtiofsd 2>/dev/null)" || rust_virtiofsd=""
+for vfsd_kind in c ${rust_virtiofsd:+rust}; do
+  for m in "${vfsd_modes[@]}"; do
+    vmode=$([[ $m == never ]] && echo none || echo "$m"); rmode="$m"
+    extra="$(python3 -c 'import json, sys; print(json.dumps(["-chardev", "socket,id=vfsd,path=" + sys.argv[1],
+      "-device", "vhost-user-fs-pci,chardev=vfsd,tag=bench"]))' "$work/vfsd.sock")"
+    pre_boot=start_virtiofsd
+    run_config "virtiofsd$([[ $vfsd_kind == rust ]] && echo -rust):$m" 0 '[]' "$extra" \
+      "mkdir -p /mnt/b && mount -t virtiofs bench /mnt/b"
+    pre_boot=:
+    kill "$vfs_pid" 2>/dev/null || true; wait "$vfs_pid" 2>/dev/null || true; vfs_pid=""
+  done
 done
 for c in "${fsd9p[@]}"; do
   read -r ms cache <<< "$c"
