@@ -155,7 +155,10 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_flag("-f")->description("Run in the foreground: fsd always does");
   compat->add_flag("--preserve-noatime")
       ->description("Keep clients' O_NOATIME: fsd always does, and opens without it where the host refuses it (EPERM)");
-  compat->add_option("--thread-pool-size", o.threads, "Worker threads")->check(CLI::Range(1u, 256u));
+  compat->add_option_function<unsigned>(
+             "--thread-pool-size", [&o](unsigned n) { o.threads = std::max(1u, n); },
+             "Worker threads (0, virtiofsd's \"no pool\": one worker serves the queues)")
+      ->check(CLI::Range(0u, 256u));
   compat->add_flag("--print-capabilities", o.print_capabilities, "Print the vhost-user back-end capabilities (JSON) and exit");
   compat->add_option("--inode-file-handles", o.inode_file_handles,
                      "How nodes whose cached fd was closed are reopened. never (default): by name, checked to be "

@@ -146,6 +146,7 @@ TEST_F(VirtiofsdCli, CallersCommandLinesServeAFrontEnd) {
       {"libvirt with <openfiles max='4096'/>", {"--fd=3", "-o", "source=" + dir, "--rlimit-nofile=4096"}},
       {"Kata Containers", {"--syslog", "--cache=auto", "--shared-dir=" + dir, "--fd=3", "--thread-pool-size=1",
                            "--announce-submounts"}},
+      {"the Rust virtiofsd's own default written out (no pool)", {"--fd=3", "--shared-dir=" + dir, "--thread-pool-size=0"}},
   };
   // microvm.nix makes the socket itself (--socket-path), for its group
   // (kvm; root where this machine has no kvm group).
