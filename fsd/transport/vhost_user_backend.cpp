@@ -140,6 +140,7 @@ class VhostUserBackend::Device {
     for (unsigned i = 0; i < std::max(1u, options_.device.queues); i++) queues_.push_back(std::make_unique<Queue>());
     unsigned n = std::max(1u, options_.device.workers);
     for (unsigned i = 0; i < n; i++) workers_.push_back(std::make_unique<Worker>(i, options_.metadata_io));
+    for (unsigned i = 0; i < queues_.size(); i++) owner(i).owned.push_back(i);
     new_server();
     for (auto& w : workers_) w->thread = std::thread([this, w = w.get()] { worker_main(*w); });
   }
@@ -217,6 +218,7 @@ class VhostUserBackend::Device {
     std::vector<Handoff> chains;
     bool exit = false;
     unsigned polling = 0;  // its queues waiting in poll_queues()
+    std::vector<unsigned> owned;  // the queues it owns (see owner_index)
     // The inbox's loop, held here rather than detached: while it waits on
     // the ring only the kernel points at its frame otherwise, which a leak
     // checker (the fuzzers' LeakSanitizer) cannot see.
@@ -322,9 +324,9 @@ void VhostUserBackend::Device::worker_main(Worker& w) {
 // been stopped, or has polled long enough.
 void VhostUserBackend::Device::poll_queues(Worker& w) {
   auto now = std::chrono::steady_clock::now();
-  for (unsigned i = 0; i < queues_.size(); i++) {
+  for (unsigned i : w.owned) {
     Queue& q = *queues_[i];
-    if (!q.poll_wait || owner_index(i) != w.index) continue;
+    if (!q.poll_wait) continue;
     q.poll_found = q.split.has_avail();
     if (!q.poll_found && q.running && now < q.poll_until) continue;
     w.polling--;
@@ -353,8 +355,7 @@ Task<void> VhostUserBackend::Device::inbox_loop(Worker& w) {
       chains.clear();
       for (auto& c : commands) spawn(run_command(std::move(c)));
     }
-    for (unsigned i = 0; i < queues_.size(); i++)
-      if (owner_index(i) == w.index) settle(w, *queues_[i]);
+    for (unsigned i : w.owned) settle(w, *queues_[i]);
   }
 }
 
