@@ -481,9 +481,9 @@ void add_options(CLI::App& app, Options& o) {
                  "(default: 3/4 of RLIMIT_NOFILE, at most 65536)")
       ->check(CLI::Range(64u, 1u << 20));
   app.add_option("--metadata-io", o.metadata_io,
-                 "Where metadata syscalls run: uring (io_uring's workers), sync (the worker thread), or auto "
-                 "(lookups on the worker thread; creates, unlinks and renames through io_uring while other "
-                 "requests are in flight). File data always goes through io_uring")
+                 "Where metadata syscalls and writes to the page cache run: uring (io_uring's workers), sync "
+                 "(the worker thread), or auto (lookups on the worker thread; creates, unlinks, renames and "
+                 "writes through io_uring while other requests are in flight). Reads always go through io_uring")
       ->check(CLI::IsMember({"uring", "sync", "auto"}))
       ->capture_default_str();
   app.add_option("--poll-us", o.poll_us,

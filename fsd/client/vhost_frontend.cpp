@@ -256,7 +256,8 @@ VhostFrontend::Pending VhostFrontend::submit_fuse(unsigned q, uint32_t opcode, u
   bufs.clear();
   bufs.push_back({in_gpa, static_cast<uint32_t>(sizeof h + args.size()), false});
   if (!payload.empty()) {
-    uint64_t p = alloc(payload.size());
+    // On a page of its own, as a guest's page cache pages are.
+    uint64_t p = (alloc(payload.size() + 4095) + 4095) & ~uint64_t{4095};
     std::memcpy(host(p), payload.data(), payload.size());
     bufs.push_back({p, static_cast<uint32_t>(payload.size()), false});
   }

@@ -363,6 +363,13 @@ Op Ring::readv(int fd, const iovec* iov, unsigned n, uint64_t off) {
 Op Ring::writev(int fd, const iovec* iov, unsigned n, uint64_t off) {
   FSD_PREP(io_uring_prep_writev(&sqe, fd, iov, n, off));
 }
+Op Ring::write_cached(int fd, const iovec* iov, unsigned n, uint64_t off) {
+  if (!use_ring_for(IORING_OP_WRITEV, true)) return Op(sys(::pwritev(fd, iov, static_cast<int>(n), static_cast<off_t>(off))));
+  if (n == 1) {
+    FSD_PREP(io_uring_prep_write(&sqe, fd, iov[0].iov_base, static_cast<unsigned>(iov[0].iov_len), off));
+  }
+  FSD_PREP(io_uring_prep_writev(&sqe, fd, iov, n, off));
+}
 Op Ring::fsync(int fd, bool datasync) {
   FSD_PREP(io_uring_prep_fsync(&sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0));
 }

@@ -79,7 +79,8 @@ class Ring {
   // keeps its identity across suspensions while others run in between.
   void act_as(const Credentials* who);
   const Credentials* acting_as() const { return current_.get(); }
-  // Where metadata syscalls run; data I/O always uses the ring.
+  // Where metadata syscalls run (and writes to the page cache, see
+  // write_cached); other data I/O always uses the ring.
   //   kRing:     through io_uring, which punts them to its worker threads:
   //              they overlap, but each costs those threads a wake-up.
   //   kInline:   as plain syscalls on the calling thread.
@@ -114,6 +115,14 @@ class Ring {
   Op write(int fd, const void* buf, unsigned len, uint64_t off);
   Op readv(int fd, const iovec* iov, unsigned n, uint64_t off);
   Op writev(int fd, const iovec* iov, unsigned n, uint64_t off);
+  // A write into the page cache: `fd` has none of O_DIRECT, O_SYNC and
+  // O_DSYNC. On most filesystems (ext4 among them) io_uring cannot make
+  // one without blocking, so it hands each to one of its worker threads: a
+  // 4 KiB write took 16 us that way here, against 2.6 for pwrite. So it
+  // follows the metadata policy for changes: kAdaptive runs it inline when
+  // it is this ring's only request in flight, through the ring (where it
+  // overlaps the others) when not.
+  Op write_cached(int fd, const iovec* iov, unsigned n, uint64_t off);
   Op fsync(int fd, bool datasync);
   Op fallocate(int fd, int mode, uint64_t offset, uint64_t length);
   // ---- sockets and eventfds

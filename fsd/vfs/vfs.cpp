@@ -1106,7 +1106,9 @@ Task<Result<size_t>> Vfs::transfer(Ring& ring, const OpenFile& f, std::span<cons
   if (u->state().never_wait) co_return nonblocking_io(fd, iov, offset, write);
   auto n = static_cast<unsigned>(iov.size());
   int r;
-  if (iov.size() == 1) {
+  if (write && !(u->state().flags & (O_DIRECT | O_DSYNC))) {  // O_SYNC includes O_DSYNC
+    r = co_await ring.write_cached(fd, iov.data(), n, offset);
+  } else if (iov.size() == 1) {
     auto len = static_cast<unsigned>(iov[0].iov_len);
     r = write ? co_await ring.write(fd, iov[0].iov_base, len, offset) : co_await ring.read(fd, iov[0].iov_base, len, offset);
   } else {

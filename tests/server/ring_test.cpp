@@ -7,6 +7,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <memory>
+#include <vector>
 #include <fstream>
 #include <thread>
 
@@ -61,6 +63,39 @@ TEST(Ring, LoneCallsRunInline) {
   EXPECT_TRUE(ran_on == std::this_thread::get_id());
 }
 
+// Writes "abcd" at `off` with write_cached, as a request counted in flight
+// alongside `others` more.
+Task<int> cached_write(Ring& ring, int fd, uint64_t off, int others) {
+  std::vector<std::unique_ptr<Ring::Active>> busy;
+  for (int i = 0; i <= others; i++) busy.push_back(std::make_unique<Ring::Active>(ring));
+  char data[] = "abcd";
+  iovec iov{data, 4};
+  co_return co_await ring.write_cached(fd, &iov, 1, off);
+}
+
+// A write to the page cache runs as pwrite when it is the ring's only
+// request (kAdaptive), and through the ring beside others; with kRing,
+// always through the ring. Both write the same bytes.
+TEST(Ring, CachedWritesRunInlineWhenAlone) {
+  char path[] = "/tmp/fsd-ring-write-XXXXXX";
+  int fd = ::mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ::unlink(path);
+  Ring ring;
+  ring.set_metadata_io(Ring::MetadataIo::kAdaptive);
+  uint64_t before = ring.submitted();
+  EXPECT_EQ(ring.run(cached_write(ring, fd, 0, 0)), 4);
+  EXPECT_EQ(ring.submitted(), before) << "a lone write went through the ring";
+  EXPECT_EQ(ring.run(cached_write(ring, fd, 4, 1)), 4);
+  EXPECT_EQ(ring.submitted(), before + 1) << "a write beside another request ran inline";
+  ring.set_metadata_io(Ring::MetadataIo::kRing);
+  EXPECT_EQ(ring.run(cached_write(ring, fd, 8, 0)), 4);
+  EXPECT_EQ(ring.submitted(), before + 2);
+  char back[13] = {};
+  EXPECT_EQ(::pread(fd, back, 12, 0), 12);
+  EXPECT_STREQ(back, "abcdabcdabcd");
+  ::close(fd);
+}
 
 // Opens `path` three ways as `who`: through the ring, as a plain syscall on
 // the thread after a suspension (others ran meanwhile, as someone else),
