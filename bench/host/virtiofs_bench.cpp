@@ -76,9 +76,13 @@ T as(std::span<const std::byte> body, size_t at = 0) {
 // One vhost-user connection, negotiated and past FUSE_INIT.
 class Fs {
  public:
-  explicit Fs(const std::string& socket, size_t memory = 256 << 20) {
+  // `request_queues` > 1: a multiqueue guest, whose streams (busy threads)
+  // each use one of them (stream i: queue i mod n), as Linux maps CPUs.
+  explicit Fs(const std::string& socket, size_t memory = 256 << 20, unsigned request_queues = 1) {
     VhostFrontend::Options o;
     o.memory = memory;
+    o.queues = 1 + request_queues;
+    for (unsigned q = 0; q < request_queues; q++) queues_.push_back(kRequests + q);
     o.poison_replies = false;
     o.populate = true;
     f_ = check(VhostFrontend::connect(socket, o), ("connect " + socket).c_str());
@@ -88,8 +92,8 @@ class Fs {
     auto out = as<fuse_init_out>(init.body);
     readdirplus_ = out.flags & FUSE_DO_READDIRPLUS;
     max_read_ = (out.flags & FUSE_MAX_PAGES) && out.max_pages ? out.max_pages * kPage : 32 * kPage;
-    owner_.assign(f_->queue_size(), kFree);
-    pending_.resize(f_->queue_size());
+    owner_.assign(request_queues, std::vector<unsigned>(f_->queue_size(), kFree));
+    pending_.assign(request_queues, std::vector<VhostFrontend::Pending>(f_->queue_size()));
   }
 
   bool readdirplus() const { return readdirplus_; }
@@ -134,12 +138,13 @@ class Fs {
       if (r = Req{}; next(s, {}, r)) submit(s, r), in_flight++;
     uint64_t polls = 0;
     while (in_flight) {
-      auto u = check(f_->wait_used(kRequests), "wait for a reply");
-      if (u.id >= owner_.size() || owner_[u.id] == kFree) fail("the back-end returned a chain not in flight");
-      unsigned s = owner_[u.id];
-      owner_[u.id] = kFree;
+      auto [queue, u] = check(f_->wait_used_any(queues_), "wait for a reply");
+      auto& owner = owner_[queue - kRequests];
+      if (u.id >= owner.size() || owner[u.id] == kFree) fail("the back-end returned a chain not in flight");
+      unsigned s = owner[u.id];
+      owner[u.id] = kFree;
       in_flight--;
-      auto v = check(f_->reply_of(pending_[u.id], u), "reply");
+      auto v = check(f_->reply_of(pending_[queue - kRequests][u.id], u), "reply");
       if (v.error) fail("request of stream " + std::to_string(s) + ": " + std::strerror(-v.error));
       bool go_on = (++polls % 16 != 0) || Clock::now() < until;
       if (go_on && (r = Req{}, next(s, v.body, r))) submit(s, r), in_flight++;
@@ -161,10 +166,11 @@ class Fs {
   static constexpr unsigned kFree = ~0u;
 
   void submit(unsigned stream, const Req& r) {
-    auto p = f_->submit_fuse(kRequests, r.opcode, r.nodeid, r.bytes(), sizeof(fuse_out_header) + r.reply, r.payload, kPage, true);
-    if (owner_[p.head] != kFree) fail("the request ring wrapped over a request still in flight");
-    owner_[p.head] = stream;
-    pending_[p.head] = p;
+    unsigned i = stream % static_cast<unsigned>(queues_.size());
+    auto p = f_->submit_fuse(queues_[i], r.opcode, r.nodeid, r.bytes(), sizeof(fuse_out_header) + r.reply, r.payload, kPage, true);
+    if (owner_[i][p.head] != kFree) fail("the request ring wrapped over a request still in flight");
+    owner_[i][p.head] = stream;
+    pending_[i][p.head] = p;
   }
   void drain_hiprio(bool all) {
     while (forgets_) {
@@ -178,8 +184,9 @@ class Fs {
   std::unique_ptr<VhostFrontend> f_;
   bool readdirplus_ = false;
   size_t max_read_ = 0;
-  std::vector<unsigned> owner_;  // descriptor head -> stream, for requests in flight
-  std::vector<VhostFrontend::Pending> pending_;
+  std::vector<unsigned> queues_;  // the request queues
+  std::vector<std::vector<unsigned>> owner_;  // per request queue: descriptor head -> stream, for requests in flight
+  std::vector<std::vector<VhostFrontend::Pending>> pending_;
   unsigned forgets_ = 0;
 };
 
@@ -213,6 +220,7 @@ struct Target {
   std::string label, ro, rw;
   std::string only;  // run only the workloads whose names contain this
   std::vector<unsigned> depths{1, 8};
+  unsigned request_queues = 1;
   int server_pid = 0;  // CPU time per request, when given
 };
 
@@ -221,7 +229,7 @@ void run(const Target& t, bool quick) {
   const double run_s = quick ? 0.5 : 2.0;
   const double whole = std::numeric_limits<double>::infinity();
   const std::vector<unsigned>& depths = t.depths;
-  Fs ro(t.ro), rw(t.rw);
+  Fs ro(t.ro, 256 << 20, t.request_queues), rw(t.rw, 256 << 20, t.request_queues);
   auto big = ro.lookup(FUSE_ROOT_ID, "big");
   auto dir = ro.lookup(FUSE_ROOT_ID, "dir10k");
   auto want = [&](const char* w) { return std::string(w).find(t.only) != std::string::npos; };
@@ -572,6 +580,10 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--only", t.only, "Run only the workloads whose names contain this (for profiling)");
   app.add_option("--depths", t.depths, "Requests kept in flight (default: 1 and 8)")->check(CLI::Range(1u, 64u));
+  app.add_option("--request-queues", t.request_queues,
+                 "Request queues the front-end uses, as a multiqueue guest (Linux 6.11 and later) does: request "
+                 "stream i goes on queue i mod N (default 1; the back-end must offer N)")
+      ->check(CLI::Range(1u, 63u));
   app.add_option("--server-pid", t.server_pid,
                  "Also print the CPU time this process (the back-end) spends per request, entry or MiB: a "
                  "\"WORKLOAD:cpu\" row after each (fsd in its sandbox: the waiter's child)");

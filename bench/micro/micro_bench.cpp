@@ -15,7 +15,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fsd/uring/ring.h"
@@ -273,6 +275,52 @@ BENCHMARK(BM_GuestMemoryWrite)
     ->ArgsProduct({{4096, 1 << 20}, {0, 1}, {0, 1}})
     ->UseRealTime()  // a write may finish on io_uring's own workers
     ->Unit(benchmark::kMicrosecond);
+
+// ---- io_uring registered ("fixed") files
+
+// A 4 KiB read from the page cache through io_uring by plain fd, or by its
+// index among the ring's registered files (no reference taken on the file
+// per request). Argument: 0 plain, 1 fixed. Run with a second thread alive,
+// as fsd always has: a multithreaded process takes a reference per lookup.
+void BM_FileRead4k(benchmark::State& state) {
+  const bool fixed = state.range(0) != 0;
+  constexpr size_t kFile = 16 << 20;
+  auto path = std::filesystem::temp_directory_path() / ("fsd-micro-ff-" + std::to_string(::getpid()));
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ::unlink(path.c_str());
+  std::vector<char> buf(kFile, 1);
+  if (fd < 0 || ::pwrite(fd, buf.data(), kFile, 0) != static_cast<ssize_t>(kFile)) {
+    state.SkipWithError("cannot make the file");
+    return;
+  }
+  std::atomic<bool> stop{false};
+  std::thread other([&] {
+    while (!stop) ::usleep(1000);
+  });
+  io_uring ring;
+  io_uring_queue_init(8, &ring, 0);
+  if (fixed && io_uring_register_files(&ring, &fd, 1) != 0) {
+    state.SkipWithError("io_uring_register_files failed");
+  } else {
+    size_t off = 0;
+    for (auto _ : state) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+      io_uring_prep_read(sqe, fixed ? 0 : fd, buf.data(), 4096, off);
+      if (fixed) sqe->flags |= IOSQE_FIXED_FILE;
+      io_uring_submit(&ring);
+      io_uring_cqe* cqe;
+      io_uring_wait_cqe(&ring, &cqe);
+      if (cqe->res != 4096) state.SkipWithError("short or failed read");
+      io_uring_cqe_seen(&ring, cqe);
+      off = (off + 4096) % kFile;
+    }
+  }
+  io_uring_queue_exit(&ring);
+  stop = true;
+  other.join();
+  ::close(fd);
+}
+BENCHMARK(BM_FileRead4k)->ArgName("fixed")->Arg(0)->Arg(1);
 
 }  // namespace
 

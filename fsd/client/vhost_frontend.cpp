@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
 
 namespace fsd::frontend {
@@ -212,9 +213,9 @@ void VhostFrontend::kick_if_needed(unsigned q) {
   if (static_cast<uint16_t>(new_idx - event - 1) < static_cast<uint16_t>(new_idx - old_idx)) kick(q);
 }
 
-Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms) {
+std::optional<VhostFrontend::Used> VhostFrontend::take_used(unsigned q) {
   std::byte* used = mem_ + used_offset(q);
-  for (;;) {
+  for (bool armed = false;; armed = true) {
     uint16_t idx = __atomic_load_n(reinterpret_cast<uint16_t*>(used + 2), __ATOMIC_ACQUIRE);
     if (idx != last_used_[q]) {
       Used u;
@@ -226,18 +227,35 @@ Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms)
       }
       return u;
     }
+    if (armed) return std::nullopt;
     // As a driver does with EVENT_IDX: ask to be interrupted for the next
     // used entry (used_event = the index we wait for), then look again.
     __atomic_store_n(reinterpret_cast<uint16_t*>(mem_ + avail_offset(q) + 4 + 2 * o_.queue_size), last_used_[q],
                      __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(reinterpret_cast<uint16_t*>(used + 2), __ATOMIC_ACQUIRE) != last_used_[q]) continue;
-    pollfd p{call_[q].get(), POLLIN, 0};
-    int r = ::poll(&p, 1, timeout_ms);
+  }
+}
+
+Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms) {
+  auto u = wait_used_any(std::span(&q, 1), timeout_ms);
+  if (!u) return Error{u.error()};
+  return u->used;
+}
+
+Result<VhostFrontend::UsedOn> VhostFrontend::wait_used_any(std::span<const unsigned> queues, int timeout_ms) {
+  std::array<pollfd, 64> p{};
+  if (queues.empty() || queues.size() > p.size()) return Error{-EINVAL};
+  for (;;) {
+    for (unsigned q : queues)
+      if (auto u = take_used(q)) return UsedOn{q, *u};
+    for (size_t i = 0; i < queues.size(); i++) p[i] = {call_[queues[i]].get(), POLLIN, 0};
+    int r = ::poll(p.data(), queues.size(), timeout_ms);
     if (r == 0) return Error{-ETIMEDOUT};
     if (r < 0 && errno != EINTR) return errno_error();
-    uint64_t v;
-    (void)!::read(call_[q].get(), &v, sizeof v);
+    for (size_t i = 0; i < queues.size(); i++) {
+      uint64_t v;
+      if (p[i].revents & POLLIN) (void)!::read(p[i].fd, &v, sizeof v);
+    }
   }
 }
 

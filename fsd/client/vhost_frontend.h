@@ -12,6 +12,7 @@
 #include <linux/fuse.h>
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -88,6 +89,13 @@ class VhostFrontend {
   };
   // Waits for the back-end to return a chain (via the call eventfd).
   Result<Used> wait_used(unsigned q, int timeout_ms = 10000);
+  // The same on several queues at once (a multiqueue guest): the first
+  // chain any of them returns, and its queue.
+  struct UsedOn {
+    unsigned queue;
+    Used used;
+  };
+  Result<UsedOn> wait_used_any(std::span<const unsigned> queues, int timeout_ms = 10000);
 
   // ---- FUSE over the request queue
   struct FuseReply {
@@ -128,6 +136,9 @@ class VhostFrontend {
 
  private:
   VhostFrontend(Fd sock, Fd memfd, std::byte* mem, Options o) : sock_(std::move(sock)), memfd_(std::move(memfd)), mem_(mem), o_(o) {}
+  // Takes queue q's next used entry, if the back-end has returned one; else
+  // asks to be interrupted for it (EVENT_IDX's used_event) and looks again.
+  std::optional<Used> take_used(unsigned q);
   size_t ring_offset(unsigned q) const { return q * 0x20000; }
   size_t avail_offset(unsigned q) const { return ring_offset(q) + 0x8000; }
   size_t used_offset(unsigned q) const { return ring_offset(q) + 0x10000; }
