@@ -306,9 +306,14 @@ class Servers {
     device_tags_.push_back(tag);
     device_labels_.push_back(label);
     fsd::Vfs& vfs = *exports_.find(tag);
-    fsd::VhostUserOptions vopt{
-        .exit_on_disconnect = o_.on_disconnect == "exit", .metadata_io = plan_.metadata_io, .socket_access = plan_.socket_access,
-        .poll_us = o_.poll_us};
+    // Every virtio device shares one pool of --threads workers, so that
+    // many guests on one fsd cost threads per CPU rather than per guest.
+    if (!vhost_pool_) vhost_pool_ = std::make_shared<fsd::VhostWorkerPool>(o_.threads, plan_.metadata_io);
+    fsd::VhostUserOptions vopt{.pool = vhost_pool_,
+                               .exit_on_disconnect = o_.on_disconnect == "exit",
+                               .metadata_io = plan_.metadata_io,
+                               .socket_access = plan_.socket_access,
+                               .poll_us = o_.poll_us};
     fsd::MessageServerFactory servers;
     if (p9) {  // a virtio-9p device serves one export, under its own mount tag
       single_exports_.push_back(std::make_unique<fsd::ExportSet>());
@@ -320,7 +325,7 @@ class Servers {
     } else {
       servers = fsd::fuse::server_factory(vfs, {.max_write = 1 << 20, .virtiofs = true}, false);
       // hiprio and up to kRequestQueues request queues (the front-end's
-      // num-request-queues), served by --threads workers.
+      // num-request-queues), served by all the pool's workers.
       vopt.device = {.name = "virtio-fs '" + tag + "'", .queues = 1 + kRequestQueues, .workers = o_.threads};
       if (tag == kCompatTag && o_.device_tag) vopt.device.config = virtio_fs_config(*o_.device_tag, 1);
     }
@@ -334,6 +339,7 @@ class Servers {
   const fsd::ExportSet& exports_;
   fsd::SocketServer sockets_;
   std::vector<std::unique_ptr<fsd::ExportSet>> single_exports_;  // outlive the devices using them
+  std::shared_ptr<fsd::VhostWorkerPool> vhost_pool_;  // made with the first device; its threads start with it
   std::vector<std::unique_ptr<fsd::VhostUserBackend>> devices_;
   std::vector<std::string> device_tags_, device_labels_;  // for the log, per device
   std::vector<std::unique_ptr<fsd::FuseMount>> fuse_;
@@ -472,8 +478,8 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--msize-max", o.msize_max, "Largest 9p msize to agree to, in bytes")
       ->check(CLI::Range(4096u, 16u << 20))
       ->capture_default_str();
-  app.add_option("--threads", o.threads, "Worker threads for 9P sockets, for each FUSE mount, and for each virtio-fs device (one io_uring "
-                 "each); a device spreads the requests in flight on its queues over its threads")
+  app.add_option("--threads", o.threads, "Worker threads (one io_uring each) for 9P sockets, for each FUSE mount, and for all "
+                 "virtio devices together; a virtio-fs device spreads the requests in flight on its queues over them")
       ->check(CLI::Range(1u, 256u))
       ->capture_default_str();
   app.add_option("--fd-budget", o.fd_budget,

@@ -125,7 +125,85 @@ const char* request_name(uint32_t request) {
 
 }  // namespace
 
-// The device state: control-side configuration and the data-plane workers.
+namespace vhost_detail {
+
+struct Command {
+  std::function<Task<void>()> fn;
+  std::promise<void>* done;
+};
+// A chain popped by one worker for another to run.
+struct Handoff {
+  Device* device;
+  unsigned queue;
+  uint16_t head;
+};
+// A queue a worker owns: it waits for the queue's kicks and pops its ring.
+struct Owned {
+  Device* device;
+  unsigned queue;
+};
+
+// A data-plane thread with its own Ring, serving the queues it owns of any
+// number of devices. Its inbox takes commands from control threads and
+// chains from other workers; the eventfd wakes it.
+struct Worker {
+  Worker(unsigned i, Ring::MetadataIo io) : index(i), inbox_fd(::eventfd(0, EFD_CLOEXEC)) {
+    if (!inbox_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+    ring.set_metadata_io(io);
+  }
+  unsigned index;  // in its pool
+  Ring ring{256};
+  std::thread thread;
+  Fd inbox_fd;
+  std::mutex mu;  // guards the two lists
+  std::deque<Command> commands;
+  std::vector<Handoff> chains;
+  bool exit = false;
+  std::vector<Owned> owned;   // changed only on its own thread, by commands
+  std::vector<Owned> polls;   // the owned queues polling now (see queue_loop)
+  // The inbox's loop, held here rather than detached: while it waits on
+  // the ring only the kernel points at its frame otherwise, which a leak
+  // checker (the fuzzers' LeakSanitizer) cannot see.
+  Task<void> inbox;
+};
+
+void wake(Worker& w) {
+  uint64_t one = 1;
+  (void)!::write(w.inbox_fd.get(), &one, sizeof one);
+}
+
+// Runs `fn` on worker `w` and waits for it.
+void post(Worker& w, std::function<Task<void>()> fn) {
+  std::promise<void> done;
+  auto fut = done.get_future();
+  {
+    std::lock_guard g(w.mu);
+    w.commands.push_back({std::move(fn), &done});
+  }
+  wake(w);
+  fut.wait();
+}
+
+Task<void> run_command(Command c) {
+  co_await c.fn();
+  c.done->set_value();
+}
+Task<void> cmd_exit(Worker& w) {
+  w.exit = true;
+  co_return;
+}
+Task<void> cmd_own(Worker& w, Device* d, unsigned queue) {
+  w.owned.push_back({d, queue});
+  co_return;
+}
+Task<void> cmd_disown(Worker& w, Device* d, unsigned queue) {
+  std::erase_if(w.owned, [&](const Owned& o) { return o.device == d && o.queue == queue; });
+  co_return;
+}
+void worker_main(Worker& w);
+
+// The device state: control-side configuration, and the queues it has on
+// the pool's workers.
 //
 // Each queue has an owner, the worker that waits for its kicks and pops its
 // available ring. When a batch holds more than one chain and the device has
@@ -134,20 +212,28 @@ const char* request_name(uint32_t request) {
 // worker may finish a chain: the used ring and the call eventfd are behind
 // the queue's used_mu. A chain counts as in flight from its pop until its
 // push, whichever worker runs it, so stopping a queue drains them all.
-class VhostUserBackend::Device {
+//
+// The workers may be shared with other devices (VhostUserOptions::pool).
+// A device takes device.workers of them (at most the pool's size), starting
+// at a different one for each device, so that the owners of many devices'
+// queues spread over the pool.
+class Device {
  public:
   Device(MessageServerFactory servers, VhostUserOptions o) : servers_(std::move(servers)), options_(std::move(o)) {
+    pool_ = options_.pool ? options_.pool
+                          : std::make_shared<VhostWorkerPool>(std::max(1u, options_.device.workers), options_.metadata_io);
+    auto& all = pool_->start();
     for (unsigned i = 0; i < std::max(1u, options_.device.queues); i++) queues_.push_back(std::make_unique<Queue>());
-    unsigned n = std::max(1u, options_.device.workers);
-    for (unsigned i = 0; i < n; i++) workers_.push_back(std::make_unique<Worker>(i, options_.metadata_io));
-    for (unsigned i = 0; i < queues_.size(); i++) owner(i).owned.push_back(i);
-    new_server();
-    for (auto& w : workers_) w->thread = std::thread([this, w = w.get()] { worker_main(*w); });
+    auto n = static_cast<unsigned>(all.size());
+    first_ = pool_->next_.fetch_add(1, std::memory_order_relaxed) % n;
+    for (unsigned j = 0; j < std::min(std::max(1u, options_.device.workers), n); j++)
+      workers_.push_back(all[(first_ + j) % n].get());
+    for (unsigned i = 0; i < queues_.size(); i++) post(owner(i), [this, i, w = &owner(i)] { return cmd_own(*w, this, i); });
+    post(*workers_[0], [this] { return cmd_new_server(); });
   }
   ~Device() {
     reset();
-    for (auto& w : workers_) post(*w, [w = w.get()] { return cmd_exit(*w); });
-    for (auto& w : workers_) w->thread.join();
+    for (unsigned i = 0; i < queues_.size(); i++) post(owner(i), [this, i, w = &owner(i)] { return cmd_disown(*w, this, i); });
   }
 
   // Handles one message from the front-end; false drops the connection.
@@ -156,6 +242,24 @@ class VhostUserBackend::Device {
   void reset();
 
   std::atomic<uint64_t> requests{0}, bad_chains{0}, bad_requests{0};
+
+  // ---- called by the workers, on their own threads
+  // Whether queue i's poll is over: a request is there, the queue was
+  // stopped, or it has polled long enough.
+  bool poll_over(unsigned i, std::chrono::steady_clock::time_point now) {
+    Queue& q = *queues_[i];
+    q.poll_found = q.split.has_avail();
+    return q.poll_found || !q.running || now >= q.poll_until;
+  }
+  // Resumes queue i's loop from its poll.
+  void end_poll(unsigned i) { std::exchange(queues_[i]->poll_wait, nullptr)->set(); }
+  // On the owner: ends a stop's wait once the queue's loop has ended and no
+  // chain of it is in flight on any worker.
+  void settle(unsigned i) {
+    Queue& q = *queues_[i];
+    if (q.drained && !q.loop_alive && q.inflight.load() == 0) std::exchange(q.drained, nullptr)->set();
+  }
+  Task<void> process(Worker& w, unsigned i, uint16_t head);
 
  private:
   struct Queue {
@@ -193,38 +297,6 @@ class VhostUserBackend::Device {
     int call_fd = -1;
   };
 
-  struct Command {
-    std::function<Task<void>()> fn;
-    std::promise<void>* done;
-  };
-  // A chain popped by one worker for another to run.
-  struct Handoff {
-    unsigned queue;
-    uint16_t head;
-  };
-  // A data-plane thread with its own Ring. Its inbox takes commands from
-  // the control thread and chains from other workers; the eventfd wakes it.
-  struct Worker {
-    Worker(unsigned i, Ring::MetadataIo io) : index(i), inbox_fd(::eventfd(0, EFD_CLOEXEC)) {
-      if (!inbox_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-      ring.set_metadata_io(io);
-    }
-    unsigned index;
-    Ring ring{256};
-    std::thread thread;
-    Fd inbox_fd;
-    std::mutex mu;  // guards the two lists
-    std::deque<Command> commands;
-    std::vector<Handoff> chains;
-    bool exit = false;
-    unsigned polling = 0;  // its queues waiting in poll_queues()
-    std::vector<unsigned> owned;  // the queues it owns (see owner_index)
-    // The inbox's loop, held here rather than detached: while it waits on
-    // the ring only the kernel points at its frame otherwise, which a leak
-    // checker (the fuzzers' LeakSanitizer) cannot see.
-    Task<void> inbox;
-  };
-
   // ---- control thread
   // What handling one front-end message came to: ok for REPLY_ACK, whether
   // it was answered already, and whether to drop the connection.
@@ -243,49 +315,36 @@ class VhostUserBackend::Device {
   bool reply(int conn, vu::Request r, const vu::Payload& p);
   void maybe_start(unsigned i);
   void stop_queue(unsigned i);
-  // Runs `fn` on worker `w` and waits for it.
-  void post(Worker& w, std::function<Task<void>()> fn);
   // Queue 0 (virtio-fs's hiprio, or a single queue) shares queue 1's
   // worker: a lone guest thread's FORGETs then wake no second thread.
   unsigned owner_index(unsigned queue) const {
     return (queue == 0 ? 0 : queue - 1) % static_cast<unsigned>(workers_.size());
   }
   Worker& owner(unsigned queue) { return *workers_[owner_index(queue)]; }
+  // Where worker w (one of this device's) sits in workers_.
+  size_t position(const Worker& w) const {
+    size_t n = pool_->workers_.size();
+    return (w.index + n - first_) % n;
+  }
 
   // ---- worker threads
-  void worker_main(Worker& w);
-  Task<void> inbox_loop(Worker& w);
-  Task<void> run_command(Command c) {
-    co_await c.fn();
-    c.done->set_value();
-  }
-  void poll_queues(Worker& w);
-  static Task<void> cmd_exit(Worker& w) {
-    w.exit = true;
-    co_return;
-  }
   Task<void> cmd_start(Worker& w, unsigned i);
   Task<void> cmd_stop(Worker& w, unsigned i, uint16_t* last_avail);
   Task<void> cmd_new_server() {
     new_server();
     co_return;
   }
-  // A new front-end starts afresh; the server is made on worker 0, whose
-  // Ring a single-threaded server (virtio-9p) then uses.
+  // A new front-end starts afresh; the server is made on the device's first
+  // worker, whose Ring a single-threaded server (virtio-9p) then uses.
   void new_server() { server_ = servers_(workers_[0]->ring); }
   const VirtioDevice& device() const { return options_.device; }
   uint64_t device_features() const { return kFeatures | device().features; }
   uint64_t protocol_features() const { return kProtocolFeatures | (device().config.empty() ? 0 : vu::kPfConfig); }
   Task<void> queue_loop(Worker& w, unsigned i);
   void dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads);
-  Task<void> process(Worker& w, unsigned i, uint16_t head);
   void finish_one(Queue& q, uint16_t head, uint32_t len);
-  void settle(Worker& w, Queue& q);
-  static void wake(Worker& w) {
-    uint64_t one = 1;
-    (void)!::write(w.inbox_fd.get(), &one, sizeof one);
-  }
 
+  std::shared_ptr<VhostWorkerPool> pool_;  // the device's own when options_.pool is null
   MessageServerFactory servers_;
   VhostUserOptions options_;
   std::vector<std::unique_ptr<Queue>> queues_;
@@ -294,51 +353,34 @@ class VhostUserBackend::Device {
   std::vector<vu::MemRegion> regions_;  // control's copy, to rebuild on ADD/REM
   std::vector<Fd> region_fds_;          // dup'ed fds of regions_, for remapping
   std::shared_ptr<MemoryMap> memory_;   // the current mapping (control thread; queues take it when they start)
-  std::shared_ptr<MessageServer> server_;  // made on worker 0; kept alive by requests in flight across a reset
-  std::vector<std::unique_ptr<Worker>> workers_;
+  std::shared_ptr<MessageServer> server_;  // made on workers_[0]; kept alive by requests in flight across a reset
+  unsigned first_ = 0;                  // the pool index of workers_[0]
+  std::vector<Worker*> workers_;        // the pool's workers this device uses
 };
 
 // ---- worker threads
 
-void VhostUserBackend::Device::post(Worker& w, std::function<Task<void>()> fn) {
-  std::promise<void> done;
-  auto fut = done.get_future();
-  {
-    std::lock_guard g(w.mu);
-    w.commands.push_back({std::move(fn), &done});
-  }
-  wake(w);
-  fut.wait();
-}
-
-void VhostUserBackend::Device::worker_main(Worker& w) {
-  w.inbox = inbox_loop(w);
-  w.inbox.handle().resume();  // runs to its first wait; the ring resumes it from there
-  while (!w.exit) {
-    w.ring.run_once(w.polling == 0);
-    if (w.polling) poll_queues(w);
-  }
-}
-
-// Ends the poll of each of this worker's queues that has a request now, has
-// been stopped, or has polled long enough.
-void VhostUserBackend::Device::poll_queues(Worker& w) {
+// Ends the poll of each queue of this worker's that has a request now, has
+// been stopped, or has polled long enough. A loop it resumes may poll again
+// at once, which appends to polls: the index walks on over it.
+void poll_queues(Worker& w) {
   auto now = std::chrono::steady_clock::now();
-  for (unsigned i : w.owned) {
-    Queue& q = *queues_[i];
-    if (!q.poll_wait) continue;
-    q.poll_found = q.split.has_avail();
-    if (!q.poll_found && q.running && now < q.poll_until) continue;
-    w.polling--;
+  for (size_t k = 0; k < w.polls.size();) {
+    Owned o = w.polls[k];
+    if (!o.device->poll_over(o.queue, now)) {
+      k++;
+      continue;
+    }
+    w.polls.erase(w.polls.begin() + static_cast<ptrdiff_t>(k));
     g_pollers.fetch_sub(1, std::memory_order_relaxed);
-    std::exchange(q.poll_wait, nullptr)->set();
+    o.device->end_poll(o.queue);
   }
 }
 
 // Takes what the inbox holds each time its eventfd is written: chains to
 // run, commands (each runs as a task of its own, so a stop that waits for a
 // drain never holds up the chains), and wake-ups for a drain.
-Task<void> VhostUserBackend::Device::inbox_loop(Worker& w) {
+Task<void> inbox_loop(Worker& w) {
   std::vector<Handoff> chains;
   while (!w.exit) {
     uint64_t v;
@@ -351,15 +393,24 @@ Task<void> VhostUserBackend::Device::inbox_loop(Worker& w) {
         commands.swap(w.commands);
       }
       if (chains.empty() && commands.empty()) break;
-      for (const auto& c : chains) spawn(process(w, c.queue, c.head));
+      for (const auto& c : chains) spawn(c.device->process(w, c.queue, c.head));
       chains.clear();
       for (auto& c : commands) spawn(run_command(std::move(c)));
     }
-    for (unsigned i : w.owned) settle(w, *queues_[i]);
+    for (const Owned& o : w.owned) o.device->settle(o.queue);
   }
 }
 
-Task<void> VhostUserBackend::Device::cmd_start(Worker& w, unsigned i) {
+void worker_main(Worker& w) {
+  w.inbox = inbox_loop(w);
+  w.inbox.handle().resume();  // runs to its first wait; the ring resumes it from there
+  while (!w.exit) {
+    w.ring.run_once(w.polls.empty());
+    if (!w.polls.empty()) poll_queues(w);
+  }
+}
+
+Task<void> Device::cmd_start(Worker& w, unsigned i) {
   Queue& q = *queues_[i];
   q.running = true;
   q.broken = false;
@@ -367,7 +418,7 @@ Task<void> VhostUserBackend::Device::cmd_start(Worker& w, unsigned i) {
   co_return;
 }
 
-Task<void> VhostUserBackend::Device::cmd_stop(Worker& w, unsigned i, uint16_t* last_avail) {
+Task<void> Device::cmd_stop(Worker& w, unsigned i, uint16_t* last_avail) {
   Queue& q = *queues_[i];
   if (q.running) {
     q.running = false;
@@ -376,7 +427,7 @@ Task<void> VhostUserBackend::Device::cmd_stop(Worker& w, unsigned i, uint16_t* l
   Event drained;
   q.drained = &drained;
   q.draining = true;
-  settle(w, q);
+  settle(i);
   co_await drained.wait();
   q.drained = nullptr;
   q.draining = false;
@@ -386,13 +437,7 @@ Task<void> VhostUserBackend::Device::cmd_stop(Worker& w, unsigned i, uint16_t* l
   q.call_fd = -1;
 }
 
-// On the owner: ends a stop's wait once the loop has ended and no chain of
-// the queue is in flight on any worker.
-void VhostUserBackend::Device::settle(Worker&, Queue& q) {
-  if (q.drained && !q.loop_alive && q.inflight.load() == 0) std::exchange(q.drained, nullptr)->set();
-}
-
-Task<void> VhostUserBackend::Device::queue_loop(Worker& w, unsigned i) {
+Task<void> Device::queue_loop(Worker& w, unsigned i) {
   Queue& q = *queues_[i];
   q.loop_alive = true;
   std::vector<uint16_t> batch;
@@ -418,7 +463,7 @@ Task<void> VhostUserBackend::Device::queue_loop(Worker& w, unsigned i) {
       Event polled;
       q.poll_wait = &polled;
       q.poll_until = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.poll_us);
-      w.polling++;
+      w.polls.push_back({this, i});
       co_await polled.wait();
       if (q.poll_found) continue;
       if (!q.running) break;
@@ -431,7 +476,7 @@ Task<void> VhostUserBackend::Device::queue_loop(Worker& w, unsigned i) {
     if (r < 0 && r != -EINTR) break;
   }
   q.loop_alive = false;
-  settle(w, q);
+  settle(i);
 }
 
 // Runs a batch of chains: here when it is one chain, when this is the only
@@ -442,7 +487,7 @@ Task<void> VhostUserBackend::Device::queue_loop(Worker& w, unsigned i) {
 // busy (the front-end's vCPUs, other devices), spreading such requests only
 // adds that cost. So chains go to other workers only while the queue's
 // requests average more than VhostUserOptions::handoff_ns (20 us).
-void VhostUserBackend::Device::dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads) {
+void Device::dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads) {
   Queue& q = *queues_[i];
   q.inflight += static_cast<unsigned>(heads.size());
   size_t n = workers_.size();
@@ -451,18 +496,19 @@ void VhostUserBackend::Device::dispatch(Worker& w, unsigned i, std::span<const u
     return;
   }
   n = std::min(n, heads.size());
+  size_t me = position(w);
   for (size_t k = 1; k < n; k++) {
-    Worker& other = *workers_[(w.index + k) % workers_.size()];
+    Worker& other = *workers_[(me + k) % workers_.size()];
     {
       std::lock_guard g(other.mu);
-      for (size_t j = k; j < heads.size(); j += n) other.chains.push_back({i, heads[j]});
+      for (size_t j = k; j < heads.size(); j += n) other.chains.push_back({this, i, heads[j]});
     }
     wake(other);
   }
   for (size_t j = 0; j < heads.size(); j += n) spawn(process(w, i, heads[j]));
 }
 
-void VhostUserBackend::Device::finish_one(Queue& q, uint16_t head, uint32_t len) {
+void Device::finish_one(Queue& q, uint16_t head, uint32_t len) {
   std::lock_guard g(q.used_mu);
   if (q.broken) return;
   q.split.push(head, len);
@@ -472,7 +518,7 @@ void VhostUserBackend::Device::finish_one(Queue& q, uint16_t head, uint32_t len)
   }
 }
 
-Task<void> VhostUserBackend::Device::process(Worker& w, unsigned i, uint16_t head) {
+Task<void> Device::process(Worker& w, unsigned i, uint16_t head) {
   Queue& q = *queues_[i];
   Ring::Active active(w.ring);
   auto start = std::chrono::steady_clock::now();
@@ -500,7 +546,7 @@ Task<void> VhostUserBackend::Device::process(Worker& w, unsigned i, uint16_t hea
   if (q.inflight.fetch_sub(1) == 1 && q.draining.load()) {
     Worker& o = owner(i);
     if (&o == &w) {
-      settle(w, q);
+      settle(i);
     } else {
       wake(o);
     }
@@ -508,14 +554,14 @@ Task<void> VhostUserBackend::Device::process(Worker& w, unsigned i, uint16_t hea
 }
 // ---- control thread
 
-bool VhostUserBackend::Device::reply(int conn, vu::Request r, const vu::Payload& p) {
+bool Device::reply(int conn, vu::Request r, const vu::Payload& p) {
   std::byte buf[512];
   auto n = vu::encode_reply(buf, r, p);
   if (!n) return false;
   return ::send(conn, buf, *n, MSG_NOSIGNAL) == static_cast<ssize_t>(*n);
 }
 
-void VhostUserBackend::Device::maybe_start(unsigned i) {
+void Device::maybe_start(unsigned i) {
   Queue& q = *queues_[i];
   bool need_enable = features_ & vu::kFProtocolFeatures;
   if (q.started || !q.kick || !q.addr_set || q.num == 0 || (need_enable && !q.enabled)) return;
@@ -544,7 +590,7 @@ void VhostUserBackend::Device::maybe_start(unsigned i) {
   q.started = true;
 }
 
-void VhostUserBackend::Device::stop_queue(unsigned i) {
+void Device::stop_queue(unsigned i) {
   Queue& q = *queues_[i];
   if (!q.started) return;
   uint16_t last = 0;
@@ -553,7 +599,7 @@ void VhostUserBackend::Device::stop_queue(unsigned i) {
   q.started = false;
 }
 
-void VhostUserBackend::Device::reset() {
+void Device::reset() {
   for (unsigned i = 0; i < queues_.size(); i++) stop_queue(i);
   for (auto& q : queues_) {  // in place: a worker may still look at a queue it just finished
     q->kick.reset();
@@ -574,7 +620,7 @@ void VhostUserBackend::Device::reset() {
   features_ = protocol_features_ = 0;
 }
 
-bool VhostUserBackend::Device::handle(int conn, const vu::Message& m, std::vector<Fd>& fds) {
+bool Device::handle(int conn, const vu::Message& m, std::vector<Fd>& fds) {
   using R = vu::Request;
   Outcome o;
   switch (m.request) {
@@ -606,7 +652,7 @@ bool VhostUserBackend::Device::handle(int conn, const vu::Message& m, std::vecto
   return true;
 }
 
-VhostUserBackend::Device::Outcome VhostUserBackend::Device::device_request(int conn, const vu::Message& m) {
+Device::Outcome Device::device_request(int conn, const vu::Message& m) {
   using R = vu::Request;
   Outcome o;
   switch (m.request) {
@@ -653,7 +699,7 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::device_request(int c
 }
 
 // Maps the control thread's region list and hands the mapping to the worker.
-bool VhostUserBackend::Device::remap() {
+bool Device::remap() {
   if (std::string why = check_regions(regions_, region_fds_); !why.empty()) {
     spdlog::error("{}: refusing the front-end's memory table: {}", device().name, why);
     return false;
@@ -673,7 +719,7 @@ bool VhostUserBackend::Device::remap() {
 // its requests in flight point into it: stop the running queues (draining
 // them), change the mapping, and start them again on the new one. A table
 // that is refused or cannot be mapped drops the front-end.
-VhostUserBackend::Device::Outcome VhostUserBackend::Device::memory_request(const vu::Message& m,
+Device::Outcome Device::memory_request(const vu::Message& m,
                                                                            std::vector<Fd>& fds) {
   std::vector<unsigned> running;
   for (unsigned i = 0; i < queues_.size(); i++) {
@@ -687,7 +733,7 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::memory_request(const
   return o;
 }
 
-VhostUserBackend::Device::Outcome VhostUserBackend::Device::change_memory(const vu::Message& m,
+Device::Outcome Device::change_memory(const vu::Message& m,
                                                                           std::vector<Fd>& fds) {
   using R = vu::Request;
   Outcome o;
@@ -721,13 +767,13 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::change_memory(const 
   return o;
 }
 
-VhostUserBackend::Device::Queue* VhostUserBackend::Device::queue_of(const vu::Message& m, uint32_t index) {
+Device::Queue* Device::queue_of(const vu::Message& m, uint32_t index) {
   if (index < queues_.size()) return queues_[index].get();
   spdlog::warn("vhost-user {}: queue index {} out of range", request_name(static_cast<uint32_t>(m.request)), index);
   return nullptr;
 }
 
-VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_state_request(int conn, const vu::Message& m) {
+Device::Outcome Device::vring_state_request(int conn, const vu::Message& m) {
   using R = vu::Request;
   Outcome o;
   if (m.request == R::SetVringAddr) {
@@ -774,7 +820,7 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_state_request(
   return o;
 }
 
-VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_file_request(const vu::Message& m,
+Device::Outcome Device::vring_file_request(const vu::Message& m,
                                                                                std::vector<Fd>& fds) {
   using R = vu::Request;
   Outcome o;
@@ -808,6 +854,26 @@ VhostUserBackend::Device::Outcome VhostUserBackend::Device::vring_file_request(c
   return o;
 }
 
+}  // namespace vhost_detail
+
+// ---- VhostWorkerPool
+
+VhostWorkerPool::VhostWorkerPool(unsigned workers, Ring::MetadataIo metadata_io)
+    : size_(std::max(1u, workers)), metadata_io_(metadata_io) {}
+
+const std::vector<std::unique_ptr<vhost_detail::Worker>>& VhostWorkerPool::start() {
+  std::call_once(started_, [this] {
+    for (unsigned i = 0; i < size_; i++) workers_.push_back(std::make_unique<vhost_detail::Worker>(i, metadata_io_));
+    for (auto& w : workers_) w->thread = std::thread([w = w.get()] { vhost_detail::worker_main(*w); });
+  });
+  return workers_;
+}
+
+VhostWorkerPool::~VhostWorkerPool() {
+  for (auto& w : workers_) vhost_detail::post(*w, [w = w.get()] { return vhost_detail::cmd_exit(*w); });
+  for (auto& w : workers_) w->thread.join();
+}
+
 // ---- VhostUserBackend
 
 VhostUserBackend::VhostUserBackend(std::string socket_path, MessageServerFactory servers, VhostUserOptions options)
@@ -827,7 +893,7 @@ VhostUserBackend::~VhostUserBackend() { stop(); }
 
 void VhostUserBackend::start() {
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
-  device_ = std::make_unique<Device>(servers_, options_);
+  device_ = std::make_unique<vhost_detail::Device>(servers_, options_);
   control_ = std::thread([this] { control_loop(); });
 }
 

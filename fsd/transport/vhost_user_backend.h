@@ -10,6 +10,7 @@
 // Ring, wait on kick eventfds, walk descriptor chains and run the server on
 // them. Each queue has one owning worker that pops its ring; a busy queue's
 // chains are spread over the other workers too (VirtioDevice::workers).
+// The workers come from a VhostWorkerPool, which many devices may share.
 // The control thread never touches a running queue: it posts commands to
 // its owner (start, stop-and-drain) and waits.
 //
@@ -21,6 +22,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -44,10 +46,45 @@ struct VirtioDevice {
   std::vector<std::byte> config;       // its config space (GET_CONFIG); may be empty
 };
 
+namespace vhost_detail {
+class Device;
+struct Worker;
+}  // namespace vhost_detail
+
+// Data-plane threads for vhost-user devices, each with its own Ring. One
+// pool may serve many devices (VhostUserOptions::pool): with many
+// front-ends (guests) on one fsd, the threads then number the pool's size,
+// not the guests'. Its threads start with the first device that uses it
+// (after fsd has entered its sandbox) and stop when the pool goes, after
+// every device using it.
+class VhostWorkerPool {
+ public:
+  VhostWorkerPool(unsigned workers, Ring::MetadataIo metadata_io);
+  ~VhostWorkerPool();
+  VhostWorkerPool(const VhostWorkerPool&) = delete;
+  unsigned size() const { return size_; }
+
+ private:
+  friend class vhost_detail::Device;
+  // Makes the workers and starts their threads, the first time.
+  const std::vector<std::unique_ptr<vhost_detail::Worker>>& start();
+
+  unsigned size_;
+  Ring::MetadataIo metadata_io_;
+  std::once_flag started_;
+  std::vector<std::unique_ptr<vhost_detail::Worker>> workers_;
+  std::atomic<unsigned> next_{0};  // spreads the devices' first workers over the pool
+};
+
 struct VhostUserOptions {
   VirtioDevice device;
+  // The workers that serve the device's queues, shared with other devices;
+  // null: a pool of device.workers threads of its own. A device uses
+  // device.workers of the pool's threads at most.
+  std::shared_ptr<VhostWorkerPool> pool;
   bool exit_on_disconnect = false;
-  // Where metadata syscalls run (see Ring::MetadataIo).
+  // Where metadata syscalls run (see Ring::MetadataIo), in a pool of the
+  // device's own.
   Ring::MetadataIo metadata_io = Ring::MetadataIo::kAdaptive;
   // Mode and group of the socket file (when fsd creates it).
   SocketAccess socket_access;
@@ -89,8 +126,6 @@ class VhostUserBackend {
   const std::string& socket_path() const { return socket_path_; }
 
  private:
-  class Device;
-
   void control_loop();
 
   std::string socket_path_;
@@ -100,7 +135,7 @@ class VhostUserBackend {
   SocketFile socket_file_;  // when fsd made the socket: removed at stop
   Fd stop_fd_;  // eventfd: wakes the control thread
   std::thread control_;
-  std::unique_ptr<Device> device_;
+  std::unique_ptr<vhost_detail::Device> device_;
   std::atomic<bool> finished_{false};
   std::function<void()> on_finished_;
   bool stopped_ = false;

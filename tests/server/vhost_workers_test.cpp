@@ -50,6 +50,10 @@ class SlowEcho : public MessageServer {
     std::lock_guard g(mu_);
     return threads_.size();
   }
+  std::set<std::thread::id> thread_ids() const {
+    std::lock_guard g(mu_);
+    return threads_;
+  }
   unsigned handled() const { return handled_; }
 
  private:
@@ -60,12 +64,14 @@ class SlowEcho : public MessageServer {
 };
 
 struct Device {
-  Device(unsigned workers, unsigned pause_us, unsigned queues = 2, unsigned handoff_ns = 20'000)
+  Device(unsigned workers, unsigned pause_us, unsigned queues = 2, unsigned handoff_ns = 20'000,
+         std::shared_ptr<VhostWorkerPool> pool = nullptr, unsigned poll_us = 0)
       : server(std::make_shared<SlowEcho>(pause_us)) {
     VhostUserOptions o;
+    o.pool = std::move(pool);
     o.handoff_ns = handoff_ns;
     o.device = {.name = "test device", .queues = queues, .workers = workers};
-    o.poll_us = 0;
+    o.poll_us = poll_us;
     backend = std::make_unique<VhostUserBackend>((tmp.path() / "dev.sock").string(),
                                                  [s = server](Ring&) -> std::shared_ptr<MessageServer> { return s; }, o);
     backend->start();
@@ -184,6 +190,49 @@ TEST(VhostWorkers, RepliesOnSeveralQueuesAreCollectedTogether) {
   }
   for (unsigned q : queues) EXPECT_EQ(back[q].size(), 6u) << "queue " << q;
   EXPECT_FALSE(f->wait_used_any(queues, 50).ok()) << "a chain came back twice";
+}
+
+// Devices sharing a pool run on its threads only: each device's queue has
+// its own owner, taken in turn from the pool (devices 0 and 2 on one
+// worker, 1 on the other); slow requests of one device spread over both;
+// and a device that goes leaves the others served. The devices poll (50
+// us), so a worker polls queues of two devices at once.
+TEST(VhostWorkers, DevicesShareAPoolsThreads) {
+  auto pool = std::make_shared<VhostWorkerPool>(2, Ring::MetadataIo::kAdaptive);
+  std::vector<std::unique_ptr<Device>> devices;
+  std::vector<std::unique_ptr<VhostFrontend>> fronts;
+  for (int k = 0; k < 3; k++) {
+    devices.push_back(std::make_unique<Device>(2, 0, 2, 20'000, pool, 50));
+    fronts.push_back(connect(*devices.back()));
+    ASSERT_TRUE(fronts.back());
+  }
+  for (int round = 0; round < 4; round++)
+    for (int k = 0; k < 3; k++) expect_all_back(*fronts[k], publish_burst(*fronts[k], 1));
+  std::set<std::thread::id> all;
+  for (auto& d : devices) {
+    EXPECT_EQ(d->server->handled(), 4u);
+    ASSERT_EQ(d->server->threads(), 1u) << "cheap requests left their queue's owner";
+    all.merge(d->server->thread_ids());
+  }
+  EXPECT_EQ(all.size(), 2u) << "three devices on a pool of two threads";
+  EXPECT_NE(devices[0]->server->thread_ids(), devices[1]->server->thread_ids());
+  EXPECT_EQ(devices[0]->server->thread_ids(), devices[2]->server->thread_ids());
+
+  // Device 1 goes; 0 and 2 are still served, by the same two threads.
+  fronts[1].reset();
+  devices[1].reset();
+  for (int k : {0, 2}) expect_all_back(*fronts[k], publish_burst(*fronts[k], 4));
+  EXPECT_EQ(devices[0]->server->handled(), 8u);
+  EXPECT_EQ(devices[2]->server->handled(), 8u);
+
+  // Slow requests of one device spread over the pool's two threads.
+  auto slow = std::make_unique<Device>(2, 2000, 2, 20'000, pool);
+  auto f = connect(*slow);
+  ASSERT_TRUE(f);
+  for (int round = 0; round < 3; round++) expect_all_back(*f, publish_burst(*f, 8));
+  auto used = slow->server->thread_ids();
+  EXPECT_EQ(used.size(), 2u);
+  for (auto id : used) EXPECT_TRUE(all.count(id)) << "a thread outside the pool served a request";
 }
 
 // GET_VRING_BASE stops the queue: its reply comes only after every chain in
