@@ -232,13 +232,33 @@ void limit(const std::string& file, bool quick) {
   // of the speed here (rep movsb), which made the old limit far too low.
   using Aligned = std::unique_ptr<char, decltype(&std::free)>;
   auto aligned = [](size_t n) { return Aligned(static_cast<char*>(std::aligned_alloc(4096, n)), &std::free); };
-  auto pread_all = [&](size_t chunk, char* buf) {
+  // Reads the whole file in `chunk`s into [base, base + span): each read
+  // at the next chunk of it, wrapping round (span == chunk: always at base).
+  auto pread_all = [&](size_t chunk, char* base, size_t span) {
     uint64_t off = 0;
-    for (ssize_t n; (n = ::pread(fd, buf, chunk, static_cast<off_t>(off))) > 0;) off += static_cast<uint64_t>(n);
+    size_t at = 0;
+    for (ssize_t n; (n = ::pread(fd, base + at, chunk, static_cast<off_t>(off))) > 0;) {
+      off += static_cast<uint64_t>(n);
+      at = at + 2 * chunk <= span ? at + chunk : 0;
+    }
     return off;
   };
+  // One row: `threads` threads each reading the whole file, thread t into
+  // its own [dest(t), dest(t) + span); MiB/s over all of them.
+  auto measure = [&](const char* name, uint32_t chunk, unsigned threads, auto dest, size_t span) {
+    std::vector<double> mibs;
+    for (unsigned r = 0; r < reps; r++) {
+      std::atomic<uint64_t> total = 0;
+      auto t0 = Clock::now();
+      std::vector<std::thread> pool;
+      for (unsigned t = 0; t < threads; t++) pool.emplace_back([&, t] { total += pread_all(chunk, dest(t), span); });
+      for (auto& th : pool) th.join();
+      mibs.push_back(static_cast<double>(total) / seconds_since(t0) / (1 << 20));
+    }
+    row("limit", "host", name, chunk, threads, summarize(mibs), "MiB/s", reps);
+  };
   auto warm = aligned(1 << 20);
-  pread_all(1 << 20, warm.get());  // warm the page cache
+  pread_all(1 << 20, warm.get(), 1 << 20);  // warm the page cache
   std::vector<uint32_t> chunks = quick ? std::vector<uint32_t>{8192, 131072, 1048576}
                                        : std::vector<uint32_t>{8192, 65536, 131072, 524288, 1048576, 4194304};
   for (unsigned threads : {1u, 8u}) {
@@ -247,18 +267,7 @@ void limit(const std::string& file, bool quick) {
       bufs.push_back(aligned(4 << 20));
       std::memset(bufs.back().get(), 0, 4 << 20);
     }
-    for (uint32_t chunk : chunks) {
-      std::vector<double> mibs;
-      for (unsigned r = 0; r < reps; r++) {
-        std::atomic<uint64_t> total = 0;
-        auto t0 = Clock::now();
-        std::vector<std::thread> pool;
-        for (unsigned t = 0; t < threads; t++) pool.emplace_back([&, t] { total += pread_all(chunk, bufs[t].get()); });
-        for (auto& th : pool) th.join();
-        mibs.push_back(static_cast<double>(total) / seconds_since(t0) / (1 << 20));
-      }
-      row("limit", "host", "pread", chunk, threads, summarize(mibs), "MiB/s", reps);
-    }
+    for (uint32_t chunk : chunks) measure("pread", chunk, threads, [&](unsigned t) { return bufs[t].get(); }, chunk);
   }
   // The same reads into destinations spread over 256 MiB (8 threads: each
   // over its own eighth), as the virtio-fs harness's guest memory is and a
@@ -271,28 +280,8 @@ void limit(const std::string& file, bool quick) {
   std::memset(area.get(), 0, kSpread);
   for (unsigned threads : {1u, 8u}) {
     size_t slice = kSpread / threads;
-    for (uint32_t chunk : chunks) {
-      std::vector<double> mibs;
-      for (unsigned r = 0; r < reps; r++) {
-        std::atomic<uint64_t> total = 0;
-        auto t0 = Clock::now();
-        std::vector<std::thread> pool;
-        for (unsigned t = 0; t < threads; t++)
-          pool.emplace_back([&, t] {
-            char* base = area.get() + t * slice;
-            size_t at = 0;
-            uint64_t off = 0;
-            for (ssize_t n; (n = ::pread(fd, base + at, chunk, static_cast<off_t>(off))) > 0;) {
-              off += static_cast<uint64_t>(n);
-              at = at + 2 * chunk <= slice ? at + chunk : 0;
-            }
-            total += off;
-          });
-        for (auto& th : pool) th.join();
-        mibs.push_back(static_cast<double>(total) / seconds_since(t0) / (1 << 20));
-      }
-      row("limit", "host", "pread-spread", chunk, threads, summarize(mibs), "MiB/s", reps);
-    }
+    for (uint32_t chunk : chunks)
+      measure("pread-spread", chunk, threads, [&](unsigned t) { return area.get() + t * slice; }, slice);
   }
 
   std::vector<char> src(64 << 20, 1), dst(64 << 20);
