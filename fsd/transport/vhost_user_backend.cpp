@@ -192,12 +192,12 @@ Task<void> cmd_exit(Worker& w) {
   w.exit = true;
   co_return;
 }
-Task<void> cmd_own(Worker& w, Device* d, unsigned queue) {
-  w.owned.push_back({d, queue});
+Task<void> cmd_own(Worker& w, Device* d, std::vector<unsigned> queues) {
+  for (unsigned q : queues) w.owned.push_back({d, q});
   co_return;
 }
-Task<void> cmd_disown(Worker& w, Device* d, unsigned queue) {
-  std::erase_if(w.owned, [&](const Owned& o) { return o.device == d && o.queue == queue; });
+Task<void> cmd_disown(Worker& w, Device* d) {
+  std::erase_if(w.owned, [&](const Owned& o) { return o.device == d; });
   co_return;
 }
 void worker_main(Worker& w);
@@ -228,12 +228,17 @@ class Device {
     first_ = pool_->next_.fetch_add(1, std::memory_order_relaxed) % n;
     for (unsigned j = 0; j < std::min(std::max(1u, options_.device.workers), n); j++)
       workers_.push_back(all[(first_ + j) % n].get());
-    for (unsigned i = 0; i < queues_.size(); i++) post(owner(i), [this, i, w = &owner(i)] { return cmd_own(*w, this, i); });
+    for (Worker* w : workers_) {
+      std::vector<unsigned> mine;
+      for (unsigned i = 0; i < queues_.size(); i++)
+        if (&owner(i) == w) mine.push_back(i);
+      if (!mine.empty()) post(*w, [this, w, mine] { return cmd_own(*w, this, mine); });
+    }
     post(*workers_[0], [this] { return cmd_new_server(); });
   }
   ~Device() {
     reset();
-    for (unsigned i = 0; i < queues_.size(); i++) post(owner(i), [this, i, w = &owner(i)] { return cmd_disown(*w, this, i); });
+    for (Worker* w : workers_) post(*w, [this, w] { return cmd_disown(*w, this); });
   }
 
   // Handles one message from the front-end; false drops the connection.
