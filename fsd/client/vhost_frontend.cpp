@@ -299,7 +299,7 @@ VhostFrontend::Pending VhostFrontend::submit_fuse(unsigned q, uint32_t opcode, u
   uint16_t head = indirect ? add_indirect(q, bufs) : add_chain(q, bufs);
   publish(q, head);
   kick_if_needed(q);
-  return {head, h.unique, out_gpa};
+  return {head, h.unique, out_gpa, in_gpa};
 }
 
 Result<VhostFrontend::ReplyView> VhostFrontend::reply_of(const Pending& p, const Used& u) {

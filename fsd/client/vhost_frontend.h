@@ -124,6 +124,7 @@ class VhostFrontend {
     uint16_t head;
     uint64_t unique;
     uint64_t out_gpa;
+    uint64_t in_gpa;  // the request's header and arguments (hostile tests rewrite them)
   };
   struct ReplyView {
     int error = 0;

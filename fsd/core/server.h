@@ -2,9 +2,12 @@
 // (fsd/fuse, fsd/p9). A transport moves bytes and never looks inside them;
 // main.cpp hands each transport a factory for the server it carries.
 //
-//  - MessageServer: one request in, one reply out, over scatter-gather
-//    buffers. Virtqueues (a descriptor chain's readable and writable parts,
-//    in guest memory) and /dev/fuse (one buffer each way) carry it.
+//  - MessageServer: one request in, one reply out. The request comes as
+//    RequestBytes (fsd/core/request_bytes.h), which a server copies from
+//    before it decodes anything where the memory is shared; the reply goes
+//    into scatter-gather buffers. Virtqueues (a descriptor chain's readable
+//    and writable parts, in guest memory) and /dev/fuse (one buffer each
+//    way) carry it.
 //  - StreamSession: length-prefixed frames on a byte stream (sockets), with
 //    replies sent back in any order through a ReplySink.
 #pragma once
@@ -20,6 +23,7 @@
 
 #include "fsd/core/buffer.h"
 #include "fsd/core/credentials.h"
+#include "fsd/core/request_bytes.h"
 #include "fsd/core/result.h"
 #include "fsd/uring/task.h"
 
@@ -33,10 +37,13 @@ class MessageServer {
   // Handles the request held in `in` and writes its reply into `out`.
   // Returns the reply's length (0: the request has no reply), or an error
   // (-EBADMSG) for a malformed request, which the transport drops or counts.
-  // The buffers stay valid and untouched by others until the task finishes.
+  // The buffers stay valid until the task finishes. Shared ones may be
+  // written by their owner (a guest) at any time: what the server decodes
+  // it copies out of `in` first, and it writes its reply without reading
+  // `out` back.
   // Runs on the calling thread's `ring`; several calls may be in flight at
   // once, on one or several threads, as the server documents.
-  virtual Task<Result<size_t>> handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) = 0;
+  virtual Task<Result<size_t>> handle(Ring& ring, const RequestBytes& in, std::span<const iovec> out) = 0;
 };
 
 // Makes the server for a new client of a transport (a vhost-user front-end

@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <boost/container/small_vector.hpp>
+
 #include <algorithm>
+#include <cstddef>
 #include <array>
 #include <climits>
 #include <vector>
@@ -22,6 +25,9 @@ constexpr size_t kMaxIovecs = 272;  // a 1 MiB read into 4 KiB guest pages, plus
 constexpr size_t kWriteHead = sizeof(fuse_in_header) + sizeof(fuse_write_in);
 constexpr size_t kMaxRequestHead = 4096;  // a request's bytes besides a WRITE's data
 constexpr uint64_t kMaxCopy = 1u << 30;   // per COPY_FILE_RANGE: fits fuse_write_out's 32-bit size
+// A request's bytes, copied out of guest memory: most fit without a heap
+// allocation (a header, a struct and a name or two).
+using RequestCopy = boost::container::small_vector<std::byte, 512>;
 
 }  // namespace
 
@@ -568,28 +574,31 @@ fuse_entry_out Server::entry_of(const NodeRef& n, const struct statx& st) {
   return e;
 }
 
-Task<Result<size_t>> Server::handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) {
-  size_t total = total_len(in);
+Task<Result<size_t>> Server::handle(Ring& ring, const RequestBytes& in, std::span<const iovec> out) {
+  size_t total = in.size();
   if (total < sizeof(fuse_in_header) || total > options_.max_write + kMaxRequestHead) co_return Error{-EBADMSG};
-  // The request's bytes in one piece: in place when the transport has them
-  // in one buffer (/dev/fuse), else gathered, except a WRITE's payload, which
-  // stays where it is (guest memory) and is written to the file from there.
-  std::vector<std::byte> gathered;
+  // What is decoded is in fsd's memory: in place when the transport read it
+  // there (/dev/fuse), else copied out of guest memory once, header first
+  // (it says whether this is a WRITE), then the rest after it. A WRITE's
+  // payload stays where it is and goes to the file from there unread.
+  RequestCopy copy;
   std::vector<iovec> payload;
   Bytes bytes;
-  if (in.size() == 1) {
-    bytes = {static_cast<const std::byte*>(in[0].iov_base), total};
+  if (auto mine = in.private_view()) {
+    bytes = *mine;
   } else {
-    fuse_in_header h;
-    gather(in, {reinterpret_cast<std::byte*>(&h), sizeof h});
+    copy.resize(sizeof(fuse_in_header));
+    in.copy_to(0, {copy.data(), copy.size()});
+    uint32_t opcode;
+    std::memcpy(&opcode, copy.data() + offsetof(fuse_in_header, opcode), sizeof opcode);
     size_t head = total;
-    if (h.opcode == FUSE_WRITE && total > kWriteHead) {
+    if (opcode == FUSE_WRITE && total > kWriteHead) {
       head = kWriteHead;
-      tail_of(in, kWriteHead, payload);
+      in.payload(kWriteHead, payload);
     }
-    gathered.resize(head);
-    gather(in, gathered);
-    bytes = gathered;
+    copy.resize(head);
+    in.copy_to(sizeof(fuse_in_header), {copy.data() + sizeof(fuse_in_header), head - sizeof(fuse_in_header)});
+    bytes = {copy.data(), copy.size()};
   }
   auto req = decode(bytes, total);
   if (!req) co_return Error{-EBADMSG};

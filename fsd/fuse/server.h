@@ -38,7 +38,7 @@ class Server : public MessageServer {
   // written to the file from where it lies). Returns the reply length written
   // to `out` (0 for requests that get no reply: FORGET, BATCH_FORGET,
   // INTERRUPT), or -EBADMSG for a malformed request.
-  Task<Result<size_t>> handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) override;
+  Task<Result<size_t>> handle(Ring& ring, const RequestBytes& in, std::span<const iovec> out) override;
 
   bool initialized() const { return initialized_; }
   size_t node_count() const;

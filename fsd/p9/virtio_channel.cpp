@@ -21,11 +21,13 @@ uint16_t tag_of(const Buffer& frame) {
 VirtioChannel::VirtioChannel(const ExportSet& exports, Ring& ring, SessionConfig config)
     : pool_(config.max_msize), session_(exports, ring, *this, config, Peer{.who = nullptr, .trusted = true}) {}
 
-Task<Result<size_t>> VirtioChannel::handle(Ring&, std::span<const iovec> in, std::span<const iovec> out) {
-  size_t len = total_len(in);
+Task<Result<size_t>> VirtioChannel::handle(Ring&, const RequestBytes& in, std::span<const iovec> out) {
+  size_t len = in.size();
   if (len < kHeaderSize || len > session_.max_frame()) co_return Error{-EBADMSG};
+  // The whole frame, Twrite data too, is copied out of guest memory once
+  // and decoded from the copy.
   Buffer frame = pool_.get(len);
-  frame.set_size(gather(in, frame.room().first(len)));
+  frame.set_size(in.copy_to(0, frame.room().first(len)));
   uint16_t tag = tag_of(frame);
   Pending p{out, 0};
   if (!pending_.emplace(tag, &p).second) {

@@ -23,7 +23,7 @@ class VirtioChannel : public MessageServer, private ReplySink {
   // Returns the reply's length; -EMSGSIZE if the reply did not fit `out`
   // (it is dropped), or -EBADMSG for a chain that holds no 9P frame or
   // reuses the tag of a request in flight.
-  Task<Result<size_t>> handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) override;
+  Task<Result<size_t>> handle(Ring& ring, const RequestBytes& in, std::span<const iovec> out) override;
 
  private:
   struct Pending {

@@ -49,10 +49,12 @@ class FuseMount::Worker {
       if (n == -EINTR || n == -EAGAIN) continue;
       if (n == -ENOENT) continue;  // the request was interrupted before we read it
       if (n <= 0) break;  // ENODEV after unmount, ECANCELED on stop
-      iovec request{in.data(), static_cast<size_t>(n)};
+      // The kernel wrote the request into fsd's own buffer: it can be
+      // decoded in place.
+      auto request = RequestBytes::in_private({in.data(), static_cast<size_t>(n)});
       iovec reply{out.data(), out.capacity()};
       Ring::Active active(ring_);
-      auto len = co_await server_->handle(ring_, {&request, 1}, {&reply, 1});
+      auto len = co_await server_->handle(ring_, request, {&reply, 1});
       if (!len) {
         spdlog::warn("fuse {}: malformed request dropped", m_.mountpoint_);
         continue;

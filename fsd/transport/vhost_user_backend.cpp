@@ -535,7 +535,7 @@ Task<void> Device::process(Worker& w, unsigned i, uint16_t head) {
   } else if (auto walk = virtio::walk_chain(q.memory->mem, q.split.desc(), q.split.size(), head, chain); !walk) {
     bad_chains++;
     spdlog::warn("{} queue {}: malformed descriptor chain at head {}", device().name, i, head);
-  } else if (auto len = co_await q.server->handle(w.ring, chain.readable, chain.writable); len) {
+  } else if (auto len = co_await q.server->handle(w.ring, RequestBytes::in_shared(chain.readable), chain.writable); len) {
     written = static_cast<uint32_t>(*len);
   } else {
     bad_requests++;
@@ -582,8 +582,13 @@ void Device::maybe_start(unsigned i) {
     spdlog::error("{} queue {}: ring addresses are outside guest memory", device().name, i);
     return;
   }
+  virtio::SplitQueue::Layout layout{desc, avail, used};
+  if (!virtio::SplitQueue::aligned(layout)) {
+    spdlog::error("{} queue {}: ring addresses are not aligned as virtio requires", device().name, i);
+    return;
+  }
   // The queue is stopped, so no worker reads these now; the post publishes them.
-  q.split = virtio::SplitQueue({desc, avail, used}, num, features_ & vu::kFRingEventIdx, q.base);
+  q.split = virtio::SplitQueue(layout, num, features_ & vu::kFRingEventIdx, q.base);
   q.memory = memory_;
   q.server = server_;
   q.kick_fd = q.kick.get();

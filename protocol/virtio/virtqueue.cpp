@@ -11,11 +11,20 @@ bool inside(uint64_t start, uint64_t size, uint64_t addr, uint64_t len) {
   return addr >= start && addr - start <= size && len <= size - (addr - start);
 }
 
+// Reads a value of guest memory exactly once (the compiler may not read
+// it again in place of a copy, as it could a plain load).
 template <class T>
 T load(const std::byte* p) {
-  T v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
+  return __atomic_load_n(reinterpret_cast<const T*>(p), __ATOMIC_RELAXED);
+}
+// A descriptor, copied once: the guest may change it meanwhile, and every
+// check is made on the copy.
+Desc load_desc(const Desc* p) {
+  uint64_t w[2] = {load<uint64_t>(reinterpret_cast<const std::byte*>(p)),
+                   load<uint64_t>(reinterpret_cast<const std::byte*>(p) + 8)};
+  Desc d;
+  std::memcpy(&d, w, sizeof d);
+  return d;
 }
 template <class T>
 void store(std::byte* p, T v) {
@@ -51,8 +60,7 @@ Result<void> walk_chain(const GuestMemory& mem, const Desc* table, uint16_t num,
     } else if (++direct > num || ++used > kMaxChainDescriptors) {
       return Error{-EBADMSG};  // a loop, or a chain longer than the ring
     }
-    Desc d;
-    std::memcpy(&d, &tab[i], sizeof d);  // read once: the guest may change it
+    Desc d = load_desc(&tab[i]);
     if (d.flags & kDescIndirect) {
       if (in_indirect || (d.flags & kDescNext)) return Error{-EBADMSG};  // no nesting, no mixing
       if (d.len == 0 || d.len % sizeof(Desc) != 0 || d.len / sizeof(Desc) > kMaxChainDescriptors)

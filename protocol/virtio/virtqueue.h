@@ -86,9 +86,14 @@ class SplitQueue {
   static size_t used_size(uint16_t num) { return 6 + 8u * num; }
 
   SplitQueue() = default;
-  // num must be a power of two <= kMaxQueueSize (checked by the caller's EINVAL path).
+  // num must be a power of two <= kMaxQueueSize (checked by the caller's
+  // EINVAL path), and the rings aligned as the spec requires (aligned()).
   SplitQueue(Layout l, uint16_t num, bool event_idx, uint16_t last_avail)
       : l_(l), num_(num), event_idx_(event_idx), last_avail_(last_avail), used_idx_(load_used_idx()) {}
+  static bool aligned(const Layout& l) {
+    auto at = [](const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
+    return at(l.desc, 16) && at(l.avail, 2) && at(l.used, 4);
+  }
   static bool valid_size(uint32_t num) { return num > 0 && num <= kMaxQueueSize && (num & (num - 1)) == 0; }
 
   const Desc* desc() const { return l_.desc; }

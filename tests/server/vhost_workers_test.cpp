@@ -31,18 +31,14 @@ class SlowEcho : public MessageServer {
  public:
   explicit SlowEcho(unsigned pause_us) : pause_{0, static_cast<long long>(pause_us) * 1000} {}
 
-  Task<Result<size_t>> handle(Ring& ring, std::span<const iovec> in, std::span<const iovec> out) override {
+  Task<Result<size_t>> handle(Ring& ring, const RequestBytes& in, std::span<const iovec> out) override {
     {
       std::lock_guard g(mu_);
       threads_.insert(std::this_thread::get_id());
     }
     if (pause_.tv_nsec) co_await ring.sleep(pause_);
-    size_t n = 0;
-    for (const auto& v : in) {
-      if (out.empty() || n + v.iov_len > out[0].iov_len) co_return Error{-EBADMSG};
-      std::memcpy(static_cast<std::byte*>(out[0].iov_base) + n, v.iov_base, v.iov_len);
-      n += v.iov_len;
-    }
+    if (out.empty() || in.size() > out[0].iov_len) co_return Error{-EBADMSG};
+    size_t n = in.copy_to(0, {static_cast<std::byte*>(out[0].iov_base), in.size()});
     handled_++;
     co_return n;
   }

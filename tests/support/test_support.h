@@ -70,8 +70,11 @@ inline std::string random_bytes(size_t n, unsigned seed) {
   return s;
 }
 
-// The fsd binary next to the test binaries (set by CMake).
+// The fsd binary next to the test binaries (set by CMake), or the one
+// FSD_TEST_BINARY names (to run a test against another build, e.g. to see
+// a regression test fail on the code before its fix).
 inline std::string fsd_binary() {
+  if (const char* other = std::getenv("FSD_TEST_BINARY"); other && *other) return other;
 #ifdef FSD_BINARY
   return FSD_BINARY;
 #else
