@@ -1,4 +1,5 @@
 #include "fsd/vfs/vfs.h"
+#include "fsd/vfs/name.h"
 
 #include <fcntl.h>
 #include <linux/openat2.h>
@@ -26,18 +27,6 @@ constexpr unsigned kResolveChild = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOL
 constexpr unsigned kStatxMask = STATX_BASIC_STATS | STATX_BTIME;
 
 // A NUL-terminated copy of a validated name, without allocating.
-class CName {
- public:
-  explicit CName(std::string_view s) {
-    std::memcpy(buf_.data(), s.data(), s.size());
-    buf_[s.size()] = '\0';
-  }
-  const char* c_str() const { return buf_.data(); }
-
- private:
-  std::array<char, NAME_MAX + 1> buf_;
-};
-
 uint64_t dev_of(const struct statx& st) { return makedev(st.stx_dev_major, st.stx_dev_minor); }
 
 
@@ -159,11 +148,6 @@ VfsStats Vfs::stats() const {
   s.files_reclaimed = files_reclaimed_.load();
   s.files_reopened = files_reopened_.load();
   return s;
-}
-
-bool Vfs::valid_name(std::string_view name) {
-  return !name.empty() && name.size() <= NAME_MAX && name != "." && name != ".." &&
-         name.find('/') == std::string_view::npos && name.find('\0') == std::string_view::npos;
 }
 
 uint64_t Vfs::unique_ino(uint64_t dev, uint64_t ino) {
@@ -492,15 +476,18 @@ void Vfs::keep_files_of(int dirfd, const char* name) {
 
 // ---- operations
 
-Result<PathFd> Vfs::dir_for_change(Node& dir, std::string_view name) {
+Result<Vfs::Change> Vfs::dir_for_change(Node& dir, std::string_view name) {
   if (read_only()) return Error{-EROFS};
-  if (!valid_name(name)) return Error{-EINVAL};
+  auto checked = Name::of(name);
+  if (!checked) return Error{checked.error()};
   if (!dir.is_dir()) return Error{-ENOTDIR};
-  return path_fd(dir);
+  auto pfd = path_fd(dir);
+  if (!pfd) return Error{pfd.error()};
+  return Change{std::move(*pfd), *checked};
 }
 
-Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, std::string_view name) {
-  CName cname(name);
+Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, const Name& cname) {
+  std::string_view name = cname.view();
   struct statx st{};
   // Known node? Then a stat is enough and nothing is opened.
   int r = co_await ring.statx(dirfd, cname.c_str(), AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, kStatxMask, &st);
@@ -548,11 +535,12 @@ Task<Result<Entry>> Vfs::lookup(Ring& ring, NodeRef dir, std::string_view name) 
     if (!st) co_return Error{st.error()};
     co_return Entry{std::move(target), *st};
   }
-  if (!valid_name(name)) co_return Error{name.size() > NAME_MAX ? -ENAMETOOLONG : -EINVAL};
+  auto cname = Name::of(name);
+  if (!cname) co_return Error{cname.error()};
   if (!dir->is_dir()) co_return Error{-ENOTDIR};
   auto pfd = path_fd(*dir);
   if (!pfd) co_return Error{pfd.error()};
-  co_return co_await entry_at(ring, dir, pfd->get(), name);
+  co_return co_await entry_at(ring, dir, pfd->get(), *cname);
 }
 
 Task<Result<struct statx>> Vfs::getattr(Ring& ring, Node& n) {
@@ -612,17 +600,16 @@ int Vfs::open_flags_allowed() const { return kAllowedOpenFlags | (config_.direct
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
                                        mode_t mode) {
-  auto pfd = dir_for_change(*dir, name);
-  if (!pfd) co_return Error{pfd.error()};
+  auto at = dir_for_change(*dir, name);
+  if (!at) co_return Error{at.error()};
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
-  CName cname(name);
   open_how how{};
   int oflags = (flags & open_flags_allowed() & ~O_DIRECTORY) | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
                (flags & O_EXCL);
   how.flags = static_cast<uint64_t>(oflags);
   how.mode = mode & 07777;
   how.resolve = kResolveChild;
-  int r = co_await ring.openat2(pfd->get(), cname.c_str(), how);
+  int r = co_await ring.openat2(at->dir.get(), at->name.c_str(), how);
   if (r < 0) {
     release_open_file();
     co_return Error{r};
@@ -635,7 +622,7 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
     release_open_file();
     co_return Error{r < 0 ? r : -errno};
   }
-  NodeRef node = intern(Fd(dupfd), st, dir, name);
+  NodeRef node = intern(Fd(dupfd), st, dir, at->name.view());
   if (!handle_allowed(*node)) {
     release_open_file();
     co_return Error{-EOPNOTSUPP};
@@ -646,91 +633,86 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
 }
 
 Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode) {
-  auto pfd = dir_for_change(*dir, name);
-  if (!pfd) co_return Error{pfd.error()};
-  CName cname(name);
-  int r = co_await ring.mkdirat(pfd->get(), cname.c_str(), mode & 07777);
+  auto at = dir_for_change(*dir, name);
+  if (!at) co_return Error{at.error()};
+  int r = co_await ring.mkdirat(at->dir.get(), at->name.c_str(), mode & 07777);
   if (r < 0) co_return Error{r};
-  co_return co_await entry_at(ring, dir, pfd->get(), name);
+  co_return co_await entry_at(ring, dir, at->dir.get(), at->name);
 }
 
 Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
                                  std::string_view target) {
-  auto pfd = dir_for_change(*dir, name);
-  if (!pfd) co_return Error{pfd.error()};
-  if (target.empty() || target.size() >= PATH_MAX || target.find('\0') != std::string_view::npos) co_return Error{-EINVAL};
-  CName cname(name);
-  std::string ctarget(target);
-  int r = co_await ring.symlinkat(ctarget.c_str(), pfd->get(), cname.c_str());
+  auto at = dir_for_change(*dir, name);
+  if (!at) co_return Error{at.error()};
+  if (target.empty() || target.size() >= PATH_MAX) co_return Error{-EINVAL};
+  std::string ctarget(target);  // checked, then used: the copy
+  if (ctarget.find('\0') != std::string::npos) co_return Error{-EINVAL};
+  int r = co_await ring.symlinkat(ctarget.c_str(), at->dir.get(), at->name.c_str());
   if (r < 0) co_return Error{r};
-  co_return co_await entry_at(ring, dir, pfd->get(), name);
+  co_return co_await entry_at(ring, dir, at->dir.get(), at->name);
 }
 
 Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
                                dev_t rdev) {
-  auto pfd = dir_for_change(*dir, name);
-  if (!pfd) co_return Error{pfd.error()};
+  auto at = dir_for_change(*dir, name);
+  if (!at) co_return Error{at.error()};
   mode_t type = mode & S_IFMT;
   bool device = type == S_IFCHR || type == S_IFBLK;
   if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK && !(device && config_.devices)) co_return Error{-EPERM};
-  CName cname(name);
-  if (::mknodat(pfd->get(), cname.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
-  co_return co_await entry_at(ring, dir, pfd->get(), name);
+  if (::mknodat(at->dir.get(), at->name.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
+  co_return co_await entry_at(ring, dir, at->dir.get(), at->name);
 }
 
 Task<Result<void>> Vfs::link(Ring& ring, Node& target, NodeRef dir, std::string_view name) {
-  if (read_only()) co_return Error{-EROFS};
-  if (!valid_name(name)) co_return Error{-EINVAL};
-  if (!dir->is_dir()) co_return Error{-ENOTDIR};
+  auto at = dir_for_change(*dir, name);
+  if (!at) co_return Error{at.error()};
   if (target.is_dir()) co_return Error{-EPERM};
   auto tfd = path_fd(target);
   if (!tfd) co_return Error{tfd.error()};
-  auto dfd = path_fd(*dir);
-  if (!dfd) co_return Error{dfd.error()};
-  CName cname(name);
   int r;
   // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; others link through /proc,
   // which checks what linking by name would.
   const Credentials* who = Credentials::applied();
   if (am_root_ && (who == nullptr || who->uid() == 0)) {
-    r = co_await ring.linkat(tfd->get(), "", dfd->get(), cname.c_str(), AT_EMPTY_PATH);
+    r = co_await ring.linkat(tfd->get(), "", at->dir.get(), at->name.c_str(), AT_EMPTY_PATH);
   } else {
     std::string path = tfd->proc_path();
-    r = co_await ring.linkat(AT_FDCWD, path.c_str(), dfd->get(), cname.c_str(), AT_SYMLINK_FOLLOW);
+    r = co_await ring.linkat(AT_FDCWD, path.c_str(), at->dir.get(), at->name.c_str(), AT_SYMLINK_FOLLOW);
   }
   co_return from_res(r);
 }
 
 Task<Result<void>> Vfs::unlink(Ring& ring, NodeRef dir, std::string_view name, int flags) {
-  auto pfd = dir_for_change(*dir, name);
-  if (!pfd) co_return Error{pfd.error()};
-  CName cname(name);
-  keep_files_of(pfd->get(), cname.c_str());
-  co_return from_res(co_await ring.unlinkat(pfd->get(), cname.c_str(), flags & AT_REMOVEDIR));
+  auto at = dir_for_change(*dir, name);
+  if (!at) co_return Error{at.error()};
+  keep_files_of(at->dir.get(), at->name.c_str());
+  co_return from_res(co_await ring.unlinkat(at->dir.get(), at->name.c_str(), flags & AT_REMOVEDIR));
 }
 
 Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldname, NodeRef newdir,
                                std::string_view newname, unsigned flags) {
   if (read_only()) co_return Error{-EROFS};
-  if (!valid_name(oldname) || !valid_name(newname)) co_return Error{-EINVAL};
+  auto cold = Name::of(oldname);
+  if (!cold) co_return Error{cold.error()};
+  auto cnew = Name::of(newname);
+  if (!cnew) co_return Error{cnew.error()};
   if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) co_return Error{-EINVAL};
   if (!olddir->is_dir() || !newdir->is_dir()) co_return Error{-ENOTDIR};
   auto ofd = path_fd(*olddir);
   if (!ofd) co_return Error{ofd.error()};
   auto nfd = path_fd(*newdir);
   if (!nfd) co_return Error{nfd.error()};
-  CName cold(oldname), cnew(newname);
-  if (!(flags & RENAME_EXCHANGE)) keep_files_of(nfd->get(), cnew.c_str());  // it may replace a file
-  int r = co_await ring.renameat(ofd->get(), cold.c_str(), nfd->get(), cnew.c_str(), flags);
+  if (!(flags & RENAME_EXCHANGE)) keep_files_of(nfd->get(), cnew->c_str());  // it may replace a file
+  int r = co_await ring.renameat(ofd->get(), cold->c_str(), nfd->get(), cnew->c_str(), flags);
   if (r < 0) co_return Error{r};
   // Keep the moved node's remembered location current, for re-resolution.
   struct statx st{};
-  if (::statx(nfd->get(), cnew.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) == 0) {
+  if (::statx(nfd->get(), cnew->c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) == 0) {
     NodeRef old_parent;
     std::lock_guard g(table_mu_);
     if (auto it = table_.find(Node::Key{dev_of(st), st.stx_ino}); it != table_.end() && !it->is_root()) {
       old_parent = std::exchange(it->parent_, newdir);
-      it->name_ = std::string(newname);
+      it->name_ = std::string(cnew->view());
     }
   }
   co_return Result<void>{};

@@ -44,6 +44,7 @@
 #include "fsd/core/result.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/export.h"
+#include "fsd/vfs/name.h"
 #include "fsd/vfs/node.h"
 
 namespace fsd {
@@ -337,9 +338,6 @@ class Vfs {
   // The first lock that conflicts with `want`, or one of type kUnlock.
   Result<FileLock> get_lock(const OpenFile& f, const FileLock& want);
 
-  // Checks that a client-supplied name is one plain path component.
-  static bool valid_name(std::string_view name);
-
  private:
   friend class NodeRef;
   friend class PathFd;
@@ -353,10 +351,15 @@ class Vfs {
   Result<Fd> reopen(Node& n);
   // Where the node was last seen: (parent, name); no parent for the root.
   std::pair<NodeRef, std::string> location(Node& n);
-  // For a change to `name` in `dir`: EROFS on a read-only export, EINVAL for
-  // a bad name, ENOTDIR; else the directory's pinned fd.
-  Result<PathFd> dir_for_change(Node& dir, std::string_view name);
-  Task<Result<Entry>> entry_at(Ring& ring, const NodeRef& dir, int dirfd, std::string_view name);
+  // For a change to `name` in `dir`: EROFS on a read-only export, EINVAL
+  // or ENAMETOOLONG for a bad name (Name::of), ENOTDIR; else the
+  // directory's pinned fd and the checked copy of the name.
+  struct Change {
+    PathFd dir;
+    Name name;
+  };
+  Result<Change> dir_for_change(Node& dir, std::string_view name);
+  Task<Result<Entry>> entry_at(Ring& ring, const NodeRef& dir, int dirfd, const Name& name);
   void release(Node* n);  // the last reference went away
   void unpin(Node* n);
   void evict_locked();
