@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 namespace fsd::frontend {
 namespace vu = vhost_user;
@@ -240,6 +242,15 @@ Result<VhostFrontend::Used> VhostFrontend::wait_used(unsigned q, int timeout_ms)
   auto u = wait_used_any(std::span(&q, 1), timeout_ms);
   if (!u) return Error{u.error()};
   return u->used;
+}
+
+Result<VhostFrontend::Used> VhostFrontend::poll_used(unsigned q, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    if (auto u = take_used(q)) return *u;
+    if (std::chrono::steady_clock::now() > deadline) return Error{-ETIMEDOUT};
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
 }
 
 Result<VhostFrontend::UsedOn> VhostFrontend::wait_used_any(std::span<const unsigned> queues, int timeout_ms) {

@@ -96,6 +96,11 @@ class VhostFrontend {
     Used used;
   };
   Result<UsedOn> wait_used_any(std::span<const unsigned> queues, int timeout_ms = 10000);
+  // Looks at the used ring until the back-end returns a chain, without
+  // touching the call eventfd (hostile tests that keep its counter full).
+  Result<Used> poll_used(unsigned q, int timeout_ms = 10000);
+  // Queue q's call eventfd (hostile tests change its flags and counter).
+  int call_fd(unsigned q) const { return call_[q].get(); }
 
   // ---- FUSE over the request queue
   struct FuseReply {

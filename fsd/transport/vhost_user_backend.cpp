@@ -1,6 +1,8 @@
 #include "fsd/transport/vhost_user_backend.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -117,6 +119,34 @@ Result<std::shared_ptr<MemoryMap>> map_regions(const std::vector<vu::MemRegion>&
   return m;
 }
 
+// Whether `fd` is an eventfd. Kick, call and error fds must be: a kick fd
+// that is always readable (a pipe with data, a regular file) would make a
+// worker spin, and writes to anything else may block or land in a file.
+bool is_eventfd(int fd) {
+  char link[64];
+  std::string path = "/proc/self/fd/" + std::to_string(fd);
+  ssize_t n = ::readlink(path.c_str(), link, sizeof link);
+  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
+}
+
+// The signal that interrupts a worker stuck writing to a call eventfd (see
+// VhostWorkerPool::watchdog). Its handler does nothing: installed without
+// SA_RESTART, it makes the write fail with EINTR.
+int interrupt_signal() { return SIGRTMIN; }
+void install_interrupt_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa{};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(interrupt_signal(), &sa, nullptr);
+  });
+}
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // A request's name for logs, "unknown" for numbers the codec does not know.
 const char* request_name(uint32_t request) {
   const char* name = vu::request_name(request);
@@ -161,6 +191,9 @@ struct Worker {
   bool exit = false;
   std::vector<Owned> owned;   // changed only on its own thread, by commands
   std::vector<Owned> polls;   // the owned queues polling now (see queue_loop)
+  // While it writes to a call eventfd: since when (steady clock, ns); else
+  // 0. The pool's watchdog interrupts a write that takes too long.
+  std::atomic<int64_t> signalling_since{0};
   // The inbox's loop, held here rather than detached: while it waits on
   // the ring only the kernel points at its frame otherwise, which a leak
   // checker (the fuzzers' LeakSanitizer) cannot see.
@@ -247,6 +280,11 @@ class Device {
   void reset();
 
   std::atomic<uint64_t> requests{0}, bad_chains{0}, bad_requests{0};
+  // A write to one of the front-end's call eventfds blocked until the
+  // watchdog interrupted it: the front-end filled the counter itself and
+  // made it blocking. Its queues are no longer signalled (a full counter
+  // has told the guest already), until the next front-end.
+  std::atomic<bool> call_stalled{false};
 
   // ---- called by the workers, on their own threads
   // Whether queue i's poll is over: a request is there, the queue was
@@ -267,13 +305,15 @@ class Device {
   Task<void> process(Worker& w, unsigned i, uint16_t head);
 
  private:
+  void signal_call(Worker& w, unsigned i, const Fd& call);
   struct Queue {
     // Control-thread view (changed only while the queue is stopped).
     uint32_t num = 0;
     vu::VringAddr addr{};
     bool addr_set = false;
     uint16_t base = 0;
-    Fd kick, call;
+    Fd kick;
+    std::shared_ptr<const Fd> call;  // shared with the workers signalling it
     bool enabled = false;
     bool started = false;
     // Set when started, read by every worker while it runs: the rings, and
@@ -299,7 +339,9 @@ class Device {
     // an estimate, updated by every worker).
     std::atomic<uint32_t> cost_ns{0};
     std::mutex used_mu;                 // guards split's used side and call_fd
-    int call_fd = -1;
+    // The call eventfd the workers signal (a reference, so that it stays
+    // open while a worker writes to it after letting go of used_mu).
+    std::shared_ptr<const Fd> call_fd;
   };
 
   // ---- control thread
@@ -347,7 +389,7 @@ class Device {
   uint64_t protocol_features() const { return kProtocolFeatures | (device().config.empty() ? 0 : vu::kPfConfig); }
   Task<void> queue_loop(Worker& w, unsigned i);
   void dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads);
-  void finish_one(Queue& q, uint16_t head, uint32_t len);
+  void finish_one(Worker& w, unsigned i, uint16_t head, uint32_t len);
 
   std::shared_ptr<VhostWorkerPool> pool_;  // the device's own when options_.pool is null
   MessageServerFactory servers_;
@@ -439,7 +481,7 @@ Task<void> Device::cmd_stop(Worker& w, unsigned i, uint16_t* last_avail) {
   *last_avail = q.split.last_avail();
   q.kick_fd = -1;
   std::lock_guard g(q.used_mu);
-  q.call_fd = -1;
+  q.call_fd.reset();
 }
 
 Task<void> Device::queue_loop(Worker& w, unsigned i) {
@@ -513,14 +555,36 @@ void Device::dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads) {
   for (size_t j = 0; j < heads.size(); j += n) spawn(process(w, i, heads[j]));
 }
 
-void Device::finish_one(Queue& q, uint16_t head, uint32_t len) {
-  std::lock_guard g(q.used_mu);
-  if (q.broken) return;
-  q.split.push(head, len);
-  if (q.call_fd >= 0 && q.split.should_notify()) {
-    uint64_t one = 1;
-    (void)!::write(q.call_fd, &one, sizeof one);
+void Device::finish_one(Worker& w, unsigned i, uint16_t head, uint32_t len) {
+  Queue& q = *queues_[i];
+  std::shared_ptr<const Fd> call;
+  {
+    std::lock_guard g(q.used_mu);
+    if (q.broken) return;
+    q.split.push(head, len);
+    if (q.call_fd && q.split.should_notify()) call = q.call_fd;
   }
+  // Outside the lock: the front-end owns the eventfd and may make the
+  // write wait; no other worker waits with it.
+  if (call) signal_call(w, i, *call);
+}
+
+// Tells the guest through a call eventfd. The fd is non-blocking (set when
+// it came), so a full counter, which has told the guest already, fails at
+// once with EAGAIN. The front-end shares the fd and can make it blocking
+// again: then the pool's watchdog interrupts the write, and this device's
+// call fds are not written again.
+void Device::signal_call(Worker& w, unsigned i, const Fd& call) {
+  if (call_stalled.load(std::memory_order_relaxed)) return;
+  uint64_t one = 1;
+  w.signalling_since.store(now_ns(), std::memory_order_relaxed);
+  ssize_t r = ::write(call.get(), &one, sizeof one);
+  int err = errno;
+  w.signalling_since.store(0, std::memory_order_relaxed);
+  if (r < 0 && err == EINTR && !call_stalled.exchange(true))
+    spdlog::error("{} queue {}: a write to the front-end's call eventfd blocked (its counter is full and the fd "
+                  "blocking); its queues are no longer signalled",
+                  device().name, i);
 }
 
 Task<void> Device::process(Worker& w, unsigned i, uint16_t head) {
@@ -540,7 +604,7 @@ Task<void> Device::process(Worker& w, unsigned i, uint16_t head) {
   } else {
     bad_requests++;
   }
-  finish_one(q, head, written);
+  finish_one(w, i, head, written);
   if (workers_.size() > 1) {
     auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
     uint32_t avg = q.cost_ns.load(std::memory_order_relaxed);
@@ -563,7 +627,9 @@ bool Device::reply(int conn, vu::Request r, const vu::Payload& p) {
   std::byte buf[512];
   auto n = vu::encode_reply(buf, r, p);
   if (!n) return false;
-  return ::send(conn, buf, *n, MSG_NOSIGNAL) == static_cast<ssize_t>(*n);
+  // Never waits: a front-end that leaves its replies unread until the
+  // socket is full is dropped rather than holding the control thread.
+  return ::send(conn, buf, *n, MSG_NOSIGNAL | MSG_DONTWAIT) == static_cast<ssize_t>(*n);
 }
 
 void Device::maybe_start(unsigned i) {
@@ -594,7 +660,7 @@ void Device::maybe_start(unsigned i) {
   q.kick_fd = q.kick.get();
   {
     std::lock_guard g(q.used_mu);
-    q.call_fd = q.call.get();
+    q.call_fd = q.call;
   }
   post(owner(i), [this, i, w = &owner(i)] { return cmd_start(*w, i); });
   q.started = true;
@@ -624,6 +690,7 @@ void Device::reset() {
     q->server.reset();
   }
   memory_.reset();
+  call_stalled = false;
   post(*workers_[0], [this] { return cmd_new_server(); });
   regions_.clear();
   region_fds_.clear();
@@ -830,12 +897,19 @@ Device::Outcome Device::vring_state_request(int conn, const vu::Message& m) {
   return o;
 }
 
-Device::Outcome Device::vring_file_request(const vu::Message& m,
-                                                                               std::vector<Fd>& fds) {
+Device::Outcome Device::vring_file_request(const vu::Message& m, std::vector<Fd>& fds) {
   using R = vu::Request;
   Outcome o;
-  if (m.request == R::SetVringErr) return o;  // its fd (if any) closes here; errors are logged instead
   auto f = std::get<vu::VringFile>(m.payload);
+  const char* what = m.request == R::SetVringKick ? "kick" : m.request == R::SetVringCall ? "call" : "error";
+  if (f.has_fd && !is_eventfd(fds[0].get())) {
+    spdlog::error("{}: the front-end's {} fd for queue {} is not an eventfd; disconnecting", device().name, what,
+                  f.index);
+    o.ok = false;
+    o.drop = true;
+    return o;
+  }
+  if (m.request == R::SetVringErr) return o;  // its fd (if any) closes here; errors are logged instead
   Queue* q = queue_of(m, f.index);
   if (!q) {
     o.ok = false;
@@ -853,12 +927,21 @@ Device::Outcome Device::vring_file_request(const vu::Message& m,
     maybe_start(f.index);
     return o;
   }
-  // SET_VRING_CALL
-  Fd fresh = f.has_fd ? std::move(fds[0]) : Fd();
-  int fd = fresh.get();
+  // SET_VRING_CALL. Signalled without waiting (see signal_call).
+  std::shared_ptr<const Fd> fresh;
+  if (f.has_fd) {
+    int flags = ::fcntl(fds[0].get(), F_GETFL);
+    if (flags < 0 || ::fcntl(fds[0].get(), F_SETFL, flags | O_NONBLOCK) < 0) {
+      spdlog::error("{}: cannot make the call fd of queue {} non-blocking: {}", device().name, f.index,
+                    std::strerror(errno));
+      o.ok = false;
+      return o;
+    }
+    fresh = std::make_shared<const Fd>(std::move(fds[0]));
+  }
   if (q->started) {
-    std::lock_guard g(q->used_mu);  // no worker is signalling the old fd once this is held
-    q->call_fd = fd;
+    std::lock_guard g(q->used_mu);
+    q->call_fd = fresh;
   }
   q->call = std::move(fresh);
   return o;
@@ -873,13 +956,36 @@ VhostWorkerPool::VhostWorkerPool(unsigned workers, Ring::MetadataIo metadata_io)
 
 const std::vector<std::unique_ptr<vhost_detail::Worker>>& VhostWorkerPool::start() {
   std::call_once(started_, [this] {
+    install_interrupt_handler();
     for (unsigned i = 0; i < size_; i++) workers_.push_back(std::make_unique<vhost_detail::Worker>(i, metadata_io_));
     for (auto& w : workers_) w->thread = std::thread([w = w.get()] { vhost_detail::worker_main(*w); });
+    watchdog_ = std::thread([this] { watchdog(); });
   });
   return workers_;
 }
 
+void VhostWorkerPool::watchdog() {
+  constexpr auto kPeriod = std::chrono::milliseconds(50);
+  constexpr int64_t kPatienceNs = 100'000'000;  // far beyond any write to a live eventfd
+  std::unique_lock lock(watch_mu_);
+  while (!watch_cv_.wait_for(lock, kPeriod, [this] { return watch_exit_; })) {
+    int64_t now = now_ns();
+    for (auto& w : workers_) {
+      int64_t since = w->signalling_since.load(std::memory_order_relaxed);
+      if (since != 0 && now - since > kPatienceNs) ::pthread_kill(w->thread.native_handle(), interrupt_signal());
+    }
+  }
+}
+
 VhostWorkerPool::~VhostWorkerPool() {
+  if (watchdog_.joinable()) {
+    {
+      std::lock_guard g(watch_mu_);
+      watch_exit_ = true;
+    }
+    watch_cv_.notify_all();
+    watchdog_.join();
+  }
   for (auto& w : workers_) vhost_detail::post(*w, [w = w.get()] { return vhost_detail::cmd_exit(*w); });
   for (auto& w : workers_) w->thread.join();
 }

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -68,12 +69,20 @@ class VhostWorkerPool {
   friend class vhost_detail::Device;
   // Makes the workers and starts their threads, the first time.
   const std::vector<std::unique_ptr<vhost_detail::Worker>>& start();
+  // Interrupts a worker whose write to a call eventfd has waited too long
+  // (a front-end can fill the counter and make the fd blocking): nothing a
+  // front-end does holds a worker, which other devices share, for long.
+  void watchdog();
 
   unsigned size_;
   Ring::MetadataIo metadata_io_;
   std::once_flag started_;
   std::vector<std::unique_ptr<vhost_detail::Worker>> workers_;
   std::atomic<unsigned> next_{0};  // spreads the devices' first workers over the pool
+  std::thread watchdog_;
+  std::mutex watch_mu_;  // guards watch_exit_
+  std::condition_variable watch_cv_;
+  bool watch_exit_ = false;
 };
 
 struct VhostUserOptions {

@@ -4,6 +4,7 @@
 // front-end can produce. fsd must stay alive and serving throughout.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #include <cstring>
@@ -403,6 +404,93 @@ TEST_F(Virtiofs, FrontEndVanishingMidRequest) {
   auto f = start(ro_sock_);
   ASSERT_TRUE(f);
   ExpectStillServes(*f);
+}
+
+// Kick, call and error fds must be eventfds: a kick fd that is always
+// readable (a pipe with data in it) made a worker spin a core. Such a
+// front-end is told why in the log and dropped; the next one is served.
+TEST_F(Virtiofs, KickCallAndErrorFdsMustBeEventfds) {
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  Fd rd(p[0]), wr(p[1]);
+  ASSERT_EQ(::write(wr.get(), "x", 1), 1);  // readable for good
+  Fd file(::memfd_create("not-an-eventfd", MFD_CLOEXEC));
+  ASSERT_TRUE(file);
+  struct Case {
+    vu::Request request;
+    int fd;
+    const char* what;
+  };
+  for (auto c : {Case{vu::Request::SetVringKick, rd.get(), "kick"}, Case{vu::Request::SetVringCall, file.get(), "call"},
+                 Case{vu::Request::SetVringErr, file.get(), "error"}}) {
+    SCOPED_TRACE(c.what);
+    auto f = start(ro_sock_);
+    ASSERT_TRUE(f);
+    (void)f->send(c.request, vu::VringFile{1, true}, {c.fd});
+    auto r = f->send(vu::Request::GetFeatures, vu::None{}, {}, false, true);
+    EXPECT_FALSE(r.ok()) << "fsd kept a front-end whose " << c.what << " fd is not an eventfd";
+    fsd_->wait_for_log(std::string("front-end's ") + c.what + " fd for queue 1 is not an eventfd");
+  }
+  auto f = start(ro_sock_);
+  ASSERT_TRUE(f);
+  ExpectStillServes(*f);
+}
+
+// A front-end shares its call eventfd with fsd: it can fill the counter and
+// make the fd blocking again, so that fsd's write to it would wait for ever
+// (before: holding the queue's lock, on a worker that other devices share,
+// and SIGTERM no longer ended fsd). With one worker for two devices, the
+// other device is still served, the hostile one's replies still reach its
+// used ring, and SIGTERM still ends fsd.
+TEST_F(Virtiofs, AFullBlockingCallEventfdHoldsNoWorker) {
+  fsd_.reset();
+  std::string a_sock = (tmp_.path() / "a.sock").string(), b_sock = (tmp_.path() / "b.sock").string();
+  fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
+      .args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--threads", "1", "--poll-us", "0",
+               "--virtiofs-socket", "ro=" + a_sock, "--virtiofs-socket", "ro=" + b_sock}});
+  fsd_->wait_for_log("listening on " + b_sock);
+  // Without EVENT_IDX a driver wants an interrupt for every reply, so fsd
+  // writes to the call eventfd each time.
+  auto fa = VhostFrontend::connect(a_sock, {.features = vu::kFVersion1 | vu::kFProtocolFeatures});
+  ASSERT_TRUE(fa.ok());
+  auto a = std::move(*fa);
+  ASSERT_TRUE(a->negotiate().ok()) << fsd_->log();
+  ASSERT_TRUE(a->fuse_init().ok());
+  auto b = start(b_sock);
+  ASSERT_TRUE(b);
+  // Fill the counter (while the fd is still non-blocking: fsd may signal
+  // meanwhile), then make the fd blocking again.
+  int call = a->call_fd(1);
+  uint64_t full = 0xfffffffffffffffe, drained;
+  for (;;) {
+    (void)!::read(call, &drained, sizeof drained);
+    if (::write(call, &full, sizeof full) == 8) break;
+    ASSERT_EQ(errno, EAGAIN);
+  }
+  ASSERT_EQ(::fcntl(call, F_SETFL, 0), 0);
+  for (int i = 0; i < 3; i++) {
+    std::string arg = std::string("small.txt") + '\0';
+    auto p = a->submit_fuse(1, FUSE_LOOKUP, FUSE_ROOT_ID, std::as_bytes(std::span(arg)), 4096);
+    auto u = a->poll_used(1, 5000);
+    ASSERT_TRUE(u.ok()) << "the hostile front-end's request was never returned\n" << fsd_->log();
+    auto r = a->reply_of(p, *u);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->error, 0);
+    // The other device, on the same worker, is served meanwhile.
+    auto other = b->fuse_lookup(FUSE_ROOT_ID, "small.txt");
+    ASSERT_TRUE(other.ok()) << "the other device stalled: " << std::strerror(-other.error()) << "\n" << fsd_->log();
+    EXPECT_EQ(other->error, 0);
+  }
+  fsd_->wait_for_log("a write to the front-end's call eventfd blocked");
+  auto t0 = std::chrono::steady_clock::now();
+  ::kill(fsd_->pid(), SIGTERM);
+  auto status = fsd_->wait_exit(std::chrono::seconds(5));
+  ASSERT_TRUE(status.has_value()) << "SIGTERM did not end fsd\n" << fsd_->log();
+  EXPECT_EQ(*status, 0) << fsd_->log();
+  std::printf("  fsd ended %lld ms after SIGTERM\n",
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now() - t0)
+                                         .count()));
 }
 
 }  // namespace
