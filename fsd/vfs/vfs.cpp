@@ -557,14 +557,21 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
   if (read_only() && writes) co_return Error{-EROFS};
   if (n.is_dir() && writes) co_return Error{-EISDIR};
-  flags = (flags & open_flags_allowed()) | O_CLOEXEC;
-  // A FIFO, socket or character device may wait in open() for a partner (a
-  // FIFO's writer, say), which would park this worker thread, and its reads
-  // may wait forever (io_uring would wait without a thread, but the request
-  // would still hold its queue): such a file is opened and used without
-  // waiting, ever. Block devices are read like files.
+  // The one rule for what is neither a regular file nor a directory. The
+  // node's type is its inode's (fixed for the inode's life), and the open
+  // below reaches exactly that inode, so no other file can be swapped in
+  // between the check and the open.
+  //  - A device node opens a host device as fsd: only where the export says
+  //    `devices`, and then as the caller, whom the device's own mode checks.
+  //  - A FIFO, socket or character device may wait in open() for a partner
+  //    (a FIFO's writer, say), which would park this worker thread, and its
+  //    reads may wait forever (io_uring would wait without a thread, but
+  //    the request would still hold its queue): such a file is opened and
+  //    used without waiting, ever. Block devices are read like files.
   mode_t type = n.type & S_IFMT;
+  if ((type == S_IFCHR || type == S_IFBLK) && !config_.devices) co_return Error{-EACCES};
   bool special = type == S_IFIFO || type == S_IFSOCK || type == S_IFCHR;
+  flags = (flags & open_flags_allowed()) | O_CLOEXEC | O_NOCTTY;
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
   auto pfd = path_fd(n);
   if (!pfd) {
@@ -603,13 +610,21 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   auto at = dir_for_change(*dir, name);
   if (!at) co_return Error{at.error()};
   if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
+  // Only a new file is opened here (O_EXCL). A name that exists already is
+  // looked up and opened as open() opens any node, by the rule for its type:
+  // opened in place, an existing FIFO would park this worker until a writer
+  // came, and a device node would open the host's device.
   open_how how{};
-  int oflags = (flags & open_flags_allowed() & ~O_DIRECTORY) | O_CREAT | O_NOFOLLOW | O_CLOEXEC |
-               (flags & O_EXCL);
+  int oflags = (flags & open_flags_allowed() & ~O_DIRECTORY) | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC |
+               O_NOCTTY;
   how.flags = static_cast<uint64_t>(oflags);
   how.mode = mode & 07777;
   how.resolve = kResolveChild;
   int r = co_await ring.openat2(at->dir.get(), at->name.c_str(), how);
+  if (r == -EEXIST && !(flags & O_EXCL)) {
+    release_open_file();
+    co_return co_await open_existing(ring, dir, at->dir.get(), at->name, flags);
+  }
   if (r < 0) {
     release_open_file();
     co_return Error{r};
@@ -630,6 +645,18 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   // Reopened, it must not be truncated or created again.
   OpenFile file = make_open_file(std::move(fd), node, oflags & ~(O_CREAT | O_EXCL | O_TRUNC), dir->dev, false);
   co_return Created{Entry{std::move(node), shown(st)}, std::move(file)};
+}
+
+// create() of a name that exists, without O_EXCL: what open(2) with O_CREAT
+// does to an existing name, through open()'s rule.
+Task<Result<Vfs::Created>> Vfs::open_existing(Ring& ring, const NodeRef& dir, int dirfd, const Name& name, int flags) {
+  auto e = co_await entry_at(ring, dir, dirfd, name);
+  if (!e) co_return Error{e.error()};
+  if (e->node->is_dir()) co_return Error{-EISDIR};
+  if (e->node->is_symlink()) co_return Error{-ELOOP};  // O_CREAT | O_NOFOLLOW
+  auto file = co_await open(ring, *e->node, flags & ~(O_CREAT | O_EXCL | O_DIRECTORY));
+  if (!file) co_return Error{file.error()};
+  co_return Created{std::move(*e), std::move(*file)};
 }
 
 Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode) {

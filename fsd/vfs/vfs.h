@@ -233,7 +233,12 @@ class Vfs {
   Task<Result<Entry>> lookup(Ring& ring, NodeRef dir, std::string_view name);
   Task<Result<struct statx>> getattr(Ring& ring, Node& n);
   // Opens for I/O. flags: O_ACCMODE plus O_APPEND/O_TRUNC/O_NONBLOCK/O_DIRECTORY/O_SYNC/O_DSYNC.
+  // Anything but a regular file or a directory follows one rule: a device
+  // node is EACCES unless the export allows `devices`; FIFOs, sockets and
+  // character devices are opened and used without ever waiting.
   Task<Result<OpenFile>> open(Ring& ring, Node& n, int flags);
+  // Creates and opens `name`; where it exists already (and O_EXCL is not
+  // asked for) it is opened by open()'s rule, never in place.
   struct Created {
     Entry entry;
     OpenFile file;
@@ -360,6 +365,7 @@ class Vfs {
   };
   Result<Change> dir_for_change(Node& dir, std::string_view name);
   Task<Result<Entry>> entry_at(Ring& ring, const NodeRef& dir, int dirfd, const Name& name);
+  Task<Result<Created>> open_existing(Ring& ring, const NodeRef& dir, int dirfd, const Name& name, int flags);
   void release(Node* n);  // the last reference went away
   void unpin(Node* n);
   void evict_locked();

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/sysmacros.h>
 
 #include <cstring>
 #include <set>
@@ -404,6 +405,33 @@ TEST_F(Virtiofs, FrontEndVanishingMidRequest) {
   auto f = start(ro_sock_);
   ASSERT_TRUE(f);
   ExpectStillServes(*f);
+}
+
+// A device node inside an export does not open (FUSE_OPEN, or FUSE_CREATE
+// of its name without O_EXCL) unless the export says ",devices": before,
+// fsd opened the host's device, as root, for any guest (CVE-2020-35517's
+// class), on read-only exports too.
+TEST_F(Virtiofs, DeviceNodesInAnExportDoNotOpen) {
+  for (const char* d : {"ro", "rw"}) ASSERT_EQ(::mknod((tmp_.path() / d / "zero").c_str(), S_IFCHR | 0666, makedev(1, 5)), 0);
+  for (auto* sock : {&ro_sock_, &rw_sock_}) {
+    auto f = start(*sock);
+    ASSERT_TRUE(f);
+    uint64_t node = lookup(*f, FUSE_ROOT_ID, "zero");
+    ASSERT_NE(node, 0u);
+    fuse_open_in oi{};
+    oi.flags = O_RDONLY;
+    auto open = f->fuse(1, FUSE_OPEN, node, args(oi), 4096);
+    ASSERT_TRUE(open.ok());
+    EXPECT_EQ(open->error, -EACCES) << *sock;
+  }
+  auto f = start(rw_sock_);
+  fuse_create_in cr{};
+  cr.flags = O_RDWR | O_CREAT;
+  cr.mode = 0644;
+  auto c = f->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, args(cr, "zero"), 4096);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->error, -EACCES);
+  EXPECT_NE(lookup(*f, FUSE_ROOT_ID, "zero"), 0u);
 }
 
 // Kick, call and error fds must be eventfds: a kick fd that is always

@@ -308,6 +308,68 @@ TEST_F(P9Server, DeviceNodesNeedAnExportThatAllowsThem) {
   server.stop();
 }
 
+// A device node that a host party put inside an export (an unpacked
+// image, a container root, another guest's share) is no door to the host's
+// device: opening it, or creating its name without O_EXCL, is EACCES
+// unless the export says ",devices", on read-only exports too (before: fsd
+// opened it, as root, for any client). An existing FIFO's name created
+// without O_EXCL opens without waiting for a writer (before: the worker
+// waited).
+TEST_F(P9Server, DeviceNodesInAnExportOpenOnlyWhereItAllowsDevices) {
+  for (const fs::path& dir : {rw_, ro_}) ASSERT_EQ(::mknod((dir / "zero").c_str(), S_IFCHR | 0666, makedev(1, 5)), 0);
+  ASSERT_EQ(::mknod((rw_ / "loop").c_str(), S_IFBLK | 0666, makedev(7, 0)), 0);
+  Client c = attached("rw");
+  uint32_t fid = 10;
+  auto open_fails = [&](Client& cl, const char* name, uint32_t flags) {
+    EXPECT_TRUE(cl.walk(kRoot, fid, name).ok()) << name;
+    auto r = cl.lopen(fid, flags);
+    EXPECT_FALSE(r.ok()) << name << " opened";
+    if (!r.ok()) {
+      EXPECT_EQ(r.error(), -EACCES) << name;
+    }
+    fid++;
+  };
+  open_fails(c, "zero", O_RDONLY);
+  open_fails(c, "zero", O_RDWR);
+  open_fails(c, "loop", O_RDONLY);
+  for (uint32_t flags : {uint32_t{O_RDONLY}, uint32_t{O_RDWR}, uint32_t{O_WRONLY | O_TRUNC}}) {
+    ASSERT_TRUE(c.walk(kRoot, fid, "").ok());
+    auto r = c.lcreate(fid, "zero", flags, 0644);
+    EXPECT_EQ(r.error(), -EACCES) << "Tlcreate over a device node, flags " << flags;
+    fid++;
+  }
+  Client ro = attached("ro");
+  open_fails(ro, "zero", O_RDONLY);
+
+  ASSERT_EQ(::mkfifo((rw_ / "fifo").c_str(), 0644), 0);
+  ASSERT_TRUE(c.walk(kRoot, fid, "").ok());
+  auto created = std::async(std::launch::async, [&] { return c.lcreate(fid, "fifo", O_RDONLY, 0644).ok(); });
+  bool answered = created.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  EXPECT_TRUE(answered) << "Tlcreate over a FIFO waited for a writer";
+  int unpark = answered ? -1 : ::open((rw_ / "fifo").c_str(), O_WRONLY);
+  EXPECT_TRUE(created.get());
+  if (unpark >= 0) ::close(unpark);
+
+  // Where the export allows devices, they open (as the caller).
+  ExportConfig dev{.tag = "dev", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever, .devices = true};
+  ExportSet exports;
+  exports.add(std::make_unique<Vfs>(dev, VfsOptions{}));
+  SocketServer server(session_factory(exports, SessionConfig{}), 1);
+  std::string sock = (tmp_.path() / "dev.sock").string();
+  server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
+  server.start();
+  auto d = Client::connect_unix(sock);
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE(d->version(65536).ok());
+  ASSERT_TRUE(d->attach(1, "dev", 0).ok());
+  ASSERT_TRUE(d->walk(1, 2, "zero").ok());
+  ASSERT_TRUE(d->lopen(2, O_RDONLY).ok());
+  auto r = d->call<Rread>(Tread{.fid = 2, .offset = 0, .count = 16});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->data.bytes.size(), 16u);
+  server.stop();
+}
+
 TEST_F(P9Server, XattrsReadListAndWrite) {
   if (::setxattr((rw_ / "existing.txt").c_str(), "user.fsd", "v1", 2, 0) != 0)
     GTEST_SKIP() << "user xattrs unsupported on the test filesystem";
