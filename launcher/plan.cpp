@@ -21,6 +21,16 @@ std::string qemu_escape(const std::string& v) {
   for (char c : v) out += c == ',' ? std::string(",,") : std::string(1, c);
   return out;
 }
+// KEY=VALUE of a QEMU option list, the value escaped: a comma in a spec's
+// path must not start an option of its own.
+std::string opt(std::string_view key, const std::string& value) { return std::string(key) + "=" + qemu_escape(value); }
+// One word for the command QEMU's guestfwd runs (which splits it as a shell
+// would, quotes and all): quoted so that nothing in it is a shell's.
+std::string shell_word(const std::string& v) {
+  std::string out = "'";
+  for (char c : v) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
 
 // The guest's 9p cache mode for a cache policy.
 const char* nine_p_cache(Cache c) { return c == Cache::kNever ? "none" : c == Cache::kAuto ? "mmap" : "loose"; }
@@ -107,9 +117,12 @@ struct Builder {
     if (!in.net_opts.empty() && s.network != Network::kUser)
       throw SpecError("QEMU_NET_OPTS is set, for the user network's -netdev, but the spec has none (\"network\": \"user\")");
   }
+  // fsd's --export TAG=PATH,OPTIONS from the share's fields: the tag was
+  // checked to be a plain word (spec.cpp), a comma in the path is doubled
+  // (fsd reads ",," as one), and the options are vmlaunch's own words.
   void fsd_export(const std::string& tag, const std::string& path, bool ro, Cache cache) {
     p.fsd_argv.insert(p.fsd_argv.end(),
-                      {"--export", tag + "=" + path + (ro ? ",ro" : "") + ",cache=" + std::string(name_of(cache))});
+                      {"--export", tag + "=" + qemu_escape(path) + (ro ? ",ro" : "") + ",cache=" + std::string(name_of(cache))});
   }
   void virtiofs(const std::string& tag, const std::string& path, bool ro, Cache cache) {
     std::string sock = in.run_dir + "/" + tag + ".sock";
@@ -313,7 +326,7 @@ struct Builder {
     // q35: its PCI interrupts need no ACPI link set-up, which on the older
     // i440fx machine cost a TCG boot 0.55 s (four _SB_.LNKx evaluated at
     // 145 ms each).
-    p.qemu_argv = {s.qemu_binary, "-name", s.name, "-machine", "q35", "-accel", std::string(name_of(in.accel)),
+    p.qemu_argv = {s.qemu_binary, "-name", opt("guest", s.name), "-machine", "q35", "-accel", std::string(name_of(in.accel)),
                    "-smp", std::to_string(s.cpus), "-m", mem,
                    "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on", "-numa", "node,memdev=mem",
                    "-kernel", in.boot_kernel.empty() ? s.kernel : in.boot_kernel, "-initrd", in.initrd};
@@ -328,15 +341,16 @@ struct Builder {
     if (s.graphics) add({"-device", "VGA"});
     else add({"-display", "none"});
     // The monitor, for a graceful power-off on SIGTERM.
-    if (!in.qmp_socket.empty()) add({"-qmp", "unix:" + in.qmp_socket + ",server=on,wait=off"});
+    if (!in.qmp_socket.empty()) add({"-qmp", "unix:" + qemu_escape(in.qmp_socket) + ",server=on,wait=off"});
     for (size_t n = 0; n < devices.size(); n++) {
       std::string id = "fs" + std::to_string(n);
-      add({"-chardev", "socket,id=" + id + ",path=" + devices[n].second, "-device",
-           "vhost-user-fs-pci,chardev=" + id + ",tag=" + devices[n].first});
+      add({"-chardev", "socket,id=" + id + "," + opt("path", devices[n].second), "-device",
+           "vhost-user-fs-pci,chardev=" + id + "," + opt("tag", devices[n].first)});
     }
     for (const auto& sh : transports)
       if (sh.proto == Proto::k9pQemu)
-        add({"-virtfs", "local,path=" + sh.source + ",security_model=none,mount_tag=" + sh.tag + (sh.read_only ? ",readonly=on" : "")});
+        add({"-virtfs", "local," + opt("path", sh.source) + ",security_model=none," + opt("mount_tag", sh.tag) +
+                            (sh.read_only ? ",readonly=on" : "")});
     if (net) add({"-netdev", netdev(), "-device", "virtio-net-pci,netdev=n0"});
     for (unsigned vlan : s.vlans) {
       std::string id = "vlan" + std::to_string(vlan);
@@ -345,7 +359,7 @@ struct Builder {
     }
     if (s.rng) add({"-device", "virtio-rng-pci"});
     for (const auto& d : in.disks)  // /dev/vda, /dev/vdb, ... in this order
-      add({"-drive", "file=" + d.file + ",if=virtio,format=" + d.format + (d.read_only ? ",readonly=on" : "") +
+      add({"-drive", opt("file", d.file) + ",if=virtio," + opt("format", d.format) + (d.read_only ? ",readonly=on" : "") +
                          (d.snapshot ? ",snapshot=on" : "")});
     p.qemu_argv.insert(p.qemu_argv.end(), s.qemu_extra_args.begin(), s.qemu_extra_args.end());
     p.qemu_argv.insert(p.qemu_argv.end(), in.extra_qemu_args.begin(), in.extra_qemu_args.end());
@@ -363,8 +377,10 @@ struct Builder {
       }
       // guest -> host: each connection to guest.address:port in the guest
       // runs a relay (vmlaunch itself) connected to host.address:port.
-      std::string relay = in.relay_binary + " --relay-to " + (f.host.address.empty() ? "127.0.0.1" : f.host.address) + ":" +
-                          std::to_string(f.host.port);
+      // The addresses were checked to be host names or IP addresses
+      // (spec.cpp); every word is quoted all the same.
+      std::string relay = shell_word(in.relay_binary) + " --relay-to " +
+                          shell_word((f.host.address.empty() ? "127.0.0.1" : f.host.address) + ":" + std::to_string(f.host.port));
       netdev += ",guestfwd=" + f.proto + ":" + (f.guest.address.empty() ? "10.0.2.100" : f.guest.address) + ":" +
                 std::to_string(f.guest.port) + "-cmd:" + qemu_escape(relay);
     }

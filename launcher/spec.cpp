@@ -12,6 +12,19 @@
 namespace fsd::launcher {
 namespace {
 
+// A tag: one plain word, safe as a file name, a QEMU option value and a
+// mount source.
+bool plain_word(const std::string& w) {
+  return !w.empty() && w != "." && w != ".." &&
+         w.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-") == std::string::npos;
+}
+// A host name or an IPv4 address: what QEMU's hostfwd and guestfwd take
+// between their ':' and '-' separators.
+bool host_name(const std::string& a) {
+  return a.size() <= 253 && a.front() != '-' &&
+         a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") == std::string::npos;
+}
+
 using json = nlohmann::json;
 
 std::string type_of(const json& v) {
@@ -375,6 +388,10 @@ class Checker {
       if (f.host.port == 0) fail(at + ".host.port", "is required");
       if (f.guest.port == 0) fail(at + ".guest.port", "is required");
       if (!f.from_host && f.proto != "tcp") fail(at + ".proto", "QEMU forwards only tcp from the guest to the host");
+      if (f.proto != "tcp" && f.proto != "udp") fail(at + ".proto", "\"" + f.proto + "\" is neither tcp nor udp");
+      for (auto [end, name] : {std::pair{&f.host, ".host.address"}, std::pair{&f.guest, ".guest.address"}})
+        if (!end->address.empty() && !host_name(end->address))
+          fail(at + name, "\"" + end->address + "\" is not a host name or an IPv4 address");
     }
     if (!s.forward_ports.empty() && s.network != Network::kUser) fail("forwardPorts", "needs \"network\": \"user\"");
     if (!s.vlans.empty() && s.vlan_host == 0) fail("vlanHost", "is required with vlans (1 to 254: this guest is 192.168.VLAN.vlanHost)");
@@ -408,6 +425,8 @@ class Checker {
  private:
   void check_store(StoreSpec& store) {
     if (store.mount_point.empty() || store.mount_point[0] != '/') fail("store.mountPoint", "must be an absolute path");
+    if (store.mount_point.find_first_of(",:\\") != std::string::npos)
+      fail("store.mountPoint", "\"" + store.mount_point + "\" may not hold ',', ':' or '\\' (an overlay mount's options name it)");
     if (!ctx_.store_override.empty()) store.path = ctx_.store_override;
     if (store.path.empty()) fail("store", "no store: give store.path or --store");
     if (!is_dir(store.path))
@@ -432,6 +451,8 @@ class Checker {
     if (rel.empty() || *rel.begin() == ".." || rel == ".")
       fail(at, "\"" + sys.path + "\" is not inside the store (" + store.string() + "), where the guest would find it");
     sys.in_guest = (std::filesystem::path(s.store.mount_point) / rel).string();
+    if (sys.in_guest.find_first_of(",:\\") != std::string::npos)
+      fail(at, "\"" + sys.path + "\" may not hold ',', ':' or '\\' (an overlay mount's options name it)");
     auto has = [&](const char* p) { return exists(top / p); };
     sys.has_bash = has("sw/bin/bash");
     sys.has_sh = has("sw/bin/sh");
@@ -474,6 +495,9 @@ class Checker {
     if (share.tag.size() > max)
       fail(at + ".tag", "\"" + share.tag + "\" is " + std::to_string(share.tag.size()) + " bytes; " +
                             (share.proto == Proto::kVirtiofs ? "virtio-fs" : "9p") + " allows at most " + std::to_string(max));
+    if (!plain_word(share.tag))
+      fail(at + ".tag", "\"" + share.tag + "\" may hold only letters, digits, '.', '_', '+' and '-' (it names a socket "
+                        "file, a device option and the guest's mount source)");
     if (auto [it, fresh] = tags_.emplace(share.tag, at); !fresh) fail(at + ".tag", "\"" + share.tag + "\" is used by " + it->second + " too");
     if (share.source.empty()) fail(at + ".source", "is required");
     if (!is_dir(share.source)) fail(at + ".source", "\"" + share.source + "\" is not an existing directory");

@@ -1,5 +1,6 @@
 #include "fsd/vfs/export.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace fsd {
@@ -17,9 +18,18 @@ ExportConfig parse_export(std::string_view spec) {
   for (char ch : c.tag)
     if (ch == '/' || ch == ',' || static_cast<unsigned char>(ch) < 0x20) fail("tag may not contain '/', ',' or control characters");
 
+  // The path ends at the first single comma; ",," is a comma of the path
+  // (as in QEMU's options), so that any path can be given.
   std::string_view rest = spec.substr(eq + 1);
-  auto comma = rest.find(',');
-  c.path = std::string(rest.substr(0, comma));
+  size_t comma = 0;
+  for (;; comma += 2) {
+    comma = rest.find(',', comma);
+    if (comma == std::string_view::npos || comma + 1 >= rest.size() || rest[comma + 1] != ',') break;
+  }
+  for (size_t i = 0; i < std::min(comma, rest.size()); i++) {
+    c.path += rest[i];
+    if (rest[i] == ',') i++;  // the second of ",,"
+  }
   if (c.path.empty()) fail("empty path");
   bool cache_given = false;
   while (comma != std::string_view::npos) {

@@ -257,7 +257,7 @@ TEST_F(Vmlaunch, UserNetworkAndPortForwardsBothWays) {
   EXPECT_EQ(st, 0);
   EXPECT_NE(out.find("user,id=n0,hostfwd=tcp:127.0.0.1:" + std::to_string(from_host) + "-:8000,guestfwd=tcp:10.0.2.100:80-cmd:"),
             std::string::npos) << out;
-  EXPECT_NE(out.find("--relay-to 127.0.0.1:" + std::to_string(to_host)), std::string::npos) << out;
+  EXPECT_NE(out.find("--relay-to '127.0.0.1:" + std::to_string(to_host) + "'"), std::string::npos) << out;
 
   // The run: host -> guest connects until the guest listens (QEMU accepts
   // on the host side at once, and closes when the guest refuses). It starts

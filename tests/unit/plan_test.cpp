@@ -64,7 +64,30 @@ TEST_F(PlanTest, FsdNinePSharesGoThroughGuestfwdToFsdsSocket) {
 TEST_F(PlanTest, GuestToHostForwardsRunARelayPerConnection) {
   json f{{"from", "guest"}, {"host", {{"address", "127.0.0.1"}, {"port", 8080}}}, {"guest", {{"address", "10.0.2.100"}, {"port", 80}}}};
   Plan p = plan({{"network", "user"}, {"forwardPorts", json::array({f})}});
-  EXPECT_TRUE(has(p.qemu_argv, "user,id=n0,guestfwd=tcp:10.0.2.100:80-cmd:/bin/vmlaunch --relay-to 127.0.0.1:8080"))
+  EXPECT_TRUE(has(p.qemu_argv, "user,id=n0,guestfwd=tcp:10.0.2.100:80-cmd:'/bin/vmlaunch' --relay-to '127.0.0.1:8080'"))
+      << joined(p.qemu_argv);
+}
+
+// Spec strings are data: a comma in a path cannot add a QEMU option or an
+// export option, and no spec string is a shell's (before, a share source
+// with a comma added -virtfs options: a guest read the host's /etc through
+// "path=/").
+TEST_F(PlanTest, SpecStringsCannotAddOptions) {
+  std::string odd = tmp("a,path=,readonly=off:b $(touch x) 'q\"\n");
+  std::filesystem::create_directories(odd);
+  json fsd_share{{"tag", "odd"}, {"source", odd}, {"target", "/odd"}, {"readOnly", true}};
+  json qemu_share{{"tag", "q9"}, {"source", odd}, {"target", "/q9"}, {"proto", "9p-qemu"}, {"readOnly", true}};
+  in_.relay_binary = "/opt/it's here/vmlaunch";
+  json f{{"from", "guest"}, {"host", {{"address", "127.0.0.1"}, {"port", 8080}}}, {"guest", {{"address", "10.0.2.100"}, {"port", 80}}}};
+  Plan p = plan({{"name", "vm,debug-threads=on"}, {"network", "user"}, {"shares", json::array({fsd_share, qemu_share})},
+                 {"forwardPorts", json::array({f})}});
+  std::string doubled = tmp("a,,path=,,readonly=off:b $(touch x) 'q\"\n");
+  EXPECT_TRUE(has(p.fsd_argv, "odd=" + doubled + ",ro,cache=always")) << joined(p.fsd_argv);
+  EXPECT_TRUE(has(p.qemu_argv, "local,path=" + doubled + ",security_model=none,mount_tag=q9,readonly=on"))
+      << joined(p.qemu_argv);
+  EXPECT_TRUE(has(p.qemu_argv, "guest=vm,,debug-threads=on")) << joined(p.qemu_argv);
+  EXPECT_TRUE(has(p.qemu_argv, "user,id=n0,guestfwd=tcp:10.0.2.100:80-cmd:'/opt/it'\\''s here/vmlaunch' --relay-to "
+                               "'127.0.0.1:8080'"))
       << joined(p.qemu_argv);
 }
 

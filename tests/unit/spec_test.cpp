@@ -194,6 +194,34 @@ TEST_F(SpecTest, TagTooLong) {
   EXPECT_EQ(error_of(j), "(no error)");
 }
 
+// Strings that name options or files elsewhere (a tag is a socket's file
+// name, a device option and the guest's mount source; an address sits
+// between hostfwd's separators; the store's mount point is in an overlay's
+// options) are refused, naming the field, where they could say more.
+TEST_F(SpecTest, StringsThatWouldSayMoreAreRefused) {
+  for (std::string tag : {"a,b", "x=y", "../up", "sp ace", "$(id)", "new\nline", "q'uote", "."}) {
+    json j = base();
+    j["shares"] = json::array({{{"tag", tag}, {"source", tmp("data")}, {"target", "/d"}}});
+    EXPECT_EQ(error_of(j), "spec.json: shares[0].tag: \"" + tag +
+                               "\" may hold only letters, digits, '.', '_', '+' and '-' (it names a socket file, a device "
+                               "option and the guest's mount source)");
+  }
+  for (std::string address : {"127.0.0.1,guestfwd=tcp:1.2.3.4:1-cmd:sh", "$(touch x)", "a b", "-x", "h:1"}) {
+    json j = base();
+    j["network"] = "user";
+    j["forwardPorts"] = json::array({{{"from", "guest"}, {"host", {{"address", address}, {"port", 80}}},
+                                      {"guest", {{"address", "10.0.2.100"}, {"port", 80}}}}});
+    EXPECT_EQ(error_of(j), "spec.json: forwardPorts[0].host.address: \"" + address + "\" is not a host name or an IPv4 address");
+  }
+  json j = base();
+  j["store"]["mountPoint"] = "/nix/store,upperdir=/x";
+  EXPECT_EQ(error_of(j), "spec.json: store.mountPoint: \"/nix/store,upperdir=/x\" may not hold ',', ':' or '\\' (an overlay "
+                         "mount's options name it)");
+  j = base();
+  j["shares"] = json::array({{{"tag", "ok-1.2_x+y"}, {"source", tmp("data")}, {"target", "/d"}}});
+  EXPECT_EQ(error_of(j), "(no error)");
+}
+
 TEST_F(SpecTest, FileErrors) {
   EXPECT_THROW(load_spec(tmp("missing.json"), ctx_), SpecError);
   write_file(tmp_.path() / "bad.json", "{ \"memory\": ");
