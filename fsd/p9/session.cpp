@@ -562,7 +562,7 @@ Task<Result<void>> Session::op(Request& rq, const Tlock& m) {
   auto want = to_lock(m.type, m.start, m.length);
   if (!want) co_return Error{want.error()};
   // The backend never waits: the Linux client retries while we answer BLOCKED.
-  auto r = fp->vfs->set_lock(fp->file, *want);
+  auto r = fp->vfs->set_lock(fp->file, *want, locks_);
   uint8_t status = r ? kLockSuccess : r.error() == -EAGAIN ? kLockBlocked : kLockError;
   set_reply(rq, Rlock{.status = status});
   co_return Result<void>{};

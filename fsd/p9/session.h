@@ -117,6 +117,9 @@ class Session : public StreamSession {
   Peer peer_;
   uint32_t msize_ = SessionConfig::kInitialMsize;
   size_t xattr_bytes_ = 0;  // declared before fids_: fids release their charge into it
+  // The files this connection keeps open for its locks (Vfs::set_lock);
+  // shared with those files, which may outlive the session.
+  std::shared_ptr<LockAccount> locks_ = std::make_shared<LockAccount>();
   std::unordered_map<uint32_t, FidPtr> fids_;
   std::unordered_map<uint16_t, Request*> in_flight_;  // by tag
 };

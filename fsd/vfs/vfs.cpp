@@ -356,6 +356,7 @@ void Vfs::close_file(std::unique_ptr<detail::OpenState> s) {
     std::lock_guard g(files_mu_);
     files_.erase(files_.iterator_to(*s));
   }
+  if (s->locker) s->locker->give_back();  // its locks go with its fd
   if (s->fd) release_open_file();
   s.reset();  // closes the fd, drops the node
 }
@@ -372,7 +373,8 @@ bool Vfs::reclaim_one() {
       files_.pop_front();
       files_.push_back(s);
       std::unique_lock sg(s.mu, std::try_to_lock);
-      if (!sg || s.users || !s.fd || s.keep || s.node->keep_open_.load(std::memory_order_relaxed)) continue;
+      if (!sg || s.users || !s.fd || s.keep || !s.locked.empty() || s.node->keep_open_.load(std::memory_order_relaxed))
+        continue;
       if (std::exchange(s.referenced, false)) continue;
       // A file with no name left cannot be opened again: it keeps its fd.
       struct stat st{};
@@ -1249,18 +1251,63 @@ Result<struct flock> to_flock(const FileLock& l) {
   fl.l_len = static_cast<off_t>(l.length);
   return fl;
 }
+
+// Adds [start, end) to a set of ranges, merging what touches it.
+void cover(std::map<uint64_t, uint64_t>& ranges, uint64_t start, uint64_t end) {
+  auto it = ranges.upper_bound(start);
+  if (it != ranges.begin() && std::prev(it)->second >= start) --it;
+  while (it != ranges.end() && it->first <= end) {
+    start = std::min(start, it->first);
+    end = std::max(end, it->second);
+    it = ranges.erase(it);
+  }
+  ranges.emplace(start, end);
+}
+// Takes [start, end) out of a set of ranges, splitting what straddles it.
+void uncover(std::map<uint64_t, uint64_t>& ranges, uint64_t start, uint64_t end) {
+  auto it = ranges.upper_bound(start);
+  if (it != ranges.begin() && std::prev(it)->second > start) --it;
+  while (it != ranges.end() && it->first < end) {
+    auto [a, b] = *it;
+    it = ranges.erase(it);
+    if (a < start) ranges.emplace(a, start);
+    if (b > end) it = ranges.emplace(end, b).first;
+  }
+}
+
 }  // namespace
 
-Result<void> Vfs::set_lock(const OpenFile& f, const FileLock& lock) {
+Result<void> Vfs::set_lock(const OpenFile& f, const FileLock& lock, const std::shared_ptr<LockAccount>& account) {
   auto fl = to_flock(lock);
   if (!fl) return Error{fl.error()};
   auto u = use(f);
   if (!u) return Error{u.error()};
-  if (lock.type != FileLock::Type::kUnlock) {
-    std::lock_guard g(u->state().mu);
-    u->state().keep = true;  // closing the fd would drop the lock
+  detail::OpenState& s = u->state();
+  bool locking = lock.type != FileLock::Type::kUnlock;
+  uint64_t end = lock.length == 0 ? UINT64_MAX : lock.start + lock.length;
+  bool took = false;
+  if (locking) {
+    std::lock_guard g(s.mu);
+    if (s.locked.size() >= kMaxLockRanges) return Error{-ENOLCK};
+    if (s.locked.empty()) {  // its first lock keeps its fd
+      if (!account || !account->take(lock_share())) return Error{-ENOLCK};
+      took = true;
+    }
   }
-  if (::fcntl(u->fd(), F_OFD_SETLK, &*fl) < 0) return errno_error(errno == EACCES ? EAGAIN : errno);
+  int r = ::fcntl(u->fd(), F_OFD_SETLK, &*fl);
+  int err = errno;
+  std::lock_guard g(s.mu);
+  if (r < 0) {
+    if (took) account->give_back();  // a failed lock keeps nothing
+    return errno_error(err == EACCES ? EAGAIN : err);
+  }
+  if (locking) {
+    cover(s.locked, lock.start, end);
+    if (took) s.locker = account;
+  } else {
+    uncover(s.locked, lock.start, end);
+    if (s.locked.empty() && s.locker) std::exchange(s.locker, nullptr)->give_back();
+  }
   return {};
 }
 

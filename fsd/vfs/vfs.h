@@ -83,6 +83,26 @@ class PathFd {
   int fd_ = -1;
 };
 
+// The files one client (a 9P connection) keeps open for its locks. A file
+// that holds a lock keeps its fd, outside the budget's reclaiming (closing
+// it would drop the lock), so each client may pin only a share of the
+// budget (Vfs::set_lock); past it, its next lock is ENOLCK.
+class LockAccount {
+ public:
+  // Takes one kept file, if fewer than `max` are kept.
+  bool take(unsigned max) {
+    unsigned n = kept_.load(std::memory_order_relaxed);
+    while (n < max)
+      if (kept_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
+    return false;
+  }
+  void give_back() { kept_.fetch_sub(1, std::memory_order_relaxed); }
+  unsigned kept() const { return kept_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<unsigned> kept_{0};
+};
+
 namespace detail {
 // What an OpenFile holds: its fd, or, while the fd is reclaimed, what it
 // takes to open the same file again. Listed by its Vfs (the reclaim clock).
@@ -96,7 +116,12 @@ struct OpenState : boost::intrusive::list_base_hook<> {
   Fd fd;                    // invalid while reclaimed
   unsigned users = 0;       // operations using fd now
   bool referenced = false;  // used since the clock last passed
-  bool keep = false;        // never reclaimed: holds locks, or is a special file
+  bool keep = false;        // never reclaimed: a special file, or one with no name left
+  // The byte ranges its locks cover, [start, end) by start (an OFD's locks
+  // merge and split as ranges do, whatever their type): while there are
+  // any, the fd is kept, counted in `locker`'s account.
+  std::map<uint64_t, uint64_t> locked;
+  std::shared_ptr<LockAccount> locker;
   uint32_t fd_gen = 0;      // counts reopens: a reopened fd reads its directory from the start
 
   // A directory's read position (Vfs::read_dir): the entries its last
@@ -338,8 +363,15 @@ class Vfs {
                               FunctionRef<bool(const DirEntry&)> emit);
 
   // ---- locks (never wait: a worker thread must not block)
-  // Takes or releases a lock; EAGAIN when a conflicting lock is held.
-  Result<void> set_lock(const OpenFile& f, const FileLock& lock);
+  // Takes or releases a lock; EAGAIN when a conflicting lock is held. A
+  // file keeps its fd while it holds any lock, counted in the client's
+  // `account`: ENOLCK when the client keeps lock_share() files already, or
+  // a file's locks are split into more than kMaxLockRanges pieces.
+  Result<void> set_lock(const OpenFile& f, const FileLock& lock, const std::shared_ptr<LockAccount>& account);
+  // How many files one client may keep open for its locks: an eighth of
+  // the budget (at least 8).
+  unsigned lock_share() const { return std::max(8u, options_.open_files / 8); }
+  static constexpr size_t kMaxLockRanges = 256;
   // The first lock that conflicts with `want`, or one of type kUnlock.
   Result<FileLock> get_lock(const OpenFile& f, const FileLock& want);
 

@@ -415,6 +415,66 @@ TEST_F(P9Server, LocksConflictBetweenFids) {
 // ---- hostile input: each case gets a clear result, and the server keeps
 // serving other connections.
 
+// A file's fd stays out of the budget's reclaiming only while it holds a
+// lock, and a failed lock keeps nothing (before: any Tlock, even a refused
+// one, kept the fd for good, so a client that locked and unlocked many
+// files pinned the budget until others got EMFILE). One connection keeps
+// at most an eighth of the budget for its locks; past it, its own next
+// lock is refused, and other connections lock as before.
+TEST_F(P9Server, LockedFilesAreBoundedAndReleased) {
+  for (int i = 0; i < 40; i++) write_file(rw_ / ("l" + std::to_string(i)), "x");
+  ExportConfig cfg{.tag = "small", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever};
+  ExportSet exports;
+  exports.add(std::make_unique<Vfs>(cfg, VfsOptions{.open_files = 16}));  // a lock share of 8
+  SocketServer server(session_factory(exports, SessionConfig{}), 1);
+  std::string sock = (tmp_.path() / "small.sock").string();
+  server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
+  server.start();
+  auto client = [&] {
+    auto c = Client::connect_unix(sock);
+    EXPECT_TRUE(c.ok());
+    EXPECT_TRUE(c->version(65536).ok());
+    EXPECT_TRUE(c->attach(1, "small", 0).ok());
+    return std::move(*c);
+  };
+  auto lock = [](Client& c, uint32_t fid, uint8_t type) {
+    auto r = c.call<Rlock>(Tlock{.fid = fid, .type = type, .flags = 0, .start = 0, .length = 0, .proc_id = fid, .client_id = "t"});
+    return r.ok() ? r->status : uint8_t{0xff};
+  };
+  Client a = client(), b = client();
+  // a locks and unlocks 40 files, keeping them all open: twice the budget.
+  for (uint32_t i = 0; i < 40; i++) {
+    ASSERT_TRUE(a.walk(1, 100 + i, "l" + std::to_string(i)).ok());
+    auto o = a.lopen(100 + i, O_RDWR);
+    ASSERT_TRUE(o.ok()) << "open " << i << ": " << std::strerror(-o.error());
+    ASSERT_EQ(lock(a, 100 + i, kLockTypeWrlck), kLockSuccess) << i;
+    ASSERT_EQ(lock(a, 100 + i, kLockTypeUnlck), kLockSuccess) << i;
+  }
+  // b's locks on a file a holds fail, on 40 fids of it: nothing kept.
+  ASSERT_EQ(lock(a, 100, kLockTypeWrlck), kLockSuccess);
+  for (uint32_t i = 0; i < 40; i++) {
+    ASSERT_TRUE(b.walk(1, 200 + i, "l0").ok());
+    auto o = b.lopen(200 + i, O_RDWR);
+    ASSERT_TRUE(o.ok()) << "open " << i << ": " << std::strerror(-o.error());
+    EXPECT_EQ(lock(b, 200 + i, kLockTypeWrlck), kLockBlocked);
+  }
+  // a holds locks on 8 files (l0 and 7 more); the 9th is refused, and
+  // unlocking one makes room again. b locks as it likes meanwhile.
+  for (uint32_t i = 1; i < 8; i++) ASSERT_EQ(lock(a, 100 + i, kLockTypeWrlck), kLockSuccess) << i;
+  EXPECT_EQ(lock(a, 108, kLockTypeWrlck), kLockError);
+  ASSERT_TRUE(b.walk(1, 300, "l30").ok());
+  ASSERT_TRUE(b.lopen(300, O_RDWR).ok());
+  EXPECT_EQ(lock(b, 300, kLockTypeWrlck), kLockSuccess);
+  // Unlocking part of a range keeps the rest (and the fd); all of it frees it.
+  auto r = a.call<Rlock>(Tlock{.fid = 107, .type = kLockTypeUnlck, .flags = 0, .start = 10, .length = 5, .proc_id = 107, .client_id = "t"});
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->status, kLockSuccess);
+  EXPECT_EQ(lock(a, 108, kLockTypeWrlck), kLockError);
+  EXPECT_EQ(lock(a, 107, kLockTypeUnlck), kLockSuccess);
+  EXPECT_EQ(lock(a, 108, kLockTypeWrlck), kLockSuccess);
+  server.stop();
+}
+
 class P9Hostile : public P9Server {
  protected:
   void ExpectServerStillServes() {
