@@ -40,6 +40,11 @@ struct Session::XattrCharge {
 struct Session::Fid {
   Vfs* vfs = nullptr;
   NodeRef node;
+  // The name it was walked by (or created under) in `parent`: Tremove and
+  // Trename act on that name, not on another link of the same inode. No
+  // parent: unknown (the root, or a walk that ended in "." or "..").
+  NodeRef parent;
+  std::string name;
   Credentials::Ref who;  // the identity its requests act as (null: fsd itself)
   OpenFile file;  // valid after Tlopen / Tlcreate
   enum class Xattr { kNone, kRead, kWrite } xattr = Xattr::kNone;
@@ -238,7 +243,8 @@ Task<Result<void>> Session::op(Request& rq, const Twalk& m) {
   FidPtr from = *f;
   if (from->xattr != Fid::Xattr::kNone) co_return Error{-EINVAL};
   Rwalk out{};
-  NodeRef cur = from->node;
+  NodeRef cur = from->node, parent = from->parent;
+  std::string_view last = from->name;
   for (uint16_t i = 0; i < m.wnames.count; i++) {
     auto e = co_await from->vfs->lookup(ring_, cur, m.wnames[i]);
     if (!e) {
@@ -247,13 +253,18 @@ Task<Result<void>> Session::op(Request& rq, const Twalk& m) {
     }
     out.wqids.qids[i] = qid_of(*from->vfs, *e->node, e->st);
     out.wqids.count = static_cast<uint16_t>(i + 1);
-    cur = std::move(e->node);
+    parent = std::exchange(cur, std::move(e->node));
+    last = m.wnames[i];
   }
   if (out.wqids.count == m.wnames.count) {
     auto nf = std::make_shared<Fid>();
     nf->vfs = from->vfs;
     nf->node = std::move(cur);
     nf->who = from->who;
+    if (parent && last != "." && last != "..") {
+      nf->parent = std::move(parent);
+      nf->name = std::string(last);
+    }
     fids_[m.newfid] = std::move(nf);
   }
   set_reply(rq, out);
@@ -326,7 +337,8 @@ Task<Result<void>> Session::op(Request& rq, const Tlcreate& m) {
   if (auto r = act_as_creator(*fp, m.gid); !r) co_return Error{r.error()};
   auto c = co_await fp->vfs->create(ring_, fp->node, m.name, static_cast<int>(m.flags), m.mode);
   if (!c) co_return Error{c.error()};
-  fp->node = c->entry.node;
+  fp->parent = std::exchange(fp->node, c->entry.node);
+  fp->name = std::string(m.name);
   fp->file = std::move(c->file);
   set_reply(rq, Rlcreate{.qid = qid_of(*fp->vfs, *fp->node, c->entry.st), .iounit = 0});
   co_return Result<void>{};
@@ -414,7 +426,7 @@ Task<Result<void>> Session::op(Request& rq, const Tclunk& m) {
 Task<Result<void>> Session::op(Request& rq, const Tremove& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
   fids_.erase(m.fid);  // clunked even if the removal fails
-  co_return reply_empty<Rremove>(rq, co_await fp->vfs->remove(ring_, *fp->node));
+  co_return reply_empty<Rremove>(rq, co_await fp->vfs->remove(ring_, *fp->node, fp->parent, fp->name));
 }
 
 // ---- namespace changes
@@ -441,7 +453,12 @@ Task<Result<void>> Session::op(Request& rq, const Tmknod& m) {
 
 Task<Result<void>> Session::op(Request& rq, const Trename& m) {
   FSD_FIDS_OR_RETURN(fp, dp, m.fid, m.dfid);
-  co_return reply_empty<Rrename>(rq, co_await fp->vfs->rename_node(ring_, *fp->node, dp->node, m.name));
+  auto r = co_await fp->vfs->rename_node(ring_, *fp->node, fp->parent, fp->name, dp->node, m.name);
+  if (r && fp->parent) {  // the fid now names the node by its new name
+    fp->parent = dp->node;
+    fp->name = std::string(m.name);
+  }
+  co_return reply_empty<Rrename>(rq, std::move(r));
 }
 
 Task<Result<void>> Session::op(Request& rq, const Trenameat& m) {

@@ -747,26 +747,51 @@ Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldn
   co_return Result<void>{};
 }
 
-Task<Result<void>> Vfs::remove(Ring& ring, Node& n) {
-  if (read_only()) co_return Error{-EROFS};
-  if (n.is_root()) co_return Error{-EBUSY};
-  auto [parent, name] = location(n);
-  if (!parent) co_return Error{-ESTALE};
-  auto pfd = path_fd(*parent);
-  if (!pfd) co_return Error{pfd.error()};
-  struct statx st{};
-  if (::statx(pfd->get(), name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) < 0) co_return errno_error();
-  if (dev_of(st) != n.dev || st.stx_ino != n.ino) co_return Error{-ESTALE};
-  keep_files_of(pfd->get(), name.c_str());
-  co_return from_res(co_await ring.unlinkat(pfd->get(), name.c_str(), n.is_dir() ? AT_REMOVEDIR : 0));
+// Where a client's remove or rename finds the node: by the name the client
+// reached it by, checked to still be this inode. Where that name has gone
+// (renamed since), or the client's name is unknown, by the name the node
+// was last seen under, but only while it has no other link: that name
+// could be another link's.
+Result<Vfs::Named> Vfs::named(Node& n, const NodeRef& parent, std::string_view name) {
+  if (n.is_root()) return Error{-EBUSY};
+  auto at = [&](NodeRef dir, std::string nm) -> Result<Named> {
+    auto pfd = path_fd(*dir);
+    if (!pfd) return Error{pfd.error()};
+    struct statx st{};
+    if (::statx(pfd->get(), nm.c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) < 0) return errno_error();
+    if (dev_of(st) != n.dev || st.stx_ino != n.ino) return Error{-ESTALE};
+    return Named{std::move(dir), std::move(nm), std::move(*pfd)};
+  };
+  if (parent) {
+    auto checked = Name::of(name);
+    if (!checked) return Error{checked.error()};
+    auto given = at(parent, std::string(checked->view()));
+    if (given || n.is_dir()) return given;  // a directory has one name
+    auto self = path_fd(n);
+    if (!self) return Error{self.error()};
+    struct statx st{};
+    if (::statx(self->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_NLINK, &st) < 0) return errno_error();
+    if (st.stx_nlink > 1) return Error{given.error()};
+  }
+  auto [dir, nm] = location(n);
+  if (!dir) return Error{-ESTALE};
+  return at(std::move(dir), std::move(nm));
 }
 
-Task<Result<void>> Vfs::rename_node(Ring& ring, Node& n, NodeRef newdir, std::string_view newname) {
+Task<Result<void>> Vfs::remove(Ring& ring, Node& n, const NodeRef& parent, std::string_view name) {
   if (read_only()) co_return Error{-EROFS};
-  if (n.is_root()) co_return Error{-EBUSY};
-  auto [parent, name] = location(n);
-  if (!parent) co_return Error{-ESTALE};
-  co_return co_await rename(ring, parent, name, std::move(newdir), newname, 0);
+  auto at = named(n, parent, name);
+  if (!at) co_return Error{at.error()};
+  keep_files_of(at->dir.get(), at->name.c_str());
+  co_return from_res(co_await ring.unlinkat(at->dir.get(), at->name.c_str(), n.is_dir() ? AT_REMOVEDIR : 0));
+}
+
+Task<Result<void>> Vfs::rename_node(Ring& ring, Node& n, const NodeRef& parent, std::string_view name, NodeRef newdir,
+                                    std::string_view newname) {
+  if (read_only()) co_return Error{-EROFS};
+  auto at = named(n, parent, name);
+  if (!at) co_return Error{at.error()};
+  co_return co_await rename(ring, at->parent, at->name, std::move(newdir), newname, 0);
 }
 
 Result<std::string> Vfs::readlink(Node& n) {

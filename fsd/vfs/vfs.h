@@ -280,10 +280,15 @@ class Vfs {
   Task<Result<void>> unlink(Ring& ring, NodeRef dir, std::string_view name, int flags);
   Task<Result<void>> rename(Ring& ring, NodeRef olddir, std::string_view oldname, NodeRef newdir,
                             std::string_view newname, unsigned flags);
-  // Removes the node by the name it was last seen under.
-  Task<Result<void>> remove(Ring& ring, Node& n);
-  // Renames the node (by the name it was last seen under) into dir/name.
-  Task<Result<void>> rename_node(Ring& ring, Node& n, NodeRef newdir, std::string_view newname);
+  // Removes the node by its name `name` in `parent`, the name the client
+  // reached it by, never by another link of the same inode. Where that
+  // name is gone or no longer the node, or there is no parent (the
+  // client's name for it is unknown): by the name it was last seen under,
+  // if it has no other link; else ESTALE.
+  Task<Result<void>> remove(Ring& ring, Node& n, const NodeRef& parent, std::string_view name);
+  // Renames the node, named as remove() names it, into newdir/newname.
+  Task<Result<void>> rename_node(Ring& ring, Node& n, const NodeRef& parent, std::string_view name, NodeRef newdir,
+                                 std::string_view newname);
 
   Result<std::string> readlink(Node& n);
   Result<struct statfs> statfs(Node& n);
@@ -397,6 +402,12 @@ class Vfs {
   };
   Result<Change> dir_for_change(Node& dir, std::string_view name);
   Task<Result<Entry>> entry_at(Ring& ring, const NodeRef& dir, int dirfd, const Name& name);
+  struct Named {
+    NodeRef parent;
+    std::string name;
+    PathFd dir;  // parent's, pinned
+  };
+  Result<Named> named(Node& n, const NodeRef& parent, std::string_view name);
   Task<Result<Created>> open_existing(Ring& ring, const NodeRef& dir, int dirfd, const Name& name, int flags);
   void release(Node* n);  // the last reference went away
   void unpin(Node* n);

@@ -475,6 +475,40 @@ TEST_F(P9Server, LockedFilesAreBoundedAndReleased) {
   server.stop();
 }
 
+// With two hard links a/x and b/y, Tremove and Trename act on the name the
+// fid was walked by, not on the inode's other name (before: on the name it
+// was last looked up by, so removing a/x removed b/y).
+TEST_F(P9Server, RemoveAndRenameActOnTheNameTheFidWasWalkedBy) {
+  write_file(rw_ / "a/x", "linked\n");
+  fs::create_directories(rw_ / "b");
+  fs::create_hard_link(rw_ / "a/x", rw_ / "b/y");
+  Client c = attached("rw");
+  ASSERT_TRUE(c.walk(kRoot, 2, "a/x").ok());
+  ASSERT_TRUE(c.walk(kRoot, 3, "b/y").ok());  // the inode is last seen as b/y
+  ASSERT_TRUE(c.call<Rremove>(Tremove{.fid = 2}).ok());
+  EXPECT_FALSE(fs::exists(rw_ / "a/x"));
+  EXPECT_TRUE(fs::exists(rw_ / "b/y"));
+
+  fs::create_hard_link(rw_ / "b/y", rw_ / "a/x2");
+  ASSERT_TRUE(c.walk(kRoot, 4, "a/x2").ok());
+  ASSERT_TRUE(c.walk(kRoot, 5, "b/y").ok());
+  ASSERT_TRUE(c.walk(kRoot, 6, "a").ok());
+  ASSERT_TRUE(c.call<Rrename>(Trename{.fid = 4, .dfid = 6, .name = "moved"}).ok());
+  EXPECT_TRUE(fs::exists(rw_ / "a/moved"));
+  EXPECT_FALSE(fs::exists(rw_ / "a/x2"));
+  EXPECT_TRUE(fs::exists(rw_ / "b/y"));
+  // The renamed fid goes by its new name; a name that is no longer its
+  // inode is not removed in its place.
+  ASSERT_TRUE(c.call<Rremove>(Tremove{.fid = 4}).ok());
+  EXPECT_FALSE(fs::exists(rw_ / "a/moved"));
+  EXPECT_TRUE(fs::exists(rw_ / "b/y"));
+  ASSERT_TRUE(c.walk(kRoot, 7, "b/y").ok());
+  fs::remove(rw_ / "b/y");
+  write_file(rw_ / "b/y", "another file\n");
+  EXPECT_EQ(c.call<Rremove>(Tremove{.fid = 7}).error(), -ESTALE);
+  EXPECT_TRUE(fs::exists(rw_ / "b/y"));
+}
+
 class P9Hostile : public P9Server {
  protected:
   void ExpectServerStillServes() {
