@@ -247,7 +247,10 @@ class Servers {
       : o_(o), plan_(plan), exports_(exports),
         sockets_(fsd::p9::session_factory(
                      exports, {.max_msize = o.msize_max, .max_fids = o.max_fids}),
-                 o.threads, plan.metadata_io, o.poll_us, o.max_connections) {}
+                 o.threads, plan.metadata_io, o.poll_us, o.max_connections) {
+    sockets_.set_timeouts({.frame = std::chrono::seconds(o.frame_timeout), .idle = std::chrono::seconds(o.idle_timeout)});
+    sockets_.set_peer_share(o.max_connections_per_peer);
+  }
   ~Servers() {
     for (auto& f : fuse_) f->stop();
     for (auto& d : devices_) d->stop();
@@ -503,6 +506,20 @@ void add_options(CLI::App& app, Options& o) {
       ->capture_default_str();
   app.add_option("--max-fids", o.max_fids, "Most fids one 9p connection may hold; past it a new fid is EMFILE")
       ->check(CLI::Range(16u, 1u << 24))
+      ->capture_default_str();
+  app.add_option("--max-connections-per-peer", o.max_connections_per_peer,
+                 "Most 9P connections one peer (a uid on unix sockets, an address on TCP) has open at once; one "
+                 "more is closed at once (default: three quarters of --max-connections)")
+      ->check(CLI::Range(1u, 1u << 20));
+  app.add_option("--frame-timeout", o.frame_timeout,
+                 "Seconds a 9P connection has to send a frame whole once it began it (and its first frame once "
+                 "connected); past it, it is closed (0: no limit)")
+      ->check(CLI::Range(0u, 86400u))
+      ->capture_default_str();
+  app.add_option("--idle-timeout", o.idle_timeout,
+                 "Seconds a 9P connection that holds no fid may stay idle before it is closed (0: no limit; a "
+                 "mount holds its root fid, so an idle mount is never closed)")
+      ->check(CLI::Range(0u, 1u << 30))
       ->capture_default_str();
   app.add_option("--socket-mode", o.socket_mode,
                  "Mode (octal) of the unix sockets fsd creates, whatever the umask (default 0600: only fsd's "

@@ -30,6 +30,9 @@ struct Options {
   unsigned poll_us = 50;
   unsigned max_connections = fsd::SocketServer::kDefaultMaxConnections;
   uint32_t max_fids = fsd::p9::SessionConfig{}.max_fids;
+  unsigned max_connections_per_peer = 0;  // 0: three quarters of max_connections
+  unsigned frame_timeout = 30;  // seconds; 0: none (SocketServer::Timeouts)
+  unsigned idle_timeout = 300;
   // Metadata calls (statx, openat2, mkdirat, ...) on warm dentries take
   // microseconds; through io_uring they are punted to io-wq threads, and the
   // extra wake-ups halved one connection's walk+getattr+clunk rate in

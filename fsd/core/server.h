@@ -74,6 +74,9 @@ class StreamSession {
   // Handles one complete frame; every frame gets exactly one reply through
   // the sink, or a protocol_error(). Completes after its reply was sent.
   virtual Task<void> handle(Buffer frame) = 0;
+  // Whether the client holds anything of the session's (9P fids): a
+  // connection that holds nothing may be closed once idle.
+  virtual bool holds_state() const { return false; }
 };
 
 // Who is at the other end of a connection, as far as its transport can tell.

@@ -52,6 +52,7 @@ class Session : public StreamSession {
   Task<void> handle(Buffer frame) override;
   size_t in_flight() const { return in_flight_.size(); }
   size_t fid_count() const { return fids_.size(); }
+  bool holds_state() const override { return !fids_.empty(); }
 
  private:
   struct Fid;

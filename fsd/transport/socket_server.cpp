@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <unordered_set>
@@ -188,17 +189,36 @@ Peer peer_of(int fd, const ListenAddress& where) {
   return Peer{.who = Credentials::get(uc.uid, uc.gid, groups), .trusted = uc.uid == 0};
 }
 
+// Who the peer is, for its share of the connections: its uid on a unix
+// socket, its address on TCP.
+std::string peer_key(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 && ss.ss_family != AF_UNIX) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (ss.ss_family == AF_INET) ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, host, sizeof host);
+    if (ss.ss_family == AF_INET6) ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, host, sizeof host);
+    return std::string("address ") + host;
+  }
+  ucred uc{};
+  len = sizeof uc;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) return "uid ?";
+  return "uid " + std::to_string(uc.uid);
+}
+
 }  // namespace
 
 // ---- Connection
 
 class SocketServer::Connection : public ReplySink, public std::enable_shared_from_this<Connection> {
  public:
-  Connection(Worker& w, Fd fd, uint64_t id, const Peer& peer);
+  Connection(Worker& w, Fd fd, uint64_t id, const Peer& peer, std::string peer_key);
   ~Connection() override;
 
   Task<void> run();
   void close();
+  // Closes the connection if it broke a time rule (see Timeouts).
+  void check_time(std::chrono::steady_clock::time_point now);
 
   // ReplySink
   Buffer buffer(size_t capacity) override { return pool_.get(capacity); }
@@ -228,6 +248,12 @@ class SocketServer::Connection : public ReplySink, public std::enable_shared_fro
   size_t in_flight_ = 0;   // requests being handled
   size_t queued_ = 0;      // bytes of replies not sent yet
   Event* room_ = nullptr;  // the reader, waiting for room
+  std::string peer_key_;   // its peer's share of the connections (SocketServer::peers_)
+  // For the time rules: when the frame being received began (or the
+  // connection, before its first frame); none while between frames. And
+  // when it last received or sent anything.
+  std::optional<std::chrono::steady_clock::time_point> frame_since_;
+  std::chrono::steady_clock::time_point active_;
 };
 
 // ---- Worker
@@ -297,11 +323,20 @@ class SocketServer::Worker {
           spdlog::warn("refusing a connection: {} are open (--max-connections)", server.max_connections_);
         continue;  // closed: the client sees its end at once
       }
+      std::string key = peer_key(conn.get());
+      if (!server.take_peer_slot(key)) {
+        refused++;
+        if (server.may_warn())
+          spdlog::warn("refusing a connection: {} has {} open, its share of --max-connections", key,
+                       server.peer_share());
+        continue;
+      }
       int one = 1;
       ::setsockopt(conn.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on unix
       accepted++;
       Peer peer = peer_of(conn.get(), where);
-      auto c = std::make_shared<Connection>(*this, std::move(conn), (uint64_t{index} << 48) | next_id++, peer);
+      auto c = std::make_shared<Connection>(*this, std::move(conn), (uint64_t{index} << 48) | next_id++, peer,
+                                            std::move(key));
       spawn(c->run());
     }
     accepts_running--;
@@ -330,10 +365,23 @@ class SocketServer::Worker {
     stop_done = true;
   }
 
+  // Once a second: closes the connections that broke a time rule.
+  Task<void> time_rules() {
+    static constexpr __kernel_timespec kTick{1, 0};
+    while (!stopping) {
+      co_await ring.sleep(kTick);
+      auto now = std::chrono::steady_clock::now();
+      std::vector<std::shared_ptr<Connection>> all;
+      for (Connection* c : connections) all.push_back(c->shared_from_this());
+      for (auto& c : all) c->check_time(now);
+    }
+  }
+
   void loop() {
     for (size_t i = 0; i < server.listeners_.size(); i++)
       spawn(accept_loop(server.listeners_[i].get(), server.bound_[i]));
     spawn(wait_stop());
+    if (server.timeouts_.frame.count() || server.timeouts_.idle.count()) spawn(time_rules());
     while (!stop_done || accepts_running > 0 || !connections.empty()) {
       ring.run_once(polling.empty());
       if (!polling.empty()) poll_connections();
@@ -371,8 +419,10 @@ class SocketServer::Worker {
   }
 };
 
-SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id, const Peer& peer)
-    : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.sessions_(w.ring, *this, peer)) {
+SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id, const Peer& peer, std::string peer_key)
+    : worker_(w), fd_(std::move(fd)), id_(id), session_(w.server.sessions_(w.ring, *this, peer)),
+      peer_key_(std::move(peer_key)), frame_since_(std::chrono::steady_clock::now()),
+      active_(*frame_since_) {
   worker_.connections.insert(this);
   worker_.server.open_connections_++;
   spdlog::debug("connection {:x}: open", id_);
@@ -381,6 +431,7 @@ SocketServer::Connection::Connection(Worker& w, Fd fd, uint64_t id, const Peer& 
 SocketServer::Connection::~Connection() {
   worker_.connections.erase(this);
   worker_.server.open_connections_--;
+  worker_.server.give_peer_slot(peer_key_);
   spdlog::debug("connection {:x}: closed", id_);
   if (worker_.connections.empty()) worker_.trim_pending = true;
 }
@@ -390,6 +441,26 @@ void SocketServer::Connection::close() {
   closed_ = true;
   ::shutdown(fd_.get(), SHUT_RDWR);  // ends the pending recv
   wake();
+}
+
+// The time rules: a frame must arrive whole within Timeouts::frame of its
+// first byte (and the first frame within that of the connection), so that
+// connections that never finish one cannot pile up; and a connection that
+// holds nothing (no fid: it never attached, or clunked everything) is
+// closed once idle past Timeouts::idle. A mount holds its root fid, so an
+// idle mount is never closed.
+void SocketServer::Connection::check_time(std::chrono::steady_clock::time_point now) {
+  if (closed_) return;
+  const Timeouts& t = worker_.server.timeouts_;
+  if (t.frame.count() && frame_since_ && now - *frame_since_ > t.frame) {
+    spdlog::warn("connection {:x} ({}): no whole frame within {} s; closing it", id_, peer_key_, t.frame.count());
+    worker_.dropped++;
+    close();
+  } else if (t.idle.count() && !frame_since_ && in_flight_ == 0 && sendq_.empty() && !session_->holds_state() &&
+             now - active_ > t.idle) {
+    spdlog::info("connection {:x} ({}): idle for {} s, holding nothing; closing it", id_, peer_key_, t.idle.count());
+    close();
+  }
 }
 
 void SocketServer::Connection::protocol_error(std::string_view why) {
@@ -434,6 +505,8 @@ Task<void> SocketServer::Connection::run() {
       if (n < 0 && n != -ECONNRESET && !closed_) spdlog::debug("connection {:x}: recv: {}", id_, std::strerror(-n));
       break;
     }
+    active_ = std::chrono::steady_clock::now();
+    if (have == 0 && !frame_since_) frame_since_ = active_;  // a new frame begins
     have += static_cast<size_t>(n);
     size_t off = 0;
     while (!closed_ && have - off >= 4) {
@@ -469,6 +542,9 @@ Task<void> SocketServer::Connection::run() {
     if (off > 0) {
       std::memmove(rx.data(), rx.data() + off, have - off);
       have -= off;
+      // Between frames, or the next one's first bytes came with this batch.
+      frame_since_.reset();
+      if (have > 0) frame_since_ = active_;
     }
     // Make room for the whole of a partly received large frame.
     if (have >= 4) {
@@ -530,6 +606,23 @@ SocketServer::SocketServer(StreamSessionFactory sessions, unsigned threads, Ring
       threads_(threads ? threads : 1),
       poll_us_(poll_us),
       metadata_io_(metadata_io) {}
+
+unsigned SocketServer::peer_share() const {
+  return per_peer_ ? per_peer_ : std::max(1u, max_connections_ - max_connections_ / 4);
+}
+
+bool SocketServer::take_peer_slot(const std::string& key) {
+  std::lock_guard g(peers_mu_);
+  unsigned& n = peers_[key];
+  if (n >= peer_share()) return false;
+  n++;
+  return true;
+}
+
+void SocketServer::give_peer_slot(const std::string& key) {
+  std::lock_guard g(peers_mu_);
+  if (auto it = peers_.find(key); it != peers_.end() && --it->second == 0) peers_.erase(it);
+}
 
 bool SocketServer::may_warn() {
   int64_t now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch()).count();

@@ -9,6 +9,9 @@
 
 #include <atomic>
 #include <memory>
+#include <chrono>
+#include <mutex>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -62,6 +65,22 @@ class SocketServer {
   static constexpr unsigned kDefaultMaxConnections = 1024;
   ~SocketServer();
 
+  // Time rules for connections (0: none). A frame must arrive whole within
+  // `frame` of its first byte (the first frame within that of the
+  // connection); a connection that holds nothing (StreamSession::
+  // holds_state) is closed once idle past `idle`. Set before start().
+  struct Timeouts {
+    std::chrono::seconds frame{30};
+    std::chrono::seconds idle{300};
+  };
+  void set_timeouts(Timeouts t) { timeouts_ = t; }
+  // The most connections one peer (a uid on unix sockets, an address on
+  // TCP) has open at once: `per_peer`, or three quarters of
+  // max_connections (at least 1). Past it, its next one is closed at once,
+  // and other peers still get in. Set before start().
+  void set_peer_share(unsigned per_peer) { per_peer_ = per_peer; }
+  unsigned peer_share() const;
+
   // Binds and listens (throws std::runtime_error on failure). A port of 0
   // picks a free one; bound() tells which. A unix socket gets `access`'s
   // mode and group (default 0600).
@@ -87,6 +106,12 @@ class SocketServer {
   StreamSessionFactory sessions_;
   unsigned max_connections_;
   std::atomic<unsigned> open_connections_{0};
+  Timeouts timeouts_;
+  unsigned per_peer_ = 0;
+  std::mutex peers_mu_;  // guards peers_; taken alone
+  std::unordered_map<std::string, unsigned> peers_;  // open connections by peer
+  bool take_peer_slot(const std::string& key);
+  void give_peer_slot(const std::string& key);
   std::atomic<int64_t> last_warning_{0};  // steady-clock seconds of the last rate-limited warning
   // True at most once a second: for warnings a client could repeat at will.
   bool may_warn();

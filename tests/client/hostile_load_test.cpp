@@ -98,7 +98,9 @@ TEST_F(HostileLoad, AcceptBacksOffWhenOutOfFds) {
 
 // The bounds' flags refuse values that make no sense, naming the flag.
 TEST_F(HostileLoad, BoundFlagsRefuseBadValues) {
-  for (auto [flag, value] : {std::pair{"--max-connections", "0"}, {"--max-fids", "5"}, {"--max-fids", "lots"}}) {
+  for (auto [flag, value] : {std::pair{"--max-connections", "0"}, {"--max-fids", "5"}, {"--max-fids", "lots"},
+                             {"--max-connections-per-peer", "0"}, {"--frame-timeout", "-1"},
+                             {"--idle-timeout", "soon"}}) {
     FsdProcess fsd({.args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--listen", "unix:" + sock_,
                              flag, value}});
     auto status = fsd.wait_exit();
@@ -112,7 +114,7 @@ TEST_F(HostileLoad, BoundFlagsRefuseBadValues) {
 // used again.
 TEST_F(HostileLoad, MaxConnectionsRefusesTheNextOne) {
   FsdProcess fsd({.args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--listen", "unix:" + sock_,
-                           "--max-connections", "4"}});
+                           "--max-connections", "4", "--max-connections-per-peer", "4"}});
   fsd.wait_listening("unix:");
   std::vector<Client> held;
   for (int i = 0; i < 4; i++) {
@@ -140,6 +142,62 @@ size_t resident_kib(pid_t pid) {
 
 // What a client's fids and xattr buffers cost while it is connected, and
 // that fsd gives the memory back once it has gone.
+// Connections that never finish a frame are closed after --frame-timeout,
+// and one peer (here: root on the unix socket) holds at most its share of
+// --max-connections, so another (a TCP address) still gets in at once
+// (before: 1,024 stalled connections locked everyone out for good). A
+// connection that holds no fid is closed once idle past --idle-timeout; one
+// that attached (a mount) is not.
+TEST_F(HostileLoad, StalledConnectionsAreClosedAndOnePeerCannotFillTheServer) {
+  FsdProcess fsd({.args = {"--export", "ro=" + (tmp_.path() / "ro").string() + ",ro", "--listen", "unix:" + sock_,
+                           "--listen", "tcp:127.0.0.1:0", "--max-connections", "8", "--frame-timeout", "2",
+                           "--idle-timeout", "3"}});
+  fsd.wait_listening("unix:");
+  auto port = static_cast<uint16_t>(std::stoi(fsd.wait_listening("tcp:127.0.0.1:")));
+  // Eight connections from one peer, each with two bytes of a frame: six
+  // (its share) are kept waiting, the rest closed at once.
+  std::vector<Fd> stalled;
+  for (int i = 0; i < 8; i++) {
+    Fd c = open_connection(sock_);
+    ASSERT_TRUE(c);
+    ASSERT_EQ(::send(c.get(), "\x10\x00", 2, MSG_NOSIGNAL), 2);
+    stalled.push_back(std::move(c));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto closed = [](const Fd& c) {
+    char b;
+    ssize_t n = ::recv(c.get(), &b, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN);
+  };
+  unsigned open_now = 0;
+  for (auto& c : stalled) open_now += !closed(c);
+  EXPECT_EQ(open_now, 6u) << fsd.log();
+  // Another peer gets in at once, attaches, and holds its fid.
+  auto other = Client::connect_tcp("127.0.0.1", port);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(other->version(1 << 16).ok()) << fsd.log();
+  ASSERT_TRUE(other->attach(1, "ro").ok());
+  // Connected but idle, holding nothing: closed after the idle timeout.
+  auto idle = Client::connect_tcp("127.0.0.1", port);
+  ASSERT_TRUE(idle.ok());
+  ASSERT_TRUE(idle->version(1 << 16).ok());
+  // Within the frame timeout (2 s, checked every second) the stalled ones go.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    open_now = 0;
+    for (auto& c : stalled) open_now += !closed(c);
+    if (open_now == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(open_now, 0u) << fsd.log();
+  EXPECT_NE(fsd.log().find("no whole frame within 2 s"), std::string::npos) << fsd.log();
+  // Past the idle timeout: the idle one is gone, the attached one serves.
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  EXPECT_FALSE(idle->version(1 << 16).ok()) << "an idle connection holding nothing was kept";
+  EXPECT_TRUE(other->getattr(1).ok()) << fsd.log();
+  EXPECT_TRUE(serves()) << fsd.log();
+}
+
 TEST_F(HostileLoad, MemoryReturnsAfterClientsLeave) {
 #ifdef __SANITIZE_ADDRESS__
   GTEST_SKIP() << "under AddressSanitizer freed memory waits in its quarantine; the plain build measures this";
