@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -195,7 +196,9 @@ Plan make_plan(Options& o) {
     if (p.seccomp != fsd::SeccompAction::kNone && !p.fuse_mounts.empty())
       throw std::invalid_argument("--seccomp " + o.seccomp + ": not with --fuse-mount (libfuse's calls are not on fsd's list); "
                                   "use --seccomp none with it");
-  } else if (p.sandbox == fsd::SandboxMode::kNamespace && !kSanitized) {
+  } else if (!kSanitized && (p.sandbox == fsd::SandboxMode::kNamespace || (::geteuid() != 0 && p.fuse_mounts.empty()))) {
+    // In the sandbox, and for an fsd an ordinary user started (which has
+    // no sandbox by default): --seccomp none keeps it without a filter.
     p.seccomp = fsd::SeccompAction::kKill;
   }
   return p;
@@ -415,8 +418,16 @@ int run(Options& o) {
                  "no_new_privs", as_root ? "" : "user, ", fsd::capability_names(plan.capabilities));
     if (!as_root) spdlog::info("user namespace: fsd is uid {} gid {} there", ::geteuid(), ::getegid());
   } else {
-    spdlog::info("sandbox: none{}", ::geteuid() == 0 && !plan.fuse_mounts.empty() && o.sandbox.empty()
-                                        ? " (a --fuse-mount needs the host's mount namespace)" : "");
+    // An ordinary user's fsd gains no privileges from here on (no setuid
+    // program could raise them), unless it mounts with FUSE, whose
+    // fusermount3 is one.
+    bool nnp = !as_root && plan.fuse_mounts.empty();
+    if (nnp && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+      throw std::runtime_error(std::string("no_new_privs: ") + std::strerror(errno));
+    spdlog::info("sandbox: none{}{}", nnp ? "; no_new_privs" : "",
+                 as_root && !plan.fuse_mounts.empty() && o.sandbox.empty() ? " (a --fuse-mount needs the host's mount namespace)"
+                 : !as_root && o.sandbox.empty()                          ? " (the default for an ordinary user; --sandbox namespace enters a user namespace)"
+                                                                          : "");
   }
   if (fsd::Credentials::switching())
     spdlog::info("requests act as their callers (fsd runs as uid {})", fsd::Credentials::self()->uid());
@@ -536,8 +547,9 @@ void add_options(CLI::App& app, Options& o) {
                  "none: it does not (the default otherwise)")
       ->type_name("namespace|chroot|none");
   app.add_option("--seccomp", o.seccomp,
-                 "What a system call outside fsd's allow-list does: kill (the default in the namespace sandbox), "
-                 "log, trap, or none (no filter; the default otherwise)")
+                 "What a system call outside fsd's allow-list does: kill (the default in the namespace sandbox, and "
+                 "for an fsd started by an ordinary user without --fuse-mount), log, trap, or none (no filter; the "
+                 "default otherwise)")
       ->type_name("kill|log|trap|none");
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "fsd/client/vhost_frontend.h"
+#include "protocol/p9/codec.h"
 #include "tests/support/test_support.h"
 
 namespace fsd::testing {
@@ -306,6 +307,129 @@ TEST_F(GuestRewrites, RewrittenHeadersAndArgumentsGetWellFormedRepliesOrNone) {
   EXPECT_EQ(snapshot(root_, exp_), before_) << "something outside the export changed";
   auto alive = f_->fuse_lookup(FUSE_ROOT_ID, "file");
   EXPECT_TRUE(alive.ok() && alive->error == 0) << fsd_->log();
+}
+
+// The same attack on 9P over a virtqueue (virtio-9p): each T-message's
+// name alternates between a valid name and "../NAME" while fsd serves it.
+class GuestRewrites9p : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = tmp_.path();
+    exp_ = root_ / "export";
+    fs::create_directories(exp_);
+    write_file(root_ / "outside/secret", "host secret\n");
+    write_file(root_ / "outside/keep", "keep me\n");
+    write_file(exp_ / "file", "in the export\n");
+    fs::create_directories(root_ / "run");
+    sock_ = (root_ / "run/9p.sock").string();
+    fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
+        .args = {"--export", "rw=" + exp_.string(), "--virtio9p-socket", "rw=" + sock_}});
+    fsd_->wait_for_log("listening on " + sock_);
+    before_ = snapshot(root_, exp_);
+    VhostFrontend::Options o;
+    o.queues = 1;
+    o.features |= 1;  // VIRTIO_9P_MOUNT_TAG
+    auto f = VhostFrontend::connect(sock_, o);
+    ASSERT_TRUE(f.ok());
+    f_ = std::move(*f);
+    ASSERT_TRUE(f_->negotiate().ok()) << fsd_->log();
+    ASSERT_EQ(send(p9::Tversion{.msize = 65536, .version = "9P2000.L"}, "", ""), 0);
+    ASSERT_EQ(send(p9::Tattach{.fid = 1, .afid = p9::kNoFid, .uname = "", .aname = "rw", .n_uname = 0}, "", ""), 0);
+  }
+  void TearDown() override {
+    f_.reset();
+    if (fsd_) {
+      EXPECT_EQ(fsd_->stop(), 0) << fsd_->log();
+    }
+  }
+  // Sends a T-message in whose frame the bytes of `valid` alternate with
+  // `evil` (of the same length) while fsd serves it; returns 0 or the
+  // Rlerror's -errno, and fails the test on a reply that is not well-formed.
+  template <class T>
+  int send(const T& t, const std::string& valid, const std::string& evil) {
+    std::vector<std::byte> frame(4096);
+    auto n = p9::encode(frame, 7, t);
+    if (!n) {
+      ADD_FAILURE() << "encode";
+      return -EIO;
+    }
+    uint64_t in = f_->alloc(*n), out = f_->alloc(4096);
+    std::memcpy(f_->host(in), frame.data(), *n);
+    std::byte* at = nullptr;
+    if (!valid.empty()) {
+      std::string_view text(reinterpret_cast<const char*>(f_->host(in)), *n);
+      auto pos = text.find(valid);
+      if (pos == std::string_view::npos) {
+        ADD_FAILURE() << "no " << valid << " in the frame";
+        return -EIO;
+      }
+      at = f_->host(in) + pos;
+    }
+    VhostFrontend::Buf bufs[] = {{in, static_cast<uint32_t>(*n), false}, {out, 4096, true}};
+    uint16_t head = f_->add_chain(0, bufs);
+    f_->publish(0, head);
+    f_->kick(0);
+    if (at) rewriter_.arm(at, valid, evil);
+    auto u = f_->wait_used(0);
+    if (at) rewriter_.disarm();
+    if (!u || u->len == 0) {
+      ADD_FAILURE() << "no reply\n" << fsd_->log();
+      return -EIO;
+    }
+    std::vector<std::byte> reply(f_->host(out), f_->host(out) + u->len);
+    auto r = p9::decode_r(reply);
+    if (!r || r->tag != 7) {
+      ADD_FAILURE() << "malformed reply";
+      return -EIO;
+    }
+    if (auto* e = std::get_if<p9::Rlerror>(&r->msg)) return -static_cast<int>(e->ecode);
+    return 0;
+  }
+
+  TempDir tmp_;
+  fs::path root_, exp_;
+  std::string sock_;
+  std::unique_ptr<FsdProcess> fsd_;
+  std::unique_ptr<VhostFrontend> f_;
+  std::map<std::string, std::string> before_;
+  Rewriter rewriter_;
+};
+
+TEST_F(GuestRewrites9p, NamesThatClimbOutOfTheExportNeverReachTheHost) {
+  std::map<int, unsigned> outcomes;
+  ASSERT_EQ(send(p9::Twalk{.fid = 1, .newfid = 2, .wnames = {.count = 1, .names = {"file"}}}, "", ""), 0);
+  for (int k = 0; k < 800; k++) {
+    std::string x = std::to_string(100000 + k);
+    auto pair = [&](char op) { return std::pair{"__" + std::string(1, op) + x, "../" + std::string(1, op) + x.substr(1)}; };
+    auto [vm, em] = pair('m');
+    outcomes[send(p9::Tmkdir{.dfid = 1, .name = vm, .mode = 0755, .gid = 0}, vm, em)]++;
+    auto [vn, en] = pair('n');
+    outcomes[send(p9::Tmknod{.dfid = 1, .name = vn, .mode = S_IFIFO | 0644, .major = 0, .minor = 0, .gid = 0}, vn, en)]++;
+    auto [vs, es] = pair('s');
+    outcomes[send(p9::Tsymlink{.dfid = 1, .name = vs, .symtgt = "t", .gid = 0}, vs, es)]++;
+    auto [vl, el] = pair('l');
+    outcomes[send(p9::Tlink{.dfid = 1, .fid = 2, .name = vl}, vl, el)]++;
+    auto [vc, ec] = pair('c');
+    ASSERT_EQ(send(p9::Twalk{.fid = 1, .newfid = 3, .wnames = {}}, "", ""), 0);
+    int err = send(p9::Tlcreate{.fid = 3, .name = vc, .flags = O_RDWR | O_CREAT, .mode = 0644, .gid = 0}, vc, ec);
+    outcomes[err]++;
+    ASSERT_EQ(send(p9::Tclunk{.fid = 3}, "", ""), 0);
+    outcomes[send(p9::Trenameat{.olddirfid = 1, .oldname = "___outside_secret", .newdirfid = 1, .newname = "pulled"},
+                  "___outside_secret", "../outside/secret")]++;
+    outcomes[send(p9::Tunlinkat{.dirfid = 1, .name = "___outside_keep", .flags = 0}, "___outside_keep", "../outside/keep")]++;
+    auto walked = send(p9::Twalk{.fid = 1, .newfid = 4, .wnames = {.count = 1, .names = {"___outside_secret"}}},
+                       "___outside_secret", "../outside/secret");
+    outcomes[walked]++;
+    if (walked == 0) {
+      EXPECT_EQ(send(p9::Tclunk{.fid = 4}, "", ""), 0);
+      ADD_FAILURE() << "Twalk reached a name outside the export";
+    }
+  }
+  EXPECT_GT(rewriter_.rewrites(), 800u);
+  EXPECT_EQ(snapshot(root_, exp_), before_) << "something outside the export changed";
+  EXPECT_FALSE(fs::exists(exp_ / "pulled"));
+  EXPECT_EQ(send(p9::Tclunk{.fid = 2}, "", ""), 0) << "fsd stopped serving";
+  for (auto [e, n] : outcomes) std::printf("  error %d: %u requests\n", e, n);
 }
 
 }  // namespace

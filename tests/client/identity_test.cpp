@@ -373,6 +373,29 @@ TEST_F(Identity, TheSandboxedServerDiesWithItsWaiter) {
   EXPECT_TRUE(gone) << "the server outlived its waiter";
 }
 
+// Started by an ordinary user with no sandbox asked for, fsd still gains no
+// privileges (no_new_privs) and runs under its seccomp filter, and says so;
+// --seccomp none keeps the old way, also saying so.
+TEST_F(Identity, UnprivilegedFsdHasNoNewPrivsAndSeccompByDefault) {
+  auto dir = tmp_.path() / "plain";
+  std::filesystem::create_directories(dir / "share");
+  for (auto& p : {dir, dir / "share"}) ASSERT_EQ(::chown(p.c_str(), kNobody, kNogroup), 0);
+  std::string sock = (dir / "p9.sock").string();
+  {
+    FsdProcess fsd({.args = {"--export", "t=" + (dir / "share").string(), "--listen", "unix:" + sock},
+                    .user = std::pair{kNobody, kNogroup}});
+    fsd.wait_listening("unix:");
+    EXPECT_EQ(status_of(fsd.server_pid(), "NoNewPrivs"), "1");
+    EXPECT_EQ(status_of(fsd.server_pid(), "Seccomp"), "2");  // a filter
+    EXPECT_NE(fsd.log().find("no_new_privs"), std::string::npos) << fsd.log();
+    EXPECT_NE(fsd.log().find("seccomp: an allow-list"), std::string::npos) << fsd.log();
+  }
+  FsdProcess fsd({.args = {"--export", "t=" + (dir / "share").string(), "--listen", "unix:" + sock, "--seccomp", "none"},
+                  .user = std::pair{kNobody, kNogroup}});
+  fsd.wait_listening("unix:");
+  EXPECT_EQ(status_of(fsd.server_pid(), "Seccomp"), "0");
+}
+
 // Started by an ordinary user, fsd sandboxes itself in a user namespace of
 // its own when asked, and serves its own files.
 TEST_F(Identity, UnprivilegedFsdSandboxesItselfInAUserNamespace) {
