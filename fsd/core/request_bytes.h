@@ -22,6 +22,8 @@
 #include <span>
 #include <vector>
 
+#include "fsd/core/iovec.h"
+
 namespace fsd {
 
 class RequestBytes {
@@ -79,19 +81,9 @@ class RequestBytes {
   // to a file. Never decode or check them: where they are shared, their
   // owner may change them while they are being written.
   void payload(size_t offset, std::vector<iovec>& out) const {
-    if (private_) {
-      if (offset < bytes_.size())
-        out.push_back(iovec{const_cast<std::byte*>(bytes_.data()) + offset, bytes_.size() - offset});
-      return;
-    }
-    for (const auto& v : iov_) {
-      if (offset >= v.iov_len) {
-        offset -= v.iov_len;
-        continue;
-      }
-      out.push_back(iovec{static_cast<std::byte*>(v.iov_base) + offset, v.iov_len - offset});
-      offset = 0;
-    }
+    if (!private_) return tail_of(iov_, offset, out);
+    if (offset < bytes_.size())
+      out.push_back(iovec{const_cast<std::byte*>(bytes_.data()) + offset, bytes_.size() - offset});
   }
 
  private:

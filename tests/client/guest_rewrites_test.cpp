@@ -109,9 +109,11 @@ std::map<std::string, std::string> snapshot(const fs::path& dir, const fs::path&
   return out;
 }
 
-class GuestRewrites : public ::testing::Test {
+// An export with the host's files beside it, and fsd serving it on a
+// vhost-user device of its own.
+class RewriteTarget : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void start_fsd(const std::vector<std::string>& device_args) {
     root_ = tmp_.path();
     exp_ = root_ / "export";
     fs::create_directories(exp_);
@@ -120,24 +122,40 @@ class GuestRewrites : public ::testing::Test {
     write_file(root_ / "outside/keep", "keep me\n");
     fs::create_directories(root_ / "outside/kdir");
     write_file(exp_ / "file", "in the export\n");
-    sock_ = (root_ / "run/fs.sock").string();
     fs::create_directories(root_ / "run");
-    fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
-        .args = {"--export", "rw=" + exp_.string() + ",cache=never", "--virtiofs-socket", "rw=" + sock_}});
+    sock_ = (root_ / "run/dev.sock").string();
+    std::vector<std::string> args = device_args;
+    args.push_back("rw=" + sock_);
+    fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{.args = args});
     fsd_->wait_for_log("listening on " + sock_);
     before_ = snapshot(root_, exp_);
-    auto f = VhostFrontend::connect(sock_);
-    ASSERT_TRUE(f.ok()) << std::strerror(-f.error());
-    f_ = std::move(*f);
-    ASSERT_TRUE(f_->negotiate().ok()) << fsd_->log();
-    auto init = f_->fuse_init();
-    ASSERT_TRUE(init.ok() && init->error == 0);
   }
   void TearDown() override {
     f_.reset();
     if (fsd_) {
       EXPECT_EQ(fsd_->stop(), 0) << fsd_->log();
     }
+  }
+
+  TempDir tmp_;
+  fs::path root_, exp_;
+  std::string sock_;
+  std::unique_ptr<FsdProcess> fsd_;
+  std::unique_ptr<VhostFrontend> f_;
+  std::map<std::string, std::string> before_;
+  Rewriter rewriter_;
+};
+
+class GuestRewrites : public RewriteTarget {
+ protected:
+  void SetUp() override {
+    start_fsd({"--export", "rw=" + (tmp_.path() / "export").string() + ",cache=never", "--virtiofs-socket"});
+    auto f = VhostFrontend::connect(sock_);
+    ASSERT_TRUE(f.ok()) << std::strerror(-f.error());
+    f_ = std::move(*f);
+    ASSERT_TRUE(f_->negotiate().ok()) << fsd_->log();
+    auto init = f_->fuse_init();
+    ASSERT_TRUE(init.ok() && init->error == 0);
   }
 
   // Sends one request whose bytes [offset, offset + valid.size()) of its
@@ -164,13 +182,6 @@ class GuestRewrites : public ::testing::Test {
     return r->error;
   }
 
-  TempDir tmp_;
-  fs::path root_, exp_;
-  std::string sock_;
-  std::unique_ptr<FsdProcess> fsd_;
-  std::unique_ptr<VhostFrontend> f_;
-  std::map<std::string, std::string> before_;
-  Rewriter rewriter_;
   unsigned requests_ = 0;
 };
 
@@ -311,21 +322,10 @@ TEST_F(GuestRewrites, RewrittenHeadersAndArgumentsGetWellFormedRepliesOrNone) {
 
 // The same attack on 9P over a virtqueue (virtio-9p): each T-message's
 // name alternates between a valid name and "../NAME" while fsd serves it.
-class GuestRewrites9p : public ::testing::Test {
+class GuestRewrites9p : public RewriteTarget {
  protected:
   void SetUp() override {
-    root_ = tmp_.path();
-    exp_ = root_ / "export";
-    fs::create_directories(exp_);
-    write_file(root_ / "outside/secret", "host secret\n");
-    write_file(root_ / "outside/keep", "keep me\n");
-    write_file(exp_ / "file", "in the export\n");
-    fs::create_directories(root_ / "run");
-    sock_ = (root_ / "run/9p.sock").string();
-    fsd_ = std::make_unique<FsdProcess>(FsdProcess::Options{
-        .args = {"--export", "rw=" + exp_.string(), "--virtio9p-socket", "rw=" + sock_}});
-    fsd_->wait_for_log("listening on " + sock_);
-    before_ = snapshot(root_, exp_);
+    start_fsd({"--export", "rw=" + (tmp_.path() / "export").string(), "--virtio9p-socket"});
     VhostFrontend::Options o;
     o.queues = 1;
     o.features |= 1;  // VIRTIO_9P_MOUNT_TAG
@@ -335,12 +335,6 @@ class GuestRewrites9p : public ::testing::Test {
     ASSERT_TRUE(f_->negotiate().ok()) << fsd_->log();
     ASSERT_EQ(send(p9::Tversion{.msize = 65536, .version = "9P2000.L"}, "", ""), 0);
     ASSERT_EQ(send(p9::Tattach{.fid = 1, .afid = p9::kNoFid, .uname = "", .aname = "rw", .n_uname = 0}, "", ""), 0);
-  }
-  void TearDown() override {
-    f_.reset();
-    if (fsd_) {
-      EXPECT_EQ(fsd_->stop(), 0) << fsd_->log();
-    }
   }
   // Sends a T-message in whose frame the bytes of `valid` alternate with
   // `evil` (of the same length) while fsd serves it; returns 0 or the
@@ -385,14 +379,6 @@ class GuestRewrites9p : public ::testing::Test {
     if (auto* e = std::get_if<p9::Rlerror>(&r->msg)) return -static_cast<int>(e->ecode);
     return 0;
   }
-
-  TempDir tmp_;
-  fs::path root_, exp_;
-  std::string sock_;
-  std::unique_ptr<FsdProcess> fsd_;
-  std::unique_ptr<VhostFrontend> f_;
-  std::map<std::string, std::string> before_;
-  Rewriter rewriter_;
 };
 
 TEST_F(GuestRewrites9p, NamesThatClimbOutOfTheExportNeverReachTheHost) {

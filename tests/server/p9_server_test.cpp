@@ -70,6 +70,30 @@ class P9Server : public ::testing::Test {
   }
   static constexpr uint32_t kRoot = 1000;
 
+  // A server of its own for one export, with options the fixture's lack.
+  struct OwnServer {
+    ExportSet exports;  // before server: it goes first
+    std::unique_ptr<SocketServer> server;
+    std::string sock;
+    // A client with fid 1 attached to the export, as root.
+    Client attached() const {
+      auto c = Client::connect_unix(sock);
+      EXPECT_TRUE(c.ok());
+      EXPECT_TRUE(c->version(65536).ok());
+      EXPECT_TRUE(c->attach(1, exports.all().front()->config().tag, 0).ok());
+      return std::move(*c);
+    }
+  };
+  std::unique_ptr<OwnServer> serve(ExportConfig config, VfsOptions options = {}) {
+    auto s = std::make_unique<OwnServer>();
+    s->sock = (tmp_.path() / (config.tag + ".sock")).string();
+    s->exports.add(std::make_unique<Vfs>(std::move(config), options));
+    s->server = std::make_unique<SocketServer>(session_factory(s->exports, SessionConfig{}), 1);
+    s->server->listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = s->sock});
+    s->server->start();
+    return s;
+  }
+
   TempDir tmp_;
   fs::path ro_, rw_;
   std::string big_;
@@ -289,23 +313,13 @@ TEST_F(P9Server, DeviceNodesNeedAnExportThatAllowsThem) {
   EXPECT_TRUE(mknod("fifo", S_IFIFO | 0644).ok());
   EXPECT_FALSE(fs::exists(rw_ / "null"));
 
-  ExportConfig dev{.tag = "dev", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever, .devices = true};
-  ExportSet exports;
-  exports.add(std::make_unique<Vfs>(dev, VfsOptions{}));
-  SocketServer server(session_factory(exports, SessionConfig{}), 1);
-  std::string sock = (tmp_.path() / "dev.sock").string();
-  server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
-  server.start();
-  auto d = Client::connect_unix(sock);
-  ASSERT_TRUE(d.ok());
-  ASSERT_TRUE(d->version(65536).ok());
-  ASSERT_TRUE(d->attach(1, "dev", 0).ok());  // as root, who may
-  ASSERT_TRUE(d->call<Rmknod>(Tmknod{.dfid = 1, .name = "null", .mode = S_IFCHR | 0644, .major = 1, .minor = 3, .gid = 0}).ok());
+  auto dev = serve({.tag = "dev", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever, .devices = true});
+  Client d = dev->attached();  // as root, who may
+  ASSERT_TRUE(d.call<Rmknod>(Tmknod{.dfid = 1, .name = "null", .mode = S_IFCHR | 0644, .major = 1, .minor = 3, .gid = 0}).ok());
   struct stat st{};
   ASSERT_EQ(::lstat((rw_ / "null").c_str(), &st), 0);
   EXPECT_TRUE(S_ISCHR(st.st_mode));
   EXPECT_EQ(st.st_rdev, makedev(1, 3));
-  server.stop();
 }
 
 // A device node that a host party put inside an export (an unpacked
@@ -351,23 +365,13 @@ TEST_F(P9Server, DeviceNodesInAnExportOpenOnlyWhereItAllowsDevices) {
   if (unpark >= 0) ::close(unpark);
 
   // Where the export allows devices, they open (as the caller).
-  ExportConfig dev{.tag = "dev", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever, .devices = true};
-  ExportSet exports;
-  exports.add(std::make_unique<Vfs>(dev, VfsOptions{}));
-  SocketServer server(session_factory(exports, SessionConfig{}), 1);
-  std::string sock = (tmp_.path() / "dev.sock").string();
-  server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
-  server.start();
-  auto d = Client::connect_unix(sock);
-  ASSERT_TRUE(d.ok());
-  ASSERT_TRUE(d->version(65536).ok());
-  ASSERT_TRUE(d->attach(1, "dev", 0).ok());
-  ASSERT_TRUE(d->walk(1, 2, "zero").ok());
-  ASSERT_TRUE(d->lopen(2, O_RDONLY).ok());
-  auto r = d->call<Rread>(Tread{.fid = 2, .offset = 0, .count = 16});
+  auto dev = serve({.tag = "dev", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever, .devices = true});
+  Client d = dev->attached();
+  ASSERT_TRUE(d.walk(1, 2, "zero").ok());
+  ASSERT_TRUE(d.lopen(2, O_RDONLY).ok());
+  auto r = d.call<Rread>(Tread{.fid = 2, .offset = 0, .count = 16});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->data.bytes.size(), 16u);
-  server.stop();
 }
 
 TEST_F(P9Server, XattrsReadListAndWrite) {
@@ -423,20 +427,9 @@ TEST_F(P9Server, LocksConflictBetweenFids) {
 // lock is refused, and other connections lock as before.
 TEST_F(P9Server, LockedFilesAreBoundedAndReleased) {
   for (int i = 0; i < 40; i++) write_file(rw_ / ("l" + std::to_string(i)), "x");
-  ExportConfig cfg{.tag = "small", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever};
-  ExportSet exports;
-  exports.add(std::make_unique<Vfs>(cfg, VfsOptions{.open_files = 16}));  // a lock share of 8
-  SocketServer server(session_factory(exports, SessionConfig{}), 1);
-  std::string sock = (tmp_.path() / "small.sock").string();
-  server.listen(ListenAddress{.kind = ListenAddress::Kind::kUnix, .path = sock});
-  server.start();
-  auto client = [&] {
-    auto c = Client::connect_unix(sock);
-    EXPECT_TRUE(c.ok());
-    EXPECT_TRUE(c->version(65536).ok());
-    EXPECT_TRUE(c->attach(1, "small", 0).ok());
-    return std::move(*c);
-  };
+  auto small = serve({.tag = "small", .path = rw_.string(), .read_only = false, .cache = CachePolicy::kNever},
+                     {.open_files = 16});  // a lock share of 8
+  auto client = [&] { return small->attached(); };
   auto lock = [](Client& c, uint32_t fid, uint8_t type) {
     auto r = c.call<Rlock>(Tlock{.fid = fid, .type = type, .flags = 0, .start = 0, .length = 0, .proc_id = fid, .client_id = "t"});
     return r.ok() ? r->status : uint8_t{0xff};
@@ -472,7 +465,6 @@ TEST_F(P9Server, LockedFilesAreBoundedAndReleased) {
   EXPECT_EQ(lock(a, 108, kLockTypeWrlck), kLockError);
   EXPECT_EQ(lock(a, 107, kLockTypeUnlck), kLockSuccess);
   EXPECT_EQ(lock(a, 108, kLockTypeWrlck), kLockSuccess);
-  server.stop();
 }
 
 // With two hard links a/x and b/y, Tremove and Trename act on the name the
