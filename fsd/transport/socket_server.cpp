@@ -282,6 +282,7 @@ class SocketServer::Worker {
   std::thread thread;
   std::unordered_set<Connection*> connections;
   unsigned accepts_running = 0;
+  bool time_rules_running = false;
   bool stopping = false;
   bool stop_done = false;
   bool trim_pending = false;  // the last connection has just closed
@@ -365,9 +366,10 @@ class SocketServer::Worker {
     stop_done = true;
   }
 
-  // Once a second: closes the connections that broke a time rule.
+  // Five times a second: closes the connections that broke a time rule.
+  // The worker's loop waits for it to see the stop (a tick at most).
   Task<void> time_rules() {
-    static constexpr __kernel_timespec kTick{1, 0};
+    static constexpr __kernel_timespec kTick{0, 200'000'000};
     while (!stopping) {
       co_await ring.sleep(kTick);
       auto now = std::chrono::steady_clock::now();
@@ -375,14 +377,18 @@ class SocketServer::Worker {
       for (Connection* c : connections) all.push_back(c->shared_from_this());
       for (auto& c : all) c->check_time(now);
     }
+    time_rules_running = false;
   }
 
   void loop() {
     for (size_t i = 0; i < server.listeners_.size(); i++)
       spawn(accept_loop(server.listeners_[i].get(), server.bound_[i]));
     spawn(wait_stop());
-    if (server.timeouts_.frame.count() || server.timeouts_.idle.count()) spawn(time_rules());
-    while (!stop_done || accepts_running > 0 || !connections.empty()) {
+    if (server.timeouts_.frame.count() || server.timeouts_.idle.count()) {
+      time_rules_running = true;
+      spawn(time_rules());
+    }
+    while (!stop_done || accepts_running > 0 || !connections.empty() || time_rules_running) {
       ring.run_once(polling.empty());
       if (!polling.empty()) poll_connections();
       // A client's fids and buffers are many small allocations that the
