@@ -17,6 +17,7 @@
 
 #include "fsd/core/activation.h"
 #include "fsd/core/export_set.h"
+#include "fsd/core/landlock.h"
 #include "fsd/core/sandbox.h"
 #include "fsd/core/seccomp.h"
 #include "fsd/core/signals.h"
@@ -182,8 +183,13 @@ Plan make_plan(Options& o) {
     if (p.sandbox == fsd::SandboxMode::kNamespace && !p.fuse_mounts.empty())
       throw std::invalid_argument("--sandbox namespace: a --fuse-mount lives in the host's mount namespace, which "
                                   "the sandbox leaves (and could then not unmount it); use --sandbox none with it");
-  } else if (::geteuid() == 0 && p.fuse_mounts.empty()) {
-    p.sandbox = fsd::SandboxMode::kNamespace;
+    if (p.sandbox == fsd::SandboxMode::kLandlock && !p.fuse_mounts.empty())
+      throw std::invalid_argument("--sandbox landlock: a --fuse-mount is unmounted by fusermount3, which Landlock would "
+                                  "forbid; use --sandbox none with it");
+  } else if (p.fuse_mounts.empty()) {
+    // An ordinary user's fsd: Landlock where the kernel has it (else no
+    // more than no_new_privs, as the log says).
+    p.sandbox = ::geteuid() == 0 ? fsd::SandboxMode::kNamespace : fsd::SandboxMode::kLandlock;
   }
   if (o.modcaps) {
     if (p.sandbox != fsd::SandboxMode::kNamespace)
@@ -196,9 +202,9 @@ Plan make_plan(Options& o) {
     if (p.seccomp != fsd::SeccompAction::kNone && !p.fuse_mounts.empty())
       throw std::invalid_argument("--seccomp " + o.seccomp + ": not with --fuse-mount (libfuse's calls are not on fsd's list); "
                                   "use --seccomp none with it");
-  } else if (!kSanitized && (p.sandbox == fsd::SandboxMode::kNamespace || (::geteuid() != 0 && p.fuse_mounts.empty()))) {
-    // In the sandbox, and for an fsd an ordinary user started (which has
-    // no sandbox by default): --seccomp none keeps it without a filter.
+  } else if (!kSanitized && (p.sandbox != fsd::SandboxMode::kNone || (::geteuid() != 0 && p.fuse_mounts.empty()))) {
+    // In a sandbox, and for an fsd an ordinary user started: --seccomp
+    // none keeps it without a filter.
     p.seccomp = fsd::SeccompAction::kKill;
   }
   return p;
@@ -412,11 +418,32 @@ int run(Options& o) {
     spdlog::info("--sandbox chroot: fsd's namespace sandbox stands in for it (it confines fsd at least as much)");
   if (plan.sandbox == fsd::SandboxMode::kNamespace) {
     fsd::Credentials::snapshot_user_database();
-    fsd::enter_sandbox(plan.sandbox, plan.seccomp, plan.namespace_ids, plan.capabilities);
+    std::vector<fsd::ExportMount> mounts;
+    for (fsd::Vfs* vfs : exports.all())
+      mounts.push_back({.path = vfs->config().path, .read_only = vfs->read_only(), .devices = vfs->config().devices});
+    auto roots = fsd::enter_sandbox(plan.sandbox, plan.seccomp, mounts, plan.namespace_ids, plan.capabilities);
+    for (size_t i = 0; i < roots.size(); i++) exports.all()[i]->move_root(std::move(roots[i]));
     fsd::Credentials::reread();
-    spdlog::info("sandbox: own {}pid, mount, network and IPC namespaces, an empty read-only root; capabilities {}; "
+    spdlog::info("sandbox: own {}pid, mount, network and IPC namespaces, an empty read-only root with each export "
+                 "mounted on its own (nosuid; nodev unless it allows devices; read-only if it is); capabilities {}; "
                  "no_new_privs", as_root ? "" : "user, ", fsd::capability_names(plan.capabilities));
     if (!as_root) spdlog::info("user namespace: fsd is uid {} gid {} there", ::geteuid(), ::getegid());
+  } else if (plan.sandbox == fsd::SandboxMode::kLandlock) {
+    std::vector<fsd::LandlockTree> trees;
+    for (fsd::Vfs* vfs : exports.all())
+      trees.push_back({.dir = vfs->root_dir(), .writable = !vfs->read_only(), .devices = vfs->config().devices});
+    fsd::LandlockResult got = fsd::confine_with_landlock(trees);
+    if (got.confined) {
+      spdlog::info("sandbox: Landlock (ABI {}): files only beneath the exports (read-only ones read-only) and /proc, "
+                   "nothing executed{}; no_new_privs", got.abi, got.abi >= 4 ? ", no TCP bind or connect" : "");
+    } else if (o.sandbox == "landlock") {
+      throw std::runtime_error("--sandbox landlock: " + got.why);
+    } else {
+      if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        throw std::runtime_error(std::string("no_new_privs: ") + std::strerror(errno));
+      spdlog::warn("sandbox: no_new_privs only: no Landlock, as {} (--sandbox namespace enters a user namespace "
+                   "instead)", got.why);
+    }
   } else {
     // An ordinary user's fsd gains no privileges from here on (no setuid
     // program could raise them), unless it mounts with FUSE, whose
@@ -426,8 +453,8 @@ int run(Options& o) {
       throw std::runtime_error(std::string("no_new_privs: ") + std::strerror(errno));
     spdlog::info("sandbox: none{}{}", nnp ? "; no_new_privs" : "",
                  as_root && !plan.fuse_mounts.empty() && o.sandbox.empty() ? " (a --fuse-mount needs the host's mount namespace)"
-                 : !as_root && o.sandbox.empty()                          ? " (the default for an ordinary user; --sandbox namespace enters a user namespace)"
-                                                                          : "");
+                 : !as_root && !plan.fuse_mounts.empty() && o.sandbox.empty() ? " (a --fuse-mount needs fusermount3)"
+                                                                              : "");
   }
   if (fsd::Credentials::switching())
     spdlog::info("requests act as their callers (fsd runs as uid {})", fsd::Credentials::self()->uid());
@@ -544,8 +571,11 @@ void add_options(CLI::App& app, Options& o) {
                  "namespaces with an empty read-only root and drops the capabilities file serving does not need; "
                  "started by an ordinary user, first a user namespace that maps its own ids (the host's other "
                  "owners then show as 65534; see --uid-map). The default when started as root without --fuse-mount. "
-                 "none: it does not (the default otherwise)")
-      ->type_name("namespace|chroot|none");
+                 "landlock: fsd stays in the host's namespaces and confines its file access to its exports with "
+                 "Landlock (read-only ones read-only), executes nothing, binds and connects no TCP socket; no ids "
+                 "change. The default for an ordinary user without --fuse-mount, where the kernel has Landlock. "
+                 "none: neither (the default with --fuse-mount)")
+      ->type_name("namespace|chroot|landlock|none");
   app.add_option("--seccomp", o.seccomp,
                  "What a system call outside fsd's allow-list does: kill (the default in the namespace sandbox, and "
                  "for an fsd started by an ordinary user without --fuse-mount), log, trap, or none (no filter; the "

@@ -197,11 +197,12 @@ void split_off_waiter(SeccompAction waiter_seccomp) {
   }
 }
 
-// An empty, read-only tmpfs with /proc becomes the root. The tmpfs is
-// mounted over a directory every system has (in this private namespace
-// only), and pivot_root swaps it in.
-void pivot_into_empty_root() {
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) fail("making mounts private");
+// An empty, read-only tmpfs with /proc and the exports becomes the root.
+// The tmpfs is mounted over a directory every system has (in this private
+// namespace only), and pivot_root swaps it in. Mounts stay slaves of the
+// host's, so that what the host mounts under an export later still shows.
+std::vector<Fd> pivot_into_empty_root(const std::vector<ExportMount>& exports) {
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) != 0) fail("making mounts slaves of the host's");
   const char* base = nullptr;
   for (const char* d : {"/tmp", "/mnt", "/run", "/dev"}) {
     struct stat st{};
@@ -211,23 +212,54 @@ void pivot_into_empty_root() {
     }
   }
   if (base == nullptr) fail("no directory to build the new root on");
+  // The exports are looked up before the tmpfs hides `base`, which one of
+  // them may lie under; each is bound from an fd opened in this namespace
+  // (a bind's source must be one of its mounts).
+  std::vector<Fd> sources;
+  for (const auto& e : exports) {
+    sources.emplace_back(::open(e.path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!sources.back()) fail("opening export " + e.path);
+  }
   if (::mount("fsd-sandbox", base, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755") != 0)
     fail("mounting the new root");
-  std::string proc = std::string(base) + "/proc";
-  if (::mkdir(proc.c_str(), 0555) != 0) fail("mkdir /proc");
+  std::string root(base);
+  if (::mkdir((root + "/proc").c_str(), 0555) != 0) fail("mkdir /proc");
   // fsd names open files as /proc/self/fd/N. A /proc of the new pid
   // namespace shows fsd alone, with the thread ids it knows (the sanitizers'
   // leak checker stops threads by them); where the kernel refuses one (a
   // user namespace under a masked /proc), the host's is bound instead.
+  std::string proc = root + "/proc";
   if (::mount("proc", proc.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0 &&
       ::mount("/proc", proc.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0)
     fail("mounting /proc");
+  if (!exports.empty() && ::mkdir((root + "/exports").c_str(), 0555) != 0) fail("mkdir /exports");
+  for (size_t i = 0; i < exports.size(); i++) {
+    std::string at = root + "/exports/" + std::to_string(i);
+    std::string from = "/proc/self/fd/" + std::to_string(sources[i].get());
+    if (::mkdir(at.c_str(), 0555) != 0) fail("mkdir " + at);
+    if (::mount(from.c_str(), at.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0) fail("binding export " + exports[i].path);
+    // Flags are only added (mount_setattr keeps what the host set, which a
+    // user namespace could not clear anyway), on the export's submounts too.
+    mount_attr attr{};
+    attr.attr_set = MOUNT_ATTR_NOSUID | (exports[i].devices ? 0 : MOUNT_ATTR_NODEV) |
+                    (exports[i].read_only ? MOUNT_ATTR_RDONLY : 0);
+    if (::mount_setattr(AT_FDCWD, at.c_str(), AT_RECURSIVE, &attr, sizeof attr) != 0)
+      fail("making export " + exports[i].path + (exports[i].devices ? " nosuid" : " nodev, nosuid") +
+           (exports[i].read_only ? " and read-only" : ""));
+  }
+  sources.clear();
   if (::chdir(base) != 0) fail("chdir");
   if (::syscall(SYS_pivot_root, ".", ".") != 0) fail("pivot_root");
   if (::umount2(".", MNT_DETACH) != 0) fail("detaching the old root");
   if (::chdir("/") != 0) fail("chdir /");
   if (::mount(nullptr, "/", nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
     fail("making the new root read-only");
+  std::vector<Fd> roots;
+  for (size_t i = 0; i < exports.size(); i++) {
+    roots.emplace_back(::open(("/exports/" + std::to_string(i)).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!roots.back()) fail("opening /exports/" + std::to_string(i));
+  }
+  return roots;
 }
 
 void drop_capabilities(uint64_t keep) {
@@ -253,11 +285,12 @@ void drop_capabilities(uint64_t keep) {
 SandboxMode parse_sandbox(std::string_view text) {
   if (text == "none") return SandboxMode::kNone;
   if (text == "namespace") return SandboxMode::kNamespace;
+  if (text == "landlock") return SandboxMode::kLandlock;
   // virtiofsd's chroot mode confines it to the shared directory without
   // namespaces; fsd's namespace sandbox confines it at least as much (an
   // empty root, its exports reached through fds), so it stands in.
   if (text == "chroot") return SandboxMode::kNamespace;
-  throw std::invalid_argument("--sandbox " + std::string(text) + ": expected namespace, chroot (as namespace) or none");
+  throw std::invalid_argument("--sandbox " + std::string(text) + ": expected namespace, chroot (as namespace), landlock or none");
 }
 
 IdRange parse_namespace_map(std::string_view flag, std::string_view text) {
@@ -322,7 +355,7 @@ uint64_t parse_modcaps(std::string_view text, uint64_t base) {
     if (!name.starts_with("cap_")) name = "cap_" + name;
     cap_value_t cap;
     if (cap_from_name(name.c_str(), &cap) != 0 || cap < 0 || cap > CAP_LAST_CAP)
-      fail("no capability '" + std::string(item.substr(1)) + "'");
+      fail(std::string("no capability '").append(item.substr(1)).append("'"));  // (GCC 12 -O3 misreads a + here)
     uint64_t bit = uint64_t{1} << cap;
     keep = item[0] == '+' ? keep | bit : keep & ~bit;
   }
@@ -342,13 +375,15 @@ std::string capability_names(uint64_t mask) {
   return out.empty() ? "none" : out;
 }
 
-void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids, uint64_t keep) {
-  if (mode == SandboxMode::kNone) return;
+std::vector<Fd> enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, const std::vector<ExportMount>& exports,
+                              NamespaceIds ids, uint64_t keep) {
+  if (mode != SandboxMode::kNamespace) return {};
   if (::geteuid() != 0) enter_user_namespace(ids);
   if (::unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC) != 0) fail("unshare");
   split_off_waiter(waiter_seccomp);
-  pivot_into_empty_root();
+  std::vector<Fd> roots = pivot_into_empty_root(exports);
   drop_capabilities(keep);
+  return roots;
 }
 
 }  // namespace fsd

@@ -7,10 +7,19 @@
 //              fsd serves as pid 1 of the new pid namespace,
 //              while the process that started stays outside as a waiter
 //              with no capabilities; the root becomes an empty read-only
-//              tmpfs holding only /proc (fsd reaches its exports, sockets
-//              and devices through fds opened before); capabilities cut
+//              tmpfs holding only /proc and the exports, each bound at
+//              /exports/N of its own (nodev unless the export allows
+//              devices, read-only for a read-only export, nosuid), so
+//              that above an export's root lies only that empty root;
+//              sockets and devices are reached through fds opened
+//              before; capabilities cut
 //              to those file serving needs, in the effective, permitted,
 //              inheritable and bounding sets; no_new_privs.
+//   landlock:  for an fsd an ordinary user started, where a user namespace
+//              would show the host's other owners as 65534: fsd stays in
+//              the host's namespaces and confines its own file access to
+//              its exports with Landlock (fsd/core/landlock.h), with
+//              no_new_privs.
 //   none:      none of that.
 #pragma once
 
@@ -20,14 +29,15 @@
 #include <string_view>
 #include <vector>
 
+#include "fsd/core/fd.h"
 #include "fsd/core/seccomp.h"
 
 namespace fsd {
 
-enum class SandboxMode { kNone, kNamespace };
+enum class SandboxMode { kNone, kNamespace, kLandlock };
 
-// "none" or "namespace" ("chroot", virtiofsd's other mode, is taken as
-// namespace, which confines fsd at least as much); throws
+// "none", "namespace" or "landlock" ("chroot", virtiofsd's other mode, is
+// taken as namespace, which confines fsd at least as much); throws
 // std::invalid_argument naming --sandbox for anything else.
 SandboxMode parse_sandbox(std::string_view text);
 
@@ -68,11 +78,20 @@ uint64_t parse_modcaps(std::string_view text, uint64_t base);
 // "chown,dac_override,...", for the log.
 std::string capability_names(uint64_t mask);
 
+// An export's directory, as the sandbox mounts it.
+struct ExportMount {
+  std::string path;       // looked up again inside the new mount namespace
+  bool read_only = false;  // the mount is read-only
+  bool devices = false;    // the mount keeps device nodes usable (no nodev)
+};
+
 // Enters the sandbox, keeping the capabilities in `keep`; throws
 // std::runtime_error naming the step that failed. Must be called while fsd
-// has one thread. Returns in the server; the waiter never returns
+// has one thread. Returns in the server, with an O_PATH fd on each of
+// `exports`' root in the sandbox (in order; the caller checks that each is
+// the directory it opened before); the waiter never returns
 // (`waiter_seccomp` is its filter).
-void enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, NamespaceIds ids = {},
-                   uint64_t keep = default_capabilities());
+std::vector<Fd> enter_sandbox(SandboxMode mode, SeccompAction waiter_seccomp, const std::vector<ExportMount>& exports,
+                              NamespaceIds ids = {}, uint64_t keep = default_capabilities());
 
 }  // namespace fsd

@@ -126,6 +126,32 @@ Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), 
 
 Vfs::~Vfs() { root_.reset(); }
 
+void Vfs::move_root(Fd dir) {
+  auto fail = [&](const std::string& why) {
+    throw std::runtime_error("export '" + config_.tag + "': " + why);
+  };
+  struct statx st{};
+  if (::statx(dir.get(), "", AT_EMPTY_PATH, kStatxMask, &st) < 0) fail(std::string("statx: ") + std::strerror(errno));
+  if (dev_of(st) != root_->dev || st.stx_ino != root_->ino)
+    fail("'" + config_.path + "' is no longer the directory fsd opened at start (replaced while it started?)");
+  std::lock_guard t(table_mu_);
+  std::lock_guard g(fd_mu_);
+  if (table_.size() != 1) fail("its root moved after requests were served");
+  if (handles_ok_) {
+    // Handles are opened through a mount's fd: the new mount's.
+    HandleBuf hb{};
+    hb.fh.handle_bytes = MAX_HANDLE_SZ;
+    int mount_id = -1;
+    Fd mount_fd = mount_fd_of(dir.get());
+    if (::name_to_handle_at(dir.get(), "", &hb.fh, &mount_id, AT_EMPTY_PATH) != 0 || !mount_fd)
+      fail(std::string("its mount in the sandbox: ") + std::strerror(errno));
+    mount_fds_.clear();
+    mount_fds_.emplace(mount_id, std::move(mount_fd));
+  }
+  root_->path_fd_ = dir.get();
+  root_fd_ = std::move(dir);
+}
+
 // open_by_handle_at takes its mount from an fd, and not from an O_PATH one
 // (EBADF): the directory `dir` (an O_PATH fd) opened for reading, as fsd
 // itself (the caller of the request that met it may not read it).

@@ -238,6 +238,13 @@ class Vfs {
   // then applies instead, as a local file system does.
   mode_t creation_mode(Node& dir, mode_t mode, mode_t umask);
   const NodeRef& root() const { return root_; }
+  // The sandbox reaches the export through a mount of its own: from now
+  // on, `dir` (an O_PATH fd) is the export's root. It must be the same
+  // directory (device and inode) the export opened; called before any
+  // request is served. Throws std::runtime_error naming the export.
+  void move_root(Fd dir);
+  // The export's root directory (an O_PATH fd), for the sandbox's rules.
+  int root_dir() const { return root_fd_.get(); }
   bool uses_handles() const { return handles_ok_; }
   // False for a node without a file handle when handles are mandatory.
   bool handle_allowed(const Node& n) const {

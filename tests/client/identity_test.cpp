@@ -8,6 +8,7 @@
 
 #include <sys/xattr.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -15,6 +16,8 @@
 #include <thread>
 
 #include "fsd/client/p9_client.h"
+#include "fsd/client/vhost_frontend.h"
+#include "fsd/core/landlock.h"
 #include "tests/support/test_support.h"
 
 namespace fsd::testing {
@@ -287,6 +290,7 @@ TEST_F(Identity, BadSandboxAndSeccompValuesAreRefused) {
   for (auto [args, flag] : {std::pair{std::vector<std::string>{"--sandbox", "bogus"}, "--sandbox"},
                             {{"--seccomp", "bogus"}, "--seccomp"},
                             {{"--sandbox", "namespace", "--fuse-mount", "t=" + tmp_.str()}, "--sandbox namespace"},
+                            {{"--sandbox", "landlock", "--fuse-mount", "t=" + tmp_.str()}, "--sandbox landlock"},
                             {{"--seccomp", "kill", "--sandbox", "none", "--fuse-mount", "t=" + tmp_.str()}, "--seccomp kill"}}) {
     std::vector<std::string> all{"--export", "t=" + share_.string(), "--listen", "unix:" + p9_};
     all.insert(all.end(), args.begin(), args.end());
@@ -346,16 +350,95 @@ TEST_F(Identity, RootFsdSandboxesItself) {
   EXPECT_EQ(std::stoull(status_of(pid, "CapBnd"), nullptr, 16), eff);
   for (const char* kind : {"mnt", "net", "ipc", "pid"}) EXPECT_NE(ns_of(pid, kind), ns_of(::getpid(), kind)) << kind;
   EXPECT_EQ(status_of(pid, "NSpid").substr(status_of(pid, "NSpid").rfind('\t') + 1), "1") << "not pid 1 of its namespace";
-  // Its root holds nothing but /proc.
+  // Its root holds nothing but /proc and the exports.
   std::vector<std::string> root;
   for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/root"))
     root.push_back(e.path().filename().string());
-  EXPECT_EQ(root, std::vector<std::string>{"proc"});
+  std::sort(root.begin(), root.end());
+  EXPECT_EQ(root, (std::vector<std::string>{"exports", "proc"}));
   expect_root_reads_secret(p9_);
   EXPECT_EQ(fsd->stop(), 0) << "the waiter did not pass on the server's status";
   EXPECT_FALSE(std::filesystem::exists(p9_)) << "the socket file outlived fsd";
   EXPECT_FALSE(std::filesystem::exists(vfs_)) << "the socket file outlived fsd";
   EXPECT_NE(::kill(pid, 0), 0) << "the server outlived the waiter";
+}
+
+// The mount options of each mount point in `pid`'s namespace, and the mount
+// id of each, from /proc/PID/mountinfo.
+struct MountInfo {
+  std::map<std::string, std::string> options;
+  std::map<std::string, int> ids;
+};
+MountInfo mounts_of(pid_t pid) {
+  MountInfo m;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/mountinfo");
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    std::string id, parent, devno, root, point, options;
+    f >> id >> parent >> devno >> root >> point >> options;
+    m.options[point] = "," + options + ",";
+    m.ids[point] = std::stoi(id);
+  }
+  return m;
+}
+
+// The sandbox reaches each export through a mount of its own: nodev (unless
+// the export allows devices), nosuid, read-only for a read-only export, and
+// every directory fd fsd holds on an export lies on that mount, so that
+// ".." above an export's root is the sandbox's /exports, never the host's
+// directory holding it.
+TEST_F(Identity, TheSandboxReachesEachExportThroughAMountOfItsOwn) {
+  auto ro = tmp_.path() / "ro";
+  auto dev = tmp_.path() / "dev";
+  write_file(ro / "file", "read-only\n");
+  std::filesystem::create_directory(dev);
+  FsdProcess fsd({.args = {"--export", "t=" + share_.string(), "--export", "ro=" + ro.string() + ",ro", "--export",
+                           "dev=" + dev.string() + ",devices", "--listen", "unix:" + p9_}});
+  fsd.wait_listening("unix:");
+  pid_t pid = fsd.server_pid();
+  ASSERT_NE(pid, fsd.pid());
+  MountInfo m = mounts_of(pid);
+  ASSERT_TRUE(m.options.contains("/exports/0") && m.options.contains("/exports/1") && m.options.contains("/exports/2"))
+      << "no mounts of the exports in the sandbox";
+  for (const char* point : {"/exports/0", "/exports/1", "/exports/2"}) {
+    SCOPED_TRACE(point);
+    EXPECT_NE(m.options[point].find(",nosuid,"), std::string::npos) << m.options[point];
+  }
+  EXPECT_NE(m.options["/exports/0"].find(",rw,"), std::string::npos);
+  EXPECT_NE(m.options["/exports/0"].find(",nodev,"), std::string::npos);
+  EXPECT_NE(m.options["/exports/1"].find(",ro,"), std::string::npos);
+  EXPECT_NE(m.options["/exports/1"].find(",nodev,"), std::string::npos);
+  EXPECT_EQ(m.options["/exports/2"].find(",nodev,"), std::string::npos) << "an export with devices lost them";
+  // Every fd fsd holds on a directory of the exports' file system is on one
+  // of those mounts.
+  struct stat share_st{};
+  ASSERT_EQ(::stat(share_.c_str(), &share_st), 0);
+  std::string fds = "/proc/" + std::to_string(pid) + "/fd";
+  int on_exports = 0;
+  for (auto& e : std::filesystem::directory_iterator(fds)) {
+    struct stat st{};
+    if (::stat(e.path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_dev != share_st.st_dev) continue;
+    std::string link = std::filesystem::read_symlink(e.path()).string();
+    if (link == tmp_.str()) continue;  // the sockets' directory, kept to remove them at exit
+    SCOPED_TRACE(link);
+    std::ifstream info("/proc/" + std::to_string(pid) + "/fdinfo/" + e.path().filename().string());
+    int mnt_id = -1;
+    for (std::string line; std::getline(info, line);)
+      if (line.starts_with("mnt_id:")) mnt_id = std::stoi(line.substr(7));
+    EXPECT_TRUE(mnt_id == m.ids["/exports/0"] || mnt_id == m.ids["/exports/1"] || mnt_id == m.ids["/exports/2"])
+        << "an fd on the host's mount";
+    on_exports++;
+    // Above it lies the sandbox's /exports.
+    std::vector<std::string> above;
+    for (auto& a : std::filesystem::directory_iterator(e.path() / ".."))
+      above.push_back(a.path().filename().string());
+    std::sort(above.begin(), above.end());
+    EXPECT_EQ(above, (std::vector<std::string>{"0", "1", "2"}));
+  }
+  EXPECT_EQ(on_exports, 3) << "not one root fd per export";
+  // And it still serves them.
+  expect_root_reads_secret(p9_);
+  EXPECT_EQ(fsd.stop(), 0);
 }
 
 // Killed outright, the waiter takes the server with it.
@@ -373,20 +456,67 @@ TEST_F(Identity, TheSandboxedServerDiesWithItsWaiter) {
   EXPECT_TRUE(gone) << "the server outlived its waiter";
 }
 
-// Started by an ordinary user with no sandbox asked for, fsd still gains no
-// privileges (no_new_privs) and runs under its seccomp filter, and says so;
-// --seccomp none keeps the old way, also saying so.
+// Every kind of change a client makes, as nobody over 9P on `sock`
+// (export "t"): 0 if all went through, else the step that failed.
+int change_everything(const std::string& sock) {
+  return run_as(kNobody, kNogroup, [&] {
+    auto c = p9::Client::connect_unix(sock);
+    if (!c || !c->version(65536) || !c->attach(1, "t", kNobody)) return 1;
+    if (!c->call<p9::Rmkdir>(p9::Tmkdir{.dfid = 1, .name = "a", .mode = 0700, .gid = kNogroup})) return 2;
+    if (!c->call<p9::Rmkdir>(p9::Tmkdir{.dfid = 1, .name = "b", .mode = 0700, .gid = kNogroup})) return 3;
+    if (!c->walk(1, 2, "a") || !c->lcreate(2, "file", O_RDWR | O_CREAT, 0600, kNogroup)) return 4;
+    if (!c->write(2, 0, "written\n")) return 5;
+    if (!c->walk(1, 3, "a") || !c->walk(1, 4, "b")) return 6;
+    if (!c->call<p9::Rrenameat>(p9::Trenameat{.olddirfid = 3, .oldname = "file", .newdirfid = 4, .newname = "moved"}))
+      return 7;
+    if (!c->walk(4, 5, "moved") || !c->call<p9::Rlink>(p9::Tlink{.dfid = 3, .fid = 5, .name = "linked"})) return 8;
+    if (!c->call<p9::Rsymlink>(p9::Tsymlink{.dfid = 3, .name = "sym", .symtgt = "moved", .gid = kNogroup})) return 9;
+    if (!c->call<p9::Rmknod>(p9::Tmknod{.dfid = 3, .name = "fifo", .mode = S_IFIFO | 0600, .gid = kNogroup})) return 10;
+    if (!c->call<p9::Rsetattr>(p9::Tsetattr{.fid = 5, .valid = p9::kSetattrSize, .size = 3})) return 11;
+    if (!c->call<p9::Runlinkat>(p9::Tunlinkat{.dirfid = 3, .name = "linked"})) return 12;
+    return 0;
+  });
+}
+
+// Started by an ordinary user with no sandbox asked for, fsd confines
+// itself with Landlock where the kernel has it (no id changes, unlike a
+// user namespace), gains no privileges (no_new_privs), runs under its
+// seccomp filter, says so, and still serves every kind of change;
+// --seccomp none keeps it without a filter.
 TEST_F(Identity, UnprivilegedFsdHasNoNewPrivsAndSeccompByDefault) {
   auto dir = tmp_.path() / "plain";
   std::filesystem::create_directories(dir / "share");
   for (auto& p : {dir, dir / "share"}) ASSERT_EQ(::chown(p.c_str(), kNobody, kNogroup), 0);
   std::string sock = (dir / "p9.sock").string();
   {
-    FsdProcess fsd({.args = {"--export", "t=" + (dir / "share").string(), "--listen", "unix:" + sock},
+    std::string vfs = (dir / "vfs.sock").string();
+    FsdProcess fsd({.args = {"--export", "t=" + (dir / "share").string(), "--listen", "unix:" + sock,
+                             "--virtiofs-socket", "t=" + vfs},
                     .user = std::pair{kNobody, kNogroup}});
     fsd.wait_listening("unix:");
     EXPECT_EQ(status_of(fsd.server_pid(), "NoNewPrivs"), "1");
     EXPECT_NE(fsd.log().find("no_new_privs"), std::string::npos) << fsd.log();
+    // A virtio-fs front-end's memory and eventfds are no files Landlock governs.
+    EXPECT_EQ(run_as(kNobody, kNogroup, [&] {
+                auto f = frontend::VhostFrontend::connect(vfs);
+                if (!f || !(*f)->negotiate()) return 1;
+                auto init = (*f)->fuse_init();
+                if (!init || init->error != 0) return 2;
+                auto none = (*f)->fuse_lookup(FUSE_ROOT_ID, "none");
+                return none && none->error == -ENOENT ? 0 : 3;
+              }),
+              0)
+        << fsd.log();
+    EXPECT_EQ(fsd.server_pid(), fsd.pid()) << "a pid namespace, where no sandbox was asked for";
+    if (landlock_abi() >= 2)
+      EXPECT_NE(fsd.log().find("sandbox: Landlock"), std::string::npos) << fsd.log();
+    else
+      EXPECT_NE(fsd.log().find("no Landlock"), std::string::npos) << fsd.log();
+    EXPECT_EQ(change_everything(sock), 0);
+    EXPECT_EQ(read_file(dir / "share/b/moved"), "wri");
+    EXPECT_EQ(std::filesystem::read_symlink(dir / "share/a/sym"), "moved");
+    EXPECT_TRUE(std::filesystem::is_fifo(dir / "share/a/fifo"));
+    EXPECT_FALSE(std::filesystem::exists(dir / "share/a/linked"));
 #if !defined(__SANITIZE_ADDRESS__)  // sanitizer builds install no filter by default
     EXPECT_EQ(status_of(fsd.server_pid(), "Seccomp"), "2");  // a filter
     EXPECT_NE(fsd.log().find("seccomp: an allow-list"), std::string::npos) << fsd.log();
@@ -416,6 +546,7 @@ TEST_F(Identity, UnprivilegedFsdSandboxesItselfInAUserNamespace) {
   EXPECT_EQ(status_of(pid, "Uid").substr(0, 5), "65534");
   for (const char* kind : {"user", "mnt", "net", "ipc", "pid"}) EXPECT_NE(ns_of(pid, kind), ns_of(::getpid(), kind)) << kind;
   EXPECT_EQ(std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/root"), "/") << "no root of its own";
+  EXPECT_NE(mounts_of(pid).options["/exports/0"].find(",nodev,"), std::string::npos) << "no nodev mount of the export";
   int read = run_as(kNobody, kNogroup, [&] {
     auto c = p9::Client::connect_unix(sock);
     if (!c || !c->version(65536) || !c->attach(1, "t", kNobody) || !c->walk(1, 2, "file") || !c->lopen(2, O_RDONLY)) return 1;
