@@ -21,11 +21,16 @@
 #include <stdexcept>
 
 #include "fsd/uring/ring.h"
+#include "fsd/vhost/guest_memory.h"
 #include "protocol/vhost_user/message.h"
 #include "protocol/virtio/virtqueue.h"
 
 namespace fsd {
 namespace vu = vhost_user;
+using vhost::check_regions;
+using vhost::is_eventfd;
+using vhost::map_regions;
+using vhost::MemoryMap;
 
 namespace {
 
@@ -47,86 +52,6 @@ bool take_poll_slot() {
   while (now < max_pollers())
     if (g_pollers.compare_exchange_weak(now, now + 1, std::memory_order_relaxed)) return true;
   return false;
-}
-
-// One mmap of a region's fd; unmapped on destruction.
-class Mapping {
- public:
-  Mapping(void* base, size_t len) : base_(base), len_(len) {}
-  Mapping(Mapping&& o) noexcept : base_(std::exchange(o.base_, nullptr)), len_(o.len_) {}
-  Mapping(const Mapping&) = delete;
-  ~Mapping() {
-    if (base_) ::munmap(base_, len_);
-  }
-  std::byte* base() const { return static_cast<std::byte*>(base_); }
-
- private:
-  void* base_;
-  size_t len_;
-};
-
-// Guest memory as mapped at one moment. Requests hold a shared_ptr to it,
-// so a replaced table stays mapped until the last request using it is done.
-struct MemoryMap {
-  std::vector<Mapping> mappings;
-  std::vector<vu::MemRegion> regions;
-  virtio::GuestMemory mem;
-};
-
-// Checks a memory table before anything is mapped: every region non-empty,
-// inside its fd (a short fd would map pages that fault with SIGBUS when
-// touched), and no two overlapping in guest-physical or front-end addresses.
-// Returns why not, or "".
-std::string check_regions(const std::vector<vu::MemRegion>& regions, const std::vector<Fd>& fds) {
-  if (fds.size() != regions.size()) return "the regions and their fds do not match";
-  auto overlap = [](uint64_t a, uint64_t b, uint64_t len_a, uint64_t len_b) { return a < b + len_b && b < a + len_a; };
-  for (size_t i = 0; i < regions.size(); i++) {
-    const auto& r = regions[i];
-    std::string at = "region " + std::to_string(i);
-    if (r.memory_size == 0) return at + " is empty";
-    if (r.mmap_offset > UINT64_MAX - r.memory_size || r.guest_phys_addr > UINT64_MAX - r.memory_size ||
-        r.userspace_addr > UINT64_MAX - r.memory_size)
-      return at + " wraps around the address space";
-    struct stat st{};
-    if (::fstat(fds[i].get(), &st) < 0) return at + ": cannot stat its fd: " + std::strerror(errno);
-    if (static_cast<uint64_t>(st.st_size) < r.mmap_offset + r.memory_size)
-      return at + " needs " + std::to_string(r.mmap_offset + r.memory_size) + " bytes of its fd, which has " +
-             std::to_string(st.st_size);
-    for (size_t j = 0; j < i; j++) {
-      const auto& o = regions[j];
-      if (overlap(r.guest_phys_addr, o.guest_phys_addr, r.memory_size, o.memory_size) ||
-          overlap(r.userspace_addr, o.userspace_addr, r.memory_size, o.memory_size))
-        return at + " overlaps region " + std::to_string(j);
-    }
-  }
-  return "";
-}
-
-Result<std::shared_ptr<MemoryMap>> map_regions(const std::vector<vu::MemRegion>& regions, std::vector<Fd>& fds) {
-  auto m = std::make_shared<MemoryMap>();
-  std::vector<virtio::Region> vr;
-  for (size_t i = 0; i < regions.size(); i++) {
-    const auto& r = regions[i];
-    size_t len = r.memory_size + r.mmap_offset;
-    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fds[i].get(), 0);
-    if (p == MAP_FAILED) return errno_error();
-    m->mappings.emplace_back(p, len);
-    vr.push_back(virtio::Region{r.guest_phys_addr, r.memory_size, r.userspace_addr,
-                                static_cast<std::byte*>(p) + r.mmap_offset});
-  }
-  m->regions = regions;
-  m->mem = virtio::GuestMemory(std::move(vr));
-  return m;
-}
-
-// Whether `fd` is an eventfd. Kick, call and error fds must be: a kick fd
-// that is always readable (a pipe with data, a regular file) would make a
-// worker spin, and writes to anything else may block or land in a file.
-bool is_eventfd(int fd) {
-  char link[64];
-  std::string path = "/proc/self/fd/" + std::to_string(fd);
-  ssize_t n = ::readlink(path.c_str(), link, sizeof link);
-  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
 }
 
 // The signal that interrupts a worker stuck writing to a call eventfd (see
