@@ -27,7 +27,7 @@
 #include "fsd/p9/virtio_channel.h"
 #include "fsd/transport/fuse_dev.h"
 #include "fsd/transport/socket_server.h"
-#include "fsd/transport/vhost_user_backend.h"
+#include "fsd/vhost/backend.h"
 #include "fsd/options.h"
 #include "fsd/vfs/vfs.h"
 #include "fsd/virtiofsd_compat.h"

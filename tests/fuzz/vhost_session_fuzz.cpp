@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "fsd/fuse/server.h"
-#include "fsd/transport/vhost_user_backend.h"
+#include "fsd/vhost/backend.h"
 #include "fsd/vfs/vfs.h"
 #include "protocol/vhost_user/message.h"
 #include "protocol/virtio/virtqueue.h"

@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "fsd/client/vhost_frontend.h"
-#include "fsd/transport/vhost_user_backend.h"
+#include "fsd/vhost/backend.h"
 #include "fsd/uring/ring.h"
 #include "tests/support/test_support.h"
 

@@ -1,4 +1,4 @@
-#include "fsd/transport/vhost_user_backend.h"
+#include "fsd/vhost/backend.h"
 
 #include <fcntl.h>
 #include <poll.h>
