@@ -349,13 +349,13 @@ uint64_t parse_modcaps(std::string_view text, uint64_t base) {
     auto colon = text.find(':');
     std::string_view item = text.substr(0, colon);
     text = colon == std::string_view::npos ? std::string_view{} : text.substr(colon + 1);
-    if (item.size() < 2 || (item[0] != '+' && item[0] != '-')) fail("'" + std::string(item) + "' is not +NAME or -NAME");
+    if (item.size() < 2 || (item[0] != '+' && item[0] != '-')) fail(std::string("'").append(item).append("' is not +NAME or -NAME"));
     std::string name(item.substr(1));
     for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     if (!name.starts_with("cap_")) name = "cap_" + name;
     cap_value_t cap;
     if (cap_from_name(name.c_str(), &cap) != 0 || cap < 0 || cap > CAP_LAST_CAP)
-      fail(std::string("no capability '").append(item.substr(1)).append("'"));  // (GCC 12 -O3 misreads a + here)
+      fail(std::string("no capability '").append(item.substr(1)).append("'"));
     uint64_t bit = uint64_t{1} << cap;
     keep = item[0] == '+' ? keep | bit : keep & ~bit;
   }
