@@ -223,12 +223,12 @@ std::vector<Fd> pivot_into_empty_root(const std::vector<ExportMount>& exports) {
   if (::mount("fsd-sandbox", base, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755") != 0)
     fail("mounting the new root");
   std::string root(base);
-  if (::mkdir((root + "/proc").c_str(), 0555) != 0) fail("mkdir /proc");
+  std::string proc = root + "/proc";
+  if (::mkdir(proc.c_str(), 0555) != 0) fail("mkdir /proc");
   // fsd names open files as /proc/self/fd/N. A /proc of the new pid
   // namespace shows fsd alone, with the thread ids it knows (the sanitizers'
   // leak checker stops threads by them); where the kernel refuses one (a
   // user namespace under a masked /proc), the host's is bound instead.
-  std::string proc = root + "/proc";
   if (::mount("proc", proc.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0 &&
       ::mount("/proc", proc.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0)
     fail("mounting /proc");
