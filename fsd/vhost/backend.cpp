@@ -175,16 +175,20 @@ void worker_main(Worker& w);
 // A device takes device.workers of them (at most the pool's size), starting
 // at a different one for each device, so that the owners of many devices'
 // queues spread over the pool.
-class Device {
+//
+// A chain device (ChainDevice) runs on one worker, which owns all its
+// queues: the queue loops hand it the chains they pop, and it gives them
+// back through UsedRings, which this class is too.
+class Device : public vhost::UsedRings {
  public:
-  Device(MessageServerFactory servers, VhostUserOptions o) : servers_(std::move(servers)), options_(std::move(o)) {
-    pool_ = options_.pool ? options_.pool
-                          : std::make_shared<VhostWorkerPool>(std::max(1u, options_.device.workers), options_.metadata_io);
+  Device(DeviceServers servers, VhostUserOptions o) : servers_(std::move(servers)), options_(std::move(o)) {
+    unsigned wanted = chain_device() ? 1u : std::max(1u, options_.device.workers);
+    pool_ = options_.pool ? options_.pool : std::make_shared<VhostWorkerPool>(wanted, options_.metadata_io);
     auto& all = pool_->start();
     for (unsigned i = 0; i < std::max(1u, options_.device.queues); i++) queues_.push_back(std::make_unique<Queue>());
     auto n = static_cast<unsigned>(all.size());
     first_ = pool_->next_.fetch_add(1, std::memory_order_relaxed) % n;
-    for (unsigned j = 0; j < std::min(std::max(1u, options_.device.workers), n); j++)
+    for (unsigned j = 0; j < std::min(wanted, n); j++)
       workers_.push_back(all[(first_ + j) % n].get());
     for (Worker* w : workers_) {
       std::vector<unsigned> mine;
@@ -197,6 +201,8 @@ class Device {
   ~Device() {
     reset();
     for (Worker* w : workers_) post(*w, [this, w] { return cmd_disown(*w, this); });
+    // What the last reset made goes on the thread it was made for.
+    post(*workers_[0], [this] { return cmd_drop_server(); });
   }
 
   // Handles one message from the front-end; false drops the connection.
@@ -229,6 +235,10 @@ class Device {
   }
   Task<void> process(Worker& w, unsigned i, uint16_t head);
 
+  // ---- UsedRings, for a chain device (on its worker)
+  void give(unsigned queue, uint16_t head, uint32_t len) override;
+  void notify(unsigned queue) override;
+
  private:
   void signal_call(Worker& w, unsigned i, const Fd& call);
   struct Queue {
@@ -246,6 +256,7 @@ class Device {
     virtio::SplitQueue split;
     std::shared_ptr<MemoryMap> memory;
     std::shared_ptr<MessageServer> server;
+    std::shared_ptr<vhost::ChainDevice> chains;  // instead of server, for a chain device
     // The owner's state.
     int kick_fd = -1;
     bool running = false;
@@ -256,6 +267,10 @@ class Device {
     Event* poll_wait = nullptr;
     std::chrono::steady_clock::time_point poll_until;
     bool poll_found = false;
+    // A chain device may give chains back: from the queue's start until
+    // the chains it held were released at its stop.
+    bool giving = false;
+    std::vector<virtio::Chain> walked;  // the batch handed to a chain device
     // Shared by the workers.
     std::atomic<unsigned> inflight{0};
     std::atomic<bool> draining{false};  // the owner waits for inflight to reach 0
@@ -306,18 +321,35 @@ class Device {
     new_server();
     co_return;
   }
+  Task<void> cmd_device_stopped() {
+    if (chains_) chains_->stopped();
+    co_return;
+  }
+  Task<void> cmd_drop_server() {
+    server_.reset();
+    chains_.reset();
+    co_return;
+  }
   // A new front-end starts afresh; the server is made on the device's first
   // worker, whose Ring a single-threaded server (virtio-9p) then uses.
-  void new_server() { server_ = servers_(workers_[0]->ring); }
+  void new_server() {
+    if (auto* f = std::get_if<vhost::ChainDeviceFactory>(&servers_)) {
+      chains_ = (*f)(workers_[0]->ring, *this);
+    } else {
+      server_ = std::get<MessageServerFactory>(servers_)(workers_[0]->ring);
+    }
+  }
+  bool chain_device() const { return std::holds_alternative<vhost::ChainDeviceFactory>(servers_); }
   const VirtioDevice& device() const { return options_.device; }
   uint64_t device_features() const { return kFeatures | device().features; }
   uint64_t protocol_features() const { return kProtocolFeatures | (device().config.empty() ? 0 : vu::kPfConfig); }
   Task<void> queue_loop(Worker& w, unsigned i);
   void dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads);
+  void take_chains(unsigned i, std::span<const uint16_t> heads);
   void finish_one(Worker& w, unsigned i, uint16_t head, uint32_t len);
 
   std::shared_ptr<VhostWorkerPool> pool_;  // the device's own when options_.pool is null
-  MessageServerFactory servers_;
+  DeviceServers servers_;
   VhostUserOptions options_;
   std::vector<std::unique_ptr<Queue>> queues_;
   uint64_t features_ = 0;
@@ -326,6 +358,7 @@ class Device {
   std::vector<Fd> region_fds_;          // dup'ed fds of regions_, for remapping
   std::shared_ptr<MemoryMap> memory_;   // the current mapping (control thread; queues take it when they start)
   std::shared_ptr<MessageServer> server_;  // made on workers_[0]; kept alive by requests in flight across a reset
+  std::shared_ptr<vhost::ChainDevice> chains_;  // or this, for a chain device
   unsigned first_ = 0;                  // the pool index of workers_[0]
   std::vector<Worker*> workers_;        // the pool's workers this device uses
 };
@@ -386,6 +419,7 @@ Task<void> Device::cmd_start(Worker& w, unsigned i) {
   Queue& q = *queues_[i];
   q.running = true;
   q.broken = false;
+  q.giving = true;
   spawn(queue_loop(w, i));
   co_return;
 }
@@ -403,6 +437,8 @@ Task<void> Device::cmd_stop(Worker& w, unsigned i, uint16_t* last_avail) {
   co_await drained.wait();
   q.drained = nullptr;
   q.draining = false;
+  if (q.chains) q.chains->release(i);
+  q.giving = false;
   *last_avail = q.split.last_avail();
   q.kick_fd = -1;
   std::lock_guard g(q.used_mu);
@@ -461,6 +497,10 @@ Task<void> Device::queue_loop(Worker& w, unsigned i) {
 // requests average more than VhostUserOptions::handoff_ns (20 us).
 void Device::dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads) {
   Queue& q = *queues_[i];
+  if (q.chains) {
+    take_chains(i, heads);
+    return;
+  }
   q.inflight += static_cast<unsigned>(heads.size());
   size_t n = workers_.size();
   if (n == 1 || heads.size() <= 1 || q.cost_ns.load(std::memory_order_relaxed) < options_.handoff_ns) {
@@ -478,6 +518,44 @@ void Device::dispatch(Worker& w, unsigned i, std::span<const uint16_t> heads) {
     wake(other);
   }
   for (size_t j = 0; j < heads.size(); j += n) spawn(process(w, i, heads[j]));
+}
+
+// Walks a batch for a chain device and hands it over; a chain that cannot
+// be walked goes back at once, with nothing written.
+void Device::take_chains(unsigned i, std::span<const uint16_t> heads) {
+  Queue& q = *queues_[i];
+  if (q.walked.size() < heads.size()) q.walked.resize(heads.size());
+  size_t n = 0;
+  for (uint16_t h : heads) {
+    requests++;
+    if (q.memory && virtio::walk_chain(q.memory->mem, q.split.desc(), q.split.size(), h, q.walked[n])) {
+      n++;
+      continue;
+    }
+    bad_chains++;
+    spdlog::warn("{} queue {}: malformed descriptor chain at head {}", device().name, i, h);
+    give(i, h, 0);
+  }
+  if (n) q.chains->take(i, std::span(q.walked).first(n));
+  notify(i);
+}
+
+void Device::give(unsigned i, uint16_t head, uint32_t len) {
+  if (i >= queues_.size() || !queues_[i]->giving) return;
+  Queue& q = *queues_[i];
+  std::lock_guard g(q.used_mu);
+  if (!q.broken) q.split.push(head, len);
+}
+
+void Device::notify(unsigned i) {
+  if (i >= queues_.size() || !queues_[i]->giving) return;
+  Queue& q = *queues_[i];
+  std::shared_ptr<const Fd> call;
+  {
+    std::lock_guard g(q.used_mu);
+    if (!q.broken && q.call_fd && q.split.should_notify()) call = q.call_fd;
+  }
+  if (call) signal_call(owner(i), i, *call);
 }
 
 void Device::finish_one(Worker& w, unsigned i, uint16_t head, uint32_t len) {
@@ -582,6 +660,7 @@ void Device::maybe_start(unsigned i) {
   q.split = virtio::SplitQueue(layout, num, features_ & vu::kFRingEventIdx, q.base);
   q.memory = memory_;
   q.server = server_;
+  q.chains = chains_;
   q.kick_fd = q.kick.get();
   {
     std::lock_guard g(q.used_mu);
@@ -613,6 +692,7 @@ void Device::reset() {
     q->split = {};
     q->memory.reset();
     q->server.reset();
+    q->chains.reset();
   }
   memory_.reset();
   call_stalled = false;
@@ -808,6 +888,8 @@ Device::Outcome Device::vring_state_request(int conn, const vu::Message& m) {
       stop_queue(s.index);  // GET_VRING_BASE stops the ring
       q->kick.reset();
       q->enabled = false;
+      if (chains_ && std::none_of(queues_.begin(), queues_.end(), [](auto& x) { return x->started; }))
+        post(*workers_[0], [this] { return cmd_device_stopped(); });
       o.replied = reply(conn, m.request, vu::VringState{s.index, q->base});
       break;
     default:  // SET_VRING_ENABLE
@@ -917,17 +999,17 @@ VhostWorkerPool::~VhostWorkerPool() {
 
 // ---- VhostUserBackend
 
-VhostUserBackend::VhostUserBackend(std::string socket_path, MessageServerFactory servers, VhostUserOptions options)
+VhostUserBackend::VhostUserBackend(std::string socket_path, DeviceServers servers, VhostUserOptions options)
     : socket_path_(std::move(socket_path)), servers_(std::move(servers)), options_(std::move(options)) {
   try {
     listen_fd_ = listen_unix(socket_path_, options_.socket_access, 1);
     socket_file_ = SocketFile(socket_path_);
   } catch (const std::runtime_error& e) {
-    throw std::runtime_error("virtio-fs socket " + socket_path_ + ": " + e.what());
+    throw std::runtime_error(options_.device.name + " socket " + socket_path_ + ": " + e.what());
   }
 }
 
-VhostUserBackend::VhostUserBackend(Fd listening, MessageServerFactory servers, VhostUserOptions options)
+VhostUserBackend::VhostUserBackend(Fd listening, DeviceServers servers, VhostUserOptions options)
     : servers_(std::move(servers)), options_(std::move(options)), listen_fd_(std::move(listening)) {}
 
 VhostUserBackend::~VhostUserBackend() { stop(); }

@@ -1,9 +1,11 @@
-// VhostUserBackend: a virtio device (virtio-fs, virtio-9p) served over
-// vhost-user to a front-end such as QEMU's vhost-user-fs-pci, on one unix
-// socket. It knows virtqueues, not what travels on them: each descriptor
-// chain goes to a MessageServer (fsd/core/server.h) as its readable and
-// writable buffers in guest memory, so file data moves straight between
-// guest memory and the file.
+// VhostUserBackend: a virtio device (virtio-fs, virtio-9p, virtio-vsock)
+// served over vhost-user to a front-end such as QEMU's vhost-user-fs-pci,
+// on one unix socket. It knows virtqueues, not what travels on them. A
+// request/reply device's chains each go to a MessageServer
+// (fsd/core/server.h) as their readable and writable buffers in guest
+// memory, so file data moves straight between guest memory and the file.
+// A stream device's chains go to a ChainDevice (fsd/vhost/chain_device.h),
+// which gives them back when it is done with them.
 //
 // Threads: a control thread speaks the vhost-user protocol (features,
 // memory table, vring set-up), and data-plane workers, each with its own
@@ -26,13 +28,14 @@
 #include <mutex>
 #include <string>
 #include <thread>
-
+#include <variant>
 #include <vector>
 
 #include "fsd/core/fd.h"
 #include "fsd/core/server.h"
 #include "fsd/core/unix_socket.h"
 #include "fsd/uring/ring.h"
+#include "fsd/vhost/chain_device.h"
 
 namespace fsd {
 
@@ -41,7 +44,8 @@ struct VirtioDevice {
   std::string name = "virtio device";  // for logs, e.g. "virtio-fs 'store'"
   unsigned queues = 1;                 // virtio-fs: hiprio + request queues
   // Threads serving the queues, each with its own Ring. More than one
-  // needs a server whose handle() may run on several threads at once.
+  // needs a server whose handle() may run on several threads at once; a
+  // chain device always has one.
   unsigned workers = 1;
   uint64_t features = 0;               // device-specific feature bits
   std::vector<std::byte> config;       // its config space (GET_CONFIG); may be empty
@@ -113,14 +117,17 @@ struct VhostUserStats {
   uint64_t sessions = 0;       // front-end connections served
 };
 
+// What serves a device's queues: a request/reply server, or a chain device.
+using DeviceServers = std::variant<MessageServerFactory, vhost::ChainDeviceFactory>;
+
 class VhostUserBackend {
  public:
   // Binds `socket_path` (throws std::runtime_error with a one-line message).
-  // Each front-end connection gets a fresh server from `servers`, made on
-  // the worker thread.
-  VhostUserBackend(std::string socket_path, MessageServerFactory servers, VhostUserOptions options);
+  // Each front-end connection gets a fresh server (or chain device) from
+  // `servers`, made on the worker thread.
+  VhostUserBackend(std::string socket_path, DeviceServers servers, VhostUserOptions options);
   // Uses an already bound and listening socket (libvirt's --fd).
-  VhostUserBackend(Fd listening, MessageServerFactory servers, VhostUserOptions options);
+  VhostUserBackend(Fd listening, DeviceServers servers, VhostUserOptions options);
   ~VhostUserBackend();
   VhostUserBackend(const VhostUserBackend&) = delete;
 
@@ -138,7 +145,7 @@ class VhostUserBackend {
   void control_loop();
 
   std::string socket_path_;
-  MessageServerFactory servers_;
+  DeviceServers servers_;
   VhostUserOptions options_;
   Fd listen_fd_;
   SocketFile socket_file_;  // when fsd made the socket: removed at stop

@@ -1,0 +1,406 @@
+#include "fsd/vhost/vsock_device.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "fsd/core/iovec.h"
+#include "fsd/core/request_bytes.h"
+#include "fsd/uring/ring.h"
+
+namespace fsd::vhost {
+namespace {
+
+using vsock::ConnId;
+using vsock::kHeaderSize;
+using vsock::kRxQueue;
+using vsock::kTxQueue;
+
+constexpr uint32_t kLengthPrefix = 4;
+// Back-pressure per connection, as on sockets: no new frame is taken while
+// this many requests are being handled, or while the frames being handled
+// or the replies the guest has not taken pass the byte budget (the larger
+// of kByteBudget and two frames).
+constexpr size_t kMaxInFlight = 32;
+constexpr size_t kByteBudget = 4 << 20;
+
+uint32_t le32(const std::byte* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;  // x86 and other little-endian hosts
+}
+
+// Copies `from` into the buffers `to`, starting `off` bytes in (the caller
+// checked that it fits).
+void put(std::span<const iovec> to, size_t off, std::span<const std::byte> from) {
+  for (const auto& v : to) {
+    if (from.empty()) return;
+    if (off >= v.iov_len) {
+      off -= v.iov_len;
+      continue;
+    }
+    size_t n = std::min(v.iov_len - off, from.size());
+    std::memcpy(static_cast<std::byte*>(v.iov_base) + off, from.data(), n);
+    from = from.subspan(n);
+    off = 0;
+  }
+}
+
+std::string conn_name(ConnId id) {
+  return std::to_string(vsock::guest_port_of(id)) + "->" + std::to_string(vsock::host_port_of(id));
+}
+
+}  // namespace
+
+// One stream connection and its session: frames are cut out of the bytes
+// the guest sends (the inbox), replies wait in out_ until receive chains
+// and credit take them.
+class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<Conn> {
+ public:
+  Conn(VsockDevice& d, ConnId id) : dev_(&d), ring_(d.ring_), id_(id) {}
+
+  void start(std::unique_ptr<StreamSession> s) { session_ = std::move(s); }
+  bool closed() const { return dev_ == nullptr; }
+  // The device forgets the connection: what is in flight finishes into the void.
+  void close() {
+    dev_ = nullptr;
+    inbox_ = Buffer();
+    have_ = 0;
+    out_.clear();
+    queued_ = 0;
+  }
+
+  // Room for `n` more received bytes at the inbox's end (empty: none,
+  // which only a guest past its window can need).
+  std::span<std::byte> room(size_t n) {
+    if (have_ + n > dev_->o_.window) return {};
+    if (inbox_.capacity() < have_ + n) {
+      size_t cap = std::max<size_t>({64 * 1024, have_ + n, 2 * inbox_.capacity()});
+      Buffer bigger(std::min<size_t>(cap, dev_->o_.window));
+      if (have_) std::memcpy(bigger.data(), inbox_.data(), have_);
+      inbox_ = std::move(bigger);
+    }
+    return {inbox_.data() + have_, n};
+  }
+  // The `n` bytes just copied into room() are the stream's next.
+  void received(size_t n) {
+    have_ += n;
+    take_frames();
+  }
+  void peer_shutdown() {
+    peer_done_ = true;
+    end_if_done();
+  }
+
+  bool has_output() const { return queued_ > 0; }
+  // Moves up to `max` bytes of replies into `to` from `off` bytes in.
+  size_t copy_out(std::span<const iovec> to, size_t off, size_t max) {
+    size_t done = 0;
+    while (done < max && !out_.empty()) {
+      Buffer& b = out_.front();
+      size_t n = std::min(max - done, b.size() - out_off_);
+      put(to, off + done, b.bytes().subspan(out_off_, n));
+      done += n;
+      out_off_ += n;
+      if (out_off_ == b.size()) {
+        pool_.put(std::move(b));
+        out_.pop_front();
+        out_off_ = 0;
+      }
+    }
+    queued_ -= done;
+    return done;
+  }
+  // After output left: frames held back for room may go now.
+  void output_taken() {
+    take_frames();
+    end_if_done();
+  }
+
+  // ReplySink
+  Buffer buffer(size_t capacity) override { return pool_.get(capacity); }
+  void recycle(Buffer frame) override { pool_.put(std::move(frame)); }
+  void reply(Buffer frame) override {
+    if (closed() || frame.size() == 0) {
+      pool_.put(std::move(frame));
+      return;
+    }
+    if (pool_.large() != session_->max_frame()) pool_.set_large(session_->max_frame());
+    queued_ += frame.size();
+    out_.push_back(std::move(frame));
+    dev_->ready(id_);
+    dev_->pump();
+  }
+  void protocol_error(std::string_view why) override {
+    if (closed()) return;
+    spdlog::warn("{} connection {}: {}; resetting it", dev_->o_.name, conn_name(id_), why);
+    dev_->stats_.dropped++;
+    dev_->end(id_);
+  }
+
+ private:
+  size_t budget() const { return std::max<size_t>(kByteBudget, 2 * size_t{session_->max_frame()}); }
+  bool over_limit() const { return in_flight_ >= kMaxInFlight || in_bytes_ + queued_ >= budget(); }
+
+  // Cuts whole frames out of the inbox while there is room for them; each
+  // frame's bytes count as consumed (the guest may send as much again)
+  // when it leaves for the session.
+  void take_frames() {
+    while (!closed() && have_ >= kLengthPrefix && !over_limit()) {
+      uint32_t size = le32(inbox_.data());
+      uint32_t max = std::min(session_->max_frame(), dev_->o_.window);
+      if (size < kLengthPrefix || size > max) {
+        protocol_error(size < kLengthPrefix ? "frame shorter than its length prefix"
+                                            : "frame of " + std::to_string(size) + " bytes exceeds msize " +
+                                                  std::to_string(max));
+        return;
+      }
+      if (have_ < size) break;
+      Buffer frame;
+      if (size == have_ && size > BufferPool::kSmall) {
+        frame = std::move(inbox_);  // exactly one large frame (a big Twrite): no copy
+        inbox_ = Buffer();
+      } else {
+        frame = pool_.get(size);
+        std::memcpy(frame.data(), inbox_.data(), size);
+        std::memmove(inbox_.data(), inbox_.data() + size, have_ - size);
+      }
+      have_ -= size;
+      frame.set_size(size);
+      dev_->host_.consumed(id_, size);
+      spawn(request(std::move(frame)));
+    }
+  }
+
+  Task<void> request(Buffer frame) {
+    auto self = shared_from_this();
+    Ring::Active active(ring_);
+    size_t size = frame.size();
+    in_flight_++;
+    in_bytes_ += size;
+    co_await session_->handle(std::move(frame));
+    in_flight_--;
+    in_bytes_ -= size;
+    if (closed()) co_return;
+    take_frames();
+    end_if_done();
+    if (!closed()) dev_->pump();  // a credit update may be due
+  }
+
+  // After the guest's SHUTDOWN(SEND): once every reply has gone, fsd ends
+  // the connection.
+  void end_if_done() {
+    if (!closed() && peer_done_ && in_flight_ == 0 && queued_ == 0) dev_->end(id_);
+  }
+
+  VsockDevice* dev_;  // null once closed
+  Ring& ring_;
+  ConnId id_;
+  BufferPool pool_;
+  std::unique_ptr<StreamSession> session_;
+  Buffer inbox_;  // received and not yet cut into frames (unconsumed)
+  size_t have_ = 0;
+  std::deque<Buffer> out_;  // replies, the first partly sent from out_off_
+  size_t out_off_ = 0;
+  size_t queued_ = 0;       // bytes of out_ left to send
+  size_t in_flight_ = 0;    // frames the session is handling
+  size_t in_bytes_ = 0;     // and their bytes
+  bool peer_done_ = false;
+ public:
+  bool in_ready = false;  // on the device's ready_ list
+};
+
+VsockDevice::VsockDevice(Ring& ring, UsedRings& used, StreamSessionFactory sessions, VsockOptions o)
+    : ring_(ring),
+      used_(used),
+      sessions_(std::move(sessions)),
+      o_(std::move(o)),
+      host_(vsock::HostOptions{.guest_cid = o_.guest_cid, .buf_alloc = o_.window, .max_connections = o_.max_connections}),
+      scratch_(vsock::kMaxPayload) {
+  host_.listen(o_.port);
+}
+
+VsockDevice::~VsockDevice() {
+  for (auto& [id, c] : conns_) c->close();
+}
+
+std::vector<std::byte> VsockDevice::config(uint64_t guest_cid) {
+  std::vector<std::byte> c(8);
+  std::memcpy(c.data(), &guest_cid, 8);  // le64, on little-endian hosts
+  return c;
+}
+
+void VsockDevice::take(unsigned queue, std::span<virtio::Chain> chains) {
+  if (queue == kRxQueue) {
+    for (auto& c : chains) rx_.push_back(std::move(c));
+  } else {
+    for (const auto& c : chains) {
+      transmit(c);
+      used_.give(queue, c.head, 0);
+    }
+  }
+  pump();
+}
+
+void VsockDevice::release(unsigned queue) {
+  if (queue != kRxQueue || rx_.empty()) return;
+  for (const auto& c : rx_) used_.give(kRxQueue, c.head, 0);  // a guest driver drops packets this short
+  rx_.clear();
+  used_.notify(kRxQueue);
+}
+
+void VsockDevice::stopped() {
+  if (!conns_.empty()) spdlog::info("{}: the guest reset the device; dropping its {} connections", o_.name, conns_.size());
+  for (auto& [id, c] : conns_) c->close();
+  conns_.clear();
+  ready_.clear();
+  host_.reset();
+}
+
+void VsockDevice::transmit(const virtio::Chain& chain) {
+  // The header and the payload are copied out of guest memory once; the
+  // payload of data for a connection goes straight into its inbox.
+  auto bytes = RequestBytes::in_shared(chain.readable);
+  std::array<std::byte, kHeaderSize> raw;
+  if (bytes.copy_to(0, raw) < kHeaderSize) {
+    spdlog::debug("{}: a transmit chain shorter than a packet header; dropped", o_.name);
+    return;
+  }
+  const vsock::Header h = vsock::decode(raw);
+  size_t n = std::min<size_t>(h.len, bytes.size() - kHeaderSize);
+  std::span<std::byte> to;
+  std::shared_ptr<Conn> conn;
+  if (static_cast<vsock::Op>(h.op) == vsock::Op::kRw && h.src_cid == o_.guest_cid) {
+    if (auto it = conns_.find(vsock::conn_id(h.src_port, h.dst_port)); it != conns_.end()) conn = it->second;
+  }
+  if (conn) to = conn->room(n);
+  if (to.size() != n) {
+    conn.reset();
+    to = std::span(scratch_).first(std::min(n, scratch_.size()));
+  }
+  to = to.first(bytes.copy_to(kHeaderSize, to));
+  vsock::Event ev = host_.receive(h, to);
+  using K = vsock::Event::Kind;
+  switch (ev.kind) {
+    case K::kNone:
+      break;
+    case K::kOpened:
+      opened(ev.id, ev.trusted, ev.replaced);
+      break;
+    case K::kData:
+      if (conn) {
+        conn->received(ev.data.size());
+      } else {
+        end(ev.id);  // cannot happen: the Host and conns_ know the same connections
+      }
+      break;
+    case K::kCredit:
+      ready(ev.id);
+      break;
+    case K::kPeerShutdown:
+      if (auto it = conns_.find(ev.id); it != conns_.end()) it->second->peer_shutdown();
+      break;
+    case K::kClosed:
+      forget(ev.id);
+      break;
+  }
+}
+
+void VsockDevice::opened(ConnId id, bool trusted, bool replaced) {
+  if (replaced) forget(id);
+  if (!trusted && !o_.untrusted_as) {
+    // Not from guest root, and no identity to give it.
+    spdlog::info("{}: refused a connection from unreserved guest port {} (only ports below 1024 are served)",
+                 o_.name, vsock::guest_port_of(id));
+    stats_.refused++;
+    host_.close(id);
+    return;
+  }
+  auto c = std::make_shared<Conn>(*this, id);
+  Peer peer = trusted ? Peer{.who = nullptr, .trusted = true} : Peer{.who = o_.untrusted_as, .trusted = false};
+  c->start(sessions_(ring_, *c, peer));
+  conns_[id] = std::move(c);
+  stats_.connections++;
+  spdlog::debug("{}: connection {} opened ({})", o_.name, conn_name(id), trusted ? "guest root" : "untrusted");
+}
+
+void VsockDevice::forget(ConnId id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  it->second->close();
+  conns_.erase(it);
+}
+
+void VsockDevice::end(ConnId id) {
+  host_.close(id);
+  forget(id);
+  pump();
+}
+
+void VsockDevice::ready(ConnId id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end() || it->second->in_ready || !it->second->has_output()) return;
+  it->second->in_ready = true;
+  ready_.push_back(id);
+}
+
+// One data packet into `rx` from the first ready connection with credit;
+// a connection that still has output and credit goes to the back of the
+// line, so connections take turns.
+bool VsockDevice::fill_data(const virtio::Chain& rx, uint32_t& len) {
+  while (!ready_.empty()) {
+    ConnId id = ready_.front();
+    ready_.pop_front();
+    auto it = conns_.find(id);
+    if (it == conns_.end()) continue;
+    std::shared_ptr<Conn> c = it->second;
+    c->in_ready = false;
+    uint32_t window = host_.send_window(id);
+    if (!c->has_output() || window == 0) continue;  // back on the list with more credit
+    size_t cap = std::min<size_t>({rx.writable_bytes - kHeaderSize, window, vsock::kMaxPayload});
+    auto n = static_cast<uint32_t>(c->copy_out(rx.writable, kHeaderSize, cap));
+    std::array<std::byte, kHeaderSize> raw;
+    vsock::encode(host_.data_header(id, n), raw);
+    put(rx.writable, 0, raw);
+    len = kHeaderSize + n;
+    ready(id);
+    c->output_taken();
+    return true;
+  }
+  return false;
+}
+
+void VsockDevice::pump() {
+  if (pumping_) return;  // the outer pump sees what a reply queued meanwhile
+  pumping_ = true;
+  bool gave = false;
+  while (!rx_.empty()) {
+    const virtio::Chain& rx = rx_.front();
+    uint32_t len = 0;
+    if (rx.writable_bytes < kHeaderSize) {
+      len = 0;  // useless to the guest: given back empty
+    } else if (auto h = host_.next_control()) {
+      std::array<std::byte, kHeaderSize> raw;
+      vsock::encode(*h, raw);
+      put(rx.writable, 0, raw);
+      len = kHeaderSize;
+    } else if (!fill_data(rx, len)) {
+      break;
+    }
+    used_.give(kRxQueue, rx.head, len);
+    rx_.pop_front();
+    gave = true;
+  }
+  pumping_ = false;
+  if (gave) used_.notify(kRxQueue);
+}
+
+ChainDeviceFactory vsock_device_factory(StreamSessionFactory sessions, VsockOptions o) {
+  return [sessions = std::move(sessions), o = std::move(o)](Ring& ring, UsedRings& used) -> std::shared_ptr<ChainDevice> {
+    return std::make_shared<VsockDevice>(ring, used, sessions, o);
+  };
+}
+
+}  // namespace fsd::vhost

@@ -1,0 +1,109 @@
+// VsockDevice: a virtio-vsock device (QEMU's vhost-user-vsock-pci) whose
+// stream connections from the guest each carry a StreamSession (9P on
+// port 564). It is a ChainDevice: the guest's transmit chains are copied
+// out once and fed to the connection state machine (vsock::Host,
+// protocol/vsock/connections.h); its receive chains are held until there
+// is something to put in them: control packets first, then the sessions'
+// replies, within each connection's credit.
+//
+// Memory: a connection holds at most the receive window it advertises of
+// unconsumed bytes (bytes become consumed, and the window opens again, as
+// whole frames leave for the session), the frames its session works on
+// (at most kMaxInFlight), and its replies not yet taken by the guest; past
+// a byte budget of those, it takes no new frame, so a guest that never
+// takes its receive buffers or never gives credit stalls only its own
+// connections. Connections are capped (VsockOptions::max_connections).
+//
+// Trust: a connection from a guest port below 1024 comes from guest root
+// (binding one takes CAP_NET_BIND_SERVICE in the guest): its session is a
+// trusted peer, as virtio-fs trusts its front-end. Any other connection is
+// refused with an RST, unless VsockOptions::untrusted_as names the one
+// identity it then acts as.
+//
+// Threads: one worker (see ChainDevice); the sessions run on its Ring.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "fsd/core/server.h"
+#include "fsd/vhost/chain_device.h"
+#include "protocol/vsock/connections.h"
+
+namespace fsd::vhost {
+
+struct VsockOptions {
+  uint64_t guest_cid = 3;
+  uint32_t port = 564;  // where sessions are served
+  size_t max_connections = 16;
+  // Each connection's receive window; a session's frames must fit in it.
+  uint32_t window = 1 << 20;
+  // Connections from unreserved guest ports act as this identity; null:
+  // they are refused.
+  Credentials::Ref untrusted_as;
+  std::string name = "virtio-vsock";  // for logs
+};
+
+struct VsockStats {
+  uint64_t connections = 0;  // sessions opened
+  uint64_t refused = 0;      // untrusted connections refused
+  uint64_t dropped = 0;      // connections ended for a protocol error
+};
+
+class VsockDevice : public ChainDevice {
+ public:
+  VsockDevice(Ring& ring, UsedRings& used, StreamSessionFactory sessions, VsockOptions o);
+  ~VsockDevice() override;
+  VsockDevice(const VsockDevice&) = delete;
+
+  void take(unsigned queue, std::span<virtio::Chain> chains) override;
+  void release(unsigned queue) override;
+  // The guest reset the device: its connections are gone, with no RST.
+  void stopped() override;
+
+  const VsockStats& stats() const { return stats_; }
+  size_t connections() const { return conns_.size(); }
+
+  // The device's config space for GET_CONFIG: le64 guest_cid.
+  static std::vector<std::byte> config(uint64_t guest_cid);
+
+ private:
+  class Conn;
+  friend class Conn;
+
+  // One packet from the guest's transmit queue.
+  void transmit(const virtio::Chain& chain);
+  void opened(vsock::ConnId id, bool trusted, bool replaced);
+  void forget(vsock::ConnId id);
+  // fsd ends `id` (an RST goes to the guest).
+  void end(vsock::ConnId id);
+  // A connection has output, or may have room again: it is looked at in
+  // the next pump.
+  void ready(vsock::ConnId id);
+  // Fills held receive chains: control packets, then data within credit.
+  void pump();
+  bool fill_data(const virtio::Chain& rx, uint32_t& len);
+
+  Ring& ring_;
+  UsedRings& used_;
+  StreamSessionFactory sessions_;
+  VsockOptions o_;
+  vsock::Host host_;
+  std::unordered_map<vsock::ConnId, std::shared_ptr<Conn>> conns_;
+  std::deque<virtio::Chain> rx_;         // receive chains held, in the order taken
+  std::deque<vsock::ConnId> ready_;      // connections to look at, each once
+  std::vector<std::byte> scratch_;       // payloads that go to no connection
+  bool pumping_ = false;
+  VsockStats stats_;
+};
+
+// Devices for a vhost-user back-end (VhostUserBackend with a
+// ChainDeviceFactory), one per front-end connection.
+ChainDeviceFactory vsock_device_factory(StreamSessionFactory sessions, VsockOptions o);
+
+}  // namespace fsd::vhost
