@@ -28,6 +28,7 @@
 #include "fsd/transport/fuse_dev.h"
 #include "fsd/transport/socket_server.h"
 #include "fsd/vhost/backend.h"
+#include "fsd/vhost/vsock_device.h"
 #include "fsd/options.h"
 #include "fsd/vfs/vfs.h"
 #include "fsd/virtiofsd_compat.h"
@@ -94,6 +95,7 @@ struct Plan {
   std::vector<fsd::ExportConfig> exports;
   std::vector<fsd::ListenAddress> listens;
   std::vector<std::pair<std::string, std::string>> fuse_mounts, virtiofs_sockets, virtio9p_sockets;  // tag, path
+  std::vector<fsd::vhost::VsockSocketSpec> vsock_sockets;
   fsd::Ring::MetadataIo metadata_io = fsd::Ring::MetadataIo::kAdaptive;
   fsd::SocketAccess socket_access;  // mode 0600 unless --socket-mode/--socket-group widen it
   fsd::SandboxMode sandbox = fsd::SandboxMode::kNone;
@@ -148,9 +150,11 @@ Plan make_plan(Options& o) {
   for (const auto& m : o.fuse_mounts) p.fuse_mounts.push_back(tag_value("--fuse-mount", m, p.exports));
   for (const auto& s : o.virtiofs_sockets) p.virtiofs_sockets.push_back(tag_value("--virtiofs-socket", s, p.exports));
   for (const auto& s : o.virtio9p_sockets) p.virtio9p_sockets.push_back(tag_value("--virtio9p-socket", s, p.exports));
+  for (const auto& s : o.vsock_sockets) p.vsock_sockets.push_back(fsd::vhost::parse_vsock_socket(s));
   if (p.listens.empty() && p.fuse_mounts.empty() && p.virtiofs_sockets.empty() && p.virtio9p_sockets.empty() &&
-      o.listen_fd < 0)
-    throw std::invalid_argument("nothing to serve on: give --listen, --virtiofs-socket, --virtio9p-socket or --fuse-mount");
+      p.vsock_sockets.empty() && o.listen_fd < 0)
+    throw std::invalid_argument(
+        "nothing to serve on: give --listen, --virtiofs-socket, --virtio9p-socket, --vsock-socket or --fuse-mount");
   p.metadata_io = o.metadata_io == "uring"  ? fsd::Ring::MetadataIo::kRing
                   : o.metadata_io == "sync" ? fsd::Ring::MetadataIo::kInline
                                             : fsd::Ring::MetadataIo::kAdaptive;
@@ -283,6 +287,7 @@ class Servers {
     };
     for (const auto& [tag, where] : plan_.virtiofs_sockets) device(tag, where, false);
     for (const auto& [tag, where] : plan_.virtio9p_sockets) device(tag, where, true);
+    for (const auto& v : plan_.vsock_sockets) add_vsock(v);
     if (o_.listen_fd >= 0) add_device(kCompatTag, fsd::Fd(o_.listen_fd), "", "--fd " + std::to_string(o_.listen_fd), false);
     if (auto left = passed.unclaimed(); !left.empty())
       throw std::invalid_argument("socket activation passed '" + left.front() + "', which no --listen systemd:" +
@@ -318,10 +323,7 @@ class Servers {
     device_tags_.push_back(tag);
     device_labels_.push_back(label);
     fsd::Vfs& vfs = *exports_.find(tag);
-    // Every virtio device shares one pool of --threads workers, so that
-    // many guests on one fsd cost threads per CPU rather than per guest.
-    if (!vhost_pool_) vhost_pool_ = std::make_shared<fsd::VhostWorkerPool>(o_.threads, plan_.metadata_io);
-    fsd::VhostUserOptions vopt{.pool = vhost_pool_,
+    fsd::VhostUserOptions vopt{.pool = pool(),
                                .exit_on_disconnect = o_.on_disconnect == "exit",
                                .metadata_io = plan_.metadata_io,
                                .socket_access = plan_.socket_access,
@@ -344,6 +346,40 @@ class Servers {
     auto& d = devices_.emplace_back(listening ? std::make_unique<fsd::VhostUserBackend>(std::move(listening), servers, vopt)
                                               : std::make_unique<fsd::VhostUserBackend>(path, servers, vopt));
     d->on_finished([] { ::kill(::getpid(), SIGUSR1); });
+  }
+
+  // A virtio-vsock device serving 9P on a port to guest root, with every
+  // export (attached by aname, as on sockets).
+  void add_vsock(const fsd::vhost::VsockSocketSpec& v) {
+    fsd::vhost::VsockOptions vo{.guest_cid = v.guest_cid, .port = v.port, .name = "virtio-vsock " + v.path};
+    if (v.untrusted_as) {
+      auto [uid, gid] = *v.untrusted_as;
+      // An fsd that cannot switch identities would serve them as itself.
+      if (!fsd::Credentials::switching() && (uid != ::geteuid() || gid != ::getegid()))
+        throw std::invalid_argument("--vsock-socket " + v.path + ": untrusted-as=" + std::to_string(uid) + ":" +
+                                    std::to_string(gid) + " needs an fsd that can act as others (root); this one acts "
+                                    "as uid " + std::to_string(::geteuid()) + " for every request");
+      vo.untrusted_as = fsd::Credentials::get(uid, gid);
+    }
+    auto sessions = fsd::p9::session_factory(exports_, {.max_msize = std::min(o_.msize_max, vo.window), .max_fids = o_.max_fids});
+    fsd::VhostUserOptions vopt{.pool = pool(),
+                               .exit_on_disconnect = o_.on_disconnect == "exit",
+                               .metadata_io = plan_.metadata_io,
+                               .socket_access = plan_.socket_access,
+                               .poll_us = o_.poll_us};
+    vopt.device = {.name = "virtio-vsock", .queues = 2, .workers = 1, .config = fsd::vhost::VsockDevice::config(v.guest_cid)};
+    device_tags_.push_back("vsock");
+    device_labels_.push_back(v.path + " (guest CID " + std::to_string(v.guest_cid) + ", 9P on port " +
+                             std::to_string(v.port) + ")");
+    auto& d = devices_.emplace_back(
+        std::make_unique<fsd::VhostUserBackend>(v.path, fsd::vhost::vsock_device_factory(sessions, vo), vopt));
+    d->on_finished([] { ::kill(::getpid(), SIGUSR1); });
+  }
+  // Every virtio device shares one pool of --threads workers, so that
+  // many guests on one fsd cost threads per CPU rather than per guest.
+  const std::shared_ptr<fsd::VhostWorkerPool>& pool() {
+    if (!vhost_pool_) vhost_pool_ = std::make_shared<fsd::VhostWorkerPool>(o_.threads, plan_.metadata_io);
+    return vhost_pool_;
   }
 
   const Options& o_;
@@ -510,6 +546,13 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--virtio9p-socket", o.virtio9p_sockets,
                  "Serve export TAG as a virtio-9p device (mount tag TAG) on the vhost-user socket PATH (repeatable)")
       ->type_name("TAG=PATH");
+  app.add_option("--vsock-socket", o.vsock_sockets,
+                 "Be the back-end of a virtio-vsock device (QEMU's vhost-user-vsock-pci) on the vhost-user socket "
+                 "PATH, serving 9P2000.L (every export, by aname) on vsock port P (default 564) of the guest with "
+                 "CID N (default 3). Only connections from reserved guest ports (below 1024: guest root) are served, "
+                 "as a trusted peer; untrusted-as=UID:GID serves the others too, acting as that identity. A guest "
+                 "mounts with trans=fd on a connected socket (repeatable)")
+      ->type_name("PATH[,cid=N][,port=P][,untrusted-as=UID:GID]");
   app.add_option("--fuse-mount", o.fuse_mounts, "Mount export TAG on the host at MOUNTPOINT through /dev/fuse (repeatable)")
       ->type_name("TAG=MOUNTPOINT");
   app.add_option("--on-disconnect", o.on_disconnect,

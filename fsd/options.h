@@ -23,6 +23,7 @@ struct Options {
   std::vector<std::string> fuse_mounts;
   std::vector<std::string> virtiofs_sockets;
   std::vector<std::string> virtio9p_sockets;
+  std::vector<std::string> vsock_sockets;  // PATH[,cid=N][,port=P][,untrusted-as=UID:GID]
   std::string on_disconnect;  // "", "wait" or "exit"
   uint32_t msize_max = 1 << 20;
   unsigned threads = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));

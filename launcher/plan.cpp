@@ -64,9 +64,8 @@ struct Builder {
   // first, each mounted at its target.
   std::vector<ShareSpec> transports;
   std::vector<std::pair<std::string, std::string>> devices;  // virtio-fs: tag, socket
-  std::vector<std::string> nine_p_forwards;                  // guestfwd= for fsd's 9p shares
   bool fsd_9p = false, qemu_9p = false, net = false;
-  std::string nine_p_socket = in.run_dir + "/9p.sock";
+  std::string vsock_socket = in.run_dir + "/vsock.sock";
   // The store's overlay: the read-only share, and the upper's file system.
   std::string ro_store, rw_store;
 
@@ -107,13 +106,13 @@ struct Builder {
       if (sh.proto == Proto::k9p) fsd_export(sh.tag, sh.source, sh.read_only, sh.cache), fsd_9p = true;
       if (sh.proto == Proto::k9pQemu) qemu_9p = true;
     }
-    // fsd's 9p reaches the guest as TCP through QEMU's user network: each
-    // share's port at kNinePAddress is forwarded (guestfwd) into fsd's unix
-    // socket. A guestfwd to a character device is one stream, opened when
-    // QEMU starts, which suits 9p (one connection per mount) and costs no
-    // process per connection; see the README.
-    if (fsd_9p) p.fsd_argv.insert(p.fsd_argv.end(), {"--listen", "unix:" + nine_p_socket});
-    net = s.network == Network::kUser || fsd_9p;
+    // fsd's 9p reaches the guest over virtio-vsock, fsd being the device's
+    // back-end: the guest init connects to kNinePPort from a reserved port
+    // (so fsd serves it as guest root) and mounts with trans=fd.
+    if (fsd_9p)
+      p.fsd_argv.insert(p.fsd_argv.end(), {"--vsock-socket", qemu_escape(vsock_socket) + ",cid=" + std::to_string(kGuestCid) +
+                                                                 ",port=" + std::to_string(kNinePPort)});
+    net = s.network == Network::kUser;
     if (!in.net_opts.empty() && s.network != Network::kUser)
       throw SpecError("QEMU_NET_OPTS is set, for the user network's -netdev, but the spec has none (\"network\": \"user\")");
   }
@@ -160,7 +159,7 @@ struct Builder {
     for (const auto& sh : transports) {
       if (sh.proto == Proto::kVirtiofs) need({"virtiofs"});
       if (sh.proto == Proto::k9pQemu) need({"9pnet_virtio", "9p"});
-      if (sh.proto == Proto::k9p) need({"9pnet_fd", "9p"});
+      if (sh.proto == Proto::k9p) need({"vmw_vsock_virtio_transport", "9pnet_fd", "9p"});
     }
     if (s.store.writable != Writable::kNone || !s.nix_db.empty()) need({"overlay"});
     if (!in.disks.empty()) need({"virtio_blk"});
@@ -191,11 +190,10 @@ struct Builder {
       p.mount_plan.push_back("9p (QEMU's server) " + where + about);
       return;
     }
-    std::string port = std::to_string(kNinePPort + nine_p_forwards.size());
-    nine_p_forwards.push_back("guestfwd=tcp:" + std::string(kNinePAddress) + ":" + port + "-unix:" + qemu_escape(nine_p_socket));
-    guest.mounts.push_back(
-        mount("9p", kNinePAddress, sh.target, "trans=tcp,port=" + port + ",aname=" + sh.tag + "," + opts, sh.read_only));
-    p.mount_plan.push_back("9p (fsd, TCP " + std::string(kNinePAddress) + ":" + port + ") " + where + about);
+    GuestMount m = mount("9p", sh.tag, sh.target, "aname=" + sh.tag + "," + opts, sh.read_only);
+    m.vsock_port = kNinePPort;
+    guest.mounts.push_back(m);
+    p.mount_plan.push_back("9p (fsd, vsock port " + std::to_string(kNinePPort) + ") " + where + about);
   }
 
   // `lower` overlaid at `target`, its upper and work directories on the file
@@ -347,6 +345,8 @@ struct Builder {
       add({"-chardev", "socket,id=" + id + "," + opt("path", devices[n].second), "-device",
            "vhost-user-fs-pci,chardev=" + id + "," + opt("tag", devices[n].first)});
     }
+    if (fsd_9p)
+      add({"-chardev", "socket,id=vsock0," + opt("path", vsock_socket), "-device", "vhost-user-vsock-pci,chardev=vsock0"});
     for (const auto& sh : transports)
       if (sh.proto == Proto::k9pQemu)
         add({"-virtfs", "local," + opt("path", sh.source) + ",security_model=none," + opt("mount_tag", sh.tag) +
@@ -365,8 +365,8 @@ struct Builder {
     p.qemu_argv.insert(p.qemu_argv.end(), in.extra_qemu_args.begin(), in.extra_qemu_args.end());
   }
 
-  // Without "network": "user" the network only carries fsd's 9p:
-  // restrict=on cuts the guest off from the outside.
+  // The user network; restrict=on (no way out) unless "network": "user"
+  // asks for one.
   std::string netdev() const {
     std::string netdev = s.network == Network::kUser ? "user,id=n0" : "user,id=n0,restrict=on";
     for (const auto& f : s.forward_ports) {
@@ -384,7 +384,6 @@ struct Builder {
       netdev += ",guestfwd=" + f.proto + ":" + (f.guest.address.empty() ? "10.0.2.100" : f.guest.address) + ":" +
                 std::to_string(f.guest.port) + "-cmd:" + qemu_escape(relay);
     }
-    for (const auto& fwd : nine_p_forwards) netdev += "," + fwd;
     if (!in.net_opts.empty()) netdev += "," + in.net_opts;
     return netdev;
   }

@@ -53,10 +53,10 @@ struct Plan {
   std::vector<std::string> mount_plan;  // "virtiofs store -> /nix/.ro-store (ro)" ...
 };
 
-// Where fsd's 9p shares appear in the guest: kNinePAddress, one TCP port
-// per share from kNinePPort.
-inline constexpr const char* kNinePAddress = "10.0.2.100";
+// fsd's 9p shares reach the guest on this vsock port of the host (one
+// connection per mount), on a virtio-vsock device giving the guest kGuestCid.
 inline constexpr unsigned kNinePPort = 564;
+inline constexpr unsigned kGuestCid = 3;
 
 // vlan N of `uid`: a multicast group on the loopback interface, which every
 // QEMU on it joins (-netdev socket,mcast=): "230.U.U.N:21000", the middle

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
+#include <stdexcept>
 #include <cstring>
 
 #include "fsd/core/iovec.h"
@@ -395,6 +397,51 @@ void VsockDevice::pump() {
   }
   pumping_ = false;
   if (gave) used_.notify(kRxQueue);
+}
+
+namespace {
+template <class T>
+T number(std::string_view spec, std::string_view key, std::string_view v, T max) {
+  T n{};
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc() || end != v.data() + v.size() || n > max)
+    throw std::invalid_argument("--vsock-socket '" + std::string(spec) + "': " + std::string(key) + "=" +
+                                std::string(v) + " is not a number up to " + std::to_string(max));
+  return n;
+}
+}  // namespace
+
+VsockSocketSpec parse_vsock_socket(std::string_view spec) {
+  VsockSocketSpec s;
+  size_t comma = spec.find(',');
+  s.path = std::string(spec.substr(0, comma));
+  if (s.path.empty()) throw std::invalid_argument("--vsock-socket '" + std::string(spec) + "': no socket path");
+  std::string_view rest = comma == std::string_view::npos ? std::string_view{} : spec.substr(comma + 1);
+  while (!rest.empty()) {
+    size_t next = rest.find(',');
+    std::string_view item = rest.substr(0, next);
+    rest = next == std::string_view::npos ? std::string_view{} : rest.substr(next + 1);
+    size_t eq = item.find('=');
+    std::string_view key = item.substr(0, eq), v = eq == std::string_view::npos ? std::string_view{} : item.substr(eq + 1);
+    if (key == "cid") {
+      s.guest_cid = number<uint64_t>(spec, key, v, 0xfffffffeull);
+      if (!vsock::valid_guest_cid(s.guest_cid))
+        throw std::invalid_argument("--vsock-socket '" + std::string(spec) + "': cid " + std::string(v) +
+                                    " is reserved (a guest's CID is 3 or more)");
+    } else if (key == "port") {
+      s.port = number<uint32_t>(spec, key, v, 0xfffffffeu);
+    } else if (key == "untrusted-as") {
+      size_t colon = v.find(':');
+      if (colon == std::string_view::npos)
+        throw std::invalid_argument("--vsock-socket '" + std::string(spec) + "': untrusted-as takes UID:GID");
+      s.untrusted_as = std::pair{number<uid_t>(spec, "untrusted-as uid", v.substr(0, colon), 0xfffffffeu),
+                                 number<gid_t>(spec, "untrusted-as gid", v.substr(colon + 1), 0xfffffffeu)};
+    } else {
+      throw std::invalid_argument("--vsock-socket '" + std::string(spec) + "': unknown option '" + std::string(item) +
+                                  "' (cid=N, port=P, untrusted-as=UID:GID)");
+    }
+  }
+  return s;
 }
 
 ChainDeviceFactory vsock_device_factory(StreamSessionFactory sessions, VsockOptions o) {

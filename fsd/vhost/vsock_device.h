@@ -23,11 +23,15 @@
 // Threads: one worker (see ChainDevice); the sessions run on its Ring.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <unordered_map>
 #include <vector>
 
@@ -101,6 +105,17 @@ class VsockDevice : public ChainDevice {
   bool pumping_ = false;
   VsockStats stats_;
 };
+
+// fsd's --vsock-socket PATH[,cid=N][,port=P][,untrusted-as=UID:GID]: the
+// socket's path, and the device's options. Throws std::invalid_argument
+// with a message naming what is wrong.
+struct VsockSocketSpec {
+  std::string path;
+  uint64_t guest_cid = 3;
+  uint32_t port = 564;
+  std::optional<std::pair<uid_t, gid_t>> untrusted_as;
+};
+VsockSocketSpec parse_vsock_socket(std::string_view spec);
 
 // Devices for a vhost-user back-end (VhostUserBackend with a
 // ChainDeviceFactory), one per front-end connection.

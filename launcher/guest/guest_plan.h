@@ -16,6 +16,9 @@ struct GuestMount {
   std::string mkdir;
   std::string fstype, source, target, options;
   std::vector<std::string> flags;  // "ro", "nosuid", "nodev", "noexec", "relatime"
+  // 9P over vsock: the init first connects to this port of the host (from
+  // a reserved port of its own) and mounts with trans=fd on that socket.
+  unsigned vsock_port = 0;
 };
 
 struct GuestPlan {
@@ -45,6 +48,7 @@ inline void to_json(nlohmann::json& j, const GuestMount& m) {
   }
   j = {{"fstype", m.fstype}, {"source", m.source}, {"target", m.target}, {"flags", m.flags}};
   if (!m.options.empty()) j["options"] = m.options;
+  if (m.vsock_port) j["vsock_port"] = m.vsock_port;
 }
 
 inline void from_json(const nlohmann::json& j, GuestMount& m) {
@@ -55,6 +59,7 @@ inline void from_json(const nlohmann::json& j, GuestMount& m) {
   m.source = j.value("source", m.fstype);
   m.options = j.value("options", "");
   m.flags = j.value("flags", std::vector<std::string>{});
+  m.vsock_port = j.value("vsock_port", 0u);
 }
 
 inline void to_json(nlohmann::json& j, const GuestPlan& p) {

@@ -3,9 +3,9 @@
 // Reads its plan from /init.json in the initramfs, then:
 //   1. mounts /proc, /sys, /dev (devtmpfs), /run and /tmp;
 //   2. loads the kernel modules listed, in order (an optional one may fail);
-//   3. writes the files listed and runs the set-up steps (the network,
-//      which fsd's 9p shares need before they mount);
-//   4. performs the mounts listed (making their targets), in order, then
+//   3. writes the files listed and runs the set-up steps (the network);
+//   4. performs the mounts listed (making their targets), in order (a 9P
+//      mount over vsock on a socket it connects first), then
 //      makes the symlinks and the missing files listed. In boot mode it then
 //      moves every mount into the new root and runs the system's init there
 //      (and stops here);
@@ -19,6 +19,8 @@
 #include <fcntl.h>
 #include <linux/reboot.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <linux/vm_sockets.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -186,6 +188,32 @@ void set_up(const GuestPlan& plan) {
   }
 }
 
+// A stream to the host's vsock `port`, from the highest free reserved port
+// (below 1024: only root can bind one, so fsd serves it as the guest's root).
+// Non-blocking, as 9p's trans=fd wants; -1 with errno on failure.
+int vsock_connect(unsigned port) {
+  int fd = ::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int err = EADDRINUSE;
+  for (unsigned local = 1023; local >= 512 && err == EADDRINUSE; local--) {
+    sockaddr_vm me{};
+    me.svm_family = AF_VSOCK;
+    me.svm_cid = VMADDR_CID_ANY;
+    me.svm_port = local;
+    err = ::bind(fd, reinterpret_cast<sockaddr*>(&me), sizeof me) == 0 ? 0 : errno;
+  }
+  sockaddr_vm host{};
+  host.svm_family = AF_VSOCK;
+  host.svm_cid = VMADDR_CID_HOST;
+  host.svm_port = port;
+  if (err == 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&host), sizeof host) != 0) err = errno;
+  if (err == 0 && ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) err = errno;
+  if (err == 0) return fd;
+  ::close(fd);
+  errno = err;
+  return -1;
+}
+
 void do_mounts(const std::vector<GuestMount>& mounts) {
   for (const auto& m : mounts) {
     const std::string& dir = m.mkdir.empty() ? m.target : m.mkdir;
@@ -194,9 +222,24 @@ void do_mounts(const std::vector<GuestMount>& mounts) {
       power_off(255);
     }
     if (!m.mkdir.empty()) continue;  // a directory to make between mounts (e.g. overlay upper/work)
-    if (::mount(m.source.c_str(), m.target.c_str(), m.fstype.c_str(), mount_flags(m.flags),
-                m.options.empty() ? nullptr : m.options.c_str()) != 0) {
-      say("cannot mount " + m.fstype + " " + m.source + " on " + m.target + " (" + m.options + "): " + std::strerror(errno));
+    std::string options = m.options;
+    int sock = -1;
+    if (m.vsock_port) {
+      sock = vsock_connect(m.vsock_port);
+      if (sock < 0) {
+        say("cannot connect to the host's vsock port " + std::to_string(m.vsock_port) + " for " + m.target + ": " +
+            std::strerror(errno));
+        power_off(255);
+      }
+      std::string fd = std::to_string(sock);
+      options = "trans=fd,rfdno=" + fd + ",wfdno=" + fd + (options.empty() ? "" : "," + options);
+    }
+    int r = ::mount(m.source.c_str(), m.target.c_str(), m.fstype.c_str(), mount_flags(m.flags),
+                    options.empty() ? nullptr : options.c_str());
+    int err = errno;
+    if (sock >= 0) ::close(sock);  // the mount holds its own reference
+    if (r != 0) {
+      say("cannot mount " + m.fstype + " " + m.source + " on " + m.target + " (" + options + "): " + std::strerror(err));
       power_off(255);
     }
   }

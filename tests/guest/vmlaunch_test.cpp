@@ -109,7 +109,7 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
       "mkdir /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-new && echo made > /nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-new/f && "
       "ls /nix/store | wc -l | sed 's/^/store-entries-/'; "
       "cat /data/hello.txt; cat /fsd9p/hello.txt; echo guest-9p-write > /fsd9p/w.txt; "
-      "grep -q ' /fsd9p 9p .*trans=tcp' /proc/mounts && echo fsd-9p-over-tcp; "
+      "grep -q ' /fsd9p 9p .*trans=fd' /proc/mounts && echo fsd-9p-over-vsock; "
       "cat /nix/var/nix/db/db.sqlite; echo guest-change >> /nix/var/nix/db/db.sqlite && echo db-writable; exit 3";
   // USE_TMPDIR=1: xchg is $TMPDIR/xchg itself, filled before and kept after.
   write_file(tmp_.path() / "tmp/xchg/prefilled.txt", "prefilled-by-host\n");
@@ -134,7 +134,7 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
   EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;  // the new path, in the overlay
   EXPECT_NE(out.find("served by QEMU's 9p"), std::string::npos) << out;
   EXPECT_NE(out.find("served by fsd's 9p"), std::string::npos) << out;
-  EXPECT_NE(out.find("fsd-9p-over-tcp"), std::string::npos) << out;
+  EXPECT_NE(out.find("fsd-9p-over-vsock"), std::string::npos) << out;
   EXPECT_EQ(read_file(tmp_.path() / "fsd9p/w.txt"), "guest-9p-write\n");
   EXPECT_NE(out.find("host database"), std::string::npos) << out;
   EXPECT_NE(out.find("db-writable"), std::string::npos) << out;

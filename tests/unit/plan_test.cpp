@@ -42,23 +42,24 @@ class PlanTest : public ::testing::Test {
   PlanInputs in_;
 };
 
-TEST_F(PlanTest, FsdNinePSharesGoThroughGuestfwdToFsdsSocket) {
+TEST_F(PlanTest, FsdNinePSharesGoOverVsockToFsd) {
   json share{{"tag", "data"}, {"source", tmp("data")}, {"target", "/data"}, {"proto", "9p"}, {"msize", 1048576}, {"cache", "always"}};
   Plan p = plan({{"shares", json::array({share})}});
   std::string fsd = joined(p.fsd_argv), qemu = joined(p.qemu_argv);
   EXPECT_NE(fsd.find("--export data=" + tmp("data") + ",cache=always"), std::string::npos) << fsd;
-  EXPECT_NE(fsd.find("--listen unix:/run/vm/9p.sock"), std::string::npos) << fsd;
+  EXPECT_NE(fsd.find("--vsock-socket /run/vm/vsock.sock,cid=3,port=564"), std::string::npos) << fsd;
   EXPECT_EQ(fsd.find("--virtiofs-socket data="), std::string::npos) << fsd;
-  // No "network": only 9p on a restricted user network.
-  EXPECT_NE(qemu.find("-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:564-unix:/run/vm/9p.sock -device virtio-net-pci,netdev=n0"),
+  EXPECT_EQ(fsd.find("--listen"), std::string::npos) << fsd;
+  EXPECT_NE(qemu.find("-chardev socket,id=vsock0,path=/run/vm/vsock.sock -device vhost-user-vsock-pci,chardev=vsock0"),
             std::string::npos) << qemu;
+  // No "network": no network at all.
+  EXPECT_EQ(qemu.find("-netdev"), std::string::npos) << qemu;
   std::string mounts = p.guest["mounts"].dump();
-  EXPECT_NE(mounts.find(R"("options":"trans=tcp,port=564,aname=data,version=9p2000.L,msize=1048576,cache=loose")"), std::string::npos)
-      << mounts;
-  EXPECT_NE(mounts.find(R"("source":"10.0.2.100")"), std::string::npos) << mounts;
-  EXPECT_TRUE(has(p.modules, "9pnet_fd") && has(p.modules, "virtio_net")) << joined(p.modules);
-  // eth0 is configured before anything mounts (the init runs set-up first).
-  EXPECT_NE(p.guest["setup"].dump().find("10.0.2.15/24"), std::string::npos);
+  EXPECT_NE(mounts.find(R"("options":"aname=data,version=9p2000.L,msize=1048576,cache=loose")"), std::string::npos) << mounts;
+  EXPECT_NE(mounts.find(R"("vsock_port":564)"), std::string::npos) << mounts;
+  EXPECT_TRUE(has(p.modules, "9pnet_fd") && has(p.modules, "vmw_vsock_virtio_transport")) << joined(p.modules);
+  EXPECT_FALSE(has(p.modules, "virtio_net")) << joined(p.modules);
+  EXPECT_EQ(p.guest["setup"].dump().find("10.0.2.15/24"), std::string::npos);
 }
 
 TEST_F(PlanTest, GuestToHostForwardsRunARelayPerConnection) {
@@ -191,8 +192,9 @@ TEST_F(PlanTest, DisksAreMountedFromTheirDevices) {
 TEST_F(PlanTest, TheStoreCanGoOverNineP) {
   Plan p = plan({{"store", {{"path", tmp("store")}, {"proto", "9p"}, {"msize", 1048576}, {"writable", "none"}}}});
   std::string mounts = p.guest["mounts"].dump();
-  EXPECT_NE(mounts.find("trans=tcp,port=564,aname=store,version=9p2000.L,msize=1048576,cache=loose"), std::string::npos)
+  EXPECT_NE(mounts.find(R"("options":"aname=store,version=9p2000.L,msize=1048576,cache=loose")"), std::string::npos)
       << mounts;
+  EXPECT_NE(mounts.find(R"("vsock_port":564)"), std::string::npos) << mounts;
   EXPECT_NE(joined(p.fsd_argv).find("--export store=" + tmp("store") + ",ro,cache=always"), std::string::npos);
   EXPECT_EQ(joined(p.fsd_argv).find("--virtiofs-socket store="), std::string::npos);
   p = plan({{"store", {{"path", tmp("store")}, {"proto", "9p-qemu"}}}});
