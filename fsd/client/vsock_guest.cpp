@@ -150,7 +150,11 @@ Result<void> VsockGuest::write(uint32_t src_port, uint32_t dst_port, std::span<c
   while (!data.empty()) {
     Stream& s = streams_[key(src_port, dst_port)];
     if (s.reset || !s.connected) return Error{-ECONNRESET};
-    uint32_t credit = s.peer_buf_alloc - (s.tx_cnt - s.peer_fwd_cnt);
+    // As Linux guests do: no more in flight than the smaller of fsd's
+    // window and the guest's own.
+    uint32_t window = std::min(s.peer_buf_alloc, o_.buf_alloc);
+    uint32_t in_flight = s.tx_cnt - s.peer_fwd_cnt;
+    uint32_t credit = in_flight >= window ? 0 : window - in_flight;
     if (credit == 0) {
       if (auto r = poll_once(ms_left(deadline)); !r) return r;
       continue;

@@ -69,18 +69,20 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
   void close() {
     dev_ = nullptr;
     inbox_ = Buffer();
-    have_ = 0;
+    have_ = pending_ = 0;
     out_.clear();
     queued_ = 0;
   }
 
   // Room for `n` more received bytes at the inbox's end (empty: none,
-  // which only a guest past its window can need).
+  // which only a guest past its window can need). The inbox holds at most
+  // a frame not yet whole, all consumed, and a window of bytes after it.
   std::span<std::byte> room(size_t n) {
-    if (have_ + n > dev_->o_.window) return {};
+    size_t most = size_t{dev_->o_.window} + session_->max_frame();
+    if (have_ + n > most) return {};
     if (inbox_.capacity() < have_ + n) {
       size_t cap = std::max<size_t>({64 * 1024, have_ + n, 2 * inbox_.capacity()});
-      Buffer bigger(std::min<size_t>(cap, dev_->o_.window));
+      Buffer bigger(std::min(cap, most));
       if (have_) std::memcpy(bigger.data(), inbox_.data(), have_);
       inbox_ = std::move(bigger);
     }
@@ -89,7 +91,9 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
   // The `n` bytes just copied into room() are the stream's next.
   void received(size_t n) {
     have_ += n;
+    pending_ += n;
     take_frames();
+    settle();
   }
   void peer_shutdown() {
     peer_done_ = true;
@@ -118,6 +122,7 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
   // After output left: frames held back for room may go now.
   void output_taken() {
     take_frames();
+    settle();
     end_if_done();
   }
 
@@ -146,9 +151,21 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
   size_t budget() const { return std::max<size_t>(kByteBudget, 2 * size_t{session_->max_frame()}); }
   bool over_limit() const { return in_flight_ >= kMaxInFlight || in_bytes_ + queued_ >= budget(); }
 
-  // Cuts whole frames out of the inbox while there is room for them; each
-  // frame's bytes count as consumed (the guest may send as much again)
-  // when it leaves for the session.
+  // Consumption (the guest may send as much again): a frame's bytes are
+  // consumed when it leaves for the session, and so are those of a frame
+  // not yet whole while the connection is under its limits. A frame may be
+  // larger than the window the guest uses (Linux guests have been seen to
+  // send no more than their own buffer size, 256 KiB by default, whatever
+  // fsd advertises), so waiting for whole frames could wait forever.
+  void consume(size_t n) {
+    pending_ -= n;
+    dev_->host_.consumed(id_, static_cast<uint32_t>(n));
+  }
+  void settle() {
+    if (!closed() && pending_ > 0 && !over_limit()) consume(pending_);
+  }
+
+  // Cuts whole frames out of the inbox while there is room for them.
   void take_frames() {
     while (!closed() && have_ >= kLengthPrefix && !over_limit()) {
       uint32_t size = le32(inbox_.data());
@@ -160,6 +177,7 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
         return;
       }
       if (have_ < size) break;
+      spdlog::trace("{}: frame of {} bytes from {}", dev_->o_.name, size, conn_name(id_));
       Buffer frame;
       if (size == have_ && size > BufferPool::kSmall) {
         frame = std::move(inbox_);  // exactly one large frame (a big Twrite): no copy
@@ -171,7 +189,7 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
       }
       have_ -= size;
       frame.set_size(size);
-      dev_->host_.consumed(id_, size);
+      if (pending_ > have_) consume(pending_ - have_);  // the unconsumed bytes are the inbox's last
       spawn(request(std::move(frame)));
     }
   }
@@ -187,6 +205,7 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
     in_bytes_ -= size;
     if (closed()) co_return;
     take_frames();
+    settle();
     end_if_done();
     if (!closed()) dev_->pump();  // a credit update may be due
   }
@@ -204,6 +223,7 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
   std::unique_ptr<StreamSession> session_;
   Buffer inbox_;  // received and not yet cut into frames (unconsumed)
   size_t have_ = 0;
+  size_t pending_ = 0;  // the inbox's last bytes, not yet consumed
   std::deque<Buffer> out_;  // replies, the first partly sent from out_off_
   size_t out_off_ = 0;
   size_t queued_ = 0;       // bytes of out_ left to send
@@ -272,6 +292,8 @@ void VsockDevice::transmit(const virtio::Chain& chain) {
   }
   const vsock::Header h = vsock::decode(raw);
   size_t n = std::min<size_t>(h.len, bytes.size() - kHeaderSize);
+  spdlog::trace("{}: tx op {} {}->{} len {} buf_alloc {} fwd_cnt {}", o_.name, h.op, h.src_port, h.dst_port, h.len,
+                h.buf_alloc, h.fwd_cnt);
   std::span<std::byte> to;
   std::shared_ptr<Conn> conn;
   if (static_cast<vsock::Op>(h.op) == vsock::Op::kRw && h.src_cid == o_.guest_cid) {
@@ -367,6 +389,7 @@ bool VsockDevice::fill_data(const virtio::Chain& rx, uint32_t& len) {
     vsock::encode(host_.data_header(id, n), raw);
     put(rx.writable, 0, raw);
     len = kHeaderSize + n;
+    spdlog::trace("{}: rx data {} bytes to {}, window was {}", o_.name, n, conn_name(id), window);
     ready(id);
     c->output_taken();
     return true;
@@ -384,6 +407,7 @@ void VsockDevice::pump() {
     if (rx.writable_bytes < kHeaderSize) {
       len = 0;  // useless to the guest: given back empty
     } else if (auto h = host_.next_control()) {
+      spdlog::trace("{}: rx op {} {}->{} fwd_cnt {}", o_.name, h->op, h->src_port, h->dst_port, h->fwd_cnt);
       std::array<std::byte, kHeaderSize> raw;
       vsock::encode(*h, raw);
       put(rx.writable, 0, raw);

@@ -6,13 +6,14 @@
 // is something to put in them: control packets first, then the sessions'
 // replies, within each connection's credit.
 //
-// Memory: a connection holds at most the receive window it advertises of
-// unconsumed bytes (bytes become consumed, and the window opens again, as
-// whole frames leave for the session), the frames its session works on
-// (at most kMaxInFlight), and its replies not yet taken by the guest; past
-// a byte budget of those, it takes no new frame, so a guest that never
-// takes its receive buffers or never gives credit stalls only its own
-// connections. Connections are capped (VsockOptions::max_connections).
+// Memory: a connection holds at most one frame not yet whole and the
+// receive window it advertises of unconsumed bytes after it (bytes become
+// consumed, and the window opens again, as frames leave for the session,
+// or as they arrive while the connection is under its limits), the frames
+// its session works on (at most kMaxInFlight), and its replies not yet
+// taken by the guest; past a byte budget of those, it takes no new frame
+// and consumes nothing, so a guest that never takes its receive buffers or
+// never gives credit stalls only its own connections. Connections are capped (VsockOptions::max_connections).
 //
 // Trust: a connection from a guest port below 1024 comes from guest root
 // (binding one takes CAP_NET_BIND_SERVICE in the guest): its session is a

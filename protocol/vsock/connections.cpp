@@ -118,10 +118,12 @@ void Host::consumed(ConnId id, uint32_t n) {
   n = std::min(n, c.rx_queued);
   c.rx_queued -= n;
   c.fwd_cnt += n;
-  // Told in quarters of the window (every packet fsd sends tells it too):
-  // the guest blocks only once it has sent the whole window, all of which
-  // the device consumes in the end.
-  if (c.fwd_cnt - c.advertised >= std::max<uint32_t>(o_.buf_alloc / 4, 1)) {
+  // Told in quarters of the window the guest uses (every packet fsd sends
+  // tells it too): the smaller of fsd's and the guest's own buf_alloc, as
+  // Linux guests send no more than their own. A guest blocks only once it
+  // has sent that whole window, all of which the device consumes in the end.
+  uint32_t window = std::min(o_.buf_alloc, c.peer_buf_alloc ? c.peer_buf_alloc : o_.buf_alloc);
+  if (c.fwd_cnt - c.advertised >= std::max<uint32_t>(window / 4, 1)) {
     c.update_due = true;
     mark_due(id);
   }

@@ -158,6 +158,26 @@ TEST(VsockHost, DeliversDataAndReturnsCreditAsItIsConsumed) {
   EXPECT_EQ(out[0].op, static_cast<uint16_t>(Op::kCreditUpdate));
 }
 
+// Linux guests keep no more in flight than their own buf_alloc, however
+// large fsd's: credit is told in quarters of the smaller window.
+TEST(VsockHost, CreditUpdatesFollowTheSmallerOfTheTwoWindows) {
+  Host h = listening({.buf_alloc = 1 << 20});
+  Header req = from_guest(Op::kRequest, 700);
+  req.buf_alloc = 64 * 1024;
+  ConnId id = h.receive(req, {}).id;
+  drain(h);
+  Header rw = from_guest(Op::kRw, 700, k9p, 16 * 1024);
+  rw.buf_alloc = 64 * 1024;
+  std::vector<std::byte> chunk(16 * 1024);
+  ASSERT_EQ(h.receive(rw, chunk).kind, Event::Kind::kData);
+  h.consumed(id, 16 * 1024);
+  auto out = drain(h);
+  ASSERT_EQ(out.size(), 1u) << "a quarter of the guest's 64 KiB, not of fsd's 1 MiB";
+  EXPECT_EQ(out[0].op, static_cast<uint16_t>(Op::kCreditUpdate));
+  EXPECT_EQ(out[0].fwd_cnt, 16u * 1024);
+  EXPECT_EQ(out[0].buf_alloc, 1u << 20);
+}
+
 TEST(VsockHost, DataBeyondTheWindowResetsTheConnection) {
   Host h = listening({.buf_alloc = 16 * 1024});
   ConnId id = h.receive(from_guest(Op::kRequest, 700), {}).id;
