@@ -1,6 +1,7 @@
 // An initramfs for a test guest: busybox as /bin/sh, the project's guest
 // init as /init, kernel modules with their dependencies, the init's plan
-// (/init.json, with the modules filled in) and any other files.
+// (/init.json, with the modules filled in), any other files, and host
+// programs (static ones) copied in.
 #pragma once
 
 #include <filesystem>
@@ -17,7 +18,8 @@ namespace fsd::testing {
 
 inline void write_guest_initramfs(const std::string& out, const std::string& guest_init, const std::string& module_dir,
                                   const std::vector<std::string>& modules, nlohmann::json plan,
-                                  const std::map<std::string, std::string>& files = {}) {
+                                  const std::map<std::string, std::string>& files = {},
+                                  const std::map<std::string, std::string>& programs = {}) {
   launcher::Initramfs ar(out);
   for (const char* d : {"bin", "dev", "proc", "sys", "run", "tmp", "mnt", "lib", "lib/modules", "etc"}) ar.add_dir(d);
   ar.add_char_device("dev/console", 5, 1);
@@ -32,6 +34,7 @@ inline void write_guest_initramfs(const std::string& out, const std::string& gue
   }
   ar.add_file("init.json", plan.dump(), 0644);
   for (const auto& [path, content] : files) ar.add_file(path, content, path.ends_with(".sh") ? 0755 : 0644);
+  for (const auto& [path, host] : programs) ar.add_host_file(path, host, 0755);
   ar.close();
 }
 
