@@ -21,10 +21,11 @@
 # everywhere); TREE="DIR..." copies those directories into tree/ instead of
 # /usr/include (/usr/include/linux with --quick); ONLY=REGEX runs only the
 # configurations whose LABEL@MSIZE matches (e.g. 'fsd-9p:loose@524288');
-# FSD=PATH is the fsd binary vmlaunch starts.
+# FSD=PATH is the fsd binary vmlaunch starts; BIG_MIB=N sizes `big` (256 MiB,
+# 32 with --quick).
 # Rows (appended to OUT.csv): layer,server,workload,msize,conns,median,min,max,unit,reps
 set -euo pipefail
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 quick="" csv=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -60,7 +61,7 @@ trap 'exit 130' INT TERM
 # The share: `big` and a tree of real files.
 share="$work/share"
 mkdir -p "$share"
-big_mib=$([[ -n "$quick" ]] && echo 32 || echo 256)
+big_mib="${BIG_MIB:-$([[ -n "$quick" ]] && echo 32 || echo 256)}"
 head -c $((big_mib << 20)) /dev/urandom > "$share/big"
 # TREE="DIR..." picks the directories copied into tree/ instead.
 tree_dirs="${TREE:-$([[ -n "$quick" ]] && echo /usr/include/linux || echo /usr/include)}"

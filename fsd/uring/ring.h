@@ -102,6 +102,9 @@ class Ring {
     Ring& r_;
   };
 
+  // Requests counted in flight by Active.
+  unsigned active() const { return active_; }
+
   // Submits pending SQEs, then handles completions. With `wait`, blocks until
   // at least one completion arrives.
   void run_once(bool wait = true);

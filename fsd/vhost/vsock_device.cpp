@@ -374,6 +374,10 @@ void VsockDevice::ready(ConnId id) {
 // a connection that still has output and credit goes to the back of the
 // line, so connections take turns.
 bool VsockDevice::fill_data(const virtio::Chain& rx, uint32_t& len) {
+  if (rx.writable_bytes <= kHeaderSize && !ready_.empty()) {
+    len = 0;  // room for a header only, and data waiting: of no use to it
+    return true;
+  }
   while (!ready_.empty()) {
     ConnId id = ready_.front();
     ready_.pop_front();
