@@ -5,7 +5,13 @@
 // itself can do in the same run.
 //
 //   fsd_p9_bench serve --label fsd --socket S --ro-aname A --rw-aname B [--quick]
+//   fsd_p9_bench vsock --label fsd-vsock --socket S --ro-aname A [--quick]
 //   fsd_p9_bench limit --file F [--quick]
+//
+// `vsock` drives fsd's virtio-vsock device (fsd --vsock-socket S) as QEMU
+// and a guest would, with the project's vhost-user front-end and guest
+// driver in this process: 9P on one connection from a reserved port, the
+// guest's 4 KiB receive buffers and 256 KiB window as Linux gives them.
 //
 // The read-only export must hold `big` (a large file) and `dir10k/` (10,000
 // entries f0..f9999); the read-write export must be writable.
@@ -31,6 +37,9 @@
 
 #include "bench/host/harness.h"
 #include "fsd/client/p9_client.h"
+#include "fsd/client/vhost_frontend.h"
+#include "fsd/client/vsock_guest.h"
+#include "protocol/p9/codec.h"
 
 namespace {
 
@@ -216,6 +225,123 @@ void serve(const Target& t, bool quick) {
   }
 }
 
+// 9P on one vsock connection of the guest driver, no socket in between.
+class VsockConn {
+ public:
+  static constexpr uint32_t kPort = 564, kLocal = 1000;
+  explicit VsockConn(frontend::VsockGuest& g) : g_(g) {
+    have_.reserve(4 << 20);
+    check(g_.connect(kLocal, kPort), "vsock connect");
+  }
+
+  template <class R, class T>
+  R call(const T& t) {
+    size_t n = check(p9::encode(tx_, tag_, t), "encode");
+    check(g_.write(kLocal, kPort, std::span(tx_).first(n)), "vsock write");
+    uint32_t size = 0;
+    for (;;) {
+      if (have_.size() - off_ >= 4) {
+        std::memcpy(&size, have_.data() + off_, 4);
+        if (have_.size() - off_ >= size) break;
+      }
+      auto got = check(g_.read(kLocal, kPort), "vsock read");
+      if (off_ == have_.size()) {
+        have_.clear();  // keeps its capacity: no allocation per reply
+        off_ = 0;
+      }
+      have_.insert(have_.end(), got.begin(), got.end());
+    }
+    auto f = check(p9::decode_r(p9::Bytes(have_.data() + off_, size)), "decode");
+    off_ += size;
+    if (f.tag != tag_) fail("vsock: a reply to another tag");
+    if (auto* e = std::get_if<p9::Rlerror>(&f.msg)) fail(std::string("vsock: ") + std::strerror(static_cast<int>(e->ecode)));
+    auto* r = std::get_if<R>(&f.msg);
+    if (!r) fail("vsock: an unexpected reply");
+    return *r;  // views into the reply stay valid until the next call
+  }
+
+ private:
+  frontend::VsockGuest& g_;
+  std::vector<std::byte> tx_ = std::vector<std::byte>(64 * 1024), have_;  // requests here are small
+  size_t off_ = 0;
+  uint16_t tag_ = 1;
+};
+
+p9::Twalk walk(uint32_t fid, uint32_t newfid, std::initializer_list<std::string_view> names) {
+  p9::Twalk t{.fid = fid, .newfid = newfid, .wnames = {}};
+  for (auto n : names) t.wnames.names[t.wnames.count++] = n;
+  return t;
+}
+
+void serve_vsock(const Target& t, bool quick) {
+  const unsigned reps = 3;
+  const double run_s = quick ? 0.5 : 2.0;
+  frontend::VhostFrontend::Options fo;
+  fo.queues = 2;
+  fo.memory = 64 << 20;
+  fo.poison_replies = false;
+  fo.populate = true;
+  auto fe = check(frontend::VhostFrontend::connect(t.socket, fo), "connect to the vsock device");
+  check(fe->negotiate(), "vhost-user negotiation");
+  frontend::VsockGuest g(*fe);
+  g.fill_rx();
+  VsockConn c(g);
+  uint32_t msize = c.call<p9::Rversion>(p9::Tversion{.msize = 1 << 20, .version = p9::kVersion9P2000L}).msize;
+  c.call<p9::Rattach>(p9::Tattach{.fid = 0, .afid = p9::kNoFid, .uname = "", .aname = t.ro, .n_uname = 0});
+  uint32_t next_fid = 1;
+  auto open = [&](std::string_view name) {
+    uint32_t fid = next_fid++;
+    c.call<p9::Rwalk>(walk(0, fid, {name}));
+    c.call<p9::Rlopen>(p9::Tlopen{.fid = fid, .flags = O_RDONLY});
+    return fid;
+  };
+  uint32_t big = open("big");
+  uint64_t big_size = c.call<p9::Rgetattr>(p9::Tgetattr{.fid = big, .request_mask = p9::kGetattrBasic}).size;
+
+  // Sequential read of `big`, whole, at each read size up to the msize agreed.
+  for (uint32_t size : {131072u, 524288u, 1048576u}) {
+    if (size > msize) continue;
+    std::vector<double> mibs;
+    for (unsigned r = 0; r < reps; r++) {
+      auto t0 = Clock::now();
+      uint64_t off = 0;
+      for (;;) {
+        auto rr = c.call<p9::Rread>(p9::Tread{.fid = big, .offset = off, .count = size - kIoHeader});
+        if (rr.data.bytes.empty()) break;
+        off += rr.data.bytes.size();
+      }
+      if (off != big_size) fail("vsock seqread read " + std::to_string(off) + " bytes");
+      mibs.push_back(static_cast<double>(off) / seconds_since(t0) / (1 << 20));
+    }
+    row("host-9p", t.label, "seqread", size, 1, summarize(mibs), "MiB/s", reps);
+  }
+
+  // 4 KiB random reads, and walk + getattr + clunk, for a fixed time.
+  std::mt19937_64 rng(7919);
+  std::vector<double> v;
+  for (unsigned r = 0; r < reps; r++) {
+    auto t0 = Clock::now();
+    uint64_t done = repeat_for(run_s, 64, [&](uint64_t) {
+      c.call<p9::Rread>(p9::Tread{.fid = big, .offset = (rng() % (big_size / 4096)) * 4096, .count = 4096});
+    });
+    v.push_back(static_cast<double>(done) / seconds_since(t0));
+  }
+  row("host-9p", t.label, "randread4k", 131072, 1, summarize(v), "ops/s", reps);
+  v.clear();
+  uint32_t fid = next_fid++;
+  for (unsigned r = 0; r < reps; r++) {
+    auto t0 = Clock::now();
+    uint64_t done = repeat_for(run_s, 32, [&](uint64_t n) {
+      std::string name = "f" + std::to_string(n % 10000);
+      c.call<p9::Rwalk>(walk(0, fid, {"dir10k", name}));
+      c.call<p9::Rgetattr>(p9::Tgetattr{.fid = fid, .request_mask = p9::kGetattrBasic});
+      c.call<p9::Rclunk>(p9::Tclunk{.fid = fid});
+    });
+    v.push_back(static_cast<double>(done) / seconds_since(t0));
+  }
+  row("host-9p", t.label, "walk+getattr+clunk", 131072, 1, summarize(v), "ops/s", reps);
+}
+
 // What the host can do without any server: pread of the same file from the
 // page cache, in the chunk sizes the rows use, by 1 thread and by 8 at once
 // (each its own buffer, each the whole file: the parallelism of the rows
@@ -308,17 +434,23 @@ int main(int argc, char** argv) {
   s->add_option("--socket", t.socket, "Its unix socket")->required();
   s->add_option("--ro-aname", t.ro, "aname of the read-only export (with big and dir10k/)")->required();
   s->add_option("--rw-aname", t.rw, "aname of the read-write export")->required();
+  auto* v = app.add_subcommand("vsock", "Measure fsd's 9P over its virtio-vsock device (fsd --vsock-socket)");
+  v->add_option("--label", t.label, "The rows' server name")->required();
+  v->add_option("--socket", t.socket, "fsd's --vsock-socket")->required();
+  v->add_option("--ro-aname", t.ro, "aname of the read-only export (with big and dir10k/)")->required();
   auto* l = app.add_subcommand("limit", "Measure pread from page cache and memcpy");
   l->add_option("--file", file, "The file the servers read")->required();
   app.add_flag("--quick", quick, "A minute-scale subset");
   app.add_flag("--header", header, "Print the CSV header first");
   app.require_subcommand(1);
   s->fallthrough();
+  v->fallthrough();
   l->fallthrough();
   CLI11_PARSE(app, argc, argv);
   if (header) print_header();
   try {
     if (*s) serve(t, quick);
+    if (*v) serve_vsock(t, quick);
     if (*l) limit(file, quick);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fsd_p9_bench: %s: %s\n", t.label.empty() ? "limit" : t.label.c_str(), e.what());

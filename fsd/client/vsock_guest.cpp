@@ -98,7 +98,8 @@ Result<VsockGuest::Packet> VsockGuest::receive(int timeout_ms) {
     p.h.op = static_cast<uint16_t>(vsock::Op::kInvalid);  // given back empty
   }
   rx_free_.push_back(b);
-  if (o_.refill) fill_rx();
+  // As Linux does: refill once half the buffers are used, in one batch.
+  if (o_.refill && rx_by_head_.size() < o_.rx_buffers / 2) fill_rx();
   return p;
 }
 
@@ -172,8 +173,8 @@ Result<std::vector<std::byte>> VsockGuest::read(uint32_t src_port, uint32_t dst_
   for (;;) {
     Stream& s = streams_[key(src_port, dst_port)];
     if (!s.data.empty()) {
-      std::vector<std::byte> out(s.data.begin(), s.data.end());
-      s.data.clear();
+      std::vector<std::byte> out;
+      out.swap(s.data);
       s.fwd_cnt += static_cast<uint32_t>(out.size());
       if (o_.give_credit && s.fwd_cnt - s.advertised >= o_.buf_alloc / 4)
         send(header(src_port, dst_port, vsock::Op::kCreditUpdate));

@@ -14,7 +14,6 @@
 // Single-threaded (VsockBridge: its thread owns the guest).
 #pragma once
 
-#include <deque>
 #include <map>
 #include <span>
 #include <thread>
@@ -86,7 +85,7 @@ class VsockGuest {
     bool connected = false, reset = false;
     uint32_t peer_buf_alloc = 0, peer_fwd_cnt = 0, tx_cnt = 0;
     uint32_t fwd_cnt = 0, advertised = 0;
-    std::deque<std::byte> data;
+    std::vector<std::byte> data;  // arrived, not yet read
   };
   static uint64_t key(uint32_t src, uint32_t dst) { return (uint64_t{src} << 32) | dst; }
   void file(const Packet& p);
