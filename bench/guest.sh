@@ -13,7 +13,7 @@
 #   tar           tar cf - tree | wc -c (cold, then warm)
 #   create1000    1,000 small files written, then sync
 #   true          vmlaunch -- true with this share mounted, end to end (host wall time)
-# Configurations: fsd's virtio-fs (cache never/auto/always); fsd's 9p
+# Configurations: fsd's virtio-fs (cache never/auto/always); fsd's 9p over virtio-vsock
 # (msize x cache none/mmap/loose); QEMU's built-in 9p (msize 8K/128K/512K x
 # none/loose); the C virtiofsd (QEMU's) and the Rust one (Debian 13's,
 # scripts/fetch-rust-virtiofsd), each attached with extraArgs.
