@@ -167,6 +167,45 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
 // Disks: a bare one and an empty one as block devices, an ext4 data disk
 // formatted on first use, and the store's overlay upper on a disk of its
 // own; the second run finds what the first wrote on both.
+
+// The store (read-only, loose cache, a tmpfs overlay on it), xchg and
+// shared, all over fsd's 9P on virtio-vsock: no virtio-fs device at all.
+TEST_F(Vmlaunch, StoreXchgAndSharedAllOverNinePOnVsock) {
+  std::filesystem::create_directories(tmp_.path() / "xchg9p");
+  std::string script =
+      "grep -c ' 9p .*trans=fd' /proc/mounts | sed 's/^/fd-mounts-/'; "
+      "grep -q virtiofs /proc/mounts && echo HAS-VIRTIOFS; "
+      "cat /nix/store/*-thing/data.txt; "
+      "if touch /nix/.ro-store/nope 2>/tmp/err; then echo RO-STORE-WRITABLE; else echo ro-store-refuses; fi; "
+      "mkdir /nix/store/cccccccccccccccccccccccccccccccc-new && echo made > /nix/store/cccccccccccccccccccccccccccccccc-new/f "
+      "&& ls /nix/store | wc -l | sed 's/^/store-entries-/'; "
+      "echo to-xchg > /tmp/xchg/x.txt; echo to-shared > /tmp/shared/s.txt; "
+      "dd if=/dev/zero of=/tmp/xchg/big bs=1M count=3 2>/dev/null && echo big-written";
+  std::string out;
+  int st = run({spec(script, 0, [&](nlohmann::json& j) {
+                 j["store"]["proto"] = "9p";
+                 j["shares"] = nlohmann::json::array();
+                 for (auto [tag, dir] : {std::pair{"xchg", "xchg9p"}, {"shared", "shared"}})
+                   j["shares"].push_back({{"tag", tag},
+                                          {"source", (tmp_.path() / dir).string()},
+                                          {"target", std::string("/tmp/") + tag},
+                                          {"proto", "9p"},
+                                          {"cache", "never"}});
+               })},
+               &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("fd-mounts-3"), std::string::npos) << out;  // the store's lower layer, xchg, shared
+  EXPECT_EQ(out.find("HAS-VIRTIOFS"), std::string::npos) << out;
+  EXPECT_NE(out.find("store content"), std::string::npos) << out;
+  EXPECT_NE(out.find("ro-store-refuses"), std::string::npos) << out;
+  EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;
+  EXPECT_NE(out.find("big-written"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "xchg9p/x.txt"), "to-xchg\n");
+  EXPECT_EQ(std::filesystem::file_size(tmp_.path() / "xchg9p/big"), 3u << 20);
+  EXPECT_EQ(read_file(tmp_.path() / "shared/s.txt"), "to-shared\n");
+  EXPECT_FALSE(std::filesystem::exists(tmp_.path() / "store/cccccccccccccccccccccccccccccccc-new"));
+  expect_clean();
+}
 TEST_F(Vmlaunch, DisksKeepTheirFileSystemsAcrossRuns) {
   auto disk = tmp_.path() / "disk.qcow2", data = tmp_.path() / "data.img", rw = tmp_.path() / "rw-store.img";
   std::string run1 =
