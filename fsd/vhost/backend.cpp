@@ -271,6 +271,7 @@ class Device : public vhost::UsedRings {
     // the chains it held were released at its stop.
     bool giving = false;
     std::vector<virtio::Chain> walked;  // the batch handed to a chain device
+    size_t quiet_descs = 0;             // given back on a lazy queue since the last notification
     // Shared by the workers.
     std::atomic<unsigned> inflight{0};
     std::atomic<bool> draining{false};  // the owner waits for inflight to reach 0
@@ -537,6 +538,16 @@ void Device::take_chains(unsigned i, std::span<const uint16_t> heads) {
     give(i, h, 0);
   }
   if (n) q.chains->take(i, std::span(q.walked).first(n));
+  if (q.chains->lazy_completions(i)) {
+    // The guest learns only that it may free these buffers: told once half
+    // the ring's descriptors wait for it. A guest whose ring is full has
+    // every descriptor there, so it is told before it could stall. (Counts
+    // a chain's descriptors as walked, which indirect ones only make more.)
+    for (size_t k = 0; k < n; k++) q.quiet_descs += q.walked[k].readable.size() + q.walked[k].writable.size();
+    q.quiet_descs += heads.size() - n;
+    if (q.quiet_descs < q.split.size() / 2u) return;
+    q.quiet_descs = 0;
+  }
   notify(i);
 }
 
@@ -661,6 +672,7 @@ void Device::maybe_start(unsigned i) {
   q.memory = memory_;
   q.server = server_;
   q.chains = chains_;
+  q.quiet_descs = 0;
   q.kick_fd = q.kick.get();
   {
     std::lock_guard g(q.used_mu);

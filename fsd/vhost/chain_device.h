@@ -52,6 +52,11 @@ class ChainDevice {
   // guest reset the device (a reboot, a driver reload) and has forgotten
   // its side of everything the device holds for it.
   virtual void stopped() {}
+  // Whether the guest may be told late of chains given back on `queue`,
+  // because it only frees them (a transmit queue): the back-end then
+  // interrupts it once half the ring waits instead of after every batch.
+  // The device must give such chains back at once in take().
+  virtual bool lazy_completions(unsigned /*queue*/) const { return false; }
 };
 
 // Makes the device for a new front-end connection, on the worker thread

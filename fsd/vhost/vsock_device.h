@@ -70,6 +70,8 @@ class VsockDevice : public ChainDevice {
   void release(unsigned queue) override;
   // The guest reset the device: its connections are gone, with no RST.
   void stopped() override;
+  // Transmit chains go back at once; the guest only frees them.
+  bool lazy_completions(unsigned queue) const override { return queue == vsock::kTxQueue; }
 
   const VsockStats& stats() const { return stats_; }
   size_t connections() const { return conns_.size(); }
