@@ -39,6 +39,7 @@
 #include "fsd/vhost/vsock_device.h"
 #include "protocol/p9/codec.h"
 #include "protocol/vsock/packet.h"
+#include "tests/fuzz/fuzz_input.h"
 
 using namespace fsd;
 using vsock::Header;
@@ -46,6 +47,8 @@ using vsock::kHeaderSize;
 using VOp = fsd::vsock::Op;
 
 namespace {
+
+using fsd::fuzz::Input;
 
 [[noreturn]] void fail(const char* why) {
   std::fprintf(stderr, "vsock_device_fuzz: %s\n", why);
@@ -55,19 +58,6 @@ namespace {
 constexpr uint64_t kGuestCid = 3;
 constexpr uint32_t kPort = 564;
 constexpr size_t kMaxConnections = 4;
-
-struct Input {
-  const uint8_t* p;
-  size_t n;
-  bool empty() const { return n == 0; }
-  uint8_t byte() {
-    if (n == 0) return 0;
-    n--;
-    return *p++;
-  }
-  uint16_t u16() { return static_cast<uint16_t>(byte() | byte() << 8); }
-  uint32_t u32() { return u16() | uint32_t{u16()} << 16; }
-};
 
 // The export and the ring, made once and shared by every input.
 struct Fixture {

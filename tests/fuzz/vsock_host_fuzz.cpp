@@ -15,22 +15,13 @@
 #include <vector>
 
 #include "protocol/vsock/connections.h"
+#include "tests/fuzz/fuzz_input.h"
 
 using namespace fsd::vsock;
 
 namespace {
 
-struct Input {
-  const uint8_t* p;
-  size_t n;
-  bool empty() const { return n == 0; }
-  uint8_t byte() {
-    if (n == 0) return 0;
-    n--;
-    return *p++;
-  }
-  uint32_t u32() { return byte() | uint32_t{byte()} << 8 | uint32_t{byte()} << 16 | uint32_t{byte()} << 24; }
-};
+using fsd::fuzz::Input;
 
 constexpr HostOptions kOptions{.guest_cid = 3, .buf_alloc = 64 * 1024, .max_connections = 4, .max_control = 8};
 

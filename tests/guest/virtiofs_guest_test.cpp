@@ -79,12 +79,8 @@ echo "CHECKS DONE"
 }
 
 TEST(VirtiofsGuest, LinuxMountsFsdExports) {
+  ASSERT_EQ(guest_tools_missing(), "");
   std::string kdir = guest_kernel_dir();
-  ASSERT_FALSE(kdir.empty()) << "no guest kernel: run scripts/setup";
-  std::string version;
-  for (auto& e : std::filesystem::directory_iterator(kdir + "/lib/modules")) version = e.path().filename();
-  ASSERT_EQ(::access("/usr/bin/qemu-system-x86_64", X_OK), 0) << "qemu-system-x86 is missing: run scripts/setup";
-  ASSERT_EQ(::access("/bin/busybox", X_OK), 0) << "busybox-static is missing: run scripts/setup";
 
   TempDir tmp;
   auto ro = tmp.path() / "ro", rw = tmp.path() / "rw", many = tmp.path() / "many";
@@ -133,7 +129,7 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   }
   plan["command"] = {"/bin/sh", "/test.sh"};
   plan["env"] = nlohmann::json::object({{"PATH", "/bin"}});
-  write_guest_initramfs(initrd, FSD_GUEST_INIT, kdir + "/lib/modules/" + version, {"virtio_pci", "virtiofs"}, plan,
+  write_guest_initramfs(initrd, FSD_GUEST_INIT, guest_module_dir(kdir), {"virtio_pci", "virtiofs"}, plan,
                         {{"etc/passwd", "root:x:0:0::/:/bin/sh\nalice:x:2001:2001::/tmp:/bin/sh\nbob:x:2002:2002::/tmp:/bin/sh\n"},
                          {"etc/group", "root:x:0:\nalice:x:2001:\nbob:x:2002:\n"},
                          {"test.sh", guest_script(md5_hex(big))}});

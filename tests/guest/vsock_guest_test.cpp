@@ -47,12 +47,8 @@ echo "CHECKS DONE"
 }
 
 TEST(VsockGuest, LinuxMountsFsd9POverVsockAndOnlyRootIsTrusted) {
+  ASSERT_EQ(guest_tools_missing(), "");
   std::string kdir = guest_kernel_dir();
-  ASSERT_FALSE(kdir.empty()) << "no guest kernel: run scripts/setup";
-  std::string version;
-  for (auto& e : std::filesystem::directory_iterator(kdir + "/lib/modules")) version = e.path().filename();
-  ASSERT_EQ(::access("/usr/bin/qemu-system-x86_64", X_OK), 0) << "qemu-system-x86 is missing: run scripts/setup";
-  ASSERT_EQ(::access("/bin/busybox", X_OK), 0) << "busybox-static is missing: run scripts/setup";
   ASSERT_EQ(::geteuid(), 0u) << "fsd must be able to act as guest users";
 
   TempDir tmp;
@@ -77,7 +73,7 @@ TEST(VsockGuest, LinuxMountsFsd9POverVsockAndOnlyRootIsTrusted) {
   }
   plan["command"] = {"/bin/sh", "/test.sh"};
   plan["env"] = nlohmann::json::object({{"PATH", "/bin"}});
-  write_guest_initramfs(initrd, FSD_GUEST_INIT, kdir + "/lib/modules/" + version,
+  write_guest_initramfs(initrd, FSD_GUEST_INIT, guest_module_dir(kdir),
                         {"virtio_pci", "vmw_vsock_virtio_transport", "9pnet_fd", "9p"}, plan,
                         {{"etc/passwd", "root:x:0:0::/:/bin/sh\nbob:x:2002:2002::/tmp:/bin/sh\n"},
                          {"etc/group", "root:x:0:\nbob:x:2002:\n"},

@@ -4,6 +4,8 @@
 // programs (static ones) copied in.
 #pragma once
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <map>
 #include <string>
@@ -13,8 +15,25 @@
 
 #include "launcher/initramfs.h"
 #include "launcher/modules.h"
+#include "tests/support/test_support.h"
 
 namespace fsd::testing {
+
+// What a test guest needs from the host, from scripts/setup: the guest
+// kernel, QEMU and busybox. Empty when all is there, else what is missing.
+inline std::string guest_tools_missing() {
+  if (guest_kernel_dir().empty()) return "no guest kernel: run scripts/setup";
+  if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0) return "qemu-system-x86 is missing: run scripts/setup";
+  if (::access("/bin/busybox", X_OK) != 0) return "busybox-static is missing: run scripts/setup";
+  return "";
+}
+
+// The guest kernel's module directory (lib/modules/VERSION).
+inline std::string guest_module_dir(const std::string& kernel_dir) {
+  std::string dir;
+  for (auto& e : std::filesystem::directory_iterator(kernel_dir + "/lib/modules")) dir = e.path().string();
+  return dir;
+}
 
 inline void write_guest_initramfs(const std::string& out, const std::string& guest_init, const std::string& module_dir,
                                   const std::vector<std::string>& modules, nlohmann::json plan,
