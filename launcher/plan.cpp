@@ -330,6 +330,9 @@ struct Builder {
                    "-kernel", in.boot_kernel.empty() ? s.kernel : in.boot_kernel, "-initrd", in.initrd};
     std::string append = s.graphics ? "console=tty0 console=ttyS0 panic=-1" : "console=ttyS0 panic=-1";
     if (s.console == Console::kQuiet) append += " quiet loglevel=1";
+    // Then, as qemu-vm.nix orders them: a booted system's own parameters,
+    // the spec's, and $QEMU_KERNEL_PARAMS.
+    if (boot() && !s.system.kernel_params.empty()) append += " " + s.system.kernel_params;
     if (!s.cmdline.empty()) append += " " + s.cmdline;
     if (!in.extra_kernel_params.empty()) append += " " + in.extra_kernel_params;
     add({"-append", append, "-nodefaults", "-no-reboot", "-serial", "stdio"});

@@ -470,6 +470,26 @@ class Checker {
         if (e.is_directory()) s.modules = e.path().string();
     if (sys.mode == SystemMode::kBoot && !sys.has_init)
       fail("systemMode", "boot needs the system's init, and \"" + sys.path + "\" has none");
+    if (has("kernel-params")) sys.kernel_params = read_kernel_params(top / "kernel-params", at);
+  }
+
+  // A system's kernel-params: words separated by any white space, made one
+  // line; at most what a kernel command line holds.
+  std::string read_kernel_params(const std::filesystem::path& file, const std::string& at) const {
+    constexpr size_t kMax = 2048;  // x86's COMMAND_LINE_SIZE
+    std::ifstream in(file, std::ios::binary);
+    std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.eof() && in.fail()) fail(at, "cannot read " + file.string());
+    std::string out;
+    for (char c : raw) {
+      if (c == '\0') fail(at, file.string() + " holds a NUL byte");
+      bool space = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+      if (!space) out += c;
+      else if (!out.empty() && out.back() != ' ') out += ' ';
+    }
+    if (!out.empty() && out.back() == ' ') out.pop_back();
+    if (out.size() > kMax) fail(at, file.string() + " is " + std::to_string(out.size()) + " bytes of kernel parameters; a kernel command line holds " + std::to_string(kMax));
+    return out;
   }
 
   void check_disk(const DiskSpec& d, const std::string& at) {

@@ -113,6 +113,9 @@ struct SystemSpec {
   // Found by parse_spec:
   std::string in_guest;  // the toplevel's path in the guest (under the store's mount point)
   bool has_bash = false, has_sh = false, has_env = false, has_modules = false, has_etc = false, has_init = false;
+  // Its kernel-params file, on one line ("" if it has none): boot mode
+  // passes them to the kernel, as qemu-vm.nix does.
+  std::string kernel_params;
 };
 
 struct Spec {

@@ -288,6 +288,29 @@ TEST_F(SystemPlanTest, BootRunsTheSystemsInitOnANewRoot) {
   EXPECT_THROW(plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}}, {"command", "true"}}), SpecError);
 }
 
+// Boot mode passes the system's kernel-params, then the spec's cmdline,
+// then $QEMU_KERNEL_PARAMS, as qemu-vm.nix orders them; exec mode does not.
+TEST_F(SystemPlanTest, BootPassesTheSystemsKernelParams) {
+  fsd::testing::write_file(top_ + "/kernel-params", "quiet  loglevel=4\n\tmitigations=off\n");
+  in_.extra_kernel_params = "from-env=1";
+  auto append = [](const Plan& p) {
+    auto it = std::find(p.qemu_argv.begin(), p.qemu_argv.end(), "-append");
+    return it == p.qemu_argv.end() ? std::string() : *(it + 1);
+  };
+  std::string a = append(plan({{"system", top_}, {"cmdline", "from-spec=1"}}));
+  EXPECT_NE(a.find(" quiet loglevel=4 mitigations=off from-spec=1 from-env=1"), std::string::npos) << a;
+  a = append(plan({{"system", top_}, {"command", "true"}}));
+  EXPECT_EQ(a.find("mitigations=off"), std::string::npos) << a;
+  // A file that no kernel command line holds is refused, naming it.
+  fsd::testing::write_file(top_ + "/kernel-params", std::string(3000, 'x'));
+  try {
+    plan({{"system", top_}});
+    ADD_FAILURE() << "accepted 3000 bytes of kernel parameters";
+  } catch (const SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("kernel-params"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace fsd::launcher
 
