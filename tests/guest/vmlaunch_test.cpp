@@ -412,6 +412,7 @@ std::string synthetic_system(const fs::path& store) {
                                       "/sw/bin/sh \"$@\"\n");
   fs::permissions(top / "sw/bin/bash", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
                                            fs::perms::group_exec | fs::perms::others_exec);
+  write_file(top / "kernel-params", "synthetic.param=from-system\n");
   write_file(top / "etc/os-release", "NAME=Synthetic\nID=synthetic\nPRETTY_NAME=\"Synthetic test system\"\n");
   write_file(top / "etc/passwd", "root:x:0:0:root:/root:" + in_guest + "/sw/bin/sh\n");
   std::string kdir = guest_kernel_dir();
@@ -426,6 +427,7 @@ std::string synthetic_system(const fs::path& store) {
                            "[ -d /tmp/xchg ] && echo synthetic-init: xchg is there\n"
                            "echo booted-by-synthetic-init > /tmp/shared/booted.txt\n"
                            "echo \"synthetic-init: root had: $(cat /state 2>/dev/null)\"; echo kept-on-root > /state\n"
+                           "echo \"synthetic-init: cmdline: $(cat /proc/cmdline)\"\n"
                            "sync; poweroff -f\n");
   fs::permissions(top / "init", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
                                     fs::perms::group_exec | fs::perms::others_exec);
@@ -473,6 +475,12 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   EXPECT_NE(out.find("synthetic-init: xchg is there"), std::string::npos) << out;
   EXPECT_EQ(read_file(tmp_.path() / "shared/booted.txt"), "booted-by-synthetic-init\n");
   EXPECT_NE(out.find("synthetic-init: root had: \r\n"), std::string::npos) << out;  // a tmpfs root: nothing
+  {
+    size_t at = out.find("synthetic-init: cmdline: ");
+    ASSERT_NE(at, std::string::npos) << out;
+    std::string line = out.substr(at, out.find('\n', at) - at);
+    EXPECT_NE(line.find("synthetic.param=from-system"), std::string::npos) << line;  // the system's kernel-params
+  }
   // On a root disk ($NIX_DISK_IMAGE, made and formatted on first use), the
   // second boot finds what the first wrote.
   ::setenv("NIX_DISK_IMAGE", (tmp_.path() / "root.img").c_str(), 1);
