@@ -478,8 +478,11 @@ class Checker {
   std::string read_kernel_params(const std::filesystem::path& file, const std::string& at) const {
     constexpr size_t kMax = 2048;  // x86's COMMAND_LINE_SIZE
     std::ifstream in(file, std::ios::binary);
-    std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in.eof() && in.fail()) fail(at, "cannot read " + file.string());
+    std::string raw(16 * kMax, '\0');  // more than that cannot fold to kMax
+    in.read(raw.data(), static_cast<std::streamsize>(raw.size()));
+    if (in.bad() || (in.fail() && !in.eof())) fail(at, "cannot read " + file.string());
+    raw.resize(static_cast<size_t>(in.gcount()));
+    if (in.peek() != std::ifstream::traits_type::eof()) fail(at, file.string() + " is too large for kernel parameters");
     std::string out;
     for (char c : raw) {
       if (c == '\0') fail(at, file.string() + " holds a NUL byte");

@@ -145,11 +145,7 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   FsdProcess fsd({.args = args, .nofile = 1024});
   fsd.wait_for_log("listening on " + sock["many"]);
 
-  std::vector<std::string> qemu{"qemu-system-x86_64", "-accel", "tcg", "-smp", "2", "-m", "512",
-                                "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
-                                "-kernel", kdir + "/vmlinuz", "-initrd", initrd,
-                                "-append", "console=ttyS0 panic=-1 quiet loglevel=4",
-                                "-nographic", "-nodefaults", "-no-reboot", "-serial", "stdio"};
+  std::vector<std::string> qemu = guest_qemu_argv(kdir, initrd);
   int n = 0;
   for (const char* tag : {"ro", "rw", "many"}) {
     std::string id = "fs" + std::to_string(n++);

@@ -86,12 +86,8 @@ TEST(VsockGuest, LinuxMountsFsd9POverVsockAndOnlyRootIsTrusted) {
                                                  std::to_string(kUntrusted)}});
   fsd.wait_for_log("listening on " + sock);
 
-  std::vector<std::string> qemu{"qemu-system-x86_64", "-accel", "tcg", "-smp", "2", "-m", "512",
-                                "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
-                                "-kernel", kdir + "/vmlinuz", "-initrd", initrd,
-                                "-append", "console=ttyS0 panic=-1 quiet loglevel=4",
-                                "-nographic", "-nodefaults", "-no-reboot", "-serial", "stdio",
-                                "-chardev", "socket,id=v0,path=" + sock, "-device", "vhost-user-vsock-pci,chardev=v0"};
+  std::vector<std::string> qemu = guest_qemu_argv(kdir, initrd);
+  qemu.insert(qemu.end(), {"-chardev", "socket,id=v0,path=" + sock, "-device", "vhost-user-vsock-pci,chardev=v0"});
   auto console = tmp.path() / "console.log";
   ChildProcess vm(qemu, console);
   auto status = vm.wait(std::chrono::seconds(600));

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <stdexcept>
 
 #include "fsd/client/p9_client.h"
 #include "fsd/client/vhost_frontend.h"
@@ -212,6 +213,35 @@ TEST_F(VsockDevice, TransmitCompletionsAreToldOncePerHalfRing) {
   uint64_t n = told();
   EXPECT_GE(n, 1u) << "a guest that waits for its buffers must hear of them";
   EXPECT_LE(n, 3u) << "once per 128 descriptors, not per packet";
+}
+
+// --vsock-socket: its options, and a clear error naming what is wrong.
+TEST(VsockSocketOption, ParsesItsOptionsAndRefusesBadOnes) {
+  auto s = vhost::parse_vsock_socket("/run/v.sock");
+  EXPECT_EQ(s.path, "/run/v.sock");
+  EXPECT_EQ(s.guest_cid, 3u);
+  EXPECT_EQ(s.port, 564u);
+  EXPECT_FALSE(s.untrusted_as);
+  s = vhost::parse_vsock_socket("/run/v.sock,cid=7,port=5640,untrusted-as=2003:2004");
+  EXPECT_EQ(s.guest_cid, 7u);
+  EXPECT_EQ(s.port, 5640u);
+  EXPECT_EQ(s.untrusted_as, (std::pair<uid_t, gid_t>{2003, 2004}));
+  auto refused = [](std::string_view spec) {
+    try {
+      vhost::parse_vsock_socket(spec);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(refused(",cid=3").find("no socket path"), std::string::npos);
+  EXPECT_NE(refused("/v.sock,cid=2").find("cid 2 is reserved"), std::string::npos);
+  EXPECT_NE(refused("/v.sock,cid=x").find("cid=x is not a number"), std::string::npos);
+  EXPECT_NE(refused("/v.sock,port=").find("port= is not a number"), std::string::npos);
+  EXPECT_NE(refused("/v.sock,port=4294967295").find("is not a number up to"), std::string::npos);
+  EXPECT_NE(refused("/v.sock,untrusted-as=2003").find("untrusted-as takes UID:GID"), std::string::npos);
+  EXPECT_NE(refused("/v.sock,untrusted-as=a:1").find("untrusted-as uid=a"), std::string::npos);
+  EXPECT_NE(refused("/v.sock,bogus=1").find("unknown option 'bogus=1'"), std::string::npos);
 }
 
 TEST_F(VsockDevice, RefusesUnreservedPortsAndPortsNothingListensOn) {

@@ -35,6 +35,17 @@ inline std::string guest_module_dir(const std::string& kernel_dir) {
   return dir;
 }
 
+// QEMU for a test guest: TCG, 2 CPUs, 512 MiB of shared memory (for
+// vhost-user back-ends), the guest kernel and `initrd`, the console on
+// stdio; devices are appended by the caller.
+inline std::vector<std::string> guest_qemu_argv(const std::string& kernel_dir, const std::string& initrd) {
+  return {"qemu-system-x86_64", "-accel", "tcg", "-smp", "2", "-m", "512",
+          "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
+          "-kernel", kernel_dir + "/vmlinuz", "-initrd", initrd,
+          "-append", "console=ttyS0 panic=-1 quiet loglevel=4",
+          "-nographic", "-nodefaults", "-no-reboot", "-serial", "stdio"};
+}
+
 inline void write_guest_initramfs(const std::string& out, const std::string& guest_init, const std::string& module_dir,
                                   const std::vector<std::string>& modules, nlohmann::json plan,
                                   const std::map<std::string, std::string>& files = {},
