@@ -16,11 +16,11 @@
 #include <thread>
 
 #include "fsd/core/activation.h"
-#include "fsd/core/export_set.h"
+#include "fsd/vfs/export_set.h"
 #include "fsd/core/landlock.h"
 #include "fsd/core/sandbox.h"
 #include "fsd/core/seccomp.h"
-#include "fsd/core/signals.h"
+#include "common/signals.h"
 #include "fsd/core/syslog_sink.h"
 #include "fsd/fuse/server.h"
 #include "fsd/p9/session.h"

@@ -10,7 +10,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 
 namespace fsd::launcher {
 namespace {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 
 namespace fsd::launcher {
 

@@ -22,8 +22,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "fsd/core/cache_policy.h"
-#include "fsd/core/enum_names.h"
+#include "common/cache_policy.h"
+#include "common/enum_names.h"
 
 namespace fsd::launcher {
 

@@ -17,8 +17,8 @@
 #include <sstream>
 #include <utility>
 
-#include "fsd/core/fd.h"
-#include "fsd/core/signals.h"
+#include "common/fd.h"
+#include "common/signals.h"
 #include "launcher/disks.h"
 #include "launcher/host_links.h"
 #include "launcher/initramfs.h"

@@ -16,7 +16,7 @@
 
 #include <unistd.h>
 
-#include "fsd/core/result.h"
+#include "common/result.h"
 
 namespace fsd::bench {
 

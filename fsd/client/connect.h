@@ -7,8 +7,8 @@
 #include <cstring>
 #include <string>
 
-#include "fsd/core/fd.h"
-#include "fsd/core/result.h"
+#include "common/fd.h"
+#include "common/result.h"
 
 namespace fsd {
 

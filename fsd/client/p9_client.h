@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 #include "protocol/p9/codec.h"
 
 namespace fsd::p9 {

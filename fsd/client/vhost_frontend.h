@@ -18,8 +18,8 @@
 #include <string_view>
 #include <vector>
 
-#include "fsd/core/fd.h"
-#include "fsd/core/result.h"
+#include "common/fd.h"
+#include "common/result.h"
 #include "protocol/vhost_user/message.h"
 #include "protocol/virtio/virtqueue.h"
 

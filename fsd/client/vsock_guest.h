@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "fsd/client/vhost_frontend.h"
-#include "fsd/core/fd.h"
-#include "fsd/core/result.h"
+#include "common/fd.h"
+#include "common/result.h"
 #include "protocol/vsock/packet.h"
 
 namespace fsd::frontend {

@@ -13,7 +13,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 
 namespace fsd {
 

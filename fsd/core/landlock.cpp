@@ -11,7 +11,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 
 namespace fsd {
 namespace {

@@ -29,7 +29,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 #include "fsd/core/seccomp.h"
 
 namespace fsd {

@@ -24,8 +24,8 @@
 #include "fsd/core/buffer.h"
 #include "fsd/core/credentials.h"
 #include "fsd/core/request_bytes.h"
-#include "fsd/core/result.h"
-#include "fsd/uring/task.h"
+#include "common/result.h"
+#include "fsd/core/task.h"
 
 namespace fsd {
 

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 
 namespace fsd {
 

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "fsd/core/buffer.h"
-#include "fsd/core/export_set.h"
+#include "fsd/vfs/export_set.h"
 #include "fsd/core/server.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/vfs.h"

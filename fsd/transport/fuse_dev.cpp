@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "fsd/core/buffer.h"
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 
 namespace fsd {
 

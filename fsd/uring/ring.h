@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "fsd/core/credentials.h"
-#include "fsd/core/function_ref.h"
-#include "fsd/uring/task.h"
+#include "common/function_ref.h"
+#include "fsd/core/task.h"
 
 namespace fsd {
 

@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fsd/core/cache_policy.h"
+#include "common/cache_policy.h"
 #include "fsd/vfs/id_map.h"
 #include "fsd/vfs/xattr_map.h"
 

@@ -12,7 +12,7 @@
 #include <cstring>
 #include <string_view>
 
-#include "fsd/core/result.h"
+#include "common/result.h"
 
 namespace fsd {
 

@@ -8,7 +8,7 @@
 //    symlink is followed on the host;
 //  - a read-only export answers every mutating operation with EROFS before
 //    touching the host;
-//  - errors are negative errno values in Result (fsd/core/result.h);
+//  - errors are negative errno values in Result (common/result.h);
 //  - the protocol servers (fsd/p9, fsd/fuse) make no host calls of their
 //    own: every read, write, directory listing, xattr, lock and sync on an
 //    exported file happens here, so that confinement, read-only and the fd
@@ -39,9 +39,9 @@
 #include <string_view>
 
 #include "fsd/core/credentials.h"
-#include "fsd/core/fd.h"
-#include "fsd/core/function_ref.h"
-#include "fsd/core/result.h"
+#include "common/fd.h"
+#include "common/function_ref.h"
+#include "common/result.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/export.h"
 #include "fsd/vfs/name.h"

@@ -27,7 +27,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fsd/core/result.h"
+#include "common/result.h"
 
 namespace fsd {
 

@@ -31,7 +31,7 @@
 #include <variant>
 #include <vector>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 #include "fsd/core/server.h"
 #include "fsd/core/unix_socket.h"
 #include "fsd/uring/ring.h"

@@ -45,8 +45,8 @@
 #include <string>
 #include <vector>
 
-#include "fsd/core/fd.h"
-#include "fsd/core/signals.h"
+#include "common/fd.h"
+#include "common/signals.h"
 #include "launcher/guest/guest_plan.h"
 
 using fsd::Fd;

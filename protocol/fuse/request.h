@@ -17,7 +17,7 @@
 #include <string_view>
 #include <variant>
 
-#include "fsd/core/result.h"
+#include "common/result.h"
 
 namespace fsd::fuse {
 

@@ -10,7 +10,7 @@
 #include <optional>
 
 #include "protocol/p9/messages.h"
-#include "fsd/core/result.h"
+#include "common/result.h"
 
 namespace fsd::p9 {
 

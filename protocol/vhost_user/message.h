@@ -11,7 +11,7 @@
 #include <span>
 #include <variant>
 
-#include "fsd/core/result.h"
+#include "common/result.h"
 
 namespace fsd::vhost_user {
 

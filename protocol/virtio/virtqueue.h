@@ -17,7 +17,7 @@
 #include <span>
 #include <vector>
 
-#include "fsd/core/result.h"
+#include "common/result.h"
 
 namespace fsd::virtio {
 

@@ -32,7 +32,7 @@
 #include <set>
 #include <vector>
 
-#include "fsd/core/export_set.h"
+#include "fsd/vfs/export_set.h"
 #include "fsd/p9/session.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/vfs.h"

@@ -14,7 +14,7 @@
 #include <map>
 #include <sstream>
 
-#include "fsd/core/fd.h"
+#include "common/fd.h"
 #include "fsd/core/landlock.h"
 #include "tests/support/test_support.h"
 

@@ -15,7 +15,7 @@
 #include "fsd/client/p9_client.h"
 #include "fsd/client/vhost_frontend.h"
 #include "fsd/client/vsock_guest.h"
-#include "fsd/core/export_set.h"
+#include "fsd/vfs/export_set.h"
 #include "fsd/p9/session.h"
 #include "fsd/vfs/vfs.h"
 #include "fsd/vhost/backend.h"

@@ -5,7 +5,7 @@
 
 #include <span>
 
-#include "fsd/core/enum_names.h"
+#include "common/enum_names.h"
 
 namespace fsd {
 

@@ -1,4 +1,4 @@
-#include "fsd/core/export_set.h"
+#include "fsd/vfs/export_set.h"
 
 #include "fsd/vfs/vfs.h"
 

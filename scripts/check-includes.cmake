@@ -1,0 +1,20 @@
+# Run by fsd_layer_check (layers.cmake): fails when a file of a layer
+# includes a project header from a folder the layer does not link.
+cmake_minimum_required(VERSION 3.25)
+include(${CONFIG})
+set(bad "")
+foreach(file IN LISTS FILES)
+  file(STRINGS ${file} lines REGEX "^[ \t]*#[ \t]*include[ \t]*\"(common|protocol|fsd|launcher)/")
+  foreach(line IN LISTS lines)
+    string(REGEX REPLACE "^[^\"]*\"([^\"]+)\".*$" "\\1" header "${line}")
+    get_filename_component(dir ${header} DIRECTORY)
+    if(NOT dir IN_LIST ALLOWED)
+      file(RELATIVE_PATH where ${TOP} ${file})
+      string(APPEND bad "  ${where} includes ${header}\n")
+    endif()
+  endforeach()
+endforeach()
+if(bad)
+  message(FATAL_ERROR "${LAYER} may include only from: ${ALLOWED}\n${bad}"
+          "Link the layer that header belongs to (if it is below this one), or move the code.")
+endif()
