@@ -2,8 +2,8 @@
 //
 // A Node lives while a NodeRef to it exists (client fids, FUSE lookups,
 // children naming it as parent). It does not own an fd: an O_PATH fd for it
-// is kept in the Vfs's bounded cache and re-opened on demand, from a file
-// handle when the filesystem supports them, otherwise by re-resolving
+// is kept in its NodeTable's bounded cache and re-opened on demand, from a
+// file handle when the filesystem supports them, otherwise by re-resolving
 // (parent, name) and checking (dev, ino).
 #pragma once
 
@@ -19,7 +19,7 @@
 
 namespace fsd {
 
-class Vfs;
+class NodeTable;
 class Node;
 
 // A counted reference to a Node (like boost::intrusive_ptr).
@@ -52,11 +52,11 @@ using NodeLruHook = boost::intrusive::list_base_hook<
 
 class Node : public NodeSetHook, public NodeLruHook {
  public:
-  Node(Vfs& vfs, uint64_t dev, uint64_t ino, mode_t type) : vfs(vfs), dev(dev), ino(ino), type(type) {}
+  Node(NodeTable& table, uint64_t dev, uint64_t ino, mode_t type) : table(table), dev(dev), ino(ino), type(type) {}
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  Vfs& vfs;
+  NodeTable& table;
   const uint64_t dev;
   const uint64_t ino;
   const mode_t type;  // S_IFMT bits; a (dev, ino) pair never changes type
@@ -72,19 +72,20 @@ class Node : public NodeSetHook, public NodeLruHook {
   Key key() const { return {dev, ino}; }
 
  private:
-  friend class Vfs;
+  friend class NodeTable;
   friend class NodeRef;
+  friend class Vfs;  // keep_open_
 
-  // Guarded by Vfs::table_mu_ (decrements) / atomic (increments by a holder).
+  // Guarded by NodeTable::table_mu_ (decrements) / atomic (increments by a holder).
   std::atomic<uint32_t> refs_{0};
-  // Guarded by Vfs::table_mu_: where this node was last seen, for ".." and
+  // Guarded by NodeTable::table_mu_: where this node was last seen, for ".." and
   // re-resolution. The root has no parent.
   NodeRef parent_;
   std::string name_;
   // Immutable after creation: the file handle, if the filesystem gave one.
   std::unique_ptr<unsigned char[]> handle_;  // a struct file_handle
   int mount_id_ = -1;
-  // Guarded by Vfs::fd_mu_.
+  // Guarded by NodeTable::fd_mu_.
   int path_fd_ = -1;
   uint32_t pins_ = 0;
   // Set before fsd removes a name of this inode: its open files keep their

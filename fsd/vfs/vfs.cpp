@@ -24,45 +24,19 @@ namespace {
 constexpr int kAllowedOpenFlags = O_ACCMODE | O_APPEND | O_TRUNC | O_NONBLOCK | O_DIRECTORY |
                                   O_SYNC | O_DSYNC | O_LARGEFILE | O_NOATIME;
 constexpr unsigned kResolveChild = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-constexpr unsigned kStatxMask = STATX_BASIC_STATS | STATX_BTIME;
+constexpr unsigned kStatxMask = kNodeStatxMask;
 
-// A NUL-terminated copy of a validated name, without allocating.
-uint64_t dev_of(const struct statx& st) { return makedev(st.stx_dev_major, st.stx_dev_minor); }
-
-
-struct HandleBuf {
-  file_handle fh;
-  unsigned char space[MAX_HANDLE_SZ];
-};
+// The export's root directory, opened for the node table.
+Fd open_root(const ExportConfig& config) {
+  Fd fd(::open(config.path.c_str(), O_PATH | O_CLOEXEC));
+  if (!fd)
+    throw std::runtime_error("export '" + config.tag + "': cannot open '" + config.path + "': " + std::strerror(errno));
+  return fd;
+}
 
 }  // namespace
 
-// ---- NodeRef, PathFd, OpenFile
-
-NodeRef::NodeRef(Node* n) : n_(n) {
-  if (n_) n_->refs_.fetch_add(1, std::memory_order_relaxed);
-}
-
-void NodeRef::reset() {
-  if (Node* n = std::exchange(n_, nullptr)) n->vfs.release(n);
-}
-
-bool Node::is_root() const { return vfs.root().get() == this; }
-
-PathFd& PathFd::operator=(PathFd&& o) noexcept {
-  if (this != &o) {
-    if (node_) node_->vfs.unpin(node_);
-    node_ = std::exchange(o.node_, nullptr);
-    fd_ = std::exchange(o.fd_, -1);
-  }
-  return *this;
-}
-
-PathFd::~PathFd() {
-  if (node_) node_->vfs.unpin(node_);
-}
-
-std::string PathFd::proc_path() const { return "/proc/self/fd/" + std::to_string(fd_); }
+// ---- OpenFile
 
 OpenFile& OpenFile::operator=(OpenFile&& o) noexcept {
   if (this != &o) {
@@ -79,18 +53,8 @@ OpenFile::~OpenFile() {
 
 // ---- Vfs: set-up
 
-Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), options_(options) {
-  auto fail = [&](const std::string& why) {
-    throw std::runtime_error("export '" + config_.tag + "': " + why);
-  };
-  int fd = ::open(config_.path.c_str(), O_PATH | O_CLOEXEC);
-  if (fd < 0) fail("cannot open '" + config_.path + "': " + std::strerror(errno));
-  root_fd_.reset(fd);
-  struct statx st{};
-  if (::statx(fd, "", AT_EMPTY_PATH, kStatxMask, &st) < 0)
-    fail("cannot stat '" + config_.path + "': " + std::strerror(errno));
-  if (!S_ISDIR(st.stx_mode)) fail("'" + config_.path + "' is not a directory");
-  root_dev_ = dev_of(st);
+Vfs::Vfs(ExportConfig config, VfsOptions options)
+    : config_(std::move(config)), options_(options), nodes_(open_nodes(config_, options_)) {
   am_root_ = ::geteuid() == 0;
   if (config_.xattrs) {
     // The kernel drops security.capability when a file is written, truncated
@@ -98,89 +62,37 @@ Vfs::Vfs(ExportConfig config, VfsOptions options) : config_(std::move(config)), 
     auto cap = config_.xattrs->to_host("security.capability");
     if (cap && *cap != "security.capability") mapped_capability_ = *cap;
   }
-
-  HandleBuf hb{};
-  hb.fh.handle_bytes = MAX_HANDLE_SZ;
-  int mount_id = -1;
-  if (options_.handles != VfsOptions::Handles::kNever) {
-    std::string why;
-    if (::name_to_handle_at(fd, "", &hb.fh, &mount_id, AT_EMPTY_PATH) == 0) {
-      Fd mount_fd = mount_fd_of(fd);
-      Fd probe(::open_by_handle_at(mount_fd.get(), &hb.fh, O_PATH | O_CLOEXEC));
-      int err = errno;
-      handles_ok_ = probe.valid();
-      if (handles_ok_) mount_fds_.emplace(mount_id, std::move(mount_fd));
-      else why = std::string("open_by_handle_at: ") + std::strerror(err) + " (it needs CAP_DAC_READ_SEARCH)";
-    } else {
-      why = std::string("name_to_handle_at: ") + std::strerror(errno);
-    }
-    if (!handles_ok_ && options_.handles == VfsOptions::Handles::kMandatory)
-      fail("--inode-file-handles=mandatory, but '" + config_.path + "' cannot be served by file handles: " + why);
-  }
-  auto* root = new Node(*this, root_dev_, st.stx_ino, S_IFDIR);
-  root->path_fd_ = fd;  // owned by root_fd_, never evicted
-  root->pins_ = 1;
-  table_.insert(*root);
-  root_ = NodeRef(root);
 }
 
-Vfs::~Vfs() { root_.reset(); }
+NodeTable Vfs::open_nodes(const ExportConfig& config, const VfsOptions& options) {
+  Fd root = open_root(config);
+  try {
+    return NodeTable(std::move(root), {.path_fd_cache = options.path_fd_cache, .handles = options.handles},
+                     "'" + config.path + "'");
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("export '" + config.tag + "': " + e.what());
+  }
+}
+
+Vfs::~Vfs() = default;
 
 void Vfs::move_root(Fd dir) {
-  auto fail = [&](const std::string& why) {
-    throw std::runtime_error("export '" + config_.tag + "': " + why);
-  };
-  struct statx st{};
-  if (::statx(dir.get(), "", AT_EMPTY_PATH, kStatxMask, &st) < 0) fail(std::string("statx: ") + std::strerror(errno));
-  if (dev_of(st) != root_->dev || st.stx_ino != root_->ino)
-    fail("'" + config_.path + "' is no longer the directory fsd opened at start (replaced while it started?)");
-  std::lock_guard t(table_mu_);
-  std::lock_guard g(fd_mu_);
-  if (table_.size() != 1) fail("its root moved after requests were served");
-  if (handles_ok_) {
-    // Handles are opened through a mount's fd: the new mount's.
-    HandleBuf hb{};
-    hb.fh.handle_bytes = MAX_HANDLE_SZ;
-    int mount_id = -1;
-    Fd mount_fd = mount_fd_of(dir.get());
-    if (::name_to_handle_at(dir.get(), "", &hb.fh, &mount_id, AT_EMPTY_PATH) != 0 || !mount_fd)
-      fail(std::string("its mount in the sandbox: ") + std::strerror(errno));
-    mount_fds_.clear();
-    mount_fds_.emplace(mount_id, std::move(mount_fd));
+  try {
+    nodes_.move_root(std::move(dir));
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error("export '" + config_.tag + "': " + e.what());
   }
-  root_->path_fd_ = dir.get();
-  root_fd_ = std::move(dir);
-}
-
-// open_by_handle_at takes its mount from an fd, and not from an O_PATH one
-// (EBADF): the directory `dir` (an O_PATH fd) opened for reading, as fsd
-// itself (the caller of the request that met it may not read it).
-Fd Vfs::mount_fd_of(int dir) {
-  Credentials::AsSelf self;
-  return Fd(::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
 }
 
 VfsStats Vfs::stats() const {
-  VfsStats s;
-  {
-    std::lock_guard g(table_mu_);
-    s.nodes = table_.size();
-  }
-  std::lock_guard g(fd_mu_);
-  s.path_fds = path_fds_;
-  s.open_files = open_files_.load();
-  s.reopen_by_handle = reopen_by_handle_;
-  s.reopen_by_name = reopen_by_name_;
-  s.files_reclaimed = files_reclaimed_.load();
-  s.files_reopened = files_reopened_.load();
-  return s;
-}
-
-uint64_t Vfs::unique_ino(uint64_t dev, uint64_t ino) {
-  if (dev == root_dev_) return ino;
-  std::lock_guard g(dev_mu_);
-  auto [it, _] = dev_index_.emplace(dev, dev_index_.size() + 1);
-  return (it->second << 48) ^ ino;
+  NodeTableStats n = nodes_.stats();
+  return {.nodes = n.nodes,
+          .path_fds = n.path_fds,
+          .open_files = open_files_.load(),
+          .reopen_by_handle = n.reopen_by_handle,
+          .reopen_by_name = n.reopen_by_name,
+          .files_reclaimed = files_reclaimed_.load(),
+          .files_reopened = files_reopened_.load()};
 }
 
 dev_t Vfs::rdev_of(const struct statx& st) { return makedev(st.stx_rdev_major, st.stx_rdev_minor); }
@@ -190,167 +102,6 @@ uint32_t Vfs::version_of(const struct statx& st) {
   uint64_t v = static_cast<uint64_t>(st.stx_mtime.tv_sec) * 1000000000ull + st.stx_mtime.tv_nsec;
   v ^= st.stx_size * 0x9E3779B97F4A7C15ull;
   return static_cast<uint32_t>(v ^ (v >> 32));
-}
-
-// ---- node lifetime and the fd cache
-
-void Vfs::release(Node* n) {
-  NodeRef parent;  // dropped after the lock: it may release further nodes
-  {
-    std::lock_guard g(table_mu_);
-    if (n->refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    if (n->NodeSetHook::is_linked()) table_.erase(table_.iterator_to(*n));
-    parent = std::move(n->parent_);
-  }
-  {
-    std::lock_guard g(fd_mu_);
-    if (n->path_fd_ >= 0 && n->path_fd_ != root_fd_.get()) {
-      ::close(n->path_fd_);
-      path_fds_--;
-    }
-    n->NodeLruHook::unlink();
-  }
-  delete n;
-}
-
-void Vfs::unpin(Node* n) {
-  std::lock_guard g(fd_mu_);
-  n->pins_--;
-  if (path_fds_ > options_.path_fd_cache) evict_locked();
-}
-
-void Vfs::evict_locked() {
-  auto it = lru_.end();
-  while (path_fds_ > options_.path_fd_cache && it != lru_.begin()) {
-    --it;
-    Node& victim = *it;
-    if (victim.pins_ != 0) continue;
-    it = lru_.erase(it);
-    ::close(victim.path_fd_);
-    victim.path_fd_ = -1;
-    path_fds_--;
-  }
-}
-
-Result<PathFd> Vfs::path_fd(Node& n) {
-  {
-    std::lock_guard g(fd_mu_);
-    if (n.path_fd_ >= 0) {
-      n.pins_++;
-      if (n.NodeLruHook::is_linked()) {
-        n.NodeLruHook::unlink();
-        lru_.push_front(n);
-      }
-      return PathFd(&n, n.path_fd_);
-    }
-  }
-  auto fd = reopen(n);
-  if (!fd) return Error{fd.error()};
-  std::lock_guard g(fd_mu_);
-  if (n.path_fd_ < 0) {  // else another thread re-opened it first; ours closes
-    n.path_fd_ = fd->release();
-    lru_.push_front(n);
-    path_fds_++;
-  }
-  n.pins_++;
-  int out = n.path_fd_;
-  evict_locked();
-  return PathFd(&n, out);
-}
-
-std::pair<NodeRef, std::string> Vfs::location(Node& n) {
-  std::lock_guard g(table_mu_);
-  return {NodeRef(n.parent_.get()), n.name_};
-}
-
-Result<Fd> Vfs::reopen(Node& n) {
-  // The node was reached by a client allowed to: reopening it (by handle,
-  // which needs CAP_DAC_READ_SEARCH) is fsd's own business.
-  Credentials::AsSelf self;
-  if (n.handle_ && handles_ok_) {
-    int mount_fd = -1;
-    {
-      std::lock_guard g(fd_mu_);
-      if (auto it = mount_fds_.find(n.mount_id_); it != mount_fds_.end()) mount_fd = it->second.get();
-      reopen_by_handle_++;
-    }
-    if (mount_fd >= 0) {
-      int fd = ::open_by_handle_at(mount_fd, reinterpret_cast<file_handle*>(n.handle_.get()),
-                                   O_PATH | O_CLOEXEC);
-      if (fd >= 0) return Fd(fd);
-      if (errno == ESTALE || options_.handles == VfsOptions::Handles::kMandatory) return errno_error();
-    }
-  }
-  if (options_.handles == VfsOptions::Handles::kMandatory) return Error{-EOPNOTSUPP};  // never by name
-  auto [parent, name] = location(n);
-  if (!parent) return Error{-ESTALE};
-  auto pfd = path_fd(*parent);
-  if (!pfd) return Error{pfd.error()};
-  {
-    std::lock_guard g(fd_mu_);
-    reopen_by_name_++;
-  }
-  int fd = ::openat(pfd->get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return Error{errno == ENOENT ? -ESTALE : -errno};
-  Fd owned(fd);
-  struct statx st{};
-  if (::statx(fd, "", AT_EMPTY_PATH, STATX_INO, &st) < 0) return errno_error();
-  if (dev_of(st) != n.dev || st.stx_ino != n.ino) return Error{-ESTALE};
-  return owned;
-}
-
-NodeRef Vfs::intern(Fd fd, const struct statx& st, const NodeRef& parent, std::string_view name) {
-  Node::Key key{dev_of(st), st.stx_ino};
-  NodeRef node;
-  NodeRef old_parent;
-  {
-    std::lock_guard g(table_mu_);
-    if (auto it = table_.find(key); it != table_.end()) {
-      node = NodeRef(&*it);
-      if (!node->is_root() && parent) {
-        old_parent = std::exchange(node->parent_, parent);
-        node->name_ = std::string(name);
-      }
-    }
-  }
-  if (!node) {
-    auto fresh = std::make_unique<Node>(*this, key.dev, key.ino, st.stx_mode & S_IFMT);
-    fresh->parent_ = parent;
-    fresh->name_ = std::string(name);
-    int mount_id = -1;
-    HandleBuf hb{};
-    hb.fh.handle_bytes = MAX_HANDLE_SZ;
-    if (handles_ok_ && ::name_to_handle_at(fd.get(), "", &hb.fh, &mount_id, AT_EMPTY_PATH) == 0) {
-      std::lock_guard g(fd_mu_);
-      bool known = mount_fds_.contains(mount_id);
-      // A mount is first met at its root, a directory, which can be opened
-      // for open_by_handle_at's mount fd; a handle on a mount fsd has no fd
-      // for is of no use.
-      if (!known && S_ISDIR(st.stx_mode))
-        if (Fd m = mount_fd_of(fd.get())) known = mount_fds_.emplace(mount_id, std::move(m)).second;
-      if (known) {
-        size_t size = sizeof(file_handle) + hb.fh.handle_bytes;
-        fresh->handle_ = std::make_unique<unsigned char[]>(size);
-        std::memcpy(fresh->handle_.get(), &hb, size);
-        fresh->mount_id_ = mount_id;
-      }
-    }
-    std::lock_guard g(table_mu_);
-    if (auto it = table_.find(key); it != table_.end()) {
-      node = NodeRef(&*it);  // lost a race with another thread; use theirs
-    } else {
-      table_.insert(*fresh);
-      node = NodeRef(fresh.release());
-    }
-  }
-  std::lock_guard g(fd_mu_);
-  if (node->path_fd_ < 0) {
-    node->path_fd_ = fd.release();
-    lru_.push_front(*node);
-    path_fds_++;
-    evict_locked();
-  }
-  return node;
 }
 
 Result<void> Vfs::reserve_open_file() {
@@ -479,13 +230,8 @@ void Vfs::keep_files_of(int dirfd, const char* name) {
   Credentials::AsSelf self;
   struct statx st{};
   if (::statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_TYPE, &st) < 0 || S_ISDIR(st.stx_mode)) return;
-  NodeRef node;
-  {
-    std::lock_guard g(table_mu_);
-    auto it = table_.find(Node::Key{dev_of(st), st.stx_ino});
-    if (it == table_.end()) return;  // no node: no open files
-    node = NodeRef(&*it);
-  }
+  NodeRef node = nodes_.find(Node::Key{dev_of(st), st.stx_ino});
+  if (!node) return;  // no node: no open files
   node->keep_open_.store(true, std::memory_order_relaxed);
   // Open again every file of it whose fd was reclaimed before that.
   std::vector<FileUse> closed;
@@ -520,20 +266,9 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, con
   // Known node? Then a stat is enough and nothing is opened.
   int r = co_await ring.statx(dirfd, cname.c_str(), AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, kStatxMask, &st);
   if (r < 0) co_return Error{r};
-  {
-    NodeRef found, old_parent;
-    {
-      std::lock_guard g(table_mu_);
-      if (auto it = table_.find(Node::Key{dev_of(st), st.stx_ino}); it != table_.end()) {
-        found = NodeRef(&*it);
-        if (!found->is_root()) {
-          old_parent = std::exchange(found->parent_, dir);
-          found->name_ = std::string(name);
-        }
-      }
-    }
-    if (found && !handle_allowed(*found)) co_return Error{-EOPNOTSUPP};
-    if (found) co_return Entry{std::move(found), shown(st)};
+  if (NodeRef found = nodes_.seen(Node::Key{dev_of(st), st.stx_ino}, dir, name)) {
+    if (!nodes_.handle_allowed(*found)) co_return Error{-EOPNOTSUPP};
+    co_return Entry{std::move(found), shown(st)};
   }
   open_how how{};
   how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
@@ -544,8 +279,8 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, con
   // Stat what was opened: the name may have changed since the first stat.
   r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
   if (r < 0) co_return Error{r};
-  NodeRef node = intern(std::move(fd), st, dir, name);
-  if (!handle_allowed(*node)) co_return Error{-EOPNOTSUPP};
+  NodeRef node = nodes_.intern(std::move(fd), st, dir, name);
+  if (!nodes_.handle_allowed(*node)) co_return Error{-EOPNOTSUPP};
   co_return Entry{std::move(node), shown(st)};
 }
 
@@ -553,8 +288,7 @@ Task<Result<Entry>> Vfs::lookup(Ring& ring, NodeRef dir, std::string_view name) 
   if (name == "." || name == "..") {
     NodeRef target;
     if (name == ".." && !dir->is_root()) {
-      std::lock_guard g(table_mu_);  // copy only: dropping a ref here would re-lock
-      target = NodeRef(dir->parent_.get());
+      target = nodes_.parent(*dir);
     } else {
       target = dir;
     }
@@ -665,8 +399,8 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
     release_open_file();
     co_return Error{r < 0 ? r : -errno};
   }
-  NodeRef node = intern(Fd(dupfd), st, dir, at->name.view());
-  if (!handle_allowed(*node)) {
+  NodeRef node = nodes_.intern(Fd(dupfd), st, dir, at->name.view());
+  if (!nodes_.handle_allowed(*node)) {
     release_open_file();
     co_return Error{-EOPNOTSUPP};
   }
@@ -762,14 +496,8 @@ Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldn
   if (r < 0) co_return Error{r};
   // Keep the moved node's remembered location current, for re-resolution.
   struct statx st{};
-  if (::statx(nfd->get(), cnew->c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) == 0) {
-    NodeRef old_parent;
-    std::lock_guard g(table_mu_);
-    if (auto it = table_.find(Node::Key{dev_of(st), st.stx_ino}); it != table_.end() && !it->is_root()) {
-      old_parent = std::exchange(it->parent_, newdir);
-      it->name_ = std::string(cnew->view());
-    }
-  }
+  if (::statx(nfd->get(), cnew->c_str(), AT_SYMLINK_NOFOLLOW, STATX_INO, &st) == 0)
+    nodes_.seen(Node::Key{dev_of(st), st.stx_ino}, newdir, cnew->view());
   co_return Result<void>{};
 }
 
@@ -799,7 +527,7 @@ Result<Vfs::Named> Vfs::named(Node& n, const NodeRef& parent, std::string_view n
     if (::statx(self->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_NLINK, &st) < 0) return errno_error();
     if (st.stx_nlink > 1) return Error{given.error()};
   }
-  auto [dir, nm] = location(n);
+  auto [dir, nm] = nodes_.location(n);
   if (!dir) return Error{-ESTALE};
   return at(std::move(dir), std::move(nm));
 }
@@ -1224,7 +952,7 @@ Task<Result<size_t>> Vfs::copy_file_range(Ring& ring, const OpenFile& in, uint64
 Task<Result<void>> Vfs::syncfs(Ring& ring) {
   auto sync = [&]() -> int {
     // syncfs(2) refuses O_PATH fds (EBADF): open the root for it.
-    Fd dir(::openat(root_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    Fd dir(::openat(nodes_.root_fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!dir) return -errno;
     return ::syncfs(dir.get()) < 0 ? -errno : 0;
   };

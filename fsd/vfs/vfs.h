@@ -46,41 +46,22 @@
 #include "fsd/vfs/export.h"
 #include "fsd/vfs/name.h"
 #include "fsd/vfs/node.h"
+#include "fsd/vfs/node_table.h"
 
 namespace fsd {
+
+class Vfs;
 
 struct VfsOptions {
   // Most O_PATH fds the node cache keeps open (per export).
   unsigned path_fd_cache = 256;
   // Most files clients may hold open at once (per export); beyond it, EMFILE.
   unsigned open_files = 512;
-  // File handles (need CAP_DAC_READ_SEARCH) to reopen nodes whose O_PATH fd
-  // was evicted: kNever (the default, as virtiofsd's) re-resolves the
-  // node's name and checks it is the same inode; kPrefer uses handles when
-  // the file system has them, else names; kMandatory never uses names: the
-  // export fails to open without handles, and a lookup whose node has none
-  // fails (EOPNOTSUPP). A handle reopens an inode wherever it now is, even
-  // moved out of the export on the host; a name cannot. virtiofsd's
-  // --inode-file-handles.
-  enum class Handles { kNever, kPrefer, kMandatory } handles = Handles::kNever;
-};
-
-// A pinned O_PATH fd of a node; valid until this object is destroyed.
-class PathFd {
- public:
-  PathFd() = default;
-  PathFd(Node* n, int fd) : node_(n), fd_(fd) {}
-  PathFd(PathFd&& o) noexcept : node_(std::exchange(o.node_, nullptr)), fd_(std::exchange(o.fd_, -1)) {}
-  PathFd& operator=(PathFd&& o) noexcept;
-  PathFd(const PathFd&) = delete;
-  ~PathFd();
-  int get() const { return fd_; }
-  // "/proc/self/fd/N": names this node for calls that take no fd.
-  std::string proc_path() const;
-
- private:
-  Node* node_ = nullptr;
-  int fd_ = -1;
+  // File handles to reopen nodes whose O_PATH fd was evicted (FileHandles,
+  // fsd/vfs/node_table.h); a lookup of a node without one, where they are
+  // mandatory, fails (EOPNOTSUPP).
+  using Handles = FileHandles;
+  Handles handles = Handles::kNever;
 };
 
 // The files one client (a 9P connection) keeps open for its locks. A file
@@ -237,24 +218,20 @@ class Vfs {
   // umask applies unless `dir` has a default ACL, which the host kernel
   // then applies instead, as a local file system does.
   mode_t creation_mode(Node& dir, mode_t mode, mode_t umask);
-  const NodeRef& root() const { return root_; }
+  const NodeRef& root() const { return nodes_.root(); }
   // The sandbox reaches the export through a mount of its own: from now
   // on, `dir` (an O_PATH fd) is the export's root. It must be the same
   // directory (device and inode) the export opened; called before any
   // request is served. Throws std::runtime_error naming the export.
   void move_root(Fd dir);
   // The export's root directory (an O_PATH fd), for the sandbox's rules.
-  int root_dir() const { return root_fd_.get(); }
-  bool uses_handles() const { return handles_ok_; }
-  // False for a node without a file handle when handles are mandatory.
-  bool handle_allowed(const Node& n) const {
-    return options_.handles != VfsOptions::Handles::kMandatory || n.is_root() || n.handle_ != nullptr;
-  }
+  int root_dir() const { return nodes_.root_fd(); }
+  bool uses_handles() const { return nodes_.uses_handles(); }
   VfsStats stats() const;
 
   // A unique, stable inode number across submounts of this export (st_dev
   // mixed into st_ino). Equal to st_ino on the export root's device.
-  uint64_t unique_ino(uint64_t dev, uint64_t ino);
+  uint64_t unique_ino(uint64_t dev, uint64_t ino) { return nodes_.unique_ino(dev, ino); }
   // Changes when content or metadata changes (mtime, ctime, size).
   static uint32_t version_of(const struct statx& st);
   // The device number a device node's statx names, and one made of parts.
@@ -388,18 +365,10 @@ class Vfs {
   Result<FileLock> get_lock(const OpenFile& f, const FileLock& want);
 
  private:
-  friend class NodeRef;
-  friend class PathFd;
   friend class OpenFile;
 
-  // Pins and returns an O_PATH fd for the node, re-opening it if evicted.
-  Result<PathFd> path_fd(Node& n);
-  // Finds or inserts the node for a freshly opened path fd (whose statx is
-  // `st`); the fd becomes the node's cached fd if it has none.
-  NodeRef intern(Fd fd, const struct statx& st, const NodeRef& parent, std::string_view name);
-  Result<Fd> reopen(Node& n);
-  // Where the node was last seen: (parent, name); no parent for the root.
-  std::pair<NodeRef, std::string> location(Node& n);
+  Result<PathFd> path_fd(Node& n) { return nodes_.path_fd(n); }
+  static NodeTable open_nodes(const ExportConfig& config, const VfsOptions& options);
   // For a change to `name` in `dir`: EROFS on a read-only export, EINVAL
   // or ENAMETOOLONG for a bad name (Name::of), ENOTDIR; else the
   // directory's pinned fd and the checked copy of the name.
@@ -416,9 +385,6 @@ class Vfs {
   };
   Result<Named> named(Node& n, const NodeRef& parent, std::string_view name);
   Task<Result<Created>> open_existing(Ring& ring, const NodeRef& dir, int dirfd, const Name& name, int flags);
-  void release(Node* n);  // the last reference went away
-  void unpin(Node* n);
-  void evict_locked();
   // Takes one fd from the open-file budget, reclaiming an idle file's if
   // the budget is spent; EMFILE if nothing can be reclaimed.
   Result<void> reserve_open_file();
@@ -461,29 +427,8 @@ class Vfs {
   ExportConfig config_;
   VfsOptions options_;
   std::string mapped_capability_;  // the host name of security.capability, if renamed
-  bool handles_ok_ = false;
-  static Fd mount_fd_of(int dir);
   bool am_root_ = false;
-  Fd root_fd_;
-  uint64_t root_dev_ = 0;
-
-  // Lock order: table_mu_ before fd_mu_ before dev_mu_.
-  mutable std::mutex table_mu_;
-  boost::intrusive::set<Node, boost::intrusive::base_hook<NodeSetHook>,
-                        boost::intrusive::key_of_value<NodeKeyOf>>
-      table_;
-  NodeRef root_;
-
-  mutable std::mutex fd_mu_;
-  boost::intrusive::list<Node, boost::intrusive::base_hook<NodeLruHook>,
-                         boost::intrusive::constant_time_size<false>>
-      lru_;  // nodes with a cached fd, most recent first
-  unsigned path_fds_ = 0;
-  std::map<int, Fd> mount_fds_;  // mount id -> an O_PATH fd on that mount
-  uint64_t reopen_by_handle_ = 0, reopen_by_name_ = 0;
-
-  std::mutex dev_mu_;
-  std::map<uint64_t, uint64_t> dev_index_;  // st_dev -> small index for unique_ino
+  NodeTable nodes_;
 
   std::atomic<unsigned> open_files_{0};  // fds held by open files
 
