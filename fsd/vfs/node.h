@@ -74,7 +74,7 @@ class Node : public NodeSetHook, public NodeLruHook {
  private:
   friend class NodeTable;
   friend class NodeRef;
-  friend class Vfs;  // keep_open_
+  friend class FileBudget;  // keep_open_
 
   // Guarded by NodeTable::table_mu_ (decrements) / atomic (increments by a holder).
   std::atomic<uint32_t> refs_{0};

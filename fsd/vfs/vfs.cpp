@@ -36,25 +36,11 @@ Fd open_root(const ExportConfig& config) {
 
 }  // namespace
 
-// ---- OpenFile
-
-OpenFile& OpenFile::operator=(OpenFile&& o) noexcept {
-  if (this != &o) {
-    if (s_) vfs_->close_file(std::move(s_));
-    vfs_ = std::exchange(o.vfs_, nullptr);
-    s_ = std::move(o.s_);
-  }
-  return *this;
-}
-
-OpenFile::~OpenFile() {
-  if (s_) vfs_->close_file(std::move(s_));
-}
-
 // ---- Vfs: set-up
 
 Vfs::Vfs(ExportConfig config, VfsOptions options)
-    : config_(std::move(config)), options_(options), nodes_(open_nodes(config_, options_)) {
+    : config_(std::move(config)), options_(options), nodes_(open_nodes(config_, options_)),
+      files_(nodes_, options_.open_files) {
   am_root_ = ::geteuid() == 0;
   if (config_.xattrs) {
     // The kernel drops security.capability when a file is written, truncated
@@ -88,11 +74,11 @@ VfsStats Vfs::stats() const {
   NodeTableStats n = nodes_.stats();
   return {.nodes = n.nodes,
           .path_fds = n.path_fds,
-          .open_files = open_files_.load(),
+          .open_files = files_.open(),
           .reopen_by_handle = n.reopen_by_handle,
           .reopen_by_name = n.reopen_by_name,
-          .files_reclaimed = files_reclaimed_.load(),
-          .files_reopened = files_reopened_.load()};
+          .files_reclaimed = files_.reclaimed(),
+          .files_reopened = files_.reopened()};
 }
 
 dev_t Vfs::rdev_of(const struct statx& st) { return makedev(st.stx_rdev_major, st.stx_rdev_minor); }
@@ -102,150 +88,6 @@ uint32_t Vfs::version_of(const struct statx& st) {
   uint64_t v = static_cast<uint64_t>(st.stx_mtime.tv_sec) * 1000000000ull + st.stx_mtime.tv_nsec;
   v ^= st.stx_size * 0x9E3779B97F4A7C15ull;
   return static_cast<uint32_t>(v ^ (v >> 32));
-}
-
-Result<void> Vfs::reserve_open_file() {
-  for (int tries = 0;; tries++) {
-    if (open_files_.fetch_add(1, std::memory_order_relaxed) < options_.open_files) return {};
-    open_files_.fetch_sub(1, std::memory_order_relaxed);
-    // Others may take what a reclaim frees; a few rounds, then give up.
-    if (tries == 4 || !reclaim_one()) return Error{-EMFILE};
-  }
-}
-
-// ---- open files: the budget, and reclaiming fds of idle ones
-
-OpenFile Vfs::make_open_file(Fd fd, NodeRef node, int flags, uint64_t dev, bool never_wait) {
-  auto s = std::make_unique<detail::OpenState>();
-  s->node = std::move(node);
-  s->flags = flags;
-  s->dev = dev;
-  s->never_wait = never_wait;
-  s->fd = std::move(fd);
-  s->keep = never_wait;  // a FIFO opened again is a different conversation
-  std::lock_guard g(files_mu_);
-  files_.push_back(*s);
-  return OpenFile(this, std::move(s));
-}
-
-void Vfs::close_file(std::unique_ptr<detail::OpenState> s) {
-  {
-    std::lock_guard g(files_mu_);
-    files_.erase(files_.iterator_to(*s));
-  }
-  if (s->locker) s->locker->give_back();  // its locks go with its fd
-  if (s->fd) release_open_file();
-  s.reset();  // closes the fd, drops the node
-}
-
-// A clock: the hand walks the list from the front, moving each file it
-// passes to the back; a file used since the last pass gets another round.
-bool Vfs::reclaim_one() {
-  reclaims_started_.fetch_add(1, std::memory_order_seq_cst);  // before any nlink check: see keep_files_of
-  Fd victim;
-  {
-    std::lock_guard g(files_mu_);
-    for (size_t left = 2 * files_.size(); left && !victim; left--) {
-      auto& s = files_.front();
-      files_.pop_front();
-      files_.push_back(s);
-      std::unique_lock sg(s.mu, std::try_to_lock);
-      if (!sg || s.users || !s.fd || s.keep || !s.locked.empty() || s.node->keep_open_.load(std::memory_order_relaxed))
-        continue;
-      if (std::exchange(s.referenced, false)) continue;
-      // A file with no name left cannot be opened again: it keeps its fd.
-      struct stat st{};
-      if (::fstat(s.fd.get(), &st) == 0 && st.st_nlink == 0) {
-        s.keep = true;
-        continue;
-      }
-      victim = std::move(s.fd);
-      // Its listing starts afresh when it is reopened: the cursor's
-      // buffer goes now, so memory for cursors is bounded by the budget.
-      if (std::unique_lock dg(s.dir_mu, std::try_to_lock); dg) s.dir = {};
-    }
-  }
-  if (!victim) return false;
-  victim.reset();
-  release_open_file();
-  files_reclaimed_.fetch_add(1, std::memory_order_relaxed);
-  return true;
-}
-
-Vfs::FileUse::~FileUse() {
-  if (!s_) return;
-  std::lock_guard g(s_->mu);
-  s_->users--;
-}
-
-Result<Vfs::FileUse> Vfs::use(const OpenFile& f) {
-  if (!f.s_) return Error{-EBADF};
-  detail::OpenState& s = *f.s_;
-  {
-    std::lock_guard g(s.mu);
-    s.users++;
-    s.referenced = true;
-    if (s.fd) return FileUse(&s);
-  }
-  FileUse pinned(&s);  // pinned while it is opened again (no lock held: that may reclaim others)
-  if (auto r = reopen_file(s); !r) return Error{r.error()};
-  return pinned;
-}
-
-Result<void> Vfs::reopen_file(detail::OpenState& s) {
-  if (auto r = reserve_open_file(); !r) return r;
-  Credentials::AsSelf self;  // the file is open already: its opener had the right
-  auto opened = [&]() -> Result<Fd> {
-    auto pfd = path_fd(*s.node);
-    if (!pfd) return Error{pfd.error()};
-    int flags = (s.flags & ~(O_TRUNC | O_CREAT | O_EXCL)) | O_CLOEXEC;
-    Fd fd(::open(pfd->proc_path().c_str(), flags));
-    if (!fd) return errno_error();
-    struct statx st{};
-    if (::statx(fd.get(), "", AT_EMPTY_PATH, STATX_INO, &st) < 0) return errno_error();
-    if (dev_of(st) != s.node->dev || st.stx_ino != s.node->ino) return Error{-ESTALE};
-    return fd;
-  }();
-  if (!opened) {
-    release_open_file();
-    return Error{opened.error()};
-  }
-  std::lock_guard g(s.mu);
-  if (s.fd) {  // another operation opened it first
-    release_open_file();
-    return {};
-  }
-  s.fd = std::move(*opened);
-  s.fd_gen++;
-  files_reopened_.fetch_add(1, std::memory_order_relaxed);
-  return {};
-}
-
-void Vfs::keep_files_of(int dirfd, const char* name) {
-  // Until the budget first runs out, no fd has been reclaimed, and a reclaim
-  // skips files whose last name is gone: nothing to do, and no statx on
-  // every unlink. (An unlink racing with the very first reclaim can still
-  // lose its file's fd; its next use then answers ESTALE.)
-  if (reclaims_started_.load(std::memory_order_seq_cst) == 0) return;
-  Credentials::AsSelf self;
-  struct statx st{};
-  if (::statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_INO | STATX_TYPE, &st) < 0 || S_ISDIR(st.stx_mode)) return;
-  NodeRef node = nodes_.find(Node::Key{dev_of(st), st.stx_ino});
-  if (!node) return;  // no node: no open files
-  node->keep_open_.store(true, std::memory_order_relaxed);
-  // Open again every file of it whose fd was reclaimed before that.
-  std::vector<FileUse> closed;
-  {
-    std::lock_guard g(files_mu_);
-    for (auto& s : files_) {
-      if (s.node != node) continue;
-      std::lock_guard sg(s.mu);
-      if (s.fd) continue;
-      s.users++;
-      closed.emplace_back(&s);
-    }
-  }
-  for (auto& u : closed) (void)reopen_file(u.state());
 }
 
 // ---- operations
@@ -334,10 +176,10 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
   if ((type == S_IFCHR || type == S_IFBLK) && !config_.devices) co_return Error{-EACCES};
   bool special = type == S_IFIFO || type == S_IFSOCK || type == S_IFCHR;
   flags = (flags & open_flags_allowed()) | O_CLOEXEC | O_NOCTTY;
-  if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
+  if (auto r = files_.reserve(); !r) co_return Error{r.error()};
   auto pfd = path_fd(n);
   if (!pfd) {
-    release_open_file();
+    files_.unreserve();
     co_return Error{pfd.error()};
   }
   // Re-opening through /proc/self/fd reaches exactly this inode, whatever
@@ -351,10 +193,10 @@ Task<Result<OpenFile>> Vfs::open(Ring& ring, Node& n, int flags) {
     r = co_await ring.openat2(AT_FDCWD, path.c_str(), how);
   }
   if (r < 0) {
-    release_open_file();
+    files_.unreserve();
     co_return Error{r};
   }
-  co_return make_open_file(Fd(r), NodeRef(&n), flags, n.dev, special);
+  co_return files_.adopt(Fd(r), NodeRef(&n), flags, n.dev, special);
 }
 
 mode_t Vfs::creation_mode(Node& dir, mode_t mode, mode_t umask) {
@@ -371,7 +213,7 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
                                        mode_t mode) {
   auto at = dir_for_change(*dir, name);
   if (!at) co_return Error{at.error()};
-  if (auto r = reserve_open_file(); !r) co_return Error{r.error()};
+  if (auto r = files_.reserve(); !r) co_return Error{r.error()};
   // Only a new file is opened here (O_EXCL). A name that exists already is
   // looked up and opened as open() opens any node, by the rule for its type:
   // opened in place, an existing FIFO would park this worker until a writer
@@ -384,11 +226,11 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   how.resolve = kResolveChild;
   int r = co_await ring.openat2(at->dir.get(), at->name.c_str(), how);
   if (r == -EEXIST && !(flags & O_EXCL)) {
-    release_open_file();
+    files_.unreserve();
     co_return co_await open_existing(ring, dir, at->dir.get(), at->name, flags);
   }
   if (r < 0) {
-    release_open_file();
+    files_.unreserve();
     co_return Error{r};
   }
   Fd fd(r);
@@ -396,16 +238,16 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
   int dupfd = r < 0 ? r : ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
   if (r < 0 || dupfd < 0) {
-    release_open_file();
+    files_.unreserve();
     co_return Error{r < 0 ? r : -errno};
   }
   NodeRef node = nodes_.intern(Fd(dupfd), st, dir, at->name.view());
   if (!nodes_.handle_allowed(*node)) {
-    release_open_file();
+    files_.unreserve();
     co_return Error{-EOPNOTSUPP};
   }
   // Reopened, it must not be truncated or created again.
-  OpenFile file = make_open_file(std::move(fd), node, oflags & ~(O_CREAT | O_EXCL | O_TRUNC), dir->dev, false);
+  OpenFile file = files_.adopt(std::move(fd), node, oflags & ~(O_CREAT | O_EXCL | O_TRUNC), dir->dev, false);
   co_return Created{Entry{std::move(node), shown(st)}, std::move(file)};
 }
 
@@ -474,7 +316,7 @@ Task<Result<void>> Vfs::link(Ring& ring, Node& target, NodeRef dir, std::string_
 Task<Result<void>> Vfs::unlink(Ring& ring, NodeRef dir, std::string_view name, int flags) {
   auto at = dir_for_change(*dir, name);
   if (!at) co_return Error{at.error()};
-  keep_files_of(at->dir.get(), at->name.c_str());
+  files_.keep_files_of(at->dir.get(), at->name.c_str());
   co_return from_res(co_await ring.unlinkat(at->dir.get(), at->name.c_str(), flags & AT_REMOVEDIR));
 }
 
@@ -491,7 +333,7 @@ Task<Result<void>> Vfs::rename(Ring& ring, NodeRef olddir, std::string_view oldn
   if (!ofd) co_return Error{ofd.error()};
   auto nfd = path_fd(*newdir);
   if (!nfd) co_return Error{nfd.error()};
-  if (!(flags & RENAME_EXCHANGE)) keep_files_of(nfd->get(), cnew->c_str());  // it may replace a file
+  if (!(flags & RENAME_EXCHANGE)) files_.keep_files_of(nfd->get(), cnew->c_str());  // it may replace a file
   int r = co_await ring.renameat(ofd->get(), cold->c_str(), nfd->get(), cnew->c_str(), flags);
   if (r < 0) co_return Error{r};
   // Keep the moved node's remembered location current, for re-resolution.
@@ -536,7 +378,7 @@ Task<Result<void>> Vfs::remove(Ring& ring, Node& n, const NodeRef& parent, std::
   if (read_only()) co_return Error{-EROFS};
   auto at = named(n, parent, name);
   if (!at) co_return Error{at.error()};
-  keep_files_of(at->dir.get(), at->name.c_str());
+  files_.keep_files_of(at->dir.get(), at->name.c_str());
   co_return from_res(co_await ring.unlinkat(at->dir.get(), at->name.c_str(), n.is_dir() ? AT_REMOVEDIR : 0));
 }
 

@@ -44,6 +44,7 @@
 #include "common/result.h"
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/export.h"
+#include "fsd/vfs/fd_budget.h"
 #include "fsd/vfs/name.h"
 #include "fsd/vfs/node.h"
 #include "fsd/vfs/node_table.h"
@@ -62,90 +63,6 @@ struct VfsOptions {
   // mandatory, fails (EOPNOTSUPP).
   using Handles = FileHandles;
   Handles handles = Handles::kNever;
-};
-
-// The files one client (a 9P connection) keeps open for its locks. A file
-// that holds a lock keeps its fd, outside the budget's reclaiming (closing
-// it would drop the lock), so each client may pin only a share of the
-// budget (Vfs::set_lock); past it, its next lock is ENOLCK.
-class LockAccount {
- public:
-  // Takes one kept file, if fewer than `max` are kept.
-  bool take(unsigned max) {
-    unsigned n = kept_.load(std::memory_order_relaxed);
-    while (n < max)
-      if (kept_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
-    return false;
-  }
-  void give_back() { kept_.fetch_sub(1, std::memory_order_relaxed); }
-  unsigned kept() const { return kept_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<unsigned> kept_{0};
-};
-
-namespace detail {
-// What an OpenFile holds: its fd, or, while the fd is reclaimed, what it
-// takes to open the same file again. Listed by its Vfs (the reclaim clock).
-struct OpenState : boost::intrusive::list_base_hook<> {
-  NodeRef node;
-  int flags = 0;
-  uint64_t dev = 0;         // the file's st_dev, for unique_ino of directory entries
-  bool never_wait = false;  // a FIFO, socket or character device (see Vfs::read)
-
-  std::mutex mu;            // guards the fields below
-  Fd fd;                    // invalid while reclaimed
-  unsigned users = 0;       // operations using fd now
-  bool referenced = false;  // used since the clock last passed
-  bool keep = false;        // never reclaimed: a special file, or one with no name left
-  // The byte ranges its locks cover, [start, end) by start (an OFD's locks
-  // merge and split as ranges do, whatever their type): while there are
-  // any, the fd is kept, counted in `locker`'s account.
-  std::map<uint64_t, uint64_t> locked;
-  std::shared_ptr<LockAccount> locker;
-  uint32_t fd_gen = 0;      // counts reopens: a reopened fd reads its directory from the start
-
-  // A directory's read position (Vfs::read_dir): the entries its last
-  // getdents returned that did not fit the reply, and where they resume.
-  // Reading on from there needs no seek, which on ext4 would rebuild the
-  // hash tree of a whole directory block every time.
-  struct DirCursor {
-    std::unique_ptr<std::byte[]> buf;  // kDirBuffer bytes while a listing is under way (not after
-                                       // its end, nor while the fd is reclaimed)
-    size_t pos = 0, len = 0;           // the entries not yet returned: buf[pos, len)
-    uint64_t offset = 0;               // the offset a reader passes to resume at buf[pos]
-    uint32_t gen = 0;                  // fd_gen of the fd it belongs to
-    bool valid = false;                // the fd's position is right after buf[len)
-  };
-  std::mutex dir_mu;  // guards dir, and the directory fd's position; held while it is read
-  DirCursor dir;
-};
-}  // namespace detail
-
-// A file opened for I/O. Its fd counts against VfsOptions::open_files; when
-// that budget runs out, the Vfs closes the fd of an idle open file (one no
-// operation is using, least recently used first) and opens it again when it
-// is next used: the same inode (checked), with the same flags less O_TRUNC.
-// Files that hold locks, special files, and files with no name left keep
-// their fds. Only the Vfs touches the fd: servers pass the OpenFile
-// back for every operation on it.
-class OpenFile {
- public:
-  OpenFile() = default;
-  OpenFile(OpenFile&& o) noexcept : vfs_(std::exchange(o.vfs_, nullptr)), s_(std::move(o.s_)) {}
-  OpenFile& operator=(OpenFile&& o) noexcept;
-  ~OpenFile();
-  int flags() const { return s_ ? s_->flags : 0; }
-  bool valid() const { return s_ != nullptr; }
-  bool readable() const { return (flags() & O_ACCMODE) != O_WRONLY; }
-  bool writable() const { return (flags() & O_ACCMODE) != O_RDONLY; }
-
- private:
-  friend class Vfs;
-  OpenFile(Vfs* vfs, std::unique_ptr<detail::OpenState> s) : vfs_(vfs), s_(std::move(s)) {}
-
-  Vfs* vfs_ = nullptr;
-  std::unique_ptr<detail::OpenState> s_;
 };
 
 // One entry of a directory listing. `name` is valid only during the
@@ -365,8 +282,6 @@ class Vfs {
   Result<FileLock> get_lock(const OpenFile& f, const FileLock& want);
 
  private:
-  friend class OpenFile;
-
   Result<PathFd> path_fd(Node& n) { return nodes_.path_fd(n); }
   static NodeTable open_nodes(const ExportConfig& config, const VfsOptions& options);
   // For a change to `name` in `dir`: EROFS on a read-only export, EINVAL
@@ -385,37 +300,11 @@ class Vfs {
   };
   Result<Named> named(Node& n, const NodeRef& parent, std::string_view name);
   Task<Result<Created>> open_existing(Ring& ring, const NodeRef& dir, int dirfd, const Name& name, int flags);
-  // Takes one fd from the open-file budget, reclaiming an idle file's if
-  // the budget is spent; EMFILE if nothing can be reclaimed.
-  Result<void> reserve_open_file();
-  void release_open_file() { open_files_.fetch_sub(1, std::memory_order_relaxed); }
-  // Closes the fd of one idle open file; false if there is none.
-  bool reclaim_one();
-  OpenFile make_open_file(Fd fd, NodeRef node, int flags, uint64_t dev, bool never_wait);
-  void close_file(std::unique_ptr<detail::OpenState> s);
-  // An open file's fd, pinned (never reclaimed) while this lives.
-  class FileUse {
-   public:
-    explicit FileUse(detail::OpenState* s) : s_(s) {}
-    FileUse(FileUse&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
-    FileUse& operator=(FileUse&&) = delete;
-    ~FileUse();
-    int fd() const { return s_->fd.get(); }
-    detail::OpenState& state() const { return *s_; }
-
-   private:
-    detail::OpenState* s_;
-  };
+  using FileUse = FileBudget::Use;
   // read/write after their checks: `iov` at `offset`, through io_uring (or
   // non-blocking syscalls for special files).
   Task<Result<size_t>> transfer(Ring& ring, const OpenFile& f, std::span<const iovec> iov, uint64_t offset, bool write);
-  // Pins the file's fd, opening the file again if its fd was reclaimed.
-  Result<FileUse> use(const OpenFile& f);
-  Result<void> reopen_file(detail::OpenState& s);
-  // Before fsd removes `name` in `dirfd` (unlink, rename over it): if it is
-  // a node with open files, they keep their fds, and reclaimed ones are
-  // opened again while the name still exists.
-  void keep_files_of(int dirfd, const char* name);
+  Result<FileUse> use(const OpenFile& f) { return files_.use(f); }
 
   // The host's name for a client's xattr name, or why it may not be used
   // (`changing`: set or remove).
@@ -430,12 +319,7 @@ class Vfs {
   bool am_root_ = false;
   NodeTable nodes_;
 
-  std::atomic<unsigned> open_files_{0};  // fds held by open files
-
-  std::mutex files_mu_;  // taken before any OpenState::mu
-  boost::intrusive::list<detail::OpenState> files_;  // every open file; the clock hand is at the front
-  std::atomic<uint64_t> files_reclaimed_{0}, files_reopened_{0};
-  std::atomic<uint64_t> reclaims_started_{0};
+  FileBudget files_;
 };
 
 }  // namespace fsd
