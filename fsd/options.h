@@ -1,5 +1,5 @@
 // fsd's command line as parsed: its own flags and virtiofsd's (see
-// virtiofsd_compat.h), before main.cpp checks them into a plan.
+// virtiofsd_compat.h), before make_plan (plan.h) checks them.
 #pragma once
 
 #include <sys/resource.h>
@@ -14,6 +14,10 @@
 
 #include "fsd/p9/session.h"
 #include "fsd/transport/socket_server.h"
+
+namespace CLI {
+class App;
+}
 
 namespace fsd::cli {
 
@@ -63,6 +67,9 @@ struct Options {
   std::optional<std::string> modcaps;     // virtiofsd's: capabilities the sandbox keeps, changed
   std::vector<std::string> ignored;  // flags taken without effect, each with why (warned at start)
 };
+
+// Adds fsd's own flags to `app`, filling `o` (cli.cpp).
+void add_options(CLI::App& app, Options& o);
 
 // The export and device tag of virtiofsd's form.
 constexpr const char* kCompatTag = "virtiofs";
