@@ -18,34 +18,10 @@
 #include "common/fd.h"
 #include "fsd/core/server.h"
 #include "fsd/core/unix_socket.h"
+#include "fsd/transport/listen_address.h"
 #include "fsd/uring/ring.h"
 
 namespace fsd {
-
-struct ListenAddress {
-  enum class Kind { kUnix, kTcp } kind = Kind::kUnix;
-  std::string path;  // unix
-  std::string host;  // tcp, numeric
-  uint16_t port = 0;
-  // Who a TCP peer acts as: nothing vouches for its identity, so it is
-  // `as_uid`:`as_gid` (default nobody), or, on a trusted listener, whoever
-  // it names. A unix-socket peer is who the kernel says it is (SO_PEERCRED):
-  // a root peer may name the user it acts as, any other acts as itself.
-  uid_t as_uid = 65534;
-  gid_t as_gid = 65534;
-  bool trusted = false;
-  // A socket passed by socket activation (systemd's LISTEN_FDS), by its
-  // name; once adopted, kind says whether it is a unix or a TCP socket.
-  std::string inherited;
-  std::string to_string() const;  // without the identity options
-};
-
-// "unix:PATH", "tcp:PORT" (loopback), "tcp:HOST:PORT", "tcp:[V6]:PORT", or
-// "systemd:NAME" (a socket passed by socket activation under that name);
-// a TCP or passed address may end in ",as=UID:GID" and/or ",trusted" (which
-// a passed unix socket ignores: its peers are who the kernel says).
-// Throws std::invalid_argument with a one-line message.
-ListenAddress parse_listen(std::string_view spec);
 
 struct SocketServerStats {
   uint64_t connections_accepted = 0;
