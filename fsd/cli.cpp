@@ -9,41 +9,10 @@
 
 namespace fsd::cli {
 
-void add_options(CLI::App& app, Options& o) {
-  app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
-  app.add_option("--export", o.exports,
-                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,direct-io]"
-                 "[,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,translate-uid=RULE][,translate-gid=RULE]"
-                 "[,xattrmap=RULES] (repeatable). 9p clients attach with aname TAG (or PATH). Read-only exports "
-                 "default to cache=always. devices lets root callers create device nodes (refused otherwise). "
-                 "direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, translate-uid/-gid and xattrmap are "
-                 "as virtiofsd's --allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, "
-                 "--announce-submounts, --translate-uid/-gid and --xattrmap, for this export only.")
-      ->type_name("SPEC");
-  app.add_option("--listen", o.listens,
-                 "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), tcp:HOST:PORT, or systemd:NAME (a socket passed "
-                 "by socket activation, named by its unit's FileDescriptorName=) (repeatable)")
-      ->type_name("ADDR");
-  app.add_option("--virtiofs-socket", o.virtiofs_sockets,
-                 "Serve export TAG as a virtio-fs device on the vhost-user socket PATH, or on the socket passed "
-                 "by socket activation as NAME with TAG=systemd:NAME (repeatable)")
-      ->type_name("TAG=PATH");
-  app.add_option("--virtio9p-socket", o.virtio9p_sockets,
-                 "Serve export TAG as a virtio-9p device (mount tag TAG) on the vhost-user socket PATH (repeatable)")
-      ->type_name("TAG=PATH");
-  app.add_option("--vsock-socket", o.vsock_sockets,
-                 "Be the back-end of a virtio-vsock device (QEMU's vhost-user-vsock-pci) on the vhost-user socket "
-                 "PATH, serving 9P2000.L (every export, by aname) on vsock port P (default 564) of the guest with "
-                 "CID N (default 3). Only connections from reserved guest ports (below 1024: guest root) are served, "
-                 "as a trusted peer; untrusted-as=UID:GID serves the others too, acting as that identity. A guest "
-                 "mounts with trans=fd on a connected socket (repeatable)")
-      ->type_name("PATH[,cid=N][,port=P][,untrusted-as=UID:GID]");
-  app.add_option("--fuse-mount", o.fuse_mounts, "Mount export TAG on the host at MOUNTPOINT through /dev/fuse (repeatable)")
-      ->type_name("TAG=MOUNTPOINT");
-  app.add_option("--on-disconnect", o.on_disconnect,
-                 "When a virtio-fs front-end disconnects: wait for the next one, or exit "
-                 "(default: wait; exit in the virtiofsd-compatible form)")
-      ->check(CLI::IsMember({"wait", "exit"}));
+namespace {
+
+// How much fsd serves at once, and how long it waits.
+void add_limit_options(CLI::App& app, Options& o) {
   app.add_option("--msize-max", o.msize_max, "Largest 9p msize to agree to, in bytes")
       ->check(CLI::Range(4096u, 16u << 20))
       ->capture_default_str();
@@ -87,6 +56,10 @@ void add_options(CLI::App& app, Options& o) {
                  "mount holds its root fid, so an idle mount is never closed)")
       ->check(CLI::Range(0u, 1u << 30))
       ->capture_default_str();
+}
+
+// Who may connect, and what confines fsd.
+void add_confinement_options(CLI::App& app, Options& o) {
   app.add_option("--socket-mode", o.socket_mode,
                  "Mode (octal) of the unix sockets fsd creates, whatever the umask (default 0600: only fsd's "
                  "user may connect; e.g. 0660 with --socket-group lets that group in)")
@@ -109,6 +82,47 @@ void add_options(CLI::App& app, Options& o) {
                  "for an fsd started by an ordinary user without --fuse-mount), log, trap, or none (no filter; the "
                  "default otherwise)")
       ->type_name("kill|log|trap|none");
+}
+
+}  // namespace
+
+void add_options(CLI::App& app, Options& o) {
+  app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
+  app.add_option("--export", o.exports,
+                 "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,direct-io]"
+                 "[,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,translate-uid=RULE][,translate-gid=RULE]"
+                 "[,xattrmap=RULES] (repeatable). 9p clients attach with aname TAG (or PATH). Read-only exports "
+                 "default to cache=always. devices lets root callers create device nodes (refused otherwise). "
+                 "direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, translate-uid/-gid and xattrmap are "
+                 "as virtiofsd's --allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, "
+                 "--announce-submounts, --translate-uid/-gid and --xattrmap, for this export only.")
+      ->type_name("SPEC");
+  app.add_option("--listen", o.listens,
+                 "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), tcp:HOST:PORT, or systemd:NAME (a socket passed "
+                 "by socket activation, named by its unit's FileDescriptorName=) (repeatable)")
+      ->type_name("ADDR");
+  app.add_option("--virtiofs-socket", o.virtiofs_sockets,
+                 "Serve export TAG as a virtio-fs device on the vhost-user socket PATH, or on the socket passed "
+                 "by socket activation as NAME with TAG=systemd:NAME (repeatable)")
+      ->type_name("TAG=PATH");
+  app.add_option("--virtio9p-socket", o.virtio9p_sockets,
+                 "Serve export TAG as a virtio-9p device (mount tag TAG) on the vhost-user socket PATH (repeatable)")
+      ->type_name("TAG=PATH");
+  app.add_option("--vsock-socket", o.vsock_sockets,
+                 "Be the back-end of a virtio-vsock device (QEMU's vhost-user-vsock-pci) on the vhost-user socket "
+                 "PATH, serving 9P2000.L (every export, by aname) on vsock port P (default 564) of the guest with "
+                 "CID N (default 3). Only connections from reserved guest ports (below 1024: guest root) are served, "
+                 "as a trusted peer; untrusted-as=UID:GID serves the others too, acting as that identity. A guest "
+                 "mounts with trans=fd on a connected socket (repeatable)")
+      ->type_name("PATH[,cid=N][,port=P][,untrusted-as=UID:GID]");
+  app.add_option("--fuse-mount", o.fuse_mounts, "Mount export TAG on the host at MOUNTPOINT through /dev/fuse (repeatable)")
+      ->type_name("TAG=MOUNTPOINT");
+  app.add_option("--on-disconnect", o.on_disconnect,
+                 "When a virtio-fs front-end disconnects: wait for the next one, or exit "
+                 "(default: wait; exit in the virtiofsd-compatible form)")
+      ->check(CLI::IsMember({"wait", "exit"}));
+  add_limit_options(app, o);
+  add_confinement_options(app, o);
   app.add_option("--ready-fd", o.ready_fd, "Write \"ready\" to this fd once every socket accepts, then close it");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))

@@ -241,10 +241,8 @@ sigset_t take_signals() {
   return block_signals({SIGINT, SIGTERM, SIGUSR1});
 }
 
-}  // namespace
-
-int run(Options& o) {
-  apply_compat(o);  // -o may set the log level
+// Logs to syslog if asked, at the level asked, and says what was ignored.
+void set_up_logging(Options& o) {
   if (o.syslog) {
     // Where logs go is no protection: without a syslog daemon, they stay on
     // stderr, with a warning, rather than fsd not starting.
@@ -258,40 +256,36 @@ int run(Options& o) {
   }
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   for (const auto& why : o.ignored) spdlog::warn("ignored: {}", why);
-  if (o.rlimit_nofile && *o.rlimit_nofile != 0) {
-    // The kernel's ceiling is fs.nr_open: more is taken as that, with a warning.
-    rlim_t want = *o.rlimit_nofile;
-    rlim_t ceiling = 0;
-    if (std::ifstream nr("/proc/sys/fs/nr_open"); nr >> ceiling && ceiling != 0 && want > ceiling) {
-      spdlog::warn("--rlimit-nofile {}: above fs.nr_open; using {}", want, ceiling);
-      want = ceiling;
-    }
-    rlimit rl{want, want};
-    if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-      // Raising the hard limit needs CAP_SYS_RESOURCE: without it, as far
-      // as the hard limit goes.
-      int saved = errno;
-      rlimit now{};
-      if (saved != EPERM || ::getrlimit(RLIMIT_NOFILE, &now) != 0 || now.rlim_max >= want)
-        throw std::runtime_error("--rlimit-nofile " + std::to_string(want) + ": " + std::strerror(saved));
-      spdlog::warn("--rlimit-nofile {}: the hard limit {} cannot be raised ({}); using it", want, now.rlim_max,
-                   std::strerror(saved));
-      now.rlim_cur = now.rlim_max;
-      ::setrlimit(RLIMIT_NOFILE, &now);
-    }
+}
+
+// virtiofsd's --rlimit-nofile: the fd limit set to `wanted`, as far as the
+// kernel and fsd's privileges allow.
+void set_fd_limit(rlim_t wanted) {
+  // The kernel's ceiling is fs.nr_open: more is taken as that, with a warning.
+  rlim_t want = wanted;
+  rlim_t ceiling = 0;
+  if (std::ifstream nr("/proc/sys/fs/nr_open"); nr >> ceiling && ceiling != 0 && want > ceiling) {
+    spdlog::warn("--rlimit-nofile {}: above fs.nr_open; using {}", want, ceiling);
+    want = ceiling;
   }
-  // What a supervisor handed over (systemd's socket activation and
-  // readiness protocol), taken before anything else is opened.
-  PassedSockets passed = PassedSockets::take();
-  ReadyNotifier ready = ReadyNotifier::from_environment();
-  // Clients send the modes they want, their umask applied already (FUSE's
-  // kernel side, or the 9p client): fsd's own must not take bits away.
-  ::umask(0);
-  Plan plan = make_plan(o);
-  ExportSet exports = open_exports(plan.exports, o.fd_budget, o.inode_file_handles);
-  sigset_t sigs = take_signals();
-  Servers servers(o, plan, exports);
-  servers.bind(passed);
+  rlimit rl{want, want};
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    // Raising the hard limit needs CAP_SYS_RESOURCE: without it, as far
+    // as the hard limit goes.
+    int saved = errno;
+    rlimit now{};
+    if (saved != EPERM || ::getrlimit(RLIMIT_NOFILE, &now) != 0 || now.rlim_max >= want)
+      throw std::runtime_error("--rlimit-nofile " + std::to_string(want) + ": " + std::strerror(saved));
+    spdlog::warn("--rlimit-nofile {}: the hard limit {} cannot be raised ({}); using it", want, now.rlim_max,
+                 std::strerror(saved));
+    now.rlim_cur = now.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &now);
+  }
+}
+
+// Enters the plan's sandbox, moving each export's root onto its mount
+// there, and says what confines fsd now.
+void confine(const Options& o, const Plan& plan, ExportSet& exports) {
   bool as_root = ::geteuid() == 0;
   if (o.sandbox == "chroot")
     spdlog::info("--sandbox chroot: fsd's namespace sandbox stands in for it (it confines fsd at least as much)");
@@ -341,6 +335,27 @@ int run(Options& o) {
     spdlog::info("requests act as fsd's own user (uid {}): it cannot act as others ({})", Credentials::self()->uid(),
                  !as_root && plan.sandbox == SandboxMode::kNamespace ? "its user namespace maps no other ids"
                                                                            : "no CAP_SETUID/CAP_SETGID");
+}
+
+}  // namespace
+
+int run(Options& o) {
+  apply_compat(o);  // -o may set the log level
+  set_up_logging(o);
+  if (o.rlimit_nofile && *o.rlimit_nofile != 0) set_fd_limit(*o.rlimit_nofile);
+  // What a supervisor handed over (systemd's socket activation and
+  // readiness protocol), taken before anything else is opened.
+  PassedSockets passed = PassedSockets::take();
+  ReadyNotifier ready = ReadyNotifier::from_environment();
+  // Clients send the modes they want, their umask applied already (FUSE's
+  // kernel side, or the 9p client): fsd's own must not take bits away.
+  ::umask(0);
+  Plan plan = make_plan(o);
+  ExportSet exports = open_exports(plan.exports, o.fd_budget, o.inode_file_handles);
+  sigset_t sigs = take_signals();
+  Servers servers(o, plan, exports);
+  servers.bind(passed);
+  confine(o, plan, exports);
   install_seccomp(plan.seccomp);
   if (plan.seccomp != SeccompAction::kNone) spdlog::info("seccomp: an allow-list of fsd's system calls ({})", o.seccomp.empty() ? "kill" : o.seccomp);
   servers.start();

@@ -35,11 +35,8 @@ constexpr bool kSanitized = true;
 constexpr bool kSanitized = false;
 #endif
 
-}  // namespace
-
-Plan make_plan(Options& o, const Self& self) {
-  if (o.exports.empty()) throw std::invalid_argument("nothing to export: give --export TAG=PATH (or --shared-dir)");
-  Plan p;
+// The exports, each with the virtiofsd-style flags that hold for all of them.
+void plan_exports(const Options& o, Plan& p) {
   for (const auto& e : o.exports) p.exports.push_back(parse_export(e));
   // The virtiofsd-style flags hold for every export, after the export's own rules.
   std::optional<XattrMap> xattrs;
@@ -74,24 +71,10 @@ Plan make_plan(Options& o, const Self& self) {
       throw std::invalid_argument("--posix-acl: not supported by fsd on export '" + c.tag + "', which translates "
                                   "ids: ACLs hold host ids (give one or the other)");
   }
-  for (size_t i = 0; i < p.exports.size(); i++)
-    for (size_t j = 0; j < i; j++)
-      if (p.exports[i].tag == p.exports[j].tag)
-        throw std::invalid_argument("--export: tag '" + p.exports[i].tag + "' is given twice");
-  for (const auto& l : o.listens) p.listens.push_back(parse_listen(l));
-  for (const auto& m : o.fuse_mounts) p.fuse_mounts.push_back(tag_value("--fuse-mount", m, p.exports));
-  for (const auto& s : o.virtiofs_sockets) p.virtiofs_sockets.push_back(tag_value("--virtiofs-socket", s, p.exports));
-  for (const auto& s : o.virtio9p_sockets) p.virtio9p_sockets.push_back(tag_value("--virtio9p-socket", s, p.exports));
-  for (const auto& s : o.vsock_sockets) p.vsock_sockets.push_back(vhost::parse_vsock_socket(s));
-  if (p.listens.empty() && p.fuse_mounts.empty() && p.virtiofs_sockets.empty() && p.virtio9p_sockets.empty() &&
-      p.vsock_sockets.empty() && o.listen_fd < 0)
-    throw std::invalid_argument(
-        "nothing to serve on: give --listen, --virtiofs-socket, --virtio9p-socket, --vsock-socket or --fuse-mount");
-  p.metadata_io = o.metadata_io == "uring"  ? Ring::MetadataIo::kRing
-                  : o.metadata_io == "sync" ? Ring::MetadataIo::kInline
-                                            : Ring::MetadataIo::kAdaptive;
-  if (o.socket_mode) p.socket_access.mode = parse_socket_mode(*o.socket_mode);
-  if (o.socket_group) p.socket_access.group = parse_socket_group(*o.socket_group);
+}
+
+// The sandbox, the ids of its user namespace, its capabilities and seccomp.
+void plan_confinement(Options& o, Plan& p, const Self& self) {
   if (!o.uid_map.empty() || !o.gid_map.empty()) {
     const char* flag = !o.uid_map.empty() ? "--uid-map" : "--gid-map";
     if (self.uid == 0)
@@ -143,6 +126,33 @@ Plan make_plan(Options& o, const Self& self) {
     // none keeps it without a filter.
     p.seccomp = SeccompAction::kKill;
   }
+}
+
+}  // namespace
+
+Plan make_plan(Options& o, const Self& self) {
+  if (o.exports.empty()) throw std::invalid_argument("nothing to export: give --export TAG=PATH (or --shared-dir)");
+  Plan p;
+  plan_exports(o, p);
+  for (size_t i = 0; i < p.exports.size(); i++)
+    for (size_t j = 0; j < i; j++)
+      if (p.exports[i].tag == p.exports[j].tag)
+        throw std::invalid_argument("--export: tag '" + p.exports[i].tag + "' is given twice");
+  for (const auto& l : o.listens) p.listens.push_back(parse_listen(l));
+  for (const auto& m : o.fuse_mounts) p.fuse_mounts.push_back(tag_value("--fuse-mount", m, p.exports));
+  for (const auto& s : o.virtiofs_sockets) p.virtiofs_sockets.push_back(tag_value("--virtiofs-socket", s, p.exports));
+  for (const auto& s : o.virtio9p_sockets) p.virtio9p_sockets.push_back(tag_value("--virtio9p-socket", s, p.exports));
+  for (const auto& s : o.vsock_sockets) p.vsock_sockets.push_back(vhost::parse_vsock_socket(s));
+  if (p.listens.empty() && p.fuse_mounts.empty() && p.virtiofs_sockets.empty() && p.virtio9p_sockets.empty() &&
+      p.vsock_sockets.empty() && o.listen_fd < 0)
+    throw std::invalid_argument(
+        "nothing to serve on: give --listen, --virtiofs-socket, --virtio9p-socket, --vsock-socket or --fuse-mount");
+  p.metadata_io = o.metadata_io == "uring"  ? Ring::MetadataIo::kRing
+                  : o.metadata_io == "sync" ? Ring::MetadataIo::kInline
+                                            : Ring::MetadataIo::kAdaptive;
+  if (o.socket_mode) p.socket_access.mode = parse_socket_mode(*o.socket_mode);
+  if (o.socket_group) p.socket_access.group = parse_socket_group(*o.socket_group);
+  plan_confinement(o, p, self);
   return p;
 }
 
