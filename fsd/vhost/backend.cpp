@@ -29,11 +29,6 @@
 #include "protocol/virtio/virtqueue.h"
 
 namespace fsd {
-namespace vu = vhost_user;
-using vhost::check_regions;
-using vhost::is_eventfd;
-using vhost::map_regions;
-using vhost::MemoryMap;
 
 // ---- VhostWorkerPool
 

@@ -9,11 +9,6 @@
 #include "fsd/vhost/device.h"
 
 namespace fsd {
-namespace vu = vhost_user;
-using vhost::check_regions;
-using vhost::is_eventfd;
-using vhost::map_regions;
-using vhost::MemoryMap;
 namespace vhost_detail {
 
 // Ends the poll of each queue of this worker's that has a request now, has

@@ -28,10 +28,6 @@
 
 namespace fsd {
 namespace vu = vhost_user;
-using vhost::check_regions;
-using vhost::is_eventfd;
-using vhost::map_regions;
-using vhost::MemoryMap;
 
 
 inline constexpr uint64_t kFeatures = vu::kFVersion1 | vu::kFRingIndirectDesc | vu::kFRingEventIdx | vu::kFProtocolFeatures;
@@ -79,6 +75,11 @@ inline const char* request_name(uint32_t request) {
 }
 
 namespace vhost_detail {
+
+using vhost::check_regions;
+using vhost::is_eventfd;
+using vhost::map_regions;
+using vhost::MemoryMap;
 
 struct Command {
   std::function<Task<void>()> fn;
