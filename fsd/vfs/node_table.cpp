@@ -206,10 +206,10 @@ NodeRef NodeTable::parent(const Node& n) const {
   return NodeRef(n.parent_.get());
 }
 
-NodeRef NodeTable::find(Node::Key key) const {
+NodeRef NodeTable::find(Node::Key key) {
   std::lock_guard g(table_mu_);
   auto it = table_.find(key);
-  return it == table_.end() ? NodeRef() : NodeRef(const_cast<Node*>(&*it));
+  return it == table_.end() ? NodeRef() : NodeRef(&*it);
 }
 
 NodeRef NodeTable::seen(Node::Key key, const NodeRef& dir, std::string_view name) {

@@ -99,7 +99,7 @@ class NodeTable {
   // if it has none (else it is closed).
   NodeRef intern(Fd fd, const struct statx& st, const NodeRef& parent, std::string_view name);
   // The node of (dev, ino), if there is one.
-  NodeRef find(Node::Key key) const;
+  NodeRef find(Node::Key key);
   // find(), and where there is a node (not the root), records that it was
   // seen as `name` in `dir` (a lookup, a rename's new name).
   NodeRef seen(Node::Key key, const NodeRef& dir, std::string_view name);

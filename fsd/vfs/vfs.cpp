@@ -26,7 +26,6 @@ namespace {
 constexpr int kAllowedOpenFlags = O_ACCMODE | O_APPEND | O_TRUNC | O_NONBLOCK | O_DIRECTORY |
                                   O_SYNC | O_DSYNC | O_LARGEFILE | O_NOATIME;
 constexpr unsigned kResolveChild = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-constexpr unsigned kStatxMask = kNodeStatxMask;
 
 // The export's root directory, opened for the node table.
 Fd open_root(const ExportConfig& config) {
@@ -108,7 +107,7 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, con
   std::string_view name = cname.view();
   struct statx st{};
   // Known node? Then a stat is enough and nothing is opened.
-  int r = co_await ring.statx(dirfd, cname.c_str(), AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, kStatxMask, &st);
+  int r = co_await ring.statx(dirfd, cname.c_str(), AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, kNodeStatxMask, &st);
   if (r < 0) co_return Error{r};
   if (NodeRef found = nodes_.seen(Node::Key{dev_of(st), st.stx_ino}, dir, name)) {
     if (!nodes_.handle_allowed(*found)) co_return Error{-EOPNOTSUPP};
@@ -121,7 +120,7 @@ Task<Result<Entry>> Vfs::entry_at(Ring& ring, const NodeRef& dir, int dirfd, con
   if (r < 0) co_return Error{r};
   Fd fd(r);
   // Stat what was opened: the name may have changed since the first stat.
-  r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
+  r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kNodeStatxMask, &st);
   if (r < 0) co_return Error{r};
   NodeRef node = nodes_.intern(std::move(fd), st, dir, name);
   if (!nodes_.handle_allowed(*node)) co_return Error{-EOPNOTSUPP};
@@ -153,7 +152,7 @@ Task<Result<struct statx>> Vfs::getattr(Ring& ring, Node& n) {
   auto pfd = path_fd(n);
   if (!pfd) co_return Error{pfd.error()};
   struct statx st{};
-  int r = co_await ring.statx(pfd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, kStatxMask, &st);
+  int r = co_await ring.statx(pfd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, kNodeStatxMask, &st);
   if (r < 0) co_return Error{r};
   co_return shown(st);
 }
@@ -237,7 +236,7 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   }
   Fd fd(r);
   struct statx st{};
-  r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kStatxMask, &st);
+  r = co_await ring.statx(fd.get(), "", AT_EMPTY_PATH, kNodeStatxMask, &st);
   int dupfd = r < 0 ? r : ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
   if (r < 0 || dupfd < 0) {
     files_.unreserve();
