@@ -229,41 +229,36 @@ void serve(const Target& t, bool quick) {
 class VsockConn {
  public:
   static constexpr uint32_t kPort = 564, kLocal = 1000;
-  explicit VsockConn(frontend::VsockGuest& g) : g_(g) {
-    have_.reserve(4 << 20);
-    check(g_.connect(kLocal, kPort), "vsock connect");
-  }
+  explicit VsockConn(frontend::VsockGuest& g) : g_(g) { check(g_.connect(kLocal, kPort), "vsock connect"); }
 
+  // Replies are decoded where they arrived, in the guest's stream buffer:
+  // each byte of a reply is copied once on this side, out of the receive
+  // buffer, as a guest kernel copies it into its 9P client's buffer.
   template <class R, class T>
   R call(const T& t) {
     size_t n = check(p9::encode(tx_, tag_, t), "encode");
     check(g_.write(kLocal, kPort, std::span(tx_).first(n)), "vsock write");
-    uint32_t size = 0;
     for (;;) {
-      if (have_.size() - off_ >= 4) {
-        std::memcpy(&size, have_.data() + off_, 4);
-        if (have_.size() - off_ >= size) break;
+      auto have = g_.peek(kLocal, kPort);
+      uint32_t size = 0;
+      if (have.size() >= 4) std::memcpy(&size, have.data(), 4);
+      if (have.size() >= 4 && have.size() >= size) {
+        auto f = check(p9::decode_r(have.first(size)), "decode");
+        g_.consume(kLocal, kPort, size);
+        if (f.tag != tag_) fail("vsock: a reply to another tag");
+        if (auto* e = std::get_if<p9::Rlerror>(&f.msg)) fail(std::string("vsock: ") + std::strerror(static_cast<int>(e->ecode)));
+        auto* r = std::get_if<R>(&f.msg);
+        if (!r) fail("vsock: an unexpected reply");
+        return *r;  // views into the reply stay valid until the next call
       }
-      auto got = check(g_.read(kLocal, kPort), "vsock read");
-      if (off_ == have_.size()) {
-        have_.clear();  // keeps its capacity: no allocation per reply
-        off_ = 0;
-      }
-      have_.insert(have_.end(), got.begin(), got.end());
+      if (g_.reset_by_host(kLocal, kPort)) fail("vsock: fsd reset the connection");
+      check(g_.poll_once(10000), "vsock read");
     }
-    auto f = check(p9::decode_r(p9::Bytes(have_.data() + off_, size)), "decode");
-    off_ += size;
-    if (f.tag != tag_) fail("vsock: a reply to another tag");
-    if (auto* e = std::get_if<p9::Rlerror>(&f.msg)) fail(std::string("vsock: ") + std::strerror(static_cast<int>(e->ecode)));
-    auto* r = std::get_if<R>(&f.msg);
-    if (!r) fail("vsock: an unexpected reply");
-    return *r;  // views into the reply stay valid until the next call
   }
 
  private:
   frontend::VsockGuest& g_;
-  std::vector<std::byte> tx_ = std::vector<std::byte>(64 * 1024), have_;  // requests here are small
-  size_t off_ = 0;
+  std::vector<std::byte> tx_ = std::vector<std::byte>(64 * 1024);  // requests here are small
   uint16_t tag_ = 1;
 };
 

@@ -80,35 +80,47 @@ vsock::Header VsockGuest::header(uint32_t src_port, uint32_t dst_port, vsock::Op
                        .fwd_cnt = s.fwd_cnt};
 }
 
-Result<VsockGuest::Packet> VsockGuest::receive(int timeout_ms) {
+template <class F>
+Result<void> VsockGuest::next(int timeout_ms, F&& f) {
   auto u = fe_.wait_used(kRxQueue, timeout_ms);
   if (!u) return Error{u.error()};
   auto it = rx_by_head_.find(static_cast<uint16_t>(u->id));
   if (it == rx_by_head_.end()) return Error{-EPROTO};
   Rx b = it->second;
   rx_by_head_.erase(it);
-  Packet p;
+  vsock::Header h{};
+  std::span<const std::byte> payload;
   if (u->len >= kHeaderSize) {
     std::array<std::byte, kHeaderSize> raw;
     std::memcpy(raw.data(), fe_.host(b.header_gpa), kHeaderSize);
-    p.h = vsock::decode(raw);
-    size_t n = std::min<size_t>(u->len - kHeaderSize, o_.rx_payload);
-    p.data.assign(fe_.host(b.payload_gpa), fe_.host(b.payload_gpa) + n);
+    h = vsock::decode(raw);
+    payload = std::span(fe_.host(b.payload_gpa), std::min<size_t>(u->len - kHeaderSize, o_.rx_payload));
   } else {
-    p.h.op = static_cast<uint16_t>(vsock::Op::kInvalid);  // given back empty
+    h.op = static_cast<uint16_t>(vsock::Op::kInvalid);  // given back empty
   }
+  f(h, payload);
   rx_free_.push_back(b);
   // As Linux does: refill once half the buffers are used, in one batch.
   if (o_.refill && rx_by_head_.size() < o_.rx_buffers / 2) fill_rx();
+  return {};
+}
+
+Result<VsockGuest::Packet> VsockGuest::receive(int timeout_ms) {
+  Packet p;
+  auto r = next(timeout_ms, [&](const vsock::Header& h, std::span<const std::byte> payload) {
+    p.h = h;
+    p.data.assign(payload.begin(), payload.end());
+  });
+  if (!r) return Error{r.error()};
   return p;
 }
 
-void VsockGuest::file(const Packet& p) {
-  if (p.h.src_cid != vsock::kHostCid || p.h.dst_cid != o_.cid) return;
-  Stream& s = streams_[key(p.h.dst_port, p.h.src_port)];
-  s.peer_buf_alloc = p.h.buf_alloc;
-  s.peer_fwd_cnt = p.h.fwd_cnt;
-  switch (static_cast<vsock::Op>(p.h.op)) {
+void VsockGuest::file(const vsock::Header& h, std::span<const std::byte> payload) {
+  if (h.src_cid != vsock::kHostCid || h.dst_cid != o_.cid) return;
+  Stream& s = streams_[key(h.dst_port, h.src_port)];
+  s.peer_buf_alloc = h.buf_alloc;
+  s.peer_fwd_cnt = h.fwd_cnt;
+  switch (static_cast<vsock::Op>(h.op)) {
     case vsock::Op::kResponse:
       s.connected = true;
       break;
@@ -117,10 +129,17 @@ void VsockGuest::file(const Packet& p) {
       s.connected = false;
       break;
     case vsock::Op::kRw:
-      s.data.insert(s.data.end(), p.data.begin(), p.data.end());
+      if (s.off == s.data.size()) {
+        s.data.clear();  // keeps its capacity
+        s.off = 0;
+      } else if (s.off > s.data.size() / 2) {
+        s.data.erase(s.data.begin(), s.data.begin() + static_cast<ptrdiff_t>(s.off));
+        s.off = 0;
+      }
+      s.data.insert(s.data.end(), payload.begin(), payload.end());
       break;
     case vsock::Op::kCreditRequest:
-      if (o_.give_credit) send(header(p.h.dst_port, p.h.src_port, vsock::Op::kCreditUpdate));
+      if (o_.give_credit) send(header(h.dst_port, h.src_port, vsock::Op::kCreditUpdate));
       break;
     default:
       break;
@@ -128,10 +147,7 @@ void VsockGuest::file(const Packet& p) {
 }
 
 Result<void> VsockGuest::poll_once(int timeout_ms) {
-  auto p = receive(timeout_ms);
-  if (!p) return Error{p.error()};
-  file(*p);
-  return {};
+  return next(timeout_ms, [&](const vsock::Header& h, std::span<const std::byte> payload) { file(h, payload); });
 }
 
 Result<void> VsockGuest::connect(uint32_t src_port, uint32_t dst_port, int timeout_ms) {
@@ -172,17 +188,39 @@ Result<std::vector<std::byte>> VsockGuest::read(uint32_t src_port, uint32_t dst_
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
     Stream& s = streams_[key(src_port, dst_port)];
-    if (!s.data.empty()) {
+    if (s.off < s.data.size()) {
       std::vector<std::byte> out;
-      out.swap(s.data);
-      s.fwd_cnt += static_cast<uint32_t>(out.size());
-      if (o_.give_credit && s.fwd_cnt - s.advertised >= o_.buf_alloc / 4)
-        send(header(src_port, dst_port, vsock::Op::kCreditUpdate));
+      if (s.off == 0) {
+        out.swap(s.data);
+      } else {
+        out.assign(s.data.begin() + static_cast<ptrdiff_t>(s.off), s.data.end());
+        s.data.clear();
+      }
+      s.off = 0;
+      credit(src_port, dst_port, s, out.size());
       return out;
     }
     if (s.reset) return Error{-ECONNRESET};
     if (auto r = poll_once(ms_left(deadline)); !r) return Error{r.error()};
   }
+}
+
+std::span<const std::byte> VsockGuest::peek(uint32_t src_port, uint32_t dst_port) {
+  Stream& s = streams_[key(src_port, dst_port)];
+  return std::span(s.data).subspan(s.off);
+}
+
+void VsockGuest::consume(uint32_t src_port, uint32_t dst_port, size_t n) {
+  Stream& s = streams_[key(src_port, dst_port)];
+  n = std::min(n, s.data.size() - s.off);
+  s.off += n;
+  credit(src_port, dst_port, s, n);
+}
+
+void VsockGuest::credit(uint32_t src_port, uint32_t dst_port, Stream& s, size_t n) {
+  s.fwd_cnt += static_cast<uint32_t>(n);
+  if (o_.give_credit && s.fwd_cnt - s.advertised >= o_.buf_alloc / 4)
+    send(header(src_port, dst_port, vsock::Op::kCreditUpdate));
 }
 
 void VsockGuest::shutdown(uint32_t src_port, uint32_t dst_port, uint32_t flags) {
@@ -198,7 +236,7 @@ bool VsockGuest::reset_by_host(uint32_t src_port, uint32_t dst_port) const {
 
 size_t VsockGuest::buffered(uint32_t src_port, uint32_t dst_port) const {
   auto it = streams_.find(key(src_port, dst_port));
-  return it == streams_.end() ? 0 : it->second.data.size();
+  return it == streams_.end() ? 0 : it->second.data.size() - it->second.off;
 }
 
 // ---- VsockBridge

@@ -66,6 +66,10 @@ class VsockGuest {
   // Takes what has arrived on the connection (waiting up to timeout_ms for
   // something); ECONNRESET once fsd reset it and nothing is left.
   Result<std::vector<std::byte>> read(uint32_t src_port, uint32_t dst_port, int timeout_ms = 10000);
+  // Without a copy: what has arrived and was not read yet (valid until the
+  // next packet is received), and reading `n` bytes of it.
+  std::span<const std::byte> peek(uint32_t src_port, uint32_t dst_port);
+  void consume(uint32_t src_port, uint32_t dst_port, size_t n);
   // Receives and files one packet (data, credit, RST), answering
   // CREDIT_REQUEST; ETIMEDOUT if none came.
   Result<void> poll_once(int timeout_ms);
@@ -85,10 +89,18 @@ class VsockGuest {
     bool connected = false, reset = false;
     uint32_t peer_buf_alloc = 0, peer_fwd_cnt = 0, tx_cnt = 0;
     uint32_t fwd_cnt = 0, advertised = 0;
-    std::vector<std::byte> data;  // arrived, not yet read
+    std::vector<std::byte> data;  // arrived; read up to `off`
+    size_t off = 0;
   };
   static uint64_t key(uint32_t src, uint32_t dst) { return (uint64_t{src} << 32) | dst; }
-  void file(const Packet& p);
+  // Takes the next used receive buffer and hands its packet to `f` (the
+  // payload still in guest memory).
+  template <class F>
+  Result<void> next(int timeout_ms, F&& f);
+  // Files a packet: an RW payload is copied once, into its stream.
+  void file(const vsock::Header& h, std::span<const std::byte> payload);
+  // The stream read `n` more bytes: credit goes back as Linux gives it.
+  void credit(uint32_t src_port, uint32_t dst_port, Stream& s, size_t n);
   void reap_tx();
 
   VhostFrontend& fe_;

@@ -55,4 +55,20 @@ inline void tail_of(std::span<const iovec> from, size_t skip, std::vector<iovec>
   }
 }
 
+// The first `len` bytes of `from` after its first `skip` (or as many as
+// it has), appended to `out`.
+inline void slice_of(std::span<const iovec> from, size_t skip, size_t len, std::vector<iovec>& out) {
+  for (const auto& v : from) {
+    if (len == 0) return;
+    if (skip >= v.iov_len) {
+      skip -= v.iov_len;
+      continue;
+    }
+    size_t n = v.iov_len - skip < len ? v.iov_len - skip : len;
+    out.push_back(iovec{static_cast<std::byte*>(v.iov_base) + skip, n});
+    len -= n;
+    skip = 0;
+  }
+}
+
 }  // namespace fsd

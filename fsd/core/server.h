@@ -50,12 +50,35 @@ class MessageServer {
 // connection, a FUSE mount), on the thread that will run it.
 using MessageServerFactory = std::function<std::shared_ptr<MessageServer>(Ring& ring)>;
 
+// Room for one reply where the transport sends it from (a guest's receive
+// buffers), so that a server reads file data straight into it: the data is
+// written once, with no copy after. Made by ReplySink::space(); destroyed
+// unsent, it gives the room back unused.
+//
+// The room is write-only: it may be memory the client shares and changes
+// at any time, so a server never reads it back.
+class ReplySpace {
+ public:
+  virtual ~ReplySpace() = default;
+  // The room after its first `skip` bytes (at least the capacity asked for,
+  // in all); valid until send() or destruction.
+  virtual std::span<const iovec> iov(size_t skip = 0) = 0;
+  // Sends the room's first `n` bytes as one complete reply frame.
+  virtual void send(size_t n) = 0;
+};
+
 // Where a StreamSession sends its replies; owned by the transport.
 class ReplySink {
  public:
   virtual ~ReplySink() = default;
   // A buffer of at least `capacity` bytes to encode a reply into.
   virtual Buffer buffer(size_t capacity) = 0;
+  // Room for a reply of up to `capacity` bytes in place, when the
+  // transport has it to offer now (null: encode into buffer() instead).
+  // Replies go out in the order they are sent; while a space is held,
+  // later replies wait behind it, so a session holds one only for the I/O
+  // that fills it.
+  virtual std::unique_ptr<ReplySpace> space(size_t /*capacity*/) { return nullptr; }
   // Sends one complete reply frame.
   virtual void reply(Buffer frame) = 0;
   // Returns a request frame (or an unused buffer) for reuse.

@@ -36,6 +36,12 @@ class UsedRings {
   // Interrupts the guest for what was given on `queue`, if it asked to be.
   // A device calls it once after a batch of give()s.
   virtual void notify(unsigned queue) = 0;
+  // The device starts (io_started) and ends (io_done) I/O into buffers of
+  // chains of `queue` it holds, such as a file read into receive buffers:
+  // a stop of the queue waits until none is in flight, so that no buffer
+  // is written after release().
+  virtual void io_started(unsigned queue) = 0;
+  virtual void io_done(unsigned queue) = 0;
 };
 
 class ChainDevice {
@@ -45,8 +51,9 @@ class ChainDevice {
   // gives each back through UsedRings, now or later, until release().
   virtual void take(unsigned queue, std::span<virtio::Chain> chains) = 0;
   // `queue` stops (the front-end stops it, changes the memory table, or
-  // goes): the device gives back every chain of it that it still holds
-  // (with what it has written, or 0), and uses none of their buffers again.
+  // goes), with no I/O of the device's into it in flight: the device gives
+  // back every chain of it that it still holds (with what it has written,
+  // or 0), and uses none of their buffers again.
   virtual void release(unsigned queue) = 0;
   // The front-end stopped the last running queue (GET_VRING_BASE): the
   // guest reset the device (a reboot, a driver reload) and has forgotten

@@ -214,6 +214,12 @@ void Device::notify(unsigned i) {
   if (call) signal_call(owner(i), i, *call);
 }
 
+// On the chain device's worker, which owns every queue of the device.
+void Device::io_done(unsigned i) {
+  Queue& q = *queues_[i];
+  if (q.inflight.fetch_sub(1) == 1 && q.draining.load()) settle(i);
+}
+
 void Device::finish_one(Worker& w, unsigned i, uint16_t head, uint32_t len) {
   Queue& q = *queues_[i];
   std::shared_ptr<const Fd> call;

@@ -237,6 +237,9 @@ class Device : public vhost::UsedRings {
   // ---- UsedRings, for a chain device (on its worker)
   void give(unsigned queue, uint16_t head, uint32_t len) override;
   void notify(unsigned queue) override;
+  // Counted with the queue's chains in flight: its stop waits for them.
+  void io_started(unsigned queue) override { queues_[queue]->inflight++; }
+  void io_done(unsigned queue) override;
 
  private:
   void signal_call(Worker& w, unsigned i, const Fd& call);

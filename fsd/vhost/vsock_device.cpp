@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <charconv>
 #include <stdexcept>
 #include <cstring>
@@ -27,6 +28,11 @@ constexpr uint32_t kLengthPrefix = 4;
 // of kByteBudget and two frames).
 constexpr size_t kMaxInFlight = 32;
 constexpr size_t kByteBudget = 4 << 20;
+// A reply read into receive chains leaves this many held for control
+// packets and other connections, and takes no more iovecs than this (a
+// readv takes at most IOV_MAX).
+constexpr size_t kSpareChains = 4;
+constexpr size_t kMaxRoomIovecs = 512;
 
 uint32_t le32(const std::byte* p) {
   uint32_t v;
@@ -100,7 +106,23 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
     end_if_done();
   }
 
+  ConnId id() const { return id_; }
   bool has_output() const { return queued_ > 0; }
+  // A reply is being read into receive chains: nothing else of this
+  // connection's goes before it is sent.
+  bool placing() const { return placing_; }
+  void start_placing() { placing_ = true; }
+  // The placed reply went (or was dropped); `rest`, what did not fit in
+  // its chains, goes before any reply queued meanwhile.
+  void placed(Buffer rest) {
+    placing_ = false;
+    if (closed() || rest.size() == 0) {
+      pool_.put(std::move(rest));
+      return;
+    }
+    queued_ += rest.size();
+    out_.push_front(std::move(rest));  // nothing of out_ went meanwhile: out_off_ is 0
+  }
   // Moves up to `max` bytes of replies into `to` from `off` bytes in.
   size_t copy_out(std::span<const iovec> to, size_t off, size_t max) {
     size_t done = 0;
@@ -128,6 +150,12 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
 
   // ReplySink
   Buffer buffer(size_t capacity) override { return pool_.get(capacity); }
+  // Room in the receive chains, when nothing of this connection's waits
+  // to go before the reply.
+  std::unique_ptr<ReplySpace> space(size_t capacity) override {
+    if (closed() || placing_ || queued_ > 0) return nullptr;
+    return dev_->place(shared_from_this(), capacity);
+  }
   void recycle(Buffer frame) override { pool_.put(std::move(frame)); }
   void reply(Buffer frame) override {
     if (closed() || frame.size() == 0) {
@@ -230,9 +258,118 @@ class VsockDevice::Conn : public ReplySink, public std::enable_shared_from_this<
   size_t in_flight_ = 0;    // frames the session is handling
   size_t in_bytes_ = 0;     // and their bytes
   bool peer_done_ = false;
+  bool placing_ = false;
  public:
   bool in_ready = false;  // on the device's ready_ list
 };
+
+// A reply read straight into receive chains: the chains taken from the
+// front of rx_ (each with the payload it may carry), then a buffer for what
+// does not fit. Sending it makes each chain used one RW packet, in order;
+// chains the reply does not reach go back to rx_.
+class VsockDevice::Room : public ReplySpace {
+ public:
+  Room(VsockDevice& d, std::shared_ptr<Conn> c) : dev_(&d), conn_(std::move(c)) {
+    d.rooms_.push_back(this);
+    d.used_.io_started(kRxQueue);
+  }
+  ~Room() override { finish(0, false); }
+  Room(const Room&) = delete;
+
+  std::span<const iovec> iov(size_t skip) override {
+    if (skip == 0) return iov_;
+    skipped_.clear();
+    tail_of(iov_, skip, skipped_);
+    return skipped_;
+  }
+  void send(size_t n) override { finish(n, true); }
+  // The device goes first (it never does while the receive queue runs).
+  void orphan() { dev_ = nullptr; }
+
+  // Appends chain `c`, `cap` payload bytes of it.
+  void add(virtio::Chain c, uint32_t cap) {
+    slice_of(c.writable, kHeaderSize, cap, iov_);
+    caps_.push_back(cap);
+    direct_ += cap;
+    chains_.push_back(std::move(c));
+  }
+  // And a buffer for the rest.
+  void add_rest(Buffer b, size_t n) {
+    rest_ = std::move(b);
+    iov_.push_back(iovec{rest_.data(), n});
+  }
+  uint32_t direct() const { return direct_; }
+  size_t iovecs() const { return iov_.size(); }
+
+ private:
+  void finish(size_t n, bool sent);
+
+  VsockDevice* dev_;
+  std::shared_ptr<Conn> conn_;
+  std::vector<virtio::Chain> chains_;
+  std::vector<uint32_t> caps_;
+  uint32_t direct_ = 0;
+  Buffer rest_;
+  std::vector<iovec> iov_, skipped_;
+  bool done_ = false;
+};
+
+void VsockDevice::Room::finish(size_t n, bool sent) {
+  if (std::exchange(done_, true)) return;
+  VsockDevice* d = std::exchange(dev_, nullptr);
+  if (!d) {
+    conn_->placed(Buffer());
+    return;
+  }
+  std::erase(d->rooms_, this);
+  const ConnId id = conn_->id();
+  const bool live = sent && !conn_->closed();
+  size_t left = live ? n : 0;
+  uint32_t placed = 0;
+  std::vector<virtio::Chain> unused;
+  for (size_t k = 0; k < chains_.size(); k++) {
+    auto len = static_cast<uint32_t>(std::min<size_t>(left, caps_[k]));
+    if (len == 0) {
+      unused.push_back(std::move(chains_[k]));
+      continue;
+    }
+    std::array<std::byte, kHeaderSize> raw;
+    vsock::encode(d->host_.reserved_header(id, len), raw);
+    put(chains_[k].writable, 0, raw);
+    d->used_.give(kRxQueue, chains_[k].head, kHeaderSize + len);
+    left -= len;
+    placed += len;
+  }
+  for (auto it = unused.rbegin(); it != unused.rend(); ++it) d->rx_.push_front(std::move(*it));
+  if (!conn_->closed()) d->host_.unreserve(id, direct_ - placed);
+  rest_.set_size(std::min(left, rest_.capacity()));
+  conn_->placed(std::move(rest_));
+  d->used_.io_done(kRxQueue);
+  d->stats_.placed += placed;
+  if (placed) d->used_.notify(kRxQueue);
+  if (!conn_->closed()) {
+    d->ready(id);
+    conn_->output_taken();
+  }
+  d->pump();
+}
+
+std::unique_ptr<ReplySpace> VsockDevice::place(const std::shared_ptr<Conn>& c, size_t capacity) {
+  size_t want = std::min<size_t>(capacity, host_.send_window(c->id()));
+  if (want == 0 || rx_.size() <= kSpareChains || rx_.front().writable_bytes <= kHeaderSize) return nullptr;
+  auto room = std::make_unique<Room>(*this, c);
+  while (room->direct() < want && rx_.size() > kSpareChains && room->iovecs() < kMaxRoomIovecs &&
+         rx_.front().writable_bytes > kHeaderSize) {
+    auto cap = static_cast<uint32_t>(
+        std::min<size_t>({rx_.front().writable_bytes - kHeaderSize, vsock::kMaxPayload, want - room->direct()}));
+    room->add(std::move(rx_.front()), cap);
+    rx_.pop_front();
+  }
+  host_.reserve(c->id(), room->direct());  // all of it: within the window
+  if (capacity > room->direct()) room->add_rest(c->buffer(capacity - room->direct()), capacity - room->direct());
+  c->start_placing();
+  return room;
+}
 
 VsockDevice::VsockDevice(Ring& ring, UsedRings& used, StreamSessionFactory sessions, VsockOptions o)
     : ring_(ring),
@@ -245,6 +382,7 @@ VsockDevice::VsockDevice(Ring& ring, UsedRings& used, StreamSessionFactory sessi
 }
 
 VsockDevice::~VsockDevice() {
+  for (Room* r : rooms_) r->orphan();
   for (auto& [id, c] : conns_) c->close();
 }
 
@@ -267,6 +405,7 @@ void VsockDevice::take(unsigned queue, std::span<virtio::Chain> chains) {
 }
 
 void VsockDevice::release(unsigned queue) {
+  assert(queue != kRxQueue || rooms_.empty());  // the back-end waits for their reads (io_done)
   if (queue != kRxQueue || rx_.empty()) return;
   for (const auto& c : rx_) used_.give(kRxQueue, c.head, 0);  // a guest driver drops packets this short
   rx_.clear();
@@ -386,7 +525,8 @@ bool VsockDevice::fill_data(const virtio::Chain& rx, uint32_t& len) {
     std::shared_ptr<Conn> c = it->second;
     c->in_ready = false;
     uint32_t window = host_.send_window(id);
-    if (!c->has_output() || window == 0) continue;  // back on the list with more credit
+    // Back on the list with more credit, or once its placed reply went.
+    if (!c->has_output() || window == 0 || c->placing()) continue;
     size_t cap = std::min<size_t>({rx.writable_bytes - kHeaderSize, window, vsock::kMaxPayload});
     auto n = static_cast<uint32_t>(c->copy_out(rx.writable, kHeaderSize, cap));
     std::array<std::byte, kHeaderSize> raw;

@@ -6,6 +6,13 @@
 // is something to put in them: control packets first, then the sessions'
 // replies, within each connection's credit.
 //
+// Reads: a 9P Rread (ReplySink::space) is read by io_uring straight into
+// the receive chains held, as many as the connection's credit covers
+// (leaving a few for control packets and other connections); the rest of
+// it, if any, goes into a buffer and is copied out as other replies are.
+// While a connection's read is in flight its later replies wait, and the
+// receive queue's stop waits for the read (UsedRings::io_started).
+//
 // Memory: a connection holds at most one frame not yet whole and the
 // receive window it advertises of unconsumed bytes after it (bytes become
 // consumed, and the window opens again, as frames leave for the session,
@@ -58,6 +65,7 @@ struct VsockStats {
   uint64_t connections = 0;  // sessions opened
   uint64_t refused = 0;      // untrusted connections refused
   uint64_t dropped = 0;      // connections ended for a protocol error
+  uint64_t placed = 0;       // reply bytes read straight into receive chains
 };
 
 class VsockDevice : public ChainDevice {
@@ -81,7 +89,9 @@ class VsockDevice : public ChainDevice {
 
  private:
   class Conn;
+  class Room;
   friend class Conn;
+  friend class Room;
 
   // One packet from the guest's transmit queue.
   void transmit(const virtio::Chain& chain);
@@ -95,6 +105,9 @@ class VsockDevice : public ChainDevice {
   // Fills held receive chains: control packets, then data within credit.
   void pump();
   bool fill_data(const virtio::Chain& rx, uint32_t& len);
+  // Room for a reply of `capacity` bytes on `c`, in the receive chains
+  // held (null: none to offer now).
+  std::unique_ptr<ReplySpace> place(const std::shared_ptr<Conn>& c, size_t capacity);
 
   Ring& ring_;
   UsedRings& used_;
@@ -105,6 +118,7 @@ class VsockDevice : public ChainDevice {
   std::deque<virtio::Chain> rx_;         // receive chains held, in the order taken
   std::deque<vsock::ConnId> ready_;      // connections to look at, each once
   std::vector<std::byte> scratch_;       // payloads that go to no connection
+  std::vector<Room*> rooms_;             // replies being read into receive chains
   bool pumping_ = false;
   VsockStats stats_;
 };

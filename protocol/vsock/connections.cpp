@@ -176,6 +176,33 @@ Header Host::data_header(ConnId id, uint32_t n) {
   return h;
 }
 
+uint32_t Host::reserve(ConnId id, uint32_t n) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return 0;
+  n = std::min(n, send_window(id));
+  it->second.tx_cnt += n;
+  it->second.reserved += n;
+  return n;
+}
+
+Header Host::reserved_header(ConnId id, uint32_t n) {
+  Conn& c = conns_.at(id);
+  n = std::min(n, c.reserved);
+  c.reserved -= n;
+  c.update_due = false;
+  Header h = header_for(id, c, Op::kRw);
+  h.len = n;
+  return h;
+}
+
+void Host::unreserve(ConnId id, uint32_t n) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  n = std::min(n, it->second.reserved);
+  it->second.reserved -= n;
+  it->second.tx_cnt -= n;
+}
+
 void Host::close(ConnId id) {
   if (conns_.erase(id) > 0) queue_rst(id);
 }

@@ -99,6 +99,13 @@ class Host {
   // The header of an RW packet of `n` bytes (at most send_window) on `id`,
   // counted as sent. It carries fsd's credit too.
   Header data_header(ConnId id, uint32_t n);
+  // Credit taken ahead, for data placed into receive buffers before its
+  // packets are made: reserve() takes up to `n` bytes of the window
+  // (returns how many; counted as sent), reserved_header() makes an RW
+  // packet of `n` of them, unreserve() gives back `n` that will not be sent.
+  uint32_t reserve(ConnId id, uint32_t n);
+  Header reserved_header(ConnId id, uint32_t n);
+  void unreserve(ConnId id, uint32_t n);
 
   // fsd ends `id`: an RST goes to the guest and the connection is forgotten.
   void close(ConnId id);
@@ -117,7 +124,8 @@ class Host {
     bool trusted = false;
     bool peer_sends = true;  // no SHUTDOWN(SEND) from the guest yet
     uint32_t peer_buf_alloc = 0, peer_fwd_cnt = 0;  // the guest's window, as it last said
-    uint32_t tx_cnt = 0;       // payload bytes fsd has sent
+    uint32_t tx_cnt = 0;       // payload bytes fsd has sent (or reserved)
+    uint32_t reserved = 0;     // of them, reserved and not yet in a packet
     uint32_t rx_queued = 0;    // received, not consumed
     uint32_t fwd_cnt = 0;      // consumed
     uint32_t advertised = 0;   // fwd_cnt as last told to the guest

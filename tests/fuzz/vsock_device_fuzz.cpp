@@ -114,7 +114,16 @@ class Used : public vhost::UsedRings {
   void notify(unsigned queue) override {
     if (queue != vsock::kRxQueue && queue != vsock::kTxQueue) fail("a notification on the event queue");
   }
+  void io_started(unsigned queue) override {
+    if (queue != vsock::kRxQueue) fail("I/O into a queue other than rx");
+    io++;
+  }
+  void io_done(unsigned queue) override {
+    if (queue != vsock::kRxQueue || io == 0) fail("io_done without io_started");
+    io--;
+  }
   std::set<uint16_t> tx_held;
+  unsigned io = 0;  // reads into receive chains in flight
 
  private:
   void check_rx(const Rx& r, uint32_t len) {
@@ -135,6 +144,13 @@ class Used : public vhost::UsedRings {
     if (op == VOp::kRw) received[h.dst_port] += h.len;
   }
 };
+
+// As the back-end stops a queue: once no read into its chains is in flight.
+void release_rx(vhost::VsockDevice& dev, Used& used, Ring& ring) {
+  while (used.io > 0) ring.run_once(true);
+  dev.release(vsock::kRxQueue);
+  if (!used.rx.empty()) fail("receive chains kept after release");
+}
 
 uint16_t next_head(Used& used, uint16_t& counter) {
   while (used.rx.contains(counter) || used.tx_held.contains(counter)) counter++;
@@ -259,22 +275,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case 3:  // the front-end stops the receive queue
-        dev->release(vsock::kRxQueue);
-        if (!used.rx.empty()) fail("receive chains kept after release");
+        release_rx(*dev, used, f.ring);
         break;
       case 4:  // a reset
-        dev->release(vsock::kRxQueue);
+        release_rx(*dev, used, f.ring);
         dev->stopped();
         used.opened.clear();
         break;
-      case 5:  // let the sessions run
-        for (int k = 0; k < 1 + in.byte() % 4; k++) f.ring.run_once(false);
+      case 5: {  // let the sessions run
+        int turns = 1 + in.byte() % 4;
+        for (int k = 0; k < turns; k++) f.ring.run_once(false);
         break;
+      }
     }
     if (dev->connections() > kMaxConnections) fail("connections past the cap");
   }
   // Every request finishes, with or without a guest to take the replies.
-  dev->release(vsock::kRxQueue);
+  release_rx(*dev, used, f.ring);
   dev->stopped();
   while (f.ring.active() > 0) f.ring.run_once(true);
   dev.reset();
