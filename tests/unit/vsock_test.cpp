@@ -235,6 +235,27 @@ TEST(VsockHost, SendsNoMoreThanTheGuestsCredit) {
   EXPECT_LE(h.send_window(id), 256u * 1024);
 }
 
+TEST(VsockHost, CreditReservedAheadIsSpentByItsPacketsOrGivenBack) {
+  Host h = listening();
+  ConnId id = h.receive(from_guest(Op::kRequest, 700), {}).id;
+  drain(h);
+  EXPECT_EQ(h.reserve(id, 300 * 1024), 256u * 1024) << "no more than the window";
+  EXPECT_EQ(h.send_window(id), 0u) << "reserved credit is taken";
+  Header a = h.reserved_header(id, 4096);
+  EXPECT_EQ(a.op, static_cast<uint16_t>(Op::kRw));
+  EXPECT_EQ(a.len, 4096u);
+  EXPECT_EQ(h.reserved_header(id, 1000).len, 1000u);
+  EXPECT_EQ(h.send_window(id), 0u);
+  // The rest is given back: the window is what the two packets left.
+  h.unreserve(id, 256 * 1024 - 5096);
+  EXPECT_EQ(h.send_window(id), 256u * 1024 - 5096);
+  // Nothing more is reserved: no packet of reserved bytes is longer than that.
+  EXPECT_EQ(h.reserved_header(id, 100).len, 0u);
+  h.unreserve(id, 100);
+  EXPECT_EQ(h.send_window(id), 256u * 1024 - 5096);
+  EXPECT_EQ(h.reserve(conn_id(701, k9p), 10), 0u) << "an unknown connection";
+}
+
 TEST(VsockHost, CountersWrapAround) {
   Host h = listening();
   ConnId id = h.receive(from_guest(Op::kRequest, 700), {}).id;
