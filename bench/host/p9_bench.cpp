@@ -239,7 +239,7 @@ class VsockConn {
     size_t n = check(p9::encode(tx_, tag_, t), "encode");
     check(g_.write(kLocal, kPort, std::span(tx_).first(n)), "vsock write");
     for (;;) {
-      auto have = g_.peek(kLocal, kPort);
+      auto have = g_.received(kLocal, kPort);
       uint32_t size = 0;
       if (have.size() >= 4) std::memcpy(&size, have.data(), 4);
       if (have.size() >= 4 && have.size() >= size) {
@@ -278,7 +278,12 @@ void serve_vsock(const Target& t, bool quick) {
   fo.populate = true;
   auto fe = check(frontend::VhostFrontend::connect(t.socket, fo), "connect to the vsock device");
   check(fe->negotiate(), "vhost-user negotiation");
-  frontend::VsockGuest g(*fe);
+  // As a Linux guest fills the rx queue: 128 buffers of 4 KiB (QEMU's
+  // vsock queues have 128 entries; with indirect descriptors each buffer
+  // takes one).
+  frontend::VsockGuest::Options go;
+  go.rx_buffers = 128;
+  frontend::VsockGuest g(*fe, go);
   g.fill_rx();
   VsockConn c(g);
   uint32_t msize = c.call<p9::Rversion>(p9::Tversion{.msize = 1 << 20, .version = p9::kVersion9P2000L}).msize;

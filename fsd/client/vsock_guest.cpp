@@ -131,9 +131,10 @@ void VsockGuest::file(const vsock::Header& h, std::span<const std::byte> payload
     case vsock::Op::kRw:
       if (s.off == s.data.size()) {
         s.data.clear();  // keeps its capacity
-        s.off = 0;
+        s.off = s.credited = 0;
       } else if (s.off > s.data.size() / 2) {
         s.data.erase(s.data.begin(), s.data.begin() + static_cast<ptrdiff_t>(s.off));
+        s.credited -= s.off;
         s.off = 0;
       }
       s.data.insert(s.data.end(), payload.begin(), payload.end());
@@ -189,6 +190,7 @@ Result<std::vector<std::byte>> VsockGuest::read(uint32_t src_port, uint32_t dst_
   for (;;) {
     Stream& s = streams_[key(src_port, dst_port)];
     if (s.off < s.data.size()) {
+      credit(src_port, dst_port, s, s.data.size() - s.credited);
       std::vector<std::byte> out;
       if (s.off == 0) {
         out.swap(s.data);
@@ -196,8 +198,7 @@ Result<std::vector<std::byte>> VsockGuest::read(uint32_t src_port, uint32_t dst_
         out.assign(s.data.begin() + static_cast<ptrdiff_t>(s.off), s.data.end());
         s.data.clear();
       }
-      s.off = 0;
-      credit(src_port, dst_port, s, out.size());
+      s.off = s.credited = 0;
       return out;
     }
     if (s.reset) return Error{-ECONNRESET};
@@ -205,16 +206,16 @@ Result<std::vector<std::byte>> VsockGuest::read(uint32_t src_port, uint32_t dst_
   }
 }
 
-std::span<const std::byte> VsockGuest::peek(uint32_t src_port, uint32_t dst_port) {
+std::span<const std::byte> VsockGuest::received(uint32_t src_port, uint32_t dst_port) {
   Stream& s = streams_[key(src_port, dst_port)];
+  credit(src_port, dst_port, s, s.data.size() - s.credited);
+  s.credited = s.data.size();
   return std::span(s.data).subspan(s.off);
 }
 
 void VsockGuest::consume(uint32_t src_port, uint32_t dst_port, size_t n) {
   Stream& s = streams_[key(src_port, dst_port)];
-  n = std::min(n, s.data.size() - s.off);
-  s.off += n;
-  credit(src_port, dst_port, s, n);
+  s.off += std::min(n, s.credited - s.off);
 }
 
 void VsockGuest::credit(uint32_t src_port, uint32_t dst_port, Stream& s, size_t n) {

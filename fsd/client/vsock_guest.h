@@ -66,9 +66,12 @@ class VsockGuest {
   // Takes what has arrived on the connection (waiting up to timeout_ms for
   // something); ECONNRESET once fsd reset it and nothing is left.
   Result<std::vector<std::byte>> read(uint32_t src_port, uint32_t dst_port, int timeout_ms = 10000);
-  // Without a copy: what has arrived and was not read yet (valid until the
-  // next packet is received), and reading `n` bytes of it.
-  std::span<const std::byte> peek(uint32_t src_port, uint32_t dst_port);
+  // Without a copy: what has arrived and was not consumed yet (valid until
+  // the next packet is received). It counts as read, so its credit goes
+  // back, as a guest socket's does once its reader has copied the bytes
+  // out: the stream's buffer is the reader's. consume() drops its first
+  // `n` bytes.
+  std::span<const std::byte> received(uint32_t src_port, uint32_t dst_port);
   void consume(uint32_t src_port, uint32_t dst_port, size_t n);
   // Receives and files one packet (data, credit, RST), answering
   // CREDIT_REQUEST; ETIMEDOUT if none came.
@@ -89,8 +92,8 @@ class VsockGuest {
     bool connected = false, reset = false;
     uint32_t peer_buf_alloc = 0, peer_fwd_cnt = 0, tx_cnt = 0;
     uint32_t fwd_cnt = 0, advertised = 0;
-    std::vector<std::byte> data;  // arrived; read up to `off`
-    size_t off = 0;
+    std::vector<std::byte> data;  // arrived; consumed up to `off`, counted as read up to `credited`
+    size_t off = 0, credited = 0;
   };
   static uint64_t key(uint32_t src, uint32_t dst) { return (uint64_t{src} << 32) | dst; }
   // Takes the next used receive buffer and hands its packet to `f` (the
