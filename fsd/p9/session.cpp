@@ -406,19 +406,6 @@ Task<Result<void>> Session::op(Request& rq, const Treaddir& m) {
   FSD_FID_OR_RETURN(fp, m.fid);
   if (!fp->file.valid() || !fp->node->is_dir()) co_return Error{-EBADF};
   uint32_t count = std::min<uint32_t>(m.count, msize_ - kIoHeaderSize);
-  if (fp->xattr == Fid::Xattr::kNone && count >= kReadInPlace) {
-    if (auto space = sink_.space(kRreadHeaderSize + count)) {
-      // The file's data goes straight to where the transport sends it from.
-      auto n = co_await fp->vfs->read(ring_, fp->file, space->iov(kRreadHeaderSize), m.offset);
-      if (!n) co_return Error{n.error()};  // the space goes back unused
-      std::array<std::byte, kRreadHeaderSize> header;
-      put_rread_header(header, rq.tag, static_cast<uint32_t>(*n));
-      scatter(header, space->iov());
-      space->send(kRreadHeaderSize + *n);
-      rq.sent = true;
-      co_return Result<void>{};
-    }
-  }
   rq.reply = sink_.buffer(kRreadHeaderSize + count);
   DirentWriter w(rq.reply.room().subspan(kRreadHeaderSize, count));
   // Host records are no smaller than the 9P entries they become minus 8

@@ -162,6 +162,12 @@ TEST_F(VsockDevice, GuestRootReadsAndWritesOver9P) {
   auto hello = c.read_all(1);
   ASSERT_TRUE(hello.ok()) << hello.error();
   EXPECT_EQ(*hello, "hello, world\n");
+  ASSERT_TRUE(c.walk(kRoot, 3, "").ok());
+  ASSERT_TRUE(c.lopen(3, O_RDONLY | O_DIRECTORY).ok());
+  auto list = c.readdir_all(3);
+  ASSERT_TRUE(list.ok()) << list.error();
+  EXPECT_EQ(list->size(), 4u) << "., .., hello.txt, big.bin";
+  ASSERT_TRUE(c.clunk(3).ok());
   // Megabytes through a 256 KiB guest window and 4 KiB receive buffers.
   ASSERT_TRUE(c.walk(kRoot, 2, "big.bin").ok());
   ASSERT_TRUE(c.lopen(2, O_RDONLY).ok());
