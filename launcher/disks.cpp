@@ -9,6 +9,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include <nlohmann/json.hpp>
+
 #include "launcher/process.h"
 
 namespace fs = std::filesystem;
@@ -26,6 +28,86 @@ constexpr MkfsTool kMkfs[] = {
     {"ext2", "mkfs.ext2", "-L", "-qF"}, {"ext3", "mkfs.ext3", "-L", "-qF"}, {"ext4", "mkfs.ext4", "-L", "-qF"},
     {"xfs", "mkfs.xfs", "-L", "-qf"},   {"btrfs", "mkfs.btrfs", "-L", "-qf"}, {"vfat", "mkfs.vfat", "-n", ""},
 };
+
+// A directory of vmlaunch's own under $TMPDIR, removed when it goes.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string tmpl = (fs::temp_directory_path() / "vmlaunch-disk.XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error(std::string("cannot make a scratch directory: ") + std::strerror(errno));
+    path_ = tmpl;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  std::string operator/(const char* name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+// blkid -p on what a guest would see at the start of the disk: 0 when it
+// finds a file system (or a partition table), 2 when none. A qcow2 image is
+// read through qemu-img (its backing chain too) into a raw copy of its first
+// MiB, which holds the superblock of every file system mkfs_command makes:
+// no root, no nbd.
+int probe(const std::string& file, bool qcow2, const std::string& log) {
+  if (!qcow2) return run_logged({system_tool("blkid"), "-p", file}, log);
+  ScratchDir dir;
+  std::string head = dir / "head.raw";
+  if (int st = run_logged({"qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", "count=1", "if=" + file, "of=" + head}, log);
+      st != 0)
+    throw std::runtime_error("qemu-img could not read " + file + ":\n" + read_tail(log));
+  return run_logged({system_tool("blkid"), "-p", head}, log);
+}
+
+// `key` of `qemu-img info --output=json file`, as text ("" when absent).
+std::string image_info(const std::string& file, const std::string& key, const std::string& log) {
+  ScratchDir dir;
+  std::string out = dir / "info.json";
+  {
+    Fd to = open_log(out), err = open_log(log), devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    Child c = Child::spawn({"qemu-img", "info", "--output=json", file}, devnull.get(), to.get(), err.get());
+    c.reap(true);
+    if (c.status() != 0) throw std::runtime_error("qemu-img could not read " + file + ":\n" + read_tail(log));
+  }
+  std::ifstream in(out);
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw std::runtime_error("qemu-img info " + file + ": unexpected output");
+  if (!j.contains(key)) return "";
+  return j[key].is_string() ? j[key].get<std::string>() : j[key].dump();
+}
+
+// Formats an empty qcow2 image: mkfs on a sparse raw image of its size,
+// converted to qcow2 beside it and renamed over it (so a failure leaves the
+// original). One with a backing file is refused: replacing it would drop
+// the chain.
+void format_qcow2(const DiskSpec& d, const std::string& log) {
+  if (std::string backing = image_info(d.file, "backing-filename", log); !backing.empty())
+    throw std::runtime_error(d.file + ": autoFormat found no file system in this qcow2 image, and it has a backing file (" +
+                             backing + "); vmlaunch formats only images that stand alone");
+  std::string size = image_info(d.file, "virtual-size", log);
+  ScratchDir dir;
+  std::string raw = dir / "format.raw";
+  {
+    int fd = ::open(raw.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    bool ok = fd >= 0 && ::ftruncate(fd, static_cast<off_t>(std::stoull(size))) == 0;
+    if (fd >= 0) ::close(fd);
+    if (!ok) throw std::runtime_error("cannot make a scratch image to format " + d.file + ": " + std::strerror(errno));
+  }
+  if (int st = run_logged(mkfs_command(d.fs_type, d.label, raw), log); st != 0)
+    throw std::runtime_error("cannot format " + d.file + " as " + d.fs_type +
+                             (st == 127 ? " (is mkfs." + d.fs_type + " installed?)" : "") + ":\n" + read_tail(log));
+  std::string next = d.file + ".vmlaunch-new";
+  if (int st = run_logged({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, next}, log); st != 0) {
+    std::error_code ec;
+    fs::remove(next, ec);
+    throw std::runtime_error("qemu-img could not write " + next + ":\n" + read_tail(log));
+  }
+  fs::rename(next, d.file);
+}
 
 }  // namespace
 
@@ -68,20 +150,19 @@ PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log) {
       throw std::runtime_error("qemu-img could not create " + d.file + ":\n" + read_tail(log));
     }
   }
-  out.format = is_qcow2(d.file) ? "qcow2" : "raw";
+  const bool qcow2 = is_qcow2(d.file);
+  out.format = qcow2 ? "qcow2" : "raw";
   if (!format) return out;
-  if (out.format == "qcow2") {
-    if (out.created) return out;  // not reached: new images to format are raw
-    throw std::runtime_error(d.file + ": autoFormat formats raw images, and this one is qcow2 (format it yourself, or "
-                             "let vmlaunch create the file)");
-  }
   // blkid -p exits 2 when it finds no file system (and no partition table).
-  int found = run_logged({system_tool("blkid"), "-p", d.file}, log);
+  int found = probe(d.file, qcow2, log);
   if (found == 0) return out;
   if (found != 2) throw std::runtime_error("blkid could not probe " + d.file + ":\n" + read_tail(log));
-  if (int st = run_logged(mkfs_command(d.fs_type, d.label, d.file), log); st != 0)
+  if (qcow2) {
+    format_qcow2(d, log);
+  } else if (int st = run_logged(mkfs_command(d.fs_type, d.label, d.file), log); st != 0) {
     throw std::runtime_error("cannot format " + d.file + " as " + d.fs_type +
                              (st == 127 ? " (is mkfs." + d.fs_type + " installed?)" : "") + ":\n" + read_tail(log));
+  }
   out.formatted = true;
   return out;
 }

@@ -26,8 +26,11 @@ struct PreparedDisk {
 
 // Makes the disk ready: a missing file is created (a raw image when it is
 // to be formatted, else qcow2), and formatted when autoFormat is set and
-// the image has no file system yet (blkid finds none). An image that has
-// one is never touched. `log` takes the tools' output. Throws
+// the image has no file system yet (blkid finds none at its start, read
+// through qemu-img for a qcow2 image and its backing chain). An image that
+// has one is never touched, whatever its format; an empty qcow2 image is
+// formatted as a new image of the same size (a standalone one only: with a
+// backing file it is refused). `log` takes the tools' output. Throws
 // std::runtime_error with that output when a tool fails.
 PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log);
 

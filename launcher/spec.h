@@ -67,7 +67,7 @@ struct DiskSpec {
   std::string fs_type;      // "": a bare block device; else mounted (ext4, xfs, ...)
   std::string mount_point;  // where the guest mounts it (needs fs_type)
   std::string label;        // the file system's label when vmlaunch formats it
-  bool auto_format = false; // format a new or empty raw image with fs_type
+  bool auto_format = false; // format a new or empty image with fs_type (see prepare_disk)
 };
 
 struct StoreSpec {
