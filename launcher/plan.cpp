@@ -130,7 +130,8 @@ struct Builder {
     devices.emplace_back(tag, sock);
   }
 
-  // The disks the guest mounts: the spec's, in order, then the store's.
+  // The disks the guest mounts: the root, the spec's in order, then the
+  // store's.
   struct MountedDisk {
     const DiskSpec* disk;
     size_t index;  // in PlanInputs::disks, so /dev/vd[a + index]
@@ -138,12 +139,15 @@ struct Builder {
   };
   std::vector<MountedDisk> mounted_disks() const {
     std::vector<MountedDisk> out;
-    for (size_t i = 0; i < s.disks.size(); i++)
-      if (!s.disks[i].mount_point.empty()) out.push_back({&s.disks[i], i, s.disks[i].mount_point});
-    size_t next = s.disks.size() + s.empty_disks_mib.size();
+    size_t next = 0;
+    if (!s.root.file.empty()) out.push_back({&s.root, next++, kNewRoot});
+    for (const auto& d : s.disks) {
+      if (!d.mount_point.empty()) out.push_back({&d, next, d.mount_point});
+      next++;
+    }
+    next += s.empty_disks_mib.size();
     if (s.store.writable == Writable::kDisk) out.push_back({&s.store.disk, next++, rw_store});
     if (s.store.image != StoreImage::kNone) out.push_back({&store_image, next++, ro_store});
-    if (!s.root.file.empty()) out.push_back({&s.root, next, kNewRoot});
     return out;
   }
   // The store's image, as a read-only disk.

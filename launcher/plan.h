@@ -33,9 +33,9 @@ struct PlanInputs {
   uint32_t uid = 0;
   std::string qmp_socket;    // QEMU's monitor socket ("": none)
   std::string relay_binary = "vmlaunch";  // runs guest->host port forwards (--relay-to)
-  // Disk images as the runner prepared them: spec.disks in order, then one
-  // per spec.emptyDisks entry (created in the temporary directory), then
-  // store.disk, then the store's image.
+  // Disk images as the runner prepared them: spec.root, spec.disks in
+  // order, then one per spec.emptyDisks entry (created in the temporary
+  // directory), then store.disk, then the store's image.
   struct Disk {
     std::string file;
     std::string format;  // "qcow2" or "raw"

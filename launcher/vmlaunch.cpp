@@ -339,8 +339,9 @@ class Launch {
     }
   }
 
-  // Disks, in the plan's order: the spec's (created and formatted as
-  // asked), the throw-away empty ones, then the store's.
+  // Disks, in the plan's order: the root (/dev/vda, as qemu-vm.nix puts
+  // it), the spec's (created and formatted as asked), the throw-away empty
+  // ones, then the store's.
   void prepare_disks() {
     auto prepare = [&](const DiskSpec& d) {
       PreparedDisk p{.format = "qcow2"};
@@ -358,6 +359,7 @@ class Launch {
       }
       in_.disks.push_back({d.file, p.format, d.read_only, d.snapshot});
     };
+    if (!spec_.root.file.empty()) prepare(spec_.root);
     for (const auto& d : spec_.disks) prepare(d);
     for (size_t i = 0; i < spec_.empty_disks_mib.size(); i++)
       prepare({.file = path("empty-" + std::to_string(i) + ".qcow2"), .size_mib = spec_.empty_disks_mib[i]});
@@ -373,7 +375,6 @@ class Launch {
       }
       in_.disks.push_back({image, "raw", true, false});
     }
-    if (!spec_.root.file.empty()) prepare(spec_.root);
   }
 
   void make_run_plan() {

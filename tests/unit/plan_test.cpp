@@ -286,6 +286,16 @@ TEST_F(SystemPlanTest, BootRunsTheSystemsInitOnANewRoot) {
   EXPECT_EQ(p.guest["mounts"].dump().find(R"("fstype":"tmpfs","source":"tmpfs","target":"/sysroot")"), std::string::npos);
   // and only for booting.
   EXPECT_THROW(plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}}, {"command", "true"}}), SpecError);
+  // The root disk is /dev/vda, as qemu-vm.nix puts it; the spec's disks follow.
+  fsd::testing::write_file(tmp("data.img"), "x");
+  in_.disks = {{tmp("root.img"), "raw"}, {tmp("data.img"), "raw"}};
+  p = plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}},
+            {"disks", json::array({{{"file", tmp("data.img")}, {"fsType", "ext4"}, {"mountPoint", "/data"}}})}});
+  std::string mounts = p.guest["mounts"].dump();
+  EXPECT_EQ(p.guest["mounts"][0].dump(), R"({"flags":[],"fstype":"ext4","source":"/dev/vda","target":"/sysroot"})");
+  EXPECT_NE(mounts.find(R"({"flags":[],"fstype":"ext4","source":"/dev/vdb","target":"/data"})"), std::string::npos) << mounts;
+  std::string argv = joined(p.qemu_argv);
+  EXPECT_LT(argv.find("root.img"), argv.find("data.img")) << argv;
 }
 
 // Boot mode passes the system's kernel-params, then the spec's cmdline,
