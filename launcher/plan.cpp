@@ -254,8 +254,14 @@ struct Builder {
       disk_mount(*it);
       disks.erase(it);
     };
-    if (!s.root.file.empty() && !boot())
-      throw SpecError("root: a root disk is for booting the system (systemMode boot, or no command)");
+    if (!s.root.file.empty() && !has_system())
+      throw SpecError("root: a root disk holds a system's root (\"system\")");
+    if (exec_system() && !s.root.file.empty()) {
+      // The command runs on the disk: mounted first, everything else moves
+      // into it, and the init goes on there as PID 1.
+      take_disk(kNewRoot);
+      guest.switch_root = kNewRoot;
+    }
     if (boot()) {
       if (s.has_command()) throw SpecError("systemMode boot runs the system's own init; a command needs systemMode exec");
       if (!s.system.has_init) throw SpecError("system: " + s.system.path + " has no init to boot (give a command to run it in exec mode)");
@@ -286,6 +292,8 @@ struct Builder {
     }
     guest.env = {{"PATH", "/bin"}, {"HOME", "/tmp"}, {"TERM", "linux"}};
     if (exec_system()) system_context();
+    if (exec_system() && !s.root.file.empty())
+      p.mount_plan.push_back("then: every mount moves into " + std::string(kNewRoot) + ", which becomes / for the command");
     if (boot()) {
       guest.switch_root = kNewRoot;
       guest.init = s.system.in_guest + "/init";

@@ -402,7 +402,7 @@ class Checker {
     if (!ctx_.root_disk_override.empty()) s.root.file = ctx_.root_disk_override;
     if (!s.root.file.empty()) {
       std::string at = ctx_.root_disk_override.empty() ? "root" : "root (NIX_DISK_IMAGE)";
-      if (s.system.path.empty()) fail(at, "a root disk is for booting a system (\"system\", systemMode boot)");
+      if (s.system.path.empty()) fail(at, "a root disk holds a system's root (\"system\"): without one, the command's tools are the initramfs's, which are not on the disk");
       if (!s.root.mount_point.empty()) fail("root.mountPoint", "is / (the system's root)");
       if (s.root.fs_type.empty()) fail("root.fsType", "is required");
       if (s.root.read_only) fail("root.readOnly", "a system's root must be writable");

@@ -29,8 +29,10 @@ struct GuestPlan {
   std::vector<GuestMount> mounts;               // in order
   std::map<std::string, std::string> links;     // path -> target: symlinks made after the mounts, replacing what is there
   std::map<std::string, std::string> late_files;  // path -> content, written after the mounts unless the path exists
-  // Boot mode: the root the mounts move into (a mount of the plan), and the
-  // system's init, run there as PID 1 in place of the command.
+  // The root the mounts move into (a mount of the plan), and in boot mode
+  // the system's init, run there as PID 1 in place of the command. With no
+  // init (exec mode on a root disk), the init goes on in the new root: its
+  // links and files, then the command.
   std::string switch_root, init;
   std::vector<std::string> command;             // empty: the interactive shell
   std::string shell = "/bin/sh";
@@ -65,7 +67,8 @@ inline void from_json(const nlohmann::json& j, GuestMount& m) {
 inline void to_json(nlohmann::json& j, const GuestPlan& p) {
   j = {{"modules", p.modules}, {"optional_modules", p.optional_modules}, {"files", p.files}, {"setup", p.setup}, {"mounts", p.mounts},
        {"shell", p.shell}, {"env", p.env}, {"workdir", p.workdir}, {"links", p.links}, {"late_files", p.late_files}};
-  if (!p.switch_root.empty()) j["switch_root"] = p.switch_root, j["init"] = p.init;
+  if (!p.switch_root.empty()) j["switch_root"] = p.switch_root;
+  if (!p.init.empty()) j["init"] = p.init;
   if (!p.command.empty()) j["command"] = p.command;
   if (!p.status_file.empty()) j["status_file"] = p.status_file;
 }

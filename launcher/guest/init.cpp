@@ -265,10 +265,9 @@ bool is_under(const std::string& path, const std::string& dir) {
   return path == dir || (path.size() > dir.size() && path.starts_with(dir) && path[dir.size()] == '/');
 }
 
-// Boot mode: every mount of the plan (each subtree once), then /dev, /proc,
-// /sys and /run move into the new root, which becomes / for the system's
-// init. Only returns on failure.
-void switch_root(const GuestPlan& plan) {
+// Every mount of the plan (each subtree once), then /dev, /proc, /sys and
+// /run move into the new root, which becomes /. False on failure.
+bool enter_root(const GuestPlan& plan) {
   const std::string& root = plan.switch_root;
   std::vector<std::string> moved;
   std::vector<std::string> targets;
@@ -277,13 +276,23 @@ void switch_root(const GuestPlan& plan) {
   for (const char* fs : {"/dev", "/proc", "/sys", "/run"}) targets.emplace_back(fs);
   for (const auto& t : targets) {
     if (std::any_of(moved.begin(), moved.end(), [&](const std::string& m) { return is_under(t, m); })) continue;
-    if (!mkdirs(root + t) || ::mount(t.c_str(), (root + t).c_str(), nullptr, MS_MOVE, nullptr) != 0)
-      return say("cannot move " + t + " into " + root + ": " + std::strerror(errno));
+    if (!mkdirs(root + t) || ::mount(t.c_str(), (root + t).c_str(), nullptr, MS_MOVE, nullptr) != 0) {
+      say("cannot move " + t + " into " + root + ": " + std::strerror(errno));
+      return false;
+    }
     moved.push_back(t);
   }
   if (::chdir(root.c_str()) != 0 || ::mount(".", "/", nullptr, MS_MOVE, nullptr) != 0 || ::chroot(".") != 0 ||
-      ::chdir("/") != 0)
-    return say("cannot switch to " + root + ": " + std::strerror(errno));
+      ::chdir("/") != 0) {
+    say("cannot switch to " + root + ": " + std::strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+// Boot mode: the system's init, as PID 1 in the new root. Only returns on
+// failure.
+void run_init(const GuestPlan& plan) {
   std::vector<std::string> env;
   for (const auto& [k, v] : plan.env) env.push_back(k + "=" + v);
   std::vector<char*> cenv;
@@ -403,11 +412,14 @@ int run() {
   load_modules(plan);
   set_up(plan);
   do_mounts(plan.mounts);
-  finish_root(plan);
   if (!plan.switch_root.empty()) {
-    switch_root(plan);
-    power_off(255);
+    if (!enter_root(plan)) power_off(255);
+    if (!plan.init.empty()) {
+      run_init(plan);
+      power_off(255);
+    }
   }
+  finish_root(plan);
   sigset_t chld = fsd::block_signals({SIGCHLD});
   Fd sfd(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
   int status = wait_for(start_command(plan, chld), sfd.get());

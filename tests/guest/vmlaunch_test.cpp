@@ -489,6 +489,22 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
     EXPECT_EQ(st, 0) << out;
     EXPECT_NE(out.find("synthetic-init: root had: " + std::string(had) + "\r\n"), std::string::npos) << out;
   }
+  // A command (exec mode) on the same root disk runs on it, in the
+  // system's context, and what it writes stays on the disk.
+  st = run({"--system", top, spec("", 0, no_kernel), "--",
+            "echo \"state=$(cat /state)\"; readlink /run/current-system; grep -c Synthetic /etc/os-release; pwd; "
+            "echo exec-on-root > /state"},
+           &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("state=kept-on-root\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find(in_guest + "\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("/tmp/xchg\r\n"), std::string::npos) << out;
+  {
+    auto log = tmp_.path() / "debugfs.log";
+    ChildProcess debugfs({"/sbin/debugfs", "-R", "cat /state", (tmp_.path() / "root.img").string()}, log);
+    EXPECT_EQ(debugfs.wait(std::chrono::seconds(30)), 0) << read_file(log);
+    EXPECT_NE(read_file(log).find("exec-on-root"), std::string::npos) << read_file(log);
+  }
   ::unsetenv("NIX_DISK_IMAGE");
   EXPECT_TRUE(fs::exists(tmp_.path() / "root.img"));
   // A command with systemMode boot is refused before anything starts.

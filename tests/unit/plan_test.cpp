@@ -284,8 +284,13 @@ TEST_F(SystemPlanTest, BootRunsTheSystemsInitOnANewRoot) {
   p = plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}}});
   EXPECT_EQ(p.guest["mounts"][0].dump(), R"({"flags":[],"fstype":"ext4","source":"/dev/vda","target":"/sysroot"})");
   EXPECT_EQ(p.guest["mounts"].dump().find(R"("fstype":"tmpfs","source":"tmpfs","target":"/sysroot")"), std::string::npos);
-  // and only for booting.
-  EXPECT_THROW(plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}}, {"command", "true"}}), SpecError);
+  // In exec mode too: the command runs on the disk, mounted first, and the
+  // init goes on there (no init of the system's).
+  p = plan({{"system", top_}, {"root", {{"file", tmp("root.img")}}}, {"command", "true"}});
+  EXPECT_EQ(p.guest["mounts"][0].dump(), R"({"flags":[],"fstype":"ext4","source":"/dev/vda","target":"/sysroot"})");
+  EXPECT_EQ(p.guest["switch_root"], "/sysroot");
+  EXPECT_FALSE(p.guest.contains("init"));
+  EXPECT_EQ(p.guest["command"], json({"/run/current-system/sw/bin/bash", "-c", "true"}));
   // The root disk is /dev/vda, as qemu-vm.nix puts it; the spec's disks follow.
   fsd::testing::write_file(tmp("data.img"), "x");
   in_.disks = {{tmp("root.img"), "raw"}, {tmp("data.img"), "raw"}};

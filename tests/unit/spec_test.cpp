@@ -378,7 +378,7 @@ TEST_F(SpecTest, SystemMustBeInTheStoreAndGivesTheKernel) {
   EXPECT_EQ(parse_spec(j, ctx_).root.file, tmp("nix-disk.img"));
   j.erase("system");
   j["kernel"] = tmp("vmlinuz");
-  EXPECT_EQ(error_of(j), "spec.json: root (NIX_DISK_IMAGE): a root disk is for booting a system (\"system\", systemMode boot)");
+  EXPECT_EQ(error_of(j), "spec.json: root (NIX_DISK_IMAGE): a root disk holds a system's root (\"system\"): without one, the command's tools are the initramfs's, which are not on the disk");
   ctx_.root_disk_override.clear();
 }
 
