@@ -90,12 +90,12 @@ void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,direct-io]"
-                 "[,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,translate-uid=RULE][,translate-gid=RULE]"
+                 "[,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,writeback][,translate-uid=RULE][,translate-gid=RULE]"
                  "[,xattrmap=RULES] (repeatable). 9p clients attach with aname TAG (or PATH). Read-only exports "
                  "default to cache=always. devices lets root callers create device nodes (refused otherwise). "
-                 "direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, translate-uid/-gid and xattrmap are "
-                 "as virtiofsd's --allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, "
-                 "--announce-submounts, --translate-uid/-gid and --xattrmap, for this export only.")
+                 "direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, translate-uid/-gid and "
+                 "xattrmap are as virtiofsd's --allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, "
+                 "--announce-submounts, --writeback, --translate-uid/-gid and --xattrmap, for this export only.")
       ->type_name("SPEC");
   app.add_option("--listen", o.listens,
                  "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), tcp:HOST:PORT, or systemd:NAME (a socket passed "

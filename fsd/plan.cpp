@@ -53,6 +53,7 @@ void plan_exports(const Options& o, Plan& p) {
     c.allow_mmap |= o.allow_mmap;
     c.posix_acl |= o.posix_acl;
     c.submounts |= o.submounts;
+    c.writeback |= o.writeback;
     auto add = [&](const char* flag, IdMap& m, const std::string& rule) {
       try {
         m.add(rule);

@@ -13,7 +13,6 @@ namespace {
 // any other is refused: some of them (security_label, posix_acl, modcaps)
 // promise a protection fsd does not give, and silence would hide that.
 constexpr std::pair<std::string_view, std::string_view> kIgnoredOptions[] = {
-    {"writeback", "fsd does not offer FUSE's writeback cache; guests write through"},
     {"no_writeback", ""},
     {"xattr", ""},
     {"no_xattr", "fsd always serves xattrs (privileged namespaces only to privileged callers)"},
@@ -65,6 +64,8 @@ bool apply_compat_option(Options& o, std::string_view opt, std::string& source, 
     o.modcaps = value("modcaps=");
   } else if (opt == "announce_submounts") {
     o.submounts = true;
+  } else if (opt == "writeback") {
+    o.writeback = true;
   } else if (opt == "posix_acl") {
     o.posix_acl = true;
   } else if (opt == "no_posix_acl") {
@@ -121,9 +122,9 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
       ->check(CLI::IsMember({"never", "none", "auto", "metadata", "always"}));
   compat->add_option("-o", o.compat_opts,
                      "Options, comma-separated (repeatable): source=DIR, cache=, sandbox=, seccomp=, xattrmap=, "
-                     "log_level=, debug, allow_direct_io, no_readdirplus, posix_acl, announce_submounts as their flags; "
-                     "xattr, killpriv_v2, "
-                     "readdirplus and no_posix_lock/no_flock/no_writeback are what fsd does; writeback, "
+                     "log_level=, debug, allow_direct_io, no_readdirplus, posix_acl, announce_submounts, writeback as "
+                     "their flags; xattr, killpriv_v2, "
+                     "readdirplus and no_posix_lock/no_flock/no_writeback are what fsd does; "
                      "no_killpriv_v2, posix_lock, flock, no_xattr and timeout= are ignored "
                      "with a warning; anything else is refused");
   compat->add_option("--socket", o.socket_path, "The same as --socket-path (virtiofsd's older name)");
@@ -169,8 +170,10 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
   compat->add_flag("--xattr")->description("Serve xattrs: fsd always does (privileged namespaces only to privileged callers)");
   compat->add_flag("--killpriv-v2")
       ->description("Clear set-id bits on write, truncate and chown as the kernel does: fsd always does");
-  for (auto [flag, why] : {std::pair{"--writeback", "fsd does not offer FUSE's writeback cache; guests write through"},
-                           {"--no-killpriv-v2", "fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)"},
+  compat->add_flag("--writeback", o.writeback,
+                   "FUSE/virtio-fs clients cache written data and send it later in large writes "
+                   "(FUSE_WRITEBACK_CACHE), on every export (export option writeback)");
+  for (auto [flag, why] : {std::pair{"--no-killpriv-v2", "fsd always clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2)"},
                            {"--no-announce-submounts", ""}}) {
     std::string f = flag, w = why;
     compat->add_flag_callback(flag, [&o, f, w] { if (!w.empty()) o.ignored.push_back(f + ": " + w); },

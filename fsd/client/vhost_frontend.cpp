@@ -345,7 +345,7 @@ Result<VhostFrontend::FuseReply> VhostFrontend::fuse_init() {
   in.minor = FUSE_KERNEL_MINOR_VERSION;
   in.max_readahead = 128 * 1024;
   in.flags = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS | FUSE_CACHE_SYMLINKS |
-             FUSE_BIG_WRITES | FUSE_INIT_EXT;
+             FUSE_BIG_WRITES | FUSE_INIT_EXT | FUSE_WRITEBACK_CACHE;
   return fuse(1, FUSE_INIT, 0, std::as_bytes(std::span(&in, 1)), 4096);
 }
 

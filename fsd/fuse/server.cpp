@@ -104,7 +104,9 @@ class Server::Context {
     if (vfs.config().submounts) offer |= FUSE_SUBMOUNTS;
     if (vfs.config().cache == CachePolicy::kAlways) offer |= FUSE_CACHE_SYMLINKS;
     if (vfs.config().cache == CachePolicy::kAuto) offer |= FUSE_AUTO_INVAL_DATA;
+    if (vfs.config().writeback) offer |= FUSE_WRITEBACK_CACHE;
     uint64_t flags = want & offer;
+    s.writeback_ = (flags & FUSE_WRITEBACK_CACHE) != 0;
     s.apply_umask_ = (flags & FUSE_DONT_MASK) != 0;
     s.submounts_ = (flags & FUSE_SUBMOUNTS) != 0;
     out.flags = static_cast<uint32_t>(flags);
@@ -172,6 +174,7 @@ class Server::Context {
     if (in.valid & FATTR_ATIME_NOW) valid |= SetAttr::kAtimeNow;
     if (in.valid & FATTR_MTIME_NOW) valid |= SetAttr::kMtimeNow;
     if (in.valid & FATTR_CTIME) valid |= SetAttr::kCtime;
+    if (s.writeback_) valid |= SetAttr::kTimesMayBeNow;  // the client keeps c/mtime and sends "now" as a value
     SetAttr sa{.valid = valid, .mode = in.mode, .uid = in.uid, .gid = in.gid, .size = in.size,
                .atime = {static_cast<time_t>(in.atime), static_cast<long>(in.atimensec)},
                .mtime = {static_cast<time_t>(in.mtime), static_cast<long>(in.mtimensec)}};
@@ -235,11 +238,26 @@ class Server::Context {
 
   // ---- files
 
+  // With the writeback cache the client writes whole pages, so it reads
+  // pages of files opened write-only, and it places appends itself: a
+  // write-only open is made read-write where the caller may read (else it
+  // stays write-only, and only partial pages can fail), and O_APPEND is
+  // dropped so that writes land at the offsets the client gives.
+  int writeback_flags(int flags, bool read_too) const {
+    if (!s.writeback_) return flags;
+    flags &= ~O_APPEND;
+    if (read_too && (flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+    return flags;
+  }
+
   Task<Result<void>> open_handle(uint32_t flags, bool dir, bool drop_setid = false) {
     auto n = node();
     if (!n) co_return Error{n.error()};
     if (dir && !(*n)->is_dir()) co_return Error{-ENOTDIR};
-    auto f = co_await vfs.open(ring, **n, dir ? (O_RDONLY | O_DIRECTORY) : static_cast<int>(flags));
+    int want = dir ? (O_RDONLY | O_DIRECTORY) : writeback_flags(static_cast<int>(flags), true);
+    auto f = co_await vfs.open(ring, **n, want);
+    if (!f && f.error() == -EACCES && want != writeback_flags(static_cast<int>(flags), false))
+      f = co_await vfs.open(ring, **n, writeback_flags(static_cast<int>(flags), false));
     if (!f) co_return Error{f.error()};
     if (drop_setid && (flags & O_TRUNC)) {
       if (auto r = vfs.drop_setid(**n); !r) co_return Error{r.error()};
@@ -259,7 +277,13 @@ class Server::Context {
   Task<Result<void>> op(const Create& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    auto c = co_await vfs.create(ring, *dir, a.name, static_cast<int>(a.in.flags), mode_of(**dir, a.in.mode, a.in.umask));
+    // The creator of a new file may read it whatever its mode; an existing
+    // one (a race with the host) may refuse that.
+    int flags = static_cast<int>(a.in.flags);
+    mode_t mode = mode_of(**dir, a.in.mode, a.in.umask);
+    auto c = co_await vfs.create(ring, *dir, a.name, writeback_flags(flags, true), mode);
+    if (!c && c.error() == -EACCES && writeback_flags(flags, true) != writeback_flags(flags, false))
+      c = co_await vfs.create(ring, *dir, a.name, writeback_flags(flags, false), mode);
     if (!c) co_return Error{c.error()};
     auto hd = std::make_shared<Handle>();
     hd->file = std::move(c->file);

@@ -52,6 +52,8 @@ ExportConfig parse_export(std::string_view spec) {
       c.posix_acl = true;
     } else if (opt == "submounts") {
       c.submounts = true;
+    } else if (opt == "writeback") {
+      c.writeback = true;
     } else if (opt.starts_with("cache=")) {
       auto v = opt.substr(6);
       auto policy = value_of<CachePolicy>(v == "none" ? "never" : v);  // virtiofsd says none
@@ -71,7 +73,7 @@ ExportConfig parse_export(std::string_view spec) {
         fail(std::string("xattrmap ") + e.what());
       }
     } else {
-      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices, direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, translate-uid=…, translate-gid=…, xattrmap=…)");
+      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices, direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, translate-uid=…, translate-gid=…, xattrmap=…)");
     }
   }
   if (!cache_given && c.read_only) c.cache = CachePolicy::kAlways;

@@ -37,6 +37,10 @@ struct ExportConfig {
   // as submounts (FUSE_ATTR_SUBMOUNT), so the guest mounts them with their
   // own device number (virtiofsd's --announce-submounts).
   bool submounts = false;
+  // virtio-fs/FUSE: clients keep written data in their page cache and send
+  // it later, in large writes (FUSE_WRITEBACK_CACHE; virtiofsd's
+  // --writeback). Off: every write goes through to the host.
+  bool writeback = false;
   // Client ids to host ids and back (virtiofsd's --translate-uid/-gid).
   IdMap uids, gids;
   // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
@@ -44,7 +48,7 @@ struct ExportConfig {
 };
 
 // Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]
-// [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl][,submounts]
+// [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,writeback]
 // [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES]". Read-only exports
 // default to cache=always. Throws std::invalid_argument with a one-line
 // message naming the problem. Does not touch the filesystem.

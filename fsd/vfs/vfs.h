@@ -95,6 +95,13 @@ struct SetAttr {
   enum : uint32_t {
     kMode = 1 << 0, kUid = 1 << 1, kGid = 1 << 2, kSize = 1 << 3, kAtime = 1 << 4, kMtime = 1 << 5,
     kCtime = 1 << 6, kAtimeNow = 1 << 7, kMtimeNow = 1 << 8,
+    // The explicit times may be the client's own "now" (a FUSE client with
+    // the writeback cache sends the time of a touch, a write or a
+    // truncation as a value): for a caller who may only set times to now
+    // (one with write permission, not the owner), both times become now,
+    // and an mtime alone is left to the host (its write or truncation set
+    // it), rather than EPERM.
+    kTimesMayBeNow = 1 << 9,
     kWireBits = kMode | kUid | kGid | kSize | kAtime | kMtime,  // the bits FUSE and 9P share
   };
   uint32_t valid = 0;

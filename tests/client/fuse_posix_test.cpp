@@ -425,7 +425,47 @@ TEST_P(FusePosix, UsersFareAsOnAPlainDirectory) {
   expect_same_transcript(plain, fuse);
 }
 
-INSTANTIATE_TEST_SUITE_P(CachePolicies, FusePosix, ::testing::Values("never", "auto", "always"));
+// And with the writeback cache (the client's page cache holds writes).
+INSTANTIATE_TEST_SUITE_P(CachePolicies, FusePosix,
+                         ::testing::Values("never", "auto", "always", "auto,writeback", "always,writeback"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), ',', '_');
+                           return n;
+                         });
+
+// With the writeback cache the client holds written data until it flushes
+// (fsync here); without it every write reaches the host at once. Appends
+// land at the end though fsd drops O_APPEND, and a write-only open works.
+TEST(FuseWriteback, WritesWaitInTheClientsCacheUntilFsync) {
+  for (bool writeback : {false, true}) {
+    SCOPED_TRACE(writeback ? "writeback" : "write-through");
+    TempDir tmp;
+    write_file(tmp.path() / "export/log", "0123456789");
+    std::filesystem::create_directories(tmp.path() / "mnt");
+    FsdProcess fsd({.args = {"--export", "x=" + (tmp.path() / "export").string() + (writeback ? ",writeback" : ""),
+                             "--fuse-mount", "x=" + (tmp.path() / "mnt").string()}});
+    fsd.wait_for_log("mounted 'x'");
+    std::string mnt = (tmp.path() / "mnt").string(), host = (tmp.path() / "export").string();
+    int fd = ::open((mnt + "/new").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, "cached", 6), 6);
+    EXPECT_EQ(read_file(host + "/new"), writeback ? "" : "cached");
+    ASSERT_EQ(::fsync(fd), 0);
+    EXPECT_EQ(read_file(host + "/new"), "cached");
+    ::close(fd);
+    // Appends, through a write-only O_APPEND open.
+    fd = ::open((mnt + "/log").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, "ab", 2), 2);
+    ASSERT_EQ(::write(fd, "cd", 2), 2);
+    ::close(fd);
+    EXPECT_EQ(content((mnt + "/log").c_str()), content((host + "/log").c_str()));
+    EXPECT_EQ(read_file(host + "/log"), "0123456789abcd");
+    EXPECT_EQ(fsd.stop(), 0);
+    ::umount2(mnt.c_str(), MNT_DETACH);
+  }
+}
 
 TEST(FuseReadOnly, EveryMutationIsErofs) {
   TempDir tmp;

@@ -66,7 +66,7 @@ TEST_F(VirtiofsdCli, OperationalFlagsAreHonouredOrWarnedAbout) {
   fsd.wait_for_log("listening on " + sock_);
   std::string log = fsd.log();
   EXPECT_NE(log.find("fsd debug:"), std::string::npos) << "-d: " << log;
-  EXPECT_NE(log.find("ignored: --writeback: "), std::string::npos) << log;
+  EXPECT_EQ(log.find("--writeback"), std::string::npos) << "honoured, not warned about: " << log;
   EXPECT_NE(log.find("ignored: -o posix_lock: "), std::string::npos) << log;
   std::ifstream limits("/proc/" + std::to_string(fsd.server_pid()) + "/limits");
   std::string line;
@@ -83,6 +83,7 @@ TEST_F(VirtiofsdCli, OperationalFlagsAreHonouredOrWarnedAbout) {
     fuse_init_out out{};
     std::memcpy(&out, init->body.data(), std::min(sizeof out, init->body.size()));
     EXPECT_EQ(out.flags & FUSE_DO_READDIRPLUS, 0u) << "--no-readdirplus";
+    EXPECT_NE(out.flags & FUSE_WRITEBACK_CACHE, 0u) << "--writeback";
     auto look = (*f)->fuse_lookup(FUSE_ROOT_ID, "hello.txt");
     ASSERT_TRUE(look.ok());
     ASSERT_EQ(look->error, 0);
@@ -109,6 +110,26 @@ TEST_F(VirtiofsdCli, OperationalFlagsAreHonouredOrWarnedAbout) {
     } else {
       EXPECT_EQ(opened->error, -EINVAL);
     }
+    // --writeback: a write-only O_APPEND open is read-write without
+    // O_APPEND on the host (the client reads partial pages, and places
+    // appends itself).
+    in.flags = O_WRONLY | O_APPEND;
+    opened = (*f)->fuse(1, FUSE_OPEN, entry.nodeid, std::as_bytes(std::span(&in, 1)), 4096);
+    ASSERT_TRUE(opened.ok());
+    ASSERT_EQ(opened->error, 0);
+    unsigned long seen = ~0ul;
+    for (auto& fd : fs::directory_iterator("/proc/" + std::to_string(fsd.server_pid()) + "/fd")) {
+      std::error_code ec;
+      if (fs::read_symlink(fd.path(), ec) != fs::path(share_) / "hello.txt") continue;
+      std::ifstream info("/proc/" + std::to_string(fsd.server_pid()) + "/fdinfo/" + fd.path().filename().string());
+      std::string key;
+      unsigned long flags = 0;
+      while (info >> key)
+        if (key == "flags:" && info >> std::oct >> flags && !(flags & (O_DIRECT | O_PATH))) seen = flags;
+    }
+    ASSERT_NE(seen, ~0ul) << "no other fd of hello.txt";
+    EXPECT_EQ(seen & O_ACCMODE, static_cast<unsigned long>(O_RDWR));
+    EXPECT_EQ(seen & O_APPEND, 0u);
   }
   auto status = fsd.wait_exit();
   ASSERT_TRUE(status.has_value()) << fsd.log();
