@@ -12,8 +12,11 @@
 #   find          find tree | wc -l (cold, then warm)
 #   tar           tar cf - tree | wc -c (cold, then warm)
 #   create1000    1,000 small files written, then sync
+#   untar         tar xf of tree/ (a tarball in the guest's tmpfs) into the share, then sync
+#   append2000    2,000 short lines appended to one file, one write each, then sync
 #   true          vmlaunch -- true with this share mounted, end to end (host wall time)
-# Configurations: fsd's virtio-fs (cache never/auto/always); fsd's 9p over virtio-vsock
+# Configurations: fsd's virtio-fs (cache never/auto/always, and auto with the
+# writeback cache, "auto+writeback"); fsd's 9p over virtio-vsock
 # (msize x cache none/mmap/loose); QEMU's built-in 9p (msize 8K/128K/512K x
 # none/loose); the C virtiofsd (QEMU's) and the Rust one (Debian 13's,
 # scripts/fetch-rust-virtiofsd), each attached with extraArgs.
@@ -91,6 +94,12 @@ run tar 1 sh -c 'tar cf - tree | wc -c'
 run tar-warm 0 sh -c 'tar cf - tree | wc -c'
 mk() { mkdir -p w; i=0; while [ $i -lt 1000 ]; do echo small > w/f$i; i=$((i + 1)); done; sync; rm -rf w; }
 run create1000 0 mk
+tar cf /tmp/tree.tar tree
+untar() { mkdir -p x; tar xf /tmp/tree.tar -C x; sync; rm -rf x; }
+run untar 0 untar
+rm -f /tmp/tree.tar
+appends() { i=0; while [ $i -lt 2000 ]; do echo "line $i" >> log; i=$((i + 1)); done; sync; rm -f log; }
+run append2000 0 appends
 GUEST
 
 # spec SHARE_JSON EXTRA_ARGS_JSON MOUNT_COMMAND SCRIPT -> a spec file path
@@ -160,10 +169,11 @@ start_virtiofsd() {  # uses $vmode and $vfsd_kind (c or rust)
   echo "bench/guest.sh: virtiofsd did not start" >&2
 }
 
-share_json() {  # PROTO CACHE [MSIZE]
+share_json() {  # PROTO CACHE [MSIZE | writeback]
   python3 -c 'import json, sys
 s = {"tag": "bench", "source": sys.argv[1], "target": "/mnt/b", "proto": sys.argv[2], "cache": sys.argv[3]}
-if len(sys.argv) > 4: s["msize"] = int(sys.argv[4])
+if len(sys.argv) > 4 and sys.argv[4] == "writeback": s["writeback"] = True
+elif len(sys.argv) > 4: s["msize"] = int(sys.argv[4])
 print(json.dumps([s]))' "$share" "$@"
 }
 
@@ -181,6 +191,7 @@ fi
 for m in "${vf_modes[@]}"; do
   run_config "fsd-virtiofs:$m" 0 "$(share_json virtiofs "$m")" '[]' ""
 done
+run_config "fsd-virtiofs:auto+writeback" 0 "$(share_json virtiofs auto writeback)" '[]' ""
 # Both virtiofsds: the C one (QEMU 7.2's) and the Rust one users run today
 # (fetched by scripts/fetch-rust-virtiofsd; left out when it cannot be).
 rust_virtiofsd="$(scripts/fetch-rust-virtiofsd 2>/dev/null)" || rust_virtiofsd=""

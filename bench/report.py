@@ -236,7 +236,7 @@ def host_virtiofs_mq(out):
     write_md(out, "host-virtiofs-mq.md", lines + notes)
 
 
-GUEST_WORKLOADS = ("seqread", "find", "find-warm", "tar", "tar-warm", "create1000", "true")
+GUEST_WORKLOADS = ("seqread", "find", "find-warm", "tar", "tar-warm", "create1000", "untar", "append2000", "true")
 
 
 def guest(out):
@@ -270,6 +270,9 @@ def guest(out):
     q9 = next((c for c in configs if c[0] == "qemu-9p:loose" and c[1] == 524288), None)
     if fsd and q9:
         pairs.append((fsd, q9))
+    wb = next((c for c in configs if c[0] == "fsd-virtiofs:auto+writeback"), None)
+    if fsd and wb:
+        pairs.append((wb, fsd))
     about = os.path.join(out, "guest.txt")
     setup = "; ".join(l.removeprefix("guest: ") for l in open(about).read().split("\n") if l) if os.path.exists(about) else ""
     notes = ["", (f"Setup: {setup}. " if setup else "") + "Median (min–max) of 3 runs, in the guest (wall seconds; seqread in MiB/s). \"-warm\" runs straight "

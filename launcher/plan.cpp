@@ -102,8 +102,8 @@ struct Builder {
     // for the next request is theirs: guest workloads ran 10-25% slower with it.
     if (in.accel == Accel::kTcg) p.fsd_argv.insert(p.fsd_argv.end(), {"--poll-us", "0"});
     for (const auto& sh : transports) {
-      if (sh.proto == Proto::kVirtiofs) virtiofs(sh.tag, sh.source, sh.read_only, sh.cache);
-      if (sh.proto == Proto::k9p) fsd_export(sh.tag, sh.source, sh.read_only, sh.cache), fsd_9p = true;
+      if (sh.proto == Proto::kVirtiofs) virtiofs(sh.tag, sh.source, sh.read_only, sh.cache, sh.writeback);
+      if (sh.proto == Proto::k9p) fsd_export(sh.tag, sh.source, sh.read_only, sh.cache, false), fsd_9p = true;
       if (sh.proto == Proto::k9pQemu) qemu_9p = true;
     }
     // fsd's 9p reaches the guest over virtio-vsock, fsd being the device's
@@ -119,13 +119,13 @@ struct Builder {
   // fsd's --export TAG=PATH,OPTIONS from the share's fields: the tag was
   // checked to be a plain word (spec.cpp), a comma in the path is doubled
   // (fsd reads ",," as one), and the options are vmlaunch's own words.
-  void fsd_export(const std::string& tag, const std::string& path, bool ro, Cache cache) {
-    p.fsd_argv.insert(p.fsd_argv.end(),
-                      {"--export", tag + "=" + qemu_escape(path) + (ro ? ",ro" : "") + ",cache=" + std::string(name_of(cache))});
+  void fsd_export(const std::string& tag, const std::string& path, bool ro, Cache cache, bool writeback) {
+    p.fsd_argv.insert(p.fsd_argv.end(), {"--export", tag + "=" + qemu_escape(path) + (ro ? ",ro" : "") + ",cache=" +
+                                                         std::string(name_of(cache)) + (writeback ? ",writeback" : "")});
   }
-  void virtiofs(const std::string& tag, const std::string& path, bool ro, Cache cache) {
+  void virtiofs(const std::string& tag, const std::string& path, bool ro, Cache cache, bool writeback) {
     std::string sock = in.run_dir + "/" + tag + ".sock";
-    fsd_export(tag, path, ro, cache);
+    fsd_export(tag, path, ro, cache, writeback);
     p.fsd_argv.insert(p.fsd_argv.end(), {"--virtiofs-socket", tag + "=" + sock});
     devices.emplace_back(tag, sock);
   }

@@ -101,6 +101,7 @@ void schema(V& v, ShareSpec& s) {
   if constexpr (V::kReading) s.cache = s.read_only ? Cache::kAlways : Cache::kAuto;  // the default follows readOnly
   v.field("cache", s.cache);
   v.field("msize", s.msize, Range{4096, 16 << 20});  // 9p only
+  v.field("writeback", s.writeback);                 // virtio-fs only
 }
 
 template <class V>
@@ -525,6 +526,9 @@ class Checker {
     if (share.source.empty()) fail(at + ".source", "is required");
     if (!is_dir(share.source)) fail(at + ".source", "\"" + share.source + "\" is not an existing directory");
     if (share.target.empty() || share.target[0] != '/') fail(at + ".target", "must be an absolute path in the guest");
+    if (share.writeback && share.proto != Proto::kVirtiofs)
+      fail(at + ".writeback", "is for virtio-fs shares (FUSE's writeback cache); 9p clients have their own cache= modes");
+    if (share.writeback && share.read_only) fail(at + ".writeback", "a read-only share takes no writes");
     claim_mount_point(share.target, at + ".target");
   }
 

@@ -91,6 +91,7 @@ struct ShareSpec {
   Proto proto = Proto::kVirtiofs;
   Cache cache = Cache::kAuto;
   uint32_t msize = 512 * 1024;  // 9p only
+  bool writeback = false;       // virtio-fs only: the guest's page cache holds writes (fsd's export option)
 };
 
 struct Endpoint {

@@ -62,6 +62,14 @@ TEST_F(PlanTest, FsdNinePSharesGoOverVsockToFsd) {
   EXPECT_EQ(p.guest["setup"].dump().find("10.0.2.15/24"), std::string::npos);
 }
 
+TEST_F(PlanTest, AWritebackShareIsAWritebackExport) {
+  json share{{"tag", "data"}, {"source", tmp("data")}, {"target", "/data"}, {"writeback", true}};
+  Plan p = plan({{"shares", json::array({share})}});
+  std::string fsd = joined(p.fsd_argv);
+  EXPECT_NE(fsd.find("--export data=" + tmp("data") + ",cache=auto,writeback --virtiofs-socket data="), std::string::npos) << fsd;
+  EXPECT_NE(fsd.find("--export xchg=" + tmp("xchg") + ",cache=never --virtiofs-socket"), std::string::npos) << fsd;
+}
+
 TEST_F(PlanTest, GuestToHostForwardsRunARelayPerConnection) {
   json f{{"from", "guest"}, {"host", {{"address", "127.0.0.1"}, {"port", 8080}}}, {"guest", {{"address", "10.0.2.100"}, {"port", 80}}}};
   Plan p = plan({{"network", "user"}, {"forwardPorts", json::array({f})}});

@@ -111,7 +111,7 @@ TEST_F(SpecTest, UnknownFields) {
             "vlanHost, vlans)");
   j = base();
   j["shares"] = json::array({{{"tag", "d"}, {"sorce", tmp("data")}, {"target", "/d"}}});
-  EXPECT_EQ(error_of(j), "spec.json: shares[0].sorce: unknown field (known here: cache, msize, proto, readOnly, source, tag, target)");
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].sorce: unknown field (known here: cache, msize, proto, readOnly, source, tag, target, writeback)");
 }
 
 TEST_F(SpecTest, WrongTypes) {
@@ -152,6 +152,18 @@ TEST_F(SpecTest, ShareSourceMustExist) {
   json j = base();
   j["shares"] = json::array({{{"tag", "d"}, {"source", "/no/such/dir"}, {"target", "/d"}}});
   EXPECT_EQ(error_of(j), "spec.json: shares[0].source: \"/no/such/dir\" is not an existing directory");
+}
+
+TEST_F(SpecTest, WritebackIsForWritableVirtiofsShares) {
+  json j = base();
+  j["shares"] = json::array({{{"tag", "d"}, {"source", tmp("data")}, {"target", "/d"}, {"proto", "9p"}, {"writeback", true}}});
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].writeback: is for virtio-fs shares (FUSE's writeback cache); 9p clients have "
+                         "their own cache= modes");
+  j["shares"][0]["proto"] = "virtiofs";
+  j["shares"][0]["readOnly"] = true;
+  EXPECT_EQ(error_of(j), "spec.json: shares[0].writeback: a read-only share takes no writes");
+  j["shares"][0]["readOnly"] = false;
+  EXPECT_EQ(error_of(j), "(no error)");
 }
 
 TEST_F(SpecTest, DuplicateTags) {
