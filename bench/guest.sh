@@ -14,6 +14,7 @@
 #   create1000    1,000 small files written, then sync
 #   untar         tar xf of tree/ (a tarball in the guest's tmpfs) into the share, then sync
 #   append2000    2,000 short lines appended to one file, one write each, then sync
+#   write4k       32 MiB written with 4 KiB writes (dd), then sync
 #   true          vmlaunch -- true with this share mounted, end to end (host wall time)
 # Configurations: fsd's virtio-fs (cache never/auto/always, and auto with the
 # writeback cache, "auto+writeback"); fsd's 9p over virtio-vsock
@@ -100,6 +101,8 @@ run untar 0 untar
 rm -f /tmp/tree.tar
 appends() { i=0; while [ $i -lt 2000 ]; do echo "line $i" >> log; i=$((i + 1)); done; sync; rm -f log; }
 run append2000 0 appends
+w4k() { dd if=/dev/zero of=w4k bs=4k count=8192 2> /dev/null; sync; rm -f w4k; }
+run write4k 0 w4k
 GUEST
 
 # spec SHARE_JSON EXTRA_ARGS_JSON MOUNT_COMMAND SCRIPT -> a spec file path

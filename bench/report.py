@@ -236,7 +236,7 @@ def host_virtiofs_mq(out):
     write_md(out, "host-virtiofs-mq.md", lines + notes)
 
 
-GUEST_WORKLOADS = ("seqread", "find", "find-warm", "tar", "tar-warm", "create1000", "untar", "append2000", "true")
+GUEST_WORKLOADS = ("seqread", "find", "find-warm", "tar", "tar-warm", "create1000", "untar", "append2000", "write4k", "true")
 
 
 def guest(out):
