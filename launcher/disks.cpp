@@ -63,8 +63,8 @@ int probe(const std::string& file, bool qcow2, const std::string& log) {
   return run_logged({system_tool("blkid"), "-p", head}, log);
 }
 
-// `key` of `qemu-img info --output=json file`, as text ("" when absent).
-std::string image_info(const std::string& file, const std::string& key, const std::string& log) {
+// `qemu-img info --output=json file`, read once.
+nlohmann::json image_info(const std::string& file, const std::string& log) {
   ScratchDir dir;
   std::string out = dir / "info.json";
   {
@@ -75,9 +75,25 @@ std::string image_info(const std::string& file, const std::string& key, const st
   }
   std::ifstream in(out);
   auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw std::runtime_error("qemu-img info " + file + ": unexpected output");
-  if (!j.contains(key)) return "";
-  return j[key].is_string() ? j[key].get<std::string>() : j[key].dump();
+  if (j.is_discarded() || !j.is_object() || !j.contains("virtual-size") || !j["virtual-size"].is_number_unsigned())
+    throw std::runtime_error("qemu-img info " + file + ": unexpected output");
+  return j;
+}
+
+// A sparse file of `bytes` at `path`, which must not exist yet.
+void make_sparse(const std::string& path, uint64_t bytes, const std::string& what) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  bool ok = fd >= 0 && ::ftruncate(fd, static_cast<off_t>(bytes)) == 0;
+  int err = errno;
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw std::runtime_error("cannot create " + what + ": " + std::strerror(err));
+}
+
+// mkfs for disk `d` on the raw image `raw` (its file, or a scratch copy).
+void run_mkfs(const DiskSpec& d, const std::string& raw, const std::string& log) {
+  if (int st = run_logged(mkfs_command(d.fs_type, d.label, raw), log); st != 0)
+    throw std::runtime_error("cannot format " + d.file + " as " + d.fs_type +
+                             (st == 127 ? " (is mkfs." + d.fs_type + " installed?)" : "") + ":\n" + read_tail(log));
 }
 
 // Formats an empty qcow2 image: mkfs on a sparse raw image of its size,
@@ -85,21 +101,14 @@ std::string image_info(const std::string& file, const std::string& key, const st
 // original). One with a backing file is refused: replacing it would drop
 // the chain.
 void format_qcow2(const DiskSpec& d, const std::string& log) {
-  if (std::string backing = image_info(d.file, "backing-filename", log); !backing.empty())
+  nlohmann::json info = image_info(d.file, log);
+  if (std::string backing = info.value("backing-filename", std::string()); !backing.empty())
     throw std::runtime_error(d.file + ": autoFormat found no file system in this qcow2 image, and it has a backing file (" +
                              backing + "); vmlaunch formats only images that stand alone");
-  std::string size = image_info(d.file, "virtual-size", log);
   ScratchDir dir;
   std::string raw = dir / "format.raw";
-  {
-    int fd = ::open(raw.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    bool ok = fd >= 0 && ::ftruncate(fd, static_cast<off_t>(std::stoull(size))) == 0;
-    if (fd >= 0) ::close(fd);
-    if (!ok) throw std::runtime_error("cannot make a scratch image to format " + d.file + ": " + std::strerror(errno));
-  }
-  if (int st = run_logged(mkfs_command(d.fs_type, d.label, raw), log); st != 0)
-    throw std::runtime_error("cannot format " + d.file + " as " + d.fs_type +
-                             (st == 127 ? " (is mkfs." + d.fs_type + " installed?)" : "") + ":\n" + read_tail(log));
+  make_sparse(raw, info["virtual-size"].get<uint64_t>(), "a scratch image to format " + d.file);
+  run_mkfs(d, raw, log);
   std::string next = d.file + ".vmlaunch-new";
   if (int st = run_logged({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, next}, log); st != 0) {
     std::error_code ec;
@@ -141,10 +150,7 @@ PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log) {
   if (!fs::exists(d.file)) {
     out.created = true;
     if (format) {  // a sparse raw image, which mkfs can write to directly
-      int fd = ::open(d.file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-      bool ok = fd >= 0 && ::ftruncate(fd, static_cast<off_t>(d.size_mib << 20)) == 0;
-      if (fd >= 0) ::close(fd);
-      if (!ok) throw std::runtime_error("cannot create " + d.file + ": " + std::strerror(errno));
+      make_sparse(d.file, d.size_mib << 20, d.file);
     } else if (int st = run_logged({"qemu-img", "create", "-q", "-f", "qcow2", d.file, std::to_string(d.size_mib) + "M"}, log);
                st != 0) {
       throw std::runtime_error("qemu-img could not create " + d.file + ":\n" + read_tail(log));
@@ -159,9 +165,8 @@ PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log) {
   if (found != 2) throw std::runtime_error("blkid could not probe " + d.file + ":\n" + read_tail(log));
   if (qcow2) {
     format_qcow2(d, log);
-  } else if (int st = run_logged(mkfs_command(d.fs_type, d.label, d.file), log); st != 0) {
-    throw std::runtime_error("cannot format " + d.file + " as " + d.fs_type +
-                             (st == 127 ? " (is mkfs." + d.fs_type + " installed?)" : "") + ":\n" + read_tail(log));
+  } else {
+    run_mkfs(d, d.file, log);
   }
   out.formatted = true;
   return out;

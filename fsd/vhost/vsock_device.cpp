@@ -326,21 +326,17 @@ void VsockDevice::Room::finish(size_t n, bool sent) {
   const bool live = sent && !conn_->closed();
   size_t left = live ? n : 0;
   uint32_t placed = 0;
-  std::vector<virtio::Chain> unused;
-  for (size_t k = 0; k < chains_.size(); k++) {
-    auto len = static_cast<uint32_t>(std::min<size_t>(left, caps_[k]));
-    if (len == 0) {
-      unused.push_back(std::move(chains_[k]));
-      continue;
-    }
+  size_t reached = 0;  // every chain carries payload: those the reply reaches come first
+  for (; reached < chains_.size() && left > 0; reached++) {
+    auto len = static_cast<uint32_t>(std::min<size_t>(left, caps_[reached]));
     std::array<std::byte, kHeaderSize> raw;
     vsock::encode(d->host_.reserved_header(id, len), raw);
-    put(chains_[k].writable, 0, raw);
-    d->used_.give(kRxQueue, chains_[k].head, kHeaderSize + len);
+    put(chains_[reached].writable, 0, raw);
+    d->used_.give(kRxQueue, chains_[reached].head, kHeaderSize + len);
     left -= len;
     placed += len;
   }
-  for (auto it = unused.rbegin(); it != unused.rend(); ++it) d->rx_.push_front(std::move(*it));
+  for (size_t k = chains_.size(); k-- > reached;) d->rx_.push_front(std::move(chains_[k]));
   if (!conn_->closed()) d->host_.unreserve(id, direct_ - placed);
   rest_.set_size(std::min(left, rest_.capacity()));
   conn_->placed(std::move(rest_));
