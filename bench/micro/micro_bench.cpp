@@ -178,9 +178,13 @@ BENCHMARK(BM_WalkChainIndirect)->Arg(32)->Arg(256);
 // ---- the vfs node table
 
 // A warm lookup of a known child in a directory of N files: one statx
-// (openat2 only for unseen nodes) and a table search among N nodes.
+// (openat2 only for unseen nodes) and a table search among N nodes. With
+// the second argument 1 the export has a closure view listing the N files
+// and 50,000 names more (a large system closure), so each lookup also
+// searches that list.
 void BM_VfsLookupWarm(benchmark::State& state) {
   size_t n = static_cast<size_t>(state.range(0));
+  bool closure = state.range(1) != 0;
   auto dir = std::filesystem::temp_directory_path() / ("fsd-micro-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   for (size_t i = 0; i < n; i++) std::ofstream(dir / ("f" + std::to_string(i)));
@@ -190,6 +194,12 @@ void BM_VfsLookupWarm(benchmark::State& state) {
     cfg.tag = "bench";
     cfg.path = dir.string();
     cfg.read_only = true;
+    if (closure) {
+      cfg.closure = dir.string() + ".closure";
+      std::ofstream list(cfg.closure);
+      for (size_t i = 0; i < n; i++) list << "/nix/store/f" << i << "\n";
+      for (size_t i = 0; i < 50000; i++) list << "/nix/store/" << std::hex << i * 2654435761u << "-other\n";
+    }
     Vfs vfs(cfg, VfsOptions{});
     std::vector<Entry> keep;  // every node known, as after a walk
     for (size_t i = 0; i < n; i++) keep.push_back(*ring.run(vfs.lookup(ring, vfs.root(), "f" + std::to_string(i))));
@@ -202,10 +212,31 @@ void BM_VfsLookupWarm(benchmark::State& state) {
       i = (i + 7919) % n;
     }
     state.counters["nodes"] = static_cast<double>(vfs.stats().nodes);
+    if (closure) std::filesystem::remove(cfg.closure);
   }
   std::filesystem::remove_all(dir);
 }
-BENCHMARK(BM_VfsLookupWarm)->Arg(1000)->Arg(20000)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_VfsLookupWarm)->ArgsProduct({{1000, 20000}, {0, 1}})->ArgNames({"files", "closure"})->Unit(benchmark::kMicrosecond);
+
+// The closure view's own cost per root lookup: one search of a list of N
+// store paths (a NixOS system's closure is a few thousand).
+void BM_ClosureShows(benchmark::State& state) {
+  size_t n = static_cast<size_t>(state.range(0));
+  std::string list;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < n; i++) {
+    names.push_back(std::to_string(i * 2654435761u) + "0123456789abcdefghijklmn-package-" + std::to_string(i));
+    list += "/nix/store/" + names.back() + "\n";
+  }
+  Closure c;
+  c.add_list(list, "bench");
+  size_t i = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(c.shows(names[i]));
+    i = (i + 7919) % n;
+  }
+}
+BENCHMARK(BM_ClosureShows)->Arg(1000)->Arg(50000);
 
 // ---- page cache to guest memory: io_uring's plain and fixed reads and writes
 

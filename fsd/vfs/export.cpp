@@ -18,24 +18,28 @@ ExportConfig parse_export(std::string_view spec) {
   for (char ch : c.tag)
     if (ch == '/' || ch == ',' || static_cast<unsigned char>(ch) < 0x20) fail("tag may not contain '/', ',' or control characters");
 
-  // The path ends at the first single comma; ",," is a comma of the path
-  // (as in QEMU's options), so that any path can be given.
+  // Fields end at a single comma; ",," is a comma of the field (as in
+  // QEMU's options), so that any path or file name can be given.
   std::string_view rest = spec.substr(eq + 1);
-  size_t comma = 0;
-  for (;; comma += 2) {
-    comma = rest.find(',', comma);
-    if (comma == std::string_view::npos || comma + 1 >= rest.size() || rest[comma + 1] != ',') break;
-  }
-  for (size_t i = 0; i < std::min(comma, rest.size()); i++) {
-    c.path += rest[i];
-    if (rest[i] == ',') i++;  // the second of ",,"
-  }
+  bool more = true;
+  auto next_field = [&rest, &more] {
+    std::string field;
+    size_t i = 0;
+    for (; i < rest.size(); i++) {
+      if (rest[i] == ',' && (i + 1 == rest.size() || rest[i + 1] != ',')) break;
+      field += rest[i];
+      if (rest[i] == ',') i++;  // the second of ",,"
+    }
+    more = i < rest.size();
+    rest = more ? rest.substr(i + 1) : std::string_view{};
+    return field;
+  };
+  c.path = next_field();
   if (c.path.empty()) fail("empty path");
   bool cache_given = false;
-  while (comma != std::string_view::npos) {
-    rest = rest.substr(comma + 1);
-    comma = rest.find(',');
-    std::string_view opt = rest.substr(0, comma);
+  while (more) {
+    const std::string field = next_field();
+    std::string_view opt = field;
     if (opt == "ro") {
       c.read_only = true;
     } else if (opt == "rw") {
@@ -66,6 +70,9 @@ ExportConfig parse_export(std::string_view spec) {
       } catch (const std::invalid_argument& e) {
         fail(std::string(opt.substr(0, 13)) + " " + e.what());
       }
+    } else if (opt.starts_with("closure=")) {
+      c.closure = std::string(opt.substr(8));
+      if (c.closure.empty()) fail("closure= names no file");
     } else if (opt.starts_with("xattrmap=")) {
       try {
         c.xattrs = XattrMap::parse(opt.substr(9));
@@ -73,9 +80,11 @@ ExportConfig parse_export(std::string_view spec) {
         fail(std::string("xattrmap ") + e.what());
       }
     } else {
-      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices, direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, translate-uid=…, translate-gid=…, xattrmap=…)");
+      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices, direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, translate-uid=…, translate-gid=…, xattrmap=…, closure=…)");
     }
   }
+  if (!c.closure.empty() && !c.read_only)
+    fail("closure= is for read-only exports (add ro): a client could create or rename names the closure hides");
   if (!cache_given && c.read_only) c.cache = CachePolicy::kAlways;
   return c;
 }

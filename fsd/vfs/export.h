@@ -45,12 +45,16 @@ struct ExportConfig {
   IdMap uids, gids;
   // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
   std::optional<XattrMap> xattrs;
+  // A file listing the store paths the root shows (fsd/vfs/closure.h);
+  // empty: every entry. Read-only exports only.
+  std::string closure;
 };
 
 // Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]
 // [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,writeback]
-// [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES]". Read-only exports
-// default to cache=always. Throws std::invalid_argument with a one-line
+// [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES][,closure=FILE]".
+// In the path and in option values ",," stands for a comma. Read-only
+// exports default to cache=always. Throws std::invalid_argument with a one-line
 // message naming the problem. Does not touch the filesystem.
 ExportConfig parse_export(std::string_view spec);
 

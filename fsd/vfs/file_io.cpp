@@ -146,6 +146,9 @@ Task<Result<void>> Vfs::read_dir(Ring& ring, const OpenFile& dir, uint64_t offse
   auto u = use(dir);
   if (!u) co_return Error{u.error()};
   detail::OpenState& st = u->state();
+  // In a root with a closure, the names it does not show are skipped
+  // ("." and ".." are not names of a store path and are shown).
+  const bool hidden_here = closure_ && st.node->is_root();
   auto list = [&]() -> int {
     int fd = u->fd();
     uint32_t gen;
@@ -177,7 +180,8 @@ Task<Result<void>> Vfs::read_dir(Ring& ring, const OpenFile& dir, uint64_t offse
                    .next = static_cast<uint64_t>(d.d_off),
                    .type = d.d_type,
                    .name = reinterpret_cast<const char*>(c.buf.get() + c.pos + offsetof(dirent64, d_name))};
-        if (!emit(e)) return 0;
+        bool skip = hidden_here && e.name != "." && e.name != ".." && !closure_->shows(e.name);
+        if (!skip && !emit(e)) return 0;
         c.pos += d.d_reclen;
         c.offset = e.next;
       }

@@ -43,6 +43,13 @@ Vfs::Vfs(ExportConfig config, VfsOptions options)
     : config_(std::move(config)), options_(options), nodes_(open_nodes(config_, options_)),
       files_(nodes_, options_.open_files) {
   am_root_ = ::geteuid() == 0;
+  if (!config_.closure.empty()) {
+    try {
+      closure_ = Closure::load(config_.closure);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error("export '" + config_.tag + "': " + e.what());
+    }
+  }
   if (config_.xattrs) {
     // The kernel drops security.capability when a file is written, truncated
     // or chowned; renamed to something else on the host, fsd does that.
@@ -143,6 +150,7 @@ Task<Result<Entry>> Vfs::lookup(Ring& ring, NodeRef dir, std::string_view name) 
   auto cname = Name::of(name);
   if (!cname) co_return Error{cname.error()};
   if (!dir->is_dir()) co_return Error{-ENOTDIR};
+  if (hidden(*dir, cname->view())) co_return Error{-ENOENT};
   auto pfd = path_fd(*dir);
   if (!pfd) co_return Error{pfd.error()};
   co_return co_await entry_at(ring, dir, pfd->get(), *cname);
@@ -154,6 +162,9 @@ Task<Result<struct statx>> Vfs::getattr(Ring& ring, Node& n) {
   struct statx st{};
   int r = co_await ring.statx(pfd->get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, kNodeStatxMask, &st);
   if (r < 0) co_return Error{r};
+  // A root's link count tells how many directories it holds, hidden ones
+  // too; 1 is what file systems that do not count them say.
+  if (closure_ && n.is_root()) st.stx_nlink = 1;
   co_return shown(st);
 }
 

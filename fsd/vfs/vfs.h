@@ -43,6 +43,7 @@
 #include "common/function_ref.h"
 #include "common/result.h"
 #include "fsd/uring/ring.h"
+#include "fsd/vfs/closure.h"
 #include "fsd/vfs/export.h"
 #include "fsd/vfs/fd_budget.h"
 #include "fsd/vfs/name.h"
@@ -323,6 +324,11 @@ class Vfs {
   ExportConfig config_;
   VfsOptions options_;
   std::string mapped_capability_;  // the host name of security.capability, if renamed
+  // The root's names a client may reach (config().closure), if limited.
+  std::optional<Closure> closure_;
+  bool hidden(const Node& dir, std::string_view name) const {
+    return closure_ && dir.is_root() && !closure_->shows(name);
+  }
   bool am_root_ = false;
   NodeTable nodes_;
 

@@ -500,6 +500,44 @@ TEST(FuseReadOnly, EveryMutationIsErofs) {
   ::umount2((tmp.path() / "mnt").c_str(), MNT_DETACH);
 }
 
+// A closure view (closure=FILE): through the host's FUSE driver, with its
+// caches and READDIRPLUS, only the listed store paths are there; every
+// other top-level name is absent by any path, and the root's link count
+// does not tell how many directories it holds.
+TEST(FuseClosure, OnlyTheListedStorePathsAreThere) {
+  namespace fs = std::filesystem;
+  TempDir tmp;
+  fs::path store = tmp.path() / "store";
+  write_file(store / "aaa-app/bin/app", "app");
+  fs::create_symlink("../../ccc-secret/key", store / "aaa-app/bin/to-secret");
+  write_file(store / "bbb-lib/lib.so", "lib");
+  write_file(store / "ccc-secret/key", "secret");
+  write_file(store / ".links/0abc", "secret");
+  write_file(tmp.path() / "closure", "/nix/store/aaa-app\n/nix/store/bbb-lib\n/nix/store/zzz-not-on-host\n");
+  fs::create_directories(tmp.path() / "mnt");
+  FsdProcess fsd({.args = {"--export", "s=" + store.string() + ",ro,closure=" + (tmp.path() / "closure").string(),
+                           "--fuse-mount", "s=" + (tmp.path() / "mnt").string()}});
+  fsd.wait_for_log("mounted 's'");
+  fs::path mnt = tmp.path() / "mnt";
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(mnt)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"aaa-app", "bbb-lib"}));
+  EXPECT_EQ(read_file(mnt / "aaa-app/bin/app"), "app");
+  struct stat st{};
+  for (const char* hidden : {"ccc-secret", "ccc-secret/key", ".links", "zzz-not-on-host", "aaa-app/../ccc-secret",
+                             "aaa-app/bin/../../ccc-secret/key", "aaa-app/bin/to-secret"}) {
+    errno = 0;
+    EXPECT_EQ(::stat((mnt / hidden).c_str(), &st), -1) << hidden;
+    EXPECT_EQ(errno, ENOENT) << hidden;
+  }
+  ASSERT_EQ(::lstat((mnt / "aaa-app/bin/to-secret").c_str(), &st), 0);  // the link itself is listed
+  ASSERT_EQ(::stat(mnt.c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 1u);
+  EXPECT_EQ(fsd.stop(), 0);
+  ::umount2(mnt.c_str(), MNT_DETACH);
+}
+
 // An export's id and xattr-name maps, through the host's FUSE driver (the
 // same server code serves virtio-fs). Every uid but 3000 is squashed to 2001
 // on the host, which shows as 0; 3000 is forbidden. security.* names live

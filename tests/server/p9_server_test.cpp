@@ -186,6 +186,34 @@ TEST_F(P9Server, ReaddirListsWhatTheHostHas) {
   EXPECT_EQ(entries->size(), want.size());  // no duplicates across rounds
 }
 
+// A closure view over 9P: the root lists the closure's entries only (across
+// many reads, most of its names hidden), and no walk reaches another one,
+// through ".." or in one Twalk of many names.
+TEST_F(P9Server, AClosureShowsOnlyItsStorePaths) {
+  fs::path store = tmp_.path() / "store";
+  for (int i = 0; i < 300; i++) write_file(store / ("hidden-" + std::to_string(i)) / "f", "x");
+  write_file(store / "shown-a/f", "a");
+  write_file(store / "shown-b", "b");
+  write_file(tmp_.path() / "closure", "/nix/store/shown-a\n/nix/store/shown-b\n");
+  auto s = serve({.tag = "store", .path = store.string(), .read_only = true, .closure = (tmp_.path() / "closure").string()});
+  Client c = s->attached();
+  ASSERT_TRUE(c.walk(1, 2, "").ok());
+  ASSERT_TRUE(c.lopen(2, O_RDONLY | O_DIRECTORY).ok());
+  auto entries = c.readdir_all(2);
+  ASSERT_TRUE(entries.ok());
+  std::multiset<std::string> got;
+  for (auto& e : *entries) got.insert(e.name);
+  EXPECT_EQ(got, (std::multiset<std::string>{".", "..", "shown-a", "shown-b"}));
+  EXPECT_TRUE(c.walk(1, 3, "shown-a/f").ok());
+  EXPECT_EQ(c.walk(1, 4, "hidden-7").error(), -ENOENT);
+  EXPECT_EQ(c.walk(1, 4, "hidden-7/f").error(), -ENOENT);
+  EXPECT_EQ(c.walk(1, 4, "shown-a/../hidden-7/f").error(), -ENOENT);
+  EXPECT_EQ(c.walk(1, 4, "../../hidden-7").error(), -ENOENT);
+  auto root = c.getattr(1);
+  ASSERT_TRUE(root.ok());
+  EXPECT_EQ(root->nlink, 1u);  // 302 directories on the host
+}
+
 TEST_F(P9Server, QidsAreStableAndVersionTracksContent) {
   Client c = attached("rw");
   ASSERT_TRUE(c.walk(kRoot, 2, "existing.txt").ok());
