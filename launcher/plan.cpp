@@ -87,8 +87,9 @@ struct Builder {
     rw_store = parent + "/.rw-store";
     // Booted, a NixOS system finds its store by qemu-vm.nix's tag.
     if (s.store.image == StoreImage::kNone)
-      transports.push_back({boot() ? "nix-store" : "store", s.store.path, ro_store, true, s.store.proto, s.store.cache,
-                            s.store.msize});
+      transports.push_back({.tag = boot() ? "nix-store" : "store", .source = s.store.path, .target = ro_store,
+                            .read_only = true, .proto = s.store.proto, .cache = s.store.cache, .msize = s.store.msize,
+                            .closure = s.store.closure});
     if (!s.nix_db.empty()) transports.push_back({"nix-db", s.nix_db, "/nix/.ro-db", true, Proto::kVirtiofs, Cache::kAuto});
     transports.insert(transports.end(), s.shares.begin(), s.shares.end());
   }
@@ -102,8 +103,8 @@ struct Builder {
     // for the next request is theirs: guest workloads ran 10-25% slower with it.
     if (in.accel == Accel::kTcg) p.fsd_argv.insert(p.fsd_argv.end(), {"--poll-us", "0"});
     for (const auto& sh : transports) {
-      if (sh.proto == Proto::kVirtiofs) virtiofs(sh.tag, sh.source, sh.read_only, sh.cache, sh.writeback);
-      if (sh.proto == Proto::k9p) fsd_export(sh.tag, sh.source, sh.read_only, sh.cache, false), fsd_9p = true;
+      if (sh.proto == Proto::kVirtiofs) virtiofs(sh);
+      if (sh.proto == Proto::k9p) fsd_export(sh), fsd_9p = true;
       if (sh.proto == Proto::k9pQemu) qemu_9p = true;
     }
     // fsd's 9p reaches the guest over virtio-vsock, fsd being the device's
@@ -118,16 +119,19 @@ struct Builder {
   }
   // fsd's --export TAG=PATH,OPTIONS from the share's fields: the tag was
   // checked to be a plain word (spec.cpp), a comma in the path is doubled
-  // (fsd reads ",," as one), and the options are vmlaunch's own words.
-  void fsd_export(const std::string& tag, const std::string& path, bool ro, Cache cache, bool writeback) {
-    p.fsd_argv.insert(p.fsd_argv.end(), {"--export", tag + "=" + qemu_escape(path) + (ro ? ",ro" : "") + ",cache=" +
-                                                         std::string(name_of(cache)) + (writeback ? ",writeback" : "")});
+  // (fsd reads ",," as one; so in the closure's file name), and the
+  // options are vmlaunch's own words.
+  void fsd_export(const ShareSpec& sh) {
+    std::string e = sh.tag + "=" + qemu_escape(sh.source) + (sh.read_only ? ",ro" : "") + ",cache=" + std::string(name_of(sh.cache));
+    if (sh.writeback && sh.proto == Proto::kVirtiofs) e += ",writeback";
+    if (!sh.closure.empty()) e += ",closure=" + qemu_escape(sh.closure);
+    p.fsd_argv.insert(p.fsd_argv.end(), {"--export", e});
   }
-  void virtiofs(const std::string& tag, const std::string& path, bool ro, Cache cache, bool writeback) {
-    std::string sock = in.run_dir + "/" + tag + ".sock";
-    fsd_export(tag, path, ro, cache, writeback);
-    p.fsd_argv.insert(p.fsd_argv.end(), {"--virtiofs-socket", tag + "=" + sock});
-    devices.emplace_back(tag, sock);
+  void virtiofs(const ShareSpec& sh) {
+    std::string sock = in.run_dir + "/" + sh.tag + ".sock";
+    fsd_export(sh);
+    p.fsd_argv.insert(p.fsd_argv.end(), {"--virtiofs-socket", sh.tag + "=" + sock});
+    devices.emplace_back(sh.tag, sock);
   }
 
   // The disks the guest mounts: the root, the spec's in order, then the

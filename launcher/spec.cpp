@@ -7,6 +7,7 @@
 #include <fstream>
 #include <set>
 
+#include "common/closure.h"
 #include "launcher/disks.h"
 
 namespace fsd::launcher {
@@ -89,6 +90,7 @@ void schema(V& v, StoreSpec& s) {
   v.field("proto", s.proto);
   v.field("msize", s.msize, Range{4096, 16 << 20});  // 9p only
   v.field("image", s.image);
+  v.field("closure", s.closure);
 }
 
 template <class V>
@@ -381,6 +383,8 @@ class Checker {
     if (!s.initrd.empty() && !exists(s.initrd)) fail("initrd", "\"" + s.initrd + "\" does not exist");
     if (!s.modules.empty() && !is_dir(s.modules)) fail("modules", "\"" + s.modules + "\" is not a directory");
     if (!system) check_store(s.store);
+    if (!s.store.closure.empty() && !s.nix_db.empty())
+      fail("store.closure", "the shared Nix database (nixDb) holds every path of the host's store as valid, those the closure hides too; leave nixDb out");
     for (size_t i = 0; i < s.shares.size(); i++) check_share(s.shares[i], i);
     add_xchg_and_shared(s);
     for (size_t i = 0; i < s.forward_ports.size(); i++) {
@@ -433,6 +437,18 @@ class Checker {
     if (!is_dir(store.path))
       fail(ctx_.store_override.empty() ? "store.path" : "store (--store)", "\"" + store.path + "\" is not a directory");
     claim_mount_point(store.mount_point, "store.mountPoint");
+    if (!store.closure.empty()) {
+      if (store.image != StoreImage::kNone)
+        fail("store.closure", "an image of the store holds all of it; the closure view is for the shared store (leave \"image\" out)");
+      if (store.proto == Proto::k9pQemu)
+        fail("store.closure", "needs fsd's share of the store (\"proto\": \"virtiofs\" or \"9p\"); QEMU's own 9p shows the whole directory");
+      try {
+        store.closure = std::filesystem::absolute(store.closure).string();  // fsd's own working directory may differ
+        closure_ = fsd::Closure::load(store.closure);
+      } catch (const std::runtime_error& e) {
+        fail("store.closure", e.what());
+      }
+    }
   }
 
   // The system must be in the store; its kernel and modules are the defaults.
@@ -452,6 +468,8 @@ class Checker {
     if (rel.empty() || *rel.begin() == ".." || rel == ".")
       fail(at, "\"" + sys.path + "\" is not inside the store (" + store.string() + "), where the guest would find it");
     sys.in_guest = (std::filesystem::path(s.store.mount_point) / rel).string();
+    if (closure_ && !closure_->shows(rel.begin()->string()))
+      fail("store.closure", "does not list the system's store path (" + rel.begin()->string() + "), so the guest could not reach it");
     if (sys.in_guest.find_first_of(",:\\") != std::string::npos)
       fail(at, "\"" + sys.path + "\" may not hold ',', ':' or '\\' (an overlay mount's options name it)");
     auto has = [&](const char* p) { return exists(top / p); };
@@ -547,6 +565,7 @@ class Checker {
   }
 
   const SpecContext& ctx_;
+  std::optional<fsd::Closure> closure_;  // store.closure, read
   // One mount per guest path: a second would hide the first.
   void claim_mount_point(const std::string& path, const std::string& at) {
     std::string p = std::filesystem::path(path).lexically_normal().string();

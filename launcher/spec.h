@@ -81,6 +81,10 @@ struct StoreSpec {
   // An image of the store (made on the host, cached) on a read-only disk
   // in place of the share.
   StoreImage image = StoreImage::kNone;
+  // A list of store paths (nix-store -qR's output, a closureInfo, or a
+  // directory of lists): the guest sees only these in the store (fsd's
+  // closure view). "": the whole store.
+  std::string closure;
 };
 
 struct ShareSpec {
@@ -92,6 +96,7 @@ struct ShareSpec {
   Cache cache = Cache::kAuto;
   uint32_t msize = 512 * 1024;  // 9p only
   bool writeback = false;       // virtio-fs only: the guest's page cache holds writes (fsd's export option)
+  std::string closure;          // the store's share only: fsd's closure view (StoreSpec::closure)
 };
 
 struct Endpoint {

@@ -45,7 +45,7 @@ struct ExportConfig {
   IdMap uids, gids;
   // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
   std::optional<XattrMap> xattrs;
-  // A file listing the store paths the root shows (fsd/vfs/closure.h);
+  // A file listing the store paths the root shows (common/closure.h);
   // empty: every entry. Read-only exports only.
   std::string closure;
 };

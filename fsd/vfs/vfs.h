@@ -38,12 +38,12 @@
 #include <string>
 #include <string_view>
 
+#include "common/closure.h"
 #include "fsd/core/credentials.h"
 #include "common/fd.h"
 #include "common/function_ref.h"
 #include "common/result.h"
 #include "fsd/uring/ring.h"
-#include "fsd/vfs/closure.h"
 #include "fsd/vfs/export.h"
 #include "fsd/vfs/fd_budget.h"
 #include "fsd/vfs/name.h"

@@ -168,10 +168,13 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
 // formatted on first use, and the store's overlay upper on a disk of its
 // own; the second run finds what the first wrote on both.
 
-// The store (read-only, loose cache, a tmpfs overlay on it), xchg and
-// shared, all over fsd's 9P on virtio-vsock: no virtio-fs device at all.
+// The store (read-only, loose cache, a tmpfs overlay on it, a closure
+// view that hides one of its paths), xchg and shared, all over fsd's 9P
+// on virtio-vsock: no virtio-fs device at all.
 TEST_F(Vmlaunch, StoreXchgAndSharedAllOverNinePOnVsock) {
   std::filesystem::create_directories(tmp_.path() / "xchg9p");
+  write_file(tmp_.path() / "store/dddddddddddddddddddddddddddddddd-hidden/secret", "not in the closure\n");
+  write_file(tmp_.path() / "closure", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-thing\n");
   std::string script =
       "grep -c ' 9p .*trans=fd' /proc/mounts | sed 's/^/fd-mounts-/'; "
       "grep -q virtiofs /proc/mounts && echo HAS-VIRTIOFS; "
@@ -180,10 +183,12 @@ TEST_F(Vmlaunch, StoreXchgAndSharedAllOverNinePOnVsock) {
       "mkdir /nix/store/cccccccccccccccccccccccccccccccc-new && echo made > /nix/store/cccccccccccccccccccccccccccccccc-new/f "
       "&& ls /nix/store | wc -l | sed 's/^/store-entries-/'; "
       "echo to-xchg > /tmp/xchg/x.txt; echo to-shared > /tmp/shared/s.txt; "
-      "dd if=/dev/zero of=/tmp/xchg/big bs=1M count=3 2>/dev/null && echo big-written";
+      "dd if=/dev/zero of=/tmp/xchg/big bs=1M count=3 2>/dev/null && echo big-written; "
+      "cat /nix/store/dddddddddddddddddddddddddddddddd-hidden/secret 2>/dev/null || echo hidden-path-absent";
   std::string out;
   int st = run({spec(script, 0, [&](nlohmann::json& j) {
                  j["store"]["proto"] = "9p";
+                 j["store"]["closure"] = (tmp_.path() / "closure").string();
                  j["shares"] = nlohmann::json::array();
                  for (auto [tag, dir] : {std::pair{"xchg", "xchg9p"}, {"shared", "shared"}})
                    j["shares"].push_back({{"tag", tag},
@@ -198,7 +203,9 @@ TEST_F(Vmlaunch, StoreXchgAndSharedAllOverNinePOnVsock) {
   EXPECT_EQ(out.find("HAS-VIRTIOFS"), std::string::npos) << out;
   EXPECT_NE(out.find("store content"), std::string::npos) << out;
   EXPECT_NE(out.find("ro-store-refuses"), std::string::npos) << out;
-  EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;
+  EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;  // the thing and the new path, not the hidden one
+  EXPECT_NE(out.find("hidden-path-absent"), std::string::npos) << out;
+  EXPECT_EQ(out.find("not in the closure"), std::string::npos) << out;
   EXPECT_NE(out.find("big-written"), std::string::npos) << out;
   EXPECT_EQ(read_file(tmp_.path() / "xchg9p/x.txt"), "to-xchg\n");
   EXPECT_EQ(std::filesystem::file_size(tmp_.path() / "xchg9p/big"), 3u << 20);

@@ -1,11 +1,11 @@
-// The closure view's lists (fsd/vfs/closure.h): what `nix-store -qR` and
+// The closure view's lists (common/closure.h): what `nix-store -qR` and
 // closureInfo write, and every line that names no store entry refused with
 // its file and line.
 #include <gtest/gtest.h>
 
 #include <stdexcept>
 
-#include "fsd/vfs/closure.h"
+#include "common/closure.h"
 #include "fsd/vfs/export.h"
 #include "tests/support/test_support.h"
 

@@ -70,6 +70,17 @@ TEST_F(PlanTest, AWritebackShareIsAWritebackExport) {
   EXPECT_NE(fsd.find("--export xchg=" + tmp("xchg") + ",cache=never --virtiofs-socket"), std::string::npos) << fsd;
 }
 
+TEST_F(PlanTest, AStoreClosureIsTheStoreExportsClosureView) {
+  fsd::testing::write_file(tmp_.path() / "odd,name", "/nix/store/aaaa-x\n");
+  for (const char* proto : {"virtiofs", "9p"}) {
+    Plan p = plan({{"store", {{"path", tmp("store")}, {"proto", proto}, {"closure", tmp("odd,name")}}}});
+    std::string fsd = joined(p.fsd_argv);
+    EXPECT_NE(fsd.find("--export store=" + tmp("store") + ",ro,cache=always,closure=" + tmp("odd,,name") + " "),
+              std::string::npos) << fsd;
+    EXPECT_EQ(fsd.find("xchg,closure"), std::string::npos) << fsd;
+  }
+}
+
 TEST_F(PlanTest, GuestToHostForwardsRunARelayPerConnection) {
   json f{{"from", "guest"}, {"host", {{"address", "127.0.0.1"}, {"port", 8080}}}, {"guest", {{"address", "10.0.2.100"}, {"port", 80}}}};
   Plan p = plan({{"network", "user"}, {"forwardPorts", json::array({f})}});

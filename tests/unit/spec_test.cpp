@@ -197,6 +197,41 @@ TEST_F(SpecTest, NixDb) {
   EXPECT_EQ(error_of(j), "spec.json: shares[0].tag: \"nix-db\" is used by the Nix database (nixDb) too");
 }
 
+// store.closure: a list fsd can read, for fsd's share of the store, and
+// one that holds the system.
+TEST_F(SpecTest, AStoreClosureIsAListForFsdsShareThatHoldsTheSystem) {
+  json j = base();
+  write_file(tmp_.path() / "closure", "/nix/store/aaaa-x\n");
+  j["store"]["closure"] = tmp("closure");
+  EXPECT_EQ(parse_spec(j, ctx_).store.closure, tmp("closure"));
+  j["store"]["closure"] = tmp("nope");
+  EXPECT_EQ(error_of(j), "spec.json: store.closure: closure '" + tmp("nope") + "': no such file");
+  write_file(tmp_.path() / "bad", "/nix/store/..\n");
+  j["store"]["closure"] = tmp("bad");
+  EXPECT_EQ(error_of(j), "spec.json: store.closure: " + tmp("bad") + ":1: '/nix/store/..' names no store entry");
+  j["store"]["closure"] = tmp("closure");
+  j["store"]["proto"] = "9p-qemu";
+  EXPECT_EQ(error_of(j), "spec.json: store.closure: needs fsd's share of the store (\"proto\": \"virtiofs\" or \"9p\"); "
+                         "QEMU's own 9p shows the whole directory");
+  j["store"]["proto"] = "9p";
+  j["store"]["image"] = "erofs";
+  EXPECT_EQ(error_of(j), "spec.json: store.closure: an image of the store holds all of it; the closure view is for the "
+                         "shared store (leave \"image\" out)");
+  j["store"].erase("image");
+  j["nixDb"] = tmp("data");
+  EXPECT_EQ(error_of(j), "spec.json: store.closure: the shared Nix database (nixDb) holds every path of the host's store "
+                         "as valid, those the closure hides too; leave nixDb out");
+  j.erase("nixDb");
+  auto top = tmp("store/ssss-system");
+  write_file(top + "/kernel", "a kernel");
+  j.erase("kernel");
+  j["system"] = top;
+  EXPECT_EQ(error_of(j), "spec.json: store.closure: does not list the system's store path (ssss-system), so the guest "
+                         "could not reach it");
+  write_file(tmp_.path() / "closure", "/nix/store/aaaa-x\n/nix/store/ssss-system\n");
+  EXPECT_EQ(error_of(j), "(no error)");
+}
+
 TEST_F(SpecTest, TagTooLong) {
   json j = base();
   std::string tag(37, 't');

@@ -1,4 +1,4 @@
-#include "fsd/vfs/closure.h"
+#include "common/closure.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -6,7 +6,8 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "fsd/vfs/name.h"
+#include <climits>
+#include <cstring>
 
 namespace fsd {
 namespace {
@@ -67,7 +68,8 @@ void Closure::add(std::string_view line, const std::string& where) {
   std::string_view name = line;
   while (name.size() > 1 && name.back() == '/') name.remove_suffix(1);
   if (auto slash = name.rfind('/'); slash != std::string_view::npos) name = name.substr(slash + 1);
-  if (!Name::of(name)) throw std::invalid_argument(where + ": '" + std::string(line) + "' names no store entry");
+  if (name.empty() || name == "." || name == ".." || name.size() > NAME_MAX || name.find('\0') != std::string_view::npos)
+    throw std::invalid_argument(where + ": '" + std::string(line) + "' names no store entry");
   names_.emplace(name);
 }
 

@@ -1,11 +1,12 @@
-// Closure: the top-level names an export's root shows (the export option
-// closure=FILE), so that a guest sees only the store paths it needs, as
-// `nix-store -qR` or Nix's closureInfo lists them.
+// Closure: a list of store paths, as `nix-store -qR` or Nix's closureInfo
+// write it, by their names in the store (the last component).
 //
-// Every other name of the root is absent: ENOENT on lookup (whatever the
-// client's path to the root: "..", a walk of many names, READDIRPLUS) and
-// left out of the root's listing. Only read-only exports take a closure
-// (export.cpp), so the view never changes under a client that caches it.
+// fsd's export option closure=FILE shows only these in the export's root
+// (fsd/vfs/vfs.h): every other name is absent, ENOENT on lookup whatever
+// the client's path to the root ("..", a walk of many names, READDIRPLUS)
+// and left out of the root's listing. Only read-only exports take one, so
+// the view never changes under a client that caches it. vmlaunch checks
+// with it that a guest's system is in the closure it is given.
 #pragma once
 
 #include <functional>
