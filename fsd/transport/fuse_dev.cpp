@@ -135,9 +135,15 @@ void FuseMount::start() {
 void FuseMount::stop() {
   if (stopped_) return;
   stopped_ = true;
-  if (session_) fuse_session_unmount(session_);
+  // The workers' reads are cancelled first, on the session's fd: unmounting
+  // closes that fd, after which no cancel can name it, and while a process
+  // still holds the mount (its working directory there, say), the lazily
+  // unmounted connection would live on and the reads with it. With no
+  // reader left, the unmount's close ends the connection: the holders then
+  // get ENOTCONN.
   for (auto& w : workers_) w->request_stop();
   for (auto& w : workers_) w->join();
+  if (session_) fuse_session_unmount(session_);
   if (session_) fuse_session_destroy(session_);
   session_ = nullptr;
 }

@@ -33,7 +33,8 @@ class FuseMount {
 
   const std::string& mountpoint() const { return mountpoint_; }
   void start();
-  // Unmounts, cancels pending reads and joins the workers. Idempotent.
+  // Cancels pending reads, joins the workers and unmounts (lazily where a
+  // process still holds the mount). Idempotent.
   void stop();
 
  private:

@@ -467,6 +467,36 @@ TEST(FuseWriteback, WritesWaitInTheClientsCacheUntilFsync) {
   }
 }
 
+// SIGTERM ends fsd while a process still holds its mount (here the test,
+// with a directory and a file open in it): the mount is detached, and
+// what the holder kept answers ENOTCONN rather than keeping fsd alive.
+TEST(FuseStop, ATermEndsFsdThoughTheMountIsHeld) {
+  TempDir tmp;
+  write_file(tmp.path() / "export/file", "content");
+  std::filesystem::create_directories(tmp.path() / "mnt");
+  std::string mnt = (tmp.path() / "mnt").string();
+  FsdProcess fsd({.args = {"--export", "x=" + (tmp.path() / "export").string(), "--fuse-mount", "x=" + mnt}});
+  fsd.wait_for_log("mounted 'x'");
+  int dir = ::open(mnt.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(dir, 0);
+  int file = ::openat(dir, "file", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(file, 0);
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(fsd.stop(std::chrono::seconds(5)), 0);  // SIGKILL after 5 s: then the status is -1
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  char c;
+  errno = 0;
+  EXPECT_EQ(::pread(file, &c, 1, 0), -1);
+  EXPECT_EQ(errno, ENOTCONN);
+  struct stat st{};
+  errno = 0;
+  EXPECT_EQ(::fstatat(dir, "file", &st, 0), -1);
+  EXPECT_EQ(errno, ENOTCONN);
+  ::close(file);
+  ::close(dir);
+  ::umount2(mnt.c_str(), MNT_DETACH);
+}
+
 TEST(FuseReadOnly, EveryMutationIsErofs) {
   TempDir tmp;
   write_file(tmp.path() / "export/file", "content");
