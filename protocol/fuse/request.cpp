@@ -92,15 +92,17 @@ Result<Args> decode_args(uint32_t opcode, ArgReader& r, size_t total_args, bool&
     case FUSE_SYMLINK: {
       auto name = r.cstr();
       auto target = r.cstr();
-      return Args{Symlink{name, target}};
+      return Args{Symlink{name, target, r.rest()}};
     }
     case FUSE_MKNOD: {
       auto in = r.take<fuse_mknod_in>();
-      return Args{Mknod{in, r.cstr()}};
+      auto name = r.cstr();
+      return Args{Mknod{in, name, r.rest()}};
     }
     case FUSE_MKDIR: {
       auto in = r.take<fuse_mkdir_in>();
-      return Args{Mkdir{in, r.cstr()}};
+      auto name = r.cstr();
+      return Args{Mkdir{in, name, r.rest()}};
     }
     case FUSE_UNLINK: return Args{Unlink{r.cstr()}};
     case FUSE_RMDIR: return Args{Rmdir{r.cstr()}};
@@ -155,7 +157,8 @@ Result<Args> decode_args(uint32_t opcode, ArgReader& r, size_t total_args, bool&
     case FUSE_ACCESS: return one<Access>(r);
     case FUSE_CREATE: {
       auto in = r.take<fuse_create_in>();
-      return Args{Create{in, r.cstr()}};
+      auto name = r.cstr();
+      return Args{Create{in, name, r.rest()}};
     }
     case FUSE_INTERRUPT: return one<Interrupt>(r);
     case FUSE_DESTROY: return Args{Destroy{}};
@@ -175,14 +178,49 @@ Result<Request> decode(Bytes in, size_t total_len) {
   fuse_in_header h;
   std::memcpy(&h, in.data(), sizeof h);
   if (h.len != total_len) return Error{-EBADMSG};
-  ArgReader r(in.subspan(sizeof h));
+  // Extensions end the request: the arguments end where they start.
+  size_t ext = size_t{h.total_extlen} * 8;
+  if (ext > total_len - sizeof h || (ext != 0 && in.size() != total_len)) return Error{-EBADMSG};
+  ArgReader r(in.subspan(sizeof h, in.size() - sizeof h - ext));
   bool allow_short = false;
-  auto args = decode_args(h.opcode, r, total_len - sizeof h, allow_short);
+  auto args = decode_args(h.opcode, r, total_len - sizeof h - ext, allow_short);
   if (!args || !r.ok()) return Error{-EBADMSG};
+  if (ext != 0) {
+    // The creations' extra bytes are their extensions alone; other requests'
+    // extensions (supplementary groups, never negotiated) are not read.
+    Bytes ext_bytes = in.subspan(in.size() - ext);
+    std::visit(
+        [&](auto& a) {
+          if constexpr (requires { a.extra; }) a.extra = ext_bytes;
+        },
+        *args);
+  }
   // Trailing bytes are tolerated (newer clients may append fields), but a
   // short request is only legitimate for WRITE's separately carried payload.
   if (!allow_short && in.size() != total_len) return Error{-EBADMSG};
   return Request{h, std::move(*args)};
+}
+
+Result<std::optional<SecurityContext>> security_context(Bytes extra) {
+  std::optional<SecurityContext> found;
+  while (!extra.empty()) {
+    fuse_ext_header eh;
+    if (extra.size() < sizeof eh) return Error{-EBADMSG};
+    std::memcpy(&eh, extra.data(), sizeof eh);
+    if (eh.size < sizeof eh || eh.size > extra.size()) return Error{-EBADMSG};
+    Bytes record = extra.subspan(0, eh.size);
+    extra = extra.subspan(eh.size);
+    if (eh.type > FUSE_MAX_NR_SECCTX) continue;  // another extension
+    if (eh.type == 0) continue;                  // a client LSM with no context for this file
+    if (eh.type > 1 || found) return Error{-EBADMSG};
+    ArgReader r(record.subspan(sizeof(fuse_secctx_header)));
+    auto ctx = r.take<fuse_secctx>();
+    auto name = r.cstr();
+    auto value = r.bytes(ctx.size);
+    if (!r.ok() || name.empty()) return Error{-EBADMSG};
+    found = SecurityContext{name, value};
+  }
+  return found;
 }
 
 const char* opcode_name(uint32_t op) {

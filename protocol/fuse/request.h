@@ -6,6 +6,10 @@
 // header and fuse_write_in, and Write::data is shorter than Write::in.size
 // (the transport supplies the rest). Every other request must be whole.
 // Names are NUL-terminated on the wire; the views exclude the NUL.
+// CREATE, MKDIR, MKNOD and SYMLINK keep the bytes after their arguments
+// (`extra`): the request's extensions (header.total_extlen, protocol 7.38),
+// or, from older clients, the security context that trails the arguments;
+// security_context() reads one from them.
 // Malformed input yields EBADMSG (drop the request / channel); an opcode not
 // listed here decodes to Unknown, which a server answers with ENOSYS.
 #pragma once
@@ -13,6 +17,7 @@
 #include <linux/fuse.h>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <variant>
@@ -33,9 +38,9 @@ struct BatchForget { std::span<const std::byte> entries; uint32_t count; };  // 
 struct Getattr { fuse_getattr_in in; };
 struct Setattr { fuse_setattr_in in; };
 struct Readlink {};
-struct Symlink { std::string_view name, target; };
-struct Mknod { fuse_mknod_in in; std::string_view name; };
-struct Mkdir { fuse_mkdir_in in; std::string_view name; };
+struct Symlink { std::string_view name, target; Bytes extra; };
+struct Mknod { fuse_mknod_in in; std::string_view name; Bytes extra; };
+struct Mkdir { fuse_mkdir_in in; std::string_view name; Bytes extra; };
 struct Unlink { std::string_view name; };
 struct Rmdir { std::string_view name; };
 struct Rename { fuse_rename_in in; std::string_view oldname, newname; };
@@ -57,7 +62,7 @@ struct Readdir { fuse_read_in in; };
 struct Releasedir { fuse_release_in in; };
 struct Fsyncdir { fuse_fsync_in in; };
 struct Access { fuse_access_in in; };
-struct Create { fuse_create_in in; std::string_view name; };
+struct Create { fuse_create_in in; std::string_view name; Bytes extra; };
 struct Interrupt { fuse_interrupt_in in; };
 struct Destroy {};
 struct Readdirplus { fuse_read_in in; };
@@ -83,6 +88,19 @@ struct Request {
 // possibly WRITE's payload).
 Result<Request> decode(Bytes in, size_t total_len);
 inline Result<Request> decode(Bytes in) { return decode(in, in.size()); }
+
+// A security context a client's LSM gave a new file (FUSE_SECURITY_CTX):
+// the xattr that holds it ("security.selinux") and its value.
+struct SecurityContext {
+  std::string_view name;
+  Bytes value;
+};
+// The security context in a creation's `extra` bytes, if there is one:
+// fuse_ext_header records, of which a type up to FUSE_MAX_NR_SECCTX is a
+// fuse_secctx_header (nr_secctx contexts); others are skipped. EBADMSG for
+// records that do not fit, a context without its name's NUL, or more than
+// one context (the kernel sends at most one).
+Result<std::optional<SecurityContext>> security_context(Bytes extra);
 
 // The name of an opcode ("LOOKUP"), or nullptr.
 const char* opcode_name(uint32_t opcode);

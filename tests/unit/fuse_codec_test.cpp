@@ -32,6 +32,14 @@ class Req {
     body_.push_back(std::byte{0});
     return *this;
   }
+  Req& bytes(const std::vector<std::byte>& b) {
+    body_.insert(body_.end(), b.begin(), b.end());
+    return *this;
+  }
+  Req& extlen(uint16_t units) {
+    h_.total_extlen = units;
+    return *this;
+  }
   Req& raw(std::string_view s) {
     for (char c : s) body_.push_back(static_cast<std::byte>(c));
     return *this;
@@ -49,6 +57,96 @@ class Req {
   fuse_in_header h_{};
   std::vector<std::byte> body_;
 };
+
+// A fuse_secctx_header record as the kernel's get_security_context() writes
+// it: header, then per context a fuse_secctx, the name and its NUL, the
+// value; the whole padded to 8 bytes.
+std::vector<std::byte> secctx(std::vector<std::pair<std::string, std::string>> contexts) {
+  std::vector<std::byte> out(sizeof(fuse_secctx_header));
+  for (const auto& [name, value] : contexts) {
+    fuse_secctx c{.size = static_cast<uint32_t>(value.size()), .padding = 0};
+    const auto* p = reinterpret_cast<const std::byte*>(&c);
+    out.insert(out.end(), p, p + sizeof c);
+    for (char ch : name) out.push_back(static_cast<std::byte>(ch));
+    out.push_back(std::byte{0});
+    for (char ch : value) out.push_back(static_cast<std::byte>(ch));
+  }
+  out.resize((out.size() + 7) / 8 * 8);
+  fuse_secctx_header h{.size = static_cast<uint32_t>(out.size()), .nr_secctx = static_cast<uint32_t>(contexts.size())};
+  std::memcpy(out.data(), &h, sizeof h);
+  return out;
+}
+
+TEST(FuseDecode, CreationsCarryTheirSecurityContext) {
+  const std::string label = "system_u:object_r:tmp_t:s0";
+  auto ctx = secctx({{"security.selinux", label}});
+  uint16_t units = static_cast<uint16_t>(ctx.size() / 8);
+  auto expect_label = [&](Bytes extra) {
+    auto sc = security_context(extra);
+    ASSERT_TRUE(sc.ok());
+    ASSERT_TRUE(sc->has_value());
+    EXPECT_EQ((*sc)->name, "security.selinux");
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>((*sc)->value.data()), (*sc)->value.size()), label);
+  };
+  // Protocol 7.38: an extension, which header.total_extlen measures.
+  fuse_create_in ci{.flags = 0, .mode = 0100644, .umask = 022, .open_flags = 0};
+  auto create = Req(FUSE_CREATE, 1).add(ci).str("new").bytes(ctx).extlen(units).bytes();
+  auto r = decode(create);
+  ASSERT_TRUE(r.ok());
+  const auto& c = std::get<Create>(r->args);
+  EXPECT_EQ(c.name, "new");
+  expect_label(c.extra);
+  auto symlink = Req(FUSE_SYMLINK, 1).str("link").str("target").bytes(ctx).extlen(units).bytes();
+  r = decode(symlink);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(std::get<Symlink>(r->args).target, "target");
+  expect_label(std::get<Symlink>(r->args).extra);
+  // Older clients: the same record, after the last argument.
+  fuse_mkdir_in mi{.mode = 0755, .umask = 022};
+  r = decode(Req(FUSE_MKDIR, 1).add(mi).str("dir").bytes(ctx).bytes());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(std::get<Mkdir>(r->args).name, "dir");
+  expect_label(std::get<Mkdir>(r->args).extra);
+
+  // No context (the client's LSM had none), or another extension only.
+  auto none = security_context(secctx({}));
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  std::vector<std::byte> groups(16);
+  fuse_ext_header gh{.size = 16, .type = 32};  // FUSE_EXT_GROUPS
+  std::memcpy(groups.data(), &gh, sizeof gh);
+  auto skipped = security_context(groups);
+  ASSERT_TRUE(skipped.ok());
+  EXPECT_FALSE(skipped->has_value());
+  groups.insert(groups.end(), ctx.begin(), ctx.end());
+  auto after = security_context(groups);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(after->has_value());
+}
+
+TEST(FuseDecode, MalformedSecurityContextsAreRefused) {
+  auto bad = [](std::vector<std::byte> b) { return security_context(b).error() == -EBADMSG; };
+  EXPECT_TRUE(bad(secctx({{"security.selinux", "a"}, {"security.SMACK64", "b"}})));  // more than one
+  auto ctx = secctx({{"security.selinux", "label"}});
+  auto big = ctx;
+  uint32_t huge = 4096;
+  std::memcpy(big.data(), &huge, 4);  // the record claims more than there is
+  EXPECT_TRUE(bad(big));
+  auto overlong = ctx;
+  uint32_t value_size = 4096;
+  std::memcpy(overlong.data() + sizeof(fuse_secctx_header), &value_size, 4);  // the value runs past the record
+  EXPECT_TRUE(bad(overlong));
+  std::vector<std::byte> no_nul = secctx({{"x", ""}});
+  for (size_t i = sizeof(fuse_secctx_header) + sizeof(fuse_secctx); i < no_nul.size(); i++) no_nul[i] = std::byte{'x'};
+  EXPECT_TRUE(bad(no_nul));
+  EXPECT_TRUE(bad(std::vector<std::byte>(4)));  // not even a header
+  // total_extlen past the request's end.
+  fuse_create_in ci{};
+  EXPECT_EQ(decode(Req(FUSE_CREATE, 1).add(ci).str("n").extlen(200).bytes()).error(), -EBADMSG);
+  // Extensions are not arguments: a name cut off by them is malformed.
+  auto cut = Req(FUSE_CREATE, 1).add(ci).raw("name-without-nul").bytes(ctx).extlen(static_cast<uint16_t>(ctx.size() / 8)).bytes();
+  EXPECT_EQ(decode(cut).error(), -EBADMSG);
+}
 
 TEST(FuseDecode, LookupFromLiteralBytes) {
   // len=45, opcode=1 (LOOKUP), unique=2, nodeid=1, uid=0, gid=0, pid=5, "hello\0"
