@@ -90,14 +90,15 @@ void add_options(CLI::App& app, Options& o) {
   app.set_version_flag("-V,--version", std::string("fsd ") + FSD_VERSION);
   app.add_option("--export", o.exports,
                  "Export a host directory: TAG=PATH[,ro][,cache=never|auto|always][,devices][,direct-io]"
-                 "[,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,writeback][,translate-uid=RULE][,translate-gid=RULE]"
+                 "[,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,writeback][,security-label][,translate-uid=RULE][,translate-gid=RULE]"
                  "[,xattrmap=RULES][,closure=FILE] (repeatable); ',,' is a comma of PATH or FILE. 9p clients attach with "
                  "aname TAG (or PATH). Read-only exports default to cache=always. closure=FILE (read-only exports) "
                  "shows in the root only the store paths FILE lists, one per line as nix-store -qR prints them "
                  "(or a closureInfo directory): every other top-level name is absent. devices lets root callers create device nodes (refused otherwise). "
-                 "direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, translate-uid/-gid and "
-                 "xattrmap are as virtiofsd's --allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, "
-                 "--announce-submounts, --writeback, --translate-uid/-gid and --xattrmap, for this export only.")
+                 "direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, security-label, translate-uid/-gid "
+                 "and xattrmap are as virtiofsd's --allow-direct-io, --no-readdirplus, --allow-mmap, --posix-acl, "
+                 "--announce-submounts, --writeback, --security-label, --translate-uid/-gid and --xattrmap, for this "
+                 "export only.")
       ->type_name("SPEC");
   app.add_option("--listen", o.listens,
                  "Serve 9P2000.L on unix:PATH, tcp:PORT (127.0.0.1), tcp:HOST:PORT, or systemd:NAME (a socket passed "

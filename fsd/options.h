@@ -61,7 +61,7 @@ struct Options {
   std::string inode_file_handles = "never";  // virtiofsd's --inode-file-handles (its default too)
   // virtiofsd's export flags, for every export
   bool direct_io = false, no_readdirplus = false, allow_mmap = false, posix_acl = false, submounts = false,
-       writeback = false;
+       writeback = false, security_label = false;
   std::optional<rlim_t> rlimit_nofile;  // virtiofsd's --rlimit-nofile (0: as it is)
   bool syslog = false;
   std::optional<std::string> device_tag;  // virtiofsd's --tag: the compat device's config space advertises it

@@ -54,6 +54,7 @@ void plan_exports(const Options& o, Plan& p) {
     c.posix_acl |= o.posix_acl;
     c.submounts |= o.submounts;
     c.writeback |= o.writeback;
+    c.security_label |= o.security_label;
     auto add = [&](const char* flag, IdMap& m, const std::string& rule) {
       try {
         m.add(rule);

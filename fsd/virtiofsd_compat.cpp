@@ -10,8 +10,8 @@ namespace {
 // The virtiofsd-style flags become one export and one virtio-fs socket.
 // Its -o options either act as their flags do, or are taken without effect
 // where that changes nothing fsd promises (each with a warning saying why);
-// any other is refused: some of them (security_label, posix_acl, modcaps)
-// promise a protection fsd does not give, and silence would hide that.
+// any other is refused: an option that promises a protection fsd does not
+// give would be hidden by silence.
 constexpr std::pair<std::string_view, std::string_view> kIgnoredOptions[] = {
     {"no_writeback", ""},
     {"xattr", ""},
@@ -66,6 +66,8 @@ bool apply_compat_option(Options& o, std::string_view opt, std::string& source, 
     o.submounts = true;
   } else if (opt == "writeback") {
     o.writeback = true;
+  } else if (opt == "security_label") {
+    o.security_label = true;
   } else if (opt == "posix_acl") {
     o.posix_acl = true;
   } else if (opt == "no_posix_acl") {
@@ -122,7 +124,8 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
       ->check(CLI::IsMember({"never", "none", "auto", "metadata", "always"}));
   compat->add_option("-o", o.compat_opts,
                      "Options, comma-separated (repeatable): source=DIR, cache=, sandbox=, seccomp=, xattrmap=, "
-                     "log_level=, debug, allow_direct_io, no_readdirplus, posix_acl, announce_submounts, writeback as "
+                     "log_level=, debug, allow_direct_io, no_readdirplus, posix_acl, announce_submounts, writeback, "
+                     "security_label as "
                      "their flags; xattr, killpriv_v2, "
                      "readdirplus and no_posix_lock/no_flock/no_writeback are what fsd does; "
                      "no_killpriv_v2, posix_lock, flock, no_xattr and timeout= are ignored "
@@ -179,8 +182,11 @@ void add_virtiofsd_options(CLI::App& app, Options& o) {
     compat->add_flag_callback(flag, [&o, f, w] { if (!w.empty()) o.ignored.push_back(f + ": " + w); },
                               w.empty() ? "Accepted (fsd's behaviour)" : "Ignored, with a warning: " + w);
   }
-  for (auto [flag, why] : {std::pair{"--security-label", "fsd does not pass security labels of new files to the host"},
-                           {"--migration-mode", "fsd cannot migrate a virtio-fs device's state"},
+  compat->add_flag("--security-label", o.security_label,
+                   "Set the security label a client's LSM gives each new file (FUSE_SECURITY_CTX: security.selinux "
+                   "or security.SMACK64, through the xattr map) before the file's name appears, on every export "
+                   "(export option security-label); fsd fails to start where the host cannot hold the label");
+  for (auto [flag, why] : {std::pair{"--migration-mode", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-on-error", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-verify-handles", "fsd cannot migrate a virtio-fs device's state"},
                            {"--migration-confirm-paths", "fsd cannot migrate a virtio-fs device's state"}}) {

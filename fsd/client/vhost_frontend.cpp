@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 namespace fsd::frontend {
 namespace vu = vhost_user;
@@ -278,6 +279,7 @@ VhostFrontend::Pending VhostFrontend::submit_fuse(unsigned q, uint32_t opcode, u
   h.opcode = opcode;
   h.unique = unique();
   h.nodeid = nodeid;
+  h.total_extlen = std::exchange(extlen_, 0);
   uint64_t in_gpa = alloc(sizeof h + args.size());
   std::memcpy(host(in_gpa), &h, sizeof h);
   if (!args.empty()) std::memcpy(host(in_gpa) + sizeof h, args.data(), args.size());
@@ -346,6 +348,7 @@ Result<VhostFrontend::FuseReply> VhostFrontend::fuse_init() {
   in.max_readahead = 128 * 1024;
   in.flags = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS | FUSE_CACHE_SYMLINKS |
              FUSE_BIG_WRITES | FUSE_INIT_EXT | FUSE_WRITEBACK_CACHE;
+  in.flags2 = static_cast<uint32_t>(FUSE_SECURITY_CTX >> 32);
   return fuse(1, FUSE_INIT, 0, std::as_bytes(std::span(&in, 1)), 4096);
 }
 

@@ -117,7 +117,12 @@ class VhostFrontend {
   Result<FuseReply> fuse(unsigned q, uint32_t opcode, uint64_t nodeid, std::span<const std::byte> args,
                          size_t reply_size, std::span<const std::byte> payload = {}, size_t reply_pages = 0,
                          bool indirect = false);
+  // INIT as Linux sends it (asking for FUSE_SECURITY_CTX too, as a kernel
+  // with LSMs does).
   Result<FuseReply> fuse_init();
+  // The next request's last `units` * 8 bytes of arguments are its
+  // extensions (fuse_in_header.total_extlen).
+  void extensions_in_next(uint16_t units) { extlen_ = units; }
   // FUSE_LOOKUP of `name` in directory `parent` (its reply body, on success,
   // is a fuse_entry_out).
   Result<FuseReply> fuse_lookup(uint64_t parent, std::string_view name);
@@ -161,6 +166,7 @@ class VhostFrontend {
   size_t data_next_ = kDataStart;
   uint64_t features_ = 0, protocol_features_ = 0;
   uint64_t unique_ = 0;
+  uint16_t extlen_ = 0;  // the next request's total_extlen
 };
 
 }  // namespace fsd::frontend

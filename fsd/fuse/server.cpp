@@ -105,8 +105,10 @@ class Server::Context {
     if (vfs.config().cache == CachePolicy::kAlways) offer |= FUSE_CACHE_SYMLINKS;
     if (vfs.config().cache == CachePolicy::kAuto) offer |= FUSE_AUTO_INVAL_DATA;
     if (vfs.config().writeback) offer |= FUSE_WRITEBACK_CACHE;
+    if (vfs.config().security_label && !vfs.read_only()) offer |= FUSE_SECURITY_CTX;
     uint64_t flags = want & offer;
     s.writeback_ = (flags & FUSE_WRITEBACK_CACHE) != 0;
+    s.labels_ = (flags & FUSE_SECURITY_CTX) != 0;
     s.apply_umask_ = (flags & FUSE_DONT_MASK) != 0;
     s.submounts_ = (flags & FUSE_SUBMOUNTS) != 0;
     out.flags = static_cast<uint32_t>(flags);
@@ -193,20 +195,40 @@ class Server::Context {
     if (!w.write(t->data(), t->size())) co_return Error{-ERANGE};
     co_return Result<void>{};
   }
+  // The label a creation carries (FUSE_SECURITY_CTX, where agreed): its
+  // copy, or none; EINVAL for a malformed one.
+  Result<std::optional<Label>> label_of(Bytes extra) const {
+    if (!s.labels_) return std::optional<Label>{};
+    auto sc = security_context(extra);
+    if (!sc) return Error{-EINVAL};
+    if (!*sc) return std::optional<Label>{};
+    const auto& [name, value] = **sc;
+    return std::optional<Label>{Label{std::string(name), std::string(reinterpret_cast<const char*>(value.data()), value.size())}};
+  }
+  static const Label* ptr(const std::optional<Label>& l) { return l ? &*l : nullptr; }
+
   Task<Result<void>> op(const Symlink& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.symlink(ring, *dir, a.name, a.target));
+    auto label = label_of(a.extra);
+    if (!label) co_return Error{label.error()};
+    co_return co_await reply_entry_of(co_await vfs.symlink(ring, *dir, a.name, a.target, ptr(*label)));
   }
   Task<Result<void>> op(const Mknod& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.mknod(ring, *dir, a.name, mode_of(**dir, a.in.mode, a.in.umask), a.in.rdev));
+    auto label = label_of(a.extra);
+    if (!label) co_return Error{label.error()};
+    co_return co_await reply_entry_of(
+        co_await vfs.mknod(ring, *dir, a.name, mode_of(**dir, a.in.mode, a.in.umask), a.in.rdev, ptr(*label)));
   }
   Task<Result<void>> op(const Mkdir& a) {
     auto dir = node();
     if (!dir) co_return Error{dir.error()};
-    co_return co_await reply_entry_of(co_await vfs.mkdir(ring, *dir, a.name, mode_of(**dir, a.in.mode, a.in.umask)));
+    auto label = label_of(a.extra);
+    if (!label) co_return Error{label.error()};
+    co_return co_await reply_entry_of(
+        co_await vfs.mkdir(ring, *dir, a.name, mode_of(**dir, a.in.mode, a.in.umask), ptr(*label)));
   }
   Task<Result<void>> op(const Unlink& a) {
     auto dir = node();
@@ -281,9 +303,11 @@ class Server::Context {
     // one (a race with the host) may refuse that.
     int flags = static_cast<int>(a.in.flags);
     mode_t mode = mode_of(**dir, a.in.mode, a.in.umask);
-    auto c = co_await vfs.create(ring, *dir, a.name, writeback_flags(flags, true), mode);
+    auto label = label_of(a.extra);
+    if (!label) co_return Error{label.error()};
+    auto c = co_await vfs.create(ring, *dir, a.name, writeback_flags(flags, true), mode, ptr(*label));
     if (!c && c.error() == -EACCES && writeback_flags(flags, true) != writeback_flags(flags, false))
-      c = co_await vfs.create(ring, *dir, a.name, writeback_flags(flags, false), mode);
+      c = co_await vfs.create(ring, *dir, a.name, writeback_flags(flags, false), mode, ptr(*label));
     if (!c) co_return Error{c.error()};
     auto hd = std::make_shared<Handle>();
     hd->file = std::move(c->file);

@@ -70,6 +70,7 @@ class Server : public MessageServer {
   bool initialized_ = false;
   bool apply_umask_ = false;  // FUSE_DONT_MASK agreed: the client leaves the umask to fsd
   bool submounts_ = false;    // FUSE_SUBMOUNTS agreed: mount points are announced
+  bool labels_ = false;       // FUSE_SECURITY_CTX agreed: creations carry their security label
   bool writeback_ = false;    // FUSE_WRITEBACK_CACHE agreed: the client's page cache holds writes
   uint32_t minor_ = 0;
 

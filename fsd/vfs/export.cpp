@@ -58,6 +58,8 @@ ExportConfig parse_export(std::string_view spec) {
       c.submounts = true;
     } else if (opt == "writeback") {
       c.writeback = true;
+    } else if (opt == "security-label") {
+      c.security_label = true;
     } else if (opt.starts_with("cache=")) {
       auto v = opt.substr(6);
       auto policy = value_of<CachePolicy>(v == "none" ? "never" : v);  // virtiofsd says none
@@ -80,7 +82,7 @@ ExportConfig parse_export(std::string_view spec) {
         fail(std::string("xattrmap ") + e.what());
       }
     } else {
-      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices, direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, translate-uid=…, translate-gid=…, xattrmap=…, closure=…)");
+      fail("unknown option '" + std::string(opt) + "' (ro, rw, cache=…, devices, direct-io, no-readdirplus, allow-mmap, posix-acl, submounts, writeback, security-label, translate-uid=…, translate-gid=…, xattrmap=…, closure=…)");
     }
   }
   if (!c.closure.empty() && !c.read_only)

@@ -41,6 +41,11 @@ struct ExportConfig {
   // it later, in large writes (FUSE_WRITEBACK_CACHE; virtiofsd's
   // --writeback). Off: every write goes through to the host.
   bool writeback = false;
+  // virtio-fs/FUSE: clients send the security label their LSM gives each
+  // new file (FUSE_SECURITY_CTX), and fsd sets it on the file before its
+  // name appears (virtiofsd's --security-label). Checked at start: the
+  // host must hold security.selinux (as the xattr map names it).
+  bool security_label = false;
   // Client ids to host ids and back (virtiofsd's --translate-uid/-gid).
   IdMap uids, gids;
   // Renaming, hiding or refusing xattrs (virtiofsd's --xattrmap).
@@ -51,7 +56,7 @@ struct ExportConfig {
 };
 
 // Parses "TAG=PATH[,ro][,rw][,cache=never|auto|always][,devices]
-// [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,writeback]
+// [,direct-io][,no-readdirplus][,allow-mmap][,posix-acl][,submounts][,writeback][,security-label]
 // [,translate-uid=RULE][,translate-gid=RULE][,xattrmap=RULES][,closure=FILE]".
 // In the path and in option values ",," stands for a comma. Read-only
 // exports default to cache=always. Throws std::invalid_argument with a one-line

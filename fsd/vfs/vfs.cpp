@@ -43,6 +43,7 @@ Vfs::Vfs(ExportConfig config, VfsOptions options)
     : config_(std::move(config)), options_(options), nodes_(open_nodes(config_, options_)),
       files_(nodes_, options_.open_files) {
   am_root_ = ::geteuid() == 0;
+  if (config_.security_label && !config_.read_only) check_labels_fit();
   if (!config_.closure.empty()) {
     try {
       closure_ = Closure::load(config_.closure);
@@ -222,7 +223,7 @@ mode_t Vfs::creation_mode(Node& dir, mode_t mode, mode_t umask) {
 int Vfs::open_flags_allowed() const { return kAllowedOpenFlags | (config_.direct_io ? O_DIRECT : 0); }
 
 Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view name, int flags,
-                                       mode_t mode) {
+                                       mode_t mode, const Label* label) {
   auto at = dir_for_change(*dir, name);
   if (!at) co_return Error{at.error()};
   if (auto r = files_.reserve(); !r) co_return Error{r.error()};
@@ -236,7 +237,34 @@ Task<Result<Vfs::Created>> Vfs::create(Ring& ring, NodeRef dir, std::string_view
   how.flags = static_cast<uint64_t>(oflags);
   how.mode = mode & 07777;
   how.resolve = kResolveChild;
-  int r = co_await ring.openat2(at->dir.get(), at->name.c_str(), how);
+  int r;
+  if (!label) {
+    r = co_await ring.openat2(at->dir.get(), at->name.c_str(), how);
+  } else {
+    // Made and labelled under a temporary name, then put in place. A name
+    // that exists is opened without a label, as it would be without one.
+    auto xattr = label_xattr(*label);
+    struct statx existing{};
+    if (!xattr) {
+      r = xattr.error();
+    } else if (!(flags & O_EXCL) &&
+               ::statx(at->dir.get(), at->name.c_str(), AT_SYMLINK_NOFOLLOW, STATX_TYPE, &existing) == 0) {
+      r = -EEXIST;
+    } else {
+      int made = -1;
+      auto tmp = make_temporary([&](const char* t) {
+        made = static_cast<int>(::syscall(SYS_openat2, at->dir.get(), t, &how, sizeof how));
+        return made < 0 ? -errno : 0;
+      });
+      if (!tmp) {
+        r = tmp.error();
+      } else {
+        auto placed = label_and_place(at->dir.get(), *tmp, at->name, *xattr, *label, made, false);
+        r = placed ? made : placed.error();
+        if (!placed) ::close(made);
+      }
+    }
+  }
   if (r == -EEXIST && !(flags & O_EXCL)) {
     files_.unreserve();
     co_return co_await open_existing(ring, dir, at->dir.get(), at->name, flags);
@@ -275,35 +303,142 @@ Task<Result<Vfs::Created>> Vfs::open_existing(Ring& ring, const NodeRef& dir, in
   co_return Created{std::move(*e), std::move(*file)};
 }
 
-Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode) {
+Task<Result<Entry>> Vfs::mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode, const Label* label) {
   auto at = dir_for_change(*dir, name);
   if (!at) co_return Error{at.error()};
+  if (label)
+    co_return co_await make_labelled(ring, dir, *at, *label, true, [&](const char* tmp) {
+      return ::mkdirat(at->dir.get(), tmp, mode & 07777) < 0 ? -errno : 0;
+    });
   int r = co_await ring.mkdirat(at->dir.get(), at->name.c_str(), mode & 07777);
   if (r < 0) co_return Error{r};
   co_return co_await entry_at(ring, dir, at->dir.get(), at->name);
 }
 
 Task<Result<Entry>> Vfs::symlink(Ring& ring, NodeRef dir, std::string_view name,
-                                 std::string_view target) {
+                                 std::string_view target, const Label* label) {
   auto at = dir_for_change(*dir, name);
   if (!at) co_return Error{at.error()};
   if (target.empty() || target.size() >= PATH_MAX) co_return Error{-EINVAL};
   std::string ctarget(target);  // checked, then used: the copy
   if (ctarget.find('\0') != std::string::npos) co_return Error{-EINVAL};
+  if (label)
+    co_return co_await make_labelled(ring, dir, *at, *label, false, [&](const char* tmp) {
+      return ::symlinkat(ctarget.c_str(), at->dir.get(), tmp) < 0 ? -errno : 0;
+    });
   int r = co_await ring.symlinkat(ctarget.c_str(), at->dir.get(), at->name.c_str());
   if (r < 0) co_return Error{r};
   co_return co_await entry_at(ring, dir, at->dir.get(), at->name);
 }
 
 Task<Result<Entry>> Vfs::mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
-                               dev_t rdev) {
+                               dev_t rdev, const Label* label) {
   auto at = dir_for_change(*dir, name);
   if (!at) co_return Error{at.error()};
   mode_t type = mode & S_IFMT;
   bool device = type == S_IFCHR || type == S_IFBLK;
   if (type != S_IFREG && type != S_IFIFO && type != S_IFSOCK && !(device && config_.devices)) co_return Error{-EPERM};
+  if (label)
+    co_return co_await make_labelled(ring, dir, *at, *label, false, [&](const char* tmp) {
+      return ::mknodat(at->dir.get(), tmp, type | (mode & 07777), rdev) < 0 ? -errno : 0;
+    });
   if (::mknodat(at->dir.get(), at->name.c_str(), type | (mode & 07777), rdev) < 0) co_return errno_error();
   co_return co_await entry_at(ring, dir, at->dir.get(), at->name);
+}
+
+// ---- labelled creation
+
+namespace {
+// A name no client picks by chance, in the directory of the file it stands for.
+std::string temporary_name() {
+  char tmp[40];
+  std::snprintf(tmp, sizeof tmp, ".fsd-label.%08x%08x", arc4random(), arc4random());
+  return tmp;
+}
+}  // namespace
+
+Result<std::string> Vfs::label_xattr(const Label& label) const {
+  // The labels Linux's LSMs give new files: any other name (trusted.*,
+  // security.capability, an ACL) would let a client set on the host what
+  // its callers may not.
+  if (label.name != "security.selinux" && label.name != "security.SMACK64") return Error{-EOPNOTSUPP};
+  if (label.value.size() > XATTR_SIZE_MAX) return Error{-E2BIG};
+  if (!config_.xattrs) return label.name;
+  auto mapped = config_.xattrs->to_host(label.name);
+  if (!mapped) return Error{mapped.error()};
+  if (mapped->size() > XATTR_NAME_MAX) return Error{-ERANGE};
+  return std::move(*mapped);
+}
+
+Result<std::string> Vfs::make_temporary(FunctionRef<int(const char* tmp)> make) {
+  for (int attempt = 0; attempt < 16; attempt++) {
+    std::string tmp = temporary_name();
+    int r = make(tmp.c_str());
+    if (r == -EEXIST) continue;
+    if (r < 0) return Error{r};
+    return tmp;
+  }
+  return Error{-EEXIST};
+}
+
+Result<void> Vfs::label_and_place(int dirfd, const std::string& tmp, const Name& name, const std::string& xattr,
+                                  const Label& label, int file_fd, bool is_dir) {
+  int r;
+  {
+    Credentials::AsSelf self;  // the label is the client kernel's, set as fsd
+    if (file_fd >= 0) {
+      r = ::fsetxattr(file_fd, xattr.c_str(), label.value.data(), label.value.size(), 0);
+    } else {
+      std::string path = "/proc/self/fd/" + std::to_string(dirfd) + "/" + tmp;
+      r = ::lsetxattr(path.c_str(), xattr.c_str(), label.value.data(), label.value.size(), 0);
+    }
+  }
+  if (r == 0) r = ::renameat2(dirfd, tmp.c_str(), dirfd, name.c_str(), RENAME_NOREPLACE);
+  if (r == 0) return {};
+  int err = errno;
+  ::unlinkat(dirfd, tmp.c_str(), is_dir ? AT_REMOVEDIR : 0);
+  return Error{-err};
+}
+
+Task<Result<Entry>> Vfs::make_labelled(Ring& ring, const NodeRef& dir, Change& at, const Label& label, bool is_dir,
+                                       FunctionRef<int(const char* tmp)> make) {
+  auto xattr = label_xattr(label);
+  if (!xattr) co_return Error{xattr.error()};
+  auto tmp = make_temporary(make);
+  if (!tmp) co_return Error{tmp.error()};
+  if (auto placed = label_and_place(at.dir.get(), *tmp, at.name, *xattr, label, -1, is_dir); !placed)
+    co_return Error{placed.error()};
+  co_return co_await entry_at(ring, dir, at.dir.get(), at.name);
+}
+
+void Vfs::check_labels_fit() const {
+  auto fail = [&](const std::string& why) {
+    throw std::runtime_error("export '" + config_.tag + "': security-label: " + why);
+  };
+  Label probe{"security.selinux", "system_u:object_r:unlabeled_t:s0"};
+  auto xattr = label_xattr(probe);
+  if (!xattr) fail(std::string("the export's xattrmap refuses security.selinux: ") + std::strerror(-xattr.error()));
+  Fd dir(::open(config_.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) fail("cannot open '" + config_.path + "': " + std::strerror(errno));
+  // A file that never has a name; where the file system has no O_TMPFILE,
+  // a named one, removed at once.
+  std::string named;
+  Fd f(::openat(dir.get(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (!f) {
+    auto made = make_temporary([&](const char* tmp) {
+      f.reset(::openat(dir.get(), tmp, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600));
+      return f ? 0 : -errno;
+    });
+    if (!made) fail("cannot create a file in '" + config_.path + "' to try a label on: " + std::strerror(-made.error()));
+    named = *made;
+  }
+  int r = ::fsetxattr(f.get(), xattr->c_str(), probe.value.data(), probe.value.size(), 0);
+  int err = errno;
+  if (!named.empty()) ::unlinkat(dir.get(), named.c_str(), 0);
+  if (r < 0)
+    fail("the host cannot hold security.selinux" + (*xattr != probe.name ? " (as " + *xattr + ")" : std::string()) +
+         " on files in '" + config_.path + "': " + std::strerror(err) +
+         "; map it to a name it can hold (xattrmap, e.g. to user.virtiofs.security.selinux), or leave security-label out");
 }
 
 Task<Result<void>> Vfs::link(Ring& ring, Node& target, NodeRef dir, std::string_view name) {

@@ -89,6 +89,14 @@ struct Entry {
   struct statx st{};
 };
 
+// The security label a client's LSM gives a file it creates (FUSE_SECURITY_CTX,
+// with the export's security-label): an xattr, set on the new file before
+// its name appears (Vfs::create and the other creations).
+struct Label {
+  std::string name;   // the client's xattr name: security.selinux or security.SMACK64
+  std::string value;
+};
+
 // What setattr changes, as the kernel's iattr bits: the low six (mode, uid,
 // gid, size, atime, mtime) agree with FUSE's FATTR_* and 9P's P9_ATTR_*.
 // A time is set to the given value unless its *Now bit asks for "now".
@@ -177,13 +185,22 @@ class Vfs {
     Entry entry;
     OpenFile file;
   };
+  //
+  // With a `label` (null: none), each creation makes its file under a
+  // temporary name in the same directory (".fsd-label.*"), sets the label
+  // on it (through the xattr map, as fsd itself: the label is the client
+  // kernel's, not its caller's), and renames it into place only if the
+  // name is still free: under its name the file is never unlabelled. Only
+  // the two labels Linux's LSMs give new files are taken (security.selinux,
+  // security.SMACK64); any other is EOPNOTSUPP, and a label the host
+  // refuses fails the creation, leaving nothing behind.
   Task<Result<Created>> create(Ring& ring, NodeRef dir, std::string_view name, int flags,
-                               mode_t mode);
-  Task<Result<Entry>> mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode);
+                               mode_t mode, const Label* label = nullptr);
+  Task<Result<Entry>> mkdir(Ring& ring, NodeRef dir, std::string_view name, mode_t mode, const Label* label = nullptr);
   Task<Result<Entry>> symlink(Ring& ring, NodeRef dir, std::string_view name,
-                              std::string_view target);
+                              std::string_view target, const Label* label = nullptr);
   Task<Result<Entry>> mknod(Ring& ring, NodeRef dir, std::string_view name, mode_t mode,
-                            dev_t rdev);
+                            dev_t rdev, const Label* label = nullptr);
   Task<Result<void>> link(Ring& ring, Node& target, NodeRef dir, std::string_view name);
   // flags: AT_REMOVEDIR to remove a directory.
   Task<Result<void>> unlink(Ring& ring, NodeRef dir, std::string_view name, int flags);
@@ -308,6 +325,18 @@ class Vfs {
   };
   Result<Named> named(Node& n, const NodeRef& parent, std::string_view name);
   Task<Result<Created>> open_existing(Ring& ring, const NodeRef& dir, int dirfd, const Name& name, int flags);
+  // Labelled creation (see create()): the host's name for the label's
+  // xattr; a free temporary name made by `make` (0 or -errno), labelled
+  // and renamed to `name`.
+  Result<std::string> label_xattr(const Label& label) const;
+  static Result<std::string> make_temporary(FunctionRef<int(const char* tmp)> make);
+  Result<void> label_and_place(int dirfd, const std::string& tmp, const Name& name, const std::string& xattr,
+                               const Label& label, int file_fd, bool is_dir);
+  Task<Result<Entry>> make_labelled(Ring& ring, const NodeRef& dir, Change& at, const Label& label, bool is_dir,
+                                    FunctionRef<int(const char* tmp)> make);
+  // --security-label: the host can hold security.selinux (as the xattr map
+  // names it) on a new file of the export; throws saying why not.
+  void check_labels_fit() const;
   using FileUse = FileBudget::Use;
   // read/write after their checks: `iov` at `offset`, through io_uring (or
   // non-blocking syscalls for special files).

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/inotify.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 
 #include <cstring>
 #include <set>
@@ -519,6 +521,170 @@ TEST_F(Virtiofs, AFullBlockingCallEventfdHoldsNoWorker) {
               static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                          std::chrono::steady_clock::now() - t0)
                                          .count()));
+}
+
+namespace fs = std::filesystem;
+
+// A fuse_secctx_header record with one context, as Linux writes it.
+std::vector<std::byte> security_context_record(std::string_view name, std::string_view value) {
+  std::vector<std::byte> out(sizeof(fuse_secctx_header) + sizeof(fuse_secctx));
+  fuse_secctx c{.size = static_cast<uint32_t>(value.size()), .padding = 0};
+  std::memcpy(out.data() + sizeof(fuse_secctx_header), &c, sizeof c);
+  for (char ch : name) out.push_back(static_cast<std::byte>(ch));
+  out.push_back(std::byte{0});
+  for (char ch : value) out.push_back(static_cast<std::byte>(ch));
+  out.resize((out.size() + 7) / 8 * 8);
+  fuse_secctx_header h{.size = static_cast<uint32_t>(out.size()), .nr_secctx = 1};
+  std::memcpy(out.data(), &h, sizeof h);
+  return out;
+}
+std::vector<std::byte> joined(std::vector<std::byte> a, const std::vector<std::byte>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+std::string xattr_of(const fs::path& p, const char* name) {
+  char v[256];
+  ssize_t n = ::lgetxattr(p.c_str(), name, v, sizeof v);
+  return n < 0 ? std::string("(") + std::strerror(errno) + ")" : std::string(v, static_cast<size_t>(n));
+}
+// The directory events inotify saw, as "EVENT name" lines.
+std::vector<std::string> events_of(int inotify) {
+  std::vector<std::string> out;
+  alignas(inotify_event) char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(inotify, buf, sizeof buf);
+    if (n <= 0) break;
+    for (char* p = buf; p < buf + n;) {
+      auto* e = reinterpret_cast<inotify_event*>(p);
+      std::string name = e->len ? e->name : "";
+      if (name.starts_with(".fsd-label.")) name = "TEMP";
+      const char* what = e->mask & IN_CREATE ? "create" : e->mask & IN_ATTRIB ? "attrib" : e->mask & IN_MOVED_FROM ? "from"
+                       : e->mask & IN_MOVED_TO ? "to" : nullptr;
+      if (what) out.push_back(std::string(what) + " " + name);
+      p += sizeof(inotify_event) + e->len;
+    }
+  }
+  return out;
+}
+bool has_temporaries(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().starts_with(".fsd-label.")) return true;
+  return false;
+}
+
+// --security-label (the export option security-label): FUSE_SECURITY_CTX
+// is agreed, and each creation's label is on the host file (here the real
+// security.selinux, on a host without SELinux; root may set it), from a
+// 7.38 extension or an older client's trailing record. Labels other than
+// the LSMs' are refused and nothing is made; an existing name is opened
+// as it is; no temporary name is left.
+TEST(VirtiofsLabels, EachNewFileCarriesItsLabelFromTheStart) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: the host's security.* xattrs need CAP_SYS_ADMIN";
+  TempDir tmp;
+  fs::path dir = tmp.path() / "rw";
+  fs::create_directories(dir);
+  std::string sock = (tmp.path() / "vfs.sock").string();
+  FsdProcess fsd({.args = {"--export", "rw=" + dir.string() + ",security-label", "--virtiofs-socket", "rw=" + sock}});
+  fsd.wait_for_log("listening on " + sock);
+  auto f = VhostFrontend::connect(sock);
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE((*f)->negotiate().ok());
+  auto init = (*f)->fuse_init();
+  ASSERT_TRUE(init.ok() && init->error == 0);
+  EXPECT_TRUE(as<fuse_init_out>(init->body).flags2 & (FUSE_SECURITY_CTX >> 32));
+
+  const std::string label = "system_u:object_r:container_file_t:s0:c1,c2";
+  auto ctx = security_context_record("security.selinux", label);
+  uint16_t units = static_cast<uint16_t>(ctx.size() / 8);
+  fuse_create_in cr{.flags = O_RDWR | O_CREAT | O_EXCL, .mode = 0100644, .umask = 022, .open_flags = 0};
+  Fd watch(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  ASSERT_TRUE(watch);
+  ASSERT_GE(::inotify_add_watch(watch.get(), dir.c_str(), IN_CREATE | IN_ATTRIB | IN_MOVE), 0);
+  (*f)->extensions_in_next(units);
+  auto c = (*f)->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, joined(args(cr, "file"), ctx), 4096);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->error, 0);
+  EXPECT_EQ(xattr_of(dir / "file", "security.selinux"), label);
+  // The name "file" appears only once the label is on: never created bare.
+  EXPECT_EQ(events_of(watch.get()), (std::vector<std::string>{"create TEMP", "attrib TEMP", "from TEMP", "to file"}));
+
+  fuse_mkdir_in mk{.mode = 0755, .umask = 022};
+  auto m = (*f)->fuse(1, FUSE_MKDIR, FUSE_ROOT_ID, joined(args(mk, "dir"), ctx), 4096);  // an older client's form
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->error, 0);
+  EXPECT_EQ(xattr_of(dir / "dir", "security.selinux"), label);
+  EXPECT_TRUE(fs::is_directory(dir / "dir"));
+
+  (*f)->extensions_in_next(units);
+  auto sl = (*f)->fuse(1, FUSE_SYMLINK, FUSE_ROOT_ID, joined(joined(name_arg("link"), name_arg("file")), ctx), 4096);
+  ASSERT_TRUE(sl.ok());
+  EXPECT_EQ(sl->error, 0);
+  EXPECT_EQ(xattr_of(dir / "link", "security.selinux"), label);
+  EXPECT_EQ(fs::read_symlink(dir / "link"), "file");
+
+  fuse_mknod_in mn{.mode = S_IFIFO | 0644, .rdev = 0, .umask = 022, .padding = 0};
+  (*f)->extensions_in_next(units);
+  auto n = (*f)->fuse(1, FUSE_MKNOD, FUSE_ROOT_ID, joined(args(mn, "fifo"), ctx), 4096);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n->error, 0);
+  EXPECT_EQ(xattr_of(dir / "fifo", "security.selinux"), label);
+
+  // Another name than an LSM's: refused, nothing made.
+  auto trusted = security_context_record("trusted.overlay.opaque", "y");
+  (*f)->extensions_in_next(static_cast<uint16_t>(trusted.size() / 8));
+  auto t = (*f)->fuse(1, FUSE_MKDIR, FUSE_ROOT_ID, joined(args(mk, "bad"), trusted), 4096);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->error, -EOPNOTSUPP);
+  EXPECT_FALSE(fs::exists(dir / "bad"));
+
+  // A name that exists: O_EXCL refuses it, else it is opened unchanged.
+  write_file(dir / "host-made", "x");
+  (*f)->extensions_in_next(units);
+  auto excl = (*f)->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, joined(args(cr, "host-made"), ctx), 4096);
+  ASSERT_TRUE(excl.ok());
+  EXPECT_EQ(excl->error, -EEXIST);
+  cr.flags = O_RDWR | O_CREAT;
+  (*f)->extensions_in_next(units);
+  auto open = (*f)->fuse(1, FUSE_CREATE, FUSE_ROOT_ID, joined(args(cr, "host-made"), ctx), 4096);
+  ASSERT_TRUE(open.ok());
+  EXPECT_EQ(open->error, 0);
+  EXPECT_EQ(xattr_of(dir / "host-made", "security.selinux"), "(" + std::string(std::strerror(ENODATA)) + ")");
+  EXPECT_FALSE(has_temporaries(dir));
+  EXPECT_EQ(fsd.stop(), 0) << fsd.log();
+}
+
+// Labels through the xattr map land under the host's name; an export whose
+// map refuses them, or whose host cannot hold them, does not start.
+TEST(VirtiofsLabels, MappedLabelsAndExportsThatCannotHoldThem) {
+  TempDir tmp;
+  fs::path dir = tmp.path() / "rw";
+  fs::create_directories(dir);
+  std::string sock = (tmp.path() / "vfs.sock").string();
+  {
+    FsdProcess fsd({.args = {"--export", "rw=" + dir.string() + ",security-label", "--xattrmap",
+                             ":map:security.:user.virtiofs.:", "--virtiofs-socket", "rw=" + sock}});
+    fsd.wait_for_log("listening on " + sock);
+    auto f = VhostFrontend::connect(sock);
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE((*f)->negotiate().ok());
+    ASSERT_TRUE((*f)->fuse_init().ok());
+    auto ctx = security_context_record("security.SMACK64", "_");
+    fuse_mkdir_in mk{.mode = 0755, .umask = 022};
+    (*f)->extensions_in_next(static_cast<uint16_t>(ctx.size() / 8));
+    auto m = (*f)->fuse(1, FUSE_MKDIR, FUSE_ROOT_ID, joined(args(mk, "dir"), ctx), 4096);
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(m->error, 0);
+    EXPECT_EQ(xattr_of(dir / "dir", "user.virtiofs.security.SMACK64"), "_");
+    EXPECT_EQ(fsd.stop(), 0) << fsd.log();
+  }
+  FsdProcess refused({.args = {"--export", "rw=" + dir.string() + ",security-label", "--xattrmap",
+                               ":bad:all:security.:: :ok:all:::", "--virtiofs-socket", "rw=" + sock}});
+  auto status = refused.wait_exit();
+  ASSERT_TRUE(status.has_value()) << refused.log();
+  EXPECT_NE(*status, 0);
+  EXPECT_NE(refused.log().find("export 'rw': security-label: the export's xattrmap refuses security.selinux"),
+            std::string::npos) << refused.log();
+  EXPECT_FALSE(has_temporaries(dir));
 }
 
 }  // namespace
