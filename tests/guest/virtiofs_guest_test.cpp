@@ -1,10 +1,13 @@
 // A real guest: Debian's kernel under QEMU (TCG) mounts fsd's exports with
 // its virtiofs driver through vhost-user-fs-pci. One boot runs every check;
 // the guest prints "CHECK name OK|FAIL ..." lines on its serial console.
+// The guest runs SELinux, so the files it makes carry its labels
+// (security-label), which the host then finds on them.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 
 #include <cstring>
 #include <map>
@@ -137,7 +140,7 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   // fsd, with an fd limit far below the number of files the guest walks.
   std::map<std::string, std::string> sock;
   std::vector<std::string> args;
-  for (auto [tag, dir, opts] : {std::tuple{"ro", ro, ",ro"}, {"rw", rw, ",cache=never,submounts"}, {"many", many, ",ro"}}) {
+  for (auto [tag, dir, opts] : {std::tuple{"ro", ro, ",ro"}, {"rw", rw, ",cache=never,submounts,security-label"}, {"many", many, ",ro"}}) {
     sock[tag] = (tmp.path() / (std::string(tag) + ".sock")).string();
     args.insert(args.end(), {"--export", std::string(tag) + "=" + dir.string() + opts, "--virtiofs-socket",
                              std::string(tag) + "=" + sock[tag]});
@@ -146,6 +149,12 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
   fsd.wait_for_log("listening on " + sock["many"]);
 
   std::vector<std::string> qemu = guest_qemu_argv(kdir, initrd);
+  // SELinux on in the guest (no policy loaded: it allows everything, and
+  // names each new file's label after its initial SID), so that its
+  // virtiofs driver sends FUSE_SECURITY_CTX labels for the rw export's
+  // security-label.
+  for (auto& a : qemu)
+    if (a.starts_with("console=ttyS0")) a += " security=selinux selinux=1";
   int n = 0;
   for (const char* tag : {"ro", "rw", "many"}) {
     std::string id = "fs" + std::to_string(n++);
@@ -189,6 +198,20 @@ TEST(VirtiofsGuest, LinuxMountsFsdExports) {
     EXPECT_EQ(st.st_uid, 2002u) << made;
     EXPECT_EQ(st.st_gid, 2002u) << made;
   }
+  // The guest's labels: on every file it made, none on the host's own.
+  auto label = [](const std::filesystem::path& p) {
+    char v[256];
+    ssize_t n = ::lgetxattr(p.c_str(), "security.selinux", v, sizeof v);
+    return n < 0 ? std::string("(") + std::strerror(errno) + ")" : std::string(v, static_cast<size_t>(n));
+  };
+  std::printf("the guest's label of its new files: %s\n", label(rw / "gdir").c_str());
+  for (const char* made : {"gdir", "gdir/renamed.txt", "link", "copy.bin", "bob.txt", "bobdir"}) {
+    std::string l = label(rw / made);
+    EXPECT_TRUE(!l.empty() && l[0] != '(') << made << ": " << l;
+  }
+  EXPECT_EQ(label(rw / "from-host.txt"), "(" + std::string(std::strerror(ENODATA)) + ")");
+  for (const auto& e : std::filesystem::recursive_directory_iterator(rw))
+    EXPECT_FALSE(e.path().filename().string().starts_with(".fsd-label.")) << e.path();
   EXPECT_LT(fsd.open_fds(), 1024u);
   EXPECT_EQ(fsd.stop(), 0) << fsd.log();
 }
