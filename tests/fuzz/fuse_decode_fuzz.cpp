@@ -27,6 +27,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             volatile unsigned sink = sum;
             (void)sink;
           }
+          if constexpr (requires { a.extra; }) {
+            // A creation's security context, as a server with labels reads it.
+            if (auto sc = security_context(a.extra); sc.ok() && sc->has_value()) {
+              (void)std::strlen(std::string((*sc)->name).c_str());
+              std::string value(reinterpret_cast<const char*>((*sc)->value.data()), (*sc)->value.size());
+              volatile size_t sink = value.size();
+              (void)sink;
+            }
+          }
           if constexpr (std::is_same_v<A, BatchForget>) {
             for (uint32_t i = 0; i < a.count; i++) {
               fuse_forget_one f;

@@ -10,11 +10,13 @@
 
 namespace {
 void seed(const std::string& dir, const char* name, uint32_t opcode, const void* arg, size_t arg_len,
-          const char* s1 = nullptr, const char* s2 = nullptr) {
+          const char* s1 = nullptr, const char* s2 = nullptr, const std::vector<char>& ext = {}) {
   std::vector<char> body(static_cast<const char*>(arg), static_cast<const char*>(arg) + arg_len);
   for (const char* s : {s1, s2})
     if (s) body.insert(body.end(), s, s + std::strlen(s) + 1);
+  body.insert(body.end(), ext.begin(), ext.end());
   fuse_in_header h{};
+  h.total_extlen = static_cast<uint16_t>(ext.size() / 8);
   h.len = static_cast<uint32_t>(sizeof h + body.size());
   h.opcode = opcode;
   h.unique = 1;
@@ -55,5 +57,16 @@ int main(int argc, char** argv) {
   seed(d, "setxattr", FUSE_SETXATTR, sxb.data(), sxb.size());
   fuse_read_in rd{};
   seed(d, "readdirplus", FUSE_READDIRPLUS, &rd, sizeof rd);
+  // A creation with its security label, as a 7.38 extension.
+  std::vector<char> label(16);
+  const char ctx[] = "security.selinux\0unlabeled";
+  label.insert(label.end(), ctx, ctx + sizeof ctx - 1);
+  label.resize((label.size() + 7) / 8 * 8);
+  fuse_secctx_header sh{static_cast<uint32_t>(label.size()), 1};
+  fuse_secctx sc{9, 0};
+  std::memcpy(label.data(), &sh, sizeof sh);
+  std::memcpy(label.data() + sizeof sh, &sc, sizeof sc);
+  fuse_create_in cr{};
+  seed(d, "create_labelled", FUSE_CREATE, &cr, sizeof cr, "new", nullptr, label);
   return 0;
 }
