@@ -45,6 +45,18 @@ std::string disk_device(size_t n) {
   return "/dev/vd" + letters;
 }
 
+// The n-th disk's World Wide Name on SCSI and IDE: NAA 5 with a made-up
+// company id, the disk's number below it. The guest sees it as the disk's
+// /sys/block/*/device/wwid, "naa." and these hex digits.
+std::string disk_wwn(size_t n) {
+  char b[32];
+  std::snprintf(b, sizeof b, "0x5%06x%09llx", 0xf5d000u, static_cast<unsigned long long>(n + 1) & 0xfffffffffull);
+  return b;
+}
+
+// q35's AHCI controller: one disk per port.
+constexpr size_t kAhciPorts = 6;
+
 std::string hex2(unsigned v) {
   char b[3];
   std::snprintf(b, sizeof b, "%02x", v & 0xff);
@@ -170,7 +182,12 @@ struct Builder {
       if (sh.proto == Proto::k9p) need({"vmw_vsock_virtio_transport", "9pnet_fd", "9p"});
     }
     if (s.store.writable != Writable::kNone || !s.nix_db.empty()) need({"overlay"});
-    if (!in.disks.empty()) need({"virtio_blk"});
+    if (!in.disks.empty()) {
+      if (s.disk_interface == DiskInterface::kVirtio) need({"virtio_blk"});
+      if (s.disk_interface == DiskInterface::kScsi) need({"virtio_scsi", "sd_mod"});
+      if (s.disk_interface == DiskInterface::kIde) need({"ahci", "sd_mod"});
+    }
+    if (s.guest_agent) need({"virtio_console"});
     for (const auto& d : mounted_disks()) {
       p.modules.push_back("fs-" + d.disk->fs_type);  // the kernel's own alias for a file system's module
       if (d.disk->fs_type == "vfat") need({"nls_cp437", "nls_utf8"});  // vfat's default code page and charset
@@ -217,7 +234,9 @@ struct Builder {
     p.mount_plan.push_back("tmpfs -> " + target);
   }
   void disk_mount(const MountedDisk& d) {
-    std::string dev = disk_device(d.index);
+    // A SCSI or IDE disk by its WWN (the guest init finds its device): the
+    // kernel finds those disks asynchronously, their sdX names in no fixed order.
+    std::string dev = s.disk_interface == DiskInterface::kVirtio ? disk_device(d.index) : "wwn:naa." + disk_wwn(d.index).substr(2);
     guest.mounts.push_back(mount(d.disk->fs_type, dev, d.target, "", d.disk->read_only));
     const std::string& file = d.index < in.disks.size() ? in.disks[d.index].file : d.disk->file;
     p.mount_plan.push_back(d.disk->fs_type + " " + dev + " (" + file + ") -> " + d.target +
@@ -344,7 +363,12 @@ struct Builder {
                    "-smp", std::to_string(s.cpus), "-m", mem,
                    "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on", "-numa", "node,memdev=mem",
                    "-kernel", in.boot_kernel.empty() ? s.kernel : in.boot_kernel, "-initrd", in.initrd};
-    std::string append = s.graphics ? "console=tty0 console=ttyS0 panic=-1" : "console=ttyS0 panic=-1";
+    // The last console is /dev/console. A booted system with a display has
+    // it there, as qemu-vm.nix does; a command's output stays on the
+    // serial console, where vmlaunch's caller reads it.
+    std::string append = !s.graphics ? "console=ttyS0 panic=-1"
+                         : boot()    ? "console=ttyS0 console=tty0 panic=-1"
+                                     : "console=tty0 console=ttyS0 panic=-1";
     if (s.console == Console::kQuiet) append += " quiet loglevel=1";
     // Then, as qemu-vm.nix orders them: a booted system's own parameters,
     // the spec's, and $QEMU_KERNEL_PARAMS.
@@ -353,10 +377,23 @@ struct Builder {
     if (!in.extra_kernel_params.empty()) append += " " + in.extra_kernel_params;
     add({"-append", append, "-nodefaults", "-no-reboot", "-serial", "stdio"});
     if (!in.status_file.empty()) add({"-serial", "file:" + in.status_file});  // the guest's kStatusPort
-    // graphics: a VGA display beside the serial console (which stays the
-    // kernel's /dev/console, so vmlaunch still reads the guest's status).
-    if (s.graphics) add({"-device", "VGA"});
-    else add({"-display", "none"});
+    // graphics: a VGA display beside the serial console (the guest's status
+    // has a serial port of its own), of the spec's size, with a tablet.
+    if (s.graphics) {
+      add({"-device", s.resolution.x ? "VGA,edid=on,xres=" + std::to_string(s.resolution.x) +
+                                           ",yres=" + std::to_string(s.resolution.y)
+                                     : "VGA"});
+      if (s.usb_tablet) add({"-device", "qemu-xhci,id=usb0", "-device", "usb-tablet,bus=usb0.0"});
+    } else {
+      add({"-display", "none"});
+    }
+    // A QEMU guest agent's channel: the guest's qemu-ga finds the port by its name.
+    if (s.guest_agent) {
+      p.guest_agent_socket = s.guest_agent_socket.empty() ? in.run_dir + "/qga.sock" : s.guest_agent_socket;
+      add({"-device", "virtio-serial-pci,id=vser0", "-chardev",
+           "socket,id=qga0," + opt("path", p.guest_agent_socket) + ",server=on,wait=off", "-device",
+           "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"});
+    }
     // The monitor, for a graceful power-off on SIGTERM.
     if (!in.qmp_socket.empty()) add({"-qmp", "unix:" + qemu_escape(in.qmp_socket) + ",server=on,wait=off"});
     for (size_t n = 0; n < devices.size(); n++) {
@@ -377,9 +414,29 @@ struct Builder {
            "virtio-net-pci,netdev=" + id + ",mac=" + vlan_mac(vlan)});
     }
     if (s.rng) add({"-device", "virtio-rng-pci"});
-    for (const auto& d : in.disks)  // /dev/vda, /dev/vdb, ... in this order
-      add({"-drive", opt("file", d.file) + ",if=virtio," + opt("format", d.format) + (d.read_only ? ",readonly=on" : "") +
-                         (d.snapshot ? ",snapshot=on" : "")});
+    // The disks: /dev/vda, /dev/vdb, ... (or sda, ...) in this order.
+    if (s.disk_interface == DiskInterface::kIde && in.disks.size() > kAhciPorts)
+      throw SpecError("diskInterface: ide attaches at most " + std::to_string(kAhciPorts) + " disks (q35's AHCI ports); this VM has " +
+                      std::to_string(in.disks.size()) + " (the root, disks, emptyDisks, store.disk and the store's image)");
+    if (s.disk_interface == DiskInterface::kIde)
+      for (const auto& d : in.disks)
+        if (d.read_only)
+          throw SpecError("diskInterface: QEMU's IDE disks cannot be read-only, and " + d.file +
+                          " is (readOnly, or the store's image): use virtio or scsi");
+    if (s.disk_interface == DiskInterface::kScsi && !in.disks.empty()) add({"-device", "virtio-scsi-pci,id=scsi0"});
+    for (size_t i = 0; i < in.disks.size(); i++) {
+      const auto& d = in.disks[i];
+      std::string id = "disk" + std::to_string(i);
+      std::string drive = opt("file", d.file) + (s.disk_interface == DiskInterface::kVirtio ? ",if=virtio," : ",if=none,id=" + id + ",") +
+                          opt("format", d.format) + (d.read_only ? ",readonly=on" : "") + (d.snapshot ? ",snapshot=on" : "");
+      add({"-drive", drive});
+      // SCSI and ATA disks are found asynchronously, so their names need
+      // not follow their order: each has a WWN, by which the guest finds it.
+      std::string wwn = ",wwn=" + disk_wwn(i);
+      if (s.disk_interface == DiskInterface::kScsi)
+        add({"-device", "scsi-hd,drive=" + id + ",bus=scsi0.0,channel=0,scsi-id=" + std::to_string(i) + ",lun=0" + wwn});
+      if (s.disk_interface == DiskInterface::kIde) add({"-device", "ide-hd,drive=" + id + ",bus=ide." + std::to_string(i) + wwn});
+    }
     p.qemu_argv.insert(p.qemu_argv.end(), s.qemu_extra_args.begin(), s.qemu_extra_args.end());
     p.qemu_argv.insert(p.qemu_argv.end(), in.extra_qemu_args.begin(), in.extra_qemu_args.end());
   }

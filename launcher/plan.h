@@ -51,6 +51,7 @@ struct Plan {
   nlohmann::json guest;                 // the init's plan
   std::vector<std::string> modules;     // module names the guest loads
   std::vector<std::string> mount_plan;  // "virtiofs store -> /nix/.ro-store (ro)" ...
+  std::string guest_agent_socket;       // QEMU listens there for a guest agent ("": none)
 };
 
 // fsd's 9p shares reach the guest on this vsock port of the host (one

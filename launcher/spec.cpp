@@ -58,6 +58,10 @@ struct CommandField {  // "command": a string for sh -c, or an argv list
 struct NixDbField {  // "nixDb": true, false or a directory
   std::string& path;
 };
+struct GuestAgentField {  // "guestAgent": true, false or the socket's path
+  bool& on;
+  std::string& socket;
+};
 
 // The tables of the fields that are not enums in the Spec.
 inline constexpr EnumName<bool> kFromNames[] = {{"host", true}, {"guest", false}};
@@ -151,6 +155,14 @@ void schema(V& v, Spec& s) {
   v.list("disks", s.disks);
   v.field("emptyDisks", s.empty_disks_mib, Range{1, 1ull << 24});
   v.field("graphics", s.graphics);
+  if (V::kReading || s.resolution.x != 0)
+    v.object("resolution", [&](auto& o) {
+      o.field("x", s.resolution.x, Range{320, 16384});
+      o.field("y", s.resolution.y, Range{200, 16384});
+    });
+  v.field("usbTablet", s.usb_tablet);
+  v.field("diskInterface", s.disk_interface);
+  v.field("guestAgent", GuestAgentField{s.guest_agent, s.guest_agent_socket});
   v.field("rng", s.rng);
   v.field("nixDb", NixDbField{s.nix_db});
 }
@@ -262,6 +274,24 @@ class Reader {
       fail(key, "expected true, false or a directory, got " + type_of(*v));
     }
   }
+  void field(const std::string& key, GuestAgentField g) {
+    const json* v = find(key);
+    if (!v) return;
+    if (v->is_boolean()) {
+      g.on = v->get<bool>();
+    } else if (v->is_string()) {
+      g.on = true;
+      g.socket = v->get<std::string>();
+      if (g.socket.empty() || g.socket[0] != '/') fail(key, "\"" + g.socket + "\" is not an absolute path (the guest agent's socket)");
+      if (!is_dir(std::filesystem::path(g.socket).parent_path().string()))
+        fail(key, "\"" + g.socket + "\": its directory does not exist");
+      struct stat st{};
+      if (::lstat(g.socket.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode))
+        fail(key, "\"" + g.socket + "\" exists and is not a socket (QEMU would replace it)");
+    } else {
+      fail(key, "expected true, false or the socket's path, got " + type_of(*v));
+    }
+  }
   template <class F>
   void object(const std::string& key, F read) {
     if (const json* v = find(key)) {
@@ -343,6 +373,10 @@ class Writer {
     if (n.path.empty()) j_[key] = false;
     else j_[key] = n.path;
   }
+  void field(const std::string& key, GuestAgentField g) {
+    if (!g.socket.empty()) j_[key] = g.socket;
+    else j_[key] = g.on;
+  }
   template <class F>
   void object(const std::string& key, F write) {
     Writer o(j_[key]);
@@ -383,6 +417,7 @@ class Checker {
     if (!s.initrd.empty() && !exists(s.initrd)) fail("initrd", "\"" + s.initrd + "\" does not exist");
     if (!s.modules.empty() && !is_dir(s.modules)) fail("modules", "\"" + s.modules + "\" is not a directory");
     if (!system) check_store(s.store);
+    if (s.resolution.x != 0 && !s.graphics) fail("resolution", "is the display's: needs \"graphics\": true");
     if (!s.store.closure.empty() && !s.nix_db.empty())
       fail("store.closure", "the shared Nix database (nixDb) holds every path of the host's store as valid, those the closure hides too; leave nixDb out");
     for (size_t i = 0; i < s.shares.size(); i++) check_share(s.shares[i], i);

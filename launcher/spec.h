@@ -39,6 +39,7 @@ enum class Network { kNone, kUser };
 enum class Writable { kNone, kTmpfs, kDisk };  // store.writable
 enum class SystemMode { kAuto, kExec, kBoot };  // auto: exec with a command, boot without
 enum class StoreImage { kNone, kErofs, kSquashfs };  // store.image
+enum class DiskInterface { kVirtio, kScsi, kIde };   // diskInterface: how every disk is attached
 
 inline constexpr EnumName<Accel> kAccelNames[] = {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}};
 inline constexpr EnumName<Proto> kProtoNames[] = {
@@ -58,6 +59,9 @@ constexpr std::span<const EnumName<Network>> names(Network) { return kNetworkNam
 constexpr std::span<const EnumName<Writable>> names(Writable) { return kWritableNames; }
 constexpr std::span<const EnumName<SystemMode>> names(SystemMode) { return kSystemModeNames; }
 constexpr std::span<const EnumName<StoreImage>> names(StoreImage) { return kStoreImageNames; }
+inline constexpr EnumName<DiskInterface> kDiskInterfaceNames[] = {
+    {"virtio", DiskInterface::kVirtio}, {"scsi", DiskInterface::kScsi}, {"ide", DiskInterface::kIde}};
+constexpr std::span<const EnumName<DiskInterface>> names(DiskInterface) { return kDiskInterfaceNames; }
 
 struct DiskSpec {
   std::string file;
@@ -152,6 +156,18 @@ struct Spec {
   std::vector<DiskSpec> disks;
   std::vector<uint64_t> empty_disks_mib;
   bool graphics = false;
+  // With graphics: the display's size (0: QEMU's default), and a USB
+  // tablet, so that the pointer follows the viewer's (as qemu-vm.nix).
+  struct Resolution {
+    uint64_t x = 0, y = 0;
+  } resolution;
+  bool usb_tablet = true;
+  DiskInterface disk_interface = DiskInterface::kVirtio;
+  // A virtio-serial channel for a QEMU guest agent in the guest
+  // (org.qemu.guest_agent.0), its socket at guest_agent_socket ("": in
+  // vmlaunch's run directory).
+  bool guest_agent = false;
+  std::string guest_agent_socket;
   bool rng = true;     // a virtio-rng device, so the guest has entropy from the start
   std::string nix_db;  // the host's Nix database to share ("": none)
 

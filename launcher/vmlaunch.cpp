@@ -258,6 +258,7 @@ class Launch {
     int outcome = supervise();
     qemu_.stop(std::chrono::seconds(10));
     fsd_.stop(std::chrono::seconds(5));
+    if (!spec_.guest_agent_socket.empty()) ::unlink(spec_.guest_agent_socket.c_str());  // QEMU leaves it
     if (outcome < 0) outcome = guest_outcome();
     if (!why_.empty()) std::fprintf(stderr, "vmlaunch: %s\n", why_.c_str());
     return outcome;
@@ -470,6 +471,8 @@ class Launch {
       qemu_ = Child::spawn(plan_.qemu_argv, devnull.get(), console_w.get(), log.get());
     }
     started_ = std::chrono::steady_clock::now();
+    if (!plan_.guest_agent_socket.empty())
+      std::fprintf(stderr, "vmlaunch: the guest agent's socket: %s\n", plan_.guest_agent_socket.c_str());
   }
   bool interactive() const { return !spec_.has_command(); }
 

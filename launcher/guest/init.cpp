@@ -214,6 +214,31 @@ int vsock_connect(unsigned port) {
   return -1;
 }
 
+// A mount's source "wwn:ID": the disk whose World Wide Name the kernel
+// reports as ID (SCSI and ATA disks are found asynchronously, in no fixed
+// order), once it is there (up to 30 s); any other source as it is.
+std::string disk_source(const std::string& source) {
+  if (!source.starts_with("wwn:")) return source;
+  std::string want = source.substr(4);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  do {
+    if (DIR* d = ::opendir("/sys/block")) {
+      std::string found;
+      while (dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::ifstream in(std::string("/sys/block/") + e->d_name + "/device/wwid");
+        std::string id;
+        if (std::getline(in, id) && id == want) found = std::string("/dev/") + e->d_name;
+      }
+      ::closedir(d);
+      if (!found.empty()) return found;
+    }
+    ::usleep(20000);
+  } while (std::chrono::steady_clock::now() < deadline);
+  say("no disk with the WWN " + want + " appeared in 30 s");
+  power_off(255);
+}
+
 void do_mounts(const std::vector<GuestMount>& mounts) {
   for (const auto& m : mounts) {
     const std::string& dir = m.mkdir.empty() ? m.target : m.mkdir;
@@ -234,12 +259,13 @@ void do_mounts(const std::vector<GuestMount>& mounts) {
       std::string fd = std::to_string(sock);
       options = "trans=fd,rfdno=" + fd + ",wfdno=" + fd + (options.empty() ? "" : "," + options);
     }
-    int r = ::mount(m.source.c_str(), m.target.c_str(), m.fstype.c_str(), mount_flags(m.flags),
+    std::string source = disk_source(m.source);
+    int r = ::mount(source.c_str(), m.target.c_str(), m.fstype.c_str(), mount_flags(m.flags),
                     options.empty() ? nullptr : options.c_str());
     int err = errno;
     if (sock >= 0) ::close(sock);  // the mount holds its own reference
     if (r != 0) {
-      say("cannot mount " + m.fstype + " " + m.source + " on " + m.target + " (" + options + "): " + std::strerror(err));
+      say("cannot mount " + m.fstype + " " + source + " on " + m.target + " (" + options + "): " + std::strerror(err));
       power_off(255);
     }
   }

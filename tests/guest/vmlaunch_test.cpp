@@ -221,7 +221,8 @@ TEST_F(Vmlaunch, DisksKeepTheirFileSystemsAcrossRuns) {
       "grep -q ' /srv/data ext4 rw' /proc/mounts && echo data-is-ext4; echo kept-on-disk > /srv/data/f; "
       "grep -q 'driver *: crc32c-generic' /proc/crypto && echo crc32c-loaded; "
       "mkdir /nix/store/cccccccccccccccccccccccccccccccc-built && echo built > /nix/store/cccccccccccccccccccccccccccccccc-built/out";
-  std::string run2 = "cat /srv/data/f; cat /nix/store/cccccccccccccccccccccccccccccccc-built/out; ls /nix/store | wc -l | sed 's/^/store-entries-/'";
+  std::string run2 = "cat /srv/data/f; cat /nix/store/cccccccccccccccccccccccccccccccc-built/out; ls /nix/store | wc -l | sed 's/^/store-entries-/'; "
+                     "grep -o '^/dev/[sv]d[a-z] /srv/data' /proc/mounts";
   auto edit = [&](nlohmann::json& j) {
     j["disks"] = nlohmann::json::array(
         {{{"file", disk.string()}, {"size", 64}},
@@ -243,12 +244,22 @@ TEST_F(Vmlaunch, DisksKeepTheirFileSystemsAcrossRuns) {
   EXPECT_EQ(read_file(disk).substr(0, 4), std::string("QFI\xfb", 4));
   expect_clean();  // the empty disk went with the temporary directory
 
-  st = run({spec(run2, 0, edit)}, &out);
-  EXPECT_EQ(st, 0) << out;
-  EXPECT_NE(out.find("kept-on-disk"), std::string::npos) << out;
-  EXPECT_NE(out.find("built"), std::string::npos) << out;  // the store path from the first run
-  EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;
-  EXPECT_EQ(out.find("vmlaunch: formatted"), std::string::npos) << "a disk with a file system was formatted again\n" << out;
+  // The same disks again, on virtio-scsi and then IDE (diskInterface),
+  // each found by its WWN (the kernel names SCSI disks in no fixed order).
+  for (const char* via : {"scsi", "ide"}) {
+    SCOPED_TRACE(via);
+    st = run({spec(run2, 0, [&](nlohmann::json& j) {
+               edit(j);
+               j["diskInterface"] = via;
+             })},
+             &out);
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("kept-on-disk"), std::string::npos) << out;
+    EXPECT_NE(out.find("built"), std::string::npos) << out;  // the store path from the first run
+    EXPECT_NE(out.find("store-entries-2"), std::string::npos) << out;
+    EXPECT_NE(out.find("/dev/sd"), std::string::npos) << out;  // mounted /srv/data from an sd disk
+    EXPECT_EQ(out.find("vmlaunch: formatted"), std::string::npos) << "a disk with a file system was formatted again\n" << out;
+  }
   EXPECT_FALSE(std::filesystem::exists(tmp_.path() / "store/cccccccccccccccccccccccccccccccc-built"));
   expect_clean();
 }

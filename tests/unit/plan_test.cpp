@@ -114,6 +114,57 @@ TEST_F(PlanTest, SpecStringsCannotAddOptions) {
 // QEMU_NET_OPTS are options of the user network's -netdev, as qemu-vm.nix
 // appends them (a hostfwd, say), not QEMU arguments of their own; without
 // a user network there is nothing to append them to.
+TEST_F(PlanTest, TheDisplaysSizeAndATabletComeWithGraphics) {
+  std::string text = joined(plan({{"graphics", true}, {"resolution", {{"x", 1920}, {"y", 1080}}}}).qemu_argv);
+  EXPECT_NE(text.find("-device VGA,edid=on,xres=1920,yres=1080 "), std::string::npos) << text;
+  EXPECT_NE(text.find("-device qemu-xhci,id=usb0 -device usb-tablet,bus=usb0.0"), std::string::npos) << text;
+  text = joined(plan({{"graphics", true}, {"usbTablet", false}}).qemu_argv);
+  EXPECT_NE(text.find("-device VGA "), std::string::npos) << text;
+  EXPECT_EQ(text.find("usb-tablet"), std::string::npos) << text;
+  text = joined(plan(json::object()).qemu_argv);
+  EXPECT_EQ(text.find("usb-tablet"), std::string::npos) << text;  // no display, no tablet
+  try {
+    plan({{"resolution", {{"x", 1920}, {"y", 1080}}}});
+    ADD_FAILURE() << "a resolution without graphics was taken";
+  } catch (const SpecError& e) {
+    EXPECT_STREQ(e.what(), "spec.json: resolution: is the display's: needs \"graphics\": true");
+  }
+  try {
+    plan({{"graphics", true}, {"resolution", {{"x", 100}, {"y", 1080}}}});
+    ADD_FAILURE() << "a 100-pixel-wide display was taken";
+  } catch (const SpecError& e) {
+    EXPECT_STREQ(e.what(), "spec.json: resolution.x: 100 is out of range (320 to 16384)");
+  }
+}
+
+TEST_F(PlanTest, AGuestAgentGetsAChannelAndASocket) {
+  Plan p = plan({{"guestAgent", true}});
+  std::string text = joined(p.qemu_argv);
+  EXPECT_NE(text.find("-device virtio-serial-pci,id=vser0 -chardev socket,id=qga0,path=/run/vm/qga.sock,server=on,wait=off "
+                      "-device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"),
+            std::string::npos) << text;
+  EXPECT_EQ(p.guest_agent_socket, "/run/vm/qga.sock");
+  EXPECT_TRUE(has(p.modules, "virtio_console")) << joined(p.modules);
+  p = plan({{"guestAgent", tmp("qga,sock")}});
+  EXPECT_NE(joined(p.qemu_argv).find("path=" + tmp("qga,,sock") + ",server=on"), std::string::npos) << joined(p.qemu_argv);
+  EXPECT_EQ(p.guest_agent_socket, tmp("qga,sock"));
+  p = plan(json::object());
+  EXPECT_EQ(joined(p.qemu_argv).find("qga"), std::string::npos);
+  EXPECT_FALSE(has(p.modules, "virtio_console"));
+  using Case = std::pair<json, std::string>;
+  for (const auto& [value, error] : {Case{"relative.sock", "\"relative.sock\" is not an absolute path (the guest agent's socket)"},
+                                     Case{tmp("nope/qga.sock"), "\"" + tmp("nope/qga.sock") + "\": its directory does not exist"},
+                                     Case{tmp("data"), "\"" + tmp("data") + "\" exists and is not a socket (QEMU would replace it)"},
+                                     Case{3, "expected true, false or the socket's path, got the number 3"}}) {
+    try {
+      plan({{"guestAgent", value}});
+      ADD_FAILURE() << value.dump() << " was taken";
+    } catch (const SpecError& e) {
+      EXPECT_EQ(std::string(e.what()), "spec.json: guestAgent: " + error);
+    }
+  }
+}
+
 TEST_F(PlanTest, QemuNetOptsJoinTheUserNetdev) {
   in_.net_opts = "hostfwd=tcp::2222-:22";
   Plan p = plan({{"network", "user"}});
@@ -206,6 +257,58 @@ TEST_F(PlanTest, DisksAreMountedFromTheirDevices) {
   EXPECT_TRUE(has(p.modules, "fs-xfs") && has(p.modules, "fs-ext4") && has(p.modules, "virtio_blk"));
   std::string text = joined(p.mount_plan);
   EXPECT_NE(text.find("/nix/store (writable, kept on the disk)"), std::string::npos) << text;
+}
+
+// diskInterface: the same disks on virtio-scsi or IDE (q35's AHCI), each
+// with a WWN by which the guest finds it, with their drivers loaded.
+TEST_F(PlanTest, DisksCanBeScsiOrIde) {
+  std::filesystem::create_directories(tmp("img"));
+  for (const char* f : {"a.qcow2", "b.img"}) fsd::testing::write_file(tmp("img/") + f, "x");
+  in_.disks = {{tmp("img/a.qcow2"), "qcow2"}, {tmp("img/b.img"), "raw"}};
+  json disks = json::array({{{"file", tmp("img/a.qcow2")}}, {{"file", tmp("img/b.img")}, {"fsType", "xfs"}, {"mountPoint", "/data"}}});
+  Plan p = plan({{"disks", disks}, {"diskInterface", "scsi"}});
+  std::string text = joined(p.qemu_argv);
+  EXPECT_NE(text.find("-device virtio-scsi-pci,id=scsi0 -drive file=" + tmp("img/a.qcow2") +
+                      ",if=none,id=disk0,format=qcow2 -device scsi-hd,drive=disk0,bus=scsi0.0,channel=0,scsi-id=0,lun=0,"
+                      "wwn=0x5f5d000000000001 -drive file=" + tmp("img/b.img") +
+                      ",if=none,id=disk1,format=raw -device scsi-hd,drive=disk1,bus=scsi0.0,channel=0,scsi-id=1,lun=0,"
+                      "wwn=0x5f5d000000000002"),
+            std::string::npos) << text;
+  EXPECT_EQ(text.find("if=virtio"), std::string::npos) << text;
+  EXPECT_NE(p.guest["mounts"].dump().find(R"("source":"wwn:naa.5f5d000000000002","target":"/data")"), std::string::npos)
+      << p.guest["mounts"].dump();
+  EXPECT_TRUE(has(p.modules, "virtio_scsi") && has(p.modules, "sd_mod") && !has(p.modules, "virtio_blk")) << joined(p.modules);
+  p = plan({{"disks", disks}, {"diskInterface", "ide"}});
+  text = joined(p.qemu_argv);
+  EXPECT_NE(text.find("-device ide-hd,drive=disk0,bus=ide.0,wwn=0x5f5d000000000001 "), std::string::npos) << text;
+  EXPECT_NE(text.find("-device ide-hd,drive=disk1,bus=ide.1,wwn=0x5f5d000000000002"), std::string::npos) << text;
+  EXPECT_TRUE(has(p.modules, "ahci") && has(p.modules, "sd_mod")) << joined(p.modules);
+  EXPECT_NE(p.guest["mounts"].dump().find(R"("source":"wwn:naa.5f5d000000000002","target":"/data")"), std::string::npos);
+  // More disks than q35 has AHCI ports.
+  json seven = json::array();
+  in_.disks.clear();
+  for (int i = 0; i < 7; i++) {
+    std::string f = tmp("img/d" + std::to_string(i));
+    fsd::testing::write_file(f, "x");
+    seven.push_back({{"file", f}});
+    in_.disks.push_back({f, "raw"});
+  }
+  try {
+    plan({{"disks", seven}, {"diskInterface", "ide"}});
+    ADD_FAILURE() << "seven IDE disks were taken";
+  } catch (const SpecError& e) {
+    EXPECT_STREQ(e.what(), "diskInterface: ide attaches at most 6 disks (q35's AHCI ports); this VM has 7 (the root, disks, "
+                           "emptyDisks, store.disk and the store's image)");
+  }
+  EXPECT_THROW(plan({{"diskInterface", "sata"}}), SpecError);
+  in_.disks = {{tmp("img/a.qcow2"), "qcow2", true}};
+  try {
+    plan({{"disks", json::array({{{"file", tmp("img/a.qcow2")}, {"readOnly", true}}})}, {"diskInterface", "ide"}});
+    ADD_FAILURE() << "a read-only IDE disk was taken";
+  } catch (const SpecError& e) {
+    EXPECT_EQ(std::string(e.what()), "diskInterface: QEMU's IDE disks cannot be read-only, and " + tmp("img/a.qcow2") +
+                                         " is (readOnly, or the store's image): use virtio or scsi");
+  }
 }
 
 TEST_F(PlanTest, TheStoreCanGoOverNineP) {
@@ -343,6 +446,15 @@ TEST_F(SystemPlanTest, BootPassesTheSystemsKernelParams) {
   } catch (const SpecError& e) {
     EXPECT_NE(std::string(e.what()).find("kernel-params"), std::string::npos) << e.what();
   }
+}
+
+// With graphics, a booted system's /dev/console (the last console=) is the
+// display, as in qemu-vm.nix; a command's output stays on the serial port.
+TEST_F(SystemPlanTest, ABootedSystemWithADisplayHasItsConsoleThere) {
+  auto append = [](const Plan& p) { return *(std::find(p.qemu_argv.begin(), p.qemu_argv.end(), "-append") + 1); };
+  EXPECT_TRUE(append(plan({{"system", top_}, {"graphics", true}})).starts_with("console=ttyS0 console=tty0 "));
+  EXPECT_TRUE(append(plan({{"system", top_}, {"graphics", true}, {"command", "true"}})).starts_with("console=tty0 console=ttyS0 "));
+  EXPECT_TRUE(append(plan({{"system", top_}})).starts_with("console=ttyS0 panic"));
 }
 
 }  // namespace
