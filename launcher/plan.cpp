@@ -279,6 +279,9 @@ struct Builder {
     };
     if (!s.root.file.empty() && !has_system())
       throw SpecError("root: a root disk holds a system's root (\"system\")");
+    if (exec_system() && s.system.guix)
+      throw SpecError("system: " + s.system.path + " is a Guix system, which boots (leave the command out, or systemMode boot); "
+                      "exec mode's context is a NixOS system's");
     if (exec_system() && !s.root.file.empty()) {
       // The command runs on the disk: mounted first, everything else moves
       // into it, and the init goes on there as PID 1.
@@ -319,7 +322,7 @@ struct Builder {
       p.mount_plan.push_back("then: every mount moves into " + std::string(kNewRoot) + ", which becomes / for the command");
     if (boot()) {
       guest.switch_root = kNewRoot;
-      guest.init = s.system.in_guest + "/init";
+      guest.init = s.system.in_guest + (s.system.guix ? "/boot" : "/init");
       p.mount_plan.push_back("then: every mount moves into " + std::string(kNewRoot) + ", which becomes /, and " + guest.init +
                              " runs as PID 1");
     }
@@ -372,6 +375,11 @@ struct Builder {
     if (s.console == Console::kQuiet) append += " quiet loglevel=1";
     // Then, as qemu-vm.nix orders them: a booted system's own parameters,
     // the spec's, and $QEMU_KERNEL_PARAMS.
+    // A Guix system is told where it is, as Guix's own VM script does
+    // (vmlaunch's init mounts the root itself; --root is for the system).
+    if (boot() && s.system.guix)
+      append += (s.system.guix_root.empty() ? "" : " --root=" + s.system.guix_root) + " gnu.system=" + s.system.in_guest +
+                " gnu.load=" + s.system.in_guest + "/boot";
     if (boot() && !s.system.kernel_params.empty()) append += " " + s.system.kernel_params;
     if (!s.cmdline.empty()) append += " " + s.cmdline;
     if (!in.extra_kernel_params.empty()) append += " " + in.extra_kernel_params;

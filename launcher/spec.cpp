@@ -9,6 +9,7 @@
 
 #include "common/closure.h"
 #include "launcher/disks.h"
+#include "launcher/sexp.h"
 
 namespace fsd::launcher {
 namespace {
@@ -513,6 +514,7 @@ class Checker {
     sys.has_env = has("sw/bin/env");
     sys.has_etc = is_dir(top / "etc");
     sys.has_init = has("init");
+    if (has("parameters")) read_guix_parameters(s, top, at);
     if (s.kernel.empty()) {
       if (!has("kernel")) fail(at, "\"" + sys.path + "\" has no kernel (give \"kernel\")");
       s.kernel = top / "kernel";
@@ -523,8 +525,61 @@ class Checker {
       for (auto& e : std::filesystem::directory_iterator(mods, ec))
         if (e.is_directory()) s.modules = e.path().string();
     if (sys.mode == SystemMode::kBoot && !sys.has_init)
-      fail("systemMode", "boot needs the system's init, and \"" + sys.path + "\" has none");
-    if (has("kernel-params")) sys.kernel_params = read_kernel_params(top / "kernel-params", at);
+      fail("systemMode", std::string("boot needs the system's ") + (sys.guix ? "boot script" : "init") + ", and \"" + sys.path +
+                             "\" has none");
+    if (!sys.guix && has("kernel-params")) sys.kernel_params = read_kernel_params(top / "kernel-params", at);
+  }
+
+  // A Guix system: its boot parameters (an s-expression) name the kernel,
+  // its arguments, the root device and where the store is mounted; its
+  // `boot` script is what runs as PID 1.
+  void read_guix_parameters(Spec& s, const std::filesystem::path& top, const std::string& at) {
+    SystemSpec& sys = s.system;
+    std::string file = (top / "parameters").string();
+    std::ifstream in(file, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) fail(at, "cannot read " + file);
+    if (text.size() > (1 << 20)) fail(at, file + " is larger than a system's boot parameters are");
+    Sexp p;
+    try {
+      p = read_sexp(text);
+    } catch (const std::invalid_argument& e) {
+      fail(at, file + ": " + e.what());
+    }
+    if (!p.is_list() || p.items.empty() || p.items[0].text != "boot-parameters")
+      fail(at, file + " holds no (boot-parameters ...): it is not a Guix system's");
+    sys.guix = true;
+    sys.has_init = exists(top / "boot");
+    std::string store_at = "/gnu/store";
+    if (const Sexp* store = p.field("store"))
+      if (std::string m = store->string_of("mount-point"); !m.empty()) store_at = m;
+    if (s.store.mount_point != store_at)
+      fail("store.mountPoint", "the Guix system " + sys.path + " finds its store at " + store_at +
+                                   " (its parameters say so): give \"mountPoint\": \"" + store_at + "\"");
+    // Its kernel, named in the guest's store: the same file in the host's.
+    std::string kernel = p.string_of("kernel");
+    if (kernel.empty()) fail(at, file + " names no kernel");
+    if (!kernel.starts_with(store_at + "/")) fail(at, "its kernel " + kernel + " is not in the store (" + store_at + ")");
+    std::filesystem::path host_kernel = std::filesystem::path(s.store.path) / kernel.substr(store_at.size() + 1);
+    if (s.kernel.empty()) {
+      if (!exists(host_kernel.string())) fail(at, "its kernel " + host_kernel.string() + " does not exist");
+      s.kernel = host_kernel.string();
+    }
+    // Its modules are the kernel package's.
+    std::error_code ec;
+    if (s.modules.empty())
+      for (auto& e : std::filesystem::directory_iterator(host_kernel.parent_path() / "lib/modules", ec))
+        if (e.is_directory()) s.modules = e.path().string(), sys.has_modules = true;
+    if (const Sexp* args = p.field("kernel-arguments"); args && args->items.size() > 1 && args->items[1].is_list())
+      for (const auto& a : args->items[1].items) {
+        if (!a.is_string()) fail(at, file + ": kernel-arguments holds something other than strings");
+        if (a.text.find_first_of(" \t\n") != std::string::npos)
+          fail(at, file + ": the kernel argument \"" + a.text + "\" holds white space");
+        sys.kernel_params += (sys.kernel_params.empty() ? "" : " ") + a.text;
+      }
+    if (sys.kernel_params.size() > 2048) fail(at, file + ": its kernel-arguments are too long for a kernel command line");
+    sys.guix_root = p.string_of("root-device");
+    if (sys.guix_root.find_first_of(" \t\n") != std::string::npos) sys.guix_root.clear();
   }
 
   // A system's kernel-params: words separated by any white space, made one

@@ -115,8 +115,9 @@ struct ForwardPort {
 };
 
 // A system closure laid out as a NixOS toplevel: kernel, initrd,
-// kernel-modules/lib/modules/VERSION, etc/, sw/bin/, init. It must be in
-// the store, where the guest finds it.
+// kernel-modules/lib/modules/VERSION, etc/, sw/bin/, init; or a Guix
+// system: parameters (naming the kernel and its arguments) and boot. It
+// must be in the store, where the guest finds it.
 struct SystemSpec {
   std::string path;  // "": none; --system overrides
   SystemMode mode = SystemMode::kAuto;
@@ -124,8 +125,13 @@ struct SystemSpec {
   std::string in_guest;  // the toplevel's path in the guest (under the store's mount point)
   bool has_bash = false, has_sh = false, has_env = false, has_modules = false, has_etc = false, has_init = false;
   // Its kernel-params file, on one line ("" if it has none): boot mode
-  // passes them to the kernel, as qemu-vm.nix does.
+  // passes them to the kernel, as qemu-vm.nix does. For a Guix system: its
+  // parameters' kernel-arguments.
   std::string kernel_params;
+  // A Guix system: a `parameters` file (its boot parameters) and a `boot`
+  // script, which boot mode runs as PID 1 (has_init says it is there).
+  bool guix = false;
+  std::string guix_root;  // the parameters' root-device, for --root= ("": none given)
 };
 
 struct Spec {

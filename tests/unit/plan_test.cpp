@@ -448,6 +448,54 @@ TEST_F(SystemPlanTest, BootPassesTheSystemsKernelParams) {
   }
 }
 
+// A Guix system (its parameters and boot script): the kernel its parameters
+// name (in the host's store), their kernel arguments after gnu.system and
+// gnu.load as Guix's VM script passes them, its boot script as PID 1, the
+// store at /gnu/store; exec mode and a store elsewhere are refused.
+TEST_F(PlanTest, AGuixSystemBootsFromItsParameters) {
+  std::string sys = tmp("store/gggg-system"), linux = tmp("store/kkkk-linux-libre-6.1.0");
+  std::filesystem::create_directories(linux + "/lib/modules/6.1.0-gnu");
+  fsd::testing::write_file(linux + "/bzImage", "a kernel");
+  fsd::testing::write_file(sys + "/boot", "#!/gnu/store/gggg-guile/bin/guile\n");
+  fsd::testing::write_file(sys + "/parameters", R"((boot-parameters (version 0) (label "GNU")
+    (root-device "my-root") (kernel "/gnu/store/kkkk-linux-libre-6.1.0/bzImage")
+    (kernel-arguments ("quiet" "loglevel=3")) (initrd "/gnu/store/iiii-raw-initrd/initrd.cpio.gz")
+    (store (device #f) (mount-point "/gnu/store") (directory-prefix #f))))");
+  json store{{"path", tmp("store")}, {"mountPoint", "/gnu/store"}};
+  json j{{"system", sys}, {"store", store}};
+  Spec spec = parse_spec(j, ctx_);
+  EXPECT_TRUE(spec.system.guix);
+  EXPECT_EQ(spec.kernel, linux + "/bzImage");
+  EXPECT_EQ(spec.modules, linux + "/lib/modules/6.1.0-gnu");
+  EXPECT_EQ(spec.system.kernel_params, "quiet loglevel=3");
+  Plan p = make_plan(spec, in_);
+  auto append = *(std::find(p.qemu_argv.begin(), p.qemu_argv.end(), "-append") + 1);
+  EXPECT_NE(append.find(" --root=my-root gnu.system=/gnu/store/gggg-system gnu.load=/gnu/store/gggg-system/boot quiet loglevel=3"),
+            std::string::npos) << append;
+  EXPECT_EQ(p.guest["init"], "/gnu/store/gggg-system/boot");
+  EXPECT_NE(p.guest["mounts"].dump().find(R"("target":"/gnu/store")"), std::string::npos) << p.guest["mounts"].dump();
+  auto error_of = [&](json spec_json, bool with_command = false) {
+    if (with_command) spec_json["command"] = "true";
+    try {
+      make_plan(parse_spec(spec_json, ctx_), in_);
+    } catch (const SpecError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_EQ(error_of(j, true), "system: " + sys + " is a Guix system, which boots (leave the command out, or systemMode boot); "
+                                                  "exec mode's context is a NixOS system's");
+  EXPECT_EQ(error_of({{"system", sys}, {"store", {{"path", tmp("store")}}}}),
+            "spec.json: store.mountPoint: the Guix system " + sys + " finds its store at /gnu/store (its parameters say so): "
+            "give \"mountPoint\": \"/gnu/store\"");
+  fsd::testing::write_file(sys + "/parameters", "(boot-parameters (kernel \"/gnu/store/kkkk\"");
+  EXPECT_EQ(error_of(j), "spec.json: system: " + sys + "/parameters: line 1: a list is not closed");
+  fsd::testing::write_file(sys + "/parameters", "(menu-entry)");
+  EXPECT_EQ(error_of(j), "spec.json: system: " + sys + "/parameters holds no (boot-parameters ...): it is not a Guix system's");
+  fsd::testing::write_file(sys + "/parameters", "(boot-parameters (kernel \"/elsewhere/bzImage\"))");
+  EXPECT_EQ(error_of(j), "spec.json: system: its kernel /elsewhere/bzImage is not in the store (/gnu/store)");
+}
+
 // With graphics, a booted system's /dev/console (the last console=) is the
 // display, as in qemu-vm.nix; a command's output stays on the serial port.
 TEST_F(SystemPlanTest, ABootedSystemWithADisplayHasItsConsoleThere) {
