@@ -532,6 +532,58 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   expect_clean();
 }
 
+// A Guix-shaped system: its parameters name the kernel (in the store, with
+// its modules) and its arguments; its boot script runs as PID 1, with the
+// store at /gnu/store and told where the system is, as Guix's VM script does.
+TEST_F(Vmlaunch, AGuixSystemBoots) {
+  fs::path store = tmp_.path() / "store";
+  const std::string busybox = "/gnu/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-busybox";
+  const std::string sys = "/gnu/store/gggggggggggggggggggggggggggggggg-system";
+  const std::string linux = "/gnu/store/kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk-linux-libre";
+  auto host = [&](const std::string& in_guest) { return store / in_guest.substr(std::string("/gnu/store/").size()); };
+  fs::create_directories(host(busybox) / "bin");
+  fs::copy_file("/bin/busybox", host(busybox) / "bin/busybox");
+  for (const char* applet : {"sh", "cat", "ls", "grep", "poweroff", "sync"}) fs::create_symlink("busybox", host(busybox) / "bin" / applet);
+  fs::create_directories(host(linux) / "lib/modules");
+  fs::create_symlink(guest_kernel_dir() + "/vmlinuz", host(linux) / "bzImage");
+  for (auto& e : fs::directory_iterator(guest_kernel_dir() + "/lib/modules"))
+    fs::create_symlink(e.path(), host(linux) / "lib/modules" / e.path().filename());
+  write_file(host(sys) / "parameters", "(boot-parameters (version 0) (label \"GNU with Linux-Libre\")\n"
+                                       "  (root-device \"my-root\")\n"
+                                       "  (kernel \"" + linux + "/bzImage\")\n"
+                                       "  (kernel-arguments (\"guix.synthetic=1\"))\n"
+                                       "  (initrd \"/gnu/store/iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii-raw-initrd/initrd.cpio.gz\")\n"
+                                       "  (store (device #f) (mount-point \"/gnu/store\") (directory-prefix #f)))\n");
+  write_file(host(sys) / "boot", "#!" + busybox + "/bin/sh\n"
+                                 "export PATH=" + busybox + "/bin\n"
+                                 "echo \"guix-boot: pid $$\"\n"
+                                 "echo \"guix-boot: cmdline: $(cat /proc/cmdline)\"\n"
+                                 "cat /gnu/store/*-thing/data.txt\n"
+                                 "echo booted-guix > /tmp/shared/guix.txt\n"
+                                 "sync; poweroff -f\n");
+  fs::permissions(host(sys) / "boot", fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                          fs::perms::others_read | fs::perms::others_exec);
+  std::string out;
+  int st = run({spec("", 0, [&](nlohmann::json& j) {
+                 j.erase("kernel");
+                 j.erase("command");
+                 j["system"] = host(sys).string();
+                 j["store"]["mountPoint"] = "/gnu/store";
+                 j["console"] = "serial";
+               })},
+               &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("guix-boot: pid 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("store content"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "shared/guix.txt"), "booted-guix\n");
+  size_t at = out.find("guix-boot: cmdline: ");
+  ASSERT_NE(at, std::string::npos) << out;
+  std::string line = out.substr(at, out.find('\n', at) - at);
+  EXPECT_NE(line.find("--root=my-root gnu.system=" + sys + " gnu.load=" + sys + "/boot guix.synthetic=1"), std::string::npos)
+      << line;
+  expect_clean();
+}
+
 TEST_F(Vmlaunch, WithoutACommandTheConsoleIsAShell) {
   nlohmann::json j = nlohmann::json::parse(read_file(spec("true")));
   j.erase("command");
