@@ -172,14 +172,25 @@ PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log) {
   return out;
 }
 
-std::string store_image(StoreImage kind, const std::string& store, const std::string& cache, const std::string& log) {
+std::string store_image(StoreImage kind, const std::string& store, const std::string& cache, const std::string& log,
+                        const fsd::Closure* closure) {
+  if (closure && kind != StoreImage::kSquashfs)
+    throw std::invalid_argument("an image of a closure is made with squashfs (mkfs.erofs takes no list of what to leave out)");
   // The key: a hash of a walk of the tree, without reading file contents.
-  std::string manifest = std::string(name_of(kind)) + ";";
+  std::string manifest = std::string(name_of(kind)) + (closure ? ";closure;" : ";");
+  std::string excluded;  // the top-level entries a closure leaves out, one per line (mksquashfs -ef)
   std::error_code ec;
   fs::recursive_directory_iterator it(store, fs::directory_options::none, ec), end;
   if (ec) throw std::runtime_error("store: cannot read " + store + ": " + ec.message());
   for (; it != end; it.increment(ec)) {
     if (ec) throw std::runtime_error("store: cannot read " + store + ": " + ec.message());
+    if (closure && it.depth() == 0 && !closure->shows(it->path().filename().string())) {
+      std::string name = it->path().filename().string();
+      if (name.find('\n') != std::string::npos) throw std::runtime_error("store: an entry's name holds a newline: " + name);
+      excluded += name + "\n";
+      it.disable_recursion_pending();
+      continue;
+    }
     struct stat st{};
     if (::lstat(it->path().c_str(), &st) != 0) continue;
     manifest += it->path().lexically_relative(store).string() + ":" + std::to_string(st.st_mode) + ":" +
@@ -197,7 +208,13 @@ std::string store_image(StoreImage kind, const std::string& store, const std::st
   std::vector<std::string> argv;
   if (kind == StoreImage::kErofs) argv = {system_tool("mkfs.erofs"), "--quiet", tmp, store};
   else argv = {system_tool("mksquashfs"), store, tmp, "-quiet", "-noappend", "-no-progress", "-comp", "zstd"};
+  std::string exclude_file = tmp + ".exclude";
+  if (closure) {
+    std::ofstream(exclude_file, std::ios::binary) << excluded;
+    argv.insert(argv.end(), {"-ef", exclude_file});
+  }
   int st = run_logged(argv, log);
+  if (closure) fs::remove(exclude_file, ec);
   if (st != 0) {
     fs::remove(tmp, ec);
     std::string package = kind == StoreImage::kErofs ? "erofs-utils" : "squashfs-tools";

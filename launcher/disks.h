@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/closure.h"
 #include "launcher/spec.h"
 
 namespace fsd::launcher {
@@ -39,7 +40,10 @@ PreparedDisk prepare_disk(const DiskSpec& d, const std::string& log);
 // keyed by what is in the directory: every entry's path, type, mode, size,
 // modification time and link target, so a changed store gets a new image
 // and an unchanged one is reused. Throws std::runtime_error with the tool's
-// output when it fails.
-std::string store_image(StoreImage kind, const std::string& store, const std::string& cache, const std::string& log);
+// output when it fails. With a `closure`, only the top-level entries it
+// lists are in the image (and in its key): squashfs only, since mkfs.erofs
+// takes no list of what to leave out (std::invalid_argument for erofs).
+std::string store_image(StoreImage kind, const std::string& store, const std::string& cache, const std::string& log,
+                        const fsd::Closure* closure = nullptr);
 
 }  // namespace fsd::launcher

@@ -474,8 +474,9 @@ class Checker {
       fail(ctx_.store_override.empty() ? "store.path" : "store (--store)", "\"" + store.path + "\" is not a directory");
     claim_mount_point(store.mount_point, "store.mountPoint");
     if (!store.closure.empty()) {
-      if (store.image != StoreImage::kNone)
-        fail("store.closure", "an image of the store holds all of it; the closure view is for the shared store (leave \"image\" out)");
+      if (store.image == StoreImage::kErofs)
+        fail("store.closure", "an erofs image holds the whole store (mkfs.erofs takes no list of what to leave out): use "
+                              "\"image\": \"squashfs\", or no image");
       if (store.proto == Proto::k9pQemu)
         fail("store.closure", "needs fsd's share of the store (\"proto\": \"virtiofs\" or \"9p\"); QEMU's own 9p shows the whole directory");
       try {

@@ -387,6 +387,20 @@ TEST_F(Vmlaunch, StoreImagesReplaceTheShare) {
     EXPECT_NE(out.find("overlay-takes-writes"), std::string::npos) << out;
   }
   EXPECT_EQ(images(), 2u) << "the second erofs run made a new image of an unchanged store";
+  // An image of a closure (store.closure, squashfs): only its paths.
+  write_file(tmp_.path() / "closure", "/nix/store/dddddddddddddddddddddddddddddddd-hello\n");
+  std::string path = spec("/nix/store/*-hello/bin/hello; ls /nix/store | tr '\\n' ' '; echo", 0, [&](nlohmann::json& j) {
+    j["store"]["image"] = "squashfs";
+    j["store"]["closure"] = (tmp_.path() / "closure").string();
+  });
+  ::setenv("FSD_CACHE", cache.c_str(), 1);
+  std::string out;
+  int st = run({path}, &out);
+  ::unsetenv("FSD_CACHE");
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("hello-from-the-image"), std::string::npos) << out;
+  EXPECT_NE(out.find("\ndddddddddddddddddddddddddddddddd-hello \r"), std::string::npos) << out;  // and nothing else
+  EXPECT_EQ(images(), 3u);
   expect_clean();
 }
 
