@@ -277,7 +277,7 @@ struct Builder {
       disk_mount(*it);
       disks.erase(it);
     };
-    if (!s.root.file.empty() && !has_system())
+    if (!s.root.file.empty() && !has_system() && !s.boot_loader)
       throw SpecError("root: a root disk holds a system's root (\"system\")");
     if (exec_system() && s.system.guix)
       throw SpecError("system: " + s.system.path + " is a Guix system, which boots (leave the command out, or systemMode boot); "
@@ -364,8 +364,12 @@ struct Builder {
     // 145 ms each).
     p.qemu_argv = {s.qemu_binary, "-name", opt("guest", s.name), "-machine", "q35", "-accel", std::string(name_of(in.accel)),
                    "-smp", std::to_string(s.cpus), "-m", mem,
-                   "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on", "-numa", "node,memdev=mem",
-                   "-kernel", in.boot_kernel.empty() ? s.kernel : in.boot_kernel, "-initrd", in.initrd};
+                   "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on", "-numa", "node,memdev=mem"};
+    if (s.firmware == Firmware::kUefi)
+      add({"-drive", "if=pflash,format=raw,unit=0,readonly=on," + opt("file", in.ovmf_code), "-drive",
+           "if=pflash,format=raw,unit=1," + opt("file", s.efi_vars)});
+    // Direct kernel boot, unless the first disk's bootloader boots.
+    if (!s.boot_loader) add({"-kernel", in.boot_kernel.empty() ? s.kernel : in.boot_kernel, "-initrd", in.initrd});
     // The last console is /dev/console. A booted system with a display has
     // it there, as qemu-vm.nix does; a command's output stays on the
     // serial console, where vmlaunch's caller reads it.
@@ -383,8 +387,9 @@ struct Builder {
     if (boot() && !s.system.kernel_params.empty()) append += " " + s.system.kernel_params;
     if (!s.cmdline.empty()) append += " " + s.cmdline;
     if (!in.extra_kernel_params.empty()) append += " " + in.extra_kernel_params;
-    add({"-append", append, "-nodefaults", "-no-reboot", "-serial", "stdio"});
-    if (!in.status_file.empty()) add({"-serial", "file:" + in.status_file});  // the guest's kStatusPort
+    if (!s.boot_loader) add({"-append", append});
+    add({"-nodefaults", "-no-reboot", "-serial", "stdio"});
+    if (!in.status_file.empty() && !s.boot_loader) add({"-serial", "file:" + in.status_file});  // the guest's kStatusPort
     // graphics: a VGA display beside the serial console (the guest's status
     // has a serial port of its own), of the spec's size, with a tablet.
     if (s.graphics) {

@@ -13,8 +13,13 @@
 
 namespace fsd::launcher {
 
+// Debian's ovmf package: UEFI firmware and its variables' template.
+inline constexpr const char* kOvmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+inline constexpr const char* kOvmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 struct PlanInputs {
   std::string fsd_binary;
+  std::string ovmf_code = kOvmfCode, ovmf_vars = kOvmfVars;
   std::string run_dir;      // where fsd's sockets go
   std::string initrd;       // the initramfs vmlaunch built
   std::string boot_kernel;  // what -kernel boots: the spec's kernel, or its uncompressed PVH form ("": the spec's)

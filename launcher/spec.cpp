@@ -164,6 +164,9 @@ void schema(V& v, Spec& s) {
   v.field("usbTablet", s.usb_tablet);
   v.field("diskInterface", s.disk_interface);
   v.field("guestAgent", GuestAgentField{s.guest_agent, s.guest_agent_socket});
+  v.field("firmware", s.firmware);
+  v.field("efiVars", s.efi_vars);
+  v.field("bootLoader", s.boot_loader);
   v.field("rng", s.rng);
   v.field("nixDb", NixDbField{s.nix_db});
 }
@@ -413,8 +416,9 @@ class Checker {
     bool system = !s.system.path.empty() || !ctx_.system_override.empty();
     if (system) check_store(s.store);
     check_system(s);
-    if (s.kernel.empty()) fail("kernel", "is required (scripts/setup fetches a default guest kernel)");
-    if (!exists(s.kernel)) fail("kernel", "\"" + s.kernel + "\" does not exist");
+    check_firmware(s);
+    if (s.kernel.empty() && !s.boot_loader) fail("kernel", "is required (scripts/setup fetches a default guest kernel)");
+    if (!s.kernel.empty() && !exists(s.kernel)) fail("kernel", "\"" + s.kernel + "\" does not exist");
     if (!s.initrd.empty() && !exists(s.initrd)) fail("initrd", "\"" + s.initrd + "\" does not exist");
     if (!s.modules.empty() && !is_dir(s.modules)) fail("modules", "\"" + s.modules + "\" is not a directory");
     if (!system) check_store(s.store);
@@ -443,7 +447,7 @@ class Checker {
     if (!ctx_.root_disk_override.empty()) s.root.file = ctx_.root_disk_override;
     if (!s.root.file.empty()) {
       std::string at = ctx_.root_disk_override.empty() ? "root" : "root (NIX_DISK_IMAGE)";
-      if (s.system.path.empty()) fail(at, "a root disk holds a system's root (\"system\"): without one, the command's tools are the initramfs's, which are not on the disk");
+      if (s.system.path.empty() && !s.boot_loader) fail(at, "a root disk holds a system's root (\"system\"): without one, the command's tools are the initramfs's, which are not on the disk");
       if (!s.root.mount_point.empty()) fail("root.mountPoint", "is / (the system's root)");
       if (s.root.fs_type.empty()) fail("root.fsType", "is required");
       if (s.root.read_only) fail("root.readOnly", "a system's root must be writable");
@@ -529,6 +533,25 @@ class Checker {
       fail("systemMode", std::string("boot needs the system's ") + (sys.guix ? "boot script" : "init") + ", and \"" + sys.path +
                              "\" has none");
     if (!sys.guix && has("kernel-params")) sys.kernel_params = read_kernel_params(top / "kernel-params", at);
+  }
+
+  // The firmware and what it boots.
+  void check_firmware(Spec& s) {
+    if (!ctx_.efi_vars_override.empty()) s.efi_vars = ctx_.efi_vars_override;
+    std::string vars_at = ctx_.efi_vars_override.empty() ? "efiVars" : "efiVars (NIX_EFI_VARS)";
+    if (s.firmware == Firmware::kUefi) {
+      if (s.efi_vars.empty()) s.efi_vars = s.name + "-efi-vars.fd";
+      s.efi_vars = std::filesystem::absolute(s.efi_vars).string();
+      if (!is_dir(std::filesystem::path(s.efi_vars).parent_path().string()))
+        fail(vars_at, "\"" + s.efi_vars + "\": its directory does not exist");
+    } else if (!s.efi_vars.empty() && ctx_.efi_vars_override.empty()) {
+      fail("efiVars", "is UEFI's: needs \"firmware\": \"uefi\"");
+    }
+    if (!s.boot_loader) return;
+    if (s.has_command()) fail("bootLoader", "the disk's bootloader boots what it holds; a command needs vmlaunch's own kernel boot");
+    if (!s.system.path.empty()) fail("bootLoader", "the disk's bootloader boots what it holds; leave \"system\" out");
+    if (!s.kernel.empty()) fail("bootLoader", "the disk's bootloader loads its own kernel; leave \"kernel\" out");
+    if (s.root.file.empty() && s.disks.empty()) fail("bootLoader", "needs a disk to boot from (\"root\" or \"disks\")");
   }
 
   // A Guix system: its boot parameters (an s-expression) name the kernel,

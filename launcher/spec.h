@@ -40,6 +40,7 @@ enum class Writable { kNone, kTmpfs, kDisk };  // store.writable
 enum class SystemMode { kAuto, kExec, kBoot };  // auto: exec with a command, boot without
 enum class StoreImage { kNone, kErofs, kSquashfs };  // store.image
 enum class DiskInterface { kVirtio, kScsi, kIde };   // diskInterface: how every disk is attached
+enum class Firmware { kBios, kUefi };
 
 inline constexpr EnumName<Accel> kAccelNames[] = {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}};
 inline constexpr EnumName<Proto> kProtoNames[] = {
@@ -62,6 +63,8 @@ constexpr std::span<const EnumName<StoreImage>> names(StoreImage) { return kStor
 inline constexpr EnumName<DiskInterface> kDiskInterfaceNames[] = {
     {"virtio", DiskInterface::kVirtio}, {"scsi", DiskInterface::kScsi}, {"ide", DiskInterface::kIde}};
 constexpr std::span<const EnumName<DiskInterface>> names(DiskInterface) { return kDiskInterfaceNames; }
+inline constexpr EnumName<Firmware> kFirmwareNames[] = {{"bios", Firmware::kBios}, {"uefi", Firmware::kUefi}};
+constexpr std::span<const EnumName<Firmware>> names(Firmware) { return kFirmwareNames; }
 
 struct DiskSpec {
   std::string file;
@@ -174,6 +177,14 @@ struct Spec {
   // vmlaunch's run directory).
   bool guest_agent = false;
   std::string guest_agent_socket;
+  // The firmware: SeaBIOS, or OVMF (Debian's ovmf) with the VM's own
+  // persistent variables file (efiVars; $NIX_EFI_VARS; else
+  // ./NAME-efi-vars.fd, as qemu-vm.nix), made from OVMF's template when
+  // missing. bootLoader: the first disk's bootloader boots it (no -kernel,
+  // no vmlaunch init, no command), as qemu-vm.nix's useBootLoader.
+  Firmware firmware = Firmware::kBios;
+  std::string efi_vars;
+  bool boot_loader = false;
   bool rng = true;     // a virtio-rng device, so the guest has entropy from the start
   std::string nix_db;  // the host's Nix database to share ("": none)
 
@@ -192,6 +203,7 @@ struct SpecContext {
   std::string system_override;     // --system
   std::optional<SystemMode> system_mode_override;  // --system-mode
   std::string root_disk_override;  // $NIX_DISK_IMAGE
+  std::string efi_vars_override;   // $NIX_EFI_VARS
   std::string shared_dir;          // $SHARED_DIR (default: xchg's directory)
   std::string xchg_dir;            // the fresh xchg directory
 };

@@ -251,7 +251,7 @@ class Launch {
     prepare_disks();
     make_run_plan();
     if (o_.dry_run) return print_plan();
-    build_initramfs();
+    if (!spec_.boot_loader) build_initramfs();
     block_signals();
     start_fsd();
     start_qemu();
@@ -280,6 +280,7 @@ class Launch {
     ctx.store_override = o_.store;
     ctx.system_override = o_.system;
     if (const char* image = std::getenv("NIX_DISK_IMAGE"); image && *image) ctx.root_disk_override = image;
+    if (const char* vars = std::getenv("NIX_EFI_VARS"); vars && *vars) ctx.efi_vars_override = vars;
     for (const auto& n : kSystemModeNames)
       if (o_.system_mode == n.name) ctx.system_mode_override = n.value;
     ctx.xchg_dir = xchg_dir_;
@@ -320,10 +321,12 @@ class Launch {
     in_.qmp_socket = path("run/qmp.sock");
     in_.relay_binary = fs::read_symlink("/proc/self/exe").string();
     in_.initrd = path("initrd.img");
-    in_.module_dir = spec_.modules.empty() ? find_module_dir(spec_.kernel) : spec_.modules;
-    // Decompressed once on the host, the kernel boots without unpacking
-    // itself in the guest (seconds under TCG; see kernel_image.h).
-    in_.boot_kernel = pvh_kernel(spec_.kernel, cache_root());
+    if (!spec_.boot_loader) {  // else the disk's bootloader brings its own kernel
+      in_.module_dir = spec_.modules.empty() ? find_module_dir(spec_.kernel) : spec_.modules;
+      // Decompressed once on the host, the kernel boots without unpacking
+      // itself in the guest (seconds under TCG; see kernel_image.h).
+      in_.boot_kernel = pvh_kernel(spec_.kernel, cache_root());
+    }
     in_.status_file = path("status");
     in_.uid = ::getuid();
     // auto: KVM when it can be opened, else TCG; a KVM guest that stays
@@ -360,6 +363,18 @@ class Launch {
       }
       in_.disks.push_back({d.file, p.format, d.read_only, d.snapshot});
     };
+    if (spec_.firmware == Firmware::kUefi && !fs::exists(spec_.efi_vars)) {
+      // The VM's own UEFI variables, from OVMF's template, kept across runs.
+      if (!fs::exists(in_.ovmf_vars)) die(kExitUsage, "firmware uefi: no " + in_.ovmf_vars + " (install Debian's ovmf package)");
+      if (!o_.dry_run) {
+        std::error_code ec;
+        fs::copy_file(in_.ovmf_vars, spec_.efi_vars, ec);
+        if (ec) die(1, "cannot make " + spec_.efi_vars + ": " + ec.message());
+        std::fprintf(stderr, "vmlaunch: made the UEFI variables file %s\n", spec_.efi_vars.c_str());
+      }
+    }
+    if (spec_.firmware == Firmware::kUefi && !fs::exists(in_.ovmf_code))
+      die(kExitUsage, "firmware uefi: no " + in_.ovmf_code + " (install Debian's ovmf package)");
     if (!spec_.root.file.empty()) prepare(spec_.root);
     for (const auto& d : spec_.disks) prepare(d);
     for (size_t i = 0; i < spec_.empty_disks_mib.size(); i++)

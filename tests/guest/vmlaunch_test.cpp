@@ -598,6 +598,49 @@ TEST_F(Vmlaunch, AGuixSystemBoots) {
   expect_clean();
 }
 
+// firmware uefi with bootLoader: OVMF boots a disk the test makes (an EFI
+// system partition with a standalone GRUB, which loads the guest kernel and
+// a small initramfs from it), with the VM's own variables file, made from
+// OVMF's template on the first run and kept for the next.
+TEST_F(Vmlaunch, AUefiDiskBootsThroughOvmf) {
+  fs::path w = tmp_.path() / "esp";
+  fs::create_directories(w / "initrd/bin");
+  fs::copy_file("/bin/busybox", w / "initrd/bin/busybox");
+  write_file(w / "initrd/init", "#!/bin/busybox sh\n/bin/busybox echo booted-through-uefi\n/bin/busybox poweroff -f\n");
+  fs::permissions(w / "initrd/init", fs::perms::owner_all);
+  write_file(w / "grub.cfg", "set timeout=0\nlinux ($root)/vmlinuz console=ttyS0 panic=-1 quiet\ninitrd ($root)/initrd.gz\nboot\n");
+  write_file(w / "embed.cfg", "search --no-floppy --file --set=root /vmlinuz\nconfigfile ($root)/grub.cfg\n");
+  std::string esp = (w / "esp.img").string();
+  std::string script = "set -e; cd '" + w.string() + "'; (cd initrd && find . | cpio -o -H newc --quiet | gzip > ../initrd.gz); "
+                       "grub-mkstandalone -O x86_64-efi -o BOOTX64.EFI --modules='fat search linux normal configfile' "
+                       "boot/grub/grub.cfg=embed.cfg; truncate -s 32M esp.img; mformat -i esp.img ::; "
+                       "mmd -i esp.img ::/EFI ::/EFI/BOOT; mcopy -i esp.img BOOTX64.EFI ::/EFI/BOOT/; "
+                       "mcopy -i esp.img '" + guest_kernel_dir() + "/vmlinuz' ::/vmlinuz; mcopy -i esp.img initrd.gz grub.cfg ::/";
+  auto log = tmp_.path() / "esp.log";
+  ChildProcess make({"/bin/sh", "-c", script}, log);
+  ASSERT_EQ(make.wait(std::chrono::seconds(120)), 0) << read_file(log) << "(scripts/setup installs grub-efi-amd64-bin and mtools)";
+  fs::path vars = tmp_.path() / "vm-efi-vars.fd";
+  auto uefi = spec("", 0, [&](nlohmann::json& j) {
+    j.erase("kernel");
+    j.erase("command");
+    j["firmware"] = "uefi";
+    j["efiVars"] = vars.string();
+    j["bootLoader"] = true;
+    j["console"] = "serial";
+    j["disks"] = nlohmann::json::array({{{"file", esp}}});
+  });
+  for (bool first : {true, false}) {
+    SCOPED_TRACE(first ? "first run" : "second run");
+    std::string out;
+    int st = run({uefi}, &out);
+    EXPECT_EQ(st, 0) << out;
+    EXPECT_NE(out.find("booted-through-uefi"), std::string::npos) << out;
+    EXPECT_EQ(out.find("made the UEFI variables file") != std::string::npos, first) << out;
+    EXPECT_EQ(fs::file_size(vars), fs::file_size("/usr/share/OVMF/OVMF_VARS_4M.fd"));
+  }
+  expect_clean();
+}
+
 TEST_F(Vmlaunch, WithoutACommandTheConsoleIsAShell) {
   nlohmann::json j = nlohmann::json::parse(read_file(spec("true")));
   j.erase("command");

@@ -137,6 +137,60 @@ TEST_F(PlanTest, TheDisplaysSizeAndATabletComeWithGraphics) {
   }
 }
 
+// firmware uefi: OVMF's code read-only and the VM's own variables; with
+// bootLoader the first disk boots, without -kernel, -initrd, -append or
+// the status port (there is no vmlaunch init to report one).
+TEST_F(PlanTest, UefiFirmwareAndBootingTheDisksBootloader) {
+  in_.ovmf_code = "/ovmf/CODE.fd";
+  Plan p = plan({{"firmware", "uefi"}, {"efiVars", tmp("data/vm,vars.fd")}});
+  std::string text = joined(p.qemu_argv);
+  EXPECT_NE(text.find("-drive if=pflash,format=raw,unit=0,readonly=on,file=/ovmf/CODE.fd -drive if=pflash,format=raw,unit=1,file=" +
+                      tmp("data/vm,,vars.fd")),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("-kernel "), std::string::npos) << text;  // direct kernel boot works through OVMF too
+  std::filesystem::create_directories(tmp("img"));
+  fsd::testing::write_file(tmp("img/esp.img"), "x");
+  in_.disks = {{tmp("img/esp.img"), "raw"}};
+  in_.status_file = "/run/vm/status";
+  json j{{"store", {{"path", tmp("store")}}}, {"firmware", "uefi"}, {"efiVars", tmp("data/vars.fd")}, {"bootLoader", true},
+         {"disks", json::array({{{"file", tmp("img/esp.img")}}})}};
+  p = make_plan(parse_spec(j, ctx_), in_);
+  text = joined(p.qemu_argv);
+  for (const char* absent : {"-kernel", "-initrd", "-append", "file:/run/vm/status"})
+    EXPECT_EQ(text.find(absent), std::string::npos) << absent << ": " << text;
+  EXPECT_NE(text.find("file=" + tmp("img/esp.img") + ",if=virtio"), std::string::npos) << text;
+  auto error_of = [&](json spec_json) {
+    try {
+      make_plan(parse_spec(spec_json, ctx_), in_);
+    } catch (const SpecError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  // qemu-vm.nix's useBootLoader boots the root disk: no system needed.
+  json root = j;
+  root.erase("disks");
+  root["root"] = {{"file", tmp("img/esp.img")}};
+  EXPECT_EQ(error_of(root), "(no error)");
+  json bad = j;
+  bad["command"] = "true";
+  EXPECT_EQ(error_of(bad), "spec.json: bootLoader: the disk's bootloader boots what it holds; a command needs vmlaunch's own kernel boot");
+  bad = j;
+  bad["kernel"] = tmp("vmlinuz");
+  EXPECT_EQ(error_of(bad), "spec.json: bootLoader: the disk's bootloader loads its own kernel; leave \"kernel\" out");
+  bad = j;
+  bad.erase("disks");
+  EXPECT_EQ(error_of(bad), "spec.json: bootLoader: needs a disk to boot from (\"root\" or \"disks\")");
+  bad = j;
+  bad["firmware"] = "bios";
+  EXPECT_EQ(error_of(bad), "spec.json: efiVars: is UEFI's: needs \"firmware\": \"uefi\"");
+  bad["firmware"] = "coreboot";
+  EXPECT_NE(error_of(bad).find("spec.json: firmware: "), std::string::npos) << error_of(bad);
+  bad = j;
+  bad["efiVars"] = tmp("nope/vars.fd");
+  EXPECT_EQ(error_of(bad), "spec.json: efiVars: \"" + tmp("nope/vars.fd") + "\": its directory does not exist");
+}
+
 TEST_F(PlanTest, AGuestAgentGetsAChannelAndASocket) {
   Plan p = plan({{"guestAgent", true}});
   std::string text = joined(p.qemu_argv);

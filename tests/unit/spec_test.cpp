@@ -114,9 +114,9 @@ TEST_F(SpecTest, UnknownFields) {
   json j = base();
   j["memroy"] = 512;
   EXPECT_EQ(error_of(j),
-            "spec.json: memroy: unknown field (known here: accel, cmdline, command, console, cpus, diskInterface, disks, "
-            "emptyDisks, env, forwardPorts, graphics, guestAgent, initrd, kernel, memory, modules, name, network, nixDb, qemu, "
-            "resolution, rng, root, shares, store, system, systemMode, timeout, usbTablet, vlanHost, vlans)");
+            "spec.json: memroy: unknown field (known here: accel, bootLoader, cmdline, command, console, cpus, diskInterface, "
+            "disks, efiVars, emptyDisks, env, firmware, forwardPorts, graphics, guestAgent, initrd, kernel, memory, modules, name, "
+            "network, nixDb, qemu, resolution, rng, root, shares, store, system, systemMode, timeout, usbTablet, vlanHost, vlans)");
   j = base();
   j["shares"] = json::array({{{"tag", "d"}, {"sorce", tmp("data")}, {"target", "/d"}}});
   EXPECT_EQ(error_of(j), "spec.json: shares[0].sorce: unknown field (known here: cache, msize, proto, readOnly, source, tag, target, writeback)");
