@@ -103,7 +103,8 @@ TEST(FuseDecode, CreationsCarryTheirSecurityContext) {
   expect_label(std::get<Symlink>(r->args).extra);
   // Older clients: the same record, after the last argument.
   fuse_mkdir_in mi{.mode = 0755, .umask = 022};
-  r = decode(Req(FUSE_MKDIR, 1).add(mi).str("dir").bytes(ctx).bytes());
+  auto mkdir = Req(FUSE_MKDIR, 1).add(mi).str("dir").bytes(ctx).bytes();  // the decoded views point into it
+  r = decode(mkdir);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(std::get<Mkdir>(r->args).name, "dir");
   expect_label(std::get<Mkdir>(r->args).extra);
