@@ -75,4 +75,10 @@ void Closure::add(std::string_view line, const std::string& where) {
 
 bool Closure::shows(std::string_view name) const { return names_.contains(name); }
 
+std::vector<std::string> Closure::names() const {
+  std::vector<std::string> v(names_.begin(), names_.end());
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
 }  // namespace fsd

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_set>
+#include <vector>
 
 namespace fsd {
 
@@ -30,6 +31,7 @@ class Closure {
 
   bool shows(std::string_view name) const;
   size_t size() const { return names_.size(); }
+  std::vector<std::string> names() const;  // sorted
 
  private:
   void add(std::string_view line, const std::string& where);

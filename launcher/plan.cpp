@@ -326,6 +326,13 @@ struct Builder {
       p.mount_plan.push_back("then: every mount moves into " + std::string(kNewRoot) + ", which becomes /, and " + guest.init +
                              " runs as PID 1");
     }
+    if (!s.store.registration.empty()) {
+      guest.registration = kGuestRegistration;
+      guest.nix_store = s.system.in_guest + "/sw/bin/nix-store";
+      p.mount_plan.push_back("then: " + guest.nix_store + " --load-db < " +
+                             (s.store.registration_is_list ? "a registration of the store paths " : "the registration ") +
+                             s.store.registration + (boot() ? ", before the system's init" : ", before the command"));
+    }
     if (s.command_shell) guest.command = {guest.shell, "-c", *s.command_shell};
     else guest.command = s.command_argv;
     for (const auto& [k, v] : s.env) guest.env[k] = v;

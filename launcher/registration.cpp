@@ -311,6 +311,11 @@ std::string format_registration(const std::vector<ValidPath>& paths) {
   return s;
 }
 
+bool is_registration(std::string_view text) {
+  size_t first = text.find('\n');
+  return first != std::string_view::npos && text.substr(first + 1).starts_with("sha256:");
+}
+
 std::vector<ValidPath> compute_registration(const std::string& host_store, const std::string& store_dir,
                                             const std::vector<std::string>& names) {
   std::map<std::string, std::string, std::less<>> by_hash;  // hash part -> name

@@ -64,6 +64,9 @@ NarSummary summarise_nar(const std::string& host_path, const HashParts& hash_par
 // every reference one of the registration's own paths.
 std::vector<ValidPath> parse_registration(std::string_view text, const std::string& store_dir, const std::string& origin);
 std::string format_registration(const std::vector<ValidPath>& paths);
+// True if `text` is a registration rather than a list of store paths: its
+// second line is a NAR hash.
+bool is_registration(std::string_view text);
 
 // The registration of `names` (store names, each in `host_store`), as
 // paths under `store_dir` (the store's directory in the guest), sorted by

@@ -9,6 +9,7 @@
 
 #include "common/closure.h"
 #include "launcher/disks.h"
+#include "launcher/registration.h"
 #include "launcher/sexp.h"
 
 namespace fsd::launcher {
@@ -96,6 +97,7 @@ void schema(V& v, StoreSpec& s) {
   v.field("msize", s.msize, Range{4096, 16 << 20});  // 9p only
   v.field("image", s.image);
   v.field("closure", s.closure);
+  v.field("registration", s.registration);
 }
 
 template <class V>
@@ -425,6 +427,7 @@ class Checker {
     if (s.resolution.x != 0 && !s.graphics) fail("resolution", "is the display's: needs \"graphics\": true");
     if (!s.store.closure.empty() && !s.nix_db.empty())
       fail("store.closure", "the shared Nix database (nixDb) holds every path of the host's store as valid, those the closure hides too; leave nixDb out");
+    check_registration(s);
     for (size_t i = 0; i < s.shares.size(); i++) check_share(s.shares[i], i);
     add_xchg_and_shared(s);
     for (size_t i = 0; i < s.forward_ports.size(); i++) {
@@ -492,6 +495,53 @@ class Checker {
     }
   }
 
+  // store.registration: the guest system's Nix loads it into a database
+  // of the guest's own, so every path it registers must be in the store
+  // the guest sees.
+  void check_registration(Spec& s) {
+    StoreSpec& store = s.store;
+    if (!ctx_.registration_override.empty()) store.registration = ctx_.registration_override;
+    if (store.registration.empty()) return;
+    std::string at = ctx_.registration_override.empty() ? "store.registration" : "store.registration (--registration)";
+    if (s.system.path.empty()) fail(at, "the guest system's Nix loads it: needs a \"system\" with sw/bin/nix-store");
+    if (s.system.guix) fail(at, "is Nix's; a Guix system keeps its store's database itself");
+    if (!s.system.has_nix_store) fail(at, "the system " + s.system.path + " has no sw/bin/nix-store to load it with");
+    if (!s.nix_db.empty()) fail(at, "gives the guest a database of its own; leave nixDb out");
+    if (store.writable == Writable::kNone)
+      fail(at, "Nix writes to the store it opens: needs a writable store (\"writable\": \"tmpfs\" or \"disk\")");
+    std::string file = std::filesystem::absolute(store.registration).string();
+    if (is_dir(file)) {
+      file += "/registration";  // a closureInfo
+      if (!exists(file)) fail(at, "\"" + store.registration + "\" is a directory without a registration file (a closureInfo's)");
+    } else if (!exists(file)) {
+      fail(at, "\"" + store.registration + "\" does not exist");
+    }
+    std::ifstream in(file, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) fail(at, "cannot read " + file);
+    store.registration = file;
+    store.registration_is_list = !is_registration(text);
+    std::vector<std::string> names;
+    try {
+      if (store.registration_is_list) {
+        fsd::Closure list;
+        list.add_list(text, file);
+        names = list.names();
+      } else {
+        for (const auto& p : parse_registration(text, store.mount_point, file))
+          names.push_back(std::filesystem::path(p.path).filename().string());
+      }
+    } catch (const std::exception& e) {
+      fail(at, e.what());
+    }
+    if (names.empty()) fail(at, file + " names no store paths");
+    for (const auto& name : names) {
+      if (!is_store_name(name)) fail(at, file + ": \"" + name + "\" is not a store path's name (HASH-NAME, as Nix makes them)");
+      if (!exists(std::filesystem::path(store.path) / name)) fail(at, file + ": " + name + " is not in the store (" + store.path + ")");
+      if (closure_ && !closure_->shows(name)) fail(at, file + ": " + name + " is hidden by store.closure, so the guest could not reach it");
+    }
+  }
+
   // The system must be in the store; its kernel and modules are the defaults.
   void check_system(Spec& s) {
     SystemSpec& sys = s.system;
@@ -519,6 +569,7 @@ class Checker {
     sys.has_env = has("sw/bin/env");
     sys.has_etc = is_dir(top / "etc");
     sys.has_init = has("init");
+    sys.has_nix_store = has("sw/bin/nix-store");
     if (has("parameters")) read_guix_parameters(s, top, at);
     if (s.kernel.empty()) {
       if (!has("kernel")) fail(at, "\"" + sys.path + "\" has no kernel (give \"kernel\")");

@@ -92,6 +92,14 @@ struct StoreSpec {
   // directory of lists): the guest sees only these in the store (fsd's
   // closure view). "": the whole store.
   std::string closure;
+  // What the guest's Nix database holds as valid, loaded at boot by the
+  // system's own `nix-store --load-db`: a registration (closureInfo's
+  // `registration` file, or its directory), or a list of store paths that
+  // vmlaunch registers itself (their NAR hashes and references computed as
+  // Nix does). "": none. parse_spec resolves it to the file it reads, and
+  // says which of the two that is.
+  std::string registration;
+  bool registration_is_list = false;
 };
 
 struct ShareSpec {
@@ -127,6 +135,7 @@ struct SystemSpec {
   // Found by parse_spec:
   std::string in_guest;  // the toplevel's path in the guest (under the store's mount point)
   bool has_bash = false, has_sh = false, has_env = false, has_modules = false, has_etc = false, has_init = false;
+  bool has_nix_store = false;  // sw/bin/nix-store (what loads store.registration)
   // Its kernel-params file, on one line ("" if it has none): boot mode
   // passes them to the kernel, as qemu-vm.nix does. For a Guix system: its
   // parameters' kernel-arguments.
@@ -204,6 +213,7 @@ struct SpecContext {
   std::optional<SystemMode> system_mode_override;  // --system-mode
   std::string root_disk_override;  // $NIX_DISK_IMAGE
   std::string efi_vars_override;   // $NIX_EFI_VARS
+  std::string registration_override;  // --registration
   std::string shared_dir;          // $SHARED_DIR (default: xchg's directory)
   std::string xchg_dir;            // the fresh xchg directory
 };

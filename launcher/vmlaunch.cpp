@@ -17,6 +17,7 @@
 #include <sstream>
 #include <utility>
 
+#include "common/closure.h"
 #include "common/fd.h"
 #include "common/signals.h"
 #include "launcher/disks.h"
@@ -26,6 +27,7 @@
 #include "launcher/modules.h"
 #include "launcher/plan.h"
 #include "launcher/process.h"
+#include "launcher/registration.h"
 #include "launcher/spec.h"
 
 namespace fs = std::filesystem;
@@ -135,7 +137,7 @@ void append_file(std::ofstream& out, const std::string& path) {
 }
 
 struct Options {
-  std::string spec_path, store, system, system_mode, accel, fsd_binary, relay_to;
+  std::string spec_path, store, system, system_mode, accel, fsd_binary, relay_to, registration;
   bool dry_run = false, print_spec = false, keep = false;
   int timeout = -1;
   std::vector<std::string> command;
@@ -279,6 +281,7 @@ class Launch {
     SpecContext ctx;
     ctx.store_override = o_.store;
     ctx.system_override = o_.system;
+    ctx.registration_override = o_.registration.empty() ? "" : fs::absolute(o_.registration).string();
     if (const char* image = std::getenv("NIX_DISK_IMAGE"); image && *image) ctx.root_disk_override = image;
     if (const char* vars = std::getenv("NIX_EFI_VARS"); vars && *vars) ctx.efi_vars_override = vars;
     for (const auto& n : kSystemModeNames)
@@ -440,11 +443,37 @@ class Launch {
     std::string base_img = base_initramfs(mods, init_binary);
     Initramfs ar(path("plan.img"));
     ar.add_file("init.json", guest.dump(), 0644);
+    if (!spec_.store.registration.empty()) {  // the base image has /vmlaunch
+      ar.add_file(std::string(kGuestRegistration).substr(1), registration(), 0644);
+    }
     ar.close();
     std::ofstream out(in_.initrd, std::ios::binary);
     if (!spec_.initrd.empty()) append_file(out, spec_.initrd);
     append_file(out, base_img);
     append_file(out, path("plan.img"));
+  }
+
+  // store.registration's text: the file as it is (checked again), or one
+  // computed from its list of store paths.
+  std::string registration() {
+    const StoreSpec& store = spec_.store;
+    std::ifstream in(store.registration, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) die(1, "store.registration: cannot read " + store.registration);
+    try {
+      if (!store.registration_is_list) return format_registration(parse_registration(text, store.mount_point, store.registration));
+      fsd::Closure list;
+      list.add_list(text, store.registration);
+      auto started = std::chrono::steady_clock::now();
+      auto reg = compute_registration(store.path, store.mount_point, list.names());
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      uint64_t bytes = 0;
+      for (const auto& p : reg) bytes += p.nar_size;
+      std::fprintf(stderr, "vmlaunch: registered %zu store paths (%.1f MiB hashed in %.1f s)\n", reg.size(), bytes / 1048576.0, secs);
+      return format_registration(reg);
+    } catch (const std::exception& e) {
+      die(kExitUsage, "store.registration: " + std::string(e.what()));
+    }
   }
 
   // Signals are read from a signalfd in supervise().
@@ -632,6 +661,9 @@ int main(int argc, char** argv) {
   app.add_option("spec", o.spec_path, "The VM spec (JSON); see the README")->check(CLI::ExistingFile);
   app.add_option("--store", o.store, "The host store to share (overrides store.path)");
   app.add_option("--system", o.system, "A NixOS-style system toplevel in the store (overrides the spec's system)");
+  app.add_option("--registration", o.registration,
+                 "Nix's registration of the paths the guest's database holds (a closureInfo, its registration file, or a "
+                 "list of store paths to register; overrides store.registration)");
   app.add_option("--system-mode", o.system_mode, "exec: the command in the system's context; boot: the system's own init")
       ->check(CLI::IsMember({"auto", "exec", "boot"}));
   app.add_option("--accel", o.accel, "auto, kvm or tcg (overrides the spec)")->check(CLI::IsMember({"auto", "kvm", "tcg"}));

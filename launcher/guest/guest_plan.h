@@ -39,6 +39,9 @@ struct GuestPlan {
   std::map<std::string, std::string> env;
   std::string workdir = "/";
   std::string status_file;  // where the exit status goes, a file or a serial port ("": only the console)
+  // A registration in the initramfs, which `nix_store --load-db` loads once
+  // the mounts are in place, before the system's init or the command ("": none).
+  std::string registration, nix_store;
 };
 
 // JSON, with every field optional on reading (a missing one keeps its
@@ -71,6 +74,7 @@ inline void to_json(nlohmann::json& j, const GuestPlan& p) {
   if (!p.init.empty()) j["init"] = p.init;
   if (!p.command.empty()) j["command"] = p.command;
   if (!p.status_file.empty()) j["status_file"] = p.status_file;
+  if (!p.registration.empty()) j["registration"] = p.registration, j["nix_store"] = p.nix_store;
 }
 
 inline void from_json(const nlohmann::json& j, GuestPlan& p) {
@@ -89,6 +93,8 @@ inline void from_json(const nlohmann::json& j, GuestPlan& p) {
   p.late_files = j.value("late_files", d.late_files);
   p.switch_root = j.value("switch_root", d.switch_root);
   p.init = j.value("init", d.init);
+  p.registration = j.value("registration", d.registration);
+  p.nix_store = j.value("nix_store", d.nix_store);
 }
 
 }  // namespace fsd::launcher

@@ -8,7 +8,9 @@
 //      mount over vsock on a socket it connects first), then
 //      makes the symlinks and the missing files listed. In boot mode it then
 //      moves every mount into the new root and runs the system's init there
-//      (and stops here);
+//      (and stops here, after step 4b);
+//   4b. loads the registration given into the guest's Nix database with
+//      the system's nix-store (a failure stops the boot);
 //   5. runs the command with the environment given, on the console, and
 //      waits for it while reaping orphans. The ACPI power button (QMP
 //      system_powerdown) stops the command: SIGTERM, then SIGKILL;
@@ -316,6 +318,44 @@ bool enter_root(const GuestPlan& plan) {
   return true;
 }
 
+// Step 4b: `nix-store --load-db`, fed the registration read from the
+// initramfs before the root moved. True on success or with none to load.
+bool register_store(const GuestPlan& plan, const std::string& registration) {
+  if (plan.registration.empty()) return true;
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return say(std::string("pipe: ") + std::strerror(errno)), false;
+  Fd rd(p[0]), wr(p[1]);
+  std::string path = "PATH=" + plan.nix_store.substr(0, plan.nix_store.rfind('/')), home = "HOME=/root";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(rd.get(), 0);
+    std::string tool = plan.nix_store, verb = "--load-db";
+    char* argv[] = {tool.data(), verb.data(), nullptr};
+    char* env[] = {path.data(), home.data(), nullptr};
+    ::execve(tool.c_str(), argv, env);
+    std::fprintf(stderr, "fsd-guest-init: cannot run %s: %s\n", tool.c_str(), std::strerror(errno));
+    ::_exit(127);
+  }
+  if (pid < 0) return say(std::string("fork: ") + std::strerror(errno)), false;
+  rd.reset();
+  for (size_t done = 0; done < registration.size();) {  // PID 1 takes no SIGPIPE: a reader gone is EPIPE
+    ssize_t n = ::write(wr.get(), registration.data() + done, registration.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += n;
+  }
+  wr.reset();
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    say(plan.nix_store + " --load-db failed (status " + std::to_string(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)) +
+        "): the store's registration is not loaded");
+    return false;
+  }
+  std::printf("fsd-guest-init: loaded the store's registration into Nix's database\n");
+  return true;
+}
+
 // Boot mode: the system's init, as PID 1 in the new root. Only returns on
 // failure.
 void run_init(const GuestPlan& plan) {
@@ -435,17 +475,27 @@ int run() {
   mount_basics();
   std::printf("fsd-guest-init: started\n");  // vmlaunch shows the console from here in quiet mode
   GuestPlan plan = read_plan();
+  std::string registration;  // read now: the initramfs is out of reach once the root moves
+  if (!plan.registration.empty()) {
+    std::ifstream in(plan.registration, std::ios::binary);
+    registration.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (!in) say("cannot read " + plan.registration), power_off(255);
+  }
   load_modules(plan);
   set_up(plan);
   do_mounts(plan.mounts);
   if (!plan.switch_root.empty()) {
     if (!enter_root(plan)) power_off(255);
     if (!plan.init.empty()) {
-      run_init(plan);
+      if (register_store(plan, registration)) run_init(plan);
       power_off(255);
     }
   }
   finish_root(plan);
+  if (!register_store(plan, registration)) {
+    if (!plan.status_file.empty()) report_status(plan.status_file, 255);
+    power_off(255);
+  }
   sigset_t chld = fsd::block_signals({SIGCHLD});
   Fd sfd(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
   int status = wait_for(start_command(plan, chld), sfd.get());

@@ -438,8 +438,16 @@ std::string synthetic_system(const fs::path& store) {
   std::string in_guest = "/nix/store/" + name;
   fs::create_directories(top / "sw/bin");
   fs::copy_file("/bin/busybox", top / "sw/bin/busybox");
-  for (const char* applet : {"sh", "env", "cat", "echo", "ls", "readlink", "id", "poweroff", "sync", "sleep"})
+  for (const char* applet : {"sh", "env", "cat", "echo", "ls", "readlink", "id", "poweroff", "sync", "sleep", "mkdir"})
     fs::create_symlink("busybox", top / "sw/bin" / applet);
+  // A stand-in for Nix's nix-store (store.registration): it keeps what it
+  // is fed where Nix keeps its database, and says how it was called.
+  write_file(top / "sw/bin/nix-store", "#!" + in_guest + "/sw/bin/sh\n"
+                                       "mkdir -p /nix/var/nix/db && cat > /nix/var/nix/db/registration\n"
+                                       "cat /nix/var/nix/db/registration > /tmp/shared/registration\n"
+                                       "echo \"$0 $*\" > /tmp/shared/nix-store-args\n");
+  fs::permissions(top / "sw/bin/nix-store", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
+                                                fs::perms::group_exec | fs::perms::others_exec);
   write_file(top / "sw/bin/bash", "#!" + in_guest + "/sw/bin/sh\nexport RUN_BY=synthetic-bash\nexec " + in_guest +
                                       "/sw/bin/sh \"$@\"\n");
   fs::permissions(top / "sw/bin/bash", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
@@ -460,6 +468,7 @@ std::string synthetic_system(const fs::path& store) {
                            "echo booted-by-synthetic-init > /tmp/shared/booted.txt\n"
                            "echo \"synthetic-init: root had: $(cat /state 2>/dev/null)\"; echo kept-on-root > /state\n"
                            "echo \"synthetic-init: cmdline: $(cat /proc/cmdline)\"\n"
+                           "[ -s /nix/var/nix/db/registration ] && echo synthetic-init: the store is registered\n"
                            "sync; poweroff -f\n");
   fs::permissions(top / "init", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
                                     fs::perms::group_exec | fs::perms::others_exec);
@@ -474,12 +483,19 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   std::string out;
   // No kernel in the spec: the system's.
   auto no_kernel = [](nlohmann::json& j) { j.erase("kernel"); };
-  int st = run({"--system", top, spec("", 0, no_kernel), "--",
+  std::string in_guest = "/nix/store/" + fs::path(top).filename().string();
+  // A closureInfo (--registration): its registration loaded before the command.
+  std::string registration = in_guest + "\nsha256:" + std::string(52, '0') + "\n4096\n\n0\n";
+  write_file(tmp_.path() / "closure-info/registration", registration);
+  int st = run({"--system", top, "--registration", (tmp_.path() / "closure-info").string(), spec("", 0, no_kernel), "--",
                 "echo $PATH; cat /etc/os-release; readlink /run/current-system; echo by=$RUN_BY; "
-                "readlink /bin/sh; ls /lib/modules; id -un; echo home=$HOME; exit 5"},
+                "readlink /bin/sh; ls /lib/modules; id -un; echo home=$HOME; "
+                "echo \"db: $(cat /nix/var/nix/db/registration)\"; exit 5"},
                &out);
   EXPECT_EQ(st, 5) << out;
-  std::string in_guest = "/nix/store/" + fs::path(top).filename().string();
+  EXPECT_NE(out.find("db: " + in_guest + "\r\nsha256:"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "shared/nix-store-args"), in_guest + "/sw/bin/nix-store --load-db\n");
+  EXPECT_NE(out.find("fsd-guest-init: loaded the store's registration"), std::string::npos) << out;
   EXPECT_NE(out.find("/run/current-system/sw/bin\r\n"), std::string::npos) << out;
   EXPECT_NE(out.find("PRETTY_NAME=\"Synthetic test system\""), std::string::npos) << out;
   EXPECT_NE(out.find(in_guest + "\r\n"), std::string::npos) << out;
@@ -492,15 +508,36 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   EXPECT_NE(out.find("home=/root"), std::string::npos) << out;
   expect_clean();
 
-  // Boot: no command, so the system's init.
+  // Boot: no command, so the system's init. With store.registration a
+  // list of paths, which vmlaunch registers: loaded into the new root's
+  // database before the system's init runs.
+  write_file(tmp_.path() / "paths", "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-thing\n" + in_guest + "\n");
+  std::string boot_registered = spec("", 0, [&](nlohmann::json& j) {
+    no_kernel(j);
+    j.erase("command");
+    j["system"] = top;
+    j["console"] = "serial";
+    j["store"]["registration"] = (tmp_.path() / "paths").string();
+  });
+  fs::remove(tmp_.path() / "shared/nix-store-args");
+  st = run({boot_registered}, &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("vmlaunch: registered 2 store paths"), std::string::npos) << out;
+  EXPECT_NE(out.find("synthetic-init: the store is registered"), std::string::npos) << out;
+  EXPECT_EQ(read_file(tmp_.path() / "shared/nix-store-args"), in_guest + "/sw/bin/nix-store --load-db\n");
+  {
+    // The thing (no references), then the system, whose bash script names itself.
+    std::string reg = read_file(tmp_.path() / "shared/registration");
+    EXPECT_TRUE(reg.starts_with("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-thing\nsha256:")) << reg;
+    EXPECT_NE(reg.find("\n\n0\n" + in_guest + "\nsha256:"), std::string::npos) << reg;
+    EXPECT_TRUE(reg.ends_with("\n\n1\n" + in_guest + "\n")) << reg;
+  }
   std::string boot = spec("", 0, [&](nlohmann::json& j) {
     no_kernel(j);
     j.erase("command");
     j["system"] = top;
     j["console"] = "serial";
   });
-  st = run({boot}, &out);
-  EXPECT_EQ(st, 0) << out;
   EXPECT_NE(out.find("fsd-guest-init: starting " + in_guest + "/init"), std::string::npos) << out;
   EXPECT_NE(out.find("synthetic-init: pid 1"), std::string::npos) << out;
   EXPECT_NE(out.find("store content"), std::string::npos) << out;
@@ -519,6 +556,7 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   for (const char* had : {"", "kept-on-root"}) {
     st = run({boot}, &out);
     EXPECT_EQ(st, 0) << out;
+    EXPECT_EQ(out.find("synthetic-init: the store is registered"), std::string::npos) << out;  // none asked for
     EXPECT_NE(out.find("synthetic-init: root had: " + std::string(had) + "\r\n"), std::string::npos) << out;
   }
   // A command (exec mode) on the same root disk runs on it, in the

@@ -479,6 +479,27 @@ TEST_F(SystemPlanTest, BootRunsTheSystemsInitOnANewRoot) {
   EXPECT_LT(argv.find("root.img"), argv.find("data.img")) << argv;
 }
 
+// store.registration: the initramfs holds it and the system's own
+// nix-store loads it, before the system's init or the command.
+TEST_F(SystemPlanTest, TheSystemsNixStoreLoadsTheRegistration) {
+  fsd::testing::write_file(top_ + "/sw/bin/nix-store", "");
+  const std::string path = "/nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-x";
+  std::filesystem::create_directories(tmp("store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-x"));
+  fsd::testing::write_file(tmp("paths"), path + "\n");
+  json store{{"path", tmp("store")}, {"registration", tmp("paths")}};
+  for (bool boot : {true, false}) {
+    json j{{"system", top_}, {"store", store}};
+    if (!boot) j["command"] = "true";
+    Plan p = plan(j);
+    EXPECT_EQ(p.guest["registration"], kGuestRegistration);
+    EXPECT_EQ(p.guest["nix_store"], in_guest_ + "/sw/bin/nix-store");
+    std::string line = "then: " + in_guest_ + "/sw/bin/nix-store --load-db < a registration of the store paths " + tmp("paths") +
+                       (boot ? ", before the system's init" : ", before the command");
+    EXPECT_NE(std::find(p.mount_plan.begin(), p.mount_plan.end(), line), p.mount_plan.end()) << joined(p.mount_plan);
+  }
+  EXPECT_FALSE(plan({{"system", top_}}).guest.contains("registration"));
+}
+
 // Boot mode passes the system's kernel-params, then the spec's cmdline,
 // then $QEMU_KERNEL_PARAMS, as qemu-vm.nix orders them; exec mode does not.
 TEST_F(SystemPlanTest, BootPassesTheSystemsKernelParams) {
@@ -539,6 +560,9 @@ TEST_F(PlanTest, AGuixSystemBootsFromItsParameters) {
   };
   EXPECT_EQ(error_of(j, true), "system: " + sys + " is a Guix system, which boots (leave the command out, or systemMode boot); "
                                                   "exec mode's context is a NixOS system's");
+  json registered = j;
+  registered["store"]["registration"] = tmp("store/kkkk-linux-libre-6.1.0/bzImage");
+  EXPECT_EQ(error_of(registered), "spec.json: store.registration: is Nix's; a Guix system keeps its store's database itself");
   EXPECT_EQ(error_of({{"system", sys}, {"store", {{"path", tmp("store")}}}}),
             "spec.json: store.mountPoint: the Guix system " + sys + " finds its store at /gnu/store (its parameters say so): "
             "give \"mountPoint\": \"/gnu/store\"");

@@ -242,6 +242,66 @@ TEST_F(SpecTest, AStoreClosureIsAListForFsdsShareThatHoldsTheSystem) {
   EXPECT_EQ(error_of(j), "(no error)");
 }
 
+// store.registration: a registration, a closureInfo or a list, of paths
+// in the store, for a Nix system with a writable store.
+TEST_F(SpecTest, AStoreRegistrationIsForANixSystemAndNamesPathsInTheStore) {
+  const std::string sys = "0c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system", dep = "1jpg5v8rcf4d08rlpq51vnd1w800l64h-dep";
+  json j = base();
+  write_file(tmp("store/" + sys + "/kernel"), "a kernel");
+  write_file(tmp("store/" + sys + "/init"), "#!/bin/sh\n");
+  std::filesystem::create_directories(tmp("store/" + dep));
+  std::string hash = "sha256:" + std::string(52, '0');
+  std::string reg = "/nix/store/" + sys + "\n" + hash + "\n120\n\n1\n/nix/store/" + dep + "\n/nix/store/" + dep + "\n" + hash + "\n8\n\n0\n";
+  write_file(tmp("info/registration"), reg);
+  write_file(tmp("info/store-paths"), "/nix/store/" + sys + "\n/nix/store/" + dep + "\n");
+  j["store"]["registration"] = tmp("info");
+
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: the guest system's Nix loads it: needs a \"system\" with sw/bin/nix-store");
+  j["system"] = tmp("store/" + sys);
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: the system " + tmp("store/" + sys) + " has no sw/bin/nix-store to load it with");
+  write_file(tmp("store/" + sys + "/sw/bin/nix-store"), "");
+  // A closureInfo: its registration file.
+  Spec s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.store.registration, tmp("info/registration"));
+  EXPECT_FALSE(s.store.registration_is_list);
+  // A list of store paths: vmlaunch registers them.
+  j["store"]["registration"] = tmp("info/store-paths");
+  s = parse_spec(j, ctx_);
+  EXPECT_EQ(s.store.registration, tmp("info/store-paths"));
+  EXPECT_TRUE(s.store.registration_is_list);
+  // --registration overrides the field.
+  ctx_.registration_override = tmp("info/registration");
+  EXPECT_EQ(parse_spec(j, ctx_).store.registration, tmp("info/registration"));
+  ctx_.registration_override = tmp("nope");
+  EXPECT_EQ(error_of(j), "spec.json: store.registration (--registration): \"" + tmp("nope") + "\" does not exist");
+  ctx_.registration_override.clear();
+
+  j["store"]["registration"] = tmp("data");
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: \"" + tmp("data") + "\" is a directory without a registration file (a closureInfo's)");
+  write_file(tmp("bad"), "/nix/store/" + sys + "\nsha256:nope\n1\n\n0\n");
+  j["store"]["registration"] = tmp("bad");
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: " + tmp("bad") + ":2: \"sha256:nope\" is not a NAR hash (sha256: and 52 base32 or 64 hex digits)");
+  write_file(tmp("list"), "/nix/store/" + sys + "\n/nix/store/aaaa-not-nix\n");
+  j["store"]["registration"] = tmp("list");
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: " + tmp("list") + ": \"aaaa-not-nix\" is not a store path's name (HASH-NAME, as Nix makes them)");
+  write_file(tmp("list"), "/nix/store/" + sys + "\n/nix/store/34r0bw4vkb6z3qlk089kaaaaaaaaaaaa-gone\n");
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: " + tmp("list") + ": 34r0bw4vkb6z3qlk089kaaaaaaaaaaaa-gone is not in the store (" + tmp("store") + ")");
+
+  j["store"]["registration"] = tmp("info");
+  write_file(tmp("closure"), "/nix/store/" + sys + "\n");
+  j["store"]["closure"] = tmp("closure");
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: " + tmp("info/registration") + ": " + dep +
+                         " is hidden by store.closure, so the guest could not reach it");
+  j["store"].erase("closure");
+  j["store"]["writable"] = "none";
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: Nix writes to the store it opens: needs a writable store (\"writable\": \"tmpfs\" or \"disk\")");
+  j["store"].erase("writable");
+  j["nixDb"] = tmp("data");
+  EXPECT_EQ(error_of(j), "spec.json: store.registration: gives the guest a database of its own; leave nixDb out");
+  j.erase("nixDb");
+  EXPECT_EQ(error_of(j), "(no error)");
+}
+
 TEST_F(SpecTest, TagTooLong) {
   json j = base();
   std::string tag(37, 't');
