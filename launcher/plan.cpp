@@ -90,6 +90,7 @@ struct Builder {
     return has_system() && (s.system.mode == SystemMode::kBoot || (s.system.mode == SystemMode::kAuto && !s.has_command()));
   }
   bool exec_system() const { return has_system() && !boot(); }
+  bool aarch64() const { return s.arch == Arch::kAarch64; }
 
   void collect_shares() {
     std::string parent = std::filesystem::path(s.store.mount_point).parent_path().string();
@@ -195,7 +196,14 @@ struct Builder {
     if (net || !s.vlans.empty()) need({"virtio_net"});
     if (s.rng) need({"virtio_rng"});
     // The power button (QMP system_powerdown): ACPI's button driver, read through evdev.
-    need({"button", "evdev"});
+    // On aarch64's virt machine it is a GPIO key (a device-tree gpio-keys
+    // node), and the status port is a virtio console.
+    if (aarch64()) {
+      need({"gpio_keys", "evdev"});
+      if (!in.status_file.empty()) need({"virtio_console"});
+    } else {
+      need({"button", "evdev"});
+    }
   }
 
   // A share at its target, through its transport.
@@ -333,6 +341,7 @@ struct Builder {
                              (s.store.registration_is_list ? "a registration of the store paths " : "the registration ") +
                              s.store.registration + (boot() ? ", before the system's init" : ", before the command"));
     }
+    guest.narrate = s.console == Console::kStage1;  // vm-exec's --initrd-console
     if (s.command_shell) guest.command = {guest.shell, "-c", *s.command_shell};
     else guest.command = s.command_argv;
     for (const auto& [k, v] : s.env) guest.env[k] = v;
@@ -358,7 +367,7 @@ struct Builder {
     }
     // The command's status (or the interactive shell's) goes out on a serial
     // port of its own, whatever the shares are.
-    if (!in.status_file.empty()) guest.status_file = kStatusPort;
+    if (!in.status_file.empty()) guest.status_file = aarch64() ? kStatusPortAarch64 : kStatusPort;
     p.guest = guest;
   }
 
@@ -369,9 +378,11 @@ struct Builder {
     // q35: its PCI interrupts need no ACPI link set-up, which on the older
     // i440fx machine cost a TCG boot 0.55 s (four _SB_.LNKx evaluated at
     // 145 ms each).
-    p.qemu_argv = {s.qemu_binary, "-name", opt("guest", s.name), "-machine", "q35", "-accel", std::string(name_of(in.accel)),
-                   "-smp", std::to_string(s.cpus), "-m", mem,
+    p.qemu_argv = {s.qemu_binary, "-name", opt("guest", s.name), "-machine", aarch64() ? "virt" : "q35", "-accel",
+                   std::string(name_of(in.accel)), "-smp", std::to_string(s.cpus), "-m", mem,
                    "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on", "-numa", "node,memdev=mem"};
+    // virt's CPU: all TCG emulates, or the host's under KVM.
+    if (aarch64()) add({"-cpu", in.accel == Accel::kKvm ? "host" : "max"});
     if (s.firmware == Firmware::kUefi)
       add({"-drive", "if=pflash,format=raw,unit=0,readonly=on," + opt("file", in.ovmf_code), "-drive",
            "if=pflash,format=raw,unit=1," + opt("file", s.efi_vars)});
@@ -380,10 +391,11 @@ struct Builder {
     // The last console is /dev/console. A booted system with a display has
     // it there, as qemu-vm.nix does; a command's output stays on the
     // serial console, where vmlaunch's caller reads it.
-    std::string append = !s.graphics ? "console=ttyS0 panic=-1"
-                         : boot()    ? "console=ttyS0 console=tty0 panic=-1"
-                                     : "console=tty0 console=ttyS0 panic=-1";
-    if (s.console == Console::kQuiet) append += " quiet loglevel=1";
+    std::string serial = aarch64() ? "console=ttyAMA0" : "console=ttyS0";  // virt's PL011, or the PC's 16550
+    std::string append = !s.graphics ? serial + " panic=-1"
+                         : boot()    ? serial + " console=tty0 panic=-1"
+                                     : "console=tty0 " + serial + " panic=-1";
+    if (s.console != Console::kSerial) append += " quiet loglevel=1";
     // Then, as qemu-vm.nix orders them: a booted system's own parameters,
     // the spec's, and $QEMU_KERNEL_PARAMS.
     // A Guix system is told where it is, as Guix's own VM script does
@@ -396,7 +408,14 @@ struct Builder {
     if (!in.extra_kernel_params.empty()) append += " " + in.extra_kernel_params;
     if (!s.boot_loader) add({"-append", append});
     add({"-nodefaults", "-no-reboot", "-serial", "stdio"});
-    if (!in.status_file.empty() && !s.boot_loader) add({"-serial", "file:" + in.status_file});  // the guest's kStatusPort
+    if (!in.status_file.empty() && !s.boot_loader) {
+      if (!aarch64()) {
+        add({"-serial", "file:" + in.status_file});  // the guest's kStatusPort
+      } else {  // virt has one UART: a virtio console (kStatusPortAarch64)
+        add({"-device", "virtio-serial-pci,id=vstatus", "-chardev", "file,id=status," + opt("path", in.status_file), "-device",
+             "virtconsole,bus=vstatus.0,chardev=status"});
+      }
+    }
     // graphics: a VGA display beside the serial console (the guest's status
     // has a serial port of its own), of the spec's size, with a tablet.
     if (s.graphics) {

@@ -72,6 +72,7 @@ std::string vlan_group(uint32_t uid, unsigned vlan);
 // The guest's second serial port: the guest init writes the command's exit
 // status there, and QEMU into PlanInputs::status_file.
 inline constexpr const char* kStatusPort = "/dev/ttyS1";
+inline constexpr const char* kStatusPortAarch64 = "/dev/hvc0";  // a virtconsole: virt has one UART
 // Where the initramfs holds store.registration's text (vmlaunch writes it).
 inline constexpr const char* kGuestRegistration = "/vmlaunch/registration";
 

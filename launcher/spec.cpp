@@ -151,6 +151,7 @@ void schema(V& v, Spec& s) {
   v.list("forwardPorts", s.forward_ports);
   v.field("vlans", s.vlans, Range{1, 255});
   v.field("vlanHost", s.vlan_host, Range{0, 254});  // 0: none
+  v.field("arch", s.arch);
   v.object("qemu", [&](auto& o) {
     o.field("binary", s.qemu_binary);
     o.field("extraArgs", s.qemu_extra_args);
@@ -419,6 +420,7 @@ class Checker {
     if (system) check_store(s.store);
     check_system(s);
     check_firmware(s);
+    check_arch(s);
     if (s.kernel.empty() && !s.boot_loader) fail("kernel", "is required (scripts/setup fetches a default guest kernel)");
     if (!s.kernel.empty() && !exists(s.kernel)) fail("kernel", "\"" + s.kernel + "\" does not exist");
     if (!s.initrd.empty() && !exists(s.initrd)) fail("initrd", "\"" + s.initrd + "\" does not exist");
@@ -587,6 +589,22 @@ class Checker {
   }
 
   // The firmware and what it boots.
+  // aarch64: QEMU's virt machine, which has no VGA and no IDE; its UEFI
+  // firmware is not wired up yet.
+  void check_arch(Spec& s) {
+    std::string arch(name_of(s.arch));
+    if (s.qemu_binary.empty()) s.qemu_binary = "qemu-system-" + arch;
+    std::string bin = std::filesystem::path(s.qemu_binary).filename().string();
+    if (bin.starts_with("qemu-system-") && bin != "qemu-system-" + arch)
+      fail("qemu.binary", "\"" + s.qemu_binary + "\" runs " + bin.substr(12) + " guests, and \"arch\" is " + arch +
+                              " (give \"arch\": \"" + bin.substr(12) + "\", or leave qemu.binary out)");
+    if (s.arch != Arch::kAarch64) return;
+    if (s.firmware == Firmware::kUefi) fail("firmware", "uefi is x86_64's here; an aarch64 guest boots its kernel directly");
+    if (s.boot_loader) fail("bootLoader", "needs UEFI firmware, which is x86_64's here");
+    if (s.graphics) fail("graphics", "the aarch64 virt machine has no VGA; aarch64 guests have the serial console only");
+    if (s.disk_interface == DiskInterface::kIde) fail("diskInterface", "the aarch64 virt machine has no IDE: use virtio or scsi");
+  }
+
   void check_firmware(Spec& s) {
     if (!ctx_.efi_vars_override.empty()) s.efi_vars = ctx_.efi_vars_override;
     std::string vars_at = ctx_.efi_vars_override.empty() ? "efiVars" : "efiVars (NIX_EFI_VARS)";

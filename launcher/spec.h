@@ -34,18 +34,20 @@ struct SpecError : std::runtime_error {
 enum class Accel { kAuto, kKvm, kTcg };
 enum class Proto { kVirtiofs, k9p, k9pQemu };
 using Cache = fsd::CachePolicy;  // fsd's --export cache= takes the same names
-enum class Console { kSerial, kQuiet };
+enum class Console { kSerial, kQuiet, kStage1 };  // stage1: quiet, and the init tells each step
 enum class Network { kNone, kUser };
 enum class Writable { kNone, kTmpfs, kDisk };  // store.writable
 enum class SystemMode { kAuto, kExec, kBoot };  // auto: exec with a command, boot without
 enum class StoreImage { kNone, kErofs, kSquashfs };  // store.image
 enum class DiskInterface { kVirtio, kScsi, kIde };   // diskInterface: how every disk is attached
 enum class Firmware { kBios, kUefi };
+enum class Arch { kX86_64, kAarch64 };  // the guest's
 
 inline constexpr EnumName<Accel> kAccelNames[] = {{"auto", Accel::kAuto}, {"kvm", Accel::kKvm}, {"tcg", Accel::kTcg}};
 inline constexpr EnumName<Proto> kProtoNames[] = {
     {"virtiofs", Proto::kVirtiofs}, {"9p", Proto::k9p}, {"9p-qemu", Proto::k9pQemu}};
-inline constexpr EnumName<Console> kConsoleNames[] = {{"serial", Console::kSerial}, {"quiet", Console::kQuiet}};
+inline constexpr EnumName<Console> kConsoleNames[] = {
+    {"serial", Console::kSerial}, {"quiet", Console::kQuiet}, {"stage1", Console::kStage1}};
 inline constexpr EnumName<Network> kNetworkNames[] = {{"none", Network::kNone}, {"user", Network::kUser}};
 inline constexpr EnumName<SystemMode> kSystemModeNames[] = {
     {"auto", SystemMode::kAuto}, {"exec", SystemMode::kExec}, {"boot", SystemMode::kBoot}};
@@ -65,6 +67,8 @@ inline constexpr EnumName<DiskInterface> kDiskInterfaceNames[] = {
 constexpr std::span<const EnumName<DiskInterface>> names(DiskInterface) { return kDiskInterfaceNames; }
 inline constexpr EnumName<Firmware> kFirmwareNames[] = {{"bios", Firmware::kBios}, {"uefi", Firmware::kUefi}};
 constexpr std::span<const EnumName<Firmware>> names(Firmware) { return kFirmwareNames; }
+inline constexpr EnumName<Arch> kArchNames[] = {{"x86_64", Arch::kX86_64}, {"aarch64", Arch::kAarch64}};
+constexpr std::span<const EnumName<Arch>> names(Arch) { return kArchNames; }
 
 struct DiskSpec {
   std::string file;
@@ -169,7 +173,11 @@ struct Spec {
   // qemu-vm.nix's vlans: on vlan N this guest is 192.168.N.<vlan_host>.
   std::vector<uint64_t> vlans;
   unsigned vlan_host = 0;
-  std::string qemu_binary = "qemu-system-x86_64";
+  // The guest's architecture: x86_64 (q35) or aarch64 (QEMU's virt
+  // machine, -cpu max, the console on ttyAMA0). qemu.binary defaults to
+  // its qemu-system-ARCH.
+  Arch arch = Arch::kX86_64;
+  std::string qemu_binary;
   std::vector<std::string> qemu_extra_args;
   std::vector<DiskSpec> disks;
   std::vector<uint64_t> empty_disks_mib;

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -94,7 +95,7 @@ constexpr const char* kApplets[] = {
 // The cached part of the initramfs: init, busybox and modules. Keyed by
 // the content of what goes in (and the applet list), so it is rebuilt
 // exactly when one of them changes.
-std::string base_initramfs(const std::vector<ModuleFile>& modules, const std::string& init_binary) {
+std::string base_initramfs(const std::vector<ModuleFile>& modules, const std::string& init_binary, const std::string& busybox) {
   std::string key = "layout 2;";
   for (const char* a : kApplets) key += std::string(a) + ",";
   auto add = [&](const std::string& p) {
@@ -106,7 +107,7 @@ std::string base_initramfs(const std::vector<ModuleFile>& modules, const std::st
     key += fs::path(p).filename().string() + ":" + std::to_string(content.size()) + ":" + h + ";";
   };
   add(init_binary);
-  add("/bin/busybox");
+  add(busybox);
   for (auto& m : modules) add(m.path);
   char hex[32];
   std::snprintf(hex, sizeof hex, "%016zx", std::hash<std::string>{}(key));
@@ -121,7 +122,7 @@ std::string base_initramfs(const std::vector<ModuleFile>& modules, const std::st
                           "vmlaunch/modules"})
       ar.add_dir(d);
     ar.add_char_device("dev/console", 5, 1);
-    ar.add_host_file("bin/busybox", "/bin/busybox", 0755);
+    ar.add_host_file("bin/busybox", busybox, 0755);
     for (const char* applet : kApplets) ar.add_symlink(std::string("bin/") + applet, "busybox");
     ar.add_host_file("init", init_binary, 0755);
     for (auto& m : modules) ar.add_host_file(kGuestModules.substr(1) + fs::path(m.path).filename().string(), m.path, 0644);
@@ -328,13 +329,20 @@ class Launch {
       in_.module_dir = spec_.modules.empty() ? find_module_dir(spec_.kernel) : spec_.modules;
       // Decompressed once on the host, the kernel boots without unpacking
       // itself in the guest (seconds under TCG; see kernel_image.h).
-      in_.boot_kernel = pvh_kernel(spec_.kernel, cache_root());
+      if (spec_.arch == Arch::kX86_64) in_.boot_kernel = pvh_kernel(spec_.kernel, cache_root());
     }
     in_.status_file = path("status");
     in_.uid = ::getuid();
     // auto: KVM when it can be opened, else TCG; a KVM guest that stays
     // silent is caught by supervise().
-    bool kvm_ok = ::access("/dev/kvm", R_OK | W_OK) == 0;
+    // KVM runs only guests of the host's own architecture.
+    utsname host{};
+    ::uname(&host);
+    bool native = std::string(host.machine) == fsd::name_of(spec_.arch);
+    bool kvm_ok = native && ::access("/dev/kvm", R_OK | W_OK) == 0;
+    if (spec_.accel == Accel::kKvm && !native)
+      die(kExitUsage, std::string("accel kvm: KVM runs ") + host.machine + " guests on this host, and \"arch\" is " +
+                          std::string(fsd::name_of(spec_.arch)) + " (use tcg or auto)");
     in_.accel = spec_.accel == Accel::kAuto ? (kvm_ok ? Accel::kKvm : Accel::kTcg) : spec_.accel;
     in_.extra_kernel_params = std::getenv("QEMU_KERNEL_PARAMS") ? std::getenv("QEMU_KERNEL_PARAMS") : "";
     in_.extra_qemu_args = split_words(std::getenv("QEMU_OPTS"));
@@ -435,12 +443,17 @@ class Launch {
       if (m.optional) guest["optional_modules"].push_back(in_guest);
     }
     // The guest's init: beside vmlaunch (the build tree), or where it is installed.
-    std::string init_binary = self_dir() + "/fsd-guest-init";
-    std::string installed = self_dir() + "/" FSD_GUEST_INIT_FROM_BIN "/fsd-guest-init";
+    // The guest's init and shell, of the guest's architecture.
+    bool aarch64 = spec_.arch == Arch::kAarch64;
+    std::string init_name = aarch64 ? "fsd-guest-init-aarch64" : "fsd-guest-init";
+    std::string init_binary = self_dir() + "/" + init_name;
+    std::string installed = self_dir() + "/" FSD_GUEST_INIT_FROM_BIN "/" + init_name;
     if (!fs::exists(init_binary)) init_binary = installed;
     if (!fs::exists(init_binary))
-      die(1, "fsd-guest-init is missing: neither beside vmlaunch nor at " + fs::path(installed).lexically_normal().string());
-    std::string base_img = base_initramfs(mods, init_binary);
+      die(1, init_name + " is missing: neither beside vmlaunch nor at " + fs::path(installed).lexically_normal().string() +
+                 (aarch64 ? " (it is built where Debian's g++-aarch64-linux-gnu is installed)" : ""));
+    std::string busybox = aarch64 ? aarch64_busybox() : "/bin/busybox";
+    std::string base_img = base_initramfs(mods, init_binary, busybox);
     Initramfs ar(path("plan.img"));
     ar.add_file("init.json", guest.dump(), 0644);
     if (!spec_.store.registration.empty()) {  // the base image has /vmlaunch
@@ -451,6 +464,18 @@ class Launch {
     if (!spec_.initrd.empty()) append_file(out, spec_.initrd);
     append_file(out, base_img);
     append_file(out, path("plan.img"));
+  }
+
+  // A static busybox for aarch64 guests: beside their kernel, or where
+  // scripts/fetch-guest-kernel arm64 puts Debian's.
+  std::string aarch64_busybox() {
+    std::string beside = (fs::path(spec_.kernel).parent_path() / "busybox").string();
+    if (fs::is_regular_file(beside)) return beside;
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator(cache_root() + "/kernel-arm64", ec))
+      if (fs::is_regular_file(e.path() / "busybox")) return (e.path() / "busybox").string();
+    die(kExitUsage, "arch aarch64: no aarch64 busybox for the guest's shell, beside the kernel or in " + cache_root() +
+                        "/kernel-arm64 (scripts/fetch-guest-kernel arm64 fetches Debian's)");
   }
 
   // store.registration's text: the file as it is (checked again), or one

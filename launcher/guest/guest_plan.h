@@ -42,6 +42,7 @@ struct GuestPlan {
   // A registration in the initramfs, which `nix_store --load-db` loads once
   // the mounts are in place, before the system's init or the command ("": none).
   std::string registration, nix_store;
+  bool narrate = false;  // each step told on the console (console "stage1")
 };
 
 // JSON, with every field optional on reading (a missing one keeps its
@@ -75,6 +76,7 @@ inline void to_json(nlohmann::json& j, const GuestPlan& p) {
   if (!p.command.empty()) j["command"] = p.command;
   if (!p.status_file.empty()) j["status_file"] = p.status_file;
   if (!p.registration.empty()) j["registration"] = p.registration, j["nix_store"] = p.nix_store;
+  if (p.narrate) j["narrate"] = true;
 }
 
 inline void from_json(const nlohmann::json& j, GuestPlan& p) {
@@ -95,6 +97,7 @@ inline void from_json(const nlohmann::json& j, GuestPlan& p) {
   p.init = j.value("init", d.init);
   p.registration = j.value("registration", d.registration);
   p.nix_store = j.value("nix_store", d.nix_store);
+  p.narrate = j.value("narrate", d.narrate);
 }
 
 }  // namespace fsd::launcher

@@ -70,6 +70,13 @@ void say(const std::string& what) {
   std::fflush(stderr);
 }
 
+// Console "stage1": each step of the init told on the console, as a
+// NixOS stage 1 tells its own.
+bool g_narrate = false;
+void step(const std::string& what) {
+  if (g_narrate) std::printf("fsd-guest-init: %s\n", what.c_str());
+}
+
 bool mkdirs(const std::string& path) {
   for (size_t pos = 1; pos <= path.size(); pos++) {
     if (pos == path.size() || path[pos] == '/') {
@@ -103,7 +110,7 @@ std::vector<Fd> open_power_buttons() {
     std::ifstream in("/sys/class/input/" + name + "/device/name");
     std::string label;
     std::getline(in, label);
-    if (label != "Power Button") continue;
+    if (label != "Power Button" && label != "gpio-keys") continue;  // ACPI's (x86), or aarch64 virt's GPIO key
     Fd fd(::open(("/dev/input/" + name).c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
     if (fd) fds.push_back(std::move(fd));
   }
@@ -144,7 +151,10 @@ GuestPlan read_plan() {
 void load_modules(const GuestPlan& plan) {
   for (const auto& path : plan.modules) {
     Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd && (::syscall(SYS_finit_module, fd.get(), "", 0) == 0 || errno == EEXIST)) continue;
+    if (fd && (::syscall(SYS_finit_module, fd.get(), "", 0) == 0 || errno == EEXIST)) {
+      step("loaded module " + path.substr(path.rfind('/') + 1));
+      continue;
+    }
     bool optional = std::find(plan.optional_modules.begin(), plan.optional_modules.end(), path) != plan.optional_modules.end();
     say(std::string(optional ? "(optional) " : "") + "cannot load module " + path + ": " + std::strerror(errno));
     if (!optional) power_off(255);
@@ -270,6 +280,7 @@ void do_mounts(const std::vector<GuestMount>& mounts) {
       say("cannot mount " + m.fstype + " " + source + " on " + m.target + " (" + options + "): " + std::strerror(err));
       power_off(255);
     }
+    step("mounted " + m.fstype + " " + source + " on " + m.target);
   }
 }
 
@@ -310,6 +321,7 @@ bool enter_root(const GuestPlan& plan) {
     }
     moved.push_back(t);
   }
+  step("switching to the root " + root);
   if (::chdir(root.c_str()) != 0 || ::mount(".", "/", nullptr, MS_MOVE, nullptr) != 0 || ::chroot(".") != 0 ||
       ::chdir("/") != 0) {
     say("cannot switch to " + root + ": " + std::strerror(errno));
@@ -475,6 +487,7 @@ int run() {
   mount_basics();
   std::printf("fsd-guest-init: started\n");  // vmlaunch shows the console from here in quiet mode
   GuestPlan plan = read_plan();
+  g_narrate = plan.narrate;
   std::string registration;  // read now: the initramfs is out of reach once the root moves
   if (!plan.registration.empty()) {
     std::ifstream in(plan.registration, std::ios::binary);

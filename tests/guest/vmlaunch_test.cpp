@@ -127,6 +127,7 @@ TEST_F(Vmlaunch, CommandsStoreXchgSharedAnd9p) {
   ::unsetenv("USE_TMPDIR");
   EXPECT_EQ(st, 3) << out;
   EXPECT_NE(out.find("guest-says-hello"), std::string::npos) << out;
+  EXPECT_EQ(out.find("fsd-guest-init: mounted"), std::string::npos) << out;  // quiet: the init's steps are console stage1's
   EXPECT_NE(out.find("prefilled-by-host"), std::string::npos) << out;
   EXPECT_EQ(read_file(tmp_.path() / "tmp/xchg/x.txt"), "from-guest\n");
   EXPECT_NE(out.find("store content"), std::string::npos) << out;
@@ -581,6 +582,40 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   st = run({"--system-mode", "boot", boot, "--", "true"}, &out);
   EXPECT_EQ(st, 2) << out;
   EXPECT_NE(out.find("systemMode boot runs the system's own init; a command needs systemMode exec"), std::string::npos) << out;
+  expect_clean();
+}
+
+// "arch": "aarch64": Debian's arm64 kernel on QEMU's virt machine (TCG),
+// with the cross-built guest init and Debian's arm64 busybox, runs a
+// command over fsd's shares: the store on 9P over vsock, xchg on virtio-fs.
+// With console "stage1", the init's steps show and the kernel's log does not.
+TEST_F(Vmlaunch, AnAarch64GuestRunsACommandOverFsdsShares) {
+  std::string kdir = guest_kernel_dir("kernel-arm64");
+  int st = 0;
+  run_command("command -v qemu-system-aarch64 >/dev/null", &st);
+  if (kdir.empty() || st != 0 || !fs::exists(fs::path(VMLAUNCH_BINARY).parent_path() / "fsd-guest-init-aarch64"))
+    GTEST_SKIP() << "no arm64 guest kernel, qemu-system-aarch64 or cross-built init (scripts/setup installs them)";
+  std::string out;
+  st = run({spec("uname -m; cat /nix/store/*-thing/data.txt; grep -c 'trans=fd' /proc/mounts; "
+                 "echo from-aarch64 > /tmp/xchg/out; cat /tmp/xchg/out; exit 9",
+                 0,
+                 [&](nlohmann::json& j) {
+                   j["arch"] = "aarch64";
+                   j["kernel"] = kdir + "/vmlinuz";
+                   j["store"]["proto"] = "9p";
+                   j.erase("shares");  // QEMU's 9p: not fsd's
+                   j["console"] = "stage1";  // and the init tells its steps
+                 })},
+           &out);
+  EXPECT_EQ(st, 9) << out;
+  EXPECT_NE(out.find("fsd-guest-init: loaded module 9pnet_fd.ko"), std::string::npos) << out;
+  EXPECT_NE(out.find("fsd-guest-init: mounted 9p store on /nix/.ro-store"), std::string::npos) << out;
+  EXPECT_NE(out.find("fsd-guest-init: mounted virtiofs xchg on /tmp/xchg"), std::string::npos) << out;
+  EXPECT_EQ(out.find("] Booting Linux"), std::string::npos) << out;  // not the kernel's log
+  EXPECT_NE(out.find("aarch64\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("store content"), std::string::npos) << out;
+  EXPECT_NE(out.find("\n1\r\n"), std::string::npos) << out;  // the store's 9P mount
+  EXPECT_NE(out.find("from-aarch64\r\n"), std::string::npos) << out;
   expect_clean();
 }
 

@@ -321,14 +321,16 @@ namespace fsd::testing {
 
 // The guest kernel directory that scripts/setup unpacked (vmlinuz and
 // lib/modules/VERSION), or "" if there is none.
-inline std::string guest_kernel_dir() {
-  if (const char* d = std::getenv("FSD_GUEST_KERNEL_DIR"); d && *d) return d;
+// The cache's guest kernel (scripts/fetch-guest-kernel); `kind` "kernel-arm64"
+// for the arm64 one.
+inline std::string guest_kernel_dir(const std::string& kind = "kernel") {
+  if (const char* d = std::getenv("FSD_GUEST_KERNEL_DIR"); d && *d && kind == "kernel") return d;
   std::string cache;
   if (const char* c = std::getenv("FSD_CACHE"); c && *c) cache = c;
   else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) cache = std::string(x) + "/fsd";
   else if (const char* h = std::getenv("HOME"); h && *h) cache = std::string(h) + "/.cache/fsd";
   std::error_code ec;
-  for (auto& e : fs::directory_iterator(cache + "/kernel", ec))
+  for (auto& e : fs::directory_iterator(cache + "/" + kind, ec))
     if (fs::exists(e.path() / "vmlinuz")) return e.path().string();
   return "";
 }

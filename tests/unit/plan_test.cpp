@@ -138,6 +138,52 @@ TEST_F(PlanTest, TheDisplaysSizeAndATabletComeWithGraphics) {
 }
 
 // firmware uefi: OVMF's code read-only and the VM's own variables; with
+// console: serial shows the kernel's log; quiet and stage1 silence it,
+// and stage1 (vm-exec's --initrd-console) has the init tell each step.
+TEST_F(PlanTest, TheConsoleModesQuietTheKernelAndStage1HasTheInitTellItsSteps) {
+  auto append = [](const Plan& p) { return *(std::find(p.qemu_argv.begin(), p.qemu_argv.end(), "-append") + 1); };
+  Plan serial = plan({{"console", "serial"}}), quiet = plan({{"console", "quiet"}}), stage1 = plan({{"console", "stage1"}});
+  EXPECT_EQ(append(serial), "console=ttyS0 panic=-1");
+  EXPECT_EQ(append(quiet), "console=ttyS0 panic=-1 quiet loglevel=1");
+  EXPECT_EQ(append(stage1), "console=ttyS0 panic=-1 quiet loglevel=1");
+  EXPECT_FALSE(serial.guest.contains("narrate"));
+  EXPECT_FALSE(quiet.guest.contains("narrate"));
+  EXPECT_EQ(stage1.guest["narrate"], true);
+  EXPECT_THROW(plan({{"console", "loud"}}), SpecError);
+}
+
+// aarch64: QEMU's virt machine with -cpu max (host under KVM), the console
+// on its PL011, the status on a virtio console (virt has one UART), and the
+// power button a GPIO key.
+TEST_F(PlanTest, AnAarch64GuestGetsTheVirtMachine) {
+  in_.status_file = "/run/vm/status";
+  Plan p = plan({{"arch", "aarch64"}, {"command", "true"}});
+  std::string argv = joined(p.qemu_argv);
+  EXPECT_EQ(p.qemu_argv[0], "qemu-system-aarch64");
+  EXPECT_NE(argv.find(" -machine virt "), std::string::npos) << argv;
+  EXPECT_NE(argv.find(" -cpu max "), std::string::npos) << argv;
+  EXPECT_EQ(argv.find("q35"), std::string::npos) << argv;
+  EXPECT_NE(argv.find("-append console=ttyAMA0 panic=-1 "), std::string::npos) << argv;
+  EXPECT_EQ(argv.find("ttyS"), std::string::npos) << argv;
+  EXPECT_NE(argv.find("-device virtio-serial-pci,id=vstatus -chardev file,id=status,path=/run/vm/status -device "
+                      "virtconsole,bus=vstatus.0,chardev=status"),
+            std::string::npos)
+      << argv;
+  EXPECT_EQ(argv.find("-serial file:"), std::string::npos) << argv;
+  EXPECT_EQ(p.guest["status_file"], kStatusPortAarch64);
+  for (const char* m : {"gpio_keys", "evdev", "virtio_console"}) EXPECT_TRUE(has(p.modules, m)) << m;
+  EXPECT_FALSE(has(p.modules, "button"));
+  in_.accel = Accel::kKvm;
+  EXPECT_NE(joined(plan({{"arch", "aarch64"}}).qemu_argv).find(" -cpu host "), std::string::npos);
+  // x86_64 as before: q35, ttyS0, the status on the second UART.
+  in_.accel = Accel::kTcg;
+  argv = joined(plan({{"command", "true"}}).qemu_argv);
+  EXPECT_TRUE(argv.starts_with("qemu-system-x86_64 ")) << argv;
+  EXPECT_NE(argv.find(" -machine q35 "), std::string::npos) << argv;
+  EXPECT_EQ(argv.find("-cpu"), std::string::npos) << argv;
+  EXPECT_NE(argv.find("-serial file:/run/vm/status"), std::string::npos) << argv;
+}
+
 // bootLoader the first disk boots, without -kernel, -initrd, -append or
 // the status port (there is no vmlaunch init to report one).
 TEST_F(PlanTest, UefiFirmwareAndBootingTheDisksBootloader) {

@@ -114,7 +114,7 @@ TEST_F(SpecTest, UnknownFields) {
   json j = base();
   j["memroy"] = 512;
   EXPECT_EQ(error_of(j),
-            "spec.json: memroy: unknown field (known here: accel, bootLoader, cmdline, command, console, cpus, diskInterface, "
+            "spec.json: memroy: unknown field (known here: accel, arch, bootLoader, cmdline, command, console, cpus, diskInterface, "
             "disks, efiVars, emptyDisks, env, firmware, forwardPorts, graphics, guestAgent, initrd, kernel, memory, modules, name, "
             "network, nixDb, qemu, resolution, rng, root, shares, store, system, systemMode, timeout, usbTablet, vlanHost, vlans)");
   j = base();
@@ -300,6 +300,35 @@ TEST_F(SpecTest, AStoreRegistrationIsForANixSystemAndNamesPathsInTheStore) {
   EXPECT_EQ(error_of(j), "spec.json: store.registration: gives the guest a database of its own; leave nixDb out");
   j.erase("nixDb");
   EXPECT_EQ(error_of(j), "(no error)");
+}
+
+// arch: the QEMU binary follows it, a binary of another architecture is
+// refused, and what the virt machine lacks is refused by name.
+TEST_F(SpecTest, ArchPicksTheQemuAndRefusesWhatVirtLacks) {
+  json j = base();
+  EXPECT_EQ(parse_spec(j, ctx_).qemu_binary, "qemu-system-x86_64");
+  j["arch"] = "aarch64";
+  EXPECT_EQ(parse_spec(j, ctx_).qemu_binary, "qemu-system-aarch64");
+  EXPECT_EQ(to_json(parse_spec(j, ctx_))["arch"], "aarch64");
+  j["qemu"] = {{"binary", "/opt/qemu/bin/qemu-system-aarch64"}};
+  EXPECT_EQ(parse_spec(j, ctx_).qemu_binary, "/opt/qemu/bin/qemu-system-aarch64");
+  j.erase("arch");
+  EXPECT_EQ(error_of(j), "spec.json: qemu.binary: \"/opt/qemu/bin/qemu-system-aarch64\" runs aarch64 guests, and \"arch\" is "
+                         "x86_64 (give \"arch\": \"aarch64\", or leave qemu.binary out)");
+  j["qemu"] = {{"binary", "kvm"}};  // a name that says no architecture is the user's to choose
+  EXPECT_EQ(error_of(j), "(no error)");
+  j.erase("qemu");
+  j["arch"] = "riscv64";
+  EXPECT_NE(error_of(j).find("spec.json: arch: "), std::string::npos) << error_of(j);
+  j["arch"] = "aarch64";
+  j["graphics"] = true;
+  EXPECT_EQ(error_of(j), "spec.json: graphics: the aarch64 virt machine has no VGA; aarch64 guests have the serial console only");
+  j.erase("graphics");
+  j["diskInterface"] = "ide";
+  EXPECT_EQ(error_of(j), "spec.json: diskInterface: the aarch64 virt machine has no IDE: use virtio or scsi");
+  j.erase("diskInterface");
+  j["firmware"] = "uefi";
+  EXPECT_EQ(error_of(j), "spec.json: firmware: uefi is x86_64's here; an aarch64 guest boots its kernel directly");
 }
 
 TEST_F(SpecTest, TagTooLong) {
