@@ -6,6 +6,7 @@
 // killed, Ctrl-C, SIGTERM's graceful power-off) with its documented status,
 // no processes left and no temporary directory left.
 #include <gtest/gtest.h>
+#include <sys/utsname.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -781,6 +782,48 @@ TEST_F(Vmlaunch, EveryWayARunEnds) {
     EXPECT_NE(::kill(qemu, 0), 0);
     expect_clean();
   }
+}
+
+// The dry run shows what arch, console stage1 and store.registration make
+// of the command lines and the mount plan, and --print-spec their values;
+// KVM for a guest of another architecture is refused by name.
+TEST_F(Vmlaunch, TheDryRunShowsArchStage1AndTheRegistration) {
+  std::string top = synthetic_system(tmp_.path() / "store");
+  std::string in_guest = "/nix/store/" + fs::path(top).filename().string();
+  write_file(tmp_.path() / "paths", in_guest + "\n");
+  std::string out;
+  std::string s = spec("true", 0, [&](nlohmann::json& j) {
+    j["arch"] = "aarch64";
+    j["console"] = "stage1";
+    j["system"] = top;
+    j["store"]["registration"] = (tmp_.path() / "paths").string();
+  });
+  int st = run({"--dry-run", s}, &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("qemu-system-aarch64 -name guest=vm -machine virt -accel tcg"), std::string::npos) << out;
+  EXPECT_NE(out.find("-cpu max"), std::string::npos) << out;
+  EXPECT_NE(out.find("console=ttyAMA0 panic=-1 quiet loglevel=1"), std::string::npos) << out;
+  EXPECT_NE(out.find("then: " + in_guest + "/sw/bin/nix-store --load-db < a registration of the store paths " +
+                     (tmp_.path() / "paths").string() + ", before the command"),
+            std::string::npos)
+      << out;
+  st = run({"--print-spec", s}, &out);
+  EXPECT_EQ(st, 0) << out;
+  auto printed = nlohmann::json::parse(out);
+  EXPECT_EQ(printed["arch"], "aarch64");
+  EXPECT_EQ(printed["console"], "stage1");
+  EXPECT_EQ(printed["qemu"]["binary"], "qemu-system-aarch64");
+  EXPECT_EQ(printed["store"]["registration"], (tmp_.path() / "paths").string());
+  utsname host{};
+  ::uname(&host);
+  if (std::string(host.machine) != "aarch64") {
+    st = run({"--dry-run", "--accel", "kvm", s}, &out);
+    EXPECT_EQ(st, 2) << out;
+    EXPECT_NE(out.find("accel kvm: KVM runs " + std::string(host.machine) + " guests on this host, and \"arch\" is aarch64"),
+              std::string::npos)
+        << out;
+  }
+  expect_clean();
 }
 
 TEST_F(Vmlaunch, BadSpecsFailBeforeAnythingStarts) {
