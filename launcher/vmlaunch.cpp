@@ -261,7 +261,6 @@ class Launch {
     int outcome = supervise();
     qemu_.stop(std::chrono::seconds(10));
     fsd_.stop(std::chrono::seconds(5));
-    if (!spec_.guest_agent_socket.empty()) ::unlink(spec_.guest_agent_socket.c_str());  // QEMU leaves it
     if (outcome < 0) outcome = guest_outcome();
     if (!why_.empty()) std::fprintf(stderr, "vmlaunch: %s\n", why_.c_str());
     return outcome;
@@ -528,6 +527,7 @@ class Launch {
   // QEMU. With a command, its console is relayed (and watched for panics);
   // without one, the terminal is the guest's.
   void start_qemu() {
+    agent_socket_.path = spec_.guest_agent_socket;
     console_.reset();
     Fd console_w;
     if (interactive()) {
@@ -663,6 +663,15 @@ class Launch {
   PlanInputs in_;
   Plan plan_;
   Fd signals_;
+  // A socket QEMU makes outside the work directory (the guest agent's at a
+  // path the spec gives) and leaves behind: removed once QEMU is gone, on
+  // every way out.
+  struct Unlinked {
+    std::string path;
+    ~Unlinked() {
+      if (!path.empty()) ::unlink(path.c_str());
+    }
+  } agent_socket_;
   Child fsd_;
   Child qemu_;
   Fd console_;  // QEMU's serial console, when relayed

@@ -750,7 +750,9 @@ TEST_F(Vmlaunch, EveryWayARunEnds) {
   for (std::string how : {"fsd", "qemu", "sigint", "sigterm"}) {
     SCOPED_TRACE(how);
     auto log = tmp_.path() / ("kill-" + how + ".log");
-    std::vector<std::string> argv{VMLAUNCH_BINARY, spec("echo up; sleep 600")};
+    // A guest agent's socket at a path of the spec's: QEMU makes it, and it goes however the run ends.
+    fs::path agent = tmp_.path() / ("qga-" + how + ".sock");
+    std::vector<std::string> argv{VMLAUNCH_BINARY, spec("echo up; sleep 600", 0, [&](nlohmann::json& j) { j["guestAgent"] = agent.string(); })};
     ChildProcess p(argv, log);
     // wait until the guest is up (its command printed)
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
@@ -765,6 +767,7 @@ TEST_F(Vmlaunch, EveryWayARunEnds) {
       if (comm(k).starts_with("qemu")) qemu = k;
     }
     ASSERT_TRUE(fsd && qemu) << "children: " << kids.size();
+    EXPECT_TRUE(fs::exists(agent)) << agent;
     int expect = 0;
     if (how == "fsd") ::kill(fsd, SIGKILL), expect = 125;
     if (how == "qemu") ::kill(qemu, SIGKILL), expect = 126;
@@ -780,6 +783,7 @@ TEST_F(Vmlaunch, EveryWayARunEnds) {
     // no process outlives it
     EXPECT_NE(::kill(fsd, 0), 0);
     EXPECT_NE(::kill(qemu, 0), 0);
+    EXPECT_FALSE(fs::exists(agent)) << agent;
     expect_clean();
   }
 }
