@@ -490,7 +490,8 @@ class Checker {
         fail("store.closure", "needs fsd's share of the store (\"proto\": \"virtiofs\" or \"9p\"); QEMU's own 9p shows the whole directory");
       try {
         store.closure = std::filesystem::absolute(store.closure).string();  // fsd's own working directory may differ
-        closure_ = fsd::Closure::load(store.closure);
+        store.closure_list = std::make_shared<const fsd::Closure>(fsd::Closure::load(store.closure));
+        closure_ = store.closure_list.get();
       } catch (const std::runtime_error& e) {
         fail("store.closure", e.what());
       }
@@ -748,7 +749,7 @@ class Checker {
   }
 
   const SpecContext& ctx_;
-  std::optional<fsd::Closure> closure_;  // store.closure, read
+  const fsd::Closure* closure_ = nullptr;  // store.closure, read (the spec's closure_list)
   // One mount per guest path: a second would hide the first.
   void claim_mount_point(const std::string& path, const std::string& at) {
     std::string p = std::filesystem::path(path).lexically_normal().string();

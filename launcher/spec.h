@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -23,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/cache_policy.h"
+#include "common/closure.h"
 #include "common/enum_names.h"
 
 namespace fsd::launcher {
@@ -94,8 +96,10 @@ struct StoreSpec {
   StoreImage image = StoreImage::kNone;
   // A list of store paths (nix-store -qR's output, a closureInfo, or a
   // directory of lists): the guest sees only these in the store (fsd's
-  // closure view). "": the whole store.
+  // closure view). "": the whole store. parse_spec reads it into
+  // closure_list, which vmlaunch uses from there.
   std::string closure;
+  std::shared_ptr<const fsd::Closure> closure_list;
   // What the guest's Nix database holds as valid, loaded at boot by the
   // system's own `nix-store --load-db`: a registration (closureInfo's
   // `registration` file, or its directory), or a list of store paths that

@@ -394,10 +394,8 @@ class Launch {
       std::string image = "(the store's " + std::string(fsd::name_of(spec_.store.image)) + " image)";
       if (!o_.dry_run) {
         try {
-          std::optional<fsd::Closure> closure;
-          if (!spec_.store.closure.empty()) closure = fsd::Closure::load(spec_.store.closure);
           image = store_image(spec_.store.image, spec_.store.path, cache_root(), path("disk-tools.log"),
-                              closure ? &*closure : nullptr);
+                              spec_.store.closure_list.get());
         } catch (const std::exception& e) {
           die(1, e.what());
         }
