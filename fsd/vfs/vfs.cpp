@@ -363,11 +363,7 @@ Result<std::string> Vfs::label_xattr(const Label& label) const {
   // its callers may not.
   if (label.name != "security.selinux" && label.name != "security.SMACK64") return Error{-EOPNOTSUPP};
   if (label.value.size() > XATTR_SIZE_MAX) return Error{-E2BIG};
-  if (!config_.xattrs) return label.name;
-  auto mapped = config_.xattrs->to_host(label.name);
-  if (!mapped) return Error{mapped.error()};
-  if (mapped->size() > XATTR_NAME_MAX) return Error{-ERANGE};
-  return std::move(*mapped);
+  return mapped_xattr_name(label.name);
 }
 
 Result<std::string> Vfs::make_temporary(FunctionRef<int(const char* tmp)> make) {

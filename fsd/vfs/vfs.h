@@ -346,6 +346,9 @@ class Vfs {
   // The host's name for a client's xattr name, or why it may not be used
   // (`changing`: set or remove).
   Result<std::string> host_xattr_name(const std::string& name, bool changing) const;
+  // The client's name through the xattr map (config().xattrs), if any:
+  // what host_xattr_name and label_xattr start from.
+  Result<std::string> mapped_xattr_name(const std::string& name) const;
   // When the export's xattr map renames security.capability: removes the
   // renamed one, as the kernel removes the real one on write, truncate, chown.
   void drop_mapped_capability(const std::string& path);

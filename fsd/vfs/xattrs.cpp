@@ -15,17 +15,21 @@ bool is_privileged_xattr(std::string_view name) { return is_trusted_xattr(name) 
 }  // namespace
 // Names are the client's: mapped to the host's (config().xattrs) before a
 // host call, and the host's listed names mapped back (or hidden).
+Result<std::string> Vfs::mapped_xattr_name(const std::string& name) const {
+  if (!config_.xattrs) return name;
+  auto mapped = config_.xattrs->to_host(name);
+  if (!mapped) return Error{mapped.error()};
+  if (mapped->size() > XATTR_NAME_MAX) return Error{-ERANGE};
+  return std::move(*mapped);
+}
+
 Result<std::string> Vfs::host_xattr_name(const std::string& name, bool changing) const {
   if (name.empty() || name.size() > XATTR_NAME_MAX) return Error{-ERANGE};
   // ACLs hold ids: with ids translated, the host would read a client's ids as its own.
   if ((!config_.uids.empty() || !config_.gids.empty()) && name.starts_with("system.posix_acl_")) return Error{-EOPNOTSUPP};
-  std::string host = name;
-  if (config_.xattrs) {
-    auto mapped = config_.xattrs->to_host(name);
-    if (!mapped) return Error{mapped.error()};
-    host = std::move(*mapped);
-    if (host.size() > XATTR_NAME_MAX) return Error{-ERANGE};
-  }
+  auto mapped = mapped_xattr_name(name);
+  if (!mapped) return mapped;
+  std::string host = std::move(*mapped);
   // The privileged namespaces guard the host: they are checked on the host's
   // name. (A client's security.* renamed into user.* is only as safe as the
   // host file's permissions make it, as it would be with virtiofsd.)
