@@ -440,7 +440,7 @@ std::string synthetic_system(const fs::path& store) {
   std::string in_guest = "/nix/store/" + name;
   fs::create_directories(top / "sw/bin");
   fs::copy_file("/bin/busybox", top / "sw/bin/busybox");
-  for (const char* applet : {"sh", "env", "cat", "echo", "ls", "readlink", "id", "poweroff", "sync", "sleep", "mkdir"})
+  for (const char* applet : {"sh", "env", "cat", "echo", "ls", "readlink", "id", "poweroff", "sync", "sleep", "mkdir", "wc", "grep", "sed"})
     fs::create_symlink("busybox", top / "sw/bin" / applet);
   // A stand-in for Nix's nix-store (store.registration): it keeps what it
   // is fed where Nix keeps its database, and says how it was called.
@@ -583,6 +583,51 @@ TEST_F(Vmlaunch, SystemExecAndBoot) {
   st = run({"--system-mode", "boot", boot, "--", "true"}, &out);
   EXPECT_EQ(st, 2) << out;
   EXPECT_NE(out.find("systemMode boot runs the system's own init; a command needs systemMode exec"), std::string::npos) << out;
+  expect_clean();
+}
+
+// store.registration with the real Nix: the system's nix-store is the
+// host's (Debian's nix-bin, run in the guest from a read-only share of the
+// host's /usr), so the guest's database is what Nix itself loaded from the
+// registration vmlaunch computed, and Nix checks every registered path
+// against the files the guest sees over fsd.
+TEST_F(Vmlaunch, TheGuestsNixLoadsTheRegistrationAndVerifiesThePaths) {
+  if (!fs::is_regular_file("/usr/bin/nix") || !fs::exists("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"))
+    GTEST_SKIP() << "no Debian nix-bin to run in the guest (scripts/setup installs it)";
+  std::string top = synthetic_system(tmp_.path() / "store");
+  std::string in_guest = "/nix/store/" + fs::path(top).filename().string();
+  const std::string thing = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-thing";
+  fs::remove(fs::path(top) / "sw/bin/nix-store");
+  write_file(fs::path(top) / "sw/bin/nix-store",
+             "#!" + in_guest + "/sw/bin/sh\n"
+             "exec /host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path "
+             "/host/usr/lib/x86_64-linux-gnu:/host/usr/lib/nix --argv0 nix-store /host/usr/bin/nix \"$@\"\n");
+  fs::permissions(fs::path(top) / "sw/bin/nix-store", fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
+                                                          fs::perms::group_exec | fs::perms::others_exec);
+  write_file(tmp_.path() / "paths", thing + "\n" + in_guest + "\n");
+  std::string out;
+  int st = run({spec("nix-store --check-validity " + thing + " " + in_guest + " 2>/dev/null && echo both-valid; "
+                     "echo \"refs: $(nix-store -q --references " + in_guest + " 2>/dev/null)\"; "
+                     "echo \"requisites: $(nix-store -q --requisites " + in_guest + " 2>/dev/null | wc -l)\"; "
+                     "nix-store --verify --check-contents 2>&1 | grep -c 'was modified' | sed 's/^/modified-before-/'; "
+                     "echo changed > " + thing + "/data.txt; "
+                     "nix-store --verify --check-contents 2>&1 | grep -c 'was modified' | sed 's/^/modified-after-/'",
+                     0,
+                     [&](nlohmann::json& j) {
+                       j.erase("kernel");
+                       j["system"] = top;
+                       j["store"]["registration"] = (tmp_.path() / "paths").string();
+                       j["shares"] = nlohmann::json::array(
+                           {{{"tag", "hostusr"}, {"source", "/usr"}, {"target", "/host/usr"}, {"readOnly", true}}});
+                     })},
+               &out);
+  EXPECT_EQ(st, 0) << out;
+  EXPECT_NE(out.find("fsd-guest-init: loaded the store's registration"), std::string::npos) << out;
+  EXPECT_NE(out.find("both-valid\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("refs: " + in_guest + "\r\n"), std::string::npos) << out;  // its bash script names itself
+  EXPECT_NE(out.find("requisites: 1\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("modified-before-0\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("modified-after-1\r\n"), std::string::npos) << out;  // Nix's own check sees a changed path
   expect_clean();
 }
 
