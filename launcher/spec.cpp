@@ -529,10 +529,10 @@ class Checker {
       if (store.registration_is_list) {
         fsd::Closure list;
         list.add_list(text, file);
-        names = list.names();
+        names = store.registration_names = list.names();
       } else {
-        for (const auto& p : parse_registration(text, store.mount_point, file))
-          names.push_back(std::filesystem::path(p.path).filename().string());
+        store.registration_given = parse_registration(text, store.mount_point, file);
+        for (const auto& p : store.registration_given) names.push_back(std::filesystem::path(p.path).filename().string());
       }
     } catch (const std::exception& e) {
       fail(at, e.what());

@@ -26,6 +26,7 @@
 #include "common/cache_policy.h"
 #include "common/closure.h"
 #include "common/enum_names.h"
+#include "launcher/registration.h"
 
 namespace fsd::launcher {
 
@@ -108,6 +109,10 @@ struct StoreSpec {
   // says which of the two that is.
   std::string registration;
   bool registration_is_list = false;
+  // What parse_spec read and checked there: a registration's paths, or a
+  // list's store names (which vmlaunch registers).
+  std::vector<ValidPath> registration_given;
+  std::vector<std::string> registration_names;
 };
 
 struct ShareSpec {

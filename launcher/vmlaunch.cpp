@@ -475,19 +475,14 @@ class Launch {
                         "/kernel-arm64 (scripts/fetch-guest-kernel arm64 fetches Debian's)");
   }
 
-  // store.registration's text: the file as it is (checked again), or one
-  // computed from its list of store paths.
+  // store.registration's text: the registration the spec check read, or
+  // one computed from the list of store paths it read.
   std::string registration() {
     const StoreSpec& store = spec_.store;
-    std::ifstream in(store.registration, std::ios::binary);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) die(1, "store.registration: cannot read " + store.registration);
+    if (!store.registration_is_list) return format_registration(store.registration_given);
     try {
-      if (!store.registration_is_list) return format_registration(parse_registration(text, store.mount_point, store.registration));
-      fsd::Closure list;
-      list.add_list(text, store.registration);
       auto started = std::chrono::steady_clock::now();
-      auto reg = compute_registration(store.path, store.mount_point, list.names());
+      auto reg = compute_registration(store.path, store.mount_point, store.registration_names);
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       uint64_t bytes = 0;
       for (const auto& p : reg) bytes += p.nar_size;
