@@ -22,6 +22,7 @@
 
 #include "fsd/uring/ring.h"
 #include "fsd/vfs/vfs.h"
+#include "launcher/registration.h"
 #include "protocol/fuse/request.h"
 #include "protocol/p9/codec.h"
 #include "protocol/virtio/virtqueue.h"
@@ -237,6 +238,26 @@ void BM_ClosureShows(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_ClosureShows)->Arg(1000)->Arg(50000);
+
+// vmlaunch's store.registration: one store path's NAR hashed and scanned
+// for 1,000 hash parts, as registering a list of paths does per path.
+// Arguments: the size of each file (KiB) and how many files (a 1 GiB
+// closure is mostly files of a few KiB to a few MiB). Warm page cache.
+void BM_SummariseNar(benchmark::State& state) {
+  const size_t file = static_cast<size_t>(state.range(0)) << 10, files = static_cast<size_t>(state.range(1));
+  auto dir = std::filesystem::temp_directory_path() / ("fsd-micro-nar-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string content(file, '\0');
+  for (size_t i = 0; i < file; i++) content[i] = "the quick brown fox jumps over a lazy dog\n\x7f\x01"[i % 44];
+  for (size_t i = 0; i < files; i++) std::ofstream(dir / ("f" + std::to_string(i))) << content;
+  fsd::launcher::HashParts parts;
+  for (int i = 0; i < 1000; i++) parts.insert(std::string(22, 'a') + std::to_string(1000000000 + i));
+  uint64_t bytes = 0;
+  for (auto _ : state) bytes += fsd::launcher::summarise_nar(dir.string(), parts).size;
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_SummariseNar)->Args({4, 4096})->Args({65536, 1})->Unit(benchmark::kMillisecond);
 
 // ---- page cache to guest memory: io_uring's plain and fixed reads and writes
 
